@@ -1,0 +1,368 @@
+"""Thin command-line commands over the library; library errors become clean exits."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.table import Table
+
+from reporter import config as config_mod
+from reporter import logs, views
+from reporter.config import Config, ConfigError
+from reporter.daemon import EXIT, LockError, lock_holder
+from reporter.outbox import Outbox, OutboxValueError
+from reporter.rows import ATTRIBUTE_TYPES, STATUSES
+from reporter.store import Store, StoreError
+
+__all__ = ["main"]
+
+F = TypeVar("F", bound=Callable[..., Any])
+META_KEYS = ("blocked_reason", "blocked_code", "blocked_since", "home_region",
+             "last_success_at", "brake_attempts")
+
+
+def _fail(message: str, code: int = EXIT["error"]) -> None:
+    click.echo(f"mgh-reporter: {message}", err=True)
+    sys.exit(code)
+
+
+def _config(ctx: click.Context) -> Config:
+    obj: dict[str, Any] = ctx.ensure_object(dict)
+    if "config" not in obj:
+        path = config_mod.config_path(obj.get("config_path"))
+        try:
+            obj["config"] = config_mod.load(path)
+        except ConfigError as exc:
+            _fail(str(exc))
+        cfg: Config = obj["config"]
+        logs.configure(cfg.log.level, cfg.log.format)
+    result: Config = obj["config"]
+    return result
+
+
+def guarded(fn: F) -> F:
+    """Turn library errors into one line on stderr and exit 1."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (StoreError, LockError, ConfigError) as exc:
+            _fail(str(exc))
+        except OutboxValueError as exc:
+            _fail(f"invalid update: {exc}", EXIT["usage"])
+
+    return wrapper  # type: ignore[return-value]
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
+              help="Config file (default: $MGH_REPORTER_CONFIG, then /etc/mgh-reporter/config.toml).")
+@click.version_option(package_name="mgh-reporter")
+@click.pass_context
+def cli(ctx: click.Context, config_path: str | None) -> None:
+    """Publish migration progress from a local SQLite outbox to AWS Migration Hub."""
+    ctx.ensure_object(dict)["config_path"] = config_path
+
+
+@cli.command()
+@click.pass_context
+@guarded
+def init(ctx: click.Context) -> None:
+    """Create the outbox file, table and the daemon's own tables (idempotent)."""
+    cfg = _config(ctx)
+    Store.create(cfg.outbox.path, cfg.outbox.busy_timeout_ms).close()
+    click.echo(f"outbox ready: {cfg.outbox.path}")
+
+
+@cli.command()
+@click.pass_context
+@guarded
+def run(ctx: click.Context) -> None:
+    """Run the daemon until SIGTERM/SIGINT (graceful: exits 0)."""
+    from reporter.daemon import run as run_daemon
+
+    code = run_daemon(_config(ctx))
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # abandoned in-flight calls must not hold the exit
+
+
+@cli.command()
+@click.option("--timeout", type=click.FloatRange(min=0), default=300.0, show_default=True,
+              help="Seconds to keep retrying before giving up with exit 3.")
+@click.pass_context
+@guarded
+def drain(ctx: click.Context, timeout: float) -> None:
+    """Publish everything due now, retrying transient errors, then exit (0/1/3/4/5)."""
+    from reporter.daemon import drain as drain_outbox
+
+    sys.exit(drain_outbox(_config(ctx), timeout))
+
+
+def _writer(cfg: Config) -> Outbox:
+    return Outbox(cfg.outbox.path, cfg.outbox.busy_timeout_ms)
+
+
+@cli.command()
+@click.argument("task")
+@click.option("--status", required=True, type=click.Choice(STATUSES), help="Task status.")
+@click.option("--percent", type=int, help="Progress, 0..100.")
+@click.option("--detail", help="Status detail (one line, <= 2,500 characters).")
+@click.option("--next-update-seconds", type=int, help="When the next update comes (default from config).")
+@click.option("--stream", help="Progress update stream (default from config).")
+@click.pass_context
+@guarded
+def notify(ctx: click.Context, task: str, status: str, percent: int | None, detail: str | None,
+           next_update_seconds: int | None, stream: str | None) -> None:
+    """Queue a task_state row (becomes NotifyMigrationTaskState)."""
+    row = _writer(_config(ctx)).task_state(
+        task, status, percent=percent, detail=detail,
+        next_update_seconds=next_update_seconds, stream=stream,
+    )
+    click.echo(f"queued row {row}")
+
+
+def _attribute(text: str) -> tuple[str, str]:
+    kind, sep, value = text.partition("=")
+    if not sep or kind not in ATTRIBUTE_TYPES:
+        raise click.BadParameter(
+            f"{text!r}: expected TYPE=VALUE with TYPE one of {', '.join(ATTRIBUTE_TYPES)}",
+            param_hint="--attribute",
+        )
+    return kind, value
+
+
+@cli.command("put-attributes")
+@click.argument("task")
+@click.option("--attribute", "attributes", multiple=True, required=True, metavar="TYPE=VALUE",
+              help="Repeatable; the full list (it replaces what the Hub has).")
+@click.option("--stream", help="Progress update stream (default from config).")
+@click.pass_context
+@guarded
+def put_attributes(ctx: click.Context, task: str, attributes: tuple[str, ...],
+                   stream: str | None) -> None:
+    """Queue a resource_attributes row (becomes PutResourceAttributes)."""
+    pairs = [_attribute(a) for a in attributes]
+    row = _writer(_config(ctx)).resource_attributes(task, pairs, stream=stream)
+    click.echo(f"queued row {row}")
+
+
+@cli.command("associate-artifact")
+@click.argument("task")
+@click.argument("arn")
+@click.option("--description", help="Up to 500 characters, one line.")
+@click.option("--stream", help="Progress update stream (default from config).")
+@click.pass_context
+@guarded
+def associate_artifact(ctx: click.Context, task: str, arn: str, description: str | None,
+                       stream: str | None) -> None:
+    """Queue a created_artifact row (becomes AssociateCreatedArtifact)."""
+    row = _writer(_config(ctx)).created_artifact(task, arn, description=description, stream=stream)
+    click.echo(f"queued row {row}")
+
+
+def _open(cfg: Config) -> Store:
+    return Store.open(cfg.outbox.path, cfg.outbox.busy_timeout_ms, writable=False)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+@guarded
+def status(ctx: click.Context, as_json: bool) -> None:
+    """Backlog, delivery health, dead letters, stale and unmapped tasks."""
+    cfg = _config(ctx)
+    store = _open(cfg)
+    try:
+        now = time.time()
+        meta = {k: store.get_meta(k) for k in META_KEYS}
+        health = views.task_health(store.tasks(), now, cfg)
+        report = views.status_report(store.counts(), meta, health, lock_holder(cfg.outbox.path))
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(report, indent=2))
+        return
+    _print_status(report, cfg)
+
+
+def _print_status(report: dict[str, Any], cfg: Config) -> None:
+    console = Console(highlight=False)
+    if report["blocked"]:
+        headline = f"[bold red]BLOCKED[/] since {report['blocked_since']}: {report['blocked']}"
+    elif report["outage_backoff"]:
+        headline = "[bold yellow]BACKING OFF[/]: every call is failing; probing at a slow pace"
+    else:
+        headline = "[bold green]delivering[/]"
+    pid = report["daemon_pid"]
+    console.print(f"mgh-reporter  {cfg.outbox.path}")
+    console.print(f"  state        {headline}")
+    console.print(f"  daemon       {'pid ' + str(pid) if pid else 'not running'}")
+    console.print(f"  home region  {report['home_region'] or 'unknown yet'}")
+    oldest = report["oldest_pending_seconds"]
+    console.print(
+        f"  backlog      {report['pending']} pending"
+        + (f", oldest {oldest:.0f}s" if oldest is not None else "")
+    )
+    console.print(
+        f"  delivered    {report['delivered']} ({report['sent']} sent, "
+        f"{report['superseded']} superseded)   last success {report['last_success'] or 'never'}"
+    )
+    dead = report["dead_letters"]
+    console.print(f"  dead letters {dead}" + ("  → mgh-reporter dead-letters list" if dead else ""))
+    console.print(
+        f"  tasks        {report['tasks']}: {report['stale_tasks']} stale, "
+        f"{report['lapsing_tasks']} lapsing, {report['unmapped_tasks']} unmapped"
+    )
+    for stream, counts in sorted(report["streams"].items()):
+        console.print(f"    {stream}: {counts['tasks']} tasks, {counts['stale']} stale, "
+                      f"{counts['lapsing']} lapsing")
+
+
+@cli.group("dead-letters")
+def dead_letters() -> None:
+    """Rows rejected with a reason: list them, or put them back in line."""
+
+
+@dead_letters.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+@guarded
+def dead_list(ctx: click.Context, as_json: bool) -> None:
+    """List rejected rows with their reasons."""
+    cfg = _config(ctx)
+    store = _open(cfg)
+    try:
+        letters = store.dead_letters()
+    finally:
+        store.close()
+    for d in letters:
+        d["rejected_at"] = views.iso(d["rejected_at"])
+        d["present"] = bool(d["present"])
+    if as_json:
+        click.echo(json.dumps(letters, indent=2))
+        return
+    table = Table("id", "kind", "stream", "task", "reason", "rejected at")
+    for d in letters:
+        table.add_row(str(d["id"]), d["kind"], d["stream"], d["task"], d["reason"], d["rejected_at"])
+    Console().print(table if letters else "no dead letters")
+
+
+@dead_letters.command("retry")
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--all", "retry_all", is_flag=True, help="Retry every dead letter.")
+@click.pass_context
+@guarded
+def dead_retry(ctx: click.Context, ids: tuple[int, ...], retry_all: bool) -> None:
+    """Put dead letters back in line (still-invalid rows are rejected again with the reason)."""
+    from reporter.relay import requeue_dead_letters
+
+    if bool(ids) == retry_all:
+        raise click.UsageError("give row IDs or --all (not both)")
+    cfg = _config(ctx)
+    store = Store.open(cfg.outbox.path, cfg.outbox.busy_timeout_ms)
+    try:
+        result = requeue_dead_letters(store, cfg, None if retry_all else list(ids))
+    finally:
+        store.close()
+    click.echo(f"requeued {len(result['requeued'])} rows")
+    for item in result["still_rejected"]:
+        click.echo(f"row {item['id']} still rejected: {item['reason']}", err=True)
+    if result["unknown"]:
+        _fail(f"not dead letters: {', '.join(map(str, result['unknown']))}")
+
+
+@cli.command()
+@click.option("--stream", help="Only this stream.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+@guarded
+def tasks(ctx: click.Context, stream: str | None, as_json: bool) -> None:
+    """One line per task: last state sent, pending rows, mapping, artifacts, staleness."""
+    cfg = _config(ctx)
+    store = _open(cfg)
+    try:
+        entries = views.task_entries(store.tasks(stream), time.time(), cfg)
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps(entries, indent=2))
+        return
+    table = Table("stream", "task", "status", "%", "updated", "pending", "mapped", "artifacts",
+                  "promise")
+    for e in entries:
+        mapped = {True: e["configuration_id"] or "yes", False: "[red]NO[/]", None: "…"}[e["mapped"]]
+        promise = {"stale": "[red]STALE[/]", "lapsing": "[yellow]lapsing[/]"}.get(
+            e["promise"] or "", e["promise"] or "-"
+        )
+        table.add_row(
+            e["stream"], e["task"], e["status"] or "-",
+            "" if e["progress_percent"] is None else str(e["progress_percent"]),
+            e["update_date_time"] or "-", str(e["pending"]), mapped, str(len(e["artifacts"])),
+            promise,
+        )
+    Console().print(table)
+
+
+@cli.command()
+@click.pass_context
+@guarded
+def check(ctx: click.Context) -> None:
+    """Prove config, outbox, credentials, home Region and permissions (changes nothing)."""
+    from reporter.check import run_checks
+
+    obj = ctx.ensure_object(dict)
+    path = config_mod.config_path(obj.get("config_path"))
+    sys.exit(run_checks(path, click.echo))
+
+
+@cli.command()
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
+@click.option("--port", default=4566, show_default=True, type=int, help="Port (0: any free).")
+@click.option("--home-region", default="us-west-2", show_default=True,
+              help='Home Region to simulate ("none": not set).')
+@click.option("--map-delay", default=2.0, show_default=True, type=float,
+              help="Seconds before auto-mapping settles.")
+def emulator(host: str, port: int, home_region: str, map_delay: float) -> None:
+    """Run a local Migration Hub stand-in (for trying things out)."""
+    import threading
+
+    from reporter.daemon import _signals
+    from reporter.emulator import Emulator
+
+    region = None if home_region.lower() == "none" else home_region
+    em = Emulator(host, port, home_region=region, map_delay=map_delay).start()
+    click.echo(f"Migration Hub stand-in on {em.url} (home Region: {region or 'not set'})")
+    click.echo(f"  export AWS_ENDPOINT_URL_MIGRATION_HUB={em.url}")
+    click.echo(f"  export AWS_ENDPOINT_URL_MIGRATIONHUB_CONFIG={em.url}")
+    click.echo(f"  state: curl {em.url}/_emulator/state")
+    sys.stdout.flush()
+    stop = threading.Event()
+    with _signals(stop):
+        stop.wait()
+    em.stop()
+
+
+@cli.command()
+@click.option("--tasks", "task_count", default=6, show_default=True, type=click.IntRange(1, 50),
+              help="How many simulated migration tasks.")
+def demo(task_count: int) -> None:
+    """The whole path on one machine: stand-in Hub, a simulated tool, the daemon."""
+    from reporter.demo import run_demo
+
+    sys.exit(run_demo(task_count))
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli(obj={})

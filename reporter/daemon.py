@@ -1,0 +1,285 @@
+"""The long-running service and `drain`: schedule, signals, sd_notify, single-instance lock."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import sdnotify
+import structlog
+from apscheduler.executors.pool import ThreadPoolExecutor as JobExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from reporter.config import Config
+from reporter.hub import Hub
+from reporter.limiter import AdaptiveLimiter, RateLimiter
+from reporter.metrics import Metrics, MetricsServer
+from reporter.relay import Relay
+from reporter.store import Store, StoreError
+from reporter.views import task_health
+
+__all__ = ["EXIT", "LockError", "drain", "outbox_lock", "run"]
+
+EXIT = {"ok": 0, "error": 1, "usage": 2, "pending": 3, "blocked": 4, "rejected": 5}
+MAINTENANCE_SECONDS = 300.0
+
+
+class LockError(Exception):
+    """Another mgh-reporter process holds the outbox."""
+
+
+@contextmanager
+def outbox_lock(outbox: Path) -> Iterator[None]:
+    """Hold `<outbox>.lock` exclusively (flock: released by the kernel if we die)."""
+    path = outbox.with_name(outbox.name + ".lock")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o660)
+    except OSError as exc:
+        raise LockError(f"{path}: cannot open lock file: {exc.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise LockError(
+                f"another mgh-reporter (pid {holder}) is already delivering from {outbox} "
+                f"(lock {path}); stop it first, or use `status` to watch it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def lock_holder(outbox: Path) -> int | None:
+    """The pid of the process delivering from this outbox, or None when none is."""
+    path = outbox.with_name(outbox.name + ".lock")
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        text = os.pread(fd, 64, 0).decode(errors="replace").strip()
+        return int(text) if text.isdigit() else -1
+    finally:
+        os.close(fd)
+    return None
+
+
+@dataclass
+class _Parts:
+    store: Store
+    hub: Hub
+    relay: Relay
+    limiter: AdaptiveLimiter
+
+
+def _build(config: Config, stop: threading.Event, metrics: Metrics | None) -> _Parts:
+    publish = config.publish
+    store = Store.open(config.outbox.path, config.outbox.busy_timeout_ms)
+    limiter = AdaptiveLimiter(publish.concurrency, publish.max_concurrency)
+    rate = RateLimiter(publish.max_requests_per_second) if publish.max_requests_per_second else None
+    hub = Hub(
+        config.aws, config.hub.region, observer=metrics.observe_call if metrics else None,
+        limiter=limiter, rate=rate,
+    )
+    relay = Relay(store, hub, config, stop=stop)
+    return _Parts(store, hub, relay, limiter)
+
+
+def drain(config: Config, timeout: float) -> int:
+    """Publish everything due now, retrying transient errors, then exit with the contract's code."""
+    log = structlog.get_logger("reporter.drain")
+    stop = threading.Event()
+    deadline = time.monotonic() + timeout
+    with outbox_lock(config.outbox.path), _signals(stop):
+        parts = _build(config, stop, None)
+        parts.relay.blocked = None  # re-check at once: a person may have fixed it
+        try:
+            while True:
+                result = parts.relay.run_once()
+                if result.blocked is not None:
+                    log.error("drain_blocked", error_code=result.blocked.code,
+                              reason=result.blocked.message)
+                    print(f"delivery blocked: {result.blocked.message}", file=sys.stderr)
+                    return EXIT["blocked"]
+                pending, _, dead = parts.store.pending_summary()
+                pending += parts.store.waiting_count()
+                if pending == 0:
+                    return EXIT["rejected"] if dead else EXIT["ok"]
+                left = deadline - time.monotonic()
+                if left <= 0 or stop.is_set():
+                    print(f"{pending} rows still pending at the timeout", file=sys.stderr)
+                    return EXIT["pending"]
+                wakeup = parts.store.next_wakeup()
+                wait = 0.05 if wakeup is None else max(0.0, wakeup - parts.relay.clock())
+                if not result.busy or wait > 0:
+                    stop.wait(min(max(wait, 0.05), left))
+        finally:
+            parts.relay.close()
+            parts.store.close()
+
+
+@contextmanager
+def _signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM/SIGINT only set a flag; the main loop acts on it."""
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def handler(signum: int, frame: Any) -> None:
+        stop.set()
+
+    for s in previous:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+
+
+class Service:
+    """`run`: a scheduled relay with health, metrics and systemd notifications."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.log = structlog.get_logger("reporter.daemon")
+        self.stop = threading.Event()
+        self.metrics = Metrics()
+        self.parts = _build(config, self.stop, self.metrics)
+        self.notifier = sdnotify.SystemdNotifier()
+        self.heartbeat = time.monotonic()
+        self.store_problem: str | None = None
+        self.last_outcome = "starting"
+        self._lock = threading.Lock()
+
+    def health(self) -> str | None:
+        """None while delivering normally; else why not (exit-4 causes, a broken store)."""
+        blocked = self.parts.relay.blocked
+        return blocked.message if blocked is not None else self.store_problem
+
+    def tick(self) -> None:
+        """One scheduled pass (never raises: a failed pass is logged and retried next tick)."""
+        relay = self.parts.relay
+        self.heartbeat = time.monotonic()
+        with self._lock:
+            try:
+                if relay.quiet():
+                    return
+                result = relay.run_once()
+                self.store_problem = None
+                if result.busy or result.blocked:
+                    self.last_outcome = (
+                        f"blocked: {result.blocked.code}" if result.blocked
+                        else f"sent {result.sent}, failed {result.failed}"
+                    )
+                    self._refresh()
+            except StoreError as exc:
+                if self.store_problem != str(exc):
+                    self.log.error("store_error", error=str(exc))
+                self.store_problem = str(exc)
+            finally:
+                self.heartbeat = time.monotonic()
+
+    def maintain(self) -> None:
+        """Prune delivered rows past retention, checkpoint the WAL, refresh task gauges."""
+        with self._lock:
+            store = self.parts.store
+            try:
+                before = time.time() - self.config.outbox.retention_days * 86400
+                pruned = store.prune(before)
+                if pruned:
+                    self.log.info("pruned", rows=pruned)
+                store.checkpoint("TRUNCATE" if pruned else "PASSIVE")
+                self._refresh(tasks=True)
+            except StoreError as exc:
+                self.log.error("store_error", error=str(exc))
+
+    def _refresh(self, tasks: bool = False) -> None:
+        store, m = self.parts.store, self.metrics
+        pending, oldest, dead = store.pending_summary()
+        m.set_backlog(pending + store.waiting_count(), oldest, dead)
+        m.blocked.set(1 if self.parts.relay.blocked else 0)
+        m.backoff.set(1 if self.parts.relay.braking else 0)
+        m.concurrency.set(self.parts.limiter.limit)
+        if self.parts.relay.last_success_at:
+            m.last_success.set(self.parts.relay.last_success_at)
+        if tasks:
+            health = task_health(store.tasks(), time.time(), self.config)
+            for stream, counts in health["streams"].items():
+                m.stale.labels(stream).set(counts["stale"])
+                m.lapsing.labels(stream).set(counts["lapsing"])
+            m.unmapped.set(health["unmapped"])
+        self._status(pending)
+
+    def _status(self, pending: int) -> None:
+        blocked = self.parts.relay.blocked
+        text = f"pending {pending}; last: {self.last_outcome}"
+        if blocked is not None:
+            text = f"BLOCKED ({blocked.code}); pending {pending}"
+        self.notifier.notify(f"STATUS={text}")
+
+    def serve(self) -> int:
+        """Run until SIGTERM/SIGINT; exit 0 after a graceful stop."""
+        config = self.config
+        server = None
+        address = config.metrics.address
+        if address is not None:
+            server = MetricsServer(address, self.metrics, self.health)
+            server.start()
+        scheduler = BackgroundScheduler(
+            executors={"default": JobExecutor(1)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        )
+        scheduler.add_job(self.tick, "interval", seconds=config.publish.interval_seconds,
+                          id="publish", next_run_time=_now())
+        scheduler.add_job(self.maintain, "interval", seconds=MAINTENANCE_SECONDS, id="maintain",
+                          next_run_time=_now())
+        watchdog_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+        watchdog = watchdog_usec / 1e6 if watchdog_usec else 0.0
+        with _signals(self.stop):
+            scheduler.start()
+            self.log.info(
+                "started", outbox=str(config.outbox.path), interval=config.publish.interval_seconds,
+                metrics=config.metrics.listen, pid=os.getpid(),
+            )
+            self.notifier.notify("READY=1\nSTATUS=started")
+            beat = watchdog / 2 if watchdog else 1.0
+            while not self.stop.wait(min(beat, 1.0)):
+                if watchdog and time.monotonic() - self.heartbeat < watchdog:
+                    self.notifier.notify("WATCHDOG=1")
+            self.notifier.notify("STOPPING=1\nSTATUS=stopping")
+            self.log.info("stopping")
+            scheduler.shutdown(wait=False)
+            # A pass in flight sees the stop flag, records what finished and returns.
+            acquired = self._lock.acquire(timeout=config.publish.stop_timeout_seconds + 1.5)
+            self.parts.relay.close()
+            if server is not None:
+                server.stop()
+            if acquired:
+                self.parts.store.close()
+            self.log.info("stopped", clean=acquired)
+        return EXIT["ok"]
+
+
+def _now() -> Any:
+    from datetime import datetime
+
+    return datetime.now().astimezone()
+
+
+def run(config: Config) -> int:
+    """`mgh-reporter run`."""
+    with outbox_lock(config.outbox.path):
+        return Service(config).serve()

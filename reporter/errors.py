@@ -1,0 +1,114 @@
+"""The one classification of every Hub/SDK failure: transient, repairable, rejected or blocked (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
+
+from botocore import exceptions as bx
+
+__all__ = ["Failure", "Outcome", "classify", "describe"]
+
+
+class Outcome(StrEnum):
+    """What a failure means for the row and for delivery as a whole."""
+
+    TRANSIENT = "transient"  # retry the row later (backoff, Retry-After)
+    REPAIR = "repair"  # stream/task unknown at the Hub: re-create, re-import, send again
+    REJECTED = "rejected"  # the Hub refuses this row: dead letter
+    BLOCKED = "blocked"  # only a person can fix it: hold all delivery
+
+
+BLOCKED_CODES = {
+    "HomeRegionNotSetException": "the Migration Hub home Region is not set for this account "
+    "(set it in the Migration Hub console, or `aws migrationhub-config "
+    "create-home-region-control`)",
+    "AccessDeniedException": "access denied",
+    "AccessDenied": "access denied",
+    "UnauthorizedOperation": "not authorised",
+    "UnrecognizedClientException": "the credentials are not recognised",
+    "InvalidClientTokenId": "the credentials are not recognised",
+    "InvalidSignatureException": "the request signature is invalid (check the secret key)",
+    "SignatureDoesNotMatch": "the request signature is invalid (check the secret key)",
+    "ExpiredToken": "the credentials have expired",
+    "ExpiredTokenException": "the credentials have expired",
+    "RequestExpired": "the request expired (is the host clock right?)",
+}
+TRANSIENT_CODES = {
+    "ThrottlingException",
+    "Throttling",
+    "TooManyRequestsException",
+    "InternalServerError",
+    "InternalFailure",
+    "ServiceUnavailableException",
+    "ServiceUnavailable",
+    "RequestTimeout",
+    "RequestTimeoutException",
+}
+REJECTED_CODES = {"InvalidInputException", "ValidationException"}
+REPAIR_CODES = {"ResourceNotFoundException"}
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A classified failure: outcome, the service's error code, a message, and Retry-After."""
+
+    outcome: Outcome
+    code: str
+    message: str
+    retry_after: float | None = None
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}" if self.message else self.code
+
+
+def describe(exc: BaseException) -> str:
+    """A short message for an exception without credentials or request bodies in it."""
+    if isinstance(exc, bx.ClientError):
+        return str(exc.response.get("Error", {}).get("Message", ""))
+    return str(exc)
+
+
+def _client_error(exc: bx.ClientError) -> Failure:
+    response: Any = exc.response
+    error = response.get("Error", {})
+    code = str(error.get("Code", "Unknown"))
+    message = str(error.get("Message", ""))
+    status = int(response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+    if code in BLOCKED_CODES:
+        detail = BLOCKED_CODES[code]
+        return Failure(Outcome.BLOCKED, code, f"{detail}: {message}" if message else detail)
+    if code in REPAIR_CODES:
+        return Failure(Outcome.REPAIR, code, message)
+    if code in REJECTED_CODES:
+        return Failure(Outcome.REJECTED, code, message)
+    retry_after = response.get("RetryAfterSeconds")
+    if retry_after is None:
+        header = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("retry-after")
+        retry_after = float(header) if header and header.isdigit() else None
+    if code in TRANSIENT_CODES or status >= 500 or status == 429:
+        return Failure(Outcome.TRANSIENT, code, message, float(retry_after) if retry_after else None)
+    if status == 403:
+        return Failure(Outcome.BLOCKED, code, f"access denied: {message}")
+    # Unknown errors are retried with backoff: never drop a row on a guess.
+    return Failure(Outcome.TRANSIENT, code, message)
+
+
+def classify(exc: BaseException) -> Failure:
+    """Map any exception raised by a boto3 call to one Outcome."""
+    if isinstance(exc, bx.ClientError):
+        return _client_error(exc)
+    if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
+        return Failure(
+            Outcome.BLOCKED, "NoCredentials",
+            "no AWS credentials found (environment, shared files, instance or container role)",
+        )
+    if isinstance(exc, bx.NoRegionError):
+        return Failure(Outcome.BLOCKED, "NoRegion", "no AWS region configured")
+    if isinstance(exc, bx.ParamValidationError):
+        return Failure(Outcome.REJECTED, "ParamValidation", str(exc))
+    if isinstance(exc, bx.BotoCoreError | OSError | TimeoutError):
+        name = type(exc).__name__
+        return Failure(Outcome.TRANSIENT, name, str(exc))
+    raise exc

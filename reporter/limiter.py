@@ -1,0 +1,78 @@
+"""Adaptive concurrency (AIMD) and an optional hard request-rate cap for Hub calls."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+__all__ = ["AdaptiveLimiter", "RateLimiter", "aimd"]
+
+
+def aimd(limit: float, throttled: bool, low: int, high: int) -> float:
+    """Next concurrency limit: halve on throttling, add one per limit's worth of successes."""
+    if throttled:
+        return float(max(low, limit / 2))
+    return float(min(high, limit + 1.0 / max(limit, 1.0)))
+
+
+class AdaptiveLimiter:
+    """A semaphore whose size follows AIMD: shrinks when the Hub throttles, grows on success."""
+
+    def __init__(self, initial: int, high: int, low: int = 1) -> None:
+        self._limit = float(initial)
+        self._low, self._high = low, high
+        self._in_flight = 0
+        self._cond = threading.Condition()
+
+    @property
+    def limit(self) -> int:
+        """The current whole number of calls allowed at once."""
+        return max(self._low, int(self._limit))
+
+    def acquire(self) -> None:
+        """Wait for a free slot."""
+        with self._cond:
+            while self._in_flight >= self.limit:
+                self._cond.wait()
+            self._in_flight += 1
+
+    def release(self, throttled: bool) -> None:
+        """Free a slot and adapt the limit to the call's outcome."""
+        with self._cond:
+            self._in_flight -= 1
+            self._limit = aimd(self._limit, throttled, self._low, self._high)
+            self._cond.notify_all()
+
+
+class RateLimiter:
+    """A token bucket of `rate` calls per second (burst of one second); rate 0 means no cap."""
+
+    def __init__(
+        self,
+        rate: float,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._rate = rate
+        self._clock, self._sleep = clock, sleep
+        self._tokens = max(rate, 1.0)
+        self._stamp = clock()
+        self._lock = threading.Lock()
+
+    def wait_time(self) -> float:
+        """Take a token; return how long the caller must wait before using it."""
+        if self._rate <= 0:
+            return 0.0
+        with self._lock:
+            now = self._clock()
+            self._tokens = min(max(self._rate, 1.0), self._tokens + (now - self._stamp) * self._rate)
+            self._stamp = now
+            self._tokens -= 1.0
+            return 0.0 if self._tokens >= 0 else -self._tokens / self._rate
+
+    def acquire(self) -> None:
+        """Block until one call may be made."""
+        wait = self.wait_time()
+        if wait > 0:
+            self._sleep(wait)

@@ -1,0 +1,61 @@
+"""Structured event logging: JSON lines (default) or console, with secrets redacted."""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import MutableMapping
+from typing import Any, TextIO
+
+import structlog
+
+__all__ = ["configure", "redact"]
+
+SECRET_KEYS = re.compile(r"secret|password|token|credential|authorization|session", re.I)
+SECRET_VALUES = [
+    re.compile(r"(?<![A-Z0-9])(AKIA|ASIA)[A-Z0-9]{16}(?![A-Z0-9])"),
+    re.compile(r"(?i)(aws_secret_access_key|secret_access_key|x-amz-security-token)\s*[=:]\s*\S+"),
+    re.compile(r"Credential=[^,\s]+"),
+    re.compile(r"Signature=[0-9a-f]+"),
+]
+
+
+def _scrub(value: str) -> str:
+    for pattern in SECRET_VALUES:
+        value = pattern.sub("[REDACTED]", value)
+    return value
+
+
+def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    """structlog processor: drop values of secret-looking keys, scrub key ids and signatures."""
+    for key, value in list(event.items()):
+        if SECRET_KEYS.search(key) and key != "event":
+            event[key] = "[REDACTED]"
+        elif isinstance(value, str):
+            event[key] = _scrub(value)
+    return event
+
+
+def configure(level: str = "info", fmt: str = "json", stream: TextIO | None = None) -> None:
+    """Set up structlog for the process: one event per line, fields not prose."""
+    renderer: Any = (
+        structlog.processors.JSONRenderer()
+        if fmt == "json"
+        else structlog.dev.ConsoleRenderer(colors=False)
+    )
+    structlog.configure(
+        processors=[
+            structlog.contextvars.merge_contextvars,
+            structlog.processors.add_log_level,
+            structlog.processors.TimeStamper(fmt="iso", utc=True),
+            structlog.processors.format_exc_info,
+            redact,
+            renderer,
+        ],
+        wrapper_class=structlog.make_filtering_bound_logger(
+            logging.getLevelNamesMapping()[level.upper()]
+        ),
+        logger_factory=structlog.PrintLoggerFactory(stream or sys.stderr),
+        cache_logger_on_first_use=False,
+    )

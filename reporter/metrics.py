@@ -1,0 +1,130 @@
+"""Prometheus `/metrics` and `/healthz` over a small loopback HTTP listener."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+__all__ = ["Metrics", "MetricsServer"]
+
+
+class Metrics:
+    """The daemon's instruments, in a registry of their own."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.pending = Gauge("mgh_reporter_pending_rows", "Outbox rows not yet delivered", registry=r)
+        self.oldest = Gauge(
+            "mgh_reporter_oldest_pending_seconds", "Age of the oldest undelivered row", registry=r
+        )
+        self.dead_letters = Gauge(
+            "mgh_reporter_dead_letters", "Rows rejected and kept with their reason", registry=r
+        )
+        self.requests = Counter(
+            "mgh_reporter_api_requests", "Migration Hub API requests",
+            ["operation", "outcome"], registry=r,
+        )
+        self.latency = Histogram(
+            "mgh_reporter_api_request_duration_seconds", "Migration Hub API latency",
+            ["operation"], registry=r,
+            buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.blocked = Gauge(
+            "mgh_reporter_blocked", "1 while delivery is blocked by something only a person can fix",
+            registry=r,
+        )
+        self.backoff = Gauge(
+            "mgh_reporter_outage_backoff", "1 while every call fails and only probes are sent",
+            registry=r,
+        )
+        self.concurrency = Gauge(
+            "mgh_reporter_concurrency_limit", "Current adaptive concurrency limit", registry=r
+        )
+        self.stale = Gauge(
+            "mgh_reporter_stale_tasks", "Tasks whose NextUpdateSeconds promise has lapsed",
+            ["stream"], registry=r,
+        )
+        self.lapsing = Gauge(
+            "mgh_reporter_lapsing_tasks", "Tasks whose promise lapses within the warning window",
+            ["stream"], registry=r,
+        )
+        self.unmapped = Gauge(
+            "mgh_reporter_unmapped_tasks", "Tasks the Hub has not mapped to a discovered server",
+            registry=r,
+        )
+        self.last_success = Gauge(
+            "mgh_reporter_last_success_timestamp_seconds", "When a call last succeeded", registry=r
+        )
+        self._oldest_created: float | None = None
+        self.oldest.set_function(self._oldest_age)
+
+    def _oldest_age(self) -> float:
+        return 0.0 if self._oldest_created is None else max(0.0, time.time() - self._oldest_created)
+
+    def observe_call(self, operation: str, outcome: str, seconds: float) -> None:
+        """The Hub's observer: count and time one call."""
+        self.requests.labels(operation, outcome).inc()
+        self.latency.labels(operation).observe(seconds)
+
+    def set_backlog(self, pending: int, oldest_created: float | None, dead: int) -> None:
+        """Refresh backlog gauges from the store."""
+        self.pending.set(pending)
+        self._oldest_created = oldest_created
+        self.dead_letters.set(dead)
+
+
+class _Handler(BaseHTTPRequestHandler):
+    server: MetricsServer
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+        """Scrapes are not events."""
+
+    def _send(self, status: int, body: bytes, content_type: str) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:  # noqa: N802
+        path = self.path.split("?")[0]
+        if path == "/metrics":
+            self._send(200, generate_latest(self.server.metrics.registry), CONTENT_TYPE_LATEST)
+        elif path == "/healthz":
+            problem = self.server.health()
+            if problem is None:
+                self._send(200, b"ok\n", "text/plain; charset=utf-8")
+            else:
+                self._send(503, f"blocked: {problem}\n".encode(), "text/plain; charset=utf-8")
+        else:
+            self._send(404, b"not found\n", "text/plain; charset=utf-8")
+
+
+class MetricsServer(ThreadingHTTPServer):
+    """Serves one Metrics and a health callback (None: healthy, else the reason)."""
+
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(
+        self, address: tuple[str, int], metrics: Metrics, health: Callable[[], str | None]
+    ) -> None:
+        super().__init__(address, _Handler)
+        self.metrics, self.health = metrics, health
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True, name="metrics")
+
+    def start(self) -> None:
+        """Serve in the background."""
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Stop serving and close the socket."""
+        self.shutdown()
+        self.server_close()

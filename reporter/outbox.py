@@ -1,0 +1,112 @@
+"""The Python writer API for host tools: validated INSERTs into the outbox, nothing else.
+
+    from reporter.outbox import Outbox
+    box = Outbox("/var/lib/mgh-reporter/outbox.db")
+    box.task_state("vm-042", "IN_PROGRESS", percent=40, detail="copying disk 2 of 3")
+    box.resource_attributes("vm-042", [("IPV4_ADDRESS", "10.0.0.42"), ("FQDN", "db1.corp")])
+    box.created_artifact("vm-042", "arn:aws:ec2:us-east-1:123456789012:instance/i-0abc")
+
+Every method validates against the contract's limits first and raises `ValueError` naming the
+field and the rule, so a bad update fails in the tool, not later in a dead letter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from reporter import rows
+from reporter.store import Store
+
+__all__ = ["Outbox", "OutboxValueError"]
+
+PLACEHOLDER_STREAM = "default"
+
+
+class OutboxValueError(ValueError):
+    """An update the Hub would refuse; `.problem` has the field and the rule."""
+
+    def __init__(self, problem: rows.Problem) -> None:
+        super().__init__(problem.reason)
+        self.problem = problem
+
+
+class Outbox:
+    """A writer for one outbox file (opens a short-lived connection per call)."""
+
+    def __init__(self, path: str | os.PathLike[str], busy_timeout_ms: int = 5000) -> None:
+        self.path = Path(path)
+        self.busy_timeout_ms = busy_timeout_ms
+
+    def _insert(self, values: dict[str, Any]) -> int:
+        values = {k: v for k, v in values.items() if v is not None}
+        checked = rows.to_request(
+            rows.OutboxRow(id=0, created_at="1970-01-01T00:00:00Z", **values),
+            PLACEHOLDER_STREAM,
+            0,
+        )
+        if isinstance(checked, rows.Problem):
+            raise OutboxValueError(checked)
+        store = Store.open(self.path, self.busy_timeout_ms, writable=False)
+        try:
+            return store.insert_row(values)
+        finally:
+            store.close()
+
+    def task_state(
+        self,
+        task: str,
+        status: str,
+        *,
+        percent: int | None = None,
+        detail: str | None = None,
+        next_update_seconds: int | None = None,
+        update_date_time: datetime | str | None = None,
+        stream: str | None = None,
+    ) -> int:
+        """Queue a NotifyMigrationTaskState; returns the outbox row id."""
+        when = update_date_time.isoformat() if isinstance(update_date_time, datetime) else update_date_time
+        return self._insert(
+            {
+                "kind": rows.Kind.TASK_STATE.value,
+                "migration_task_name": task,
+                "progress_update_stream": stream,
+                "status": status,
+                "status_detail": detail,
+                "progress_percent": percent,
+                "next_update_seconds": next_update_seconds,
+                "update_date_time": when,
+            }
+        )
+
+    def resource_attributes(
+        self, task: str, attributes: Iterable[tuple[str, str]], *, stream: str | None = None
+    ) -> int:
+        """Queue a PutResourceAttributes with the full list of (Type, Value); returns the row id."""
+        payload = json.dumps([{"Type": t, "Value": v} for t, v in attributes])
+        return self._insert(
+            {
+                "kind": rows.Kind.RESOURCE_ATTRIBUTES.value,
+                "migration_task_name": task,
+                "progress_update_stream": stream,
+                "resource_attributes": payload,
+            }
+        )
+
+    def created_artifact(
+        self, task: str, arn: str, *, description: str | None = None, stream: str | None = None
+    ) -> int:
+        """Queue an AssociateCreatedArtifact; returns the row id."""
+        return self._insert(
+            {
+                "kind": rows.Kind.CREATED_ARTIFACT.value,
+                "migration_task_name": task,
+                "progress_update_stream": stream,
+                "artifact_name": arn,
+                "artifact_description": description,
+            }
+        )

@@ -1,0 +1,388 @@
+"""The outbox row and the Hub requests it becomes: validation, normalisation, coalescing (pure)."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any
+
+__all__ = [
+    "ATTRIBUTE_TYPES",
+    "REGION_RE",
+    "STATUSES",
+    "TERMINAL_STATUSES",
+    "ArtifactAssociation",
+    "AttributesUpdate",
+    "Kind",
+    "OutboxRow",
+    "Plan",
+    "Problem",
+    "Request",
+    "StateUpdate",
+    "check_stream",
+    "check_task",
+    "parse_timestamp",
+    "plan_task",
+    "to_request",
+]
+
+STATUSES = ("NOT_STARTED", "IN_PROGRESS", "FAILED", "COMPLETED")
+TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED"})
+ATTRIBUTE_TYPES = (
+    "IPV4_ADDRESS",
+    "IPV6_ADDRESS",
+    "MAC_ADDRESS",
+    "FQDN",
+    "VM_MANAGER_ID",
+    "VM_MANAGED_OBJECT_REFERENCE",
+    "VM_NAME",
+    "VM_PATH",
+    "BIOS_ID",
+    "MOTHERBOARD_SERIAL_NUMBER",
+)
+VM_ATTRIBUTE_TYPES = frozenset({"VM_MANAGED_OBJECT_REFERENCE", "VM_NAME", "VM_PATH"})
+REGION_RE = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
+MAC_RE = re.compile(r"^([0-9A-Fa-f]{2}[:-]){5}([0-9A-Fa-f]{2})$")
+IPV4_RE = re.compile(r"^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$")
+ARN_RE = re.compile(r"arn:[a-z-]+:[a-z0-9-]+:(?:[a-z0-9-]+|):(?:[0-9]{12}|):.*")
+STREAM_FORBIDDEN = re.compile(r"[/:|\x00-\x1f]")
+# Java's "." (the service's patterns) stops at these line terminators.
+LINE_BREAKS = re.compile(r"\r\n|[\n\r\x85\u2028\u2029]")
+MAX_STATUS_DETAIL = 2500
+MAX_ARTIFACT_DESCRIPTION = 500
+MAX_ATTRIBUTES = 100
+
+
+class Kind(StrEnum):
+    """The three kinds of outbox row."""
+
+    TASK_STATE = "task_state"
+    RESOURCE_ATTRIBUTES = "resource_attributes"
+    CREATED_ARTIFACT = "created_artifact"
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Why a row cannot be sent: the column (or attribute) and the rule it breaks."""
+
+    field: str
+    rule: str
+
+    @property
+    def reason(self) -> str:
+        """One human sentence: `field: rule`."""
+        return f"{self.field}: {self.rule}"
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    """One row of the `outbox` table, as SQLite returned it (types unchecked)."""
+
+    id: int
+    kind: Any
+    migration_task_name: Any
+    progress_update_stream: Any = None
+    status: Any = None
+    status_detail: Any = None
+    progress_percent: Any = None
+    next_update_seconds: Any = None
+    update_date_time: Any = None
+    resource_attributes: Any = None
+    created_at: Any = None
+    artifact_name: Any = None
+    artifact_description: Any = None
+
+    @classmethod
+    def from_mapping(cls, data: dict[str, Any]) -> OutboxRow:
+        """Build from a `sqlite3.Row`-like mapping, ignoring columns we do not know."""
+        names = cls.__dataclass_fields__
+        return cls(**{k: data[k] for k in data if k in names})
+
+
+@dataclass(frozen=True)
+class StateUpdate:
+    """A `NotifyMigrationTaskState` call."""
+
+    row_id: int
+    stream: str
+    task: str
+    status: str
+    detail: str | None
+    percent: int | None
+    update_time: datetime
+    next_update_seconds: int
+
+    operation = "NotifyMigrationTaskState"
+
+    def params(self) -> dict[str, Any]:
+        """boto3 keyword arguments."""
+        task: dict[str, Any] = {"Status": self.status}
+        if self.detail is not None:
+            task["StatusDetail"] = self.detail
+        if self.percent is not None:
+            task["ProgressPercent"] = self.percent
+        return {
+            "ProgressUpdateStream": self.stream,
+            "MigrationTaskName": self.task,
+            "Task": task,
+            "UpdateDateTime": self.update_time,
+            "NextUpdateSeconds": self.next_update_seconds,
+        }
+
+
+@dataclass(frozen=True)
+class AttributesUpdate:
+    """A `PutResourceAttributes` call (replaces the task's attributes at the Hub)."""
+
+    row_id: int
+    stream: str
+    task: str
+    attributes: tuple[tuple[str, str], ...]
+
+    operation = "PutResourceAttributes"
+
+    def params(self) -> dict[str, Any]:
+        """boto3 keyword arguments."""
+        return {
+            "ProgressUpdateStream": self.stream,
+            "MigrationTaskName": self.task,
+            "ResourceAttributeList": [{"Type": t, "Value": v} for t, v in self.attributes],
+        }
+
+
+@dataclass(frozen=True)
+class ArtifactAssociation:
+    """An `AssociateCreatedArtifact` call."""
+
+    row_id: int
+    stream: str
+    task: str
+    arn: str
+    description: str | None
+
+    operation = "AssociateCreatedArtifact"
+
+    def params(self) -> dict[str, Any]:
+        """boto3 keyword arguments."""
+        artifact: dict[str, Any] = {"Name": self.arn}
+        if self.description is not None:
+            artifact["Description"] = self.description
+        return {
+            "ProgressUpdateStream": self.stream,
+            "MigrationTaskName": self.task,
+            "CreatedArtifact": artifact,
+        }
+
+
+Request = StateUpdate | AttributesUpdate | ArtifactAssociation
+
+
+def check_stream(value: Any) -> Problem | None:
+    """The ProgressUpdateStream rules: 1–50 chars, no `/ : |` nor control characters."""
+    if not isinstance(value, str):
+        return Problem("progress_update_stream", "must be text")
+    if not 1 <= len(value) <= 50:
+        return Problem("progress_update_stream", f"must be 1-50 characters (got {len(value)})")
+    if STREAM_FORBIDDEN.search(value):
+        return Problem("progress_update_stream", "must not contain / : | or control characters")
+    return None
+
+
+def check_task(value: Any) -> Problem | None:
+    """The MigrationTaskName rules: 1–256 chars, no `:` or `|`."""
+    if not isinstance(value, str):
+        return Problem("migration_task_name", "must be text")
+    if not 1 <= len(value) <= 256:
+        return Problem("migration_task_name", f"must be 1-256 characters (got {len(value)})")
+    if ":" in value or "|" in value:
+        return Problem("migration_task_name", "must not contain : or |")
+    return None
+
+
+def parse_timestamp(value: str) -> datetime | None:
+    """ISO-8601 with `Z` or an offset, as an aware UTC datetime; None if not such a string."""
+    try:
+        parsed = datetime.fromisoformat(value.strip())
+    except ValueError:
+        return None
+    if parsed.tzinfo is None:
+        return None
+    return parsed.astimezone(UTC)
+
+
+def _int(value: Any, name: str, low: int, high: int | None) -> int | Problem:
+    if isinstance(value, bool) or not isinstance(value, int):
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
+        else:
+            return Problem(name, f"must be an integer (got {value!r})")
+    if value < low or (high is not None and value > high):
+        bound = f"{low}..{high}" if high is not None else f">= {low}"
+        return Problem(name, f"must be {bound} (got {value})")
+    return value
+
+
+def normalise_detail(text: str) -> str:
+    """The Hub's rules for StatusDetail: line breaks become spaces, cut to 2,500 chars."""
+    return LINE_BREAKS.sub(" ", text)[:MAX_STATUS_DETAIL]
+
+
+def _state(row: OutboxRow, stream: str, task: str, default_nus: int) -> StateUpdate | Problem:
+    if row.status not in STATUSES:
+        return Problem("status", f"must be one of {', '.join(STATUSES)} (got {row.status!r})")
+    detail = None
+    if row.status_detail is not None:
+        if not isinstance(row.status_detail, str):
+            return Problem("status_detail", "must be text")
+        detail = normalise_detail(row.status_detail)
+    percent = None
+    if row.progress_percent is not None:
+        checked = _int(row.progress_percent, "progress_percent", 0, 100)
+        if isinstance(checked, Problem):
+            return checked
+        percent = checked
+    nus = default_nus
+    if row.next_update_seconds is not None:
+        checked = _int(row.next_update_seconds, "next_update_seconds", 0, None)
+        if isinstance(checked, Problem):
+            return checked
+        nus = checked
+    when_text = row.update_date_time if row.update_date_time is not None else row.created_at
+    name = "update_date_time" if row.update_date_time is not None else "created_at"
+    when = parse_timestamp(when_text) if isinstance(when_text, str) else None
+    if when is None:
+        return Problem(name, f"must be an ISO-8601 time with Z or an offset (got {when_text!r})")
+    return StateUpdate(row.id, stream, task, row.status, detail, percent, when, nus)
+
+
+def _attribute(index: int, item: Any) -> tuple[str, str] | Problem:
+    where = f"resource_attributes[{index}]"
+    if not isinstance(item, dict):
+        return Problem(where, 'must be an object {"Type": ..., "Value": ...}')
+    extra = set(item) - {"Type", "Value"}
+    if extra:
+        return Problem(where, f"unknown keys {sorted(extra)} (only Type and Value)")
+    kind, value = item.get("Type"), item.get("Value")
+    if kind not in ATTRIBUTE_TYPES:
+        return Problem(f"{where}.Type", f"must be one of {', '.join(ATTRIBUTE_TYPES)} (got {kind!r})")
+    if not isinstance(value, str) or not 1 <= len(value) <= 256:
+        return Problem(f"{where}.Value", "must be text of 1-256 characters")
+    if LINE_BREAKS.search(value):
+        return Problem(f"{where}.Value", "must be a single line")
+    if kind == "IPV4_ADDRESS" and not IPV4_RE.match(value):
+        return Problem(f"{where}.Value", f"must be a dotted-quad IPv4 address (got {value!r})")
+    if kind == "IPV6_ADDRESS":
+        try:
+            ipaddress.IPv6Address(value)
+        except ValueError:
+            return Problem(f"{where}.Value", f"must be an IPv6 address (got {value!r})")
+    if kind == "MAC_ADDRESS" and not MAC_RE.match(value):
+        return Problem(f"{where}.Value", f"must be a MAC address like 00:1A:2B:3C:4D:5E (got {value!r})")
+    return kind, value
+
+
+def parse_attributes(text: Any) -> tuple[tuple[str, str], ...] | Problem:
+    """The `resource_attributes` JSON column as validated (Type, Value) pairs."""
+    if not isinstance(text, str):
+        return Problem("resource_attributes", "is required: a JSON list of {Type, Value}")
+    try:
+        items = json.loads(text)
+    except ValueError as exc:
+        return Problem("resource_attributes", f"is not valid JSON ({exc.msg})")
+    if not isinstance(items, list) or not 1 <= len(items) <= MAX_ATTRIBUTES:
+        return Problem("resource_attributes", f"must be a JSON list of 1-{MAX_ATTRIBUTES} attributes")
+    pairs = []
+    for index, item in enumerate(items):
+        checked = _attribute(index, item)
+        if isinstance(checked, Problem):
+            return checked
+        pairs.append(checked)
+    return tuple(pairs)
+
+
+def _artifact(row: OutboxRow, stream: str, task: str) -> ArtifactAssociation | Problem:
+    arn = row.artifact_name
+    if not isinstance(arn, str) or not 1 <= len(arn) <= 1600:
+        return Problem("artifact_name", "is required: an ARN of 1-1600 characters")
+    if not ARN_RE.fullmatch(arn):
+        return Problem("artifact_name", f"must be an ARN like arn:aws:ec2:us-east-1:123456789012:instance/i-0abc (got {arn!r})")
+    description = row.artifact_description
+    if description is not None:
+        if not isinstance(description, str) or len(description) > MAX_ARTIFACT_DESCRIPTION:
+            return Problem("artifact_description", f"must be text of at most {MAX_ARTIFACT_DESCRIPTION} characters")
+        if LINE_BREAKS.search(description):
+            return Problem("artifact_description", "must be a single line")
+    return ArtifactAssociation(row.id, stream, task, arn, description)
+
+
+def to_request(row: OutboxRow, default_stream: str, default_nus: int) -> Request | Problem:
+    """Validate and normalise one row into the call it becomes, or say why it cannot be sent."""
+    stream = row.progress_update_stream if row.progress_update_stream is not None else default_stream
+    problem = check_stream(stream) or check_task(row.migration_task_name)
+    if problem:
+        return problem
+    task: str = row.migration_task_name
+    if row.kind == Kind.TASK_STATE:
+        return _state(row, stream, task, default_nus)
+    if row.kind == Kind.RESOURCE_ATTRIBUTES:
+        attrs = parse_attributes(row.resource_attributes)
+        return attrs if isinstance(attrs, Problem) else AttributesUpdate(row.id, stream, task, attrs)
+    if row.kind == Kind.CREATED_ARTIFACT:
+        return _artifact(row, stream, task)
+    return Problem("kind", f"must be one of {', '.join(k.value for k in Kind)} (got {row.kind!r})")
+
+
+@dataclass
+class Plan:
+    """What to do with one task's waiting rows: send (in row order), supersede, reject."""
+
+    send: list[Request] = field(default_factory=list)
+    superseded: list[tuple[int, str]] = field(default_factory=list)
+    rejected: list[tuple[int, Problem]] = field(default_factory=list)
+
+
+def plan_task(
+    pending: Iterable[tuple[int, Request | Problem]],
+    last_state_row: int | None,
+    last_attributes_row: int | None,
+    associated: frozenset[str] | set[str],
+) -> Plan:
+    """Coalesce one task's pending rows: newest valid state and attributes, each new ARN once.
+
+    A state or attribute row older than one already sent is superseded, never sent, so the Hub
+    never sees an older state after a newer one.
+    """
+    plan = Plan()
+    newest: dict[type, Request] = {}
+    artifacts: dict[str, ArtifactAssociation] = {}
+    ordered: Sequence[tuple[int, Request | Problem]] = sorted(pending, key=lambda p: p[0])
+    for row_id, item in ordered:
+        if isinstance(item, Problem):
+            plan.rejected.append((row_id, item))
+        elif isinstance(item, ArtifactAssociation):
+            if item.arn in associated:
+                plan.superseded.append((row_id, "artifact already associated"))
+            elif item.arn in artifacts:
+                plan.superseded.append((artifacts[item.arn].row_id, "repeated by a later row"))
+                artifacts[item.arn] = item
+            else:
+                artifacts[item.arn] = item
+        else:
+            previous = newest.get(type(item))
+            if previous is not None:
+                plan.superseded.append((previous.row_id, f"superseded by row {row_id}"))
+            newest[type(item)] = item
+    for item in newest.values():
+        floor = last_state_row if isinstance(item, StateUpdate) else last_attributes_row
+        if floor is not None and item.row_id < floor:
+            plan.superseded.append((item.row_id, f"older than row {floor}, already sent"))
+        else:
+            plan.send.append(item)
+    plan.send.extend(artifacts.values())
+    plan.send.sort(key=lambda r: r.row_id)
+    return plan
