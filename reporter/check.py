@@ -23,13 +23,21 @@ def _probe_params(operation: str, stream: str) -> dict[str, object]:
     if operation == "NotifyMigrationTaskState":
         import datetime
 
-        return {**base, "Task": {"Status": "NOT_STARTED"}, "NextUpdateSeconds": 0,
-                "UpdateDateTime": datetime.datetime.now(datetime.UTC)}
+        return {
+            **base,
+            "Task": {"Status": "NOT_STARTED"},
+            "NextUpdateSeconds": 0,
+            "UpdateDateTime": datetime.datetime.now(datetime.UTC),
+        }
     if operation == "PutResourceAttributes":
         return {**base, "ResourceAttributeList": [{"Type": "FQDN", "Value": "check.invalid"}]}
     if operation == "AssociateCreatedArtifact":
-        return {**base, "CreatedArtifact": {
-            "Name": "arn:aws:ec2:us-east-1:123456789012:instance/i-0mghreportercheck"}}
+        return {
+            **base,
+            "CreatedArtifact": {
+                "Name": "arn:aws:ec2:us-east-1:123456789012:instance/i-0mghreportercheck"
+            },
+        }
     return base
 
 
@@ -58,8 +66,11 @@ def run_checks(path: Path, say: Callable[[str], None]) -> int:
     hub = Hub(cfg.aws, cfg.hub.region)
     source = hub.credential_source()
     if source is None:
-        return fail("credentials", "no AWS credentials found (environment, shared files, "
-                    "instance or container role)", 4)
+        return fail(
+            "credentials",
+            "no AWS credentials found (environment, shared files, instance or container role)",
+            4,
+        )
     ok("credentials", f"found via {source}")
 
     try:
@@ -75,8 +86,12 @@ def run_checks(path: Path, say: Callable[[str], None]) -> int:
         if failure.code == "DryRunOperation":
             ok("permission", f"mgh:{operation}")
         elif failure.outcome is Outcome.BLOCKED:
-            return fail("permission", f"mgh:{operation} is not allowed ({failure.code}): grant "
-                        f"IAM action mgh:{operation}", 4)
+            return fail(
+                "permission",
+                f"mgh:{operation} is not allowed ({failure.code}): grant "
+                f"IAM action mgh:{operation}",
+                4,
+            )
         else:
             return fail("permission", f"mgh:{operation} probe failed: {failure}", 1)
     try:
@@ -84,8 +99,12 @@ def run_checks(path: Path, say: Callable[[str], None]) -> int:
         ok("permission", "mgh:ListDiscoveredResources")
     except HubError as err:
         if err.failure.outcome is Outcome.BLOCKED:
-            return fail("permission", "mgh:ListDiscoveredResources is not allowed: grant IAM "
-                        "action mgh:ListDiscoveredResources", 4)
+            return fail(
+                "permission",
+                "mgh:ListDiscoveredResources is not allowed: grant IAM "
+                "action mgh:ListDiscoveredResources",
+                4,
+            )
         ok("permission", "mgh:ListDiscoveredResources")
     say("all checks passed; nothing was changed at the Hub")
     return 0

@@ -8,7 +8,6 @@ import sys
 import time
 from collections.abc import Callable
 from functools import wraps
-from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -26,8 +25,14 @@ from reporter.store import Store, StoreError
 __all__ = ["main"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-META_KEYS = ("blocked_reason", "blocked_code", "blocked_since", "home_region",
-             "last_success_at", "brake_attempts")
+META_KEYS = (
+    "blocked_reason",
+    "blocked_code",
+    "blocked_since",
+    "home_region",
+    "last_success_at",
+    "brake_attempts",
+)
 
 
 def _fail(message: str, code: int = EXIT["error"]) -> None:
@@ -65,8 +70,13 @@ def guarded(fn: F) -> F:
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None,
-              help="Config file (default: $MGH_REPORTER_CONFIG, then /etc/mgh-reporter/config.toml).")
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Config file (default: $MGH_REPORTER_CONFIG, then /etc/mgh-reporter/config.toml).",
+)
 @click.version_option(package_name="mgh-reporter")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None) -> None:
@@ -98,8 +108,13 @@ def run(ctx: click.Context) -> None:
 
 
 @cli.command()
-@click.option("--timeout", type=click.FloatRange(min=0), default=300.0, show_default=True,
-              help="Seconds to keep retrying before giving up with exit 3.")
+@click.option(
+    "--timeout",
+    type=click.FloatRange(min=0),
+    default=300.0,
+    show_default=True,
+    help="Seconds to keep retrying before giving up with exit 3.",
+)
 @click.pass_context
 @guarded
 def drain(ctx: click.Context, timeout: float) -> None:
@@ -118,16 +133,29 @@ def _writer(cfg: Config) -> Outbox:
 @click.option("--status", required=True, type=click.Choice(STATUSES), help="Task status.")
 @click.option("--percent", type=int, help="Progress, 0..100.")
 @click.option("--detail", help="Status detail (one line, <= 2,500 characters).")
-@click.option("--next-update-seconds", type=int, help="When the next update comes (default from config).")
+@click.option(
+    "--next-update-seconds", type=int, help="When the next update comes (default from config)."
+)
 @click.option("--stream", help="Progress update stream (default from config).")
 @click.pass_context
 @guarded
-def notify(ctx: click.Context, task: str, status: str, percent: int | None, detail: str | None,
-           next_update_seconds: int | None, stream: str | None) -> None:
+def notify(
+    ctx: click.Context,
+    task: str,
+    status: str,
+    percent: int | None,
+    detail: str | None,
+    next_update_seconds: int | None,
+    stream: str | None,
+) -> None:
     """Queue a task_state row (becomes NotifyMigrationTaskState)."""
     row = _writer(_config(ctx)).task_state(
-        task, status, percent=percent, detail=detail,
-        next_update_seconds=next_update_seconds, stream=stream,
+        task,
+        status,
+        percent=percent,
+        detail=detail,
+        next_update_seconds=next_update_seconds,
+        stream=stream,
     )
     click.echo(f"queued row {row}")
 
@@ -144,13 +172,20 @@ def _attribute(text: str) -> tuple[str, str]:
 
 @cli.command("put-attributes")
 @click.argument("task")
-@click.option("--attribute", "attributes", multiple=True, required=True, metavar="TYPE=VALUE",
-              help="Repeatable; the full list (it replaces what the Hub has).")
+@click.option(
+    "--attribute",
+    "attributes",
+    multiple=True,
+    required=True,
+    metavar="TYPE=VALUE",
+    help="Repeatable; the full list (it replaces what the Hub has).",
+)
 @click.option("--stream", help="Progress update stream (default from config).")
 @click.pass_context
 @guarded
-def put_attributes(ctx: click.Context, task: str, attributes: tuple[str, ...],
-                   stream: str | None) -> None:
+def put_attributes(
+    ctx: click.Context, task: str, attributes: tuple[str, ...], stream: str | None
+) -> None:
     """Queue a resource_attributes row (becomes PutResourceAttributes)."""
     pairs = [_attribute(a) for a in attributes]
     row = _writer(_config(ctx)).resource_attributes(task, pairs, stream=stream)
@@ -164,8 +199,9 @@ def put_attributes(ctx: click.Context, task: str, attributes: tuple[str, ...],
 @click.option("--stream", help="Progress update stream (default from config).")
 @click.pass_context
 @guarded
-def associate_artifact(ctx: click.Context, task: str, arn: str, description: str | None,
-                       stream: str | None) -> None:
+def associate_artifact(
+    ctx: click.Context, task: str, arn: str, description: str | None, stream: str | None
+) -> None:
     """Queue a created_artifact row (becomes AssociateCreatedArtifact)."""
     row = _writer(_config(ctx)).created_artifact(task, arn, description=description, stream=stream)
     click.echo(f"queued row {row}")
@@ -225,8 +261,10 @@ def _print_status(report: dict[str, Any], cfg: Config) -> None:
         f"{report['lapsing_tasks']} lapsing, {report['unmapped_tasks']} unmapped"
     )
     for stream, counts in sorted(report["streams"].items()):
-        console.print(f"    {stream}: {counts['tasks']} tasks, {counts['stale']} stale, "
-                      f"{counts['lapsing']} lapsing")
+        console.print(
+            f"    {stream}: {counts['tasks']} tasks, {counts['stale']} stale, "
+            f"{counts['lapsing']} lapsing"
+        )
 
 
 @cli.group("dead-letters")
@@ -254,7 +292,9 @@ def dead_list(ctx: click.Context, as_json: bool) -> None:
         return
     table = Table("id", "kind", "stream", "task", "reason", "rejected at")
     for d in letters:
-        table.add_row(str(d["id"]), d["kind"], d["stream"], d["task"], d["reason"], d["rejected_at"])
+        table.add_row(
+            str(d["id"]), d["kind"], d["stream"], d["task"], d["reason"], d["rejected_at"]
+        )
     Console().print(table if letters else "no dead letters")
 
 
@@ -298,17 +338,23 @@ def tasks(ctx: click.Context, stream: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(entries, indent=2))
         return
-    table = Table("stream", "task", "status", "%", "updated", "pending", "mapped", "artifacts",
-                  "promise")
+    table = Table(
+        "stream", "task", "status", "%", "updated", "pending", "mapped", "artifacts", "promise"
+    )
     for e in entries:
         mapped = {True: e["configuration_id"] or "yes", False: "[red]NO[/]", None: "…"}[e["mapped"]]
         promise = {"stale": "[red]STALE[/]", "lapsing": "[yellow]lapsing[/]"}.get(
             e["promise"] or "", e["promise"] or "-"
         )
         table.add_row(
-            e["stream"], e["task"], e["status"] or "-",
+            e["stream"],
+            e["task"],
+            e["status"] or "-",
             "" if e["progress_percent"] is None else str(e["progress_percent"]),
-            e["update_date_time"] or "-", str(e["pending"]), mapped, str(len(e["artifacts"])),
+            e["update_date_time"] or "-",
+            str(e["pending"]),
+            mapped,
+            str(len(e["artifacts"])),
             promise,
         )
     Console().print(table)
@@ -329,10 +375,19 @@ def check(ctx: click.Context) -> None:
 @cli.command()
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--port", default=4566, show_default=True, type=int, help="Port (0: any free).")
-@click.option("--home-region", default="us-west-2", show_default=True,
-              help='Home Region to simulate ("none": not set).')
-@click.option("--map-delay", default=2.0, show_default=True, type=float,
-              help="Seconds before auto-mapping settles.")
+@click.option(
+    "--home-region",
+    default="us-west-2",
+    show_default=True,
+    help='Home Region to simulate ("none": not set).',
+)
+@click.option(
+    "--map-delay",
+    default=2.0,
+    show_default=True,
+    type=float,
+    help="Seconds before auto-mapping settles.",
+)
 def emulator(host: str, port: int, home_region: str, map_delay: float) -> None:
     """Run a local Migration Hub stand-in (for trying things out)."""
     import threading
@@ -354,8 +409,14 @@ def emulator(host: str, port: int, home_region: str, map_delay: float) -> None:
 
 
 @cli.command()
-@click.option("--tasks", "task_count", default=6, show_default=True, type=click.IntRange(1, 50),
-              help="How many simulated migration tasks.")
+@click.option(
+    "--tasks",
+    "task_count",
+    default=6,
+    show_default=True,
+    type=click.IntRange(1, 50),
+    help="How many simulated migration tasks.",
+)
 def demo(task_count: int) -> None:
     """The whole path on one machine: stand-in Hub, a simulated tool, the daemon."""
     from reporter.demo import run_demo

@@ -199,7 +199,10 @@ _RULES: dict[str, dict[str, tuple[tuple[type, ...], Check | None]]] = {
         "max_attempts": ((int,), _non_negative),
         "max_age_seconds": ((int, float), _non_negative),
         "blocked_recheck_seconds": ((int, float), _positive),
-        "stop_timeout_seconds": ((int, float), lambda v: None if 0 < v <= 9 else "must be in (0, 9]"),
+        "stop_timeout_seconds": (
+            (int, float),
+            lambda v: None if 0 < v <= 9 else "must be in (0, 9]",
+        ),
     },
     "mapping": {
         "check_after_seconds": ((int, float), _non_negative),
@@ -287,7 +290,10 @@ def parse(data: Mapping[str, Any], where: str = "config", base_dir: Path | None 
     publish = sections.get("publish", {})
     if publish.get("max_concurrency", 32) < publish.get("concurrency", 8):
         raise _fail(
-            where, "publish", "max_concurrency", publish.get("max_concurrency"),
+            where,
+            "publish",
+            "max_concurrency",
+            publish.get("max_concurrency"),
             "must be >= [publish] concurrency",
         )
     metrics = sections.get("metrics", {})
@@ -295,7 +301,10 @@ def parse(data: Mapping[str, Any], where: str = "config", base_dir: Path | None 
         host = metrics["listen"].rpartition(":")[0].strip("[]")
         if host != "localhost" and not ipaddress.ip_address(host).is_loopback:
             raise _fail(
-                where, "metrics", "listen", metrics["listen"],
+                where,
+                "metrics",
+                "listen",
+                metrics["listen"],
                 "is not a loopback address; set [metrics] allow_non_loopback = true to expose it",
             )
 

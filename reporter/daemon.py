@@ -92,8 +92,11 @@ def _build(config: Config, stop: threading.Event, metrics: Metrics | None) -> _P
     limiter = AdaptiveLimiter(publish.concurrency, publish.max_concurrency)
     rate = RateLimiter(publish.max_requests_per_second) if publish.max_requests_per_second else None
     hub = Hub(
-        config.aws, config.hub.region, observer=metrics.observe_call if metrics else None,
-        limiter=limiter, rate=rate,
+        config.aws,
+        config.hub.region,
+        observer=metrics.observe_call if metrics else None,
+        limiter=limiter,
+        rate=rate,
     )
     relay = Relay(store, hub, config, stop=stop)
     return _Parts(store, hub, relay, limiter)
@@ -111,8 +114,11 @@ def drain(config: Config, timeout: float) -> int:
             while True:
                 result = parts.relay.run_once()
                 if result.blocked is not None:
-                    log.error("drain_blocked", error_code=result.blocked.code,
-                              reason=result.blocked.message)
+                    log.error(
+                        "drain_blocked",
+                        error_code=result.blocked.code,
+                        reason=result.blocked.message,
+                    )
                     print(f"delivery blocked: {result.blocked.message}", file=sys.stderr)
                     return EXIT["blocked"]
                 pending, _, dead = parts.store.pending_summary()
@@ -181,7 +187,8 @@ class Service:
                 self.store_problem = None
                 if result.busy or result.blocked:
                     self.last_outcome = (
-                        f"blocked: {result.blocked.code}" if result.blocked
+                        f"blocked: {result.blocked.code}"
+                        if result.blocked
                         else f"sent {result.sent}, failed {result.failed}"
                     )
                     self._refresh()
@@ -242,17 +249,30 @@ class Service:
             executors={"default": JobExecutor(1)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
-        scheduler.add_job(self.tick, "interval", seconds=config.publish.interval_seconds,
-                          id="publish", next_run_time=_now())
-        scheduler.add_job(self.maintain, "interval", seconds=MAINTENANCE_SECONDS, id="maintain",
-                          next_run_time=_now())
+        scheduler.add_job(
+            self.tick,
+            "interval",
+            seconds=config.publish.interval_seconds,
+            id="publish",
+            next_run_time=_now(),
+        )
+        scheduler.add_job(
+            self.maintain,
+            "interval",
+            seconds=MAINTENANCE_SECONDS,
+            id="maintain",
+            next_run_time=_now(),
+        )
         watchdog_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
         watchdog = watchdog_usec / 1e6 if watchdog_usec else 0.0
         with _signals(self.stop):
             scheduler.start()
             self.log.info(
-                "started", outbox=str(config.outbox.path), interval=config.publish.interval_seconds,
-                metrics=config.metrics.listen, pid=os.getpid(),
+                "started",
+                outbox=str(config.outbox.path),
+                interval=config.publish.interval_seconds,
+                metrics=config.metrics.listen,
+                pid=os.getpid(),
             )
             self.notifier.notify("READY=1\nSTATUS=started")
             beat = watchdog / 2 if watchdog else 1.0

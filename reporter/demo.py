@@ -30,16 +30,26 @@ def _host_tool(box: Outbox, names: list[str], done: threading.Event, rng: random
     """A migration tool: attributes first, then progress, an artifact, and one bad update."""
     for i, name in enumerate(names):
         box.resource_attributes(
-            name, [("IPV4_ADDRESS", f"10.0.0.{10 + i}"), ("FQDN", f"{name}.corp.example"),
-                   ("MAC_ADDRESS", f"00:1A:2B:3C:4D:{10 + i:02X}")],
+            name,
+            [
+                ("IPV4_ADDRESS", f"10.0.0.{10 + i}"),
+                ("FQDN", f"{name}.corp.example"),
+                ("MAC_ADDRESS", f"00:1A:2B:3C:4D:{10 + i:02X}"),
+            ],
         )
         box.task_state(name, "NOT_STARTED", detail="queued", next_update_seconds=120)
     percent = dict.fromkeys(names, 0)
     box._insert({"kind": "task_state", "migration_task_name": names[0], "status": "IN_PROGRESS"})
     # A row a buggy tool might write with plain SQL: the daemon rejects it, keeps it, moves on.
     store = Store.open(box.path)
-    store.insert_row({"kind": "task_state", "migration_task_name": names[-1],
-                      "status": "IN_PROGRESS", "progress_percent": 150})
+    store.insert_row(
+        {
+            "kind": "task_state",
+            "migration_task_name": names[-1],
+            "status": "IN_PROGRESS",
+            "progress_percent": 150,
+        }
+    )
     store.close()
     while any(p < 100 for p in percent.values()):
         for name in names:
@@ -47,17 +57,30 @@ def _host_tool(box: Outbox, names: list[str], done: threading.Event, rng: random
                 continue
             percent[name] = min(100, percent[name] + rng.randint(5, 25))
             if name == names[1] and percent[name] >= 60:
-                box.task_state(name, "FAILED", percent=percent[name],
-                               detail="source disk read error on /dev/sdb")
+                box.task_state(
+                    name,
+                    "FAILED",
+                    percent=percent[name],
+                    detail="source disk read error on /dev/sdb",
+                )
                 percent[name] = 100
                 continue
             if percent[name] == 100:
-                box.created_artifact(name, f"arn:aws:ec2:us-west-2:123456789012:instance/i-0{name[-2:]}"
-                                     f"{rng.randrange(16**10):010x}", description="cut-over instance")
+                box.created_artifact(
+                    name,
+                    f"arn:aws:ec2:us-west-2:123456789012:instance/i-0{name[-2:]}"
+                    f"{rng.randrange(16**10):010x}",
+                    description="cut-over instance",
+                )
                 box.task_state(name, "COMPLETED", percent=100, detail="cut-over complete")
             else:
-                box.task_state(name, "IN_PROGRESS", percent=percent[name],
-                               detail=f"replicating: {percent[name]}%", next_update_seconds=60)
+                box.task_state(
+                    name,
+                    "IN_PROGRESS",
+                    percent=percent[name],
+                    detail=f"replicating: {percent[name]}%",
+                    next_update_seconds=60,
+                )
         time.sleep(0.4)
     done.set()
 
@@ -74,9 +97,13 @@ def _table(store: Store, hub: Emulator) -> Table:
             continue
         last: dict[str, Any] = record.updates[-1]["Task"] if record.updates else {}
         table.add_row(
-            t["task"], last.get("Status", "-"), str(last.get("ProgressPercent", "")),
-            (last.get("StatusDetail") or "")[:36], record.mapped_to or "…",
-            str(len(record.artifacts)), str(t["pending"]),
+            t["task"],
+            last.get("Status", "-"),
+            str(last.get("ProgressPercent", "")),
+            (last.get("StatusDetail") or "")[:36],
+            record.mapped_to or "…",
+            str(len(record.artifacts)),
+            str(t["pending"]),
         )
     return table
 
@@ -86,26 +113,33 @@ def run_demo(task_count: int = 6) -> int:
     console = Console()
     for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
         os.environ.pop(key, None)
-    os.environ.update(AWS_ACCESS_KEY_ID="demo", AWS_SECRET_ACCESS_KEY="demo",
-                      AWS_REGION="us-east-1")
+    os.environ.update(
+        AWS_ACCESS_KEY_ID="demo", AWS_SECRET_ACCESS_KEY="demo", AWS_REGION="us-east-1"
+    )
     with tempfile.TemporaryDirectory(prefix="mgh-demo-") as tmp, Emulator(map_delay=1.0) as hub:
         os.environ.update(hub.environment())
-        hub.state.add_server("d-server-0a1b2c3d4e5f", "known to discovery", IPV4_ADDRESS="10.0.0.10")
+        hub.state.add_server(
+            "d-server-0a1b2c3d4e5f", "known to discovery", IPV4_ADDRESS="10.0.0.10"
+        )
         hub.state.faults.update(throttle=0.1)  # a real Hub throttles; watch the daemon cope
         path = Path(tmp) / "outbox.db"
         config = Config(
             outbox=OutboxConfig(path=path, lease_seconds=5.0),
             hub=HubConfig(progress_update_stream=STREAM, region="auto", next_update_seconds=300),
-            publish=PublishConfig(interval_seconds=0.3, backoff_base_seconds=0.2,
-                                  backoff_max_seconds=2.0),
-            mapping=MappingConfig(check_after_seconds=1.0, unmapped_after_seconds=30.0,
-                                  max_check_interval_seconds=2.0),
+            publish=PublishConfig(
+                interval_seconds=0.3, backoff_base_seconds=0.2, backoff_max_seconds=2.0
+            ),
+            mapping=MappingConfig(
+                check_after_seconds=1.0, unmapped_after_seconds=30.0, max_check_interval_seconds=2.0
+            ),
             log=LogConfig(level="warning", format="console"),
         )
         logs.configure("error", "console")
         Store.create(path).close()
-        console.print(f"[bold]mgh-reporter demo[/]: stand-in Hub at {hub.url} (home Region "
-                      f"us-west-2, 10% throttling), outbox {path}")
+        console.print(
+            f"[bold]mgh-reporter demo[/]: stand-in Hub at {hub.url} (home Region "
+            f"us-west-2, 10% throttling), outbox {path}"
+        )
         console.print("A simulated migration tool INSERTs rows; the daemon publishes them.\n")
         names = [f"server-{i:02d}" for i in range(1, task_count + 1)]
         done = threading.Event()
@@ -122,10 +156,13 @@ def run_demo(task_count: int = 6) -> int:
                     live.update(_table(viewer, hub))
                     mapped = all(
                         hub.state.streams.get(STREAM, {}).get(n) is not None
-                        and hub.state.task(STREAM, n).mapped_to for n in names
+                        and hub.state.task(STREAM, n).mapped_to
+                        for n in names
                     )
                     pending = viewer.pending_summary()[0] + viewer.waiting_count()
-                    if (done.is_set() and pending == 0 and mapped) or time.monotonic() - started > 50:
+                    if (
+                        done.is_set() and pending == 0 and mapped
+                    ) or time.monotonic() - started > 50:
                         service.stop.set()
                     time.sleep(0.25)
                 live.update(_table(viewer, hub))
@@ -139,12 +176,18 @@ def run_demo(task_count: int = 6) -> int:
         letters = viewer.dead_letters()
         viewer.close()
         ops = hub.state.summary()["operations"]
-        console.print(f"\n[bold]Done in {time.monotonic() - started:.1f}s.[/] Rows: "
-                      f"{counts['sent']} sent, {counts['superseded']} superseded by newer ones, "
-                      f"{counts['dead_letters']} rejected, {counts['pending']} pending.")
-        console.print("Calls the Hub received: " + ", ".join(f"{k} {v}" for k, v in sorted(ops.items())))
+        console.print(
+            f"\n[bold]Done in {time.monotonic() - started:.1f}s.[/] Rows: "
+            f"{counts['sent']} sent, {counts['superseded']} superseded by newer ones, "
+            f"{counts['dead_letters']} rejected, {counts['pending']} pending."
+        )
+        console.print(
+            "Calls the Hub received: " + ", ".join(f"{k} {v}" for k, v in sorted(ops.items()))
+        )
         for d in letters:
             console.print(f"[yellow]dead letter[/] row {d['id']} ({d['task']}): {d['reason']}")
-        console.print("\nTry it for real: [bold]mgh-reporter init && mgh-reporter run[/] "
-                      "(see README), or [bold]mgh-reporter emulator[/] to experiment.")
+        console.print(
+            "\nTry it for real: [bold]mgh-reporter init && mgh-reporter run[/] "
+            "(see README), or [bold]mgh-reporter emulator[/] to experiment."
+        )
         return 0 if counts["pending"] == 0 else 1

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import re
@@ -67,7 +68,7 @@ class Validator:
             if not isinstance(value, dict):
                 self._fail(path, value, "Member must be a structure")
             members = shape.members  # type: ignore[attr-defined]
-            for name in shape.required_members:  # type: ignore[attr-defined]
+            for name in shape.required_members:
                 if name not in value or value[name] is None:
                     self._fail(f"{path}.{name}".lstrip("."), None, "Member must not be null")
             for name, item in value.items():
@@ -91,26 +92,35 @@ class Validator:
                 pattern = self._patterns.setdefault(meta["pattern"], _java_pattern(meta["pattern"]))
                 if not pattern.fullmatch(value):
                     self._fail(
-                        path, value,
+                        path,
+                        value,
                         f"Member must satisfy regular expression pattern: {meta['pattern']}",
                     )
         elif kind in ("integer", "long"):
             if isinstance(value, bool) or not isinstance(value, int):
                 self._fail(path, value, "Member must be an integer")
             self._bounds(path, value, value, meta, "value")
-        elif kind == "boolean":
-            if not isinstance(value, bool):
-                self._fail(path, value, "Member must be a boolean")
-        elif kind == "timestamp":
-            if isinstance(value, bool) or not isinstance(value, int | float):
-                self._fail(path, value, "Member must be a timestamp (epoch seconds)")
+        elif kind == "boolean" and not isinstance(value, bool):
+            self._fail(path, value, "Member must be a boolean")
+        elif kind == "timestamp" and (
+            isinstance(value, bool) or not isinstance(value, int | float)
+        ):
+            self._fail(path, value, "Member must be a timestamp (epoch seconds)")
 
     def _bounds(self, path: str, value: Any, size: int, meta: dict[str, Any], what: str) -> None:
         if "min" in meta and size < meta["min"]:
-            rule = "be greater than or equal to" if what == "value" else "have length greater than or equal to"
+            rule = (
+                "be greater than or equal to"
+                if what == "value"
+                else "have length greater than or equal to"
+            )
             self._fail(path, value, f"Member must {rule} {meta['min']}")
         if "max" in meta and size > meta["max"]:
-            rule = "be less than or equal to" if what == "value" else "have length less than or equal to"
+            rule = (
+                "be less than or equal to"
+                if what == "value"
+                else "have length less than or equal to"
+            )
             self._fail(path, value, f"Member must {rule} {meta['max']}")
 
     @staticmethod
@@ -235,7 +245,7 @@ class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     server: _Server
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         """Quiet: the stand-in keeps its own call log."""
 
     def _reply(self, status: int, body: dict[str, Any], error: str | None = None) -> None:
@@ -249,13 +259,13 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         if self.path == "/_emulator/state":
             self._reply(200, self.server.emulator.state.summary())
         else:
             self._reply(404, {"message": "not found"})
 
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
         raw = self.rfile.read(length)
         emulator = self.server.emulator
@@ -272,10 +282,8 @@ class _Handler(BaseHTTPRequestHandler):
         status, body, code = emulator.handle(target, region, params)
         if status == 0:  # a dropped connection
             self.close_connection = True
-            try:
+            with contextlib.suppress(OSError):
                 self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
             return
         self._reply(status, body, code)
 
@@ -381,8 +389,11 @@ class Emulator:
         prefix, _, operation = target.partition(".")
         state = self.state
         record = {
-            "operation": operation, "region": region, "time": self.clock(),
-            "stream": params.get("ProgressUpdateStream"), "task": params.get("MigrationTaskName"),
+            "operation": operation,
+            "region": region,
+            "time": self.clock(),
+            "stream": params.get("ProgressUpdateStream"),
+            "task": params.get("MigrationTaskName"),
         }
         try:
             latency = state.faults.latency
@@ -394,7 +405,9 @@ class Emulator:
                     raise ServiceError("UnknownOperationException", f"unknown target {target}")
                 model = self.models[prefix]
                 if operation not in model.operation_names:
-                    raise ServiceError("UnknownOperationException", f"unknown operation {operation}")
+                    raise ServiceError(
+                        "UnknownOperationException", f"unknown operation {operation}"
+                    )
                 op_model = model.operation_model(operation)
                 if op_model.input_shape is not None:
                     self.validator.check(op_model.input_shape, params, "")
@@ -463,7 +476,8 @@ class Emulator:
                 )
             raise ServiceError(
                 "AccessDeniedException",
-                f"User is not authorized to perform: mgh:{operation}", 403,
+                f"User is not authorized to perform: mgh:{operation}",
+                403,
             )
         if dry_run:
             raise ServiceError("DryRunOperation", "Request would have succeeded.", 412)
@@ -490,25 +504,25 @@ class Emulator:
                 f"migration task {params['MigrationTaskName']} not found",
             ) from None
 
-    def _op_CreateProgressUpdateStream(self, p: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+    def _op_CreateProgressUpdateStream(self, p: dict[str, Any]) -> dict[str, Any]:
         self.state.streams.setdefault(p["ProgressUpdateStreamName"], {})
         return {}
 
-    def _op_DeleteProgressUpdateStream(self, p: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+    def _op_DeleteProgressUpdateStream(self, p: dict[str, Any]) -> dict[str, Any]:
         self._stream(p["ProgressUpdateStreamName"])
         del self.state.streams[p["ProgressUpdateStreamName"]]
         return {}
 
-    def _op_ListProgressUpdateStreams(self, p: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+    def _op_ListProgressUpdateStreams(self, p: dict[str, Any]) -> dict[str, Any]:
         names = sorted(self.state.streams)
         return {"ProgressUpdateStreamSummaryList": [{"ProgressUpdateStreamName": n} for n in names]}
 
-    def _op_ImportMigrationTask(self, p: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+    def _op_ImportMigrationTask(self, p: dict[str, Any]) -> dict[str, Any]:
         tasks = self._stream(p["ProgressUpdateStream"])
         tasks.setdefault(p["MigrationTaskName"], TaskRecord(p["MigrationTaskName"]))
         return {}
 
-    def _op_NotifyMigrationTaskState(self, p: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+    def _op_NotifyMigrationTaskState(self, p: dict[str, Any]) -> dict[str, Any]:
         task = self._task(p)
         task.updates.append(
             {
@@ -520,24 +534,24 @@ class Emulator:
         )
         return {}
 
-    def _op_PutResourceAttributes(self, p: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+    def _op_PutResourceAttributes(self, p: dict[str, Any]) -> dict[str, Any]:
         task = self._task(p)
         task.attributes = list(p["ResourceAttributeList"])
         task.attributes_at = self.clock()
         task.mapped_to = None
         return {}
 
-    def _op_AssociateCreatedArtifact(self, p: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+    def _op_AssociateCreatedArtifact(self, p: dict[str, Any]) -> dict[str, Any]:
         task = self._task(p)
         artifact = p["CreatedArtifact"]
         task.artifacts[artifact["Name"]] = artifact.get("Description")
         return {}
 
-    def _op_DisassociateCreatedArtifact(self, p: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+    def _op_DisassociateCreatedArtifact(self, p: dict[str, Any]) -> dict[str, Any]:
         self._task(p).artifacts.pop(p["CreatedArtifactName"], None)
         return {}
 
-    def _op_ListCreatedArtifacts(self, p: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+    def _op_ListCreatedArtifacts(self, p: dict[str, Any]) -> dict[str, Any]:
         task = self._task(p)
         items = [
             {"Name": name, **({"Description": d} if d is not None else {})}
@@ -551,7 +565,7 @@ class Emulator:
             result["NextToken"] = str(start + size)
         return result
 
-    def _op_DescribeMigrationTask(self, p: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+    def _op_DescribeMigrationTask(self, p: dict[str, Any]) -> dict[str, Any]:
         task = self._task(p)
         described: dict[str, Any] = {
             "ProgressUpdateStream": p["ProgressUpdateStream"],
@@ -563,12 +577,13 @@ class Emulator:
             described["UpdateDateTime"] = task.updates[-1]["UpdateDateTime"]
         return {"MigrationTask": described}
 
-    def _op_ListMigrationTasks(self, p: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+    def _op_ListMigrationTasks(self, p: dict[str, Any]) -> dict[str, Any]:
         summaries = []
         for stream, tasks in self.state.streams.items():
             for task in tasks.values():
                 summary: dict[str, Any] = {
-                    "ProgressUpdateStream": stream, "MigrationTaskName": task.name,
+                    "ProgressUpdateStream": stream,
+                    "MigrationTaskName": task.name,
                 }
                 if task.updates:
                     last = task.updates[-1]
@@ -578,7 +593,7 @@ class Emulator:
                 summaries.append(summary)
         return {"MigrationTaskSummaryList": summaries}
 
-    def _op_ListDiscoveredResources(self, p: dict[str, Any]) -> dict[str, Any]:  # noqa: N802
+    def _op_ListDiscoveredResources(self, p: dict[str, Any]) -> dict[str, Any]:
         task = self._task(p)
         state = self.state
         if (

@@ -1,4 +1,4 @@
-"""The one classification of every Hub/SDK failure: transient, repairable, rejected or blocked (pure)."""
+"""The one classification of every Hub/SDK failure: transient, repair, rejected, blocked (pure)."""
 
 from __future__ import annotations
 
@@ -88,7 +88,9 @@ def _client_error(exc: bx.ClientError) -> Failure:
         header = response.get("ResponseMetadata", {}).get("HTTPHeaders", {}).get("retry-after")
         retry_after = float(header) if header and header.isdigit() else None
     if code in TRANSIENT_CODES or status >= 500 or status == 429:
-        return Failure(Outcome.TRANSIENT, code, message, float(retry_after) if retry_after else None)
+        return Failure(
+            Outcome.TRANSIENT, code, message, float(retry_after) if retry_after else None
+        )
     if status == 403:
         return Failure(Outcome.BLOCKED, code, f"access denied: {message}")
     # Unknown errors are retried with backoff: never drop a row on a guess.
@@ -101,7 +103,8 @@ def classify(exc: BaseException) -> Failure:
         return _client_error(exc)
     if isinstance(exc, bx.NoCredentialsError | bx.PartialCredentialsError):
         return Failure(
-            Outcome.BLOCKED, "NoCredentials",
+            Outcome.BLOCKED,
+            "NoCredentials",
             "no AWS credentials found (environment, shared files, instance or container role)",
         )
     if isinstance(exc, bx.NoRegionError):

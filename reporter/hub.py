@@ -57,8 +57,9 @@ class Hub:
     ) -> None:
         self._configured_region = region
         self._session = session or boto3.session.Session()
+        retries: Any = {"mode": aws.retry_mode, "total_max_attempts": aws.max_attempts}
         self._boto_config = BotoConfig(
-            retries={"mode": aws.retry_mode, "total_max_attempts": aws.max_attempts},  # type: ignore[typeddict-item]
+            retries=retries,
             connect_timeout=aws.connect_timeout_seconds,
             read_timeout=aws.read_timeout_seconds,
             max_pool_connections=64,
@@ -92,7 +93,8 @@ class Hub:
         if home is None:
             raise HubError(
                 Failure(
-                    Outcome.BLOCKED, "HomeRegionNotSet",
+                    Outcome.BLOCKED,
+                    "HomeRegionNotSet",
                     "the Migration Hub home Region is not set for this account (set it in the "
                     "Migration Hub console, or `aws migrationhub-config "
                     "create-home-region-control`)",
@@ -102,17 +104,16 @@ class Hub:
         if self._configured_region not in ("auto", home):
             raise HubError(
                 Failure(
-                    Outcome.BLOCKED, "NotHomeRegion",
+                    Outcome.BLOCKED,
+                    "NotHomeRegion",
                     f"[hub] region is {self._configured_region} but the account's Migration Hub "
-                    f"home Region is {home}: set region = \"{home}\" or \"auto\"",
+                    f'home Region is {home}: set region = "{home}" or "auto"',
                 ),
                 "GetHomeRegion",
             )
         with self._lock:
             if self.region != home or self._mgh is None:
-                self._mgh = self._session.client(
-                    "mgh", region_name=home, config=self._boto_config
-                )
+                self._mgh = self._session.client("mgh", region_name=home, config=self._boto_config)
                 self.region = home
         return home
 
@@ -163,7 +164,8 @@ class Hub:
                     where = f"is {home}" if home else "is not set"
                     raise HubError(
                         Failure(
-                            Outcome.BLOCKED, "NotHomeRegion",
+                            Outcome.BLOCKED,
+                            "NotHomeRegion",
                             f"calls to {self.region} are refused: the account's Migration Hub "
                             f"home Region {where} ({err.failure.message})",
                         ),
@@ -177,7 +179,9 @@ class Hub:
 
     def import_task(self, stream: str, task: str) -> None:
         """ImportMigrationTask (idempotent at the Hub)."""
-        self.call("ImportMigrationTask", {"ProgressUpdateStream": stream, "MigrationTaskName": task})
+        self.call(
+            "ImportMigrationTask", {"ProgressUpdateStream": stream, "MigrationTaskName": task}
+        )
 
     def send(self, request: Request) -> None:
         """The call a validated row becomes."""

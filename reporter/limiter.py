@@ -66,7 +66,9 @@ class RateLimiter:
             return 0.0
         with self._lock:
             now = self._clock()
-            self._tokens = min(max(self._rate, 1.0), self._tokens + (now - self._stamp) * self._rate)
+            self._tokens = min(
+                max(self._rate, 1.0), self._tokens + (now - self._stamp) * self._rate
+            )
             self._stamp = now
             self._tokens -= 1.0
             return 0.0 if self._tokens >= 0 else -self._tokens / self._rate

@@ -20,7 +20,9 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.pending = Gauge("mgh_reporter_pending_rows", "Outbox rows not yet delivered", registry=r)
+        self.pending = Gauge(
+            "mgh_reporter_pending_rows", "Outbox rows not yet delivered", registry=r
+        )
         self.oldest = Gauge(
             "mgh_reporter_oldest_pending_seconds", "Age of the oldest undelivered row", registry=r
         )
@@ -28,35 +30,46 @@ class Metrics:
             "mgh_reporter_dead_letters", "Rows rejected and kept with their reason", registry=r
         )
         self.requests = Counter(
-            "mgh_reporter_api_requests", "Migration Hub API requests",
-            ["operation", "outcome"], registry=r,
+            "mgh_reporter_api_requests",
+            "Migration Hub API requests",
+            ["operation", "outcome"],
+            registry=r,
         )
         self.latency = Histogram(
-            "mgh_reporter_api_request_duration_seconds", "Migration Hub API latency",
-            ["operation"], registry=r,
+            "mgh_reporter_api_request_duration_seconds",
+            "Migration Hub API latency",
+            ["operation"],
+            registry=r,
             buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
         )
         self.blocked = Gauge(
-            "mgh_reporter_blocked", "1 while delivery is blocked by something only a person can fix",
+            "mgh_reporter_blocked",
+            "1 while delivery is blocked by something only a person can fix",
             registry=r,
         )
         self.backoff = Gauge(
-            "mgh_reporter_outage_backoff", "1 while every call fails and only probes are sent",
+            "mgh_reporter_outage_backoff",
+            "1 while every call fails and only probes are sent",
             registry=r,
         )
         self.concurrency = Gauge(
             "mgh_reporter_concurrency_limit", "Current adaptive concurrency limit", registry=r
         )
         self.stale = Gauge(
-            "mgh_reporter_stale_tasks", "Tasks whose NextUpdateSeconds promise has lapsed",
-            ["stream"], registry=r,
+            "mgh_reporter_stale_tasks",
+            "Tasks whose NextUpdateSeconds promise has lapsed",
+            ["stream"],
+            registry=r,
         )
         self.lapsing = Gauge(
-            "mgh_reporter_lapsing_tasks", "Tasks whose promise lapses within the warning window",
-            ["stream"], registry=r,
+            "mgh_reporter_lapsing_tasks",
+            "Tasks whose promise lapses within the warning window",
+            ["stream"],
+            registry=r,
         )
         self.unmapped = Gauge(
-            "mgh_reporter_unmapped_tasks", "Tasks the Hub has not mapped to a discovered server",
+            "mgh_reporter_unmapped_tasks",
+            "Tasks the Hub has not mapped to a discovered server",
             registry=r,
         )
         self.last_success = Gauge(
@@ -83,7 +96,7 @@ class Metrics:
 class _Handler(BaseHTTPRequestHandler):
     server: MetricsServer
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002
+    def log_message(self, format: str, *args: Any) -> None:
         """Scrapes are not events."""
 
     def _send(self, status: int, body: bytes, content_type: str) -> None:
@@ -93,7 +106,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(body)
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         path = self.path.split("?")[0]
         if path == "/metrics":
             self._send(200, generate_latest(self.server.metrics.registry), CONTENT_TYPE_LATEST)

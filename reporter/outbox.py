@@ -69,7 +69,11 @@ class Outbox:
         stream: str | None = None,
     ) -> int:
         """Queue a NotifyMigrationTaskState; returns the outbox row id."""
-        when = update_date_time.isoformat() if isinstance(update_date_time, datetime) else update_date_time
+        when = (
+            update_date_time.isoformat()
+            if isinstance(update_date_time, datetime)
+            else update_date_time
+        )
         return self._insert(
             {
                 "kind": rows.Kind.TASK_STATE.value,

@@ -106,13 +106,17 @@ class Relay:
         recheck = now + self.config.publish.blocked_recheck_seconds
         if self.blocked is None or self.blocked.message != failure.message:
             self.log.error(
-                "delivery_blocked", error_code=failure.code, reason=failure.message,
+                "delivery_blocked",
+                error_code=failure.code,
+                reason=failure.message,
                 recheck_in=self.config.publish.blocked_recheck_seconds,
             )
         self.blocked, self._recheck_at = failure, recheck
         self.store.set_meta(
-            blocked_reason=failure.message, blocked_code=failure.code,
-            blocked_since=self.store.get_meta("blocked_since") or now, blocked_recheck_at=recheck,
+            blocked_reason=failure.message,
+            blocked_code=failure.code,
+            blocked_since=self.store.get_meta("blocked_since") or now,
+            blocked_recheck_at=recheck,
         )
 
     def _clear_blocked(self) -> None:
@@ -152,7 +156,8 @@ class Relay:
                     result.blocked = err.failure
                 else:
                     self.log.warning(
-                        "home_region_unavailable", error_code=err.failure.code,
+                        "home_region_unavailable",
+                        error_code=err.failure.code,
                         error=err.failure.message,
                     )
                 return self._finish(result)
@@ -176,8 +181,13 @@ class Relay:
             self._wakeup = max(self._wakeup, self._brake_until)
         if result.busy:
             self.log.info(
-                "pass", ingested=result.ingested, tasks=result.claimed, sent=result.sent,
-                rejected=result.rejected, superseded=result.superseded, failed=result.failed,
+                "pass",
+                ingested=result.ingested,
+                tasks=result.claimed,
+                sent=result.sent,
+                rejected=result.rejected,
+                superseded=result.superseded,
+                failed=result.failed,
                 blocked=result.blocked.code if result.blocked else None,
             )
         return result
@@ -200,13 +210,20 @@ class Relay:
                 rejected = checked.reason if isinstance(checked, rows.Problem) else None
                 if rejected:
                     self.log.warning(
-                        "row_rejected", row=row.id, task=str(row.migration_task_name),
-                        stream=str(stream), reason=rejected,
+                        "row_rejected",
+                        row=row.id,
+                        task=str(row.migration_task_name),
+                        stream=str(stream),
+                        reason=rejected,
                     )
                 items.append(
                     Ingested(
-                        row.id, str(stream), str(row.migration_task_name), str(row.kind),
-                        _when(row, now), rejected,
+                        row.id,
+                        str(stream),
+                        str(row.migration_task_name),
+                        str(row.kind),
+                        _when(row, now),
+                        rejected,
                         supersedes=isinstance(checked, rows.StateUpdate | rows.AttributesUpdate),
                     )
                 )
@@ -239,7 +256,7 @@ class Relay:
         }
         pending: set[Future[_Delivery]] = set(futures)
         while pending:
-            done, pending = wait(pending, timeout=0.2)
+            _done, pending = wait(pending, timeout=0.2)
             if self.stop.is_set() and pending:
                 _, pending = wait(pending, timeout=self.config.publish.stop_timeout_seconds)
                 self.log.warning("stop_abandoned_calls", tasks=len(pending))
@@ -266,8 +283,10 @@ class Relay:
             self._brake_attempts += 1
             self._brake_until = now + self.backoff.delay(self._brake_attempts, self.rng)
             self.log.warning(
-                "outage_brake", attempt=self._brake_attempts,
-                delay=round(self._brake_until - now, 3), error=str(attempted[0].failure),
+                "outage_brake",
+                attempt=self._brake_attempts,
+                delay=round(self._brake_until - now, 3),
+                error=str(attempted[0].failure),
             )
             self.store.set_meta(brake_attempts=self._brake_attempts, brake_until=self._brake_until)
         elif any(d.failure is None or d.outcome.sent for d in attempted):
@@ -282,7 +301,9 @@ class Relay:
         """All of one task's calls, strictly in order (runs in a pool thread)."""
         out = TaskOutcome(task.id)
         delivery = _Delivery(out)
-        out.rejected = [(rid, "row deleted from the outbox before delivery") for rid in task.missing]
+        out.rejected = [
+            (rid, "row deleted from the outbox before delivery") for rid in task.missing
+        ]
         defaults = self.config.hub
         plan = rows.plan_task(
             [
@@ -346,8 +367,11 @@ class Relay:
         out.sent.append(request.row_id)
         if isinstance(request, rows.StateUpdate):
             out.state = {
-                "row": request.row_id, "status": request.status, "percent": request.percent,
-                "detail": request.detail, "update_time": request.update_time.timestamp(),
+                "row": request.row_id,
+                "status": request.status,
+                "percent": request.percent,
+                "detail": request.detail,
+                "update_time": request.update_time.timestamp(),
                 "next_update_seconds": request.next_update_seconds,
             }
         elif isinstance(request, rows.AttributesUpdate):
@@ -368,15 +392,24 @@ class Relay:
         attempts = task.attempts + 1
         publish = self.config.publish
         out.give_up = give_up_reason(
-            attempts, now - task.oldest_created_at, publish.max_attempts,
-            publish.max_age_seconds, str(failure),
+            attempts,
+            now - task.oldest_created_at,
+            publish.max_attempts,
+            publish.max_age_seconds,
+            str(failure),
         )
         delay = self.backoff.delay(attempts, self.rng, failure.retry_after)
         out.retry_at, out.charge_attempt = now + delay, True
         self.log.info(
-            "call_failed", stream=task.stream, task=task.task, operation=operation,
-            attempt=attempts, error_code=failure.code, error=failure.message[:300],
-            delay=round(delay, 3), gave_up=out.give_up is not None,
+            "call_failed",
+            stream=task.stream,
+            task=task.task,
+            operation=operation,
+            attempt=attempts,
+            error_code=failure.code,
+            error=failure.message[:300],
+            delay=round(delay, 3),
+            gave_up=out.give_up is not None,
         )
         return delivery
 
@@ -397,7 +430,9 @@ class Relay:
             if found:
                 self.store.record_mapping(row["id"], True, found[0], None, False)
                 self.log.info(
-                    "task_mapped", stream=row["stream"], task=row["task"],
+                    "task_mapped",
+                    stream=row["stream"],
+                    task=row["task"],
                     configuration_id=found[0],
                 )
                 continue
@@ -408,7 +443,9 @@ class Relay:
             )
             if unmapped and not row["unmapped_reported"]:
                 self.log.warning(
-                    "task_unmapped", stream=row["stream"], task=row["task"],
+                    "task_unmapped",
+                    stream=row["stream"],
+                    task=row["task"],
                     seconds_since_attributes=round(now - row["attributes_at"]),
                     hint="check the attributes match a discovered server; VM fields need "
                     "VM_MANAGER_ID",
@@ -437,5 +474,8 @@ def requeue_dead_letters(store: Store, config: Config, ids: Sequence[int] | None
         else:
             valid.append(rid)
     store.requeue(valid, invalid)
-    return {"requeued": valid, "still_rejected": [dict(id=i, reason=r) for i, r in invalid],
-            "unknown": unknown}
+    return {
+        "requeued": valid,
+        "still_rejected": [dict(id=i, reason=r) for i, r in invalid],
+        "unknown": unknown,
+    }

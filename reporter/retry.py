@@ -1,4 +1,4 @@
-"""Retry timing: capped exponential backoff with full jitter, Retry-After floor, give-up rules (pure)."""
+"""Retry timing: capped exponential backoff, full jitter, Retry-After floor, give-up (pure)."""
 
 from __future__ import annotations
 
@@ -32,7 +32,9 @@ def give_up_reason(
 ) -> str | None:
     """Why a row that keeps failing transiently is given up, or None to keep trying (0 = never)."""
     if max_attempts and attempts >= max_attempts:
-        return f"gave up after {attempts} attempts ([publish] max_attempts); last error: {last_error}"
+        return (
+            f"gave up after {attempts} attempts ([publish] max_attempts); last error: {last_error}"
+        )
     if max_age_seconds and age_seconds >= max_age_seconds:
         return (
             f"gave up after {age_seconds:.0f}s pending ([publish] max_age_seconds); "

@@ -224,7 +224,7 @@ def _int(value: Any, name: str, low: int, high: int | None) -> int | Problem:
     if value < low or (high is not None and value > high):
         bound = f"{low}..{high}" if high is not None else f">= {low}"
         return Problem(name, f"must be {bound} (got {value})")
-    return value
+    return int(value)
 
 
 def normalise_detail(text: str) -> str:
@@ -269,7 +269,9 @@ def _attribute(index: int, item: Any) -> tuple[str, str] | Problem:
         return Problem(where, f"unknown keys {sorted(extra)} (only Type and Value)")
     kind, value = item.get("Type"), item.get("Value")
     if kind not in ATTRIBUTE_TYPES:
-        return Problem(f"{where}.Type", f"must be one of {', '.join(ATTRIBUTE_TYPES)} (got {kind!r})")
+        return Problem(
+            f"{where}.Type", f"must be one of {', '.join(ATTRIBUTE_TYPES)} (got {kind!r})"
+        )
     if not isinstance(value, str) or not 1 <= len(value) <= 256:
         return Problem(f"{where}.Value", "must be text of 1-256 characters")
     if LINE_BREAKS.search(value):
@@ -282,7 +284,9 @@ def _attribute(index: int, item: Any) -> tuple[str, str] | Problem:
         except ValueError:
             return Problem(f"{where}.Value", f"must be an IPv6 address (got {value!r})")
     if kind == "MAC_ADDRESS" and not MAC_RE.match(value):
-        return Problem(f"{where}.Value", f"must be a MAC address like 00:1A:2B:3C:4D:5E (got {value!r})")
+        return Problem(
+            f"{where}.Value", f"must be a MAC address like 00:1A:2B:3C:4D:5E (got {value!r})"
+        )
     return kind, value
 
 
@@ -292,10 +296,12 @@ def parse_attributes(text: Any) -> tuple[tuple[str, str], ...] | Problem:
         return Problem("resource_attributes", "is required: a JSON list of {Type, Value}")
     try:
         items = json.loads(text)
-    except ValueError as exc:
+    except json.JSONDecodeError as exc:
         return Problem("resource_attributes", f"is not valid JSON ({exc.msg})")
     if not isinstance(items, list) or not 1 <= len(items) <= MAX_ATTRIBUTES:
-        return Problem("resource_attributes", f"must be a JSON list of 1-{MAX_ATTRIBUTES} attributes")
+        return Problem(
+            "resource_attributes", f"must be a JSON list of 1-{MAX_ATTRIBUTES} attributes"
+        )
     pairs = []
     for index, item in enumerate(items):
         checked = _attribute(index, item)
@@ -310,11 +316,17 @@ def _artifact(row: OutboxRow, stream: str, task: str) -> ArtifactAssociation | P
     if not isinstance(arn, str) or not 1 <= len(arn) <= 1600:
         return Problem("artifact_name", "is required: an ARN of 1-1600 characters")
     if not ARN_RE.fullmatch(arn):
-        return Problem("artifact_name", f"must be an ARN like arn:aws:ec2:us-east-1:123456789012:instance/i-0abc (got {arn!r})")
+        return Problem(
+            "artifact_name",
+            f"must be an ARN like arn:aws:ec2:us-east-1:123456789012:instance/i-0abc (got {arn!r})",
+        )
     description = row.artifact_description
     if description is not None:
         if not isinstance(description, str) or len(description) > MAX_ARTIFACT_DESCRIPTION:
-            return Problem("artifact_description", f"must be text of at most {MAX_ARTIFACT_DESCRIPTION} characters")
+            return Problem(
+                "artifact_description",
+                f"must be text of at most {MAX_ARTIFACT_DESCRIPTION} characters",
+            )
         if LINE_BREAKS.search(description):
             return Problem("artifact_description", "must be a single line")
     return ArtifactAssociation(row.id, stream, task, arn, description)
@@ -322,7 +334,9 @@ def _artifact(row: OutboxRow, stream: str, task: str) -> ArtifactAssociation | P
 
 def to_request(row: OutboxRow, default_stream: str, default_nus: int) -> Request | Problem:
     """Validate and normalise one row into the call it becomes, or say why it cannot be sent."""
-    stream = row.progress_update_stream if row.progress_update_stream is not None else default_stream
+    stream = (
+        row.progress_update_stream if row.progress_update_stream is not None else default_stream
+    )
     problem = check_stream(stream) or check_task(row.migration_task_name)
     if problem:
         return problem
@@ -331,7 +345,9 @@ def to_request(row: OutboxRow, default_stream: str, default_nus: int) -> Request
         return _state(row, stream, task, default_nus)
     if row.kind == Kind.RESOURCE_ATTRIBUTES:
         attrs = parse_attributes(row.resource_attributes)
-        return attrs if isinstance(attrs, Problem) else AttributesUpdate(row.id, stream, task, attrs)
+        return (
+            attrs if isinstance(attrs, Problem) else AttributesUpdate(row.id, stream, task, attrs)
+        )
     if row.kind == Kind.CREATED_ARTIFACT:
         return _artifact(row, stream, task)
     return Problem("kind", f"must be one of {', '.join(k.value for k in Kind)} (got {row.kind!r})")

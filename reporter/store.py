@@ -92,7 +92,9 @@ class Store:
         self.clock = clock
         try:
             self.conn = sqlite3.connect(
-                str(path), timeout=busy_timeout_ms / 1000, isolation_level=None,
+                str(path),
+                timeout=busy_timeout_ms / 1000,
+                isolation_level=None,
                 check_same_thread=False,
             )
             self.conn.row_factory = sqlite3.Row
@@ -241,9 +243,13 @@ class Store:
                 " reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
-                        i.row_id, ids[(i.stream, i.task)], i.kind,
-                        REJECTED if i.rejected else PENDING, i.created_at,
-                        now if i.rejected else None, i.rejected,
+                        i.row_id,
+                        ids[(i.stream, i.task)],
+                        i.kind,
+                        REJECTED if i.rejected else PENDING,
+                        i.created_at,
+                        now if i.rejected else None,
+                        i.rejected,
                     )
                     for i in items
                 ],
@@ -309,8 +315,14 @@ class Store:
             ).fetchall()
         claimed = {
             t["id"]: ClaimedTask(
-                t["id"], t["stream"], t["task"], bool(t["imported"]), t["attempts"],
-                t["last_state_row"], t["last_attributes_row"], now,
+                t["id"],
+                t["stream"],
+                t["task"],
+                bool(t["imported"]),
+                t["attempts"],
+                t["last_state_row"],
+                t["last_attributes_row"],
+                now,
             )
             for t in tasks
         }
@@ -435,15 +447,20 @@ class Store:
         """Tasks whose auto-mapping should be checked now."""
         with self._errors("read mapping checks"):
             return self.conn.execute(
-                "SELECT id, stream, task, attributes_at, map_checks, unmapped_reported FROM mgh_tasks"
+                "SELECT id, stream, task, attributes_at, map_checks, unmapped_reported"
+                " FROM mgh_tasks"
                 " WHERE map_check_at IS NOT NULL AND map_check_at <= ? ORDER BY map_check_at"
                 " LIMIT ?",
                 (self.clock(), limit),
             ).fetchall()
 
     def record_mapping(
-        self, task_id: int, mapped: bool | None, configuration_id: str | None,
-        next_check_at: float | None, unmapped_reported: bool,
+        self,
+        task_id: int,
+        mapped: bool | None,
+        configuration_id: str | None,
+        next_check_at: float | None,
+        unmapped_reported: bool,
     ) -> None:
         """Store the result of one ListDiscoveredResources check."""
         with self._write("record mapping") as c:
@@ -523,7 +540,8 @@ class Store:
             "delivered": by_state.get(SENT, 0) + by_state.get(SUPERSEDED, 0),
             "dead_letters": by_state.get(REJECTED, 0),
             "oldest_pending_seconds": round(max(0.0, now - min(oldest_times)), 3)
-            if oldest_times else None,
+            if oldest_times
+            else None,
         }
 
     def pending_summary(self) -> tuple[int, float | None, int]:
@@ -542,7 +560,9 @@ class Store:
         with self._errors("read outbox"):
             cursor = int(self.get_meta("cursor") or 0)
             return int(
-                self.conn.execute("SELECT count(*) FROM outbox WHERE id > ?", (cursor,)).fetchone()[0]
+                self.conn.execute("SELECT count(*) FROM outbox WHERE id > ?", (cursor,)).fetchone()[
+                    0
+                ]
             )
 
     def tasks(self, stream: str | None = None) -> list[dict[str, Any]]:

@@ -21,8 +21,11 @@ def iso(epoch: float | None) -> str | None:
 
 
 def promise_state(
-    status: str | None, update_time: float | None, next_update_seconds: int | None,
-    now: float, warn_seconds: float,
+    status: str | None,
+    update_time: float | None,
+    next_update_seconds: int | None,
+    now: float,
+    warn_seconds: float,
 ) -> str | None:
     """`stale` once UpdateDateTime + NextUpdateSeconds has passed, `lapsing` within the warning
     window before it, `ok` otherwise; None for terminal states and tasks never reported."""
@@ -40,7 +43,9 @@ def _mapped(value: Any) -> bool | None:
     return None if value is None else bool(value)
 
 
-def task_entries(rows: Iterable[Mapping[str, Any]], now: float, config: Config) -> list[dict[str, Any]]:
+def task_entries(
+    rows: Iterable[Mapping[str, Any]], now: float, config: Config
+) -> list[dict[str, Any]]:
     """One JSON-able entry per task (the contract's `tasks --json` fields and more)."""
     warn = config.hub.stale_warning_seconds
     entries = []
@@ -86,7 +91,9 @@ def task_health(rows: Iterable[Mapping[str, Any]], now: float, config: Config) -
 
 
 def status_report(
-    counts: Mapping[str, Any], meta: Mapping[str, str | None], health: Mapping[str, Any],
+    counts: Mapping[str, Any],
+    meta: Mapping[str, str | None],
+    health: Mapping[str, Any],
     daemon_pid: int | None,
 ) -> dict[str, Any]:
     """The `status --json` document."""
