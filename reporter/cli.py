@@ -35,6 +35,12 @@ META_KEYS = (
 )
 
 
+def _console() -> Console:
+    """Rich output; wide when piped so scripts and logs get whole lines."""
+    console = Console(highlight=False)
+    return console if console.is_terminal else Console(highlight=False, width=220)
+
+
 def _fail(message: str, code: int = EXIT["error"]) -> None:
     click.echo(f"mgh-reporter: {message}", err=True)
     sys.exit(code)
@@ -233,7 +239,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
 
 
 def _print_status(report: dict[str, Any], cfg: Config) -> None:
-    console = Console(highlight=False)
+    console = _console()
     if report["blocked"]:
         headline = f"[bold red]BLOCKED[/] since {report['blocked_since']}: {report['blocked']}"
     elif report["outage_backoff"]:
@@ -295,7 +301,7 @@ def dead_list(ctx: click.Context, as_json: bool) -> None:
         table.add_row(
             str(d["id"]), d["kind"], d["stream"], d["task"], d["reason"], d["rejected_at"]
         )
-    Console().print(table if letters else "no dead letters")
+    _console().print(table if letters else "no dead letters")
 
 
 @dead_letters.command("retry")
@@ -357,7 +363,7 @@ def tasks(ctx: click.Context, stream: str | None, as_json: bool) -> None:
             str(len(e["artifacts"])),
             promise,
         )
-    Console().print(table)
+    _console().print(table)
 
 
 @cli.command()

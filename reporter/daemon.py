@@ -109,7 +109,7 @@ def drain(config: Config, timeout: float) -> int:
     deadline = time.monotonic() + timeout
     with outbox_lock(config.outbox.path), _signals(stop):
         parts = _build(config, stop, None)
-        parts.relay.blocked = None  # re-check at once: a person may have fixed it
+        parts.relay.recheck_now()  # a person may have fixed what blocked the last run
         try:
             while True:
                 result = parts.relay.run_once()

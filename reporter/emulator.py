@@ -145,13 +145,14 @@ class Faults:
     outage: bool = False
     retry_after: int = 1
     deny: set[str] = field(default_factory=set)  # operation names, or "*"
+    invalid: set[str] = field(default_factory=set)  # operations answered InvalidInputException
 
     def update(self, **values: Any) -> None:
         """Change several faults at once (unknown names raise)."""
         for key, value in values.items():
             if not hasattr(self, key):
                 raise ValueError(f"unknown fault {key!r}")
-            setattr(self, key, set(value) if key == "deny" else value)
+            setattr(self, key, set(value) if key in ("deny", "invalid") else value)
 
 
 @dataclass
@@ -481,6 +482,8 @@ class Emulator:
             )
         if dry_run:
             raise ServiceError("DryRunOperation", "Request would have succeeded.", 412)
+        if operation in state.faults.invalid:
+            raise ServiceError("InvalidInputException", f"{operation}: input refused (injected)")
         handler = getattr(self, "_op_" + operation, None)
         if handler is None:
             raise ServiceError("InvalidInputException", f"{operation} is not simulated")

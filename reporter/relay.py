@@ -119,6 +119,10 @@ class Relay:
             blocked_recheck_at=recheck,
         )
 
+    def recheck_now(self) -> None:
+        """Re-check a blocked state on the next pass instead of waiting for the slow schedule."""
+        self._recheck_at = 0.0
+
     def _clear_blocked(self) -> None:
         if self.blocked is not None:
             self.log.info("delivery_resumed", previous_error_code=self.blocked.code)

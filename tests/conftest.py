@@ -1,0 +1,148 @@
+"""Shared fixtures: a stand-in Hub on loopback, config files, the CLI as a real process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reporter.emulator import Emulator
+
+ROOT = Path(__file__).resolve().parent.parent
+
+FAST = {
+    "publish": {
+        "interval_seconds": 0.2,
+        "backoff_base_seconds": 0.1,
+        "backoff_max_seconds": 1.0,
+        "blocked_recheck_seconds": 0.5,
+        "stop_timeout_seconds": 2.0,
+    },
+    "outbox": {"lease_seconds": 2.0},
+    "mapping": {"check_after_seconds": 0.2, "unmapped_after_seconds": 2.0,
+                "max_check_interval_seconds": 0.5},
+}
+
+
+def toml_text(sections: dict[str, dict[str, Any]]) -> str:
+    """Render nested dicts as TOML (strings, numbers, booleans)."""
+    lines = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, str):
+                text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            else:
+                text = repr(value)
+            lines.append(f"{key} = {text}")
+    return "\n".join(lines) + "\n"
+
+
+@pytest.fixture
+def hub() -> Iterator[Emulator]:
+    """A Migration Hub stand-in on 127.0.0.1 with home Region us-west-2."""
+    with Emulator(map_delay=0.3) as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def aws_env(hub: Emulator, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Environment that points boto3 (in-process and in children) at the stand-in."""
+    env = {
+        "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
+        "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+        "AWS_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+        **hub.environment(),
+    }
+    for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
+
+
+@pytest.fixture
+def make_config(tmp_path: Path) -> Callable[..., Path]:
+    """Write a config (fast test timings, overridable per section) and return its path."""
+
+    def make(name: str = "config.toml", stream: str = "ToolA", **sections: dict[str, Any]) -> Path:
+        merged: dict[str, dict[str, Any]] = {
+            "outbox": {"path": str(tmp_path / "outbox.db"), **FAST["outbox"]},
+            "hub": {"progress_update_stream": stream},
+            "publish": dict(FAST["publish"]),
+            "mapping": dict(FAST["mapping"]),
+            "log": {"level": "info", "format": "json"},
+        }
+        for section, values in sections.items():
+            merged.setdefault(section, {}).update(values)
+        path = tmp_path / name
+        path.write_text(toml_text(merged))
+        return path
+
+    return make
+
+
+@pytest.fixture
+def config_path(make_config: Callable[..., Path]) -> Path:
+    """The default test config."""
+    return make_config()
+
+
+@pytest.fixture
+def outbox_path(tmp_path: Path) -> Path:
+    """Where the default test config puts the outbox."""
+    return tmp_path / "outbox.db"
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The current environment (with the stand-in's variables) for a child process."""
+    env = dict(os.environ)
+    env.pop("NOTIFY_SOCKET", None)
+    env.pop("WATCHDOG_USEC", None)
+    env.update(extra or {})
+    return env
+
+
+Cli = Callable[..., subprocess.CompletedProcess[str]]
+
+
+@pytest.fixture
+def cli(aws_env: dict[str, str], config_path: Path) -> Cli:
+    """Run `mgh-reporter --config <test config> ARGS` as a real process."""
+
+    def run(*args: str, config: Path | None = None, timeout: float = 60,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "reporter", "--config", str(config or config_path), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              env=child_env(env), cwd=ROOT)
+
+    return run
+
+
+def start_daemon(config: Path, env: dict[str, str] | None = None,
+                 stderr: Any = subprocess.PIPE) -> subprocess.Popen[str]:
+    """`mgh-reporter run` as a real background process."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "reporter", "--config", str(config), "run"],
+        stdout=subprocess.PIPE, stderr=stderr, text=True, env=child_env(env), cwd=ROOT,
+    )
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
+    """Poll until predicate() is truthy; fail the test on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
