@@ -239,6 +239,10 @@ class Service:
 
     def serve(self) -> int:
         """Run until SIGTERM/SIGINT; exit 0 after a graceful stop."""
+        with _signals(self.stop):
+            return self._serve()
+
+    def _serve(self) -> int:
         config = self.config
         server = None
         address = config.metrics.address
@@ -265,31 +269,30 @@ class Service:
         )
         watchdog_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
         watchdog = watchdog_usec / 1e6 if watchdog_usec else 0.0
-        with _signals(self.stop):
-            scheduler.start()
-            self.log.info(
-                "started",
-                outbox=str(config.outbox.path),
-                interval=config.publish.interval_seconds,
-                metrics=config.metrics.listen,
-                pid=os.getpid(),
-            )
-            self.notifier.notify("READY=1\nSTATUS=started")
-            beat = watchdog / 2 if watchdog else 1.0
-            while not self.stop.wait(min(beat, 1.0)):
-                if watchdog and time.monotonic() - self.heartbeat < watchdog:
-                    self.notifier.notify("WATCHDOG=1")
-            self.notifier.notify("STOPPING=1\nSTATUS=stopping")
-            self.log.info("stopping")
-            scheduler.shutdown(wait=False)
-            # A pass in flight sees the stop flag, records what finished and returns.
-            acquired = self._lock.acquire(timeout=config.publish.stop_timeout_seconds + 1.5)
-            self.parts.relay.close()
-            if server is not None:
-                server.stop()
-            if acquired:
-                self.parts.store.close()
-            self.log.info("stopped", clean=acquired)
+        scheduler.start()
+        self.log.info(
+            "started",
+            outbox=str(config.outbox.path),
+            interval=config.publish.interval_seconds,
+            metrics=config.metrics.listen,
+            pid=os.getpid(),
+        )
+        self.notifier.notify("READY=1\nSTATUS=started")
+        beat = watchdog / 2 if watchdog else 1.0
+        while not self.stop.wait(min(beat, 1.0)):
+            if watchdog and time.monotonic() - self.heartbeat < watchdog:
+                self.notifier.notify("WATCHDOG=1")
+        self.notifier.notify("STOPPING=1\nSTATUS=stopping")
+        self.log.info("stopping")
+        scheduler.shutdown(wait=False)
+        # A pass in flight sees the stop flag, records what finished and returns.
+        acquired = self._lock.acquire(timeout=config.publish.stop_timeout_seconds + 1.5)
+        self.parts.relay.close()
+        if server is not None:
+            server.stop()
+        if acquired:
+            self.parts.store.close()
+        self.log.info("stopped", clean=acquired)
         return EXIT["ok"]
 
 

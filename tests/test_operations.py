@@ -1,0 +1,163 @@
+"""Operations: /metrics and /healthz, `check`, logs as JSON without secrets."""
+
+from __future__ import annotations
+
+import json
+import signal
+import socket
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reporter.emulator import Emulator
+
+from .conftest import Cli, start_daemon, wait_for
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+    except urllib.error.URLError:
+        return 0, ""
+
+
+def metric(text: str, name: str) -> float:
+    for line in text.splitlines():
+        if line.startswith(name + " ") or line.startswith(name + "{"):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"{name} not exported")
+
+
+def test_metrics_and_healthz(cli: Cli, hub: Emulator, make_config: Any, outbox_path: Path):
+    """Prometheus text with the contract's series; /healthz 200, then 503 with reason when blocked."""
+    port = free_port()
+    config = make_config("m.toml", metrics={"listen": f"127.0.0.1:{port}"})
+    assert cli("init", config=config).returncode == 0
+    for i in range(3):
+        assert cli("notify", f"t{i}", "--status", "IN_PROGRESS", config=config).returncode == 0
+    proc = start_daemon(config)
+    base = f"http://127.0.0.1:{port}"
+    try:
+        ok_line = ('mgh_reporter_api_requests_total{operation="NotifyMigrationTaskState",'
+                   'outcome="ok"} 3.0')
+        wait_for(lambda: ok_line in get(base + "/metrics")[1])
+        status, text = get(base + "/metrics")
+        assert status == 200
+        assert metric(text, "mgh_reporter_pending_rows") == 0
+        assert metric(text, "mgh_reporter_last_success_timestamp_seconds") > 0
+        for name in ("mgh_reporter_oldest_pending_seconds", "mgh_reporter_dead_letters",
+                     "mgh_reporter_api_request_duration_seconds_bucket", "mgh_reporter_blocked",
+                     "mgh_reporter_outage_backoff", "mgh_reporter_concurrency_limit"):
+            assert name in text
+        assert get(base + "/healthz") == (200, "ok\n")
+        assert get(base + "/nope")[0] == 404
+        hub.state.faults.update(deny={"NotifyMigrationTaskState"})
+        assert cli("notify", "t9", "--status", "IN_PROGRESS", config=config).returncode == 0
+        wait_for(lambda: get(base + "/healthz")[0] == 503)
+        status, body = get(base + "/healthz")
+        assert "access denied" in body
+        wait_for(lambda: metric(get(base + "/metrics")[1], "mgh_reporter_blocked") == 1)
+        hub.state.faults.update(deny=set())
+        wait_for(lambda: get(base + "/healthz")[0] == 200)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+
+
+def test_check_healthy(cli: Cli, hub: Emulator):
+    """`check` walks every step and changes nothing at the Hub."""
+    assert cli("init").returncode == 0
+    result = cli("check")
+    assert result.returncode == 0, result.stdout
+    lines = result.stdout.splitlines()
+    assert [line.split("]")[1].split()[0] for line in lines[:4]] == [
+        "config", "outbox", "credentials", "home"]
+    assert "found via env" in result.stdout
+    for op in ("CreateProgressUpdateStream", "ImportMigrationTask", "NotifyMigrationTaskState",
+               "PutResourceAttributes", "AssociateCreatedArtifact", "ListDiscoveredResources"):
+        assert f"mgh:{op}" in result.stdout
+    assert hub.state.streams == {}
+
+
+def test_check_access_denied_names_the_iam_action(cli: Cli, hub: Emulator):
+    """A denied write fails the check with exit 4, naming the IAM action to grant."""
+    assert cli("init").returncode == 0
+    hub.state.faults.update(deny={"PutResourceAttributes"})
+    result = cli("check")
+    assert result.returncode == 4
+    assert "[FAIL] permission" in result.stdout
+    assert "grant IAM action mgh:PutResourceAttributes" in result.stdout
+
+
+def test_check_no_home_region(cli: Cli, hub: Emulator):
+    """No home Region: the check stops at that step with exit 4."""
+    assert cli("init").returncode == 0
+    hub.state.home_region = None
+    result = cli("check")
+    assert result.returncode == 4
+    assert "[FAIL] home region" in result.stdout and "permission" not in result.stdout
+
+
+def test_check_bad_config_and_uninitialised_outbox(cli: Cli, tmp_path: Path):
+    """Config errors and a missing outbox are the first failing steps (exit 1)."""
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[hub]\nprogress_update_stream = 'a|b'\n")
+    result = cli("check", config=bad)
+    assert result.returncode == 1 and "[FAIL] config" in result.stdout
+    result = cli("check")
+    assert result.returncode == 1 and "[FAIL] outbox" in result.stdout
+
+
+def test_logs_are_json_and_never_carry_secrets(cli: Cli, hub: Emulator, make_config: Any,
+                                               aws_env: dict[str, str]):
+    """At debug level every stderr line is a JSON event; no key id or secret appears."""
+    config = make_config("debug.toml", log={"level": "debug", "format": "json"})
+    assert cli("init", config=config).returncode == 0
+    assert cli("notify", "t1", "--status", "IN_PROGRESS", config=config).returncode == 0
+    hub.state.faults.update(throttle=0.5, retry_after=0)
+    result = cli("drain", config=config)
+    assert result.returncode == 0
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert lines
+    events = [json.loads(line) for line in lines]
+    assert all({"event", "level", "timestamp"} <= set(e) for e in events)
+    assert any(e["event"] == "row_sent" and e["task"] == "t1" for e in events)
+    for secret in (aws_env["AWS_ACCESS_KEY_ID"], aws_env["AWS_SECRET_ACCESS_KEY"]):
+        assert secret not in result.stderr
+
+
+def test_redact_processor_scrubs_values_and_keys():
+    """Secret-looking keys are dropped and key ids / signatures in text are scrubbed."""
+    from reporter.logs import redact
+
+    event = redact(None, "info", {
+        "event": "x", "aws_secret_access_key": "abc", "session_token": "t",
+        "error": "Credential=AKIAIOSFODNN7EXAMPLE/2026/us-west-2 Signature=abcdef0123",
+        "note": "key AKIAIOSFODNN7EXAMPLE used",
+    })
+    assert event["aws_secret_access_key"] == "[REDACTED]" and event["session_token"] == "[REDACTED]"
+    assert "AKIA" not in event["error"] and "abcdef0123" not in event["error"]
+    assert "AKIA" not in event["note"]
+
+
+@pytest.mark.parametrize("fmt", ["console"])
+def test_console_log_format(cli: Cli, make_config: Any, fmt: str):
+    """The console format is for people: not JSON, still one event per line with fields."""
+    config = make_config("c.toml", log={"format": fmt, "level": "info"})
+    assert cli("init", config=config).returncode == 0
+    assert cli("notify", "t1", "--status", "IN_PROGRESS", config=config).returncode == 0
+    result = cli("drain", config=config)
+    assert result.returncode == 0
+    assert "pass" in result.stderr and not result.stderr.lstrip().startswith("{")

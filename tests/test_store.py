@@ -1,0 +1,121 @@
+"""The store: bad files at the door, the hot path's indexes, pruning, checkpoints."""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+
+from reporter.store import Ingested, Store, StoreError
+
+from .conftest import Cli
+
+
+def test_missing_corrupt_foreign_and_incomplete_files(tmp_path: Path):
+    """Each unusable file is refused with a clear reason."""
+    with pytest.raises(StoreError, match="no outbox database here"):
+        Store.open(tmp_path / "none.db")
+    (tmp_path / "junk.db").write_bytes(b"this is not sqlite at all" * 100)
+    with pytest.raises(StoreError, match="cannot open as an SQLite database|not a database"):
+        Store.open(tmp_path / "junk.db")
+    other = tmp_path / "other.db"
+    sqlite3.connect(other).execute("CREATE TABLE customers (id INTEGER)").connection.commit()
+    with pytest.raises(StoreError, match="not an mgh-reporter outbox"):
+        Store.open(other)
+    partial = tmp_path / "partial.db"
+    conn = sqlite3.connect(partial)
+    conn.execute("CREATE TABLE outbox (id INTEGER PRIMARY KEY, kind TEXT)")
+    conn.commit()
+    with pytest.raises(StoreError, match="lacks columns migration_task_name"):
+        Store.create(partial)
+
+
+def test_cli_reports_bad_files_without_traceback(cli: Cli, outbox_path: Path):
+    """`drain`/`status` on a corrupt or missing outbox: one line, exit 1, no traceback."""
+    result = cli("status")
+    assert result.returncode == 1 and "run `mgh-reporter init`" in result.stderr
+    outbox_path.write_bytes(b"garbage" * 1000)
+    for command in ("status", "drain", "run", "init"):
+        result = cli(command)
+        assert result.returncode == 1, command
+        assert "Traceback" not in result.stderr and str(outbox_path) in result.stderr
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_read_only_file_is_refused(tmp_path: Path):
+    """A read-only outbox is refused by writers at open."""
+    path = tmp_path / "o.db"
+    Store.create(path).close()
+    path.chmod(0o444)
+    with pytest.raises(StoreError):
+        Store.open(path)
+
+
+def test_read_only_database_refused_even_as_root(tmp_path: Path):
+    """Opening through a read-only mount (immutable URI here) cannot write: clear error."""
+    path = tmp_path / "o.db"
+    Store.create(path).close()
+    store = Store.open(path)
+    store.conn.execute("PRAGMA query_only = ON")
+    with pytest.raises(StoreError, match="cannot ingest rows"):
+        store.ingest([Ingested(1, "S", "t", "task_state", time.time())])
+
+
+def test_disk_full_is_a_store_error(tmp_path: Path):
+    """SQLITE_FULL surfaces as StoreError (the daemon logs it and retries), not a crash."""
+    path = tmp_path / "o.db"
+    store = Store.create(path)
+    page_count = store.conn.execute("PRAGMA page_count").fetchone()[0]
+    store.conn.execute(f"PRAGMA max_page_count = {page_count}")
+    with pytest.raises(StoreError, match="full"):
+        for i in range(2000):
+            store.insert_row({"kind": "task_state", "migration_task_name": "t" * 200 + str(i),
+                              "status_detail": "x" * 2000})
+
+
+HOT_PATH = [
+    ("SELECT min(due_at) FROM mgh_tasks WHERE due_at IS NOT NULL", (), "mgh_tasks_due"),
+    ("SELECT * FROM mgh_tasks WHERE due_at IS NOT NULL AND due_at <= ? ORDER BY due_at LIMIT ?",
+     (1.0, 10), "mgh_tasks_due"),
+    ("SELECT * FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (0, 10), "INTEGER PRIMARY KEY"),
+    ("SELECT count(*), min(created_at) FROM mgh_rows WHERE state = 'pending'", (),
+     "mgh_rows_pending"),
+    ("SELECT 1 FROM mgh_rows WHERE task_id = 1 AND state = 'pending'", (), "mgh_rows_pending"),
+    ("UPDATE mgh_rows SET state = 'superseded' WHERE task_id = ? AND kind = ? AND"
+     " state = 'pending' AND id < ?", (1, "task_state", 5), "mgh_rows_pending"),
+    ("SELECT min(map_check_at) FROM mgh_tasks WHERE map_check_at IS NOT NULL", (),
+     "mgh_tasks_map"),
+    ("SELECT count(*) FROM mgh_rows WHERE state = 'rejected'", (), "mgh_rows_rejected"),
+    ("SELECT id FROM mgh_rows WHERE state IN ('sent', 'superseded') AND finished_at < ? LIMIT ?",
+     (1.0, 10), "mgh_rows_finished"),
+]
+
+
+@pytest.mark.parametrize(("sql", "args", "index"), HOT_PATH)
+def test_hot_path_queries_use_indexes(tmp_path: Path, sql: str, args: tuple[object, ...], index: str):
+    """Every hot-path query uses an index (a scan only of a small partial index), never a table
+    scan, so its cost follows the backlog, not history."""
+    store = Store.create(tmp_path / "o.db")
+    lines = store.explain(sql, args)
+    assert index in " | ".join(lines), lines
+    assert all("USING" in line for line in lines if line.startswith("SCAN")), lines
+
+
+def test_prune_deletes_only_delivered_rows_past_retention(tmp_path: Path):
+    """Delivered rows older than retention go (outbox too); pending and rejected stay."""
+    store = Store.create(tmp_path / "o.db")
+    ids = [store.insert_row({"kind": "task_state", "migration_task_name": f"t{i}",
+                             "status": "IN_PROGRESS"}) for i in range(4)]
+    store.ingest([Ingested(i, "S", f"t{n}", "task_state", 0.0,
+                           rejected="bad" if n == 3 else None) for n, i in enumerate(ids)])
+    store.conn.execute("UPDATE mgh_rows SET state='sent', finished_at=100 WHERE id IN (?, ?)",
+                       (ids[0], ids[1]))
+    store.conn.execute("UPDATE mgh_rows SET finished_at=200 WHERE id = ?", (ids[1],))
+    assert store.prune(before=150) == 1
+    left = [r[0] for r in store.conn.execute("SELECT id FROM outbox ORDER BY id")]
+    assert left == ids[1:]
+    store.checkpoint("TRUNCATE")
+    assert os.path.getsize(str(tmp_path / "o.db") + "-wal") == 0
