@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import stat
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -126,6 +128,12 @@ class Store:
                 if column not in columns:
                     store.conn.execute(f"ALTER TABLE outbox ADD COLUMN {column} TEXT")
             schema.migrations.apply(store.db)
+        # SQLite creates files 0644 (less the umask) and gives -wal/-shm the database's mode:
+        # make it group-writable so a host tool in our group can share it.
+        try:
+            os.chmod(path, path.stat().st_mode | stat.S_IRGRP | stat.S_IWGRP)
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot make group-writable: {exc.strerror}") from None
         return store
 
     @classmethod

@@ -1,0 +1,140 @@
+"""The systemd unit, the container file, the shared-outbox arrangement and the docs."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import click
+import pytest
+
+from reporter.cli import cli as cli_group
+
+ROOT = Path(__file__).resolve().parent.parent
+UNIT = ROOT / "systemd" / "mgh-reporter.service"
+ANALYZE = shutil.which("systemd-analyze")
+
+
+def unit_for_this_machine(tmp_path: Path) -> Path:
+    exe = shutil.which("mgh-reporter") or sys.executable
+    path = tmp_path / "mgh-reporter.service"
+    path.write_text(UNIT.read_text().replace("/opt/mgh-reporter/bin/mgh-reporter", exe))
+    return path
+
+
+def test_unit_has_the_contract_settings():
+    """Type=notify, WatchdogSec, Restart=on-failure, a stop timeout above the 10 s graceful stop."""
+    text = UNIT.read_text()
+    for line in ("Type=notify", "Restart=on-failure", "StateDirectory=mgh-reporter", "UMask=0007"):
+        assert re.search(rf"^{re.escape(line)}$", text, re.M), line
+    assert int(re.search(r"^WatchdogSec=(\d+)", text, re.M).group(1)) >= 10  # type: ignore[union-attr]
+    assert int(re.search(r"^TimeoutStopSec=(\d+)", text, re.M).group(1)) > 10  # type: ignore[union-attr]
+    assert "StartLimitBurst=" in text
+
+
+@pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze not installed")
+def test_unit_verifies_and_scores_at_most_2(tmp_path: Path):
+    """`systemd-analyze verify` passes and the offline security exposure is <= 2.0."""
+    unit = unit_for_this_machine(tmp_path)
+    verify = subprocess.run([ANALYZE, "verify", str(unit)], capture_output=True, text=True)
+    assert verify.returncode == 0, verify.stderr
+    score = subprocess.run([ANALYZE, "security", "--offline=true", str(unit)],
+                           capture_output=True, text=True)
+    match = re.search(r"Overall exposure level for \S+: ([\d.]+)", score.stdout)
+    assert match, score.stdout[-500:]
+    assert float(match.group(1)) <= 2.0
+
+
+def test_containerfile_runs_the_daemon_as_non_root_with_a_healthcheck():
+    """Non-root user, exec-form entrypoint of our console script, a HEALTHCHECK of a real command."""
+    text = (ROOT / "Containerfile").read_text()
+    user = re.search(r"^USER (\S+)", text, re.M)
+    assert user and not user.group(1).startswith("root") and user.group(1) != "0"
+    assert re.search(r'^ENTRYPOINT \["mgh-reporter"\]', text, re.M)
+    assert re.search(r'^CMD \["run"\]', text, re.M)
+    health = re.search(r'CMD \["mgh-reporter", "([^"]+)"', text.split("HEALTHCHECK", 1)[1])
+    assert health and health.group(1) in cli_group.commands
+    for copied in re.findall(r"^COPY (\S+)", text, re.M):
+        assert (ROOT / copied).exists(), copied
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not Path("/usr/bin/python3").exists(),
+                    reason="needs root to switch users and a system python")
+def test_two_users_share_the_outbox_through_the_group():
+    """Host tool and daemon as different users in one group: with a setgid 2770 directory and
+    umask 007 both can write the database and its -wal/-shm files."""
+    import tempfile
+
+    from reporter.store import Store
+
+    top = Path(tempfile.mkdtemp(prefix="mgh-share-"))
+    os.chmod(top, 0o755)
+    shared = top / "shared"
+    shared.mkdir()
+    gid = 15151
+    os.chown(shared, 0, gid)
+    os.chmod(shared, 0o2770)
+    db = shared / "outbox.db"
+    old = os.umask(0o007)
+    try:
+        Store.create(db).close()
+    finally:
+        os.umask(old)
+    script = (
+        "import sqlite3,sys; c=sqlite3.connect(sys.argv[1], timeout=5);"
+        "c.execute('PRAGMA journal_mode=WAL');"
+        "c.execute(\"INSERT INTO outbox(kind,migration_task_name,status) "
+        "VALUES ('task_state', ?, 'IN_PROGRESS')\", (sys.argv[2],)); c.commit()"
+    )
+    import sqlite3
+
+    daemon_side = sqlite3.connect(db)  # held open like the daemon's, so -wal/-shm persist
+    daemon_side.execute("SELECT count(*) FROM outbox").fetchone()
+    for uid, task in ((15001, "from-tool"), (15002, "from-daemon-user")):
+        result = subprocess.run(
+            ["/usr/bin/python3", "-c", script, str(db), task],
+            user=uid, group=gid, extra_groups=[], umask=0o007, capture_output=True, text=True,
+        )
+        assert result.returncode == 0, result.stderr
+    for suffix in ("", "-wal", "-shm"):
+        mode = (shared / f"outbox.db{suffix}").stat().st_mode
+        assert mode & 0o060 == 0o060, suffix
+    names = [r[0] for r in daemon_side.execute("SELECT migration_task_name FROM outbox")]
+    assert names == ["from-tool", "from-daemon-user"]
+    shutil.rmtree(top)
+
+
+def _commands(group: click.Group, prefix: str = "") -> list[tuple[str, click.Command]]:
+    found = []
+    for name, command in group.commands.items():
+        full = f"{prefix}{name}"
+        found.append((full, command))
+        if isinstance(command, click.Group):
+            found += _commands(command, full + " ")
+    return found
+
+
+@pytest.mark.parametrize(("name", "command"), _commands(cli_group))
+def test_every_command_is_documented_and_has_help(name: str, command: click.Command):
+    """Each CLI command has help text and appears in the README."""
+    assert command.help and len(command.help) > 10
+    assert f"mgh-reporter {name}" in (ROOT / "README.md").read_text() or \
+        f"`{name}" in (ROOT / "README.md").read_text()
+
+
+def test_readme_starts_with_the_two_commands():
+    """The README shows, near the top, the demo command and the test command."""
+    head = "\n".join((ROOT / "README.md").read_text().splitlines()[:40])
+    assert "mgh-reporter demo" in head
+    assert "python -m pytest" in head
+
+
+def test_every_module_has_a_docstring():
+    """Each module says in one line what it owns."""
+    for path in (ROOT / "reporter").glob("*.py"):
+        text = path.read_text()
+        assert text.startswith('"""'), path.name
