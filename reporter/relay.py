@@ -66,12 +66,12 @@ class Relay:
         store: Store,
         hub: Hub,
         config: Config,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         rng: random.Random | None = None,
         stop: threading.Event | None = None,
     ) -> None:
         self.store, self.hub, self.config = store, hub, config
-        self.clock = clock
+        self.clock = clock or (lambda: time.time())  # looked up per call: freezegun-able
         self.rng = rng or random.Random()
         self.stop = stop or threading.Event()
         self.log = structlog.get_logger("reporter.relay")

@@ -88,10 +88,10 @@ class Store:
     """One connection to the outbox file; short explicit write transactions."""
 
     def __init__(
-        self, path: Path, busy_timeout_ms: int = 5000, clock: Callable[[], float] = time.time
+        self, path: Path, busy_timeout_ms: int = 5000, clock: Callable[[], float] | None = None
     ) -> None:
         self.path = path
-        self.clock = clock
+        self.clock = clock or (lambda: time.time())  # looked up per call: freezegun-able
         try:
             self.conn = sqlite3.connect(
                 str(path),

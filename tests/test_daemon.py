@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
 import json
-import os
 import signal
 import socket
 import sqlite3
@@ -218,7 +218,7 @@ def test_sd_notify_ready_watchdog_status_stopping(cli: Cli, hub: Emulator, confi
         notify.close()
     beats = notify.texts("WATCHDOG=1")
     assert 4 <= len(beats) <= 9, len(beats)
-    gaps = [b - a for a, b in zip(beats, beats[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(beats)]
     assert max(gaps) < 0.9
     assert notify.texts("STATUS=pending")
     assert notify.texts("STOPPING=1")

@@ -19,7 +19,7 @@ def test_missing_corrupt_foreign_and_incomplete_files(tmp_path: Path):
     with pytest.raises(StoreError, match="no outbox database here"):
         Store.open(tmp_path / "none.db")
     (tmp_path / "junk.db").write_bytes(b"this is not sqlite at all" * 100)
-    with pytest.raises(StoreError, match="cannot open as an SQLite database|not a database"):
+    with pytest.raises(StoreError, match=r"cannot open as an SQLite database|not a database"):
         Store.open(tmp_path / "junk.db")
     other = tmp_path / "other.db"
     sqlite3.connect(other).execute("CREATE TABLE customers (id INTEGER)").connection.commit()
