@@ -53,11 +53,6 @@ class _Delivery:
     calls: int = 0
 
 
-def _when(row: rows.OutboxRow, fallback: float) -> float:
-    parsed = rows.parse_timestamp(row.created_at) if isinstance(row.created_at, str) else None
-    return parsed.timestamp() if parsed else fallback
-
-
 class Relay:
     """The delivery algorithm; `run_once` is all of it, `daemon`/`drain` are timers around it."""
 
@@ -226,7 +221,7 @@ class Relay:
                         str(stream),
                         str(row.migration_task_name),
                         str(row.kind),
-                        _when(row, now),
+                        rows.epoch_of(row.created_at, now),
                         rejected,
                         supersedes=isinstance(checked, rows.StateUpdate | rows.AttributesUpdate),
                     )

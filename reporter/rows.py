@@ -26,6 +26,7 @@ __all__ = [
     "StateUpdate",
     "check_stream",
     "check_task",
+    "epoch_of",
     "parse_timestamp",
     "plan_task",
     "to_request",
@@ -213,6 +214,12 @@ def parse_timestamp(value: str) -> datetime | None:
     if parsed.tzinfo is None:
         return None
     return parsed.astimezone(UTC)
+
+
+def epoch_of(value: Any, fallback: float) -> float:
+    """An ISO-8601 text as epoch seconds, or `fallback` when it is not one."""
+    parsed = parse_timestamp(value) if isinstance(value, str) else None
+    return parsed.timestamp() if parsed else fallback
 
 
 def _int(value: Any, name: str, low: int, high: int | None) -> int | Problem:

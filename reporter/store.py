@@ -15,7 +15,7 @@ from typing import Any
 from sqlite_utils import Database
 
 from reporter import schema
-from reporter.rows import OutboxRow, parse_timestamp
+from reporter.rows import OutboxRow, epoch_of
 
 __all__ = ["ClaimedTask", "Ingested", "Store", "StoreError", "TaskOutcome"]
 
@@ -73,11 +73,6 @@ class TaskOutcome:
     error: str | None = None
     charge_attempt: bool = False
     give_up: str | None = None
-
-
-def _epoch(text: Any, fallback: float) -> float:
-    parsed = parse_timestamp(text) if isinstance(text, str) else None
-    return parsed.timestamp() if parsed else fallback
 
 
 def _marks(n: int) -> str:
@@ -540,7 +535,7 @@ class Store:
             oldest = self.conn.execute(
                 "SELECT min(created_at) FROM mgh_rows WHERE state = 'pending'"
             ).fetchone()[0]
-        oldest_times = [t for t in (oldest, _epoch(waiting[1], now) if waiting[1] else None) if t]
+        oldest_times = [t for t in (oldest, epoch_of(waiting[1], now) if waiting[1] else None) if t]
         return {
             "pending": by_state.get(PENDING, 0) + waiting[0],
             "sent": by_state.get(SENT, 0),
