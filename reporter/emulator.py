@@ -142,6 +142,7 @@ class Faults:
     server_error: float = 0.0
     drop: float = 0.0
     latency: float = 0.0
+    jitter: float = 0.0  # extra latency, uniform in [0, jitter] seconds
     outage: bool = False
     retry_after: int = 1
     deny: set[str] = field(default_factory=set)  # operation names, or "*"
@@ -241,9 +242,18 @@ class HubState:
                 ops[c["operation"]] = ops.get(c["operation"], 0) + 1
             return {"home_region": self.home_region, "streams": streams, "operations": ops}
 
+    def updates(self) -> dict[str, dict[str, list[dict[str, Any]]]]:
+        """Every NotifyMigrationTaskState each task received, in arrival order, with ReceivedAt."""
+        with self.lock:
+            return {
+                name: {t.name: list(t.updates) for t in tasks.values()}
+                for name, tasks in self.streams.items()
+            }
+
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    disable_nagle_algorithm = True  # headers and body are two writes: no 40 ms delayed-ACK stall
     server: _Server
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -263,6 +273,8 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:
         if self.path == "/_emulator/state":
             self._reply(200, self.server.emulator.state.summary())
+        elif self.path == "/_emulator/updates":
+            self._reply(200, self.server.emulator.state.updates())
         else:
             self._reply(404, {"message": "not found"})
 
@@ -398,6 +410,9 @@ class Emulator:
         }
         try:
             latency = state.faults.latency
+            if state.faults.jitter:
+                with state.lock:
+                    latency += state.rng.uniform(0.0, state.faults.jitter)
             if latency:
                 time.sleep(latency)
             with state.lock:

@@ -126,8 +126,7 @@ class Hub:
     def _call(self, client: Any, operation: str, params: dict[str, Any]) -> dict[str, Any]:
         if self._rate is not None:
             self._rate.acquire()
-        if self._limiter is not None:
-            self._limiter.acquire()
+        ticket = self._limiter.acquire() if self._limiter is not None else 0
         started = time.monotonic()
         throttled = False
         outcome = "ok"
@@ -143,7 +142,7 @@ class Hub:
             raise HubError(failure, operation) from None
         finally:
             if self._limiter is not None:
-                self._limiter.release(throttled)
+                self._limiter.release(throttled, ticket)
             if self._observer is not None:
                 self._observer(operation, outcome, time.monotonic() - started)
 

@@ -9,20 +9,31 @@ from collections.abc import Callable
 __all__ = ["AdaptiveLimiter", "RateLimiter", "aimd"]
 
 
-def aimd(limit: float, throttled: bool, low: int, high: int) -> float:
-    """Next concurrency limit: halve on throttling, add one per limit's worth of successes."""
+def aimd(
+    limit: float, throttled: bool, low: int, high: int, slow_start: bool = False
+) -> float:
+    """Next concurrency limit: halve on throttling; on success add one per limit's worth of
+    successes, or one per success during slow start (the limit doubles each round trip)."""
     if throttled:
         return float(max(low, limit / 2))
-    return float(min(high, limit + 1.0 / max(limit, 1.0)))
+    step = 1.0 if slow_start else 1.0 / max(limit, 1.0)
+    return float(min(high, limit + step))
 
 
 class AdaptiveLimiter:
-    """A semaphore whose size follows AIMD: shrinks when the Hub throttles, grows on success."""
+    """A semaphore whose size follows AIMD: shrinks when the Hub throttles, grows on success.
+
+    Like TCP: slow start until the first throttle, then additive increase; and one decrease per
+    congestion event (throttles of calls that began before the last decrease don't halve again,
+    so a burst of throttled replies does not collapse the limit to the floor).
+    """
 
     def __init__(self, initial: int, high: int, low: int = 1) -> None:
         self._limit = float(initial)
         self._low, self._high = low, high
         self._in_flight = 0
+        self._epoch = 0  # bumped by every decrease
+        self._slow_start = True
         self._cond = threading.Condition()
 
     @property
@@ -30,18 +41,23 @@ class AdaptiveLimiter:
         """The current whole number of calls allowed at once."""
         return max(self._low, int(self._limit))
 
-    def acquire(self) -> None:
-        """Wait for a free slot."""
+    def acquire(self) -> int:
+        """Wait for a free slot; the ticket returned goes back to `release`."""
         with self._cond:
             while self._in_flight >= self.limit:
                 self._cond.wait()
             self._in_flight += 1
+            return self._epoch
 
-    def release(self, throttled: bool) -> None:
-        """Free a slot and adapt the limit to the call's outcome."""
+    def release(self, throttled: bool, ticket: int) -> None:
+        """Free a slot and adapt the limit to the outcome of the call that took `ticket`."""
         with self._cond:
             self._in_flight -= 1
-            self._limit = aimd(self._limit, throttled, self._low, self._high)
+            if not throttled or ticket == self._epoch:
+                self._limit = aimd(self._limit, throttled, self._low, self._high, self._slow_start)
+                if throttled:
+                    self._epoch += 1
+                    self._slow_start = False
             self._cond.notify_all()
 
 

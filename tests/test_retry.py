@@ -55,6 +55,34 @@ def test_aimd_shrinks_on_throttling_and_recovers():
         limit = aimd(limit, False, 1, 32)
     assert 6.5 <= limit <= 8
     assert aimd(32, False, 1, 32) == 32
+    assert aimd(8, False, 1, 32, slow_start=True) == 9
+    assert aimd(32, False, 1, 32, slow_start=True) == 32
+
+
+def test_adaptive_limiter_slow_starts_then_grows_additively():
+    """Before any throttle the limit grows by one per success (doubling per round trip)."""
+    limiter = AdaptiveLimiter(initial=4, high=64)
+    for _ in range(8):
+        limiter.release(False, limiter.acquire())
+    assert limiter.limit == 12
+    limiter.release(True, limiter.acquire())
+    assert limiter.limit == 6
+    for _ in range(6):
+        limiter.release(False, limiter.acquire())
+    assert limiter.limit == 6  # additive now: about one per window of successes, not one each
+    limiter.release(False, limiter.acquire())
+    assert limiter.limit == 7
+
+
+def test_adaptive_limiter_halves_once_per_congestion_event():
+    """A burst of throttles from calls in flight together halves the limit once, not per call."""
+    limiter = AdaptiveLimiter(initial=16, high=32)
+    tickets = [limiter.acquire() for _ in range(16)]
+    for t in tickets:
+        limiter.release(True, t)
+    assert limiter.limit == 8
+    limiter.release(True, limiter.acquire())  # a call begun after the decrease counts again
+    assert limiter.limit == 4
 
 
 def test_adaptive_limiter_bounds_concurrency():
@@ -65,14 +93,14 @@ def test_adaptive_limiter_bounds_concurrency():
 
     def call() -> None:
         nonlocal running, peak
-        limiter.acquire()
+        ticket = limiter.acquire()
         with lock:
             running += 1
             peak = max(peak, running)
         time.sleep(0.01)
         with lock:
             running -= 1
-        limiter.release(throttled=True)
+        limiter.release(True, ticket)
 
     threads = [threading.Thread(target=call) for _ in range(20)]
     for t in threads:

@@ -1,0 +1,578 @@
+"""The benchmark suite of issue 5: every scenario in a fresh process, against a stand-in on loopback.
+
+    python benchmarks/run.py                  # every scenario at full size, with a verdict
+    python benchmarks/run.py drain idle       # some of them
+    python benchmarks/run.py --smoke          # tiny sizes: checks the suite runs (CI), no verdict
+    python benchmarks/run.py --markdown F     # also write the results table to F
+
+Each scenario runs as `python benchmarks/run.py --child NAME`, which starts its own stand-in
+Migration Hub process (`mgh-reporter emulator`) on 127.0.0.1, drives `mgh-reporter drain`/`run`
+as real processes, and prints one JSON line of figures. The parent prints them side by side.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import platform
+import signal
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+STREAM = "Bench"
+REGION = "us-west-2"
+CREDS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": REGION}
+SIZES: dict[str, dict[str, Any]] = {
+    "full": {
+        "drain_tasks": 600, "cli_sample": 20, "coalesce": (100, 100), "idle_seconds": 20.0,
+        "memory": (2000, 100), "latency_seconds": 30.0, "impact_seconds": 8.0,
+        "scale": (1000, 10000, 100000), "profile_tasks": 5000,
+    },
+    "smoke": {
+        "drain_tasks": 30, "cli_sample": 1, "coalesce": (10, 10), "idle_seconds": 2.0,
+        "memory": (50, 10), "latency_seconds": 3.0, "impact_seconds": 1.0,
+        "scale": (100, 300), "profile_tasks": 100,
+    },
+}
+
+
+# -- the stand-in and the processes under test -------------------------------------------------
+@dataclass
+class StandIn:
+    """A `mgh-reporter emulator` process on 127.0.0.1 and how to reach it."""
+
+    proc: subprocess.Popen[str]
+    url: str
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {
+            **os.environ, **CREDS,
+            "AWS_ENDPOINT_URL_MIGRATION_HUB": self.url,
+            "AWS_ENDPOINT_URL_MIGRATIONHUB_CONFIG": self.url,
+        }
+
+    def _request(self, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = None if body is None else json.dumps(body).encode()
+        with urllib.request.urlopen(f"{self.url}/_emulator/{path}", data, timeout=120) as reply:
+            return json.load(reply)
+
+    def faults(self, **values: Any) -> None:
+        self._request("faults", values)
+
+    def operations(self) -> dict[str, int]:
+        return dict(self._request("state")["operations"])
+
+    def calls(self) -> int:
+        return sum(self.operations().values())
+
+    def updates(self) -> dict[str, list[dict[str, Any]]]:
+        return dict(self._request("updates").get(STREAM, {}))
+
+    def last_states(self) -> dict[str, dict[str, Any]]:
+        tasks = self._request("state")["streams"].get(STREAM, {})
+        return {name: t["last"] for name, t in tasks.items() if t["last"]}
+
+
+@contextmanager
+def stand_in(latency: float = 0.0) -> Iterator[StandIn]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "reporter", "emulator", "--port", "0", "--map-delay", "0"],
+        stdout=subprocess.PIPE, text=True,
+    )
+    assert proc.stdout is not None
+    first = proc.stdout.readline()
+    url = first.split(" on ", 1)[1].split()[0]
+    hub = StandIn(proc, url)
+    try:
+        if latency:
+            hub.faults(latency=latency)
+        yield hub
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=10)
+
+
+@dataclass
+class Outbox:
+    """An initialised outbox and the config that points at it."""
+
+    dir: Path
+    config: Path
+    db: Path
+
+    def cmd(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "reporter", "--config", str(self.config), *args]
+
+
+def make_outbox(hub: StandIn, interval: float = 2.0, **publish: Any) -> Outbox:
+    work = Path(tempfile.mkdtemp(prefix="mgh-bench-"))
+    db = work / "outbox.db"
+    extra = "".join(f"{k} = {v}\n" for k, v in publish.items())
+    config = work / "config.toml"
+    config.write_text(
+        f'[hub]\nprogress_update_stream = "{STREAM}"\nregion = "auto"\n'
+        f'[outbox]\npath = "{db}"\n'
+        f"[publish]\ninterval_seconds = {interval}\n{extra}"
+        '[log]\nlevel = "warning"\n'
+    )
+    box = Outbox(work, config, db)
+    subprocess.run(box.cmd("init"), check=True, env=hub.env, capture_output=True)
+    return box
+
+
+def insert_states(db: Path, rows: list[tuple[str, str, int, str]]) -> None:
+    """(task, status, percent, detail) rows in one transaction, in list order."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("BEGIN IMMEDIATE")
+    conn.executemany(
+        "INSERT INTO outbox(kind, migration_task_name, status, progress_percent, status_detail)"
+        " VALUES ('task_state', ?, ?, ?, ?)",
+        rows,
+    )
+    conn.execute("COMMIT")
+    conn.close()
+
+
+@dataclass
+class Ran:
+    """A finished process: exit code, wall seconds, CPU seconds, peak RSS in MB."""
+
+    code: int
+    wall: float
+    cpu: float
+    peak_mb: float
+
+
+def run_measured(cmd: list[str], env: dict[str, str], prefix: list[str] | None = None) -> Ran:
+    """Run to completion and read the child's own rusage (wait4: this child only)."""
+    started = time.monotonic()
+    proc = subprocess.Popen([*(prefix or []), *cmd], env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(proc.pid, 0)
+    wall = time.monotonic() - started
+    proc.returncode = os.waitstatus_to_exitcode(status)
+    stderr = proc.stderr.read().decode() if proc.stderr else ""
+    if proc.returncode not in (0,):
+        print(stderr[-2000:], file=sys.stderr)
+    return Ran(proc.returncode, wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss / 1024)
+
+
+def drain(box: Outbox, hub: StandIn, prefix: list[str] | None = None) -> Ran:
+    ran = run_measured(box.cmd("drain", "--timeout", "3600"), hub.env, prefix)
+    if ran.code != 0:
+        raise SystemExit(f"drain exited {ran.code}")
+    return ran
+
+
+def proc_cpu(pid: int) -> float:
+    """utime + stime of a running process, in seconds."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def wait_until(check: Callable[[], bool], timeout: float, what: str) -> None:
+    end = time.monotonic() + timeout
+    while not check():
+        if time.monotonic() > end:
+            raise SystemExit(f"timed out waiting for {what}")
+        time.sleep(0.1)
+
+
+# -- scenarios -----------------------------------------------------------------------------------
+def scenario_drain(size: dict[str, Any]) -> dict[str, Any]:
+    """600 tasks x 1 row at 30 ms: drain vs a sequential boto3 loop vs the AWS CLI per update."""
+    import boto3
+
+    n = size["drain_tasks"]
+    with stand_in(latency=0.030) as hub:
+        box = make_outbox(hub)
+        insert_states(box.db, [(f"t{i:05d}", "IN_PROGRESS", 50, "copying") for i in range(n)])
+        ran = drain(box, hub)
+        reporter_calls = hub.calls()
+        delivered = len(hub.last_states())
+
+        os.environ.update({k: v for k, v in hub.env.items() if k.startswith("AWS_")})
+        started = time.monotonic()
+        client = boto3.session.Session().client("mgh", region_name=REGION)
+        client.create_progress_update_stream(ProgressUpdateStreamName="Loop")
+        for i in range(n):
+            client.import_migration_task(ProgressUpdateStream="Loop", MigrationTaskName=f"t{i:05d}")
+            client.notify_migration_task_state(
+                ProgressUpdateStream="Loop", MigrationTaskName=f"t{i:05d}",
+                Task={"Status": "IN_PROGRESS", "ProgressPercent": 50, "StatusDetail": "copying"},
+                UpdateDateTime=time.time(), NextUpdateSeconds=300,
+            )
+        loop = time.monotonic() - started
+        loop_calls = hub.calls() - reporter_calls
+
+        sample, cli_times = size["cli_sample"], []
+        for i in range(sample):
+            started = time.monotonic()
+            subprocess.run(
+                ["aws", "mgh", "notify-migration-task-state", "--region", REGION,
+                 "--progress-update-stream", "Loop", "--migration-task-name", f"t{i:05d}",
+                 "--task", "Status=IN_PROGRESS,ProgressPercent=60",
+                 "--update-date-time", str(int(time.time())), "--next-update-seconds", "300"],
+                check=True, env=hub.env, capture_output=True,
+            )
+            cli_times.append(time.monotonic() - started)
+    per_cli = statistics.mean(cli_times)
+    return {
+        "tasks": n, "reporter_seconds": ran.wall, "reporter_calls": reporter_calls,
+        "delivered": delivered, "loop_seconds": loop, "loop_calls": loop_calls,
+        "speedup": loop / ran.wall, "cli_seconds_per_update": per_cli,
+        "cli_seconds_projected": per_cli * n, "cli_sample": sample,
+    }
+
+
+def scenario_coalesce(size: dict[str, Any]) -> dict[str, Any]:
+    """100 tasks x 100 rows waiting: one NotifyMigrationTaskState per task, each at its last row."""
+    tasks, per_task = size["coalesce"]
+    rows, last = [], {}
+    for k in range(per_task):
+        for t in range(tasks):
+            status = "COMPLETED" if k == per_task - 1 else "IN_PROGRESS"
+            row = (f"c{t:04d}", status, min(100, k), f"step {k}")
+            rows.append(row)
+            last[row[0]] = row
+    with stand_in() as hub:
+        box = make_outbox(hub)
+        insert_states(box.db, rows)
+        ran = drain(box, hub)
+        ops = hub.operations()
+        states = hub.last_states()
+    wrong = [
+        name for name, (_, status, pct, detail) in last.items()
+        if (states.get(name) or {}).get("Task")
+        != {"Status": status, "ProgressPercent": pct, "StatusDetail": detail}
+    ]
+    return {
+        "tasks": tasks, "rows": len(rows), "notify_calls": ops.get("NotifyMigrationTaskState", 0),
+        "tasks_not_at_last_state": len(wrong), "seconds": ran.wall,
+    }
+
+
+def scenario_idle(size: dict[str, Any]) -> dict[str, Any]:
+    """`run` on an empty outbox at a 1 s interval: CPU used over the window."""
+    seconds = size["idle_seconds"]
+    with stand_in() as hub:
+        box = make_outbox(hub, interval=1.0)
+        proc = subprocess.Popen(box.cmd("run"), env=hub.env, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(3.0)  # imports, first pass, home Region
+            before, started = proc_cpu(proc.pid), time.monotonic()
+            time.sleep(seconds)
+            used, elapsed = proc_cpu(proc.pid) - before, time.monotonic() - started
+            calls = hub.calls()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=20)
+    return {
+        "seconds": elapsed, "cpu_seconds": used, "cpu_percent": 100 * used / elapsed,
+        "hub_calls": calls, "clock_ticks_per_second": os.sysconf("SC_CLK_TCK"),
+    }
+
+
+def scenario_memory(size: dict[str, Any]) -> dict[str, Any]:
+    """Peak RSS of a drain of N tasks x 1 row vs N tasks x 100 rows."""
+    tasks, per_task = size["memory"]
+    out: dict[str, Any] = {"tasks": tasks}
+    for label, k in (("small", 1), ("large", per_task)):
+        rows = [(f"m{t:05d}", "IN_PROGRESS", min(100, j), f"step {j}")
+                for j in range(k) for t in range(tasks)]
+        with stand_in() as hub:
+            box = make_outbox(hub)
+            insert_states(box.db, rows)
+            ran = drain(box, hub)
+            out[f"{label}_notify_calls"] = hub.operations().get("NotifyMigrationTaskState", 0)
+        out[f"{label}_rows"], out[f"{label}_peak_mb"] = len(rows), ran.peak_mb
+        out[f"{label}_seconds"] = ran.wall
+    out["ratio"] = out["large_peak_mb"] / out["small_peak_mb"]
+    return out
+
+
+def scenario_latency(size: dict[str, Any]) -> dict[str, Any]:
+    """A steady 20 rows/s into a running daemon (0.5 s interval): INSERT-to-Hub latency."""
+    seconds, rate, tasks = size["latency_seconds"], 20.0, 20
+    inserted: dict[tuple[str, int], float] = {}
+    with stand_in(latency=0.030) as hub:
+        box = make_outbox(hub, interval=0.5)
+        proc = subprocess.Popen(box.cmd("run"), env=hub.env, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(3.0)
+            conn = sqlite3.connect(box.db, isolation_level=None, timeout=5)
+            start, n = time.monotonic(), 0
+            while n < seconds * rate:
+                time.sleep(max(0.0, start + n / rate - time.monotonic()))
+                task = f"l{n % tasks:02d}"
+                conn.execute(
+                    "INSERT INTO outbox(kind, migration_task_name, status, progress_percent,"
+                    " status_detail) VALUES ('task_state', ?, 'IN_PROGRESS', ?, ?)",
+                    (task, min(100, n // tasks), f"seq {n}"),
+                )
+                inserted[(task, n)] = time.time()
+                n += 1
+            conn.close()
+            last = {f"l{i:02d}": f"seq {n - tasks + i}" for i in range(tasks)}
+
+            def done() -> bool:
+                states = hub.last_states()
+                return all((states.get(t) or {}).get("Task", {}).get("StatusDetail") == d
+                           for t, d in last.items())
+
+            wait_until(done, 30, "the last rows to reach the stand-in")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=20)
+        updates = hub.updates()
+    latencies = []
+    for (task, seq), at in inserted.items():
+        arrivals = [u["ReceivedAt"] for u in updates.get(task, [])
+                    if int(u["Task"]["StatusDetail"].split()[1]) >= seq]
+        latencies.append(min(arrivals) - at)
+    latencies.sort()
+    pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731
+    return {
+        "rows": len(inserted), "rate": rate, "p50": pick(0.50), "p99": pick(0.99),
+        "max": latencies[-1], "notify_calls": sum(len(v) for v in updates.values()),
+    }
+
+
+def _writer(path: str, seconds: float, out: mp.Queue) -> None:  # type: ignore[type-arg]
+    conn = sqlite3.connect(path, timeout=5, isolation_level=None)
+    n = errors = 0
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            conn.execute("INSERT INTO outbox(kind, migration_task_name, status, progress_percent)"
+                         " VALUES ('task_state', ?, 'IN_PROGRESS', ?)", (f"w{n % 500}", n % 101))
+            conn.execute("COMMIT")
+            n += 1
+        except sqlite3.Error:
+            errors += 1
+            conn.execute("ROLLBACK") if conn.in_transaction else None
+    out.put((n, errors))
+
+
+def _writers(db: Path, seconds: float) -> tuple[float, int]:
+    out: mp.Queue = mp.Queue()  # type: ignore[type-arg]
+    procs = [mp.Process(target=_writer, args=(str(db), seconds, out)) for _ in range(2)]
+    for p in procs:
+        p.start()
+    results = [out.get() for _ in procs]
+    for p in procs:
+        p.join()
+    return sum(r[0] for r in results) / seconds, sum(r[1] for r in results)
+
+
+def scenario_impact(size: dict[str, Any]) -> dict[str, Any]:
+    """Two writers inserting single-row transactions at full speed, alone and beside the daemon."""
+    seconds = size["impact_seconds"]
+    with stand_in() as hub:
+        box = make_outbox(hub, interval=0.5)
+        alone, errors_alone = _writers(box.db, seconds)
+        proc = subprocess.Popen(box.cmd("run"), env=hub.env, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(2.0)
+            beside, errors_beside = _writers(box.db, seconds)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=20)
+        calls = hub.operations().get("NotifyMigrationTaskState", 0)
+    return {
+        "alone_per_second": alone, "alone_errors": errors_alone, "beside_per_second": beside,
+        "beside_errors": errors_beside, "ratio": beside / alone, "notify_calls": calls,
+    }
+
+
+def scenario_scale(size: dict[str, Any]) -> dict[str, Any]:
+    """Drains of 1k, 10k and 100k distinct tasks, no latency: calls per second."""
+    out: dict[str, Any] = {}
+    with stand_in() as hub:
+        empty = make_outbox(hub)
+        startup = min(drain(empty, hub).wall for _ in range(3))
+    out["startup_seconds"] = startup
+    rates = []
+    for n in size["scale"]:
+        with stand_in() as hub:
+            box = make_outbox(hub)
+            insert_states(box.db, [(f"s{i:06d}", "IN_PROGRESS", 10, "x") for i in range(n)])
+            ran = drain(box, hub)
+            calls = hub.calls()
+        rate = calls / (ran.wall - startup)
+        rates.append(rate)
+        out[str(n)] = {"calls": calls, "seconds": ran.wall, "calls_per_second": rate,
+                       "peak_mb": ran.peak_mb, "cpu_seconds": ran.cpu}
+    out["spread"] = max(rates) / min(rates) - 1
+    return out
+
+
+def scenario_profile(size: dict[str, Any]) -> dict[str, Any]:
+    """Where a drain's CPU goes per call: our code, botocore & co, SQLite; and the stand-in's."""
+    n = size["profile_tasks"]
+    with stand_in() as hub:
+        box = make_outbox(hub)
+        insert_states(box.db, [(f"p{i:06d}", "IN_PROGRESS", 10, "x") for i in range(n)])
+        raw = box.dir / "profile.txt"
+        hub_before = proc_cpu(hub.proc.pid)
+        ran = drain(box, hub, prefix=["py-spy", "record", "--gil", "-r", "250", "-f", "raw",
+                                      "-o", str(raw), "--"])
+        hub_cpu = proc_cpu(hub.proc.pid) - hub_before
+        calls = hub.calls()
+    buckets = attribute(raw.read_text())
+    total = sum(buckets.values()) or 1
+    return {
+        "tasks": n, "calls": calls, "wall_seconds": ran.wall, "drain_cpu_seconds": ran.cpu,
+        "drain_cpu_us_per_call": 1e6 * ran.cpu / calls,
+        "stand_in_cpu_us_per_call": 1e6 * hub_cpu / calls,
+        "shares": {k: v / total for k, v in sorted(buckets.items(), key=lambda kv: -kv[1])},
+    }
+
+
+def attribute(raw: str) -> dict[str, int]:
+    """Charge each py-spy sample to the innermost frame's owner."""
+    owners = (
+        ("reporter/", "mgh-reporter"), ("botocore/", "botocore (serialise, sign, parse)"),
+        ("boto3/", "botocore (serialise, sign, parse)"),
+        ("urllib3/", "HTTP (urllib3, http.client, socket)"),
+        ("http/client", "HTTP (urllib3, http.client, socket)"),
+        ("socket.py", "HTTP (urllib3, http.client, socket)"),
+        ("ssl.py", "HTTP (urllib3, http.client, socket)"),
+        ("sqlite_utils/", "SQLite"), ("sqlite3/", "SQLite"),
+        ("structlog/", "logging"), ("logging/", "logging"),
+        ("json/", "JSON"), ("concurrent/", "threads"), ("threading.py", "threads"),
+        ("queue.py", "threads"),
+    )
+    buckets: dict[str, int] = {}
+    for line in raw.splitlines():
+        stack, _, count = line.rpartition(" ")
+        if not count.isdigit():
+            continue
+        frames = stack.split(";")
+        owner = "Python runtime, imports, other"
+        for frame in reversed(frames):
+            hit = next((name for key, name in owners if key in frame), None)
+            if hit is not None:
+                # Our own SQL shows up as a reporter/store.py frame calling sqlite3 (C).
+                owner = "SQLite" if hit == "mgh-reporter" and "store.py" in frame else hit
+                break
+        buckets[owner] = buckets.get(owner, 0) + int(count)
+    return buckets
+
+
+SCENARIOS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
+    "drain": scenario_drain, "coalesce": scenario_coalesce, "idle": scenario_idle,
+    "memory": scenario_memory, "latency": scenario_latency, "impact": scenario_impact,
+    "scale": scenario_scale, "profile": scenario_profile,
+}
+
+
+# -- verdicts and the table ----------------------------------------------------------------------
+def verdicts(name: str, r: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(figure, target, met) for one scenario's results."""
+    if name == "drain":
+        return [
+            (f"{r['tasks']} tasks: drain {r['reporter_seconds']:.2f} s, sequential boto3 loop "
+             f"{r['loop_seconds']:.2f} s ({r['speedup']:.1f}x); AWS CLI per update "
+             f"{r['cli_seconds_per_update']:.2f} s each, {r['cli_seconds_projected']:.0f} s "
+             f"projected", ">= 8x the loop", r["speedup"] >= 8 and r["delivered"] == r["tasks"]),
+        ]
+    if name == "coalesce":
+        return [(f"{r['rows']} rows: {r['notify_calls']} Notify calls, "
+                 f"{r['tasks_not_at_last_state']} tasks not at their last state",
+                 f"<= {r['tasks']} calls, all at last state",
+                 r["notify_calls"] <= r["tasks"] and r["tasks_not_at_last_state"] == 0)]
+    if name == "idle":
+        return [(f"{r['cpu_percent']:.3f}% of a core over {r['seconds']:.0f} s, "
+                 f"{r['hub_calls']} Hub calls", "< 0.5%", r["cpu_percent"] < 0.5)]
+    if name == "memory":
+        return [(f"peak RSS {r['small_peak_mb']:.1f} MB ({r['small_rows']} rows) vs "
+                 f"{r['large_peak_mb']:.1f} MB ({r['large_rows']} rows): {r['ratio']:.2f}x",
+                 "<= 1.2x and < 150 MB", r["ratio"] <= 1.2 and r["large_peak_mb"] < 150)]
+    if name == "latency":
+        return [(f"{r['rows']} rows at {r['rate']:.0f}/s: p50 {r['p50']:.3f} s, p99 "
+                 f"{r['p99']:.3f} s, max {r['max']:.3f} s", "p99 < 1.0 s", r["p99"] < 1.0)]
+    if name == "impact":
+        return [(f"{r['alone_per_second']:.0f}/s alone, {r['beside_per_second']:.0f}/s beside "
+                 f"the daemon ({r['ratio']:.2f}x), {r['beside_errors']} errors beside",
+                 ">= 0.7x, zero errors", r["ratio"] >= 0.7 and r["beside_errors"] == 0)]
+    if name == "scale":
+        parts = ", ".join(f"{k}: {v['calls_per_second']:.0f} calls/s" for k, v in r.items()
+                          if isinstance(v, dict))
+        return [(f"{parts} (spread {100 * r['spread']:.0f}%)", "within 25%", r["spread"] <= 0.25)]
+    if name == "profile":
+        shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["shares"].items())
+        return [(f"{r['drain_cpu_us_per_call']:.0f} us CPU per call in the drain ({shares}); "
+                 f"stand-in {r['stand_in_cpu_us_per_call']:.0f} us per call", "(measured)", True)]
+    return []
+
+
+def machine() -> str:
+    cores = os.cpu_count()
+    return (f"{cores} cores, Python {platform.python_version()}, SQLite "
+            f"{sqlite3.sqlite_version}, {platform.system()} {platform.release()}")
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("scenarios", nargs="*", metavar="SCENARIO",
+                        help=f"any of: {', '.join(SCENARIOS)} (default: all)")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes; no verdict")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    parser.add_argument("--markdown", type=Path, help="write the results table here too")
+    args = parser.parse_args()
+    size = SIZES["smoke" if args.smoke else "full"]
+    if args.child:
+        print(json.dumps(SCENARIOS[args.child](size)))
+        return 0
+    names = args.scenarios or list(SCENARIOS)
+    unknown = sorted(set(names) - set(SCENARIOS))
+    if unknown:
+        parser.error(f"unknown scenario {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
+    lines = [f"Machine: {machine()}", "",
+             "| scenario | measured | target | met |", "|---|---|---|---|"]
+    print(lines[0], flush=True)
+    failed, results = [], {}
+    for name in names:
+        started = time.monotonic()
+        child = subprocess.run(
+            [sys.executable, __file__, "--child", name, *(["--smoke"] if args.smoke else [])],
+            capture_output=True, text=True,
+        )
+        if child.returncode != 0:
+            print(child.stderr[-3000:], file=sys.stderr)
+            failed.append(name)
+            lines.append(f"| {name} | crashed (exit {child.returncode}) | | no |")
+            continue
+        result = json.loads(child.stdout.strip().splitlines()[-1])
+        results[name] = result
+        for figure, target, met in verdicts(name, result):
+            ok = met or args.smoke
+            failed += [] if ok else [name]
+            lines.append(f"| {name} | {figure} | {target} | {'yes' if met else 'NO'} |")
+            print(f"{name:9} {'ok ' if met else 'MISS'} {figure}  [{target}]  "
+                  f"({time.monotonic() - started:.0f} s)", flush=True)
+    print(json.dumps(results, indent=1), file=sys.stderr)
+    if args.markdown:
+        args.markdown.write_text("\n".join(lines) + "\n")
+    if failed:
+        print(f"targets missed or scenarios crashed: {', '.join(failed)}", file=sys.stderr)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
