@@ -31,6 +31,9 @@ __all__ = ["EXIT", "LockError", "drain", "outbox_lock", "run"]
 
 EXIT = {"ok": 0, "error": 1, "usage": 2, "pending": 3, "blocked": 4, "rejected": 5}
 MAINTENANCE_SECONDS = 300.0
+# A tick keeps passing while a backlog is due (not one batch per interval), for at most this long
+# before letting maintenance and the next tick in.
+BACKLOG_SECONDS = 10.0
 
 
 class LockError(Exception):
@@ -183,15 +186,21 @@ class Service:
             try:
                 if relay.quiet():
                     return
-                result = relay.run_once()
-                self.store_problem = None
-                if result.busy or result.blocked:
-                    self.last_outcome = (
-                        f"blocked: {result.blocked.code}"
-                        if result.blocked
-                        else f"sent {result.sent}, failed {result.failed}"
-                    )
-                    self._refresh()
+                until = time.monotonic() + BACKLOG_SECONDS
+                while True:
+                    result = relay.run_once()
+                    self.store_problem = None
+                    if result.busy or result.blocked:
+                        self.last_outcome = (
+                            f"blocked: {result.blocked.code}"
+                            if result.blocked
+                            else f"sent {result.sent}, failed {result.failed}"
+                        )
+                        self._refresh()
+                    if not (result.busy and relay.backlogged) or self.stop.is_set():
+                        break
+                    if time.monotonic() >= until:
+                        break
             except StoreError as exc:
                 if self.store_problem != str(exc):
                     self.log.error("store_error", error=str(exc))
@@ -280,7 +289,8 @@ class Service:
         self.notifier.notify("READY=1\nSTATUS=started")
         beat = watchdog / 2 if watchdog else 1.0
         while not self.stop.wait(min(beat, 1.0)):
-            if watchdog and time.monotonic() - self.heartbeat < watchdog:
+            alive = max(self.heartbeat, self.parts.relay.progress_at)
+            if watchdog and time.monotonic() - alive < watchdog:
                 self.notifier.notify("WATCHDOG=1")
         self.notifier.notify("STOPPING=1\nSTATUS=stopping")
         self.log.info("stopping")

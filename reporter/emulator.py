@@ -204,6 +204,8 @@ class HubState:
         self.servers: list[Server] = []
         self.faults = Faults()
         self.calls: list[dict[str, Any]] = []
+        self.in_flight = 0  # requests being answered right now
+        self.peak_in_flight = 0
         self.lock = threading.RLock()
         self.rng = random.Random(seed)
 
@@ -240,7 +242,12 @@ class HubState:
             ops: dict[str, int] = {}
             for c in self.calls:
                 ops[c["operation"]] = ops.get(c["operation"], 0) + 1
-            return {"home_region": self.home_region, "streams": streams, "operations": ops}
+            return {
+                "home_region": self.home_region,
+                "streams": streams,
+                "operations": ops,
+                "peak_in_flight": self.peak_in_flight,
+            }
 
     def updates(self) -> dict[str, dict[str, list[dict[str, Any]]]]:
         """Every NotifyMigrationTaskState each task received, in arrival order, with ReceivedAt."""
@@ -408,6 +415,9 @@ class Emulator:
             "stream": params.get("ProgressUpdateStream"),
             "task": params.get("MigrationTaskName"),
         }
+        with state.lock:
+            state.in_flight += 1
+            state.peak_in_flight = max(state.peak_in_flight, state.in_flight)
         try:
             latency = state.faults.latency
             if state.faults.jitter:
@@ -439,6 +449,8 @@ class Emulator:
             return err.status, {"__type": err.code, "Message": err.message, **err.extra}, err.code
         finally:
             with state.lock:
+                state.in_flight -= 1
+                record["done"] = self.clock()
                 state.calls.append(record)
 
     def _faults(self, operation: str) -> None:

@@ -22,7 +22,9 @@ from reporter.store import ClaimedTask, Ingested, Store, TaskOutcome
 
 __all__ = ["PassResult", "Relay", "requeue_dead_letters"]
 
-INTAKE_BATCHES_PER_PASS = 20
+# A pass takes in every new row before claiming (so a backlog coalesces to one call per task),
+# but stops after this long so a torrent of inserts cannot starve delivery.
+INTAKE_SECONDS = 5.0
 MAPPING_CHECKS_PER_PASS = 20
 
 
@@ -80,7 +82,16 @@ class Relay:
         self._streams = store.streams()
         self._seen_version: int | None = None
         self._wakeup: float | None = None
+        self.intake_behind = False
+        self.progress_at = time.monotonic()  # last sign of life: a batch taken in, a task done
         self.last_success_at: float | None = None
+
+    @property
+    def backlogged(self) -> bool:
+        """True when more work is due right now (rows not yet taken in, or tasks due)."""
+        if self.blocked is not None:
+            return False
+        return self.intake_behind or (self._wakeup is not None and self._wakeup <= self.clock())
 
     @property
     def braking(self) -> bool:
@@ -196,7 +207,9 @@ class Relay:
         """Validate new outbox rows once and take them into delivery state."""
         total = 0
         defaults = self.config.hub
-        for _ in range(INTAKE_BATCHES_PER_PASS):
+        until = time.monotonic() + INTAKE_SECONDS
+        self.intake_behind = False
+        while True:
             new = self.store.fetch_new(self.config.outbox.batch_size)
             items = []
             for row in new:
@@ -228,9 +241,12 @@ class Relay:
                 )
             self.store.ingest(items)
             total += len(items)
+            self.progress_at = time.monotonic()
             if len(new) < self.config.outbox.batch_size:
-                break
-        return total
+                return total
+            if time.monotonic() >= until:
+                self.intake_behind = True
+                return total
 
     # -- delivery ----------------------------------------------------------------------------
     def _ensure_streams(self, tasks: Sequence[ClaimedTask]) -> dict[str, Failure]:
@@ -255,7 +271,9 @@ class Relay:
         }
         pending: set[Future[_Delivery]] = set(futures)
         while pending:
-            _done, pending = wait(pending, timeout=0.2)
+            done, pending = wait(pending, timeout=0.2)
+            if done:
+                self.progress_at = time.monotonic()
             if self.stop.is_set() and pending:
                 _, pending = wait(pending, timeout=self.config.publish.stop_timeout_seconds)
                 self.log.warning("stop_abandoned_calls", tasks=len(pending))
