@@ -222,7 +222,10 @@ def _open(cfg: Config) -> Store:
 @click.pass_context
 @guarded
 def status(ctx: click.Context, as_json: bool) -> None:
-    """Backlog, delivery health, dead letters, stale and unmapped tasks."""
+    """Backlog, delivery health, dead letters, stale and unmapped tasks.
+
+    Exits 4 while delivery is blocked (as `drain` would), so it can serve as a health check.
+    """
     cfg = _config(ctx)
     store = _open(cfg)
     try:
@@ -234,8 +237,10 @@ def status(ctx: click.Context, as_json: bool) -> None:
         store.close()
     if as_json:
         click.echo(json.dumps(report, indent=2))
-        return
-    _print_status(report, cfg)
+    else:
+        _print_status(report, cfg)
+    if report["blocked"]:
+        ctx.exit(EXIT["blocked"])
 
 
 def _print_status(report: dict[str, Any], cfg: Config) -> None:

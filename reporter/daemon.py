@@ -132,7 +132,7 @@ def drain(config: Config, timeout: float) -> int:
                 if left <= 0 or stop.is_set():
                     print(f"{pending} rows still pending at the timeout", file=sys.stderr)
                     return EXIT["pending"]
-                wakeup = parts.store.next_wakeup()
+                wakeup = parts.relay.wakeup
                 wait = 0.05 if wakeup is None else max(0.0, wakeup - parts.relay.clock())
                 if not result.busy or wait > 0:
                     stop.wait(min(max(wait, 0.05), left))
@@ -202,9 +202,8 @@ class Service:
                     if time.monotonic() >= until:
                         break
             except StoreError as exc:
-                if self.store_problem != str(exc):
-                    self.log.error("store_error", error=str(exc))
-                self.store_problem = str(exc)
+                relay.invalidate()
+                self._store_failed(exc, "publish")
             finally:
                 self.heartbeat = time.monotonic()
 
@@ -220,7 +219,16 @@ class Service:
                 store.checkpoint("TRUNCATE" if pruned else "PASSIVE")
                 self._refresh(tasks=True)
             except StoreError as exc:
-                self.log.error("store_error", error=str(exc))
+                self._store_failed(exc, "maintain")
+
+    def _store_failed(self, exc: StoreError, job: str) -> None:
+        """A busy lock is transient (next run retries); anything else makes us unhealthy."""
+        if exc.busy:
+            self.log.warning("store_busy", job=job, error=str(exc))
+            return
+        if self.store_problem != str(exc):
+            self.log.error("store_error", job=job, error=str(exc))
+        self.store_problem = str(exc)
 
     def _refresh(self, tasks: bool = False) -> None:
         store, m = self.parts.store, self.metrics

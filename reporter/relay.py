@@ -79,12 +79,18 @@ class Relay:
         self._recheck_at = float(store.get_meta("blocked_recheck_at") or 0)
         self._brake_attempts = int(store.get_meta("brake_attempts") or 0)
         self._brake_until = float(store.get_meta("brake_until") or 0)
+        self._region_attempts, self._region_retry_at = 0, 0.0  # GetHomeRegion's own backoff
         self._streams = store.streams()
         self._seen_version: int | None = None
         self._wakeup: float | None = None
         self.intake_behind = False
         self.progress_at = time.monotonic()  # last sign of life: a batch taken in, a task done
         self.last_success_at: float | None = None
+
+    @property
+    def wakeup(self) -> float | None:
+        """When the next pass can do something (None: only a new row can make work)."""
+        return self._wakeup
 
     @property
     def backlogged(self) -> bool:
@@ -149,6 +155,10 @@ class Relay:
             return now < self._recheck_at
         return self._wakeup is None or now < self._wakeup
 
+    def invalidate(self) -> None:
+        """Forget what `quiet` saw (a pass failed part-way): the next pass runs in full."""
+        self._seen_version = None
+
     def run_once(self) -> PassResult:
         """One pass over everything due now."""
         result = PassResult()
@@ -158,6 +168,8 @@ class Relay:
             result.blocked = self.blocked
             return self._finish(result)
         if self.blocked is not None or self.hub.region is None:
+            if self.blocked is None and now < self._region_retry_at:
+                return self._finish(result)
             try:
                 region = self.hub.resolve_region()
             except HubError as err:
@@ -165,12 +177,21 @@ class Relay:
                     self._set_blocked(err.failure, now)
                     result.blocked = err.failure
                 else:
+                    self._region_attempts += 1
+                    delay = self.backoff.delay(
+                        self._region_attempts, self.rng, err.failure.retry_after
+                    )
+                    self._region_retry_at = now + delay
                     self.log.warning(
                         "home_region_unavailable",
+                        operation="GetHomeRegion",
+                        attempt=self._region_attempts,
                         error_code=err.failure.code,
                         error=err.failure.message,
+                        delay=round(delay, 3),
                     )
                 return self._finish(result)
+            self._region_attempts, self._region_retry_at = 0, 0.0
             if self.blocked is not None:
                 self._clear_blocked()
             self.store.set_meta(home_region=region)
@@ -187,8 +208,12 @@ class Relay:
 
     def _finish(self, result: PassResult) -> PassResult:
         self._wakeup = self.store.next_wakeup()
-        if self._brake_attempts and self._wakeup is not None:
-            self._wakeup = max(self._wakeup, self._brake_until)
+        hold = max(
+            self._brake_until if self._brake_attempts else 0.0,
+            self._region_retry_at if self.hub.region is None else 0.0,
+        )
+        if self._wakeup is not None:
+            self._wakeup = max(self._wakeup, hold)
         if result.busy:
             self.log.info(
                 "pass",

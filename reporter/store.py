@@ -23,7 +23,15 @@ PENDING, SENT, SUPERSEDED, REJECTED = "pending", "sent", "superseded", "rejected
 
 
 class StoreError(Exception):
-    """The outbox file cannot be used; the message says which file and why."""
+    """The outbox file cannot be used; the message says which file and why.
+
+    `busy` is True when the only problem was the write lock staying taken past the busy
+    timeout (other writers): transient, the next pass tries again.
+    """
+
+    def __init__(self, message: str, busy: bool = False) -> None:
+        super().__init__(message)
+        self.busy = busy
 
 
 @dataclass(frozen=True)
@@ -165,7 +173,8 @@ class Store:
         except sqlite3.DatabaseError as exc:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
-            raise StoreError(f"{self.path}: cannot {doing}: {exc}") from None
+            busy = getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
+            raise StoreError(f"{self.path}: cannot {doing}: {exc}", busy) from None
 
     @contextmanager
     def _write(self, doing: str) -> Iterator[sqlite3.Connection]:

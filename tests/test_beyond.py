@@ -177,3 +177,31 @@ def test_backoff_schedule_is_durable_across_restarts(aws_env: dict[str, str], hu
             "SELECT attempts FROM mgh_rows").fetchone()[0] == 8
         relay.close()
         store.close()
+
+
+def test_home_region_lookup_backs_off_while_the_config_service_fails(
+    aws_env: dict[str, str], hub: Emulator, tmp_path: Path
+):
+    """A failing GetHomeRegion is retried on the backoff schedule, not on every pass; delivery
+    starts on the first lookup that succeeds."""
+    path = tmp_path / "o.db"
+    Store.create(path).close()
+    insert(path, kind="task_state", migration_task_name="t1", status="IN_PROGRESS")
+    hub.state.faults.update(outage=True)
+    with freeze_time("2026-11-25 12:00:00") as frozen:
+        store, relay = _relay(path, seed=3)
+        lookups = []
+        for _ in range(6):
+            for _ in range(10):  # ten passes in the same instant: one lookup
+                relay.run_once()
+            lookups.append(hub.state.op_count("GetHomeRegion"))
+            assert relay.wakeup is not None and relay.wakeup > time.time()
+            assert relay.quiet() or relay.wakeup > time.time()
+            frozen.tick(relay.wakeup - time.time() + 0.001)
+        assert lookups == [1, 2, 3, 4, 5, 6]
+        hub.state.faults.update(outage=False)
+        relay.run_once()
+        assert hub.state.task("S", "t1").updates
+        assert relay._region_attempts == 0
+        relay.close()
+        store.close()

@@ -44,9 +44,9 @@ def insert(path: Path, **values: Any) -> int:
     return int(cur.lastrowid or 0)
 
 
-def status_json(cli: Cli) -> dict[str, Any]:
+def status_json(cli: Cli, code: int = 0) -> dict[str, Any]:
     result = cli("status", "--json")
-    assert result.returncode == 0, result.stderr
+    assert result.returncode == code, result.stderr
     data: dict[str, Any] = json.loads(result.stdout)
     return data
 
@@ -232,8 +232,10 @@ def test_no_home_region_exits_4_then_delivers(cli: Cli, hub: Emulator, outbox_pa
     assert result.returncode == 4
     assert time.monotonic() - started < 10
     assert "home Region is not set" in result.stderr
-    report = status_json(cli)
+    report = status_json(cli, code=4)  # `status` is a health check: 4 while blocked
     assert report["pending"] == 1 and "home Region is not set" in report["blocked"]
+    human = cli("status")
+    assert human.returncode == 4 and "BLOCKED" in human.stdout
     hub.state.home_region = "us-west-2"
     assert cli("drain").returncode == 0
     assert status_json(cli)["blocked"] is None

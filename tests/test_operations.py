@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 import signal
 import socket
+import sqlite3
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -161,3 +163,37 @@ def test_console_log_format(cli: Cli, make_config: Any, fmt: str):
     result = cli("drain", config=config)
     assert result.returncode == 0
     assert "pass" in result.stderr and not result.stderr.lstrip().startswith("{")
+
+
+def test_outbox_lock_held_by_writers_is_transient_not_unhealthy(
+    cli: Cli, hub: Emulator, make_config: Any, outbox_path: Path
+):
+    """When host writers hold the write lock past the daemon's busy timeout, the pass is retried
+    on the next tick: a `store_busy` warning, /healthz stays 200, and the row is delivered once
+    the lock is free."""
+    port = free_port()
+    config = make_config("busy.toml", metrics={"listen": f"127.0.0.1:{port}"},
+                         outbox={"busy_timeout_ms": 100}, publish={"interval_seconds": 0.2})
+    assert cli("init", config=config).returncode == 0
+    proc = start_daemon(config)
+    base = f"http://127.0.0.1:{port}"
+    holder = sqlite3.connect(outbox_path, isolation_level=None)
+    try:
+        wait_for(lambda: get(base + "/healthz")[0] == 200)
+        holder.execute("BEGIN IMMEDIATE")
+        holder.execute("INSERT INTO outbox(kind, migration_task_name, status)"
+                       " VALUES ('task_state', 'held', 'IN_PROGRESS')")
+        holder.execute("COMMIT")
+        holder.execute("BEGIN IMMEDIATE")  # a writer that keeps the lock for a while
+        time.sleep(1.5)
+        assert get(base + "/healthz") == (200, "ok\n")
+        holder.execute("COMMIT")
+        wait_for(lambda: getattr(hub.state.streams.get("ToolA", {}).get("held"), "updates", None))
+    finally:
+        holder.close()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    events = [json.loads(line) for line in proc.stderr.read().splitlines() if line.startswith("{")]
+    names = [e.get("event") for e in events]
+    assert "store_busy" in names
+    assert "store_error" not in names, [e for e in events if e.get("event") == "store_error"]
