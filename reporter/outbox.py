@@ -20,11 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from reporter import rows
-from reporter.store import Store
+from reporter.store import Store, StoreError
 
 __all__ = ["Outbox", "OutboxValueError"]
 
 PLACEHOLDER_STREAM = "default"
+BUSY_RETRIES = 2  # extra tries when the write lock outlasts the busy timeout
 
 
 class OutboxValueError(ValueError):
@@ -53,7 +54,15 @@ class Outbox:
             raise OutboxValueError(checked)
         store = Store.open(self.path, self.busy_timeout_ms, writable=False)
         try:
-            return store.insert_row(values)
+            for attempt in range(BUSY_RETRIES + 1):
+                try:
+                    return store.insert_row(values)
+                except StoreError as exc:
+                    # SQLite's lock is not fair: other writers in tight loops can outlast one
+                    # busy timeout. Only then (nothing was written) is trying again safe.
+                    if not exc.busy or attempt == BUSY_RETRIES:
+                        raise
+            raise AssertionError("unreachable")
         finally:
             store.close()
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -119,3 +120,31 @@ def test_prune_deletes_only_delivered_rows_past_retention(tmp_path: Path):
     assert left == ids[1:]
     store.checkpoint("TRUNCATE")
     assert os.path.getsize(str(tmp_path / "o.db") + "-wal") == 0
+
+
+def test_python_writer_retries_when_the_lock_outlasts_its_busy_timeout(cli: Cli, outbox_path: Path):
+    """Outbox() tries again when another writer holds the lock past one busy timeout, and
+    reports a clear error (nothing half-written) when it is held past every try."""
+    from reporter.outbox import BUSY_RETRIES, Outbox
+
+    assert cli("init").returncode == 0
+    holder = sqlite3.connect(outbox_path, isolation_level=None, check_same_thread=False)
+    writer = Outbox(outbox_path, busy_timeout_ms=200)
+    try:
+        holder.execute("BEGIN IMMEDIATE")
+        release = threading.Timer(0.3, lambda: holder.execute("COMMIT"))
+        release.start()
+        assert writer.task_state("t1", "IN_PROGRESS") > 0
+        release.join()
+        holder.execute("BEGIN IMMEDIATE")
+        started = time.monotonic()
+        with pytest.raises(StoreError, match="database is locked") as caught:
+            writer.task_state("t2", "IN_PROGRESS")
+        assert caught.value.busy
+        assert time.monotonic() - started >= 0.2 * (BUSY_RETRIES + 1) - 0.05
+        holder.execute("ROLLBACK")
+    finally:
+        holder.close()
+    names = [r[0] for r in sqlite3.connect(outbox_path).execute(
+        "SELECT migration_task_name FROM outbox")]
+    assert names == ["t1"]
