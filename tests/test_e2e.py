@@ -277,7 +277,7 @@ def test_access_denied_exits_4(cli: Cli, hub: Emulator):
     assert cli("notify", "t1", "--status", "IN_PROGRESS").returncode == 0
     result = cli("drain")
     assert result.returncode == 4 and "access denied" in result.stderr
-    assert status_json(cli)["pending"] == 1
+    assert status_json(cli, code=4)["pending"] == 1
 
 
 def test_no_credentials_exits_4(cli: Cli, tmp_path: Path):
