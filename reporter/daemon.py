@@ -132,10 +132,11 @@ def drain(config: Config, timeout: float) -> int:
                 if left <= 0 or stop.is_set():
                     print(f"{pending} rows still pending at the timeout", file=sys.stderr)
                     return EXIT["pending"]
+                if result.busy and parts.relay.backlogged:
+                    continue
                 wakeup = parts.relay.wakeup
-                wait = 0.05 if wakeup is None else max(0.0, wakeup - parts.relay.clock())
-                if not result.busy or wait > 0:
-                    stop.wait(min(max(wait, 0.05), left))
+                wait = 0.05 if wakeup is None else wakeup - parts.relay.clock()
+                stop.wait(min(max(wait, 0.05), left))
         finally:
             parts.relay.close()
             parts.store.close()

@@ -145,10 +145,11 @@ class Relay:
 
     # -- the pass ----------------------------------------------------------------------------
     def quiet(self) -> bool:
-        """True when nothing can have changed: no commit by others and nothing due yet."""
+        """True when nothing can have changed: no commit by others, no rows left behind by the
+        last intake, and nothing due yet."""
         version = self.store.data_version()
         changed, self._seen_version = version != self._seen_version, version
-        if changed:
+        if changed or self.intake_behind:
             return False
         now = self.clock()
         if self.blocked is not None:

@@ -176,3 +176,31 @@ def test_benchmark_smoke(scenario: str) -> None:
     assert result.returncode == 0, result.stderr[-2000:]
     assert [line for line in result.stdout.splitlines() if line.startswith(scenario)]
     assert time.monotonic() - started < 120
+
+
+def test_rows_left_behind_by_a_bounded_intake_are_taken_in_without_new_commits(
+    hub: Emulator, aws_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """When a pass's intake stops at its time budget, the next passes carry on even though no
+    other process commits anything (the idle check must not call that quiet)."""
+    import reporter.relay as relay_mod
+
+    monkeypatch.setattr(relay_mod, "INTAKE_SECONDS", 0.0)  # one batch per pass
+    path = tmp_path / "outbox.db"
+    Store.create(path).close()
+    fill(path, 35, 1)
+    cfg = config_mod.parse({"hub": {"progress_update_stream": "Behind"},
+                            "outbox": {"path": str(path), "batch_size": 10}})
+    store = Store.open(path)
+    relay = Relay(store, Hub(cfg.aws), cfg)
+    try:
+        passes = 0
+        while not relay.quiet() and passes < 20:
+            relay.run_once()
+            passes += 1
+        assert passes >= 4
+        assert len(hub.state.streams["Behind"]) == 35
+        assert pending(path) == 0
+    finally:
+        relay.close()
+        store.close()
