@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import sqlite3
 import threading
 import time
@@ -10,6 +11,10 @@ from pathlib import Path
 
 import pytest
 
+from reporter import config as config_mod
+from reporter.emulator import Emulator
+from reporter.hub import Hub
+from reporter.relay import Relay
 from reporter.store import Ingested, Store, StoreError
 
 from .conftest import Cli
@@ -148,3 +153,48 @@ def test_python_writer_retries_when_the_lock_outlasts_its_busy_timeout(cli: Cli,
     names = [r[0] for r in sqlite3.connect(outbox_path).execute(
         "SELECT migration_task_name FROM outbox")]
     assert names == ["t1"]
+
+
+def test_every_statement_of_real_passes_is_an_index_search(
+    hub: Emulator, aws_env: dict[str, str], tmp_path: Path
+):
+    """Trace every SQL statement the relay and the daemon's refresh run (busy passes, then idle
+    ones, over a history of delivered and rejected rows) and EXPLAIN each: none may scan a
+    table, so a pass costs what is due, not what was ever delivered."""
+    path = tmp_path / "o.db"
+    Store.create(path).close()
+    conn = sqlite3.connect(path)
+    with conn:
+        conn.executemany("INSERT INTO outbox(kind, migration_task_name, status) VALUES"
+                         " ('task_state', ?, 'IN_PROGRESS')", [(f"t{i % 150}",) for i in range(300)])
+        conn.execute("INSERT INTO outbox(kind, migration_task_name, resource_attributes) VALUES"
+                     " ('resource_attributes', 't1', '[{\"Type\": \"FQDN\", \"Value\": \"a.b\"}]')")
+        conn.execute("INSERT INTO outbox(kind, migration_task_name, artifact_name) VALUES"
+                     " ('created_artifact', 't2', 'arn:aws:ec2:us-west-2:123456789012:instance/i-1')")
+        conn.execute("INSERT INTO outbox(kind, migration_task_name, status) VALUES"
+                     " ('task_state', 'bad', 'NOPE')")
+    conn.close()
+    cfg = config_mod.parse({"hub": {"progress_update_stream": "S"}, "outbox": {"path": str(path)},
+                            "mapping": {"check_after_seconds": 0}})
+    store = Store.open(path)
+    relay = Relay(store, Hub(cfg.aws), cfg)
+    seen: list[str] = []
+    store.conn.set_trace_callback(seen.append)
+    try:
+        for _ in range(6):  # busy passes, mapping checks, then idle ones
+            if not relay.quiet():
+                relay.run_once()
+            store.pending_summary()
+            store.waiting_count()
+        store.conn.set_trace_callback(None)
+        assert hub.state.op_count("NotifyMigrationTaskState") == 150
+        shapes = {re.sub(r"'[^']*'|\b\d+(\.\d+)?\b", "?", s): s for s in seen
+                  if s.split()[0].upper() in ("SELECT", "UPDATE", "DELETE", "INSERT")}
+        assert len(shapes) >= 10
+        for shape, statement in shapes.items():
+            plan = store.explain(statement)
+            assert not [line for line in plan
+                        if line.startswith("SCAN") and "USING" not in line], (shape, plan)
+    finally:
+        relay.close()
+        store.close()
