@@ -17,8 +17,8 @@ from rich.table import Table
 from reporter import config as config_mod
 from reporter import logs, views
 from reporter.config import Config, ConfigError
-from reporter.daemon import EXIT, LockError, lock_holder
 from reporter.outbox import Outbox, OutboxValueError
+from reporter.process import EXIT, LockError, lock_holder, stop_on_signals
 from reporter.rows import ATTRIBUTE_TYPES, STATUSES
 from reporter.store import Store, StoreError
 
@@ -403,7 +403,6 @@ def emulator(host: str, port: int, home_region: str, map_delay: float) -> None:
     """Run a local Migration Hub stand-in (for trying things out)."""
     import threading
 
-    from reporter.daemon import _signals
     from reporter.emulator import Emulator
 
     region = None if home_region.lower() == "none" else home_region
@@ -414,7 +413,7 @@ def emulator(host: str, port: int, home_region: str, map_delay: float) -> None:
     click.echo(f"  state: curl {em.url}/_emulator/state")
     sys.stdout.flush()
     stop = threading.Event()
-    with _signals(stop):
+    with stop_on_signals(stop):
         stop.wait()
     em.stop()
 

@@ -1,17 +1,12 @@
-"""The long-running service and `drain`: schedule, signals, sd_notify, single-instance lock."""
+"""The long-running service and `drain`: the schedule, the backlog loop, sd_notify, health."""
 
 from __future__ import annotations
 
-import fcntl
 import os
-import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import sdnotify
@@ -23,62 +18,17 @@ from reporter.config import Config
 from reporter.hub import Hub
 from reporter.limiter import AdaptiveLimiter, RateLimiter
 from reporter.metrics import Metrics, MetricsServer
+from reporter.process import EXIT, outbox_lock, stop_on_signals
 from reporter.relay import Relay
 from reporter.store import Store, StoreError
 from reporter.views import task_health
 
-__all__ = ["EXIT", "LockError", "drain", "outbox_lock", "run"]
+__all__ = ["Service", "drain", "run"]
 
-EXIT = {"ok": 0, "error": 1, "usage": 2, "pending": 3, "blocked": 4, "rejected": 5}
 MAINTENANCE_SECONDS = 300.0
 # A tick keeps passing while a backlog is due (not one batch per interval), for at most this long
 # before letting maintenance and the next tick in.
 BACKLOG_SECONDS = 10.0
-
-
-class LockError(Exception):
-    """Another mgh-reporter process holds the outbox."""
-
-
-@contextmanager
-def outbox_lock(outbox: Path) -> Iterator[None]:
-    """Hold `<outbox>.lock` exclusively (flock: released by the kernel if we die)."""
-    path = outbox.with_name(outbox.name + ".lock")
-    try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o660)
-    except OSError as exc:
-        raise LockError(f"{path}: cannot open lock file: {exc.strerror}") from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
-            raise LockError(
-                f"another mgh-reporter (pid {holder}) is already delivering from {outbox} "
-                f"(lock {path}); stop it first, or use `status` to watch it"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        yield
-    finally:
-        os.close(fd)
-
-
-def lock_holder(outbox: Path) -> int | None:
-    """The pid of the process delivering from this outbox, or None when none is."""
-    path = outbox.with_name(outbox.name + ".lock")
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
-        text = os.pread(fd, 64, 0).decode(errors="replace").strip()
-        return int(text) if text.isdigit() else -1
-    finally:
-        os.close(fd)
-    return None
 
 
 @dataclass
@@ -110,7 +60,7 @@ def drain(config: Config, timeout: float) -> int:
     log = structlog.get_logger("reporter.drain")
     stop = threading.Event()
     deadline = time.monotonic() + timeout
-    with outbox_lock(config.outbox.path), _signals(stop):
+    with outbox_lock(config.outbox.path), stop_on_signals(stop):
         parts = _build(config, stop, None)
         parts.relay.recheck_now()  # a person may have fixed what blocked the last run
         try:
@@ -140,23 +90,6 @@ def drain(config: Config, timeout: float) -> int:
         finally:
             parts.relay.close()
             parts.store.close()
-
-
-@contextmanager
-def _signals(stop: threading.Event) -> Iterator[None]:
-    """SIGTERM/SIGINT only set a flag; the main loop acts on it."""
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
-
-    def handler(signum: int, frame: Any) -> None:
-        stop.set()
-
-    for s in previous:
-        signal.signal(s, handler)
-    try:
-        yield
-    finally:
-        for s, h in previous.items():
-            signal.signal(s, h)
 
 
 class Service:
@@ -257,7 +190,7 @@ class Service:
 
     def serve(self) -> int:
         """Run until SIGTERM/SIGINT; exit 0 after a graceful stop."""
-        with _signals(self.stop):
+        with stop_on_signals(self.stop):
             return self._serve()
 
     def _serve(self) -> int:

@@ -1,0 +1,78 @@
+"""Process plumbing shared by the CLI and the daemon: exit codes, the outbox lock, signal flags."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+__all__ = ["EXIT", "LockError", "lock_holder", "outbox_lock", "stop_on_signals"]
+
+EXIT = {"ok": 0, "error": 1, "usage": 2, "pending": 3, "blocked": 4, "rejected": 5}
+
+
+class LockError(Exception):
+    """Another mgh-reporter process holds the outbox."""
+
+
+@contextmanager
+def outbox_lock(outbox: Path) -> Iterator[None]:
+    """Hold `<outbox>.lock` exclusively (flock: released by the kernel if we die)."""
+    path = outbox.with_name(outbox.name + ".lock")
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o660)
+    except OSError as exc:
+        raise LockError(f"{path}: cannot open lock file: {exc.strerror}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise LockError(
+                f"another mgh-reporter (pid {holder}) is already delivering from {outbox} "
+                f"(lock {path}); stop it first, or use `status` to watch it"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+def lock_holder(outbox: Path) -> int | None:
+    """The pid of the process delivering from this outbox, or None when none is."""
+    path = outbox.with_name(outbox.name + ".lock")
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        text = os.pread(fd, 64, 0).decode(errors="replace").strip()
+        return int(text) if text.isdigit() else -1
+    finally:
+        os.close(fd)
+    return None
+
+
+@contextmanager
+def stop_on_signals(stop: threading.Event) -> Iterator[None]:
+    """SIGTERM/SIGINT only set a flag; the main loop acts on it."""
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+
+    def handler(signum: int, frame: Any) -> None:
+        stop.set()
+
+    for s in previous:
+        signal.signal(s, handler)
+    try:
+        yield
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
