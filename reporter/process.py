@@ -20,10 +20,14 @@ class LockError(Exception):
     """Another mgh-reporter process holds the outbox."""
 
 
+def _lock_path(outbox: Path) -> Path:
+    return outbox.with_name(outbox.name + ".lock")
+
+
 @contextmanager
 def outbox_lock(outbox: Path) -> Iterator[None]:
     """Hold `<outbox>.lock` exclusively (flock: released by the kernel if we die)."""
-    path = outbox.with_name(outbox.name + ".lock")
+    path = _lock_path(outbox)
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o660)
     except OSError as exc:
@@ -46,7 +50,7 @@ def outbox_lock(outbox: Path) -> Iterator[None]:
 
 def lock_holder(outbox: Path) -> int | None:
     """The pid of the process delivering from this outbox, or None when none is."""
-    path = outbox.with_name(outbox.name + ".lock")
+    path = _lock_path(outbox)
     try:
         fd = os.open(path, os.O_RDONLY)
     except OSError:
