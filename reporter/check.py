@@ -6,14 +6,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from reporter import config as config_mod
-from reporter.errors import Outcome
-from reporter.hub import CALL_OPERATIONS, Hub, HubError
+from reporter.errors import HubError, Outcome
+from reporter.hub import CALL_OPERATIONS, Hub
 from reporter.store import Store, StoreError
 
-__all__ = ["IAM_ACTIONS", "run_checks"]
+__all__ = ["run_checks"]
 
 PROBE_TASK = "mgh-reporter-check"
-IAM_ACTIONS = (*CALL_OPERATIONS, "ListDiscoveredResources", "GetHomeRegion")
 
 
 def _probe_params(operation: str, stream: str) -> dict[str, object]:

@@ -7,6 +7,7 @@ import os
 import sys
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from functools import wraps
 from typing import Any, TypeVar
 
@@ -25,14 +26,6 @@ from reporter.store import Store, StoreError
 __all__ = ["main"]
 
 F = TypeVar("F", bound=Callable[..., Any])
-META_KEYS = (
-    "blocked_reason",
-    "blocked_code",
-    "blocked_since",
-    "home_region",
-    "last_success_at",
-    "brake_attempts",
-)
 
 
 def _console() -> Console:
@@ -230,9 +223,10 @@ def status(ctx: click.Context, as_json: bool) -> None:
     store = _open(cfg)
     try:
         now = time.time()
-        meta = {k: store.get_meta(k) for k in META_KEYS}
         health = views.task_health(store.tasks(), now, cfg)
-        report = views.status_report(store.counts(), meta, health, lock_holder(cfg.outbox.path))
+        report = views.status_report(
+            store.counts(), store.load_gate(), health, lock_holder(cfg.outbox.path)
+        )
     finally:
         store.close()
     if as_json:
@@ -295,16 +289,14 @@ def dead_list(ctx: click.Context, as_json: bool) -> None:
         letters = store.dead_letters()
     finally:
         store.close()
-    for d in letters:
-        d["rejected_at"] = views.iso(d["rejected_at"])
-        d["present"] = bool(d["present"])
+    entries = [{**asdict(d), "rejected_at": views.iso(d.rejected_at)} for d in letters]
     if as_json:
-        click.echo(json.dumps(letters, indent=2))
+        click.echo(json.dumps(entries, indent=2))
         return
     table = Table("id", "kind", "stream", "task", "reason", "rejected at")
-    for d in letters:
+    for e in entries:
         table.add_row(
-            str(d["id"]), d["kind"], d["stream"], d["task"], d["reason"], d["rejected_at"]
+            str(e["id"]), e["kind"], e["stream"], e["task"], e["reason"], e["rejected_at"]
         )
     _console().print(table if letters else "no dead letters")
 
@@ -316,21 +308,21 @@ def dead_list(ctx: click.Context, as_json: bool) -> None:
 @guarded
 def dead_retry(ctx: click.Context, ids: tuple[int, ...], retry_all: bool) -> None:
     """Put dead letters back in line (still-invalid rows are rejected again with the reason)."""
-    from reporter.relay import requeue_dead_letters
+    from reporter.deadletters import requeue_dead_letters
 
     if bool(ids) == retry_all:
         raise click.UsageError("give row IDs or --all (not both)")
     cfg = _config(ctx)
     store = Store.open(cfg.outbox.path, cfg.outbox.busy_timeout_ms)
     try:
-        result = requeue_dead_letters(store, cfg, None if retry_all else list(ids))
+        result = requeue_dead_letters(store, cfg.hub, None if retry_all else list(ids))
     finally:
         store.close()
-    click.echo(f"requeued {len(result['requeued'])} rows")
-    for item in result["still_rejected"]:
-        click.echo(f"row {item['id']} still rejected: {item['reason']}", err=True)
-    if result["unknown"]:
-        _fail(f"not dead letters: {', '.join(map(str, result['unknown']))}")
+    click.echo(f"requeued {len(result.requeued)} rows")
+    for rid, reason in result.still_rejected:
+        click.echo(f"row {rid} still rejected: {reason}", err=True)
+    if result.unknown:
+        _fail(f"not dead letters: {', '.join(map(str, result.unknown))}")
 
 
 @cli.command()

@@ -66,7 +66,8 @@ class PublishConfig:
     max_concurrency: int = 32
     max_requests_per_second: float = 0.0
     backoff_base_seconds: float = 1.0
-    backoff_max_seconds: float = 300.0
+    backoff_max_seconds: float = 20.0
+    outage_backoff_max_seconds: float = 300.0
     max_attempts: int = 0
     max_age_seconds: float = 0.0
     blocked_recheck_seconds: float = 60.0
@@ -196,6 +197,7 @@ _RULES: dict[str, dict[str, tuple[tuple[type, ...], Check | None]]] = {
         "max_requests_per_second": ((int, float), _non_negative),
         "backoff_base_seconds": ((int, float), _positive),
         "backoff_max_seconds": ((int, float), _positive),
+        "outage_backoff_max_seconds": ((int, float), _positive),
         "max_attempts": ((int,), _non_negative),
         "max_age_seconds": ((int, float), _non_negative),
         "blocked_recheck_seconds": ((int, float), _positive),

@@ -56,12 +56,16 @@ def _build(config: Config, stop: threading.Event, metrics: Metrics | None) -> _P
 
 
 def drain(config: Config, timeout: float) -> int:
-    """Publish everything due now, retrying transient errors, then exit with the contract's code."""
+    """Publish everything due now, retrying transient errors, then exit with the contract's code.
+
+    Exit 5 counts only rows rejected since this drain started; a stop signal exits 3 and says so.
+    """
     log = structlog.get_logger("reporter.drain")
     stop = threading.Event()
     deadline = time.monotonic() + timeout
     with outbox_lock(config.outbox.path), stop_on_signals(stop):
         parts = _build(config, stop, None)
+        started = parts.relay.clock()
         parts.relay.recheck_now()  # a person may have fixed what blocked the last run
         try:
             while True:
@@ -74,18 +78,24 @@ def drain(config: Config, timeout: float) -> int:
                     )
                     print(f"delivery blocked: {result.blocked.message}", file=sys.stderr)
                     return EXIT["blocked"]
-                pending, _, dead = parts.store.pending_summary()
-                pending += parts.store.waiting_count()
+                pending = parts.store.backlog().pending
                 if pending == 0:
-                    return EXIT["rejected"] if dead else EXIT["ok"]
+                    rejected = parts.store.rejected_since(started)
+                    return EXIT["rejected"] if rejected else EXIT["ok"]
+                if stop.is_set():
+                    log.warning("drain_interrupted", pending=pending)
+                    print(f"interrupted: {pending} rows still pending", file=sys.stderr)
+                    return EXIT["pending"]
                 left = deadline - time.monotonic()
-                if left <= 0 or stop.is_set():
+                if left <= 0:
+                    log.warning("drain_timeout", pending=pending, timeout=timeout)
                     print(f"{pending} rows still pending at the timeout", file=sys.stderr)
                     return EXIT["pending"]
-                if result.busy and parts.relay.backlogged:
+                status = parts.relay.status()
+                if result.busy and status.backlogged:
                     continue
-                wakeup = parts.relay.wakeup
-                wait = 0.05 if wakeup is None else wakeup - parts.relay.clock()
+                now = parts.relay.clock()
+                wait = 0.05 if status.wakeup is None else status.wakeup - now
                 stop.wait(min(max(wait, 0.05), left))
         finally:
             parts.relay.close()
@@ -109,7 +119,7 @@ class Service:
 
     def health(self) -> str | None:
         """None while delivering normally; else why not (exit-4 causes, a broken store)."""
-        blocked = self.parts.relay.blocked
+        blocked = self.parts.relay.gate.blocked
         return blocked.message if blocked is not None else self.store_problem
 
     def tick(self) -> None:
@@ -131,7 +141,7 @@ class Service:
                             else f"sent {result.sent}, failed {result.failed}"
                         )
                         self._refresh()
-                    if not (result.busy and relay.backlogged) or self.stop.is_set():
+                    if not (result.busy and relay.status().backlogged) or self.stop.is_set():
                         break
                     if time.monotonic() >= until:
                         break
@@ -166,23 +176,23 @@ class Service:
 
     def _refresh(self, tasks: bool = False) -> None:
         store, m = self.parts.store, self.metrics
-        pending, oldest, dead = store.pending_summary()
-        m.set_backlog(pending + store.waiting_count(), oldest, dead)
-        m.blocked.set(1 if self.parts.relay.blocked else 0)
-        m.backoff.set(1 if self.parts.relay.braking else 0)
+        backlog, relay = store.backlog(), self.parts.relay.status()
+        m.set_backlog(backlog)
+        m.blocked.set(1 if relay.blocked else 0)
+        m.backoff.set(1 if relay.braking else 0)
         m.concurrency.set(self.parts.limiter.limit)
-        if self.parts.relay.last_success_at:
-            m.last_success.set(self.parts.relay.last_success_at)
+        if relay.last_success_at:
+            m.last_success.set(relay.last_success_at)
         if tasks:
             health = task_health(store.tasks(), time.time(), self.config)
             for stream, counts in health["streams"].items():
                 m.stale.labels(stream).set(counts["stale"])
                 m.lapsing.labels(stream).set(counts["lapsing"])
             m.unmapped.set(health["unmapped"])
-        self._status(pending)
+        self._status(backlog.pending)
 
     def _status(self, pending: int) -> None:
-        blocked = self.parts.relay.blocked
+        blocked = self.parts.relay.gate.blocked
         text = f"pending {pending}; last: {self.last_outcome}"
         if blocked is not None:
             text = f"BLOCKED ({blocked.code}); pending {pending}"
@@ -231,7 +241,7 @@ class Service:
         self.notifier.notify("READY=1\nSTATUS=started")
         beat = watchdog / 2 if watchdog else 1.0
         while not self.stop.wait(min(beat, 1.0)):
-            alive = max(self.heartbeat, self.parts.relay.progress_at)
+            alive = max(self.heartbeat, self.parts.relay.status().progress_at)
             if watchdog and time.monotonic() - alive < watchdog:
                 self.notifier.notify("WATCHDOG=1")
         self.notifier.notify("STOPPING=1\nSTATUS=stopping")

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import os
 import random
+import sqlite3
 import tempfile
 import threading
 import time
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -39,18 +41,14 @@ def _host_tool(box: Outbox, names: list[str], done: threading.Event, rng: random
         )
         box.task_state(name, "NOT_STARTED", detail="queued", next_update_seconds=120)
     percent = dict.fromkeys(names, 0)
-    box._insert({"kind": "task_state", "migration_task_name": names[0], "status": "IN_PROGRESS"})
+    box.task_state(names[0], "IN_PROGRESS")
     # A row a buggy tool might write with plain SQL: the daemon rejects it, keeps it, moves on.
-    store = Store.open(box.path)
-    store.insert_row(
-        {
-            "kind": "task_state",
-            "migration_task_name": names[-1],
-            "status": "IN_PROGRESS",
-            "progress_percent": 150,
-        }
-    )
-    store.close()
+    with closing(sqlite3.connect(box.path, timeout=5)) as conn, conn:
+        conn.execute(
+            "INSERT INTO outbox(kind, migration_task_name, status, progress_percent)"
+            " VALUES ('task_state', ?, 'IN_PROGRESS', 150)",
+            (names[-1],),
+        )
     while any(p < 100 for p in percent.values()):
         for name in names:
             if percent[name] >= 100:
@@ -91,19 +89,19 @@ def _table(store: Store, hub: Emulator) -> Table:
         table.add_column(col)
     for t in store.tasks():
         try:
-            record = hub.state.task(t["stream"], t["task"])
+            record = hub.state.task(t.stream, t.task)
         except KeyError:
-            table.add_row(t["task"], "-", "", "not imported yet", "", "", str(t["pending"]))
+            table.add_row(t.task, "-", "", "not imported yet", "", "", str(t.pending))
             continue
         last: dict[str, Any] = record.updates[-1]["Task"] if record.updates else {}
         table.add_row(
-            t["task"],
+            t.task,
             last.get("Status", "-"),
             str(last.get("ProgressPercent", "")),
             (last.get("StatusDetail") or "")[:36],
             record.mapped_to or "…",
             str(len(record.artifacts)),
-            str(t["pending"]),
+            str(t.pending),
         )
     return table
 
@@ -159,7 +157,7 @@ def run_demo(task_count: int = 6) -> int:
                         and hub.state.task(STREAM, n).mapped_to
                         for n in names
                     )
-                    pending = viewer.pending_summary()[0] + viewer.waiting_count()
+                    pending = viewer.backlog().pending
                     if (
                         done.is_set() and pending == 0 and mapped
                     ) or time.monotonic() - started > 50:
@@ -178,16 +176,16 @@ def run_demo(task_count: int = 6) -> int:
         ops = hub.state.summary()["operations"]
         console.print(
             f"\n[bold]Done in {time.monotonic() - started:.1f}s.[/] Rows: "
-            f"{counts['sent']} sent, {counts['superseded']} superseded by newer ones, "
-            f"{counts['dead_letters']} rejected, {counts['pending']} pending."
+            f"{counts.sent} sent, {counts.superseded} superseded by newer ones, "
+            f"{counts.dead_letters} rejected, {counts.pending} pending."
         )
         console.print(
             "Calls the Hub received: " + ", ".join(f"{k} {v}" for k, v in sorted(ops.items()))
         )
         for d in letters:
-            console.print(f"[yellow]dead letter[/] row {d['id']} ({d['task']}): {d['reason']}")
+            console.print(f"[yellow]dead letter[/] row {d.id} ({d.task}): {d.reason}")
         console.print(
             "\nTry it for real: [bold]mgh-reporter init && mgh-reporter run[/] "
             "(see README), or [bold]mgh-reporter emulator[/] to experiment."
         )
-        return 0 if counts["pending"] == 0 else 1
+        return 0 if counts.pending == 0 else 1

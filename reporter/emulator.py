@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import random
 import re
@@ -23,6 +24,24 @@ MGH_PREFIX = "AWSMigrationHub"
 CONFIG_PREFIX = "AWSMigrationHubMultiAccountService"
 VM_FIELDS = {"VM_MANAGED_OBJECT_REFERENCE", "VM_NAME", "VM_PATH"}
 CASE_FOLDED = {"MAC_ADDRESS", "FQDN"}
+# The per-type formats the API reference documents for ResourceAttribute values (`\p{Cntrl}` is
+# Java's class: U+0000-U+001F and U+007F). Kept here, apart from rows.py, so the stand-in checks
+# the daemon instead of agreeing with it by construction.
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])"
+ATTRIBUTE_FORMATS = {
+    "IPV4_ADDRESS": re.compile(rf"{_OCTET}(\.{_OCTET}){{3}}"),
+    "MAC_ADDRESS": re.compile(r"([0-9A-Fa-f]{2}[:-]){5}([0-9A-Fa-f]{2})"),
+    "FQDN": re.compile(r"[^<>{}\\/?,=\x00-\x1f\x7f]{1,256}"),
+}
+
+
+def _ipv6(value: str) -> bool:
+    """Eight groups of hex, the usual `::` abbreviation and an IPv4 tail accepted."""
+    try:
+        ipaddress.IPv6Address(value)
+    except ValueError:
+        return False
+    return True
 
 
 class ServiceError(Exception):
@@ -147,13 +166,15 @@ class Faults:
     retry_after: int = 1
     deny: set[str] = field(default_factory=set)  # operation names, or "*"
     invalid: set[str] = field(default_factory=set)  # operations answered InvalidInputException
+    fail_operations: set[str] = field(default_factory=set)  # operations answered 503, always
 
     def update(self, **values: Any) -> None:
         """Change several faults at once (unknown names raise)."""
         for key, value in values.items():
             if not hasattr(self, key):
                 raise ValueError(f"unknown fault {key!r}")
-            setattr(self, key, set(value) if key in ("deny", "invalid") else value)
+            sets = ("deny", "invalid", "fail_operations")
+            setattr(self, key, set(value) if key in sets else value)
 
 
 @dataclass
@@ -455,7 +476,7 @@ class Emulator:
 
     def _faults(self, operation: str) -> None:
         faults, rng = self.state.faults, self.state.rng
-        if faults.outage:
+        if faults.outage or operation in faults.fail_operations:
             raise ServiceError("ServiceUnavailableException", "service unavailable", 503)
         if faults.drop and rng.random() < faults.drop:
             raise _Drop()
@@ -565,6 +586,16 @@ class Emulator:
         return {}
 
     def _op_PutResourceAttributes(self, p: dict[str, Any]) -> dict[str, Any]:
+        for item in p["ResourceAttributeList"]:
+            kind, value = item["Type"], item["Value"]
+            fmt = ATTRIBUTE_FORMATS.get(kind)
+            bad = (fmt is not None and not fmt.fullmatch(value)) or (
+                kind == "IPV6_ADDRESS" and not _ipv6(value)
+            )
+            if bad:
+                raise ServiceError(
+                    "InvalidInputException", f"Invalid value {value!r} for attribute type {kind}"
+                )
         task = self._task(p)
         task.attributes = list(p["ResourceAttributeList"])
         task.attributes_at = self.clock()

@@ -8,7 +8,14 @@ from typing import Any
 
 from botocore import exceptions as bx
 
-__all__ = ["Failure", "Outcome", "classify", "describe"]
+__all__ = [
+    "HOME_REGION_NOT_SET",
+    "THROTTLE_CODES",
+    "Failure",
+    "HubError",
+    "Outcome",
+    "classify",
+]
 
 
 class Outcome(StrEnum):
@@ -20,10 +27,13 @@ class Outcome(StrEnum):
     BLOCKED = "blocked"  # only a person can fix it: hold all delivery
 
 
+HOME_REGION_NOT_SET = (
+    "the Migration Hub home Region is not set for this account (set it in the Migration Hub "
+    "console, or `aws migrationhub-config create-home-region-control`)"
+)
+THROTTLE_CODES = frozenset({"ThrottlingException", "Throttling", "TooManyRequestsException"})
 BLOCKED_CODES = {
-    "HomeRegionNotSetException": "the Migration Hub home Region is not set for this account "
-    "(set it in the Migration Hub console, or `aws migrationhub-config "
-    "create-home-region-control`)",
+    "HomeRegionNotSetException": HOME_REGION_NOT_SET,
     "AccessDeniedException": "access denied",
     "AccessDenied": "access denied",
     "UnauthorizedOperation": "not authorised",
@@ -35,10 +45,7 @@ BLOCKED_CODES = {
     "ExpiredTokenException": "the credentials have expired",
     "RequestExpired": "the request expired (is the host clock right?)",
 }
-TRANSIENT_CODES = {
-    "ThrottlingException",
-    "Throttling",
-    "TooManyRequestsException",
+TRANSIENT_CODES = THROTTLE_CODES | {
     "InternalServerError",
     "InternalFailure",
     "ServiceUnavailableException",
@@ -62,12 +69,19 @@ class Failure:
     def __str__(self) -> str:
         return f"{self.code}: {self.message}" if self.message else self.code
 
+    @property
+    def throttled(self) -> bool:
+        """True when the service asked us to slow down."""
+        return self.code in THROTTLE_CODES
 
-def describe(exc: BaseException) -> str:
-    """A short message for an exception without credentials or request bodies in it."""
-    if isinstance(exc, bx.ClientError):
-        return str(exc.response.get("Error", {}).get("Message", ""))
-    return str(exc)
+
+class HubError(Exception):
+    """A classified failure of one Hub call."""
+
+    def __init__(self, failure: Failure, operation: str) -> None:
+        super().__init__(f"{operation}: {failure}")
+        self.failure = failure
+        self.operation = operation
 
 
 def _client_error(exc: bx.ClientError) -> Failure:

@@ -11,7 +11,7 @@ import boto3
 from botocore.config import Config as BotoConfig
 
 from reporter.config import AwsConfig
-from reporter.errors import Failure, Outcome, classify
+from reporter.errors import HOME_REGION_NOT_SET, Failure, HubError, Outcome, classify
 from reporter.limiter import AdaptiveLimiter, RateLimiter
 from reporter.rows import Request
 
@@ -28,15 +28,6 @@ CALL_OPERATIONS = (
 FALLBACK_REGION = "us-west-2"
 
 Observer = Callable[[str, str, float], None]  # (operation, outcome, seconds)
-
-
-class HubError(Exception):
-    """A classified failure of one Hub call."""
-
-    def __init__(self, failure: Failure, operation: str) -> None:
-        super().__init__(f"{operation}: {failure}")
-        self.failure = failure
-        self.operation = operation
 
 
 def _snake(operation: str) -> str:
@@ -92,13 +83,7 @@ class Hub:
         home = self.home_region()
         if home is None:
             raise HubError(
-                Failure(
-                    Outcome.BLOCKED,
-                    "HomeRegionNotSet",
-                    "the Migration Hub home Region is not set for this account (set it in the "
-                    "Migration Hub console, or `aws migrationhub-config "
-                    "create-home-region-control`)",
-                ),
+                Failure(Outcome.BLOCKED, "HomeRegionNotSet", HOME_REGION_NOT_SET),
                 "GetHomeRegion",
             )
         if self._configured_region not in ("auto", home):
@@ -135,7 +120,7 @@ class Hub:
             return result
         except Exception as exc:
             failure = classify(exc)
-            throttled = failure.code in ("ThrottlingException", "Throttling")
+            throttled = failure.throttled
             outcome = "throttled" if throttled else failure.outcome.value
             if failure.code == "DryRunOperation":
                 outcome = "dry_run"

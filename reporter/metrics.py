@@ -11,6 +11,8 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from reporter.model import Backlog
+
 __all__ = ["Metrics", "MetricsServer"]
 
 
@@ -86,11 +88,11 @@ class Metrics:
         self.requests.labels(operation, outcome).inc()
         self.latency.labels(operation).observe(seconds)
 
-    def set_backlog(self, pending: int, oldest_created: float | None, dead: int) -> None:
+    def set_backlog(self, backlog: Backlog) -> None:
         """Refresh backlog gauges from the store."""
-        self.pending.set(pending)
-        self._oldest_created = oldest_created
-        self.dead_letters.set(dead)
+        self.pending.set(backlog.pending)
+        self._oldest_created = backlog.oldest_created_at
+        self.dead_letters.set(backlog.dead_letters)
 
 
 class _Handler(BaseHTTPRequestHandler):

@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Iterable
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -45,10 +45,12 @@ class Outbox:
 
     def _insert(self, values: dict[str, Any]) -> int:
         values = {k: v for k, v in values.items() if v is not None}
+        now = datetime.now(UTC)
         checked = rows.to_request(
-            rows.OutboxRow(id=0, created_at="1970-01-01T00:00:00Z", **values),
+            rows.OutboxRow(id=0, created_at=now.isoformat(), **values),
             PLACEHOLDER_STREAM,
             0,
+            now.timestamp(),
         )
         if isinstance(checked, rows.Problem):
             raise OutboxValueError(checked)

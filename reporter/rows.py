@@ -29,6 +29,7 @@ __all__ = [
     "epoch_of",
     "parse_timestamp",
     "plan_task",
+    "stream_of",
     "to_request",
 ]
 
@@ -46,17 +47,20 @@ ATTRIBUTE_TYPES = (
     "BIOS_ID",
     "MOTHERBOARD_SERIAL_NUMBER",
 )
-VM_ATTRIBUTE_TYPES = frozenset({"VM_MANAGED_OBJECT_REFERENCE", "VM_NAME", "VM_PATH"})
 REGION_RE = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
 MAC_RE = re.compile(r"^([0-9A-Fa-f]{2}[:-]){5}([0-9A-Fa-f]{2})$")
 IPV4_RE = re.compile(r"^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$")
 ARN_RE = re.compile(r"arn:[a-z-]+:[a-z0-9-]+:(?:[a-z0-9-]+|):(?:[0-9]{12}|):.*")
 STREAM_FORBIDDEN = re.compile(r"[/:|\x00-\x1f]")
+FQDN_FORBIDDEN = re.compile(r"[<>{}\\/?,=\x00-\x1f\x7f]")
 # Java's "." (the service's patterns) stops at these line terminators.
 LINE_BREAKS = re.compile(r"\r\n|[\n\r\x85\u2028\u2029]")
 MAX_STATUS_DETAIL = 2500
 MAX_ARTIFACT_DESCRIPTION = 500
 MAX_ATTRIBUTES = 100
+MAX_NEXT_UPDATE_SECONDS = 2_147_483_647  # the Hub's Integer
+EARLIEST_UPDATE = datetime(2000, 1, 1, tzinfo=UTC)
+FUTURE_SLACK_SECONDS = 24 * 3600  # update_date_time may run at most this far ahead of intake
 
 
 class Kind(StrEnum):
@@ -119,6 +123,7 @@ class StateUpdate:
     next_update_seconds: int
 
     operation = "NotifyMigrationTaskState"
+    kind = Kind.TASK_STATE
 
     def params(self) -> dict[str, Any]:
         """boto3 keyword arguments."""
@@ -146,6 +151,7 @@ class AttributesUpdate:
     attributes: tuple[tuple[str, str], ...]
 
     operation = "PutResourceAttributes"
+    kind = Kind.RESOURCE_ATTRIBUTES
 
     def params(self) -> dict[str, Any]:
         """boto3 keyword arguments."""
@@ -167,6 +173,7 @@ class ArtifactAssociation:
     description: str | None
 
     operation = "AssociateCreatedArtifact"
+    kind = Kind.CREATED_ARTIFACT
 
     def params(self) -> dict[str, Any]:
         """boto3 keyword arguments."""
@@ -239,7 +246,9 @@ def normalise_detail(text: str) -> str:
     return LINE_BREAKS.sub(" ", text)[:MAX_STATUS_DETAIL]
 
 
-def _state(row: OutboxRow, stream: str, task: str, default_nus: int) -> StateUpdate | Problem:
+def _state(
+    row: OutboxRow, stream: str, task: str, default_nus: int, now: float | None
+) -> StateUpdate | Problem:
     if row.status not in STATUSES:
         return Problem("status", f"must be one of {', '.join(STATUSES)} (got {row.status!r})")
     detail = None
@@ -255,7 +264,7 @@ def _state(row: OutboxRow, stream: str, task: str, default_nus: int) -> StateUpd
         percent = checked
     nus = default_nus
     if row.next_update_seconds is not None:
-        checked = _int(row.next_update_seconds, "next_update_seconds", 0, None)
+        checked = _int(row.next_update_seconds, "next_update_seconds", 0, MAX_NEXT_UPDATE_SECONDS)
         if isinstance(checked, Problem):
             return checked
         nus = checked
@@ -264,6 +273,10 @@ def _state(row: OutboxRow, stream: str, task: str, default_nus: int) -> StateUpd
     when = parse_timestamp(when_text) if isinstance(when_text, str) else None
     if when is None:
         return Problem(name, f"must be an ISO-8601 time with Z or an offset (got {when_text!r})")
+    if when < EARLIEST_UPDATE:
+        return Problem(name, f"must not be earlier than 2000-01-01T00:00:00Z (got {when_text!r})")
+    if now is not None and when.timestamp() > now + FUTURE_SLACK_SECONDS:
+        return Problem(name, f"must not be more than 24 h in the future (got {when_text!r})")
     return StateUpdate(row.id, stream, task, row.status, detail, percent, when, nus)
 
 
@@ -290,6 +303,11 @@ def _attribute(index: int, item: Any) -> tuple[str, str] | Problem:
             ipaddress.IPv6Address(value)
         except ValueError:
             return Problem(f"{where}.Value", f"must be an IPv6 address (got {value!r})")
+    if kind == "FQDN" and FQDN_FORBIDDEN.search(value):
+        return Problem(
+            f"{where}.Value",
+            f"an FQDN must not contain < > {{ }} \\ / ? , = or control characters (got {value!r})",
+        )
     if kind == "MAC_ADDRESS" and not MAC_RE.match(value):
         return Problem(
             f"{where}.Value", f"must be a MAC address like 00:1A:2B:3C:4D:5E (got {value!r})"
@@ -339,17 +357,26 @@ def _artifact(row: OutboxRow, stream: str, task: str) -> ArtifactAssociation | P
     return ArtifactAssociation(row.id, stream, task, arn, description)
 
 
-def to_request(row: OutboxRow, default_stream: str, default_nus: int) -> Request | Problem:
-    """Validate and normalise one row into the call it becomes, or say why it cannot be sent."""
-    stream = (
-        row.progress_update_stream if row.progress_update_stream is not None else default_stream
-    )
+def stream_of(row: OutboxRow, default_stream: str) -> Any:
+    """The row's stream: its own, or the configured default when it left it NULL."""
+    return row.progress_update_stream if row.progress_update_stream is not None else default_stream
+
+
+def to_request(
+    row: OutboxRow, default_stream: str, default_nus: int, now: float | None = None
+) -> Request | Problem:
+    """Validate and normalise one row into the call it becomes, or say why it cannot be sent.
+
+    `now` (epoch seconds) bounds `update_date_time` to at most 24 h ahead; intake and writers
+    pass it, later re-checks of a row already taken in may leave it out.
+    """
+    stream = stream_of(row, default_stream)
     problem = check_stream(stream) or check_task(row.migration_task_name)
     if problem:
         return problem
     task: str = row.migration_task_name
     if row.kind == Kind.TASK_STATE:
-        return _state(row, stream, task, default_nus)
+        return _state(row, stream, task, default_nus, now)
     if row.kind == Kind.RESOURCE_ATTRIBUTES:
         attrs = parse_attributes(row.resource_attributes)
         return (

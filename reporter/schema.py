@@ -7,7 +7,7 @@ from typing import Any
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-__all__ = ["OUTBOX_COLUMNS", "OUTBOX_DDL", "REQUIRED_COLUMNS", "migrations"]
+__all__ = ["GATE_COLUMNS", "OUTBOX_COLUMNS", "OUTBOX_DDL", "REQUIRED_COLUMNS", "migrations"]
 
 OUTBOX_DDL = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -104,3 +104,67 @@ def _delivery_tables(db: Any) -> None:
             PRIMARY KEY (task_id, arn)
         )""",
     )
+
+
+GATE_COLUMNS = (
+    "blocked_code",
+    "blocked_reason",
+    "blocked_since",
+    "recheck_at",
+    "home_region",
+    "region_attempts",
+    "region_retry_at",
+    "brake_attempts",
+    "brake_until",
+    "last_success_at",
+)
+# The string meta keys of 0.1.0 that the gate's record replaces, and their columns.
+_OLD_META = {
+    "blocked_code": "blocked_code",
+    "blocked_reason": "blocked_reason",
+    "blocked_since": "blocked_since",
+    "blocked_recheck_at": "recheck_at",
+    "home_region": "home_region",
+    "brake_attempts": "brake_attempts",
+    "brake_until": "brake_until",
+    "last_success_at": "last_success_at",
+}
+
+
+@migrations(name="0002_gate_lanes_leases")
+def _gate_lanes_leases(db: Any) -> None:
+    _execute(
+        db,
+        """CREATE TABLE mgh_gate (
+            id INTEGER PRIMARY KEY CHECK (id = 1),
+            blocked_code TEXT,
+            blocked_reason TEXT,
+            blocked_since REAL,
+            recheck_at REAL NOT NULL DEFAULT 0,
+            home_region TEXT,
+            region_attempts INTEGER NOT NULL DEFAULT 0,
+            region_retry_at REAL NOT NULL DEFAULT 0,
+            brake_attempts INTEGER NOT NULL DEFAULT 0,
+            brake_until REAL NOT NULL DEFAULT 0,
+            last_success_at REAL
+        )""",
+        "INSERT INTO mgh_gate(id) VALUES (1)",
+        """CREATE TABLE mgh_lanes (
+            task_id INTEGER NOT NULL REFERENCES mgh_tasks(id),
+            kind TEXT NOT NULL,
+            attempts INTEGER NOT NULL DEFAULT 0,
+            retry_at REAL,
+            last_error TEXT,
+            PRIMARY KEY (task_id, kind)
+        )""",
+        "ALTER TABLE mgh_tasks ADD COLUMN lease_token TEXT",
+    )
+    for key, column in _OLD_META.items():
+        db.execute(
+            f"UPDATE mgh_gate SET {column} = (SELECT value FROM mgh_meta WHERE key = ?)"
+            " WHERE EXISTS (SELECT 1 FROM mgh_meta WHERE key = ?)",
+            (key, key),
+        )
+        db.execute("DELETE FROM mgh_meta WHERE key = ?", (key,))
+    # A task's retry count now lives in its lanes (one per kind); 0.1.0 kept one per task.
+    db.execute("ALTER TABLE mgh_tasks DROP COLUMN attempts")

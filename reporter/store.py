@@ -1,25 +1,46 @@
-"""The only module with SQL: the outbox, the daemon's delivery tables, claims, outcomes, stats."""
+"""The SQLite engine of `OutboxStore`: the only module with SQLite SQL (outbox, delivery tables,
+claims, outcomes, views, maintenance)."""
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 import stat
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import uuid
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import astuple, fields
 from pathlib import Path
 from typing import Any
 
 from sqlite_utils import Database
 
 from reporter import schema
-from reporter.rows import OutboxRow, epoch_of
+from reporter.model import (
+    Backlog,
+    ClaimedTask,
+    DeadLetter,
+    GateState,
+    Ingested,
+    LaneState,
+    MappingCheck,
+    PendingRow,
+    RowCounts,
+    RowState,
+    TaskOutcome,
+    TaskRecord,
+)
+from reporter.rows import Kind, OutboxRow, epoch_of
 
-__all__ = ["ClaimedTask", "Ingested", "Store", "StoreError", "TaskOutcome"]
+__all__ = ["Store", "StoreError"]
 
-PENDING, SENT, SUPERSEDED, REJECTED = "pending", "sent", "superseded", "rejected"
+PENDING, SENT, SUPERSEDED, REJECTED = (f"'{s.value}'" for s in RowState)  # SQL literals
+# When a (task, kind) lane may send again: its retry time, never before `now`.
+_LANE_DUE = (
+    "max(:now, coalesce((SELECT retry_at FROM mgh_lanes WHERE task_id = :id AND kind = :kind), 0))"
+)
 
 
 class StoreError(Exception):
@@ -32,55 +53,6 @@ class StoreError(Exception):
     def __init__(self, message: str, busy: bool = False) -> None:
         super().__init__(message)
         self.busy = busy
-
-
-@dataclass(frozen=True)
-class Ingested:
-    """A new outbox row as the relay judged it at intake."""
-
-    row_id: int
-    stream: str
-    task: str
-    kind: str
-    created_at: float
-    rejected: str | None = None
-    supersedes: bool = False
-
-
-@dataclass
-class ClaimedTask:
-    """A task leased for one pass, with its waiting rows and what the Hub already has."""
-
-    id: int
-    stream: str
-    task: str
-    imported: bool
-    attempts: int
-    last_state_row: int | None
-    last_attributes_row: int | None
-    oldest_created_at: float
-    rows: list[OutboxRow] = field(default_factory=list)
-    missing: list[int] = field(default_factory=list)
-    associated: set[str] = field(default_factory=set)
-
-
-@dataclass
-class TaskOutcome:
-    """What happened to one claimed task, to record in one statement batch."""
-
-    task_id: int
-    sent: list[int] = field(default_factory=list)
-    superseded: list[tuple[int, str]] = field(default_factory=list)
-    rejected: list[tuple[int, str]] = field(default_factory=list)
-    imported: bool = False
-    state: dict[str, Any] | None = None
-    attributes_row: int | None = None
-    map_check_at: float | None = None
-    artifacts: list[str] = field(default_factory=list)
-    retry_at: float | None = None
-    error: str | None = None
-    charge_attempt: bool = False
-    give_up: str | None = None
 
 
 def _marks(n: int) -> str:
@@ -190,25 +162,39 @@ class Store:
     def _outbox_columns(self) -> list[str]:
         return [r["name"] for r in self.conn.execute("PRAGMA table_info(outbox)")]
 
-    # -- meta --------------------------------------------------------------------------------
-    def get_meta(self, key: str) -> str | None:
-        """A value from our key/value table."""
-        with self._errors("read meta"):
-            row = self.conn.execute("SELECT value FROM mgh_meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else str(row[0])
+    # -- the gate's record and our cursor ---------------------------------------------------
+    def _cursor(self) -> int:
+        row = self.conn.execute("SELECT value FROM mgh_meta WHERE key = 'cursor'").fetchone()
+        return 0 if row is None else int(row[0])
 
-    def set_meta(self, **values: str | float | int | None) -> None:
-        """Set (or with None, delete) several keys in one transaction."""
-        with self._write("write meta") as c:
-            for key, value in values.items():
-                if value is None:
-                    c.execute("DELETE FROM mgh_meta WHERE key = ?", (key,))
-                else:
-                    c.execute(
-                        "INSERT INTO mgh_meta(key, value) VALUES (?, ?) "
-                        "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                        (key, str(value)),
-                    )
+    def load_gate(self) -> GateState:
+        """The gate's persisted record."""
+        with self._errors("read gate state"):
+            row = self.conn.execute(
+                f"SELECT {', '.join(schema.GATE_COLUMNS)} FROM mgh_gate WHERE id = 1"
+            ).fetchone()
+        if row is None:
+            return GateState()
+        types = {f.name: f.type for f in fields(GateState)}
+        values: dict[str, Any] = {}
+        for name in schema.GATE_COLUMNS:
+            value = row[name]
+            if value is not None:
+                kind = types[name]
+                value = int(value) if "int" in kind else float(value) if "float" in kind else value
+            values[name] = value
+        values["recheck_at"] = values["recheck_at"] or 0.0
+        values["region_retry_at"] = values["region_retry_at"] or 0.0
+        values["brake_until"] = values["brake_until"] or 0.0
+        values["region_attempts"] = values["region_attempts"] or 0
+        values["brake_attempts"] = values["brake_attempts"] or 0
+        return GateState(**values)
+
+    def save_gate(self, state: GateState) -> None:
+        """Persist the gate's record."""
+        assigns = ", ".join(f"{name} = ?" for name in schema.GATE_COLUMNS)
+        with self._write("write gate state") as c:
+            c.execute(f"UPDATE mgh_gate SET {assigns} WHERE id = 1", astuple(state))
 
     def data_version(self) -> int:
         """Changes whenever another connection commits (cheap idle check)."""
@@ -229,14 +215,17 @@ class Store:
     def fetch_new(self, limit: int) -> list[OutboxRow]:
         """Outbox rows past our cursor, oldest first."""
         with self._errors("read outbox"):
-            cursor = int(self.get_meta("cursor") or 0)
             rows = self.conn.execute(
-                "SELECT * FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (cursor, limit)
+                "SELECT * FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (self._cursor(), limit)
             ).fetchall()
         return [OutboxRow.from_mapping(dict(r)) for r in rows]
 
     def ingest(self, items: Sequence[Ingested]) -> None:
-        """Take new rows into delivery state and advance the cursor, in one transaction."""
+        """Take new rows into delivery state and advance the cursor, in one transaction.
+
+        A task becomes due when a new row arrives, unless that row's lane is backing off; a
+        leased task keeps its lease (its outcome reschedules it).
+        """
         if not items:
             return
         now = self.clock()
@@ -258,7 +247,7 @@ class Store:
                         i.row_id,
                         ids[(i.stream, i.task)],
                         i.kind,
-                        REJECTED if i.rejected else PENDING,
+                        RowState.REJECTED if i.rejected else RowState.PENDING,
                         i.created_at,
                         now if i.rejected else None,
                         i.rejected,
@@ -271,15 +260,16 @@ class Store:
                 if i.supersedes:
                     newest[(ids[(i.stream, i.task)], i.kind)] = i.row_id
             c.executemany(
-                "UPDATE mgh_rows SET state = 'superseded', finished_at = ?,"
+                f"UPDATE mgh_rows SET state = {SUPERSEDED}, finished_at = ?,"
                 " reason = 'superseded by row ' || ? WHERE task_id = ? AND kind = ?"
-                " AND state = 'pending' AND id < ?",
+                f" AND state = {PENDING} AND id < ?",
                 [(now, rid, tid, kind, rid) for (tid, kind), rid in newest.items()],
             )
-            pending_tasks = {ids[(i.stream, i.task)] for i in items if not i.rejected}
+            lanes = {(ids[(i.stream, i.task)], i.kind) for i in items if not i.rejected}
             c.executemany(
-                "UPDATE mgh_tasks SET due_at = ? WHERE id = ? AND due_at IS NULL",
-                [(now, t) for t in pending_tasks],
+                f"UPDATE mgh_tasks SET due_at = {_LANE_DUE} WHERE id = :id"
+                f" AND lease_token IS NULL AND (due_at IS NULL OR due_at > {_LANE_DUE})",
+                [{"now": now, "id": tid, "kind": kind} for tid, kind in sorted(lanes)],
             )
             c.execute(
                 "INSERT INTO mgh_meta(key, value) VALUES ('cursor', ?) "
@@ -301,62 +291,74 @@ class Store:
         return min(known) if known else None
 
     def claim_due(self, limit: int, lease_seconds: float) -> list[ClaimedTask]:
-        """Lease up to `limit` due tasks (the lease is their due time pushed forward)."""
+        """Lease up to `limit` due tasks: their due time moves to the lease's end and they carry
+        a fresh lease token that `record` and `release` must present."""
         now = self.clock()
+        lease = uuid.uuid4().hex
         with self._write("claim tasks") as c:
             tasks = c.execute(
-                "SELECT * FROM mgh_tasks WHERE due_at IS NOT NULL AND due_at <= ?"
-                " ORDER BY due_at LIMIT ?",
+                "SELECT id, stream, task, imported, last_state_row, last_attributes_row"
+                " FROM mgh_tasks WHERE due_at IS NOT NULL AND due_at <= ? ORDER BY due_at LIMIT ?",
                 (now, limit),
             ).fetchall()
             if not tasks:
                 return []
             ids = [t["id"] for t in tasks]
             c.execute(
-                f"UPDATE mgh_tasks SET due_at = ? WHERE id IN ({_marks(len(ids))})",
-                [now + lease_seconds, *ids],
+                "UPDATE mgh_tasks SET due_at = ?, lease_token = ?"
+                f" WHERE id IN ({_marks(len(ids))})",
+                [now + lease_seconds, lease, *ids],
             )
             rows = c.execute(
-                "SELECT r.task_id AS _task_id, r.id AS _row_id, r.created_at AS _created, o.*"
-                " FROM mgh_rows r LEFT JOIN outbox o ON o.id = r.id"
-                f" WHERE r.state = 'pending' AND r.task_id IN ({_marks(len(ids))}) ORDER BY r.id",
+                "SELECT r.task_id AS _task_id, r.id AS _row_id, r.created_at AS _created,"
+                " r.attempts AS _attempts, o.* FROM mgh_rows r LEFT JOIN outbox o ON o.id = r.id"
+                f" WHERE r.state = {PENDING} AND r.task_id IN ({_marks(len(ids))}) ORDER BY r.id",
                 ids,
             ).fetchall()
             artifacts = c.execute(
                 f"SELECT task_id, arn FROM mgh_artifacts WHERE task_id IN ({_marks(len(ids))})", ids
+            ).fetchall()
+            lanes = c.execute(
+                "SELECT task_id, kind, attempts, retry_at FROM mgh_lanes"
+                f" WHERE task_id IN ({_marks(len(ids))})",
+                ids,
             ).fetchall()
         claimed = {
             t["id"]: ClaimedTask(
                 t["id"],
                 t["stream"],
                 t["task"],
+                lease,
                 bool(t["imported"]),
-                t["attempts"],
                 t["last_state_row"],
                 t["last_attributes_row"],
-                now,
             )
             for t in tasks
         }
         for r in rows:
             task = claimed[r["_task_id"]]
-            task.oldest_created_at = min(task.oldest_created_at, r["_created"])
+            task.bookkeeping[r["_row_id"]] = PendingRow(r["_attempts"], r["_created"])
             if r["id"] is None:
                 task.missing.append(r["_row_id"])
             else:
                 task.rows.append(OutboxRow.from_mapping(dict(r)))
         for a in artifacts:
             claimed[a["task_id"]].associated.add(a["arn"])
+        for lane in lanes:
+            if lane["kind"] in Kind.__members__.values():
+                claimed[lane["task_id"]].lanes[Kind(lane["kind"])] = LaneState(
+                    lane["attempts"], lane["retry_at"]
+                )
         return list(claimed.values())
 
-    def release(self, task_ids: Iterable[int], due_at: float) -> None:
-        """Give leased tasks back untouched (e.g. delivery blocked), due again at `due_at`."""
-        ids = list(task_ids)
-        if ids:
+    def release(self, leases: Sequence[tuple[int, str]], due_at: float) -> None:
+        """Hand leased tasks back untouched, due again at `due_at` (e.g. on a graceful stop)."""
+        if leases:
             with self._write("release tasks") as c:
-                c.execute(
-                    f"UPDATE mgh_tasks SET due_at = ? WHERE id IN ({_marks(len(ids))})",
-                    [due_at, *ids],
+                c.executemany(
+                    "UPDATE mgh_tasks SET due_at = ?, lease_token = NULL"
+                    " WHERE id = ? AND lease_token = ?",
+                    [(due_at, tid, lease) for tid, lease in leases],
                 )
 
     # -- outcomes ----------------------------------------------------------------------------
@@ -372,18 +374,22 @@ class Store:
     def _record_one(self, c: sqlite3.Connection, o: TaskOutcome, now: float) -> None:
         if o.sent:
             c.execute(
-                f"UPDATE mgh_rows SET state = 'sent', finished_at = ?, reason = NULL"
+                f"UPDATE mgh_rows SET state = {SENT}, finished_at = ?, reason = NULL"
                 f" WHERE id IN ({_marks(len(o.sent))})",
                 [now, *o.sent],
             )
         c.executemany(
-            "UPDATE mgh_rows SET state = 'superseded', finished_at = ?, reason = ?"
-            " WHERE id = ? AND state = 'pending'",
+            f"UPDATE mgh_rows SET state = {SUPERSEDED}, finished_at = ?, reason = ?"
+            f" WHERE id = ? AND state = {PENDING}",
             [(now, reason, rid) for rid, reason in o.superseded],
         )
         c.executemany(
-            "UPDATE mgh_rows SET state = 'rejected', finished_at = ?, reason = ? WHERE id = ?",
+            f"UPDATE mgh_rows SET state = {REJECTED}, finished_at = ?, reason = ? WHERE id = ?",
             [(now, reason, rid) for rid, reason in o.rejected],
+        )
+        c.executemany(
+            "UPDATE mgh_rows SET attempts = attempts + 1 WHERE id = ?",
+            [(rid,) for rid in o.failed_rows],
         )
         c.executemany(
             "INSERT OR IGNORE INTO mgh_artifacts(task_id, arn, associated_at) VALUES (?, ?, ?)",
@@ -392,11 +398,12 @@ class Store:
         if o.imported:
             c.execute("UPDATE mgh_tasks SET imported = 1 WHERE id = ?", (o.task_id,))
         if o.state is not None:
+            s = o.state
             c.execute(
-                "UPDATE mgh_tasks SET last_state_row = :row, status = :status, percent = :percent,"
-                " detail = :detail, update_time = :update_time,"
-                " next_update_seconds = :next_update_seconds, sent_at = :now WHERE id = :id",
-                {**o.state, "now": now, "id": o.task_id},
+                "UPDATE mgh_tasks SET last_state_row = ?, status = ?, percent = ?, detail = ?,"
+                " update_time = ?, next_update_seconds = ?, sent_at = ? WHERE id = ?",
+                (s.row, s.status, s.percent, s.detail, s.update_time, s.next_update_seconds, now,
+                 o.task_id),
             )
         if o.attributes_row is not None:
             c.execute(
@@ -405,35 +412,31 @@ class Store:
                 " unmapped_reported = 0 WHERE id = ?",
                 (o.attributes_row, now, o.map_check_at, o.task_id),
             )
-        if o.give_up is not None:
-            c.execute(
-                "UPDATE mgh_rows SET state = 'rejected', finished_at = ?, reason = ?"
-                " WHERE task_id = ? AND state = 'pending'",
-                (now, o.give_up, o.task_id),
-            )
-            c.execute(
-                "UPDATE mgh_tasks SET attempts = 0, last_error = ?, due_at = NULL WHERE id = ?",
-                (o.error, o.task_id),
-            )
-        elif o.retry_at is not None:
-            if o.charge_attempt:
+        for lane in o.lanes:
+            if lane.attempts == 0 and lane.retry_at is None:
                 c.execute(
-                    "UPDATE mgh_rows SET attempts = attempts + 1"
-                    " WHERE task_id = ? AND state = 'pending'",
-                    (o.task_id,),
+                    "DELETE FROM mgh_lanes WHERE task_id = ? AND kind = ?",
+                    (o.task_id, lane.kind.value),
                 )
-            c.execute(
-                "UPDATE mgh_tasks SET attempts = attempts + ?, last_error = ?, due_at = ?"
-                " WHERE id = ?",
-                (1 if o.charge_attempt else 0, o.error, o.retry_at, o.task_id),
-            )
-        else:
-            c.execute(
-                "UPDATE mgh_tasks SET attempts = 0, last_error = NULL, due_at = CASE WHEN EXISTS"
-                " (SELECT 1 FROM mgh_rows WHERE task_id = :id AND state = 'pending')"
-                " THEN :now ELSE NULL END WHERE id = :id",
-                {"id": o.task_id, "now": now},
-            )
+            else:
+                c.execute(
+                    "INSERT INTO mgh_lanes(task_id, kind, attempts, retry_at, last_error)"
+                    " VALUES (?, ?, ?, ?, ?) ON CONFLICT(task_id, kind) DO UPDATE SET"
+                    " attempts = excluded.attempts, retry_at = excluded.retry_at,"
+                    " last_error = excluded.last_error",
+                    (o.task_id, lane.kind.value, lane.attempts, lane.retry_at, lane.error),
+                )
+        # Due again when the earliest lane with waiting rows may send; the lease ends here.
+        c.execute(
+            "UPDATE mgh_tasks SET lease_token = NULL,"
+            " last_error = coalesce(:error, (SELECT last_error FROM mgh_lanes"
+            "  WHERE task_id = :id AND last_error IS NOT NULL)),"
+            " due_at = (SELECT min(max(coalesce(l.retry_at, 0), :now))"
+            f"  FROM (SELECT DISTINCT kind FROM mgh_rows WHERE task_id = :id AND state = {PENDING})"
+            "  AS k LEFT JOIN mgh_lanes l ON l.task_id = :id AND l.kind = k.kind)"
+            " WHERE id = :id AND lease_token = :lease",
+            {"id": o.task_id, "now": now, "lease": o.lease, "error": o.error},
+        )
 
     def mark_stream_created(self, stream: str) -> None:
         """Remember that the Hub has this stream."""
@@ -443,28 +446,33 @@ class Store:
                 (stream, self.clock()),
             )
 
-    def forget_stream(self, stream: str) -> None:
-        """The Hub lost the stream: forget it and every import under it."""
-        with self._write("forget stream") as c:
-            c.execute("DELETE FROM mgh_streams WHERE stream = ?", (stream,))
-            c.execute("UPDATE mgh_tasks SET imported = 0 WHERE stream = ?", (stream,))
-
     def streams(self) -> set[str]:
         """Streams known to exist at the Hub."""
         with self._errors("read streams"):
             return {r[0] for r in self.conn.execute("SELECT stream FROM mgh_streams")}
 
     # -- mapping ---------------------------------------------------------------------------
-    def due_mapping_checks(self, limit: int) -> list[sqlite3.Row]:
+    def due_mapping_checks(self, limit: int) -> list[MappingCheck]:
         """Tasks whose auto-mapping should be checked now."""
         with self._errors("read mapping checks"):
-            return self.conn.execute(
+            rows = self.conn.execute(
                 "SELECT id, stream, task, attributes_at, map_checks, unmapped_reported"
                 " FROM mgh_tasks"
                 " WHERE map_check_at IS NOT NULL AND map_check_at <= ? ORDER BY map_check_at"
                 " LIMIT ?",
                 (self.clock(), limit),
             ).fetchall()
+        return [
+            MappingCheck(
+                r["id"],
+                r["stream"],
+                r["task"],
+                r["attributes_at"],
+                r["map_checks"],
+                bool(r["unmapped_reported"]),
+            )
+            for r in rows
+        ]
 
     def record_mapping(
         self,
@@ -483,23 +491,24 @@ class Store:
             )
 
     # -- dead letters ------------------------------------------------------------------------
-    def dead_letters(self, ids: Sequence[int] | None = None) -> list[dict[str, Any]]:
-        """Rejected rows (all, or those of `ids`) with their reasons and outbox content."""
-        where = "r.state = 'rejected'"
+    def dead_letters(self, ids: Sequence[int] | None = None) -> list[DeadLetter]:
+        """Rejected rows (all, or those of `ids`) with their reasons."""
+        where = f"r.state = {REJECTED}"
         args: list[Any] = []
         if ids is not None:
             where += f" AND r.id IN ({_marks(len(ids))})"
             args = list(ids)
         with self._errors("read dead letters"):
             rows = self.conn.execute(
-                "SELECT r.id AS id, r.reason AS reason, r.kind AS kind, t.stream AS stream,"
-                " t.task AS task, r.attempts AS attempts, r.finished_at AS rejected_at,"
+                "SELECT r.id, r.reason, r.kind, t.stream, t.task, r.attempts, r.finished_at,"
                 " o.id IS NOT NULL AS present"
                 " FROM mgh_rows r JOIN mgh_tasks t ON t.id = r.task_id"
                 f" LEFT JOIN outbox o ON o.id = r.id WHERE {where} ORDER BY r.id",
                 args,
             ).fetchall()
-        return [dict(r) for r in rows]
+        return [
+            DeadLetter(r[0], r[1] or "", r[2], r[3], r[4], r[5], r[6], bool(r[7])) for r in rows
+        ]
 
     def outbox_rows(self, ids: Sequence[int]) -> list[OutboxRow]:
         """The outbox content of some rows."""
@@ -515,14 +524,19 @@ class Store:
         with self._write("requeue dead letters") as c:
             for rid in valid:
                 c.execute(
-                    "UPDATE mgh_rows SET state = 'pending', attempts = 0, reason = NULL,"
-                    " finished_at = NULL WHERE id = ? AND state = 'rejected'",
+                    f"UPDATE mgh_rows SET state = {PENDING}, attempts = 0, reason = NULL,"
+                    f" finished_at = NULL WHERE id = ? AND state = {REJECTED}",
                     (rid,),
                 )
                 c.execute(
-                    "UPDATE mgh_tasks SET due_at = ?, attempts = 0"
-                    " WHERE id = (SELECT task_id FROM mgh_rows WHERE id = ?)",
-                    (now, rid),
+                    "DELETE FROM mgh_lanes WHERE (task_id, kind) ="
+                    " (SELECT task_id, kind FROM mgh_rows WHERE id = ?)",
+                    (rid,),
+                )
+                c.execute(
+                    "UPDATE mgh_tasks SET due_at = min(coalesce(due_at, :now), :now)"
+                    " WHERE id = (SELECT task_id FROM mgh_rows WHERE id = :rid)",
+                    {"now": now, "rid": rid},
                 )
             c.executemany(
                 "UPDATE mgh_rows SET reason = ?, finished_at = ? WHERE id = ?",
@@ -530,65 +544,84 @@ class Store:
             )
 
     # -- views -------------------------------------------------------------------------------
-    def counts(self) -> dict[str, Any]:
-        """Row counts by delivery state, the oldest pending age and our task total."""
-        now = self.clock()
+    def backlog(self) -> Backlog:
+        """Cheap (indexed) totals: rows not taken in, rows waiting, the oldest, dead letters."""
+        with self._errors("read backlog"):
+            queued, oldest = self.conn.execute(
+                f"SELECT count(*), min(created_at) FROM mgh_rows WHERE state = {PENDING}"
+            ).fetchone()
+            dead = self.conn.execute(
+                f"SELECT count(*) FROM mgh_rows WHERE state = {REJECTED}"
+            ).fetchone()[0]
+            waiting, first = self.conn.execute(
+                "SELECT count(*), min(created_at) FROM outbox WHERE id > ?", (self._cursor(),)
+            ).fetchone()
+        times = [t for t in (oldest, epoch_of(first, self.clock()) if first else None) if t]
+        return Backlog(int(waiting), int(queued), min(times) if times else None, int(dead))
+
+    def counts(self) -> RowCounts:
+        """Row totals; a row superseded by a newer row that is still waiting counts as pending
+        (its lane's content has not reached the Hub yet)."""
+        backlog = self.backlog()
         with self._errors("read counts"):
-            cursor = int(self.get_meta("cursor") or 0)
             by_state = dict(
                 self.conn.execute("SELECT state, count(*) FROM mgh_rows GROUP BY state").fetchall()
             )
-            waiting = self.conn.execute(
-                "SELECT count(*), min(created_at) FROM outbox WHERE id > ?", (cursor,)
-            ).fetchone()
-            oldest = self.conn.execute(
-                "SELECT min(created_at) FROM mgh_rows WHERE state = 'pending'"
+            overtaken = self.conn.execute(
+                f"SELECT count(*) FROM mgh_rows r WHERE r.state = {SUPERSEDED} AND EXISTS"
+                f" (SELECT 1 FROM mgh_rows p WHERE p.task_id = r.task_id AND p.state = {PENDING}"
+                " AND p.kind = r.kind AND p.id > r.id)"
             ).fetchone()[0]
-        oldest_times = [t for t in (oldest, epoch_of(waiting[1], now) if waiting[1] else None) if t]
-        return {
-            "pending": by_state.get(PENDING, 0) + waiting[0],
-            "sent": by_state.get(SENT, 0),
-            "superseded": by_state.get(SUPERSEDED, 0),
-            "delivered": by_state.get(SENT, 0) + by_state.get(SUPERSEDED, 0),
-            "dead_letters": by_state.get(REJECTED, 0),
-            "oldest_pending_seconds": round(max(0.0, now - min(oldest_times)), 3)
-            if oldest_times
-            else None,
-        }
+        oldest = backlog.oldest_created_at
+        return RowCounts(
+            pending=backlog.pending + overtaken,
+            sent=by_state.get(RowState.SENT.value, 0),
+            superseded=by_state.get(RowState.SUPERSEDED.value, 0) - overtaken,
+            dead_letters=backlog.dead_letters,
+            oldest_pending_seconds=None
+            if oldest is None
+            else round(max(0.0, self.clock() - oldest), 3),
+        )
 
-    def pending_summary(self) -> tuple[int, float | None, int]:
-        """Cheap (indexed) pending count, oldest pending created_at, dead-letter count."""
-        with self._errors("read pending"):
-            row = self.conn.execute(
-                "SELECT count(*), min(created_at) FROM mgh_rows WHERE state = 'pending'"
-            ).fetchone()
-            dead = self.conn.execute(
-                "SELECT count(*) FROM mgh_rows WHERE state = 'rejected'"
-            ).fetchone()[0]
-        return int(row[0]), row[1], int(dead)
-
-    def waiting_count(self) -> int:
-        """Outbox rows not yet taken in (past our cursor); a primary-key range count."""
-        with self._errors("read outbox"):
-            cursor = int(self.get_meta("cursor") or 0)
+    def rejected_since(self, since: float) -> int:
+        """Rows rejected at or after `since`."""
+        with self._errors("read dead letters"):
             return int(
-                self.conn.execute("SELECT count(*) FROM outbox WHERE id > ?", (cursor,)).fetchone()[
-                    0
-                ]
+                self.conn.execute(
+                    f"SELECT count(*) FROM mgh_rows WHERE state = {REJECTED} AND finished_at >= ?",
+                    (since,),
+                ).fetchone()[0]
             )
 
-    def tasks(self, stream: str | None = None) -> list[dict[str, Any]]:
-        """One dict per task: last state sent, pending count, mapping, artifacts."""
+    def tasks(self, stream: str | None = None) -> list[TaskRecord]:
+        """One record per task: last state sent, pending count, mapping, artifacts."""
         where, args = ("WHERE t.stream = ?", [stream]) if stream else ("", [])
         with self._errors("read tasks"):
             rows = self.conn.execute(
                 "SELECT t.*, (SELECT count(*) FROM mgh_rows r WHERE r.task_id = t.id"
-                " AND r.state = 'pending') AS pending,"
+                f" AND r.state = {PENDING}) AS pending,"
                 " (SELECT json_group_array(arn) FROM mgh_artifacts a WHERE a.task_id = t.id)"
                 f" AS artifacts FROM mgh_tasks t {where} ORDER BY t.stream, t.task",
                 args,
             ).fetchall()
-        return [dict(r) for r in rows]
+        return [
+            TaskRecord(
+                stream=r["stream"],
+                task=r["task"],
+                status=r["status"],
+                percent=r["percent"],
+                detail=r["detail"],
+                update_time=r["update_time"],
+                next_update_seconds=r["next_update_seconds"],
+                sent_at=r["sent_at"],
+                pending=r["pending"],
+                mapped=None if r["mapped"] is None else bool(r["mapped"]),
+                configuration_id=r["configuration_id"],
+                artifacts=tuple(json.loads(r["artifacts"] or "[]")),
+                last_error=r["last_error"],
+            )
+            for r in rows
+        ]
 
     # -- maintenance -------------------------------------------------------------------------
     def prune(self, before: float, chunk: int = 2000) -> int:
@@ -599,7 +632,7 @@ class Store:
                 ids = [
                     r[0]
                     for r in c.execute(
-                        "SELECT id FROM mgh_rows WHERE state IN ('sent', 'superseded')"
+                        f"SELECT id FROM mgh_rows WHERE state IN ({SENT}, {SUPERSEDED})"
                         " AND finished_at < ? LIMIT ?",
                         (before, chunk),
                     )

@@ -2,22 +2,27 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
 from reporter.config import Config
+from reporter.model import GateState, RowCounts, TaskRecord
 from reporter.rows import TERMINAL_STATUSES
 
 __all__ = ["iso", "promise_state", "status_report", "task_entries", "task_health"]
 
 
 def iso(epoch: float | None) -> str | None:
-    """Epoch seconds as ISO-8601 UTC with Z (None stays None)."""
+    """Epoch seconds as ISO-8601 UTC with Z (None stays None; a time no calendar holds, which
+    only a row stored before the bounds were checked can carry, shows as its epoch number)."""
     if epoch is None:
         return None
-    return datetime.fromtimestamp(epoch, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+    try:
+        moment = datetime.fromtimestamp(epoch, UTC)
+    except (ValueError, OverflowError, OSError):
+        return f"@{epoch:.0f}"
+    return moment.isoformat(timespec="seconds").replace("+00:00", "Z")
 
 
 def promise_state(
@@ -39,44 +44,38 @@ def promise_state(
     return "ok"
 
 
-def _mapped(value: Any) -> bool | None:
-    return None if value is None else bool(value)
-
-
-def task_entries(
-    rows: Iterable[Mapping[str, Any]], now: float, config: Config
-) -> list[dict[str, Any]]:
+def task_entries(rows: Iterable[TaskRecord], now: float, config: Config) -> list[dict[str, Any]]:
     """One JSON-able entry per task (the contract's `tasks --json` fields and more)."""
     warn = config.hub.stale_warning_seconds
     entries = []
     for r in rows:
-        promise = promise_state(r["status"], r["update_time"], r["next_update_seconds"], now, warn)
+        promise = promise_state(r.status, r.update_time, r.next_update_seconds, now, warn)
         due = None
-        if promise is not None:
-            due = r["update_time"] + (r["next_update_seconds"] or 0)
+        if promise is not None and r.update_time is not None:
+            due = r.update_time + (r.next_update_seconds or 0)
         entries.append(
             {
-                "stream": r["stream"],
-                "task": r["task"],
-                "status": r["status"],
-                "progress_percent": r["percent"],
-                "status_detail": r["detail"],
-                "update_date_time": iso(r["update_time"]),
-                "sent_at": iso(r["sent_at"]),
-                "pending": r["pending"],
-                "mapped": _mapped(r["mapped"]),
-                "configuration_id": r["configuration_id"],
-                "artifacts": json.loads(r["artifacts"] or "[]"),
+                "stream": r.stream,
+                "task": r.task,
+                "status": r.status,
+                "progress_percent": r.percent,
+                "status_detail": r.detail,
+                "update_date_time": iso(r.update_time),
+                "sent_at": iso(r.sent_at),
+                "pending": r.pending,
+                "mapped": r.mapped,
+                "configuration_id": r.configuration_id,
+                "artifacts": list(r.artifacts),
                 "stale": promise == "stale",
                 "promise": promise,
                 "next_update_due": iso(due),
-                "last_error": r["last_error"],
+                "last_error": r.last_error,
             }
         )
     return entries
 
 
-def task_health(rows: Iterable[Mapping[str, Any]], now: float, config: Config) -> dict[str, Any]:
+def task_health(rows: Iterable[TaskRecord], now: float, config: Config) -> dict[str, Any]:
     """Per-stream stale/lapsing counts and the unmapped total."""
     streams: dict[str, dict[str, int]] = {}
     unmapped = 0
@@ -91,23 +90,26 @@ def task_health(rows: Iterable[Mapping[str, Any]], now: float, config: Config) -
 
 
 def status_report(
-    counts: Mapping[str, Any],
-    meta: Mapping[str, str | None],
+    counts: RowCounts,
+    gate: GateState,
     health: Mapping[str, Any],
     daemon_pid: int | None,
 ) -> dict[str, Any]:
     """The `status --json` document."""
-    blocked = meta.get("blocked_reason")
-    since = meta.get("blocked_since")
-    last = meta.get("last_success_at")
+    blocked = gate.blocked_reason
     return {
-        **counts,
+        "pending": counts.pending,
+        "sent": counts.sent,
+        "superseded": counts.superseded,
+        "delivered": counts.delivered,
+        "dead_letters": counts.dead_letters,
+        "oldest_pending_seconds": counts.oldest_pending_seconds,
         "blocked": blocked,
-        "blocked_code": meta.get("blocked_code") if blocked else None,
-        "blocked_since": iso(float(since)) if blocked and since else None,
-        "home_region": meta.get("home_region"),
-        "last_success": iso(float(last)) if last else None,
-        "outage_backoff": bool(meta.get("brake_attempts")),
+        "blocked_code": gate.blocked_code if blocked else None,
+        "blocked_since": iso(gate.blocked_since) if blocked else None,
+        "home_region": gate.home_region,
+        "last_success": iso(gate.last_success_at),
+        "outage_backoff": gate.brake_attempts > 0,
         "daemon_pid": daemon_pid,
         "tasks": sum(s["tasks"] for s in health["streams"].values()),
         "stale_tasks": sum(s["stale"] for s in health["streams"].values()),

@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -14,60 +12,33 @@ import pytest
 
 from reporter.emulator import Emulator
 
-ROOT = Path(__file__).resolve().parent.parent
-
-FAST = {
-    "publish": {
-        "interval_seconds": 0.2,
-        "backoff_base_seconds": 0.1,
-        "backoff_max_seconds": 1.0,
-        "blocked_recheck_seconds": 0.5,
-        "stop_timeout_seconds": 2.0,
-    },
-    "outbox": {"lease_seconds": 2.0},
-    "mapping": {"check_after_seconds": 0.2, "unmapped_after_seconds": 2.0,
-                "max_check_interval_seconds": 0.5},
-}
-
-
-def toml_text(sections: dict[str, dict[str, Any]]) -> str:
-    """Render nested dicts as TOML (strings, numbers, booleans)."""
-    lines = []
-    for section, values in sections.items():
-        lines.append(f"[{section}]")
-        for key, value in values.items():
-            if isinstance(value, bool):
-                text = "true" if value else "false"
-            elif isinstance(value, str):
-                text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
-            else:
-                text = repr(value)
-            lines.append(f"{key} = {text}")
-    return "\n".join(lines) + "\n"
+from .helpers import FAST, ROOT, Cli, child_env, toml_text
 
 
 @pytest.fixture
-def hub() -> Iterator[Emulator]:
+def standin() -> Iterator[Emulator]:
     """A Migration Hub stand-in on 127.0.0.1 with home Region us-west-2."""
     with Emulator(map_delay=0.3) as emulator:
         yield emulator
 
 
+
 @pytest.fixture
-def aws_env(hub: Emulator, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+def aws_env(standin: Emulator, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     """Environment that points boto3 (in-process and in children) at the stand-in."""
     env = {
         "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
         "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
         "AWS_REGION": "us-east-1",
         "AWS_EC2_METADATA_DISABLED": "true",
-        **hub.environment(),
+        **standin.environment(),
     }
     for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION"):
         monkeypatch.delenv(key, raising=False)
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env
+
 
 
 @pytest.fixture
@@ -91,10 +62,12 @@ def make_config(tmp_path: Path) -> Callable[..., Path]:
     return make
 
 
+
 @pytest.fixture
 def config_path(make_config: Callable[..., Path]) -> Path:
     """The default test config."""
     return make_config()
+
 
 
 @pytest.fixture
@@ -102,17 +75,6 @@ def outbox_path(tmp_path: Path) -> Path:
     """Where the default test config puts the outbox."""
     return tmp_path / "outbox.db"
 
-
-def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The current environment (with the stand-in's variables) for a child process."""
-    env = dict(os.environ)
-    env.pop("NOTIFY_SOCKET", None)
-    env.pop("WATCHDOG_USEC", None)
-    env.update(extra or {})
-    return env
-
-
-Cli = Callable[..., subprocess.CompletedProcess[str]]
 
 
 @pytest.fixture
@@ -126,23 +88,3 @@ def cli(aws_env: dict[str, str], config_path: Path) -> Cli:
                               env=child_env(env), cwd=ROOT)
 
     return run
-
-
-def start_daemon(config: Path, env: dict[str, str] | None = None,
-                 stderr: Any = subprocess.PIPE) -> subprocess.Popen[str]:
-    """`mgh-reporter run` as a real background process."""
-    return subprocess.Popen(
-        [sys.executable, "-m", "reporter", "--config", str(config), "run"],
-        stdout=subprocess.PIPE, stderr=stderr, text=True, env=child_env(env), cwd=ROOT,
-    )
-
-
-def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
-    """Poll until predicate() is truthy; fail the test on timeout."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise AssertionError(f"condition not met within {timeout}s")

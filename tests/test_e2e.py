@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import subprocess
+import sys
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,9 +13,13 @@ from typing import Any
 
 import pytest
 
+from reporter.config import AwsConfig
 from reporter.emulator import Emulator
+from reporter.errors import Outcome
+from reporter.hub import Hub, HubError
+from reporter.outbox import Outbox
 
-from .conftest import Cli
+from .helpers import ROOT, Cli, child_env, insert, status_json
 
 CONTRACT_DDL = """
 CREATE TABLE outbox (
@@ -32,26 +38,7 @@ CREATE TABLE outbox (
 """
 
 
-def insert(path: Path, **values: Any) -> int:
-    """INSERT one row the way a host tool in any language would."""
-    conn = sqlite3.connect(path, timeout=5)
-    with conn:
-        cur = conn.execute(
-            f"INSERT INTO outbox ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
-            list(values.values()),
-        )
-    conn.close()
-    return int(cur.lastrowid or 0)
-
-
-def status_json(cli: Cli, code: int = 0) -> dict[str, Any]:
-    result = cli("status", "--json")
-    assert result.returncode == code, result.stderr
-    data: dict[str, Any] = json.loads(result.stdout)
-    return data
-
-
-def test_drain_delivers_mixed_backlog(cli: Cli, hub: Emulator, outbox_path: Path):
+def test_drain_delivers_mixed_backlog(cli: Cli, standin: Emulator, outbox_path: Path):
     """Rows of both kinds, many tasks, two streams: each task ends at its last row, with defaults."""
     assert cli("init").returncode == 0
     expected: dict[tuple[str, str], dict[str, Any]] = {}
@@ -74,9 +61,9 @@ def test_drain_delivers_mixed_backlog(cli: Cli, hub: Emulator, outbox_path: Path
         expected[(stream or "ToolA", task)] = last
     result = cli("drain", "--timeout", "30")
     assert result.returncode == 0, result.stderr
-    assert set(hub.state.streams) == {"ToolA", "ToolB"}
+    assert set(standin.state.streams) == {"ToolA", "ToolB"}
     for (stream, task), last in expected.items():
-        record = hub.state.task(stream, task)
+        record = standin.state.task(stream, task)
         final = record.updates[-1]
         assert final["Task"] == {"Status": "COMPLETED", "ProgressPercent": 100}
         assert final["NextUpdateSeconds"] == last.get("next_update_seconds", 3600)
@@ -91,12 +78,12 @@ def test_drain_delivers_mixed_backlog(cli: Cli, hub: Emulator, outbox_path: Path
     assert report["pending"] == 0 and report["delivered"] == 12 * 5
     assert report["dead_letters"] == 0 and report["blocked"] is None
     assert report["oldest_pending_seconds"] is None
-    assert hub.state.op_count("CreateProgressUpdateStream") == 2
-    assert hub.state.op_count("ImportMigrationTask") == 12
+    assert standin.state.op_count("CreateProgressUpdateStream") == 2
+    assert standin.state.op_count("ImportMigrationTask") == 12
     assert times == sorted(times)
 
 
-def test_shell_writers_and_python_api(cli: Cli, hub: Emulator, outbox_path: Path):
+def test_shell_writers_and_python_api(cli: Cli, standin: Emulator, outbox_path: Path):
     """notify, put-attributes and associate-artifact queue rows that drain delivers."""
     assert cli("init").returncode == 0
     arn = "arn:aws:ec2:us-west-2:123456789012:instance/i-0123456789abcdef0"
@@ -111,19 +98,18 @@ def test_shell_writers_and_python_api(cli: Cli, hub: Emulator, outbox_path: Path
         result = cli(*args)
         assert result.returncode == 0, result.stderr
         assert result.stdout.startswith("queued row ")
-    from reporter.outbox import Outbox
 
     Outbox(outbox_path).task_state("db-2", "NOT_STARTED", detail="line1\nline2")
     assert cli("drain").returncode == 0
-    shell = hub.state.task("Shell", "db-1").updates[-1]
+    shell = standin.state.task("Shell", "db-1").updates[-1]
     assert shell["Task"] == {"Status": "IN_PROGRESS", "StatusDetail": "copying", "ProgressPercent": 30}
     assert shell["NextUpdateSeconds"] == 120
-    tool = hub.state.task("ToolA", "db-1")
+    tool = standin.state.task("ToolA", "db-1")
     assert tool.updates[-1]["Task"]["ProgressPercent"] == 31
     assert tool.attributes == [{"Type": "IPV4_ADDRESS", "Value": "10.0.0.5"},
                                {"Type": "FQDN", "Value": "db1.example.com"}]
     assert tool.artifacts == {arn: "target instance"}
-    assert hub.state.task("ToolA", "db-2").updates[-1]["Task"]["StatusDetail"] == "line1 line2"
+    assert standin.state.task("ToolA", "db-2").updates[-1]["Task"]["StatusDetail"] == "line1 line2"
 
 
 @pytest.mark.parametrize(("args", "needle"), [
@@ -144,7 +130,7 @@ def test_shell_writers_reject_bad_input(cli: Cli, args: list[str], needle: str, 
     assert sqlite3.connect(outbox_path).execute("SELECT count(*) FROM outbox").fetchone()[0] == 0
 
 
-def test_host_created_table_is_accepted(cli: Cli, hub: Emulator, outbox_path: Path):
+def test_host_created_table_is_accepted(cli: Cli, standin: Emulator, outbox_path: Path):
     """A table the host created with the contract DDL works; init adds the artifact columns."""
     conn = sqlite3.connect(outbox_path)
     conn.executescript(CONTRACT_DDL)
@@ -158,11 +144,11 @@ def test_host_created_table_is_accepted(cli: Cli, hub: Emulator, outbox_path: Pa
     columns = [r[1] for r in sqlite3.connect(outbox_path).execute("PRAGMA table_info(outbox)")]
     assert columns[-2:] == ["artifact_name", "artifact_description"]
     assert cli("drain").returncode == 0
-    assert hub.state.task("ToolA", "old-1").updates[-1]["Task"]["Status"] == "IN_PROGRESS"
+    assert standin.state.task("ToolA", "old-1").updates[-1]["Task"]["Status"] == "IN_PROGRESS"
 
 
 def test_malformed_rows_are_dead_lettered_while_valid_rows_flow(
-    cli: Cli, hub: Emulator, outbox_path: Path
+    cli: Cli, standin: Emulator, outbox_path: Path
 ):
     """Every kind of bad row is rejected with a reason; rows around them, same task too, flow."""
     assert cli("init").returncode == 0
@@ -181,7 +167,7 @@ def test_malformed_rows_are_dead_lettered_while_valid_rows_flow(
            progress_percent=20)
     result = cli("drain")
     assert result.returncode == 5, result.stderr
-    assert hub.state.task("ToolA", "t1").updates[-1]["Task"]["ProgressPercent"] == 20
+    assert standin.state.task("ToolA", "t1").updates[-1]["Task"]["ProgressPercent"] == 20
     letters = json.loads(cli("dead-letters", "list", "--json").stdout)
     assert [d["id"] for d in letters] == bad
     reasons = [d["reason"] for d in letters]
@@ -203,29 +189,29 @@ def test_malformed_rows_are_dead_lettered_while_valid_rows_flow(
     assert retried.returncode == 0 and "requeued 1 rows" in retried.stdout
     assert f"row {bad[0]} still rejected: status" in retried.stderr
     assert cli("drain").returncode == 5
-    assert list(hub.state.task("ToolA", "t1").artifacts) == [
+    assert list(standin.state.task("ToolA", "t1").artifacts) == [
         "arn:aws:ec2:us-west-2:123456789012:image/ami-1"]
     assert cli("dead-letters", "retry").returncode == 2
     assert cli("dead-letters", "retry", "999").returncode == 1
 
 
-def test_hub_refusal_is_dead_lettered(cli: Cli, hub: Emulator, outbox_path: Path):
+def test_hub_refusal_is_dead_lettered(cli: Cli, standin: Emulator, outbox_path: Path):
     """An InvalidInputException in the right region rejects that row, not the others."""
     assert cli("init").returncode == 0
-    hub.state.faults.update(invalid={"PutResourceAttributes"})
+    standin.state.faults.update(invalid={"PutResourceAttributes"})
     insert(outbox_path, kind="resource_attributes", migration_task_name="t1",
            resource_attributes='[{"Type": "FQDN", "Value": "a.b"}]')
     insert(outbox_path, kind="task_state", migration_task_name="t1", status="COMPLETED")
     assert cli("drain").returncode == 5
     letters = json.loads(cli("dead-letters", "list", "--json").stdout)
     assert "the Hub refused PutResourceAttributes" in letters[0]["reason"]
-    assert hub.state.task("ToolA", "t1").updates[-1]["Task"]["Status"] == "COMPLETED"
+    assert standin.state.task("ToolA", "t1").updates[-1]["Task"]["Status"] == "COMPLETED"
 
 
-def test_no_home_region_exits_4_then_delivers(cli: Cli, hub: Emulator, outbox_path: Path):
+def test_no_home_region_exits_4_then_delivers(cli: Cli, standin: Emulator, outbox_path: Path):
     """No home Region: exit 4 at once naming the cause, nothing lost; delivered once set."""
     assert cli("init").returncode == 0
-    hub.state.home_region = None
+    standin.state.home_region = None
     assert cli("notify", "t1", "--status", "IN_PROGRESS").returncode == 0
     started = time.monotonic()
     result = cli("drain", "--timeout", "60")
@@ -236,13 +222,13 @@ def test_no_home_region_exits_4_then_delivers(cli: Cli, hub: Emulator, outbox_pa
     assert report["pending"] == 1 and "home Region is not set" in report["blocked"]
     human = cli("status")
     assert human.returncode == 4 and "BLOCKED" in human.stdout
-    hub.state.home_region = "us-west-2"
+    standin.state.home_region = "us-west-2"
     assert cli("drain").returncode == 0
     assert status_json(cli)["blocked"] is None
-    assert hub.state.task("ToolA", "t1").updates
+    assert standin.state.task("ToolA", "t1").updates
 
 
-def test_wrong_region_exits_4_naming_home(cli: Cli, hub: Emulator, make_config: Any):
+def test_wrong_region_exits_4_naming_home(cli: Cli, standin: Emulator, make_config: Any):
     """An explicit region that is not the home Region blocks delivery and names the home Region."""
     config = make_config("eu.toml", hub={"region": "eu-west-1"})
     assert cli("init", config=config).returncode == 0
@@ -252,28 +238,25 @@ def test_wrong_region_exits_4_naming_home(cli: Cli, hub: Emulator, make_config: 
     assert "home Region is us-west-2" in result.stderr
 
 
-def test_home_region_moved_after_resolution_blocks(cli: Cli, hub: Emulator):
+def test_home_region_moved_after_resolution_blocks(cli: Cli, standin: Emulator):
     """InvalidInputException because the home Region changed is 'blocked', not a dead letter."""
     assert cli("init").returncode == 0
     assert cli("notify", "t1", "--status", "IN_PROGRESS").returncode == 0
     assert cli("drain").returncode == 0
-    from reporter.config import AwsConfig
-    from reporter.errors import Outcome
-    from reporter.hub import Hub, HubError
 
     client = Hub(AwsConfig())
     client.resolve_region()
-    hub.state.home_region = "ap-south-1"
+    standin.state.home_region = "ap-south-1"
     with pytest.raises(HubError) as err:
         client.import_task("ToolA", "t1")
     assert err.value.failure.outcome is Outcome.BLOCKED
     assert "ap-south-1" in err.value.failure.message
 
 
-def test_access_denied_exits_4(cli: Cli, hub: Emulator):
+def test_access_denied_exits_4(cli: Cli, standin: Emulator):
     """AccessDenied on a write blocks delivery (exit 4) naming it, keeping the row pending."""
     assert cli("init").returncode == 0
-    hub.state.faults.update(deny={"NotifyMigrationTaskState"})
+    standin.state.faults.update(deny={"NotifyMigrationTaskState"})
     assert cli("notify", "t1", "--status", "IN_PROGRESS").returncode == 0
     result = cli("drain")
     assert result.returncode == 4 and "access denied" in result.stderr
@@ -291,35 +274,35 @@ def test_no_credentials_exits_4(cli: Cli, tmp_path: Path):
     assert result.returncode == 4 and "no AWS credentials" in result.stderr
 
 
-def test_stream_deleted_at_hub_is_repaired(cli: Cli, hub: Emulator):
+def test_stream_deleted_at_hub_is_repaired(cli: Cli, standin: Emulator):
     """ResourceNotFound (stream gone at the Hub): re-create, re-import, send again."""
     assert cli("init").returncode == 0
     assert cli("notify", "t1", "--status", "IN_PROGRESS", "--percent", "1").returncode == 0
     assert cli("drain").returncode == 0
-    del hub.state.streams["ToolA"]
+    del standin.state.streams["ToolA"]
     assert cli("notify", "t1", "--status", "IN_PROGRESS", "--percent", "2").returncode == 0
     assert cli("drain").returncode == 0
-    assert hub.state.task("ToolA", "t1").updates[-1]["Task"]["ProgressPercent"] == 2
-    assert hub.state.op_count("CreateProgressUpdateStream") == 2
+    assert standin.state.task("ToolA", "t1").updates[-1]["Task"]["ProgressPercent"] == 2
+    assert standin.state.op_count("CreateProgressUpdateStream") == 2
 
 
-def test_drain_times_out_with_exit_3_during_outage(cli: Cli, hub: Emulator):
+def test_drain_times_out_with_exit_3_during_outage(cli: Cli, standin: Emulator):
     """A full outage leaves rows pending and drain exits 3 at its timeout."""
     assert cli("init").returncode == 0
     assert cli("notify", "t1", "--status", "IN_PROGRESS").returncode == 0
-    hub.state.faults.update(outage=True)
+    standin.state.faults.update(outage=True)
     result = cli("drain", "--timeout", "2")
     assert result.returncode == 3 and "still pending" in result.stderr
-    hub.state.faults.update(outage=False)
+    standin.state.faults.update(outage=False)
     assert cli("drain").returncode == 0
 
 
 def test_fault_injection_ends_with_every_task_at_its_last_row(
-    cli: Cli, hub: Emulator, outbox_path: Path
+    cli: Cli, standin: Emulator, outbox_path: Path
 ):
     """30% throttling + 10% 5xx + some dropped connections: every task ends at its last state."""
     assert cli("init").returncode == 0
-    hub.state.faults.update(throttle=0.3, server_error=0.1, drop=0.03, retry_after=0)
+    standin.state.faults.update(throttle=0.3, server_error=0.1, drop=0.03, retry_after=0)
     conn = sqlite3.connect(outbox_path)
     for round_ in range(5):
         for t in range(40):
@@ -330,18 +313,15 @@ def test_fault_injection_ends_with_every_task_at_its_last_row(
     result = cli("drain", "--timeout", "90", timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     for t in range(40):
-        updates = hub.state.task("ToolA", f"t{t}").updates
+        updates = standin.state.task("ToolA", f"t{t}").updates
         assert updates[-1]["Task"]["ProgressPercent"] == 80
         assert [u["UpdateDateTime"] for u in updates] == sorted(u["UpdateDateTime"] for u in updates)
-    assert hub.state.summary()["operations"].get("NotifyMigrationTaskState", 0) >= 40
+    assert standin.state.summary()["operations"].get("NotifyMigrationTaskState", 0) >= 40
 
 
 def test_demo_runs():
     """`mgh-reporter demo` runs the whole path and exits 0."""
-    import subprocess
-    import sys
 
-    from .conftest import ROOT, child_env
 
     result = subprocess.run([sys.executable, "-m", "reporter", "demo", "--tasks", "3"],
                             capture_output=True, text=True, timeout=90, env=child_env(), cwd=ROOT)

@@ -5,14 +5,17 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sqlite3
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import click
 import pytest
 
 from reporter.cli import cli as cli_group
+from reporter.store import Store
 
 ROOT = Path(__file__).resolve().parent.parent
 UNIT = ROOT / "systemd" / "mgh-reporter.service"
@@ -67,9 +70,7 @@ def test_containerfile_runs_the_daemon_as_non_root_with_a_healthcheck():
 def test_two_users_share_the_outbox_through_the_group():
     """Host tool and daemon as different users in one group: with a setgid 2770 directory and
     umask 007 both can write the database and its -wal/-shm files."""
-    import tempfile
 
-    from reporter.store import Store
 
     top = Path(tempfile.mkdtemp(prefix="mgh-share-"))
     os.chmod(top, 0o755)
@@ -90,7 +91,6 @@ def test_two_users_share_the_outbox_through_the_group():
         "c.execute(\"INSERT INTO outbox(kind,migration_task_name,status) "
         "VALUES ('task_state', ?, 'IN_PROGRESS')\", (sys.argv[2],)); c.commit()"
     )
-    import sqlite3
 
     daemon_side = sqlite3.connect(db)  # held open like the daemon's, so -wal/-shm persist
     daemon_side.execute("SELECT count(*) FROM outbox").fetchone()

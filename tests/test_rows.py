@@ -91,7 +91,7 @@ def test_task_name_limits(task: str, ok: bool):
     ("progress_percent", 101, "0..100"),
     ("progress_percent", 50.5, "integer"),
     ("progress_percent", "half", "integer"),
-    ("next_update_seconds", -1, ">= 0"),
+    ("next_update_seconds", -1, "0..2147483647"),
     ("next_update_seconds", "soon", "integer"),
     ("update_date_time", "yesterday", "ISO-8601"),
     ("update_date_time", "2026-11-25T10:00:00", "ISO-8601"),
@@ -121,6 +121,34 @@ def test_status_detail_is_normalised_not_rejected():
     assert len(req.detail) == 2500
 
 
+EPOCH_NOW = 1_800_000_000.0  # 2027-01-15T08:00:00Z
+
+
+@pytest.mark.parametrize(("overrides", "field", "rule"), [
+    ({"update_date_time": "9999-12-31T23:00:00Z"}, "update_date_time", "24 h in the future"),
+    ({"update_date_time": "2027-01-16T08:00:01Z"}, "update_date_time", "24 h in the future"),
+    ({"update_date_time": "1999-12-31T23:59:59Z"}, "update_date_time", "2000-01-01"),
+    ({"created_at": "1970-01-01T00:00:00Z"}, "created_at", "2000-01-01"),
+    ({"next_update_seconds": 2_147_483_648}, "next_update_seconds", "0..2147483647"),
+    ({"next_update_seconds": 10**18}, "next_update_seconds", "0..2147483647"),
+])
+def test_values_the_hub_cannot_hold_are_rejected_at_intake(
+    overrides: dict[str, Any], field: str, rule: str
+):
+    """Times beyond intake + 24 h or before 2000, and NextUpdateSeconds past the Hub's Integer,
+    are rejected with the rule before any call."""
+    result = to_request(state(**overrides), "Tool", 1, EPOCH_NOW)
+    assert isinstance(result, Problem) and result.field == field and rule in result.rule
+
+
+def test_the_bounds_themselves_are_accepted():
+    """Exactly intake + 24 h, 2000-01-01 and 2,147,483,647 are valid."""
+    for overrides in ({"update_date_time": "2027-01-16T08:00:00Z"},
+                      {"update_date_time": "2000-01-01T00:00:00Z"},
+                      {"next_update_seconds": 2_147_483_647}):
+        assert isinstance(to_request(state(**overrides), "Tool", 1, EPOCH_NOW), rows.StateUpdate)
+
+
 def test_created_at_fallback_must_parse():
     """Without update_date_time, an unparseable created_at names created_at."""
     assert problem(state(created_at="garbage")).field == "created_at"
@@ -146,6 +174,8 @@ GOOD = [{"Type": "IPV4_ADDRESS", "Value": "10.0.0.1"}]
     ([{"Type": "MAC_ADDRESS", "Value": "00:11:22:33:44"}], "resource_attributes[0].Value", "MAC"),
     ([*GOOD, {"Type": "MAC_ADDRESS", "Value": "0011.2233.4455"}],
      "resource_attributes[1].Value", "MAC"),
+    *[([{"Type": "FQDN", "Value": f"db{ch}corp"}], "resource_attributes[0].Value", "FQDN")
+      for ch in "<>{}\\/?,=\x00\x1f\x7f"],
 ])
 def test_attribute_rejections(items: Any, field: str, rule: str):
     """Every attribute limit is enforced with the attribute's position named."""

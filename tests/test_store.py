@@ -14,10 +14,11 @@ import pytest
 from reporter import config as config_mod
 from reporter.emulator import Emulator
 from reporter.hub import Hub
+from reporter.outbox import BUSY_RETRIES, Outbox
 from reporter.relay import Relay
 from reporter.store import Ingested, Store, StoreError
 
-from .conftest import Cli
+from .helpers import Cli
 
 
 def test_missing_corrupt_foreign_and_incomplete_files(tmp_path: Path):
@@ -130,7 +131,6 @@ def test_prune_deletes_only_delivered_rows_past_retention(tmp_path: Path):
 def test_python_writer_retries_when_the_lock_outlasts_its_busy_timeout(cli: Cli, outbox_path: Path):
     """Outbox() tries again when another writer holds the lock past one busy timeout, and
     reports a clear error (nothing half-written) when it is held past every try."""
-    from reporter.outbox import BUSY_RETRIES, Outbox
 
     assert cli("init").returncode == 0
     holder = sqlite3.connect(outbox_path, isolation_level=None, check_same_thread=False)
@@ -156,7 +156,7 @@ def test_python_writer_retries_when_the_lock_outlasts_its_busy_timeout(cli: Cli,
 
 
 def test_every_statement_of_real_passes_is_an_index_search(
-    hub: Emulator, aws_env: dict[str, str], tmp_path: Path
+    standin: Emulator, aws_env: dict[str, str], tmp_path: Path
 ):
     """Trace every SQL statement the relay and the daemon's refresh run (busy passes, then idle
     ones, over a history of delivered and rejected rows) and EXPLAIN each: none may scan a
@@ -184,10 +184,9 @@ def test_every_statement_of_real_passes_is_an_index_search(
         for _ in range(6):  # busy passes, mapping checks, then idle ones
             if not relay.quiet():
                 relay.run_once()
-            store.pending_summary()
-            store.waiting_count()
+            store.backlog()
         store.conn.set_trace_callback(None)
-        assert hub.state.op_count("NotifyMigrationTaskState") == 150
+        assert standin.state.op_count("NotifyMigrationTaskState") == 150
         shapes = {re.sub(r"'[^']*'|\b\d+(\.\d+)?\b", "?", s): s for s in seen
                   if s.split()[0].upper() in ("SELECT", "UPDATE", "DELETE", "INSERT")}
         assert len(shapes) >= 10

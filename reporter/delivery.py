@@ -1,0 +1,268 @@
+"""One task's calls: its stream, the import first, then one ordered lane per kind (states,
+attribute lists, artifacts) with repair, and the outcome to record (no SQL)."""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import structlog
+
+from reporter import rows
+from reporter.config import Config
+from reporter.errors import Failure, HubError, Outcome
+from reporter.gate import CallResult
+from reporter.model import ClaimedTask, LaneResult, SentState, TaskOutcome
+from reporter.retry import Backoff, give_up_reason
+
+__all__ = ["MISSING_ROW", "Courier", "Delivery", "HubCalls", "StreamResult"]
+
+MISSING_ROW = "row deleted from the outbox before delivery"
+IMPORT = "ImportMigrationTask"
+
+
+class HubCalls(Protocol):
+    """The Hub calls a delivery makes (the `Hub` adapter; a fake in unit tests)."""
+
+    def create_stream(self, stream: str) -> None:
+        """CreateProgressUpdateStream."""
+
+    def import_task(self, stream: str, task: str) -> None:
+        """ImportMigrationTask."""
+
+    def send(self, request: rows.Request) -> None:
+        """The call a validated row becomes."""
+
+
+@dataclass
+class Delivery:
+    """One task's outcome, every call's result (for the gate) and a blocking failure if any."""
+
+    outcome: TaskOutcome
+    calls: list[CallResult] = field(default_factory=list)
+    blocked: Failure | None = None
+
+    @property
+    def failed(self) -> bool:
+        """True when some lane of the task failed this pass."""
+        return any(lane.attempts for lane in self.outcome.lanes) or self.blocked is not None
+
+
+@dataclass
+class StreamResult:
+    """What `ensure_streams` did: streams created and per-stream failures."""
+
+    created: list[str] = field(default_factory=list)
+    failures: dict[str, Failure] = field(default_factory=dict)
+    calls: list[CallResult] = field(default_factory=list)
+
+
+class Courier:
+    """Delivers claimed tasks; each task's lanes in row order, one call at a time."""
+
+    def __init__(
+        self,
+        hub: HubCalls,
+        config: Config,
+        stop: threading.Event,
+        clock: Callable[[], float],
+        rng: random.Random | None = None,
+    ) -> None:
+        self._hub = hub
+        self._config = config
+        self._stop = stop
+        self._clock = clock
+        self._rng = rng or random.Random()
+        publish = config.publish
+        self._backoff = Backoff(publish.backoff_base_seconds, publish.backoff_max_seconds)
+        self._log = structlog.get_logger("reporter.delivery")
+
+    def ensure_streams(self, streams: Iterable[str], known: set[str]) -> StreamResult:
+        """CreateProgressUpdateStream once for each valid stream not known to exist."""
+        result = StreamResult()
+        for stream in sorted(set(streams) - known):
+            if rows.check_stream(stream) is not None:
+                continue  # its rows are rejected with the rule
+            try:
+                self._hub.create_stream(stream)
+            except HubError as err:
+                result.failures[stream] = err.failure
+                result.calls.append(err.failure)
+                continue
+            result.calls.append(None)
+            result.created.append(stream)
+            self._log.info("stream_created", stream=stream)
+        return result
+
+    def deliver(self, task: ClaimedTask, stream_failure: Failure | None = None) -> Delivery:
+        """All due calls of one task: the import first, then each lane in row order. A failing
+        lane stops only itself; a lane still backing off is left alone."""
+        out = TaskOutcome(task.id, task.lease)
+        delivery = Delivery(out)
+        out.rejected = [(rid, MISSING_ROW) for rid in task.missing]
+        nus = self._config.hub.next_update_seconds
+        plan = rows.plan_task(
+            [(r.id, rows.to_request(r, task.stream, nus)) for r in task.rows],
+            task.last_state_row,
+            task.last_attributes_row,
+            task.associated,
+        )
+        out.superseded = plan.superseded
+        out.rejected += [(rid, p.reason) for rid, p in plan.rejected]
+        now = self._clock()
+        due = [r for r in plan.send if (task.lane(r.kind).retry_at or 0.0) <= now]
+        if not due or self._stop.is_set():
+            return delivery
+        failed: dict[rows.Kind, tuple[Failure, str, int]] = {}
+        if stream_failure is not None:  # made on behalf of the first due row, like the import
+            self._fail_all(deque(due), failed, stream_failure, "CreateProgressUpdateStream", due[0])
+        else:
+            self._run_lanes(task, deque(due), delivery, failed)
+        if delivery.blocked is None:
+            self._settle(task, due, failed, delivery)
+        return delivery
+
+    def _run_lanes(
+        self,
+        task: ClaimedTask,
+        queue: deque[rows.Request],
+        delivery: Delivery,
+        failed: dict[rows.Kind, tuple[Failure, str, int]],
+    ) -> None:
+        out = delivery.outcome
+        imported, repaired = task.imported, False
+        log = self._log.bind(stream=task.stream, task=task.task)
+        while queue:
+            request = queue[0]
+            if request.kind in failed:
+                queue.popleft()
+                continue
+            if self._stop.is_set():
+                return  # untried rows stay due at once
+            operation = IMPORT
+            try:
+                if not imported:
+                    self._hub.import_task(task.stream, task.task)
+                    imported = out.imported = True
+                    delivery.calls.append(None)
+                    log.debug("task_imported")
+                operation = request.operation
+                self._hub.send(request)
+            except HubError as err:
+                failure = err.failure
+                delivery.calls.append(failure)
+                if failure.outcome is Outcome.REJECTED:
+                    reason = f"the Hub refused {err.operation}: {failure}"
+                    out.rejected.append((request.row_id, reason))
+                    log.warning("row_rejected", row=request.row_id, reason=reason)
+                    queue.popleft()
+                elif failure.outcome is Outcome.REPAIR and not repaired:
+                    repaired, imported = True, False
+                    log.info("repairing", operation=err.operation, error=str(failure))
+                    try:
+                        self._hub.create_stream(task.stream)
+                        delivery.calls.append(None)
+                    except HubError as again:
+                        delivery.calls.append(again.failure)
+                        self._fail_all(queue, failed, again.failure, again.operation, request)
+                        return
+                elif failure.outcome is Outcome.BLOCKED:
+                    delivery.blocked = failure
+                    return
+                elif operation == IMPORT:  # the import comes first: every lane waits for it
+                    self._fail_all(queue, failed, failure, operation, request)
+                    return
+                else:
+                    failed[request.kind] = (failure, operation, request.row_id)
+                    queue.popleft()
+                continue
+            delivery.calls.append(None)
+            queue.popleft()
+            self._sent(out, request)
+            log.debug("row_sent", row=request.row_id, operation=request.operation)
+
+    @staticmethod
+    def _fail_all(
+        queue: deque[rows.Request],
+        failed: dict[rows.Kind, tuple[Failure, str, int]],
+        failure: Failure,
+        operation: str,
+        head: rows.Request,
+    ) -> None:
+        """Charge the row whose call was tried; the other lanes wait without a charge."""
+        for request in queue:
+            if request.kind not in failed:
+                tried = request.row_id if request is head else -1
+                failed[request.kind] = (failure, operation, tried)
+
+    def _settle(
+        self,
+        task: ClaimedTask,
+        due: list[rows.Request],
+        failed: dict[rows.Kind, tuple[Failure, str, int]],
+        delivery: Delivery,
+    ) -> None:
+        """Each tried lane's new retry state; give up a row only if its own call kept failing.
+
+        Any successful call of the task is progress: the failing lanes count again from one.
+        """
+        out, now = delivery.outcome, self._clock()
+        progressed = any(result is None for result in delivery.calls)
+        for kind in sorted({r.kind for r in due}):
+            if kind not in failed:
+                out.lanes.append(LaneResult(kind, 0, None))
+                continue
+            failure, operation, row_id = failed[kind]
+            attempts = 1 if progressed else task.lane(kind).attempts + 1
+            give_up = None
+            if row_id >= 0:
+                out.failed_rows.append(row_id)
+                row = task.bookkeeping.get(row_id)
+                publish = self._config.publish
+                give_up = give_up_reason(
+                    (row.attempts if row else 0) + 1,
+                    now - (row.created_at if row else now),
+                    publish.max_attempts,
+                    publish.max_age_seconds,
+                    str(failure),
+                )
+            delay = self._backoff.delay(attempts, self._rng, failure.retry_after)
+            out.error = out.error or str(failure)[:500]
+            self._log.info(
+                "call_failed",
+                stream=task.stream,
+                task=task.task,
+                operation=operation,
+                kind=kind.value,
+                attempt=attempts,
+                error_code=failure.code,
+                error=failure.message[:300],
+                delay=round(delay, 3),
+                gave_up=give_up is not None,
+            )
+            if give_up is not None:
+                out.rejected.append((row_id, give_up))
+                out.lanes.append(LaneResult(kind, 0, None))
+            else:
+                out.lanes.append(LaneResult(kind, attempts, now + delay, str(failure)[:500]))
+
+    def _sent(self, out: TaskOutcome, request: rows.Request) -> None:
+        out.sent.append(request.row_id)
+        if isinstance(request, rows.StateUpdate):
+            out.state = SentState(
+                request.row_id,
+                request.status,
+                request.percent,
+                request.detail,
+                request.update_time.timestamp(),
+                request.next_update_seconds,
+            )
+        elif isinstance(request, rows.AttributesUpdate):
+            out.attributes_row = request.row_id
+            out.map_check_at = self._clock() + self._config.mapping.check_after_seconds
+        else:
+            out.artifacts.append(request.arn)

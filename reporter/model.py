@@ -1,0 +1,315 @@
+"""The typed records that cross the store boundary, and the store's verbs as a `Protocol`.
+
+The relay, gate, delivery, views and CLI speak only these types; each storage engine implements
+`OutboxStore` in one module that holds all of its SQL. Two facts are deliberately not part of the
+interface: that outbox ids commit in order (how a store finds rows not yet taken in is its own
+business), and that one process owns every lease (claims carry a token that `record` and
+`release` must present).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Protocol
+
+from reporter.rows import Kind, OutboxRow
+
+__all__ = [
+    "Backlog",
+    "ClaimedTask",
+    "DeadLetter",
+    "GateState",
+    "Ingested",
+    "LaneResult",
+    "LaneState",
+    "MappingCheck",
+    "OutboxStore",
+    "PendingRow",
+    "RowCounts",
+    "RowState",
+    "SentState",
+    "TaskOutcome",
+    "TaskRecord",
+]
+
+
+class RowState(StrEnum):
+    """Where an outbox row is in delivery (the one definition the SQL uses too)."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    SUPERSEDED = "superseded"
+    REJECTED = "rejected"
+
+
+@dataclass(frozen=True)
+class Ingested:
+    """A new outbox row as the relay judged it at intake."""
+
+    row_id: int
+    stream: str
+    task: str
+    kind: str
+    created_at: float
+    rejected: str | None = None
+    supersedes: bool = False
+
+
+@dataclass(frozen=True)
+class LaneState:
+    """One (task, kind) lane's retry state: consecutive failures and when it may try again."""
+
+    attempts: int = 0
+    retry_at: float | None = None
+
+
+@dataclass(frozen=True)
+class PendingRow:
+    """A waiting row's bookkeeping beside its outbox content."""
+
+    attempts: int
+    created_at: float
+
+
+@dataclass
+class ClaimedTask:
+    """A task leased for one pass, with its waiting rows and what the Hub already has."""
+
+    id: int
+    stream: str
+    task: str
+    lease: str
+    imported: bool = False
+    last_state_row: int | None = None
+    last_attributes_row: int | None = None
+    rows: list[OutboxRow] = field(default_factory=list)
+    bookkeeping: dict[int, PendingRow] = field(default_factory=dict)
+    missing: list[int] = field(default_factory=list)
+    associated: set[str] = field(default_factory=set)
+    lanes: dict[Kind, LaneState] = field(default_factory=dict)
+
+    def lane(self, kind: Kind) -> LaneState:
+        """The retry state of one lane (a fresh lane when none was recorded)."""
+        return self.lanes.get(kind, LaneState())
+
+
+@dataclass(frozen=True)
+class SentState:
+    """The task state the Hub now has (what `tasks` shows)."""
+
+    row: int
+    status: str
+    percent: int | None
+    detail: str | None
+    update_time: float
+    next_update_seconds: int
+
+
+@dataclass(frozen=True)
+class LaneResult:
+    """A lane's new retry state after a pass (attempts 0 and no retry time: healthy)."""
+
+    kind: Kind
+    attempts: int
+    retry_at: float | None
+    error: str | None = None
+
+
+@dataclass
+class TaskOutcome:
+    """What happened to one claimed task, recorded in one transaction with the pass's others."""
+
+    task_id: int
+    lease: str
+    sent: list[int] = field(default_factory=list)
+    superseded: list[tuple[int, str]] = field(default_factory=list)
+    rejected: list[tuple[int, str]] = field(default_factory=list)
+    failed_rows: list[int] = field(default_factory=list)
+    imported: bool = False
+    state: SentState | None = None
+    attributes_row: int | None = None
+    map_check_at: float | None = None
+    artifacts: list[str] = field(default_factory=list)
+    lanes: list[LaneResult] = field(default_factory=list)
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class GateState:
+    """The gate's persisted record: blocked and its recheck, the home Region and its lookup's
+    backoff, the outage brake, and the last successful call."""
+
+    blocked_code: str | None = None
+    blocked_reason: str | None = None
+    blocked_since: float | None = None
+    recheck_at: float = 0.0
+    home_region: str | None = None
+    region_attempts: int = 0
+    region_retry_at: float = 0.0
+    brake_attempts: int = 0
+    brake_until: float = 0.0
+    last_success_at: float | None = None
+
+
+@dataclass(frozen=True)
+class Backlog:
+    """What is not delivered yet: rows not taken in (`waiting`) and rows taken in (`queued`)."""
+
+    waiting: int
+    queued: int
+    oldest_created_at: float | None
+    dead_letters: int
+
+    @property
+    def pending(self) -> int:
+        """Every row that is neither delivered nor rejected."""
+        return self.waiting + self.queued
+
+
+@dataclass(frozen=True)
+class RowCounts:
+    """Row totals for `status`: delivered only once the row or a newer one of its lane was sent."""
+
+    pending: int
+    sent: int
+    superseded: int
+    dead_letters: int
+    oldest_pending_seconds: float | None
+
+    @property
+    def delivered(self) -> int:
+        """Rows whose content (or a newer one's) has reached the Hub."""
+        return self.sent + self.superseded
+
+
+@dataclass(frozen=True)
+class MappingCheck:
+    """A task whose auto-mapping should be checked now."""
+
+    task_id: int
+    stream: str
+    task: str
+    attributes_at: float
+    checks: int
+    unmapped_reported: bool
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A rejected row with its reason (and whether its outbox content is still there)."""
+
+    id: int
+    reason: str
+    kind: str
+    stream: str
+    task: str
+    attempts: int
+    rejected_at: float | None
+    present: bool
+
+
+@dataclass(frozen=True)
+class TaskRecord:
+    """One task as `tasks` and the staleness views see it."""
+
+    stream: str
+    task: str
+    status: str | None = None
+    percent: int | None = None
+    detail: str | None = None
+    update_time: float | None = None
+    next_update_seconds: int | None = None
+    sent_at: float | None = None
+    pending: int = 0
+    mapped: bool | None = None
+    configuration_id: str | None = None
+    artifacts: tuple[str, ...] = ()
+    last_error: str | None = None
+
+
+class OutboxStore(Protocol):
+    """The verbs the relay, gate, delivery, views and CLI use; one implementation per engine."""
+
+    def close(self) -> None:
+        """Release the connection."""
+
+    def data_version(self) -> int:
+        """A token that changes whenever another connection commits (cheap idle check)."""
+
+    # gate
+    def load_gate(self) -> GateState:
+        """The gate's persisted record (defaults when none was saved)."""
+
+    def save_gate(self, state: GateState) -> None:
+        """Persist the gate's record."""
+
+    # intake
+    def fetch_new(self, limit: int) -> list[OutboxRow]:
+        """Up to `limit` outbox rows not yet taken in, in row order."""
+
+    def ingest(self, items: Sequence[Ingested]) -> None:
+        """Take rows (as judged) into delivery state, so `fetch_new` never returns them again."""
+
+    # claims and outcomes
+    def next_wakeup(self) -> float | None:
+        """When the earliest task or mapping check becomes due (None: nothing scheduled)."""
+
+    def claim_due(self, limit: int, lease_seconds: float) -> list[ClaimedTask]:
+        """Lease up to `limit` due tasks for `lease_seconds`, with their waiting rows."""
+
+    def release(self, leases: Sequence[tuple[int, str]], due_at: float) -> None:
+        """Hand leased (task id, lease) pairs back untouched, due again at `due_at`."""
+
+    def record(self, outcomes: Sequence[TaskOutcome]) -> None:
+        """Record a pass's outcomes and end their leases."""
+
+    def mark_stream_created(self, stream: str) -> None:
+        """Remember that the Hub has this stream."""
+
+    def streams(self) -> set[str]:
+        """Streams known to exist at the Hub."""
+
+    # mapping
+    def due_mapping_checks(self, limit: int) -> list[MappingCheck]:
+        """Tasks whose auto-mapping should be checked now."""
+
+    def record_mapping(
+        self,
+        task_id: int,
+        mapped: bool | None,
+        configuration_id: str | None,
+        next_check_at: float | None,
+        unmapped_reported: bool,
+    ) -> None:
+        """Store the result of one ListDiscoveredResources check."""
+
+    # dead letters
+    def dead_letters(self, ids: Sequence[int] | None = None) -> list[DeadLetter]:
+        """Rejected rows (all, or those of `ids`)."""
+
+    def outbox_rows(self, ids: Sequence[int]) -> list[OutboxRow]:
+        """The outbox content of some rows."""
+
+    def requeue(self, valid: Sequence[int], invalid: Sequence[tuple[int, str]]) -> None:
+        """Put dead letters back in line (valid) or reject them again with a new reason."""
+
+    # views and maintenance
+    def backlog(self) -> Backlog:
+        """Cheap totals of what is not delivered yet (the hot-path view)."""
+
+    def counts(self) -> RowCounts:
+        """Row totals for `status`."""
+
+    def tasks(self, stream: str | None = None) -> list[TaskRecord]:
+        """One record per task."""
+
+    def rejected_since(self, since: float) -> int:
+        """Rows rejected at or after `since` (epoch seconds)."""
+
+    def prune(self, before: float, chunk: int = 2000) -> int:
+        """Delete delivered rows finished before `before`; returns the count."""
+
+    def checkpoint(self, mode: str = "PASSIVE") -> None:
+        """Engine housekeeping (SQLite: fold the WAL back)."""

@@ -1,0 +1,128 @@
+"""Helpers shared by the test modules: config files, the CLI and the daemon as real processes,
+rows inserted the way host tools do, and polling."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+
+FAST = {
+    "publish": {
+        "interval_seconds": 0.2,
+        "backoff_base_seconds": 0.1,
+        "backoff_max_seconds": 1.0,
+        "blocked_recheck_seconds": 0.5,
+        "stop_timeout_seconds": 2.0,
+    },
+    "outbox": {"lease_seconds": 2.0},
+    "mapping": {"check_after_seconds": 0.2, "unmapped_after_seconds": 2.0,
+                "max_check_interval_seconds": 0.5},
+}
+
+
+def toml_text(sections: dict[str, dict[str, Any]]) -> str:
+    """Render nested dicts as TOML (strings, numbers, booleans)."""
+    lines = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        for key, value in values.items():
+            if isinstance(value, bool):
+                text = "true" if value else "false"
+            elif isinstance(value, str):
+                text = '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+            else:
+                text = repr(value)
+            lines.append(f"{key} = {text}")
+    return "\n".join(lines) + "\n"
+
+
+def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    """The current environment (with the stand-in's variables) for a child process."""
+    env = dict(os.environ)
+    env.pop("NOTIFY_SOCKET", None)
+    env.pop("WATCHDOG_USEC", None)
+    env.update(extra or {})
+    return env
+
+
+Cli = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def start_daemon(config: Path, env: dict[str, str] | None = None,
+                 stderr: Any = subprocess.PIPE) -> subprocess.Popen[str]:
+    """`mgh-reporter run` as a real background process."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "reporter", "--config", str(config), "run"],
+        stdout=subprocess.PIPE, stderr=stderr, text=True, env=child_env(env), cwd=ROOT,
+    )
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:
+    """Poll until predicate() is truthy; fail the test on timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"condition not met within {timeout}s")
+
+
+def insert(path: Path, **values: Any) -> int:
+    """INSERT one row the way a host tool in any language would."""
+    conn = sqlite3.connect(path, timeout=5)
+    with conn:
+        cur = conn.execute(
+            f"INSERT INTO outbox ({', '.join(values)}) VALUES ({', '.join('?' * len(values))})",
+            list(values.values()),
+        )
+    conn.close()
+    return int(cur.lastrowid or 0)
+
+
+def status_json(cli: Cli, code: int = 0) -> dict[str, Any]:
+    """`status --json` as a dict, asserting its exit code."""
+    result = cli("status", "--json")
+    assert result.returncode == code, result.stderr
+    data: dict[str, Any] = json.loads(result.stdout)
+    return data
+
+
+def pending(path: Path) -> int:
+    """Rows not yet delivered or rejected (read straight from the file)."""
+    conn = sqlite3.connect(path, timeout=5)
+    try:
+        cursor = conn.execute("SELECT value FROM mgh_meta WHERE key='cursor'").fetchone()
+        waiting = conn.execute("SELECT count(*) FROM outbox WHERE id > ?",
+                               (int(cursor[0]) if cursor else 0,)).fetchone()[0]
+        return int(waiting) + int(conn.execute(
+            "SELECT count(*) FROM mgh_rows WHERE state='pending'").fetchone()[0])
+    finally:
+        conn.close()
+
+
+def fill(path: Path, tasks: int, rounds: int) -> None:
+    """INSERT `rounds` IN_PROGRESS states for each of `tasks` tasks (t0, t1, ...)."""
+    conn = sqlite3.connect(path, timeout=5)
+    with conn:
+        for r in range(rounds):
+            conn.executemany(
+                "INSERT INTO outbox(kind, migration_task_name, status, progress_percent)"
+                " VALUES ('task_state', ?, 'IN_PROGRESS', ?)",
+                [(f"t{t}", r) for t in range(tasks)],
+            )
+    conn.close()
+
+
+def attrs(*pairs: tuple[str, str]) -> str:
+    """The resource_attributes JSON of (Type, Value) pairs."""
+    return json.dumps([{"Type": t, "Value": v} for t, v in pairs])

@@ -1,0 +1,44 @@
+"""The stand-in Hub is never laxer than the service: the documented per-type formats of
+resource attributes are refused with InvalidInputException, over real HTTP via boto3."""
+
+from __future__ import annotations
+
+import boto3
+import pytest
+from botocore.exceptions import ClientError
+
+from reporter.emulator import Emulator
+
+
+@pytest.mark.parametrize(("kind", "value"), [
+    ("IPV4_ADDRESS", "256.0.0.1"),
+    ("IPV4_ADDRESS", "10.0.0"),
+    ("IPV6_ADDRESS", "fe80::zz"),
+    ("MAC_ADDRESS", "0011.2233.4455"),
+    ("FQDN", "db,corp"),
+    ("FQDN", "a=b"),
+    ("FQDN", "tab\there"),
+    ("FQDN", "del\x7f"),
+])
+def test_bad_attribute_values_are_refused(aws_env: dict[str, str], standin: Emulator,
+                                          kind: str, value: str):
+    """PutResourceAttributes with a value breaking its type's format is InvalidInputException."""
+    mgh = boto3.client("mgh", region_name="us-west-2")
+    mgh.create_progress_update_stream(ProgressUpdateStreamName="S")
+    mgh.import_migration_task(ProgressUpdateStream="S", MigrationTaskName="t1")
+    with pytest.raises(ClientError) as caught:
+        mgh.put_resource_attributes(ProgressUpdateStream="S", MigrationTaskName="t1",
+                                    ResourceAttributeList=[{"Type": kind, "Value": value}])
+    assert caught.value.response["Error"]["Code"] == "InvalidInputException"
+
+
+def test_good_attribute_values_are_accepted(aws_env: dict[str, str], standin: Emulator):
+    """Each documented format's valid values pass."""
+    mgh = boto3.client("mgh", region_name="us-west-2")
+    mgh.create_progress_update_stream(ProgressUpdateStreamName="S")
+    mgh.import_migration_task(ProgressUpdateStream="S", MigrationTaskName="t1")
+    values = [("IPV4_ADDRESS", "255.0.0.1"), ("IPV6_ADDRESS", "2001:db8::1"),
+              ("MAC_ADDRESS", "00-1A-2b-3C-4D-5E"), ("FQDN", "db1.corp.example")]
+    mgh.put_resource_attributes(ProgressUpdateStream="S", MigrationTaskName="t1",
+                                ResourceAttributeList=[{"Type": t, "Value": v} for t, v in values])
+    assert len(standin.state.task("S", "t1").attributes) == 4
