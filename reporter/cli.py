@@ -9,6 +9,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict
 from functools import wraps
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -39,18 +40,27 @@ def _fail(message: str, code: int = EXIT["error"]) -> None:
     sys.exit(code)
 
 
+def _config_path(ctx: click.Context) -> Path:
+    return config_mod.config_path(ctx.ensure_object(dict).get("config_path"))
+
+
 def _config(ctx: click.Context) -> Config:
+    """The validated config (loaded once per command; configures nothing)."""
     obj: dict[str, Any] = ctx.ensure_object(dict)
     if "config" not in obj:
-        path = config_mod.config_path(obj.get("config_path"))
         try:
-            obj["config"] = config_mod.load(path)
+            obj["config"] = config_mod.load(_config_path(ctx))
         except ConfigError as exc:
             _fail(str(exc))
-        cfg: Config = obj["config"]
-        logs.configure(cfg.log.level, cfg.log.format)
     result: Config = obj["config"]
     return result
+
+
+def _logging_config(ctx: click.Context) -> Config:
+    """The config, with the event log set up as it says (for the commands that deliver)."""
+    cfg = _config(ctx)
+    logs.configure(cfg.log.level, cfg.log.format)
+    return cfg
 
 
 def guarded(fn: F) -> F:
@@ -100,7 +110,7 @@ def run(ctx: click.Context) -> None:
     """Run the daemon until SIGTERM/SIGINT (graceful: exits 0)."""
     from reporter.daemon import run as run_daemon
 
-    code = run_daemon(_config(ctx))
+    code = run_daemon(_logging_config(ctx), _config_path(ctx))
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # abandoned in-flight calls must not hold the exit
@@ -118,9 +128,9 @@ def run(ctx: click.Context) -> None:
 @guarded
 def drain(ctx: click.Context, timeout: float) -> None:
     """Publish everything due now, retrying transient errors, then exit (0/1/3/4/5)."""
-    from reporter.daemon import drain as drain_outbox
+    from reporter.drain import drain as drain_outbox
 
-    sys.exit(drain_outbox(_config(ctx), timeout))
+    sys.exit(drain_outbox(_logging_config(ctx), timeout))
 
 
 def _writer(cfg: Config) -> Outbox:
@@ -370,9 +380,7 @@ def check(ctx: click.Context) -> None:
     """Prove config, outbox, credentials, home Region and permissions (changes nothing)."""
     from reporter.check import run_checks
 
-    obj = ctx.ensure_object(dict)
-    path = config_mod.config_path(obj.get("config_path"))
-    sys.exit(run_checks(path, click.echo))
+    sys.exit(run_checks(_config_path(ctx), click.echo))
 
 
 @cli.command()

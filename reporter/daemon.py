@@ -1,116 +1,57 @@
-"""The long-running service and `drain`: the schedule, the backlog loop, sd_notify, health."""
+"""`run`: the long-running service: the schedule, the backlog loop, reload, sd_notify, health."""
 
 from __future__ import annotations
 
 import os
-import sys
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any
+from datetime import datetime
+from pathlib import Path
 
 import sdnotify
 import structlog
 from apscheduler.executors.pool import ThreadPoolExecutor as JobExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
-from reporter.config import Config
-from reporter.hub import Hub
-from reporter.limiter import AdaptiveLimiter, RateLimiter
+from reporter import config as config_mod
+from reporter import logs
+from reporter.config import Config, ConfigError
 from reporter.metrics import Metrics, MetricsServer
 from reporter.process import EXIT, outbox_lock, stop_on_signals
 from reporter.relay import Relay
-from reporter.store import Store, StoreError
+from reporter.store import StoreError
 from reporter.views import task_health
+from reporter.wiring import build, rate_limiter
 
-__all__ = ["Service", "drain", "run"]
+__all__ = ["RESTART_ONLY", "Service", "run"]
 
 MAINTENANCE_SECONDS = 300.0
+# Settings a reload refuses to change (the running config stays): moving the outbox or the stream
+# under a running daemon would split one history in two; the Hub client is built once.
+RESTART_ONLY = (
+    ("outbox", "path"),
+    ("hub", "progress_update_stream"),
+    ("hub", "region"),
+    ("aws", None),
+)
 # A tick keeps passing while a backlog is due (not one batch per interval), for at most this long
 # before letting maintenance and the next tick in.
 BACKLOG_SECONDS = 10.0
 
 
-@dataclass
-class _Parts:
-    store: Store
-    hub: Hub
-    relay: Relay
-    limiter: AdaptiveLimiter
-
-
-def _build(config: Config, stop: threading.Event, metrics: Metrics | None) -> _Parts:
-    publish = config.publish
-    store = Store.open(config.outbox.path, config.outbox.busy_timeout_ms)
-    limiter = AdaptiveLimiter(publish.concurrency, publish.max_concurrency)
-    rate = RateLimiter(publish.max_requests_per_second) if publish.max_requests_per_second else None
-    hub = Hub(
-        config.aws,
-        config.hub.region,
-        observer=metrics.observe_call if metrics else None,
-        limiter=limiter,
-        rate=rate,
-    )
-    relay = Relay(store, hub, config, stop=stop)
-    return _Parts(store, hub, relay, limiter)
-
-
-def drain(config: Config, timeout: float) -> int:
-    """Publish everything due now, retrying transient errors, then exit with the contract's code.
-
-    Exit 5 counts only rows rejected since this drain started; a stop signal exits 3 and says so.
-    """
-    log = structlog.get_logger("reporter.drain")
-    stop = threading.Event()
-    deadline = time.monotonic() + timeout
-    with outbox_lock(config.outbox.path), stop_on_signals(stop):
-        parts = _build(config, stop, None)
-        started = parts.relay.clock()
-        parts.relay.recheck_now()  # a person may have fixed what blocked the last run
-        try:
-            while True:
-                result = parts.relay.run_once()
-                if result.blocked is not None:
-                    log.error(
-                        "drain_blocked",
-                        error_code=result.blocked.code,
-                        reason=result.blocked.message,
-                    )
-                    print(f"delivery blocked: {result.blocked.message}", file=sys.stderr)
-                    return EXIT["blocked"]
-                pending = parts.store.backlog().pending
-                if pending == 0:
-                    rejected = parts.store.rejected_since(started)
-                    return EXIT["rejected"] if rejected else EXIT["ok"]
-                if stop.is_set():
-                    log.warning("drain_interrupted", pending=pending)
-                    print(f"interrupted: {pending} rows still pending", file=sys.stderr)
-                    return EXIT["pending"]
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    log.warning("drain_timeout", pending=pending, timeout=timeout)
-                    print(f"{pending} rows still pending at the timeout", file=sys.stderr)
-                    return EXIT["pending"]
-                status = parts.relay.status()
-                if result.busy and status.backlogged:
-                    continue
-                now = parts.relay.clock()
-                wait = 0.05 if status.wakeup is None else status.wakeup - now
-                stop.wait(min(max(wait, 0.05), left))
-        finally:
-            parts.relay.close()
-            parts.store.close()
-
-
 class Service:
     """`run`: a scheduled relay with health, metrics and systemd notifications."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, config_path: Path | None = None) -> None:
         self.config = config
+        self.config_path = config_path
         self.log = structlog.get_logger("reporter.daemon")
         self.stop = threading.Event()
+        self.reload_requested = threading.Event()
         self.metrics = Metrics()
-        self.parts = _build(config, self.stop, self.metrics)
+        self.parts = build(config, self.stop, self.metrics)
+        self._scheduler: BackgroundScheduler | None = None
+        self._server: MetricsServer | None = None
         self.notifier = sdnotify.SystemdNotifier()
         self.heartbeat = time.monotonic()
         self.store_problem: str | None = None
@@ -198,19 +139,62 @@ class Service:
             text = f"BLOCKED ({blocked.code}); pending {pending}"
         self.notifier.notify(f"STATUS={text}")
 
+    def reload(self) -> bool:
+        """SIGHUP: re-read the config file and apply it between passes. An invalid file, or one
+        that changes a restart-only setting, keeps the running config (logged with the reason).
+        Returns True when the new config is in force."""
+        if self.config_path is None:
+            self.log.warning("reload_ignored", reason="no config file to re-read")
+            return False
+        try:
+            new = config_mod.load(self.config_path)
+        except ConfigError as exc:
+            self.log.error("reload_failed", config=str(self.config_path), error=str(exc))
+            return False
+        changed = _restart_only_changes(self.config, new)
+        if changed:
+            self.log.error(
+                "reload_refused",
+                config=str(self.config_path),
+                changed=changed,
+                reason="these settings need a restart; the running config stays",
+            )
+            return False
+        with self._lock:  # between passes: nothing in flight
+            old, self.config = self.config, new
+            logs.configure(new.log.level, new.log.format)
+            parts = self.parts
+            parts.limiter.resize(new.publish.max_concurrency)
+            parts.hub.set_rate(rate_limiter(new.publish))
+            parts.relay.close()
+            parts.relay = Relay(parts.store, parts.hub, new, stop=self.stop)
+            if self._scheduler is not None:
+                self._scheduler.reschedule_job(
+                    "publish", trigger="interval", seconds=new.publish.interval_seconds
+                )
+            if new.metrics != old.metrics:
+                self._start_metrics()
+        self.log.info("reloaded", config=str(self.config_path))
+        return True
+
+    def _start_metrics(self) -> None:
+        if self._server is not None:
+            self._server.stop()
+            self._server = None
+        address = self.config.metrics.address
+        if address is not None:
+            self._server = MetricsServer(address, self.metrics, self.health)
+            self._server.start()
+
     def serve(self) -> int:
-        """Run until SIGTERM/SIGINT; exit 0 after a graceful stop."""
-        with stop_on_signals(self.stop):
+        """Run until SIGTERM/SIGINT (SIGHUP reloads); exit 0 after a graceful stop."""
+        with stop_on_signals(self.stop, self.reload_requested):
             return self._serve()
 
     def _serve(self) -> int:
         config = self.config
-        server = None
-        address = config.metrics.address
-        if address is not None:
-            server = MetricsServer(address, self.metrics, self.health)
-            server.start()
-        scheduler = BackgroundScheduler(
+        self._start_metrics()
+        scheduler = self._scheduler = BackgroundScheduler(
             executors={"default": JobExecutor(1)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
@@ -241,6 +225,11 @@ class Service:
         self.notifier.notify("READY=1\nSTATUS=started")
         beat = watchdog / 2 if watchdog else 1.0
         while not self.stop.wait(min(beat, 1.0)):
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self.notifier.notify("RELOADING=1")
+                self.reload()
+                self.notifier.notify("READY=1")
             alive = max(self.heartbeat, self.parts.relay.status().progress_at)
             if watchdog and time.monotonic() - alive < watchdog:
                 self.notifier.notify("WATCHDOG=1")
@@ -250,21 +239,30 @@ class Service:
         # A pass in flight sees the stop flag, records what finished and returns.
         acquired = self._lock.acquire(timeout=config.publish.stop_timeout_seconds + 1.5)
         self.parts.relay.close()
-        if server is not None:
-            server.stop()
+        if self._server is not None:
+            self._server.stop()
         if acquired:
             self.parts.store.close()
         self.log.info("stopped", clean=acquired)
         return EXIT["ok"]
 
 
-def _now() -> Any:
-    from datetime import datetime
-
+def _now() -> datetime:
     return datetime.now().astimezone()
 
 
-def run(config: Config) -> int:
-    """`mgh-reporter run`."""
+def _restart_only_changes(old: Config, new: Config) -> list[str]:
+    changed = []
+    for section, key in RESTART_ONLY:
+        before, after = getattr(old, section), getattr(new, section)
+        if key is None and before != after:
+            changed.append(f"[{section}]")
+        elif key is not None and getattr(before, key) != getattr(after, key):
+            changed.append(f"[{section}] {key}")
+    return changed
+
+
+def run(config: Config, config_path: Path | None = None) -> int:
+    """`mgh-reporter run` (SIGHUP re-reads `config_path`)."""
     with outbox_lock(config.outbox.path):
-        return Service(config).serve()
+        return Service(config, config_path).serve()

@@ -63,6 +63,10 @@ class Hub:
         self._mgh: Any = None
         self.region: str | None = None
 
+    def set_rate(self, rate: RateLimiter | None) -> None:
+        """Replace the hard rate cap (config reload)."""
+        self._rate = rate
+
     # -- regions ---------------------------------------------------------------------------
     def _config_client(self) -> Any:
         region = self._configured_region

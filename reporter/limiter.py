@@ -36,6 +36,13 @@ class AdaptiveLimiter:
         self._slow_start = True
         self._cond = threading.Condition()
 
+    def resize(self, high: int) -> None:
+        """A new ceiling (config reload); the adapted limit is kept within it."""
+        with self._cond:
+            self._high = high
+            self._limit = min(self._limit, float(high))
+            self._cond.notify_all()
+
     @property
     def limit(self) -> int:
         """The current whole number of calls allowed at once."""

@@ -66,12 +66,19 @@ def lock_holder(outbox: Path) -> int | None:
 
 
 @contextmanager
-def stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGTERM/SIGINT only set a flag; the main loop acts on it."""
-    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)}
+def stop_on_signals(
+    stop: threading.Event, reload: threading.Event | None = None
+) -> Iterator[None]:
+    """SIGTERM/SIGINT set `stop`, SIGHUP sets `reload` (or is ignored when there is none, so a
+    stray hang-up never kills us); the main loop acts on the flags."""
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
 
     def handler(signum: int, frame: Any) -> None:
-        stop.set()
+        if signum == signal.SIGHUP:
+            if reload is not None:
+                reload.set()
+        else:
+            stop.set()
 
     for s in previous:
         signal.signal(s, handler)

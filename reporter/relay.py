@@ -97,10 +97,6 @@ class Relay:
             last_success_at=gate.state.last_success_at,
         )
 
-    def recheck_now(self) -> None:
-        """Re-check a blocked state on the next pass instead of waiting for the slow schedule."""
-        self.gate.recheck_now()
-
     def close(self) -> None:
         """Stop the worker pool without waiting for abandoned calls."""
         self._pool.shutdown(wait=False, cancel_futures=True)
