@@ -44,6 +44,21 @@ def _ipv6(value: str) -> bool:
     return True
 
 
+GARBLE_KINDS = ("html", "truncated", "proxy502", "hang")
+PROXY_PAGE = (
+    b"<html><head><title>502 Bad Gateway</title></head><body><center><h1>502 Bad Gateway"
+    b"</h1></center><hr><center>corporate-proxy</center></body></html>"
+)
+
+
+class _Garbled(Exception):
+    """A request the network path mangles before it reaches the Hub."""
+
+    def __init__(self, kind: str) -> None:
+        super().__init__(kind)
+        self.kind = kind
+
+
 class ServiceError(Exception):
     """An error answer in the service's wire format."""
 
@@ -167,13 +182,22 @@ class Faults:
     deny: set[str] = field(default_factory=set)  # operation names, or "*"
     invalid: set[str] = field(default_factory=set)  # operations answered InvalidInputException
     fail_operations: set[str] = field(default_factory=set)  # operations answered 503, always
+    # A hostile network path, per request with probability `garble`: "html" (a proxy's 200 page),
+    # "truncated" (200 with JSON cut short), "proxy502" (a proxy's HTML 502), "hang" (accepted,
+    # never answered until the stand-in stops or `hang_seconds` pass). The Hub never sees it.
+    garble: float = 0.0
+    garble_kind: str = "html"
+    garble_only: set[str] = field(default_factory=set)  # operations to garble (empty: all)
+    hang_seconds: float = 60.0
 
     def update(self, **values: Any) -> None:
         """Change several faults at once (unknown names raise)."""
         for key, value in values.items():
             if not hasattr(self, key):
                 raise ValueError(f"unknown fault {key!r}")
-            sets = ("deny", "invalid", "fail_operations")
+            if key == "garble_kind" and value not in GARBLE_KINDS:
+                raise ValueError(f"garble_kind must be one of {', '.join(GARBLE_KINDS)}")
+            sets = ("deny", "invalid", "fail_operations", "garble_only")
             setattr(self, key, set(value) if key in sets else value)
 
 
@@ -322,11 +346,34 @@ class _Handler(BaseHTTPRequestHandler):
             return
         status, body, code = emulator.handle(target, region, params)
         if status == 0:  # a dropped connection
-            self.close_connection = True
-            with contextlib.suppress(OSError):
-                self.connection.shutdown(socket.SHUT_RDWR)
+            self._hang_up()
+            return
+        if status == -1:
+            self._garbled(body["kind"])
             return
         self._reply(status, body, code)
+
+    def _hang_up(self) -> None:
+        self.close_connection = True
+        with contextlib.suppress(OSError):
+            self.connection.shutdown(socket.SHUT_RDWR)
+
+    def _garbled(self, kind: str) -> None:
+        emulator = self.server.emulator
+        if kind == "hang":
+            emulator.stopping.wait(emulator.state.faults.hang_seconds)
+            self._hang_up()
+            return
+        status, data, content_type = {
+            "html": (200, PROXY_PAGE, "text/html"),
+            "truncated": (200, b'{"HomeRegion": "us-we', "application/x-amz-json-1.1"),
+            "proxy502": (502, PROXY_PAGE, "text/html"),
+        }[kind]
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
 
     def _control(self, what: str, raw: bytes) -> None:
         emulator = self.server.emulator
@@ -382,6 +429,7 @@ class Emulator:
         }
         self.validator = Validator()
         self.state = HubState(home_region, map_delay, seed)
+        self.stopping = threading.Event()
         self.clock = clock
         self._address = (host, port)
         self._server: _Server | None = None
@@ -396,7 +444,8 @@ class Emulator:
         return self
 
     def stop(self) -> None:
-        """Stop serving."""
+        """Stop serving (hung requests are let go)."""
+        self.stopping.set()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()
@@ -464,6 +513,10 @@ class Emulator:
         except _Drop:
             record["status"] = 0
             return 0, {}, None
+        except _Garbled as garbled:
+            record["status"] = -1
+            record["error"] = garbled.kind
+            return -1, {"kind": garbled.kind}, None
         except ServiceError as err:
             record["status"] = err.status
             record["error"] = err.code
@@ -476,6 +529,9 @@ class Emulator:
 
     def _faults(self, operation: str) -> None:
         faults, rng = self.state.faults, self.state.rng
+        garbled = not faults.garble_only or operation in faults.garble_only
+        if faults.garble and garbled and rng.random() < faults.garble:
+            raise _Garbled(faults.garble_kind)
         if faults.outage or operation in faults.fail_operations:
             raise ServiceError("ServiceUnavailableException", "service unavailable", 503)
         if faults.drop and rng.random() < faults.drop:

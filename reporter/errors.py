@@ -12,6 +12,7 @@ __all__ = [
     "HOME_REGION_NOT_SET",
     "THROTTLE_CODES",
     "Failure",
+    "GarbledResponse",
     "HubError",
     "Outcome",
     "classify",
@@ -75,6 +76,18 @@ class Failure:
         return self.code in THROTTLE_CODES
 
 
+class GarbledResponse(Exception):
+    """A success status whose body is not the operation's JSON (a proxy's page, a cut-off
+    answer): the call may not have reached the Hub, so it counts as a transient failure."""
+
+    def __init__(self, status: int, content_type: str, body: bytes) -> None:
+        snippet = body[:80].decode("utf-8", "replace").replace("\n", " ")
+        super().__init__(
+            f"HTTP {status} with a body that is not the operation's JSON"
+            f" (Content-Type {content_type or 'none'}): {snippet!r}"
+        )
+
+
 class HubError(Exception):
     """A classified failure of one Hub call."""
 
@@ -123,6 +136,8 @@ def classify(exc: BaseException) -> Failure:
         )
     if isinstance(exc, bx.NoRegionError):
         return Failure(Outcome.BLOCKED, "NoRegion", "no AWS region configured")
+    if isinstance(exc, GarbledResponse):
+        return Failure(Outcome.TRANSIENT, "GarbledResponse", str(exc))
     if isinstance(exc, bx.ParamValidationError):
         return Failure(Outcome.REJECTED, "ParamValidation", str(exc))
     if isinstance(exc, bx.BotoCoreError | OSError | TimeoutError):

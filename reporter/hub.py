@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -11,7 +12,14 @@ import boto3
 from botocore.config import Config as BotoConfig
 
 from reporter.config import AwsConfig
-from reporter.errors import HOME_REGION_NOT_SET, Failure, HubError, Outcome, classify
+from reporter.errors import (
+    HOME_REGION_NOT_SET,
+    Failure,
+    GarbledResponse,
+    HubError,
+    Outcome,
+    classify,
+)
 from reporter.limiter import AdaptiveLimiter, RateLimiter
 from reporter.rows import Request
 
@@ -28,6 +36,22 @@ CALL_OPERATIONS = (
 FALLBACK_REGION = "us-west-2"
 
 Observer = Callable[[str, str, float], None]  # (operation, outcome, seconds)
+
+
+def _check_body(response_dict: dict[str, Any], **_: Any) -> None:
+    """botocore `before-parse` hook: a 2xx answer must be a JSON object, else it did not come
+    from the Hub (a proxy's page, a truncated body) and must not count as delivered."""
+    status = int(response_dict.get("status_code") or 0)
+    if not 200 <= status < 300:
+        return
+    body = response_dict.get("body") or b""
+    try:
+        parsed = json.loads(body)
+    except ValueError:
+        parsed = None
+    if not isinstance(parsed, dict):
+        headers = response_dict.get("headers") or {}
+        raise GarbledResponse(status, str(headers.get("content-type", "")), bytes(body))
 
 
 def _snake(operation: str) -> str:
@@ -72,9 +96,12 @@ class Hub:
         region = self._configured_region
         if region == "auto":
             region = self._session.region_name or FALLBACK_REGION
-        return self._session.client(
-            "migrationhub-config", region_name=region, config=self._boto_config
-        )
+        return self._make_client("migrationhub-config", region)
+
+    def _make_client(self, service: str, region: str) -> Any:
+        client = self._session.client(service, region_name=region, config=self._boto_config)
+        client.meta.events.register("before-parse", _check_body)
+        return client
 
     def home_region(self) -> str | None:
         """The account's home Region from GetHomeRegion (None when it is not set)."""
@@ -102,7 +129,7 @@ class Hub:
             )
         with self._lock:
             if self.region != home or self._mgh is None:
-                self._mgh = self._session.client("mgh", region_name=home, config=self._boto_config)
+                self._mgh = self._make_client("mgh", home)
                 self.region = home
         return home
 
