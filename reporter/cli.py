@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from reporter import config as config_mod
-from reporter import logs, views
+from reporter import live, logs, views
 from reporter.config import Config, ConfigError
 from reporter.outbox import Outbox, OutboxValueError
 from reporter.process import EXIT, LockError, lock_holder, stop_on_signals
@@ -98,7 +98,7 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 @guarded
 def init(ctx: click.Context) -> None:
     """Create the outbox file, table and the daemon's own tables (idempotent)."""
-    cfg = _config(ctx)
+    cfg = _logging_config(ctx)
     Store.create(cfg.outbox.path, cfg.outbox.busy_timeout_ms).close()
     click.echo(f"outbox ready: {cfg.outbox.path}")
 
@@ -225,40 +225,66 @@ def _open(cfg: Config) -> Store:
 @click.pass_context
 @guarded
 def status(ctx: click.Context, as_json: bool) -> None:
-    """Backlog, delivery health, dead letters, stale and unmapped tasks.
+    """Backlog, delivery health, dead letters, stale and unmapped tasks, the daemon's own word.
 
-    Exits 4 while delivery is blocked (as `drain` would), so it can serve as a health check.
+    Exits 1 while the outbox is unusable (unreadable, full, replaced, gone), 4 while delivery is
+    blocked (as `drain` would), 0 otherwise: it can serve as a health check.
     """
     cfg = _config(ctx)
-    store = _open(cfg)
+    now = time.time()
+    state = live.read_freshest(live.candidates(cfg.outbox.live_state_path, cfg.outbox.path))
+    counts = gate = health = None
+    error = None
     try:
-        now = time.time()
-        health = views.task_health(store.tasks(), now, cfg)
-        report = views.status_report(
-            store.counts(), store.load_gate(), health, lock_holder(cfg.outbox.path)
-        )
-    finally:
-        store.close()
+        store = _open(cfg)
+        try:
+            health = views.task_health(store.tasks(), now, cfg)
+            counts, gate = store.counts(), store.load_gate()
+            wal = store.wal_bytes()
+        finally:
+            store.close()
+    except StoreError as exc:
+        error, wal = str(exc), 0
+    report = views.status_report(
+        counts,
+        gate,
+        health,
+        lock_holder(cfg.outbox.path),
+        state,
+        now,
+        (wal, cfg.outbox.wal_warning_bytes),
+        error,
+    )
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
         _print_status(report, cfg)
+    if report["outbox_unusable"]:
+        click.echo(f"mgh-reporter: {report['outbox_unusable']}", err=True)
+        ctx.exit(EXIT["error"])
     if report["blocked"]:
         ctx.exit(EXIT["blocked"])
 
 
 def _print_status(report: dict[str, Any], cfg: Config) -> None:
     console = _console()
-    if report["blocked"]:
+    if report["outbox_unusable"]:
+        headline = f"[bold red]OUTBOX UNUSABLE[/]: {report['outbox_unusable']}"
+    elif report["blocked"]:
         headline = f"[bold red]BLOCKED[/] since {report['blocked_since']}: {report['blocked']}"
     elif report["outage_backoff"]:
         headline = "[bold yellow]BACKING OFF[/]: every call is failing; probing at a slow pace"
     else:
         headline = "[bold green]delivering[/]"
-    pid = report["daemon_pid"]
+    pid, daemon = report["daemon_pid"], report["daemon"]
     console.print(f"mgh-reporter  {cfg.outbox.path}")
     console.print(f"  state        {headline}")
-    console.print(f"  daemon       {'pid ' + str(pid) if pid else 'not running'}")
+    beat = ""
+    if pid and daemon and daemon["running"]:
+        beat = f", heartbeat {daemon['heartbeat_age_seconds']:.0f}s ago"
+    console.print(f"  daemon       {'pid ' + str(pid) + beat if pid else 'not running'}")
+    for warning in report["warnings"]:
+        console.print(f"  [bold yellow]warning[/]      {warning}")
     console.print(f"  home region  {report['home_region'] or 'unknown yet'}")
     oldest = report["oldest_pending_seconds"]
     console.print(

@@ -45,6 +45,8 @@ class OutboxConfig:
     busy_timeout_ms: int = 5000
     batch_size: int = 500
     lease_seconds: float = 60.0
+    live_state_path: Path | None = None
+    wal_warning_bytes: int = 64 * 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -183,6 +185,8 @@ _RULES: dict[str, dict[str, tuple[tuple[type, ...], Check | None]]] = {
         "busy_timeout_ms": ((int,), _positive),
         "batch_size": ((int,), lambda v: None if 1 <= v <= 10000 else "must be 1..10000"),
         "lease_seconds": ((int, float), _positive),
+        "live_state_path": ((str,), lambda v: None if v else "must not be empty"),
+        "wal_warning_bytes": ((int,), _positive),
     },
     "hub": {
         "progress_update_stream": ((str,), _stream),
@@ -284,11 +288,12 @@ def parse(data: Mapping[str, Any], where: str = "config", base_dir: Path | None 
             "(the name your migration tool shows under in Migration Hub)"
         )
     outbox = sections.setdefault("outbox", {})
-    if "path" in outbox:
-        path = Path(os.path.expanduser(outbox["path"]))
-        if not path.is_absolute() and base_dir is not None:
-            path = base_dir / path
-        outbox["path"] = path
+    for key in ("path", "live_state_path"):
+        if key in outbox:
+            path = Path(os.path.expanduser(outbox[key]))
+            if not path.is_absolute() and base_dir is not None:
+                path = base_dir / path
+            outbox[key] = path
     publish = sections.get("publish", {})
     if publish.get("max_concurrency", 32) < publish.get("concurrency", 8):
         raise _fail(

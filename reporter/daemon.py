@@ -14,12 +14,13 @@ from apscheduler.executors.pool import ThreadPoolExecutor as JobExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from reporter import config as config_mod
-from reporter import logs
+from reporter import live, logs
 from reporter.config import Config, ConfigError
 from reporter.metrics import Metrics, MetricsServer
+from reporter.model import Backlog
 from reporter.process import EXIT, outbox_lock, stop_on_signals
 from reporter.relay import Relay
-from reporter.store import StoreError
+from reporter.store import Store, StoreError
 from reporter.views import task_health
 from reporter.wiring import build, rate_limiter
 
@@ -37,6 +38,18 @@ RESTART_ONLY = (
 # A tick keeps passing while a backlog is due (not one batch per interval), for at most this long
 # before letting maintenance and the next tick in.
 BACKLOG_SECONDS = 10.0
+# How often the outbox's identity is checked (deleted or replaced under us).
+OUTBOX_CHECK_SECONDS = 5.0
+# The WAL: checked every WAL_SECONDS; past WAL_TRUNCATE_BYTES it is truncated back, waiting at
+# most CHECKPOINT_BUSY_MS for readers, so a reader that held checkpoints back costs nothing once
+# it is gone.
+WAL_SECONDS = 5.0
+WAL_TRUNCATE_BYTES = 4 * 1024 * 1024
+CHECKPOINT_BUSY_MS = 200
+OUTBOX_LOST_HINT = (
+    "restore the file, or run `mgh-reporter init` for a new one; delivery resumes by itself "
+    "once a valid outbox is back at this path (rows in the lost file are not in the new one)"
+)
 
 
 class Service:
@@ -57,6 +70,14 @@ class Service:
         self.store_problem: str | None = None
         self.last_outcome = "starting"
         self._lock = threading.Lock()
+        self._backlog: Backlog | None = None
+        self._next_file_check = 0.0
+        self._live_path = live.daemon_path(config.outbox.live_state_path, config.outbox.path)
+        self._live_error: str | None = None
+        self._wal_warned = False
+        self._next_wal_check = 0.0
+        self._problem_cause: str | None = None
+        self._lost = False
 
     def health(self) -> str | None:
         """None while delivering normally; else why not (exit-4 causes, a broken store)."""
@@ -65,16 +86,19 @@ class Service:
 
     def tick(self) -> None:
         """One scheduled pass (never raises: a failed pass is logged and retried next tick)."""
-        relay = self.parts.relay
         self.heartbeat = time.monotonic()
         with self._lock:
             try:
+                if self._outbox_lost():
+                    return
+                self._tend_wal()
+                relay = self.parts.relay
                 if relay.quiet():
                     return
                 until = time.monotonic() + BACKLOG_SECONDS
                 while True:
                     result = relay.run_once()
-                    self.store_problem = None
+                    self._store_ok()
                     if result.busy or result.blocked:
                         self.last_outcome = (
                             f"blocked: {result.blocked.code}"
@@ -87,10 +111,107 @@ class Service:
                     if time.monotonic() >= until:
                         break
             except StoreError as exc:
-                relay.invalidate()
+                self.parts.relay.invalidate()
                 self._store_failed(exc, "publish")
             finally:
                 self.heartbeat = time.monotonic()
+                self._write_live()
+
+    def _outbox_lost(self) -> bool:
+        """Every few seconds: is the open file still the outbox at its path? If it was deleted or
+        replaced, say so once, stop writing to it, and reopen once a valid outbox is back."""
+        now = time.monotonic()
+        if now < self._next_file_check:
+            return False
+        self._next_file_check = now + OUTBOX_CHECK_SECONDS
+        problem = self.parts.store.file_problem()
+        if problem is None:
+            return False
+        if not self._lost:  # one loud event per loss, however it changes until it is back
+            self._lost = True
+            self.log.error("outbox_lost", error=problem, hint=OUTBOX_LOST_HINT)
+        self.store_problem = problem
+        self._next_file_check = 0.0  # keep checking every tick until it is back
+        return not self._reopen()
+
+    def _reopen(self) -> bool:
+        path = self.config.outbox.path
+        if not path.exists():
+            return False
+        try:
+            parts = build(self.config, self.stop, self.metrics)
+        except StoreError as exc:
+            if not exc.needs_init:
+                return False
+            try:
+                Store.create(path, self.config.outbox.busy_timeout_ms).close()
+                parts = build(self.config, self.stop, self.metrics)
+            except StoreError:
+                return False
+        old, self.parts = self.parts, parts
+        old.relay.close()
+        old.store.close()
+        self._lost = False
+        self._store_ok()
+        self.log.warning("outbox_reopened", outbox=str(path))
+        return True
+
+    def _write_live(self) -> None:
+        """Publish the live state outside the outbox (and the WAL gauge); never raises."""
+        relay, backlog = self.parts.relay.status(), self._backlog
+        wal = self.parts.store.wal_bytes()
+        self.metrics.wal_bytes.set(wal)
+        health, cause = "ok", None
+        if relay.blocked is not None:
+            health, cause = "blocked", relay.blocked.message
+        if self.store_problem is not None:
+            health, cause = "unusable", self.store_problem
+        state = live.LiveState(
+            health=health,
+            cause=cause,
+            heartbeat=time.time(),
+            pid=os.getpid(),
+            outbox=str(self.config.outbox.path),
+            interval_seconds=self.config.publish.interval_seconds,
+            pending=backlog.pending if backlog else None,
+            oldest_pending_seconds=None
+            if backlog is None or backlog.oldest_created_at is None
+            else round(max(0.0, time.time() - backlog.oldest_created_at), 3),
+            dead_letters=backlog.dead_letters if backlog else None,
+            outage_backoff=relay.braking,
+            last_success=relay.last_success_at,
+            wal_bytes=wal,
+        )
+        try:
+            live.write(self._live_path, state)
+            self._live_error = None
+        except OSError as exc:
+            if self._live_error != exc.strerror:
+                self.log.error("live_state_unwritable", path=str(self._live_path),
+                               error=exc.strerror)
+            self._live_error = exc.strerror
+
+    def _tend_wal(self) -> None:
+        """Every few seconds: warn while the WAL grows past the threshold; truncate it back when
+        readers allow (between passes; a reader is waited for at most CHECKPOINT_BUSY_MS)."""
+        now = time.monotonic()
+        if now < self._next_wal_check:
+            return
+        self._next_wal_check = now + WAL_SECONDS
+        store = self.parts.store
+        size = store.wal_bytes()
+        self.metrics.wal_bytes.set(size)
+        if size > self.config.outbox.wal_warning_bytes and not self._wal_warned:
+            self._wal_warned = True
+            self.log.warning(
+                "wal_growing",
+                wal_bytes=size,
+                hint="a long-lived read transaction on the outbox (a tool or sqlite3 shell) "
+                "holds checkpoints back; it is truncated once that reader ends",
+            )
+        if size > WAL_TRUNCATE_BYTES and store.checkpoint("TRUNCATE", busy_ms=CHECKPOINT_BUSY_MS):
+            self._wal_warned = False
+            self.log.info("wal_truncated", wal_bytes_before=size, wal_bytes=store.wal_bytes())
 
     def maintain(self) -> None:
         """Prune delivered rows past retention, checkpoint the WAL, refresh task gauges."""
@@ -106,18 +227,25 @@ class Service:
             except StoreError as exc:
                 self._store_failed(exc, "maintain")
 
+    def _store_ok(self) -> None:
+        if self.store_problem is not None:
+            self.log.info("store_recovered", previous_error=self.store_problem)
+        self.store_problem = self._problem_cause = None
+
     def _store_failed(self, exc: StoreError, job: str) -> None:
         """A busy lock is transient (next run retries); anything else makes us unhealthy."""
         if exc.busy:
             self.log.warning("store_busy", job=job, error=str(exc))
             return
-        if self.store_problem != str(exc):
+        if self._problem_cause != exc.cause:
             self.log.error("store_error", job=job, error=str(exc))
+        self._problem_cause = exc.cause
         self.store_problem = str(exc)
 
     def _refresh(self, tasks: bool = False) -> None:
         store, m = self.parts.store, self.metrics
         backlog, relay = store.backlog(), self.parts.relay.status()
+        self._backlog = backlog
         m.set_backlog(backlog)
         m.blocked.set(1 if relay.blocked else 0)
         m.backoff.set(1 if relay.braking else 0)
@@ -243,6 +371,7 @@ class Service:
             self._server.stop()
         if acquired:
             self.parts.store.close()
+            self._live_path.unlink(missing_ok=True)  # no daemon: nothing speaks for it
         self.log.info("stopped", clean=acquired)
         return EXIT["ok"]
 

@@ -107,9 +107,10 @@ class Courier:
         nus = self._config.hub.next_update_seconds
         plan = rows.plan_task(
             [(r.id, rows.to_request(r, task.stream, nus)) for r in task.rows],
-            task.last_state_row,
-            task.last_attributes_row,
+            task.state_floor,
+            task.attributes_floor,
             task.associated,
+            task.order(),
         )
         out.superseded = plan.superseded
         out.rejected += [(rid, p.reason) for rid, p in plan.rejected]
@@ -182,7 +183,7 @@ class Courier:
                 continue
             delivery.calls.append(None)
             queue.popleft()
-            self._sent(out, request)
+            self._sent(out, request, task)
             log.debug("row_sent", row=request.row_id, operation=request.operation)
 
     @staticmethod
@@ -250,11 +251,13 @@ class Courier:
             else:
                 out.lanes.append(LaneResult(kind, attempts, now + delay, str(failure)[:500]))
 
-    def _sent(self, out: TaskOutcome, request: rows.Request) -> None:
+    def _sent(self, out: TaskOutcome, request: rows.Request, task: ClaimedTask) -> None:
         out.sent.append(request.row_id)
+        seq = task.bookkeeping[request.row_id].seq
         if isinstance(request, rows.StateUpdate):
             out.state = SentState(
                 request.row_id,
+                seq,
                 request.status,
                 request.percent,
                 request.detail,
@@ -262,7 +265,7 @@ class Courier:
                 request.next_update_seconds,
             )
         elif isinstance(request, rows.AttributesUpdate):
-            out.attributes_row = request.row_id
+            out.attributes_row, out.attributes_seq = request.row_id, seq
             out.map_check_at = self._clock() + self._config.mapping.check_after_seconds
         else:
             out.artifacts.append(request.arn)

@@ -38,10 +38,10 @@ class Intake:
         self.behind = False
         while True:
             new = self._store.fetch_new(batch)
-            self._store.ingest([self._judge(row, now) for row in new])
-            total += len(new)
+            self._store.ingest([self._judge(row, now) for row in new.rows])
+            total += len(new.rows)
             self._on_progress()
-            if len(new) < batch:
+            if not new.more:
                 return total
             if time.monotonic() >= until:
                 self.behind = True

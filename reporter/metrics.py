@@ -77,6 +77,11 @@ class Metrics:
         self.last_success = Gauge(
             "mgh_reporter_last_success_timestamp_seconds", "When a call last succeeded", registry=r
         )
+        self.wal_bytes = Gauge(
+            "mgh_reporter_outbox_wal_bytes",
+            "Size of the outbox's -wal file (grows while a long-lived reader blocks checkpoints)",
+            registry=r,
+        )
         self._oldest_created: float | None = None
         self.oldest.set_function(self._oldest_age)
 

@@ -25,6 +25,7 @@ __all__ = [
     "LaneResult",
     "LaneState",
     "MappingCheck",
+    "NewRows",
     "OutboxStore",
     "PendingRow",
     "RowCounts",
@@ -58,6 +59,14 @@ class Ingested:
 
 
 @dataclass(frozen=True)
+class NewRows:
+    """A batch of outbox rows not taken in yet; `more` when others are waiting behind it."""
+
+    rows: list[OutboxRow]
+    more: bool
+
+
+@dataclass(frozen=True)
 class LaneState:
     """One (task, kind) lane's retry state: consecutive failures and when it may try again."""
 
@@ -67,10 +76,12 @@ class LaneState:
 
 @dataclass(frozen=True)
 class PendingRow:
-    """A waiting row's bookkeeping beside its outbox content."""
+    """A waiting row's bookkeeping beside its outbox content; `seq` is its place in insertion
+    order (what "newer" means: outbox ids may be reused)."""
 
     attempts: int
     created_at: float
+    seq: int
 
 
 @dataclass
@@ -82,8 +93,8 @@ class ClaimedTask:
     task: str
     lease: str
     imported: bool = False
-    last_state_row: int | None = None
-    last_attributes_row: int | None = None
+    state_floor: int | None = None  # insertion place of the state the Hub has
+    attributes_floor: int | None = None  # ... and of its attribute list
     rows: list[OutboxRow] = field(default_factory=list)
     bookkeeping: dict[int, PendingRow] = field(default_factory=dict)
     missing: list[int] = field(default_factory=list)
@@ -94,12 +105,17 @@ class ClaimedTask:
         """The retry state of one lane (a fresh lane when none was recorded)."""
         return self.lanes.get(kind, LaneState())
 
+    def order(self) -> dict[int, int]:
+        """Row id to insertion place, for coalescing."""
+        return {rid: row.seq for rid, row in self.bookkeeping.items()}
+
 
 @dataclass(frozen=True)
 class SentState:
     """The task state the Hub now has (what `tasks` shows)."""
 
     row: int
+    seq: int
     status: str
     percent: int | None
     detail: str | None
@@ -130,6 +146,7 @@ class TaskOutcome:
     imported: bool = False
     state: SentState | None = None
     attributes_row: int | None = None
+    attributes_seq: int | None = None
     map_check_at: float | None = None
     artifacts: list[str] = field(default_factory=list)
     lanes: list[LaneResult] = field(default_factory=list)
@@ -246,11 +263,13 @@ class OutboxStore(Protocol):
         """Persist the gate's record."""
 
     # intake
-    def fetch_new(self, limit: int) -> list[OutboxRow]:
-        """Up to `limit` outbox rows not yet taken in, in row order."""
+    def fetch_new(self, limit: int) -> NewRows:
+        """Up to `limit` outbox rows not yet taken in, in insertion order (never by id alone:
+        ids may be reused or commit out of order)."""
 
     def ingest(self, items: Sequence[Ingested]) -> None:
-        """Take rows (as judged) into delivery state, so `fetch_new` never returns them again."""
+        """Take the last fetched batch (as judged) into delivery state, so `fetch_new` never
+        returns those rows again (call it even when the batch was empty)."""
 
     # claims and outcomes
     def next_wakeup(self) -> float | None:
@@ -311,5 +330,11 @@ class OutboxStore(Protocol):
     def prune(self, before: float, chunk: int = 2000) -> int:
         """Delete delivered rows finished before `before`; returns the count."""
 
-    def checkpoint(self, mode: str = "PASSIVE") -> None:
-        """Engine housekeeping (SQLite: fold the WAL back)."""
+    def checkpoint(self, mode: str = "PASSIVE", busy_ms: int | None = None) -> bool:
+        """Engine housekeeping (SQLite: fold the WAL back); True when nothing was left over."""
+
+    def wal_bytes(self) -> int:
+        """Bytes of write-ahead log not folded back (0 where the engine has no such file)."""
+
+    def file_problem(self) -> str | None:
+        """Why the store no longer reaches the outbox its config names (deleted, replaced)."""

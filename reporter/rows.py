@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -398,19 +398,25 @@ class Plan:
 
 def plan_task(
     pending: Iterable[tuple[int, Request | Problem]],
-    last_state_row: int | None,
-    last_attributes_row: int | None,
+    state_floor: int | None,
+    attributes_floor: int | None,
     associated: frozenset[str] | set[str],
+    order: Mapping[int, int] | None = None,
 ) -> Plan:
     """Coalesce one task's pending rows: newest valid state and attributes, each new ARN once.
 
-    A state or attribute row older than one already sent is superseded, never sent, so the Hub
-    never sees an older state after a newer one.
+    Rows are (row id, request); "newer" is insertion order: `order` maps a row id to its place
+    in it (row ids themselves when None, true while ids only grow). A state or attribute row
+    older than the one already sent (its place: `state_floor`, `attributes_floor`) is
+    superseded, never sent, so the Hub never sees an older state after a newer one.
     """
+    def place(row_id: int) -> int:
+        return order[row_id] if order is not None else row_id
+
     plan = Plan()
     newest: dict[type, Request] = {}
     artifacts: dict[str, ArtifactAssociation] = {}
-    ordered: Sequence[tuple[int, Request | Problem]] = sorted(pending, key=lambda p: p[0])
+    ordered: Sequence[tuple[int, Request | Problem]] = sorted(pending, key=lambda p: place(p[0]))
     for row_id, item in ordered:
         if isinstance(item, Problem):
             plan.rejected.append((row_id, item))
@@ -428,11 +434,13 @@ def plan_task(
                 plan.superseded.append((previous.row_id, f"superseded by row {row_id}"))
             newest[type(item)] = item
     for item in newest.values():
-        floor = last_state_row if isinstance(item, StateUpdate) else last_attributes_row
-        if floor is not None and item.row_id < floor:
-            plan.superseded.append((item.row_id, f"older than row {floor}, already sent"))
+        state = isinstance(item, StateUpdate)
+        floor = state_floor if state else attributes_floor
+        if floor is not None and place(item.row_id) < floor:
+            what = "state" if state else "attribute list"
+            plan.superseded.append((item.row_id, f"older than the {what} already sent"))
         else:
             plan.send.append(item)
     plan.send.extend(artifacts.values())
-    plan.send.sort(key=lambda r: r.row_id)
+    plan.send.sort(key=lambda r: place(r.row_id))
     return plan

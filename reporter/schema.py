@@ -7,7 +7,15 @@ from typing import Any
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
-__all__ = ["GATE_COLUMNS", "OUTBOX_COLUMNS", "OUTBOX_DDL", "REQUIRED_COLUMNS", "migrations"]
+__all__ = [
+    "GATE_COLUMNS",
+    "INTAKE_TRIGGER",
+    "INTAKE_TRIGGER_DDL",
+    "OUTBOX_COLUMNS",
+    "OUTBOX_DDL",
+    "REQUIRED_COLUMNS",
+    "migrations",
+]
 
 OUTBOX_DDL = """
 CREATE TABLE IF NOT EXISTS outbox (
@@ -168,3 +176,56 @@ def _gate_lanes_leases(db: Any) -> None:
         db.execute("DELETE FROM mgh_meta WHERE key = ?", (key,))
     # A task's retry count now lives in its lanes (one per kind); 0.1.0 kept one per task.
     db.execute("ALTER TABLE mgh_tasks DROP COLUMN attempts")
+
+
+INTAKE_TRIGGER = "mgh_outbox_intake"
+# Every INSERT into the outbox, whatever its id, is queued for intake in the writer's own
+# transaction: intake never depends on ids growing (no AUTOINCREMENT, deleted rows, a dropped and
+# re-created table, pruning that empties it).
+INTAKE_TRIGGER_DDL = f"""
+CREATE TRIGGER IF NOT EXISTS {INTAKE_TRIGGER} AFTER INSERT ON outbox
+BEGIN
+  INSERT INTO mgh_inbox(row_id) VALUES (new.id);
+END
+"""
+
+
+@migrations(name="0003_inbox")
+def _inbox(db: Any) -> None:
+    cursor = db.execute("SELECT value FROM mgh_meta WHERE key = 'cursor'").fetchone()
+    _execute(
+        db,
+        "CREATE TABLE mgh_inbox (seq INTEGER PRIMARY KEY AUTOINCREMENT, row_id INTEGER NOT NULL)",
+        INTAKE_TRIGGER_DDL,
+    )
+    db.execute(
+        "INSERT INTO mgh_inbox(row_id) SELECT id FROM outbox WHERE id > ? ORDER BY id",
+        (int(cursor[0]) if cursor else 0,),
+    )
+    db.execute("DELETE FROM mgh_meta WHERE key = 'cursor'")
+
+
+@migrations(name="0004_insertion_order")
+def _insertion_order(db: Any) -> None:
+    # "Newer" is insertion order, not id order: each row's place in it is the intake queue's
+    # sequence (ids of earlier rows stand in for it; the queue continues above them).
+    _execute(
+        db,
+        "ALTER TABLE mgh_rows ADD COLUMN seq INTEGER",
+        "UPDATE mgh_rows SET seq = id",
+        "ALTER TABLE mgh_tasks ADD COLUMN last_state_seq INTEGER",
+        "ALTER TABLE mgh_tasks ADD COLUMN last_attributes_seq INTEGER",
+        "UPDATE mgh_tasks SET last_state_seq = last_state_row,"
+        " last_attributes_seq = last_attributes_row",
+        "DROP INDEX mgh_rows_pending",
+        "CREATE INDEX mgh_rows_pending ON mgh_rows(task_id, seq) WHERE state = 'pending'",
+    )
+    top = db.execute(
+        "SELECT max(coalesce((SELECT max(id) FROM mgh_rows), 0),"
+        " coalesce((SELECT max(id) FROM outbox), 0))"
+    ).fetchone()[0]
+    queued = db.execute("SELECT seq, row_id FROM mgh_inbox ORDER BY seq").fetchall()
+    db.execute("DELETE FROM mgh_inbox")
+    db.execute("DELETE FROM sqlite_sequence WHERE name = 'mgh_inbox'")
+    db.execute("INSERT INTO sqlite_sequence(name, seq) VALUES ('mgh_inbox', ?)", (top,))
+    db.conn.executemany("INSERT INTO mgh_inbox(row_id) VALUES (?)", [(r[1],) for r in queued])

@@ -15,6 +15,7 @@ from dataclasses import astuple, fields
 from pathlib import Path
 from typing import Any
 
+import structlog
 from sqlite_utils import Database
 
 from reporter import schema
@@ -26,6 +27,7 @@ from reporter.model import (
     Ingested,
     LaneState,
     MappingCheck,
+    NewRows,
     PendingRow,
     RowCounts,
     RowState,
@@ -47,12 +49,17 @@ class StoreError(Exception):
     """The outbox file cannot be used; the message says which file and why.
 
     `busy` is True when the only problem was the write lock staying taken past the busy
-    timeout (other writers): transient, the next pass tries again.
+    timeout (other writers): transient, the next pass tries again. `needs_init` is True for a
+    valid outbox table without (current) delivery tables: `init` would make it usable.
     """
 
-    def __init__(self, message: str, busy: bool = False) -> None:
+    def __init__(
+        self, message: str, busy: bool = False, needs_init: bool = False, cause: str | None = None
+    ) -> None:
         super().__init__(message)
         self.busy = busy
+        self.needs_init = needs_init
+        self.cause = cause or message  # the engine's own words (one event per distinct cause)
 
 
 def _marks(n: int) -> str:
@@ -83,6 +90,15 @@ class Store:
         if mode != "wal":
             raise StoreError(f"{path}: cannot switch to WAL mode (journal_mode is {mode})")
         self.db = Database(self.conn)
+        self.busy_timeout_ms = busy_timeout_ms
+        self._schema_version: int | None = None
+        self._fetched_upto = 0
+        self._places: dict[int, int] = {}  # row id -> insertion place, of the fetched batch
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot stat: {exc.strerror}") from None
+        self._identity = (st.st_dev, st.st_ino)
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
@@ -103,6 +119,7 @@ class Store:
                 if column not in columns:
                     store.conn.execute(f"ALTER TABLE outbox ADD COLUMN {column} TEXT")
             schema.migrations.apply(store.db)
+            store._check_trigger()  # a re-created outbox table gets its intake trigger back
         # SQLite creates files 0644 (less the umask) and gives -wal/-shm the database's mode:
         # make it group-writable so a host tool in our group can share it.
         try:
@@ -125,10 +142,14 @@ class Store:
             if missing:
                 raise StoreError(
                     f"{path}: table outbox lacks columns {', '.join(missing)} "
-                    "(run `mgh-reporter init` to add them)"
+                    "(run `mgh-reporter init` to add them)",
+                    needs_init=True,
                 )
             if schema.migrations.pending(store.db):
-                raise StoreError(f"{path}: delivery tables missing or old; run `mgh-reporter init`")
+                raise StoreError(
+                    f"{path}: delivery tables missing or old; run `mgh-reporter init`",
+                    needs_init=True,
+                )
             if writable:
                 store.conn.execute("BEGIN IMMEDIATE")
                 store.conn.execute("ROLLBACK")
@@ -146,7 +167,7 @@ class Store:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
             busy = getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
-            raise StoreError(f"{self.path}: cannot {doing}: {exc}", busy) from None
+            raise StoreError(f"{self.path}: cannot {doing}: {exc}", busy, cause=str(exc)) from None
 
     @contextmanager
     def _write(self, doing: str) -> Iterator[sqlite3.Connection]:
@@ -162,11 +183,7 @@ class Store:
     def _outbox_columns(self) -> list[str]:
         return [r["name"] for r in self.conn.execute("PRAGMA table_info(outbox)")]
 
-    # -- the gate's record and our cursor ---------------------------------------------------
-    def _cursor(self) -> int:
-        row = self.conn.execute("SELECT value FROM mgh_meta WHERE key = 'cursor'").fetchone()
-        return 0 if row is None else int(row[0])
-
+    # -- the gate's record -------------------------------------------------------------------
     def load_gate(self) -> GateState:
         """The gate's persisted record."""
         with self._errors("read gate state"):
@@ -212,24 +229,77 @@ class Store:
         return int(cur.lastrowid or 0)
 
     # -- intake ------------------------------------------------------------------------------
-    def fetch_new(self, limit: int) -> list[OutboxRow]:
-        """Outbox rows past our cursor, oldest first."""
+    def _check_trigger(self) -> None:
+        """After any schema change: if the intake trigger is gone (the outbox table was dropped
+        and re-created), put it back and queue every row of the table we have not taken in."""
+        version = int(self.conn.execute("PRAGMA schema_version").fetchone()[0])
+        if version == self._schema_version:
+            return
+        present = self.conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = ?",
+            (schema.INTAKE_TRIGGER,),
+        ).fetchone()
+        if not present:
+            with self._write("restore the intake trigger") as c:
+                c.execute(schema.INTAKE_TRIGGER_DDL)
+                queued = c.execute(
+                    "INSERT INTO mgh_inbox(row_id) SELECT o.id FROM outbox o"
+                    " LEFT JOIN mgh_rows r ON r.id = o.id WHERE r.id IS NULL"
+                    " OR abs(r.created_at - (julianday(o.created_at) - 2440587.5) * 86400.0)"
+                    " > 0.002 ORDER BY o.id"
+                ).rowcount
+            structlog.get_logger("reporter.store").warning(
+                "intake_trigger_restored",
+                outbox=str(self.path),
+                rows_queued=queued,
+                hint="the outbox table was re-created; its rows are taken in as new",
+            )
+        self._schema_version = int(self.conn.execute("PRAGMA schema_version").fetchone()[0])
+
+    def fetch_new(self, limit: int) -> NewRows:
+        """Outbox rows queued by the intake trigger, in insertion order."""
         with self._errors("read outbox"):
+            self._check_trigger()
             rows = self.conn.execute(
-                "SELECT * FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (self._cursor(), limit)
+                "SELECT i.seq AS _seq, o.* FROM mgh_inbox i LEFT JOIN outbox o ON o.id = i.row_id"
+                " ORDER BY i.seq LIMIT ?",
+                (limit,),
             ).fetchall()
-        return [OutboxRow.from_mapping(dict(r)) for r in rows]
+        self._fetched_upto = max((r["_seq"] for r in rows), default=self._fetched_upto)
+        latest: dict[int, OutboxRow] = {}
+        self._places = {}
+        for r in rows:
+            if r["id"] is not None:  # None: deleted by the tool before we saw it
+                latest[r["id"]] = OutboxRow.from_mapping(dict(r))
+                self._places[r["id"]] = r["_seq"]
+        return NewRows(sorted(latest.values(), key=lambda row: row.id), len(rows) >= limit)
 
     def ingest(self, items: Sequence[Ingested]) -> None:
-        """Take new rows into delivery state and advance the cursor, in one transaction.
+        """Take the fetched rows into delivery state and dequeue them, in one transaction.
 
         A task becomes due when a new row arrives, unless that row's lane is backing off; a
-        leased task keeps its lease (its outcome reschedules it).
+        leased task keeps its lease (its outcome reschedules it). A reused row id replaces
+        what we remembered under it: that earlier row is gone from the outbox.
         """
-        if not items:
-            return
         now = self.clock()
         with self._write("ingest rows") as c:
+            c.execute("DELETE FROM mgh_inbox WHERE seq <= ?", (self._fetched_upto,))
+            if not items:
+                return
+            row_ids = [i.row_id for i in items]
+            reused = c.execute(
+                f"SELECT id, state FROM mgh_rows WHERE id IN ({_marks(len(row_ids))})", row_ids
+            ).fetchall()
+            if reused:
+                c.execute(
+                    f"DELETE FROM mgh_rows WHERE id IN ({_marks(len(reused))})",
+                    [r["id"] for r in reused],
+                )
+                structlog.get_logger("reporter.store").info(
+                    "row_id_reused",
+                    rows=len(reused),
+                    earlier_pending=sum(r["state"] == RowState.PENDING for r in reused),
+                )
             keys = sorted({(i.stream, i.task) for i in items})
             c.executemany(
                 "INSERT INTO mgh_tasks(stream, task) VALUES (?, ?) ON CONFLICT DO NOTHING", keys
@@ -240,11 +310,12 @@ class Store:
                     "SELECT id FROM mgh_tasks WHERE stream = ? AND task = ?", (stream, task)
                 ).fetchone()[0]
             c.executemany(
-                "INSERT OR IGNORE INTO mgh_rows(id, task_id, kind, state, created_at, finished_at,"
-                " reason) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO mgh_rows(id, seq, task_id, kind, state, created_at, finished_at,"
+                " reason) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         i.row_id,
+                        self._places[i.row_id],
                         ids[(i.stream, i.task)],
                         i.kind,
                         RowState.REJECTED if i.rejected else RowState.PENDING,
@@ -256,25 +327,23 @@ class Store:
                 ],
             )
             newest: dict[tuple[int, str], int] = {}
-            for i in items:
+            for i in sorted(items, key=lambda i: self._places[i.row_id]):
                 if i.supersedes:
                     newest[(ids[(i.stream, i.task)], i.kind)] = i.row_id
             c.executemany(
                 f"UPDATE mgh_rows SET state = {SUPERSEDED}, finished_at = ?,"
                 " reason = 'superseded by row ' || ? WHERE task_id = ? AND kind = ?"
-                f" AND state = {PENDING} AND id < ?",
-                [(now, rid, tid, kind, rid) for (tid, kind), rid in newest.items()],
+                f" AND state = {PENDING} AND seq < ?",
+                [
+                    (now, rid, tid, kind, self._places[rid])
+                    for (tid, kind), rid in newest.items()
+                ],
             )
             lanes = {(ids[(i.stream, i.task)], i.kind) for i in items if not i.rejected}
             c.executemany(
                 f"UPDATE mgh_tasks SET due_at = {_LANE_DUE} WHERE id = :id"
                 f" AND lease_token IS NULL AND (due_at IS NULL OR due_at > {_LANE_DUE})",
                 [{"now": now, "id": tid, "kind": kind} for tid, kind in sorted(lanes)],
-            )
-            c.execute(
-                "INSERT INTO mgh_meta(key, value) VALUES ('cursor', ?) "
-                "ON CONFLICT(key) DO UPDATE SET value = excluded.value",
-                (str(max(i.row_id for i in items)),),
             )
 
     # -- claims ------------------------------------------------------------------------------
@@ -297,7 +366,7 @@ class Store:
         lease = uuid.uuid4().hex
         with self._write("claim tasks") as c:
             tasks = c.execute(
-                "SELECT id, stream, task, imported, last_state_row, last_attributes_row"
+                "SELECT id, stream, task, imported, last_state_seq, last_attributes_seq"
                 " FROM mgh_tasks WHERE due_at IS NOT NULL AND due_at <= ? ORDER BY due_at LIMIT ?",
                 (now, limit),
             ).fetchall()
@@ -311,8 +380,9 @@ class Store:
             )
             rows = c.execute(
                 "SELECT r.task_id AS _task_id, r.id AS _row_id, r.created_at AS _created,"
-                " r.attempts AS _attempts, o.* FROM mgh_rows r LEFT JOIN outbox o ON o.id = r.id"
-                f" WHERE r.state = {PENDING} AND r.task_id IN ({_marks(len(ids))}) ORDER BY r.id",
+                " r.attempts AS _attempts, r.seq AS _seq, o.* FROM mgh_rows r"
+                f" LEFT JOIN outbox o ON o.id = r.id WHERE r.state = {PENDING}"
+                f" AND r.task_id IN ({_marks(len(ids))}) ORDER BY r.seq",
                 ids,
             ).fetchall()
             artifacts = c.execute(
@@ -330,14 +400,14 @@ class Store:
                 t["task"],
                 lease,
                 bool(t["imported"]),
-                t["last_state_row"],
-                t["last_attributes_row"],
+                t["last_state_seq"],
+                t["last_attributes_seq"],
             )
             for t in tasks
         }
         for r in rows:
             task = claimed[r["_task_id"]]
-            task.bookkeeping[r["_row_id"]] = PendingRow(r["_attempts"], r["_created"])
+            task.bookkeeping[r["_row_id"]] = PendingRow(r["_attempts"], r["_created"], r["_seq"])
             if r["id"] is None:
                 task.missing.append(r["_row_id"])
             else:
@@ -400,17 +470,18 @@ class Store:
         if o.state is not None:
             s = o.state
             c.execute(
-                "UPDATE mgh_tasks SET last_state_row = ?, status = ?, percent = ?, detail = ?,"
-                " update_time = ?, next_update_seconds = ?, sent_at = ? WHERE id = ?",
-                (s.row, s.status, s.percent, s.detail, s.update_time, s.next_update_seconds, now,
-                 o.task_id),
+                "UPDATE mgh_tasks SET last_state_row = ?, last_state_seq = ?, status = ?,"
+                " percent = ?, detail = ?, update_time = ?, next_update_seconds = ?, sent_at = ?"
+                " WHERE id = ?",
+                (s.row, s.seq, s.status, s.percent, s.detail, s.update_time,
+                 s.next_update_seconds, now, o.task_id),
             )
         if o.attributes_row is not None:
             c.execute(
-                "UPDATE mgh_tasks SET last_attributes_row = ?, attributes_at = ?, mapped = NULL,"
-                " configuration_id = NULL, map_check_at = ?, map_checks = 0,"
-                " unmapped_reported = 0 WHERE id = ?",
-                (o.attributes_row, now, o.map_check_at, o.task_id),
+                "UPDATE mgh_tasks SET last_attributes_row = ?, last_attributes_seq = ?,"
+                " attributes_at = ?, mapped = NULL, configuration_id = NULL, map_check_at = ?,"
+                " map_checks = 0, unmapped_reported = 0 WHERE id = ?",
+                (o.attributes_row, o.attributes_seq, now, o.map_check_at, o.task_id),
             )
         for lane in o.lanes:
             if lane.attempts == 0 and lane.retry_at is None:
@@ -554,7 +625,8 @@ class Store:
                 f"SELECT count(*) FROM mgh_rows WHERE state = {REJECTED}"
             ).fetchone()[0]
             waiting, first = self.conn.execute(
-                "SELECT count(*), min(created_at) FROM outbox WHERE id > ?", (self._cursor(),)
+                "SELECT count(*), min(o.created_at) FROM mgh_inbox i"
+                " LEFT JOIN outbox o ON o.id = i.row_id"
             ).fetchone()
         times = [t for t in (oldest, epoch_of(first, self.clock()) if first else None) if t]
         return Backlog(int(waiting), int(queued), min(times) if times else None, int(dead))
@@ -570,7 +642,7 @@ class Store:
             overtaken = self.conn.execute(
                 f"SELECT count(*) FROM mgh_rows r WHERE r.state = {SUPERSEDED} AND EXISTS"
                 f" (SELECT 1 FROM mgh_rows p WHERE p.task_id = r.task_id AND p.state = {PENDING}"
-                " AND p.kind = r.kind AND p.id > r.id)"
+                " AND p.kind = r.kind AND p.seq > r.seq)"
             ).fetchone()[0]
         oldest = backlog.oldest_created_at
         return RowCounts(
@@ -637,17 +709,49 @@ class Store:
                         (before, chunk),
                     )
                 ]
-                if ids:
-                    c.execute(f"DELETE FROM outbox WHERE id IN ({_marks(len(ids))})", ids)
+                if ids:  # never a reused id whose new row is still waiting for intake
+                    c.execute(
+                        f"DELETE FROM outbox WHERE id IN ({_marks(len(ids))})"
+                        " AND id NOT IN (SELECT row_id FROM mgh_inbox)",
+                        ids,
+                    )
                     c.execute(f"DELETE FROM mgh_rows WHERE id IN ({_marks(len(ids))})", ids)
             total += len(ids)
             if len(ids) < chunk:
                 return total
 
-    def checkpoint(self, mode: str = "PASSIVE") -> None:
-        """Fold the WAL back into the database so the -wal file stays small."""
+    def checkpoint(self, mode: str = "PASSIVE", busy_ms: int | None = None) -> bool:
+        """Fold the WAL back into the database so the -wal file stays small; True when every
+        frame was checkpointed (False: a reader still holds part of it). `busy_ms` bounds how
+        long a TRUNCATE/RESTART waits for readers (default: the store's busy timeout)."""
         with self._errors("checkpoint"):
-            self.conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            if busy_ms is not None:
+                self.conn.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
+            try:
+                busy, _, _ = self.conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            finally:
+                if busy_ms is not None:
+                    self.conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+        return not busy
+
+    def wal_bytes(self) -> int:
+        """The size of the outbox's -wal file (0 when there is none)."""
+        try:
+            return os.stat(f"{self.path}-wal").st_size
+        except OSError:
+            return 0
+
+    def file_problem(self) -> str | None:
+        """Why the open file is no longer the outbox at `path` (deleted or replaced), or None."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return f"{self.path}: the outbox file was deleted while the daemon had it open"
+        except OSError as exc:
+            return f"{self.path}: cannot stat the outbox file: {exc.strerror}"
+        if (st.st_dev, st.st_ino) != self._identity:
+            return f"{self.path}: the outbox file was replaced by another file"
+        return None
 
     def explain(self, sql: str, args: Sequence[Any] = ()) -> list[str]:
         """EXPLAIN QUERY PLAN details (for tests of the hot path)."""

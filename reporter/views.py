@@ -7,10 +7,18 @@ from datetime import UTC, datetime
 from typing import Any
 
 from reporter.config import Config
+from reporter.live import LiveState, stale_after
 from reporter.model import GateState, RowCounts, TaskRecord
 from reporter.rows import TERMINAL_STATUSES
 
-__all__ = ["iso", "promise_state", "status_report", "task_entries", "task_health"]
+__all__ = [
+    "daemon_view",
+    "iso",
+    "promise_state",
+    "status_report",
+    "task_entries",
+    "task_health",
+]
 
 
 def iso(epoch: float | None) -> str | None:
@@ -89,31 +97,87 @@ def task_health(rows: Iterable[TaskRecord], now: float, config: Config) -> dict[
     return {"streams": streams, "unmapped": unmapped}
 
 
-def status_report(
-    counts: RowCounts,
-    gate: GateState,
-    health: Mapping[str, Any],
-    daemon_pid: int | None,
-) -> dict[str, Any]:
-    """The `status --json` document."""
-    blocked = gate.blocked_reason
+def daemon_view(
+    state: LiveState | None, daemon_pid: int | None, now: float
+) -> dict[str, Any] | None:
+    """The running daemon's own word (its live state file), with how fresh it is."""
+    if state is None:
+        return None
+    age = max(0.0, now - state.heartbeat)
     return {
-        "pending": counts.pending,
-        "sent": counts.sent,
-        "superseded": counts.superseded,
-        "delivered": counts.delivered,
-        "dead_letters": counts.dead_letters,
-        "oldest_pending_seconds": counts.oldest_pending_seconds,
+        "pid": state.pid,
+        "running": daemon_pid is not None and daemon_pid == state.pid,
+        "health": state.health,
+        "cause": state.cause,
+        "heartbeat": iso(state.heartbeat),
+        "heartbeat_age_seconds": round(age, 1),
+        "stale": age > stale_after(state.interval_seconds),
+    }
+
+
+def _problems(
+    daemon: Mapping[str, Any] | None, wal_bytes: int, wal_warning_bytes: int
+) -> list[str]:
+    warnings = []
+    if wal_bytes > wal_warning_bytes:
+        warnings.append(
+            f"the outbox's write-ahead log is {wal_bytes / 2**20:.1f} MiB (over "
+            f"{wal_warning_bytes / 2**20:.0f} MiB): a long-lived read transaction on the outbox "
+            "holds checkpoints back; it shrinks once that reader ends"
+        )
+    if daemon is not None and daemon["running"] and daemon["stale"]:
+        warnings.append(
+            f"the daemon (pid {daemon['pid']}) has not ticked for "
+            f"{daemon['heartbeat_age_seconds']:.0f}s: it is hung or stopped"
+        )
+    return warnings
+
+
+def status_report(
+    counts: RowCounts | None,
+    gate: GateState | None,
+    health: Mapping[str, Any] | None,
+    daemon_pid: int | None,
+    state: LiveState | None,
+    now: float,
+    wal: tuple[int, int],
+    outbox_error: str | None = None,
+) -> dict[str, Any]:
+    """The `status --json` document: the outbox's view merged with the daemon's live state.
+
+    `wal` is (bytes of the -wal file, the warning threshold); `outbox_error` is why the outbox
+    itself could not be read (then the counts are null).
+    """
+    daemon = daemon_view(state, daemon_pid, now)
+    live_word = daemon is not None and daemon["running"] and not daemon["stale"]
+    unusable = outbox_error
+    if unusable is None and live_word and state is not None and state.health == "unusable":
+        unusable = state.cause
+    blocked = gate.blocked_reason if gate else None
+    if blocked is None and live_word and state is not None and state.health == "blocked":
+        blocked = state.cause
+    streams = health["streams"] if health else {}
+    return {
+        "pending": counts.pending if counts else None,
+        "sent": counts.sent if counts else None,
+        "superseded": counts.superseded if counts else None,
+        "delivered": counts.delivered if counts else None,
+        "dead_letters": counts.dead_letters if counts else None,
+        "oldest_pending_seconds": counts.oldest_pending_seconds if counts else None,
         "blocked": blocked,
-        "blocked_code": gate.blocked_code if blocked else None,
-        "blocked_since": iso(gate.blocked_since) if blocked else None,
-        "home_region": gate.home_region,
-        "last_success": iso(gate.last_success_at),
-        "outage_backoff": gate.brake_attempts > 0,
+        "blocked_code": gate.blocked_code if gate and gate.blocked_reason else None,
+        "blocked_since": iso(gate.blocked_since) if gate and gate.blocked_reason else None,
+        "outbox_unusable": unusable,
+        "home_region": gate.home_region if gate else None,
+        "last_success": iso(gate.last_success_at if gate else None),
+        "outage_backoff": bool(gate and gate.brake_attempts > 0),
         "daemon_pid": daemon_pid,
-        "tasks": sum(s["tasks"] for s in health["streams"].values()),
-        "stale_tasks": sum(s["stale"] for s in health["streams"].values()),
-        "lapsing_tasks": sum(s["lapsing"] for s in health["streams"].values()),
-        "unmapped_tasks": health["unmapped"],
-        "streams": health["streams"],
+        "daemon": daemon,
+        "wal_bytes": wal[0],
+        "warnings": _problems(daemon, *wal),
+        "tasks": sum(s["tasks"] for s in streams.values()),
+        "stale_tasks": sum(s["stale"] for s in streams.values()),
+        "lapsing_tasks": sum(s["lapsing"] for s in streams.values()),
+        "unmapped_tasks": health["unmapped"] if health else 0,
+        "streams": streams,
     }

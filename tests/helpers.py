@@ -15,6 +15,23 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
+# The outbox table exactly as the contract prints it (what a host tool may create itself).
+CONTRACT_DDL = """
+CREATE TABLE outbox (
+  id                     INTEGER PRIMARY KEY AUTOINCREMENT,
+  kind                   TEXT NOT NULL,
+  migration_task_name    TEXT NOT NULL,
+  progress_update_stream TEXT,
+  status                 TEXT,
+  status_detail          TEXT,
+  progress_percent       INTEGER,
+  next_update_seconds    INTEGER,
+  update_date_time       TEXT,
+  resource_attributes    TEXT,
+  created_at             TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now'))
+);
+"""
+
 FAST = {
     "publish": {
         "interval_seconds": 0.2,
@@ -101,9 +118,7 @@ def pending(path: Path) -> int:
     """Rows not yet delivered or rejected (read straight from the file)."""
     conn = sqlite3.connect(path, timeout=5)
     try:
-        cursor = conn.execute("SELECT value FROM mgh_meta WHERE key='cursor'").fetchone()
-        waiting = conn.execute("SELECT count(*) FROM outbox WHERE id > ?",
-                               (int(cursor[0]) if cursor else 0,)).fetchone()[0]
+        waiting = conn.execute("SELECT count(*) FROM mgh_inbox").fetchone()[0]
         return int(waiting) + int(conn.execute(
             "SELECT count(*) FROM mgh_rows WHERE state='pending'").fetchone()[0])
     finally:

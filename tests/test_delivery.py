@@ -83,7 +83,7 @@ def _artifact(rid: int, arn: str) -> OutboxRow:
 def _task(*outbox: OutboxRow, imported: bool = False,
           lanes: dict[Kind, LaneState] | None = None, attempts: int = 0) -> ClaimedTask:
     return ClaimedTask(1, "S", "t1", "lease-1", imported=imported, rows=list(outbox),
-                       bookkeeping={r.id: PendingRow(attempts, NOW - 10) for r in outbox},
+                       bookkeeping={r.id: PendingRow(attempts, NOW - 10, r.id) for r in outbox},
                        lanes=lanes or {})
 
 

@@ -176,16 +176,22 @@ def test_the_gate_record_round_trips_through_the_store(tmp_path: Path):
     again.close()
 
 
-def test_old_meta_keys_migrate_into_the_gate_record(tmp_path: Path):
-    """An outbox written by 0.1.0 (string meta keys) keeps its blocked state and home Region."""
+def test_an_outbox_of_0_1_0_migrates(tmp_path: Path):
+    """An outbox written by 0.1.0 keeps its blocked state and home Region (string meta keys to
+    the gate record) and the rows past its intake cursor (to the intake queue)."""
     path = tmp_path / "o.db"
     store = Store.create(path)
     conn = store.conn
-    conn.execute("DELETE FROM _sqlite_migrations WHERE name = '0002_gate_lanes_leases'")
+    conn.execute("DELETE FROM _sqlite_migrations WHERE name IN"
+                 " ('0002_gate_lanes_leases', '0003_inbox')")
+    conn.execute("DROP TRIGGER mgh_outbox_intake")
+    conn.execute("DROP TABLE mgh_inbox")
     conn.execute("DROP TABLE mgh_gate")
     conn.execute("DROP TABLE mgh_lanes")
     conn.execute("ALTER TABLE mgh_tasks DROP COLUMN lease_token")
     conn.execute("ALTER TABLE mgh_tasks ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0")
+    conn.executemany("INSERT INTO outbox(kind, migration_task_name, status)"
+                     " VALUES ('task_state', ?, 'IN_PROGRESS')", [(f"t{i}",) for i in range(9)])
     conn.executemany("INSERT INTO mgh_meta(key, value) VALUES (?, ?)", [
         ("blocked_reason", "access denied"), ("blocked_code", "AccessDeniedException"),
         ("blocked_since", "1700000000.5"), ("home_region", "us-west-2"), ("cursor", "7")])
@@ -195,7 +201,9 @@ def test_old_meta_keys_migrate_into_the_gate_record(tmp_path: Path):
     assert (state.blocked_reason, state.blocked_code, state.blocked_since, state.home_region) == (
         "access denied", "AccessDeniedException", 1700000000.5, "us-west-2")
     keys = [r[0] for r in store.conn.execute("SELECT key FROM mgh_meta")]
-    assert keys == ["cursor"]
+    assert keys == []  # the cursor went too: intake is queued by a trigger since 0003
+    queued = [r[0] for r in store.conn.execute("SELECT row_id FROM mgh_inbox ORDER BY seq")]
+    assert queued == [8, 9]  # what was past the old cursor
     store.close()
 
 

@@ -225,6 +225,19 @@ def test_artifact_valid():
     assert req.params()["CreatedArtifact"] == {"Name": ARN, "Description": "d" * 500}
 
 
+def test_newer_means_inserted_later_not_a_larger_id():
+    """With an insertion order given (ids reused), the row inserted last wins even with a
+    smaller id, and the floor is compared in the same order."""
+    order = {9: 1, 2: 2}
+    plan = plan_task([(9, _req(9)), (2, _req(2))], None, None, set(), order)
+    assert [r.row_id for r in plan.send] == [2]
+    assert plan.superseded == [(9, "superseded by row 2")]
+    plan = plan_task([(2, _req(2))], 1, None, set(), {2: 2})
+    assert [r.row_id for r in plan.send] == [2]
+    plan = plan_task([(2, _req(2))], 3, None, set(), {2: 2})
+    assert plan.send == [] and plan.superseded == [(2, "older than the state already sent")]
+
+
 def _req(row_id: int, **kw: Any) -> rows.Request:
     result = to_request(state(id=row_id, **kw), "Tool", 1)
     assert not isinstance(result, Problem)
@@ -240,7 +253,7 @@ def test_plan_sends_newest_state_and_supersedes_older():
 
 def test_plan_never_sends_older_than_already_sent():
     """A retried row older than the last sent state is superseded, not sent."""
-    plan = plan_task([(5, _req(5))], last_state_row=9, last_attributes_row=None, associated=set())
+    plan = plan_task([(5, _req(5))], state_floor=9, attributes_floor=None, associated=set())
     assert plan.send == []
     assert plan.superseded[0][0] == 5
 

@@ -87,12 +87,13 @@ HOT_PATH = [
     ("SELECT min(due_at) FROM mgh_tasks WHERE due_at IS NOT NULL", (), "mgh_tasks_due"),
     ("SELECT * FROM mgh_tasks WHERE due_at IS NOT NULL AND due_at <= ? ORDER BY due_at LIMIT ?",
      (1.0, 10), "mgh_tasks_due"),
-    ("SELECT * FROM outbox WHERE id > ? ORDER BY id LIMIT ?", (0, 10), "INTEGER PRIMARY KEY"),
+    ("SELECT i.seq AS _seq, o.* FROM mgh_inbox i LEFT JOIN outbox o ON o.id = i.row_id"
+     " ORDER BY i.seq LIMIT ?", (10,), "INTEGER PRIMARY KEY"),
     ("SELECT count(*), min(created_at) FROM mgh_rows WHERE state = 'pending'", (),
      "mgh_rows_pending"),
     ("SELECT 1 FROM mgh_rows WHERE task_id = 1 AND state = 'pending'", (), "mgh_rows_pending"),
     ("UPDATE mgh_rows SET state = 'superseded' WHERE task_id = ? AND kind = ? AND"
-     " state = 'pending' AND id < ?", (1, "task_state", 5), "mgh_rows_pending"),
+     " state = 'pending' AND seq < ?", (1, "task_state", 5), "mgh_rows_pending"),
     ("SELECT min(map_check_at) FROM mgh_tasks WHERE map_check_at IS NOT NULL", (),
      "mgh_tasks_map"),
     ("SELECT count(*) FROM mgh_rows WHERE state = 'rejected'", (), "mgh_rows_rejected"),
@@ -108,7 +109,8 @@ def test_hot_path_queries_use_indexes(tmp_path: Path, sql: str, args: tuple[obje
     store = Store.create(tmp_path / "o.db")
     lines = store.explain(sql, args)
     assert index in " | ".join(lines), lines
-    assert all("USING" in line for line in lines if line.startswith("SCAN")), lines
+    assert all("USING" in line or line == "SCAN i" for line in lines
+               if line.startswith("SCAN")), lines  # i: the intake queue, read in rowid order
 
 
 def test_prune_deletes_only_delivered_rows_past_retention(tmp_path: Path):
@@ -116,6 +118,7 @@ def test_prune_deletes_only_delivered_rows_past_retention(tmp_path: Path):
     store = Store.create(tmp_path / "o.db")
     ids = [store.insert_row({"kind": "task_state", "migration_task_name": f"t{i}",
                              "status": "IN_PROGRESS"}) for i in range(4)]
+    assert [r.id for r in store.fetch_new(10).rows] == ids
     store.ingest([Ingested(i, "S", f"t{n}", "task_state", 0.0,
                            rejected="bad" if n == 3 else None) for n, i in enumerate(ids)])
     store.conn.execute("UPDATE mgh_rows SET state='sent', finished_at=100 WHERE id IN (?, ?)",
@@ -155,6 +158,12 @@ def test_python_writer_retries_when_the_lock_outlasts_its_busy_timeout(cli: Cli,
     assert names == ["t1"]
 
 
+def _queue_scan(line: str) -> bool:
+    """A scan of the intake queue is fine (it holds only rows not yet taken in), and so is the
+    schema's (the trigger check after a schema change)."""
+    return line in ("SCAN i", "SCAN mgh_inbox", "SCAN sqlite_master")
+
+
 def test_every_statement_of_real_passes_is_an_index_search(
     standin: Emulator, aws_env: dict[str, str], tmp_path: Path
 ):
@@ -192,8 +201,8 @@ def test_every_statement_of_real_passes_is_an_index_search(
         assert len(shapes) >= 10
         for shape, statement in shapes.items():
             plan = store.explain(statement)
-            assert not [line for line in plan
-                        if line.startswith("SCAN") and "USING" not in line], (shape, plan)
+            assert not [line for line in plan if line.startswith("SCAN") and "USING" not in line
+                        and not _queue_scan(line)], (shape, plan)
     finally:
         relay.close()
         store.close()

@@ -1,0 +1,259 @@
+"""A hostile host: the live state outside the outbox, a full disk, the outbox deleted or
+replaced under a running daemon, a long reader growing the WAL. Real files, a real tmpfs, the
+daemon as a real process."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from reporter import live, views
+from reporter.emulator import Emulator
+from reporter.live import LiveState
+
+from .helpers import CONTRACT_DDL, Cli, fill, insert, pending, start_daemon, wait_for
+
+NOW = 1_800_000_000.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def _healthz(port: int) -> int:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:
+            return int(answer.status)
+    except urllib.error.HTTPError as err:
+        return int(err.code)
+
+
+def _events(log: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
+
+
+def _status(cli: Cli, config: Path) -> tuple[int, dict[str, Any]]:
+    result = cli("status", "--json", config=config)
+    return result.returncode, json.loads(result.stdout)
+
+
+# -- the live state ---------------------------------------------------------------------------
+def test_the_daemon_publishes_its_live_state_and_status_merges_it(
+    cli: Cli, standin: Emulator, config_path: Path, outbox_path: Path
+):
+    """While `run` ticks, `<outbox>.live.json` says ok with a fresh heartbeat in lines a shell
+    can grep; `status` shows the daemon running; a clean stop removes the file."""
+    assert cli("init").returncode == 0
+    proc = start_daemon(config_path)
+    path = outbox_path.with_name("outbox.db.live.json")
+    try:
+        wait_for(lambda: path.exists())
+        assert '\n "health": "ok",\n' in path.read_text()
+        state = live.read(path)
+        assert state is not None and state.pid == proc.pid and state.cause is None
+        code, report = _status(cli, config_path)
+        assert code == 0
+        assert report["daemon"]["running"] and not report["daemon"]["stale"]
+        assert report["outbox_unusable"] is None and report["warnings"] == []
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
+    assert not path.exists()
+
+
+def test_a_stale_heartbeat_is_reported():
+    """A daemon that holds the lock but has not ticked for longer than its threshold is named in
+    the warnings; one that is not running is not."""
+    state = LiveState(health="ok", cause=None, heartbeat=NOW - 100, pid=42, outbox="/o.db",
+                      interval_seconds=2.0)
+    report = views.status_report(None, None, None, 42, state, NOW, (0, 1))
+    assert report["daemon"]["stale"] and report["daemon"]["running"]
+    assert "has not ticked for 100s" in report["warnings"][0]
+    fresh = LiveState(health="unusable", cause="disk full", heartbeat=NOW - 1, pid=42,
+                      outbox="/o.db", interval_seconds=2.0)
+    assert views.status_report(None, None, None, 42, fresh, NOW, (0, 1))["outbox_unusable"] == (
+        "disk full")
+    assert views.status_report(None, None, None, None, fresh, NOW, (0, 1))[
+        "outbox_unusable"] is None  # not running: the file is history
+
+
+# -- disk full --------------------------------------------------------------------------------
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 3 MiB tmpfs mounted for the test (root can mount here)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    assert done.returncode == 0, f"cannot mount a tmpfs for the disk-full test: {done.stderr}"
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def _fill_disk(mount: Path) -> Path:
+    filler = mount / "filler"
+    with filler.open("wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError:
+            pass
+    return filler
+
+
+def test_disk_full_is_reported_once_and_delivery_resumes(
+    cli: Cli, standin: Emulator, make_config: Any, small_disk: Path, tmp_path: Path
+):
+    """ENOSPC while taking rows in: one `store_error` event, /healthz 503, `status` exits 1
+    naming the cause; the daemon keeps running; once space is freed every row is delivered
+    once."""
+    outbox = small_disk / "outbox.db"
+    port = _free_port()
+    config = make_config("full.toml", outbox={"path": str(outbox),
+                                              "live_state_path": str(tmp_path / "live.json")},
+                         metrics={"listen": f"127.0.0.1:{port}"})
+    assert cli("init", config=config).returncode == 0
+    log = tmp_path / "daemon.log"
+    with log.open("w") as err:
+        proc = start_daemon(config, stderr=err)
+        try:
+            wait_for(lambda: any(e["event"] == "started" for e in _events(log)))
+            proc.send_signal(signal.SIGSTOP)  # the disk fills while the daemon has its files open
+            fill(outbox, 200, 1)
+            filler = _fill_disk(small_disk)
+            proc.send_signal(signal.SIGCONT)
+            wait_for(lambda: any(e["event"] == "store_error" for e in _events(log)))
+            wait_for(lambda: _healthz(port) == 503)
+            code, report = _status(cli, config)
+            assert code == 1, report
+            assert "full" in (report["outbox_unusable"] or "")
+            assert proc.poll() is None
+            filler.unlink()
+            wait_for(lambda: pending(outbox) == 0, timeout=30)
+            wait_for(lambda: _healthz(port) == 200)
+            errors = [e for e in _events(log) if e["event"] == "store_error"]
+            assert len(errors) == 1, errors
+        finally:
+            proc.terminate()
+            assert proc.wait(timeout=10) == 0
+    for t in range(200):
+        assert len(standin.state.task("ToolA", f"t{t}").updates) == 1
+
+
+# -- the outbox deleted or replaced -----------------------------------------------------------
+def test_a_deleted_outbox_is_noticed_and_a_new_one_is_taken_up(
+    cli: Cli, standin: Emulator, config_path: Path, outbox_path: Path, tmp_path: Path
+):
+    """`rm` of the outbox under `run`: one loud `outbox_lost` event, `status` exits 1 and health
+    says why; after `init` makes a new one, the daemon reopens it and delivers its rows."""
+    assert cli("init").returncode == 0
+    log = tmp_path / "daemon.log"
+    with log.open("w") as err:
+        proc = start_daemon(config_path, stderr=err)
+        try:
+            wait_for(lambda: any(e["event"] == "started" for e in _events(log)))
+            for suffix in ("", "-wal", "-shm"):
+                Path(f"{outbox_path}{suffix}").unlink(missing_ok=True)
+            wait_for(lambda: any(e["event"] == "outbox_lost" for e in _events(log)), timeout=15)
+            lost = next(e for e in _events(log) if e["event"] == "outbox_lost")
+            assert "deleted" in lost["error"] and "init" in lost["hint"]
+            code, _ = _status(cli, config_path)
+            assert code == 1
+            assert cli("init").returncode == 0
+            insert(outbox_path, kind="task_state", migration_task_name="fresh", status="COMPLETED")
+            wait_for(lambda: any(e["event"] == "outbox_reopened" for e in _events(log)),
+                     timeout=15)
+            wait_for(lambda: standin.state.streams.get("ToolA", {}).get("fresh") is not None)
+            assert sum(e["event"] == "outbox_lost" for e in _events(log)) == 1
+        finally:
+            proc.terminate()
+            assert proc.wait(timeout=10) == 0
+
+
+def test_an_outbox_replaced_by_a_tool_is_taken_up(
+    cli: Cli, standin: Emulator, config_path: Path, outbox_path: Path, tmp_path: Path
+):
+    """A tool re-creates the outbox (a new file renamed over the old one, its own DDL): the
+    daemon says it was replaced, prepares the new file, and delivers the tool's new rows."""
+    assert cli("init").returncode == 0
+    log = tmp_path / "daemon.log"
+    with log.open("w") as err:
+        proc = start_daemon(config_path, stderr=err)
+        try:
+            wait_for(lambda: any(e["event"] == "started" for e in _events(log)))
+            new = tmp_path / "new.db"
+            conn = sqlite3.connect(new)
+            conn.executescript(CONTRACT_DDL)
+            conn.execute("INSERT INTO outbox(kind, migration_task_name, status)"
+                         " VALUES ('task_state', 'again', 'IN_PROGRESS')")
+            conn.commit()
+            conn.close()
+            os.replace(new, outbox_path)
+            wait_for(lambda: any(e["event"] == "outbox_reopened" for e in _events(log)),
+                     timeout=15)
+            lost = next(e for e in _events(log) if e["event"] == "outbox_lost")
+            assert "replaced" in lost["error"]
+            wait_for(lambda: standin.state.streams.get("ToolA", {}).get("again") is not None)
+        finally:
+            proc.terminate()
+            assert proc.wait(timeout=10) == 0
+
+
+# -- a long reader and the WAL ----------------------------------------------------------------
+def test_a_long_reader_grows_the_wal_which_is_truncated_once_it_ends(
+    cli: Cli, standin: Emulator, make_config: Any, outbox_path: Path, tmp_path: Path
+):
+    """While a reader holds a snapshot the WAL grows: the metric-backed `status` warning says so;
+    once the reader ends the daemon truncates the WAL back, and delivery never stopped."""
+    port = _free_port()
+    config = make_config("wal.toml", outbox={"wal_warning_bytes": 1_000_000},
+                         metrics={"listen": f"127.0.0.1:{port}"})
+    assert cli("init", config=config).returncode == 0
+    log = tmp_path / "daemon.log"
+    reader = sqlite3.connect(outbox_path, isolation_level=None)
+    with log.open("w") as err:
+        proc = start_daemon(config, stderr=err)
+        try:
+            wait_for(lambda: any(e["event"] == "started" for e in _events(log)))
+            reader.execute("BEGIN")
+            reader.execute("SELECT count(*) FROM outbox").fetchone()  # holds its snapshot
+            detail = "x" * 2000
+            for wave in range(4):
+                conn = sqlite3.connect(outbox_path, timeout=10)
+                with conn:
+                    conn.executemany(
+                        "INSERT INTO outbox(kind, migration_task_name, status, status_detail)"
+                        " VALUES ('task_state', ?, 'IN_PROGRESS', ?)",
+                        [(f"w{wave}-{t}", detail) for t in range(600)])
+                conn.close()
+                wait_for(lambda: pending(outbox_path) == 0, timeout=30)
+            wal = Path(f"{outbox_path}-wal")
+            assert wal.stat().st_size > 4 * 1024 * 1024
+            wait_for(lambda: "write-ahead log" in " ".join(_status(cli, config)[1]["warnings"]))
+            metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+            assert "mgh_reporter_outbox_wal_bytes" in metrics
+            assert any(e["event"] == "wal_growing" for e in _events(log))
+            reader.execute("ROLLBACK")
+            wait_for(lambda: wal.stat().st_size == 0, timeout=20)
+            assert any(e["event"] == "wal_truncated" for e in _events(log))
+            assert _status(cli, config)[1]["warnings"] == []
+        finally:
+            reader.close()
+            proc.terminate()
+            assert proc.wait(timeout=10) == 0
