@@ -283,6 +283,8 @@ def _print_status(report: dict[str, Any], cfg: Config) -> None:
     if pid and daemon and daemon["running"]:
         beat = f", heartbeat {daemon['heartbeat_age_seconds']:.0f}s ago"
     console.print(f"  daemon       {'pid ' + str(pid) + beat if pid else 'not running'}")
+    if daemon and daemon["running"] and daemon["last_error"]:
+        console.print(f"  last error   {daemon['last_error']}")
     for warning in report["warnings"]:
         console.print(f"  [bold yellow]warning[/]      {warning}")
     console.print(f"  home region  {report['home_region'] or 'unknown yet'}")

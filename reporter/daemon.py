@@ -180,6 +180,7 @@ class Service:
             dead_letters=backlog.dead_letters if backlog else None,
             outage_backoff=relay.braking,
             last_success=relay.last_success_at,
+            last_error=relay.last_failure,
             wal_bytes=wal,
         )
         try:

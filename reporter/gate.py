@@ -101,6 +101,7 @@ class Gate:
             publish.backoff_base_seconds, publish.outage_backoff_max_seconds
         )
         self._window: deque[tuple[float, bool]] = deque(maxlen=OUTAGE_WINDOW_CALLS)
+        self._last_failure: str | None = None
         self._log = structlog.get_logger("reporter.gate")
 
     # -- read-only view -----------------------------------------------------------------------
@@ -121,6 +122,12 @@ class Gate:
     def braking(self) -> bool:
         """True while the outage brake sends only single probes."""
         return self._state.brake_attempts > 0
+
+    @property
+    def last_failure(self) -> str | None:
+        """The latest transient failure (operation, code, message) while it is the latest word
+        from the Hub; None once a call succeeds."""
+        return self._last_failure
 
     @property
     def hold_until(self) -> float:
@@ -156,6 +163,7 @@ class Gate:
             if err.failure.outcome is Outcome.BLOCKED:
                 self.block(err.failure, now)
                 return Blocked(err.failure)
+            self._last_failure = f"GetHomeRegion: {err.failure}"[:300]
             attempts = self._state.region_attempts + 1
             delay = self._lookup_backoff.delay(attempts, self._rng, err.failure.retry_after)
             self._update(region_attempts=attempts, region_retry_at=now + delay)
@@ -168,6 +176,7 @@ class Gate:
                 delay=round(delay, 3),
             )
             return Hold(now + delay)
+        self._last_failure = None
         previous = self.blocked
         if previous is not None:
             self._log.info("delivery_resumed", previous_error_code=previous.code)
@@ -214,6 +223,10 @@ class Gate:
         if not calls:
             return
         changes: dict[str, float | int | None] = {}
+        if calls[-1] is None:
+            self._last_failure = None
+        elif calls[-1].outcome is Outcome.TRANSIENT:
+            self._last_failure = str(calls[-1])[:300]
         if any(f is None for f in calls):
             changes["last_success_at"] = now
         failed = [f is not None and f.outcome is Outcome.TRANSIENT for f in calls]

@@ -45,6 +45,7 @@ class LiveState:
     dead_letters: int | None = None
     outage_backoff: bool = False
     last_success: float | None = None
+    last_error: str | None = None
     wal_bytes: int | None = None
 
 

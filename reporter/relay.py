@@ -53,6 +53,7 @@ class RelayStatus:
     backlogged: bool
     progress_at: float
     last_success_at: float | None
+    last_failure: str | None
 
 
 class Relay:
@@ -80,9 +81,9 @@ class Relay:
         self._seen_version: int | None = None
         self._wakeup: float | None = None
         self._progress_at = time.monotonic()  # last sign of life: a batch taken in, a task done
-        self._abandon_seconds = (
-            config.aws.connect_timeout_seconds + config.aws.read_timeout_seconds
-        ) * config.aws.max_attempts
+        aws = config.aws  # after this long an abandoned call can no longer be in flight
+        self._abandon_seconds = (aws.connect_timeout_seconds + aws.read_timeout_seconds) * 1.0
+        self._abandon_seconds *= aws.max_attempts
 
     def status(self) -> RelayStatus:
         """A snapshot of the relay's state for the daemon and `drain`."""
@@ -95,6 +96,7 @@ class Relay:
             backlogged=gate.blocked is None and (self.intake.behind or due),
             progress_at=self._progress_at,
             last_success_at=gate.state.last_success_at,
+            last_failure=gate.last_failure,
         )
 
     def close(self) -> None:
@@ -186,14 +188,13 @@ class Relay:
             now = self.clock()
             unstarted = [f for f in pending if f.cancel()]
             abandoned = [f for f in pending if f not in unstarted]
-            structlog.get_logger("reporter.relay").warning(
-                "stop_abandoned_calls", tasks=len(abandoned), not_started=len(unstarted)
-            )
+            log = structlog.get_logger("reporter.relay")
+            log.warning("stop_abandoned_calls", tasks=len(abandoned), not_started=len(unstarted))
             self.store.release([(futures[f].id, futures[f].lease) for f in unstarted], now)
             self.store.release(
                 [(futures[f].id, futures[f].lease) for f in abandoned], now + self._abandon_seconds
             )
         return [f for f in futures if f.done() and not f.cancelled()]
 
-    def _progress(self) -> None:
+    def _progress(self) -> None:  # a sign of life for the watchdog
         self._progress_at = time.monotonic()

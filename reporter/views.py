@@ -112,6 +112,7 @@ def daemon_view(
         "heartbeat": iso(state.heartbeat),
         "heartbeat_age_seconds": round(age, 1),
         "stale": age > stale_after(state.interval_seconds),
+        "last_error": state.last_error,
     }
 
 

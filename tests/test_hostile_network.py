@@ -94,3 +94,29 @@ def test_a_hung_call_holds_only_its_task_for_the_read_timeout(
     report = json.loads(cli("status", "--json", config=config).stdout)
     assert report["dead_letters"] == 0 and report["pending"] == 0
     assert all(standin.state.task("ToolA", f"t{t}").updates for t in range(5))
+
+
+def test_a_persisting_garbled_path_shows_its_true_cause_in_status(
+    cli: Cli, standin: Emulator, config_path: Path, outbox_path: Path
+):
+    """With every answer a proxy's page, `run` stays up and healthy (transient), and `status`
+    names the true cause (a garbled GetHomeRegion answer), not "home Region not set"."""
+    assert cli("init").returncode == 0
+    fill(outbox_path, 2, 1)
+    standin.state.faults.update(garble=1.0, garble_kind="html")
+    proc = start_daemon(config_path)
+    try:
+        def last_error() -> str:
+            daemon = status_json(cli)["daemon"]
+            return str((daemon or {}).get("last_error") or "")
+
+        wait_for(lambda: "GarbledResponse" in last_error())
+        assert last_error().startswith("GetHomeRegion: GarbledResponse: HTTP 200")
+        report = status_json(cli)
+        assert report["blocked"] is None and report["daemon"]["health"] == "ok"
+        standin.state.faults.update(garble=0.0)
+        wait_for(lambda: pending(outbox_path) == 0)
+        wait_for(lambda: last_error() == "")
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=10) == 0
