@@ -40,11 +40,12 @@ SIZES: dict[str, dict[str, Any]] = {
         "drain_tasks": 600, "cli_sample": 20, "coalesce": (100, 100), "idle_seconds": 20.0,
         "memory": (2000, 100), "latency_seconds": 30.0, "impact_seconds": 8.0,
         "scale": (1000, 10000, 100000), "profile_tasks": 5000, "faults": (60, 5, 5),
+        "writer_runs": 20,
     },
     "smoke": {
         "drain_tasks": 30, "cli_sample": 1, "coalesce": (10, 10), "idle_seconds": 2.0,
         "memory": (50, 10), "latency_seconds": 3.0, "impact_seconds": 1.0,
-        "scale": (100, 300), "profile_tasks": 100, "faults": (10, 2, 1),
+        "scale": (100, 300), "profile_tasks": 100, "faults": (10, 2, 1), "writer_runs": 3,
     },
 }
 
@@ -469,6 +470,24 @@ def scenario_faults(size: dict[str, Any]) -> dict[str, Any]:
             "calls_median": statistics.median(calls), "tasks_not_at_last_state": lagging}
 
 
+def scenario_writer(size: dict[str, Any]) -> dict[str, Any]:
+    """A shell tool's `mgh-reporter notify`: wall time per call (the installed console script of
+    this interpreter, warm cache), median of N."""
+    script = Path(sys.executable).parent / "mgh-reporter"
+    with stand_in() as hub:
+        box = make_outbox(hub)
+        cmd = [str(script), "--config", str(box.config), "notify", "w1", "--status",
+               "IN_PROGRESS", "--percent", "5"]
+        subprocess.run(cmd, check=True, env=hub.env, capture_output=True)  # warm the cache
+        times = []
+        for _ in range(size["writer_runs"]):
+            started = time.monotonic()
+            subprocess.run(cmd, check=True, env=hub.env, capture_output=True)
+            times.append(time.monotonic() - started)
+    return {"runs": len(times), "median": statistics.median(times), "max": max(times),
+            "script": str(script)}
+
+
 def scenario_profile(size: dict[str, Any]) -> dict[str, Any]:
     """Where a drain's CPU goes per call: our code, botocore & co, SQLite; and the stand-in's.
 
@@ -537,6 +556,7 @@ SCENARIOS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "drain": scenario_drain, "coalesce": scenario_coalesce, "idle": scenario_idle,
     "memory": scenario_memory, "latency": scenario_latency, "impact": scenario_impact,
     "scale": scenario_scale, "profile": scenario_profile, "faults": scenario_faults,
+    "writer": scenario_writer,
 }
 
 
@@ -577,6 +597,9 @@ def verdicts(name: str, r: dict[str, Any]) -> list[tuple[str, str, bool]]:
         parts = ", ".join(f"{k}: {v['calls_per_second']:.0f} calls/s" for k, v in r.items()
                           if isinstance(v, dict))
         return [(f"{parts} (spread {100 * r['spread']:.0f}%)", "within 25%", r["spread"] <= 0.25)]
+    if name == "writer":
+        return [(f"`notify` median {r['median']:.3f} s, max {r['max']:.3f} s over {r['runs']} "
+                 "runs", "<= 0.1 s", r["median"] <= 0.1)]
     if name == "faults":
         runs = ", ".join(f"{x:.1f}" for x in r["seconds"])
         return [(f"{r['rows']} rows under 30% throttle + 10% 5xx, {r['runs']} runs: {runs} s "

@@ -1,4 +1,8 @@
-"""Thin command-line commands over the library; library errors become clean exits."""
+"""Thin command-line commands over the library; library errors become clean exits.
+
+Imports are lazy: a shell writer (`notify`, ...) loads only what an INSERT needs, and the
+daemon never loads the terminal rendering of the reading commands.
+"""
 
 from __future__ import annotations
 
@@ -10,19 +14,21 @@ from collections.abc import Callable
 from dataclasses import asdict
 from functools import wraps
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from reporter import config as config_mod
-from reporter import live, logs, views
 from reporter.config import Config, ConfigError
+from reporter.model import StoreError
 from reporter.outbox import Outbox, OutboxValueError
 from reporter.process import EXIT, LockError, lock_holder, stop_on_signals
 from reporter.rows import ATTRIBUTE_TYPES, STATUSES
-from reporter.store import Store, StoreError
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from reporter.store import Store
 
 __all__ = ["main"]
 
@@ -31,6 +37,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 def _console() -> Console:
     """Rich output; wide when piped so scripts and logs get whole lines."""
+    from rich.console import Console
+
     console = Console(highlight=False)
     return console if console.is_terminal else Console(highlight=False, width=220)
 
@@ -58,6 +66,8 @@ def _config(ctx: click.Context) -> Config:
 
 def _logging_config(ctx: click.Context) -> Config:
     """The config, with the event log set up as it says (for the commands that deliver)."""
+    from reporter import logs
+
     cfg = _config(ctx)
     logs.configure(cfg.log.level, cfg.log.format)
     return cfg
@@ -98,6 +108,8 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 @guarded
 def init(ctx: click.Context) -> None:
     """Create the outbox file, table and the daemon's own tables (idempotent)."""
+    from reporter.store import Store
+
     cfg = _logging_config(ctx)
     Store.create(cfg.outbox.path, cfg.outbox.busy_timeout_ms).close()
     click.echo(f"outbox ready: {cfg.outbox.path}")
@@ -216,8 +228,10 @@ def associate_artifact(
     click.echo(f"queued row {row}")
 
 
-def _open(cfg: Config) -> Store:
-    return Store.open(cfg.outbox.path, cfg.outbox.busy_timeout_ms, writable=False)
+def _open(cfg: Config, writable: bool = False) -> Store:
+    from reporter.store import Store
+
+    return Store.open(cfg.outbox.path, cfg.outbox.busy_timeout_ms, writable=writable)
 
 
 @cli.command()
@@ -230,6 +244,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
     Exits 1 while the outbox is unusable (unreadable, full, replaced, gone), 4 while delivery is
     blocked (as `drain` would), 0 otherwise: it can serve as a health check.
     """
+    from reporter import live, views
+
     cfg = _config(ctx)
     now = time.time()
     state = live.read_freshest(live.candidates(cfg.outbox.live_state_path, cfg.outbox.path))
@@ -321,6 +337,10 @@ def dead_letters() -> None:
 @guarded
 def dead_list(ctx: click.Context, as_json: bool) -> None:
     """List rejected rows with their reasons."""
+    from rich.table import Table
+
+    from reporter import views
+
     cfg = _config(ctx)
     store = _open(cfg)
     try:
@@ -351,7 +371,7 @@ def dead_retry(ctx: click.Context, ids: tuple[int, ...], retry_all: bool) -> Non
     if bool(ids) == retry_all:
         raise click.UsageError("give row IDs or --all (not both)")
     cfg = _config(ctx)
-    store = Store.open(cfg.outbox.path, cfg.outbox.busy_timeout_ms)
+    store = _open(cfg, writable=True)
     try:
         result = requeue_dead_letters(store, cfg.hub, None if retry_all else list(ids))
     finally:
@@ -370,6 +390,10 @@ def dead_retry(ctx: click.Context, ids: tuple[int, ...], retry_all: bool) -> Non
 @guarded
 def tasks(ctx: click.Context, stream: str | None, as_json: bool) -> None:
     """One line per task: last state sent, pending rows, mapping, artifacts, staleness."""
+    from rich.table import Table
+
+    from reporter import views
+
     cfg = _config(ctx)
     store = _open(cfg)
     try:

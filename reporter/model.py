@@ -31,9 +31,27 @@ __all__ = [
     "RowCounts",
     "RowState",
     "SentState",
+    "StoreError",
     "TaskOutcome",
     "TaskRecord",
 ]
+
+
+class StoreError(Exception):
+    """The outbox file cannot be used; the message says which file and why.
+
+    `busy` is True when the only problem was the write lock staying taken past the busy
+    timeout (other writers): transient, the next pass tries again. `needs_init` is True for a
+    valid outbox table without (current) delivery tables: `init` would make it usable.
+    """
+
+    def __init__(
+        self, message: str, busy: bool = False, needs_init: bool = False, cause: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.busy = busy
+        self.needs_init = needs_init
+        self.cause = cause or message  # the engine's own words (one event per distinct cause)
 
 
 class RowState(StrEnum):

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from reporter import rows
-from reporter.store import Store, StoreError
+from reporter.model import StoreError
 
 __all__ = ["Outbox", "OutboxValueError"]
 
@@ -54,19 +55,35 @@ class Outbox:
         )
         if isinstance(checked, rows.Problem):
             raise OutboxValueError(checked)
-        store = Store.open(self.path, self.busy_timeout_ms, writable=False)
-        try:
-            for attempt in range(BUSY_RETRIES + 1):
+        return self._write(values)
+
+    def _write(self, values: dict[str, Any]) -> int:
+        """One INSERT in its own transaction (plain sqlite3: a writer needs nothing more)."""
+        if not self.path.exists():
+            raise StoreError(f"{self.path}: no outbox database here (run `mgh-reporter init`)")
+        names = list(values)
+        sql = f"INSERT INTO outbox ({', '.join(names)}) VALUES ({', '.join('?' * len(names))})"
+        for attempt in range(BUSY_RETRIES + 1):
+            try:
+                conn = sqlite3.connect(self.path, timeout=self.busy_timeout_ms / 1000)
                 try:
-                    return store.insert_row(values)
-                except StoreError as exc:
-                    # SQLite's lock is not fair: other writers in tight loops can outlast one
-                    # busy timeout. Only then (nothing was written) is trying again safe.
-                    if not exc.busy or attempt == BUSY_RETRIES:
-                        raise
-            raise AssertionError("unreachable")
-        finally:
-            store.close()
+                    with conn:
+                        cursor = conn.execute(sql, [values[n] for n in names])
+                finally:
+                    conn.close()
+                return int(cursor.lastrowid or 0)
+            except sqlite3.DatabaseError as exc:
+                busy = getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
+                # SQLite's lock is not fair: other writers in tight loops can outlast one busy
+                # timeout. Only then (nothing was written) is trying again safe.
+                if busy and attempt < BUSY_RETRIES:
+                    continue
+                if "no such table" in str(exc):
+                    raise StoreError(
+                        f"{self.path}: not an mgh-reporter outbox (no outbox table); run init"
+                    ) from None
+                raise StoreError(f"{self.path}: cannot insert into outbox: {exc}", busy) from None
+        raise AssertionError("unreachable")
 
     def task_state(
         self,

@@ -31,6 +31,7 @@ from reporter.model import (
     PendingRow,
     RowCounts,
     RowState,
+    StoreError,
     TaskOutcome,
     TaskRecord,
 )
@@ -43,23 +44,6 @@ PENDING, SENT, SUPERSEDED, REJECTED = (f"'{s.value}'" for s in RowState)  # SQL 
 _LANE_DUE = (
     "max(:now, coalesce((SELECT retry_at FROM mgh_lanes WHERE task_id = :id AND kind = :kind), 0))"
 )
-
-
-class StoreError(Exception):
-    """The outbox file cannot be used; the message says which file and why.
-
-    `busy` is True when the only problem was the write lock staying taken past the busy
-    timeout (other writers): transient, the next pass tries again. `needs_init` is True for a
-    valid outbox table without (current) delivery tables: `init` would make it usable.
-    """
-
-    def __init__(
-        self, message: str, busy: bool = False, needs_init: bool = False, cause: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.busy = busy
-        self.needs_init = needs_init
-        self.cause = cause or message  # the engine's own words (one event per distinct cause)
 
 
 def _marks(n: int) -> str:

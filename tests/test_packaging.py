@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -17,7 +18,8 @@ import pytest
 from reporter.cli import cli as cli_group
 from reporter.store import Store
 
-ROOT = Path(__file__).resolve().parent.parent
+from .helpers import ROOT, Cli, child_env
+
 UNIT = ROOT / "systemd" / "mgh-reporter.service"
 ANALYZE = shutil.which("systemd-analyze")
 
@@ -138,3 +140,32 @@ def test_every_module_has_a_docstring():
     for path in (ROOT / "reporter").glob("*.py"):
         text = path.read_text()
         assert text.startswith('"""'), path.name
+
+
+WRITER_PROBE = """
+import json, sys
+from reporter.cli import main
+sys.argv = ["mgh-reporter", "--config", sys.argv[1], *sys.argv[2:]]
+try:
+    main()
+except SystemExit as done:
+    code = done.code
+heavy = ["boto3", "botocore", "structlog", "rich", "sqlite_utils", "apscheduler",
+         "prometheus_client"]
+print(json.dumps({"code": code, "loaded": [m for m in heavy if m in sys.modules]}))
+"""
+
+
+def test_shell_writers_load_only_what_an_insert_needs(cli: Cli, config_path: Path):
+    """`notify`, `put-attributes` and `associate-artifact` import neither the SDK nor logging,
+    terminal rendering, sqlite-utils or the scheduler (a shell tool pays for an INSERT only)."""
+    assert cli("init").returncode == 0
+    for args in (["notify", "t1", "--status", "IN_PROGRESS"],
+                 ["put-attributes", "t1", "--attribute", "FQDN=a.example"],
+                 ["associate-artifact", "t1",
+                  "arn:aws:ec2:us-west-2:123456789012:instance/i-0abc"]):
+        done = subprocess.run([sys.executable, "-c", WRITER_PROBE, str(config_path), *args],
+                              capture_output=True, text=True, env=child_env(), cwd=ROOT)
+        result = json.loads(done.stdout.strip().splitlines()[-1])
+        assert result == {"code": None, "loaded": []} or result == {"code": 0, "loaded": []}, (
+            args, result, done.stderr[-1000:])
