@@ -293,6 +293,7 @@ def main() -> int:
     result["checks"] = checks
     print(json.dumps(result, indent=1))
     failed = [name for name, ok in checks.items() if not ok]
+    print(f"soak: {len(checks) - len(failed)} passed, {len(failed)} failed")
     if failed:
         print(f"soak FAILED: {'; '.join(failed)} (daemon log: {log})", file=sys.stderr)
         return 1
