@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import threading
 import time
+from dataclasses import replace
 from datetime import datetime
 from pathlib import Path
 
@@ -44,6 +45,8 @@ OUTBOX_CHECK_SECONDS = 5.0
 # most CHECKPOINT_BUSY_MS for readers, so a reader that held checkpoints back costs nothing once
 # it is gone.
 WAL_SECONDS = 5.0
+# The live state file is rewritten when it changes, and at least this often (its heartbeat).
+LIVE_REFRESH_SECONDS = 5.0
 WAL_TRUNCATE_BYTES = 4 * 1024 * 1024
 CHECKPOINT_BUSY_MS = 200
 OUTBOX_LOST_HINT = (
@@ -74,6 +77,8 @@ class Service:
         self._next_file_check = 0.0
         self._live_path = live.daemon_path(config.outbox.live_state_path, config.outbox.path)
         self._live_error: str | None = None
+        self._live_last: live.LiveState | None = None
+        self._live_written = 0.0
         self._wal_warned = False
         self._next_wal_check = 0.0
         self._problem_cause: str | None = None
@@ -183,8 +188,12 @@ class Service:
             last_error=relay.last_failure,
             wal_bytes=wal,
         )
+        unchanged = replace(state, heartbeat=0.0) == self._live_last
+        if unchanged and time.monotonic() - self._live_written < LIVE_REFRESH_SECONDS:
+            return  # idle: the heartbeat only needs refreshing every few seconds
         try:
             live.write(self._live_path, state)
+            self._live_last, self._live_written = replace(state, heartbeat=0.0), time.monotonic()
             self._live_error = None
         except OSError as exc:
             if self._live_error != exc.strerror:

@@ -19,9 +19,24 @@ from reporter.gate import CallResult
 from reporter.model import ClaimedTask, LaneResult, SentState, TaskOutcome
 from reporter.retry import Backoff, give_up_reason
 
-__all__ = ["MISSING_ROW", "Courier", "Delivery", "HubCalls", "StreamResult"]
+__all__ = [
+    "CALM_ATTEMPTS",
+    "CALM_CAP_FACTOR",
+    "CALM_RATIO",
+    "MISSING_ROW",
+    "Courier",
+    "Delivery",
+    "HubCalls",
+    "StreamResult",
+]
 
 MISSING_ROW = "row deleted from the outbox before delivery"
+# While most recent calls succeed (the gate's window), a call's first CALM_ATTEMPTS failures are
+# chance, not the service failing: its backoff stays under CALM_CAP_FACTOR x base. Past that, or
+# when calls fail widely, the full cap applies; long waits are the outage brake's job.
+CALM_RATIO = 0.5
+CALM_CAP_FACTOR = 4.0
+CALM_ATTEMPTS = 6
 IMPORT = "ImportMigrationTask"
 
 
@@ -79,7 +94,9 @@ class Courier:
         self._rng = rng or random.Random()
         publish = config.publish
         self._backoff = Backoff(publish.backoff_base_seconds, publish.backoff_max_seconds)
+        self._calm_cap = CALM_CAP_FACTOR * publish.backoff_base_seconds
         self._log = structlog.get_logger("reporter.delivery")
+        self.calm = False  # set by the relay each pass from the gate's window
 
     def ensure_streams(self, streams: Iterable[str], known: set[str]) -> StreamResult:
         """CreateProgressUpdateStream once for each valid stream not known to exist."""
@@ -231,7 +248,8 @@ class Courier:
                     publish.max_age_seconds,
                     str(failure),
                 )
-            delay = self._backoff.delay(attempts, self._rng, failure.retry_after)
+            cap = self._calm_cap if self.calm and attempts <= CALM_ATTEMPTS else None
+            delay = self._backoff.delay(attempts, self._rng, failure.retry_after, cap)
             out.error = out.error or str(failure)[:500]
             self._log.info(
                 "call_failed",

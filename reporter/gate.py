@@ -242,12 +242,18 @@ class Gate:
             changes.update(self._brake(1, now, calls))
         self._update(**changes)
 
-    def _outage(self, now: float) -> bool:
+    def failure_ratio(self, now: float) -> float:
+        """The share of recent calls (the outage window) that failed transiently; 0 without
+        evidence (fewer than OUTAGE_MIN_CALLS recent calls)."""
         while self._window and self._window[0][0] < now - OUTAGE_WINDOW_SECONDS:
             self._window.popleft()
         total = len(self._window)
-        failures = sum(1 for _, failed in self._window if failed)
-        return total >= OUTAGE_MIN_CALLS and failures >= OUTAGE_RATIO * total
+        if total < OUTAGE_MIN_CALLS:
+            return 0.0
+        return sum(1 for _, failed in self._window if failed) / total
+
+    def _outage(self, now: float) -> bool:
+        return self.failure_ratio(now) >= OUTAGE_RATIO
 
     def _brake(
         self, attempts: int, now: float, calls: Sequence[CallResult]

@@ -1,6 +1,5 @@
-"""The orchestrator of one delivery pass: intake → gate → claim → fan out → record → gate
-update → mapping checks. Each state machine lives in a room of its own (`gate`, `delivery`,
-`mapping`, `intake`); this module only wires them."""
+"""The orchestrator of one pass: intake → gate → claim → fan out → record → gate update →
+mapping checks; the state machines live in `gate`, `delivery`, `mapping`, `intake`."""
 
 from __future__ import annotations
 
@@ -14,7 +13,7 @@ from dataclasses import dataclass
 import structlog
 
 from reporter.config import Config
-from reporter.delivery import Courier, Delivery
+from reporter.delivery import CALM_RATIO, Courier, Delivery
 from reporter.errors import Failure
 from reporter.gate import Blocked, Gate, Open
 from reporter.hub import Hub
@@ -153,6 +152,7 @@ class Relay:
         return result
 
     def _deliver(self, tasks: list[ClaimedTask], result: PassResult) -> None:
+        self.courier.calm = self.gate.failure_ratio(self.clock()) < CALM_RATIO
         streams = self.courier.ensure_streams({t.stream for t in tasks if t.rows}, self._streams)
         for stream in streams.created:
             self.store.mark_stream_created(stream)

@@ -16,14 +16,22 @@ class Backoff:
     cap: float = 300.0
     factor: float = 2.0
 
-    def ceiling(self, attempt: int) -> float:
-        """The upper bound of the jittered delay after `attempt` failures (attempt >= 1)."""
+    def ceiling(self, attempt: int, cap: float | None = None) -> float:
+        """The upper bound of the jittered delay after `attempt` failures (attempt >= 1), under
+        `cap` when given (never above the policy's own cap)."""
         exponent = min(max(attempt, 1) - 1, 64)
-        return float(min(self.cap, self.base * self.factor**exponent))
+        limit = self.cap if cap is None else min(cap, self.cap)
+        return float(min(limit, self.base * self.factor**exponent))
 
-    def delay(self, attempt: int, rng: random.Random, retry_after: float | None = None) -> float:
+    def delay(
+        self,
+        attempt: int,
+        rng: random.Random,
+        retry_after: float | None = None,
+        cap: float | None = None,
+    ) -> float:
         """Seconds to wait before the next try; never below the server's RetryAfterSeconds."""
-        jittered = rng.uniform(0.0, self.ceiling(attempt))
+        jittered = rng.uniform(0.0, self.ceiling(attempt, cap))
         return max(jittered, retry_after or 0.0)
 
 

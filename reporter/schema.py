@@ -7,6 +7,8 @@ from typing import Any
 from sqlite_utils import Database
 from sqlite_utils.migrations import Migrations
 
+from reporter.model import RowState
+
 __all__ = [
     "GATE_COLUMNS",
     "INTAKE_TRIGGER",
@@ -52,6 +54,7 @@ ARTIFACT_COLUMNS = ("artifact_name", "artifact_description")
 OUTBOX_COLUMNS = REQUIRED_COLUMNS + ARTIFACT_COLUMNS
 
 migrations = Migrations("mgh-reporter")
+PENDING, SENT, SUPERSEDED, REJECTED = (f"'{s.value}'" for s in RowState)  # SQL literals
 
 
 def _execute(db: Database, *statements: str) -> None:
@@ -100,10 +103,10 @@ def _delivery_tables(db: Any) -> None:
             finished_at REAL,
             reason TEXT
         )""",
-        "CREATE INDEX mgh_rows_pending ON mgh_rows(task_id, id) WHERE state = 'pending'",
-        "CREATE INDEX mgh_rows_rejected ON mgh_rows(id) WHERE state = 'rejected'",
+        f"CREATE INDEX mgh_rows_pending ON mgh_rows(task_id, id) WHERE state = {PENDING}",
+        f"CREATE INDEX mgh_rows_rejected ON mgh_rows(id) WHERE state = {REJECTED}",
         "CREATE INDEX mgh_rows_finished ON mgh_rows(finished_at)"
-        " WHERE state IN ('sent', 'superseded')",
+        f" WHERE state IN ({SENT}, {SUPERSEDED})",
         """CREATE TABLE mgh_streams (stream TEXT PRIMARY KEY, created_at REAL NOT NULL)""",
         """CREATE TABLE mgh_artifacts (
             task_id INTEGER NOT NULL REFERENCES mgh_tasks(id),
@@ -218,7 +221,7 @@ def _insertion_order(db: Any) -> None:
         "UPDATE mgh_tasks SET last_state_seq = last_state_row,"
         " last_attributes_seq = last_attributes_row",
         "DROP INDEX mgh_rows_pending",
-        "CREATE INDEX mgh_rows_pending ON mgh_rows(task_id, seq) WHERE state = 'pending'",
+        f"CREATE INDEX mgh_rows_pending ON mgh_rows(task_id, seq) WHERE state = {PENDING}",
     )
     top = db.execute(
         "SELECT max(coalesce((SELECT max(id) FROM mgh_rows), 0),"

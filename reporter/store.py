@@ -36,10 +36,10 @@ from reporter.model import (
     TaskRecord,
 )
 from reporter.rows import Kind, OutboxRow, epoch_of
+from reporter.schema import PENDING, REJECTED, SENT, SUPERSEDED
 
 __all__ = ["Store", "StoreError"]
 
-PENDING, SENT, SUPERSEDED, REJECTED = (f"'{s.value}'" for s in RowState)  # SQL literals
 # When a (task, kind) lane may send again: its retry time, never before `now`.
 _LANE_DUE = (
     "max(:now, coalesce((SELECT retry_at FROM mgh_lanes WHERE task_id = :id AND kind = :kind), 0))"

@@ -18,7 +18,7 @@ from freezegun import freeze_time
 from reporter import config as config_mod
 from reporter import rows
 from reporter.config import Config
-from reporter.delivery import Courier
+from reporter.delivery import CALM_ATTEMPTS, Courier
 from reporter.emulator import Emulator
 from reporter.errors import Failure, HubError, Outcome
 from reporter.hub import Hub
@@ -152,6 +152,24 @@ def test_backoff_is_capped_and_floored_by_retry_after():
     d = _courier(FakeHub({"NotifyMigrationTaskState": [slow]})).deliver(
         _task(_state(1), imported=True))
     assert d.outcome.lanes[0].retry_at == NOW + 45.0
+
+
+def test_while_calls_mostly_succeed_one_calls_backoff_stays_short():
+    """When the relay judges the Hub calm, a lane's first failures wait at most 4 x base (chance,
+    not an outage); past CALM_ATTEMPTS, or when not calm, the full cap applies again."""
+    for attempts, calm, limit in ((4, True, 4.0), (CALM_ATTEMPTS, True, 4.0),
+                                  (CALM_ATTEMPTS + 3, True, 20.0), (4, False, 8.0)):
+        delays = []
+        for seed in range(40):
+            courier = Courier(FakeHub({"NotifyMigrationTaskState": [UNAVAILABLE]}), _config(),
+                              threading.Event(), lambda: NOW, random.Random(seed))
+            courier.calm = calm
+            d = courier.deliver(_task(_state(1), imported=True,
+                                      lanes={Kind.TASK_STATE: LaneState(attempts - 1, NOW)}))
+            retry_at = d.outcome.lanes[0].retry_at
+            assert retry_at is not None
+            delays.append(retry_at - NOW)
+        assert max(delays) <= limit and max(delays) > limit / 2, (attempts, calm, max(delays))
 
 
 def test_a_lane_still_backing_off_is_left_alone():

@@ -114,6 +114,19 @@ def test_random_failures_of_sixty_percent_never_engage_the_brake():
         assert not gate.braking, step
 
 
+def test_the_failure_ratio_needs_evidence():
+    """Below OUTAGE_MIN_CALLS recent calls the ratio is 0 (no evidence); then it is the share
+    of transient failures in the window, which forgets calls older than a minute."""
+    gate = _gate()
+    gate.learn([DOWN] * 20, NOW)
+    assert OUTAGE_MIN_CALLS > 20 and gate.failure_ratio(NOW) == 0.0
+    gate.learn([None] * 20, NOW)
+    assert gate.failure_ratio(NOW) == 0.5
+    gate.learn([None] * 20, NOW)  # the window keeps the last 50 calls
+    assert gate.failure_ratio(NOW) == 10 / 50
+    assert gate.failure_ratio(NOW + 61) == 0.0
+
+
 def test_one_pass_of_two_failing_tasks_is_no_outage():
     """The one or two due tasks failing in a pass is not evidence of an outage."""
     gate = _gate()
