@@ -66,55 +66,63 @@ class Writers:
         self.errors: list[str] = []
         self.clock = datetime.now(UTC)
 
-    def _rows(self, count: int) -> list[tuple[Any, ...]]:
-        out = []
-        with self.lock:
-            for _ in range(count):
-                task = f"s{self.rng.randrange(TASKS)}"
-                if self.rng.random() < 0.02:  # a row the Hub would refuse: rejected, never sent
-                    out.append(("task_state", task, "IN_PROGRESS", 150, "bad percent", None, None))
-                    self.invalid += 1
-                    continue
-                if self.rng.random() < 0.1:
-                    attrs = json.dumps([{"Type": "IPV4_ADDRESS",
-                                         "Value": f"10.0.{self.rng.randrange(256)}.1"}])
-                    out.append(("resource_attributes", task, None, None, None, None, attrs))
-                    continue
-                step = self.step.get(task, 0) + 1
-                self.step[task] = step
-                self.clock += timedelta(milliseconds=1)
-                detail = f"step {step}"
-                out.append(("task_state", task, "IN_PROGRESS", step % 101, detail,
-                            self.clock.isoformat().replace("+00:00", "Z"), None))
-                self.last[task] = (step % 101, detail)
-        return out
+    def _rows(self, count: int) -> tuple[list[tuple[Any, ...]], dict[str, tuple[int, str]]]:
+        """`count` rows and the last valid state they leave each task at (not yet remembered:
+        only a committed write counts)."""
+        out: list[tuple[Any, ...]] = []
+        last: dict[str, tuple[int, str]] = {}
+        for _ in range(count):
+            task = f"s{self.rng.randrange(TASKS)}"
+            if self.rng.random() < 0.02:  # a row the Hub would refuse: rejected, never sent
+                out.append(("task_state", task, "IN_PROGRESS", 150, "bad percent", None, None))
+                continue
+            if self.rng.random() < 0.1:
+                attrs = json.dumps([{"Type": "IPV4_ADDRESS",
+                                     "Value": f"10.0.{self.rng.randrange(256)}.1"}])
+                out.append(("resource_attributes", task, None, None, None, None, attrs))
+                continue
+            step = self.step.get(task, 0) + 1
+            self.step[task] = step
+            self.clock += timedelta(milliseconds=1)
+            detail = f"step {step}"
+            out.append(("task_state", task, "IN_PROGRESS", step % 101, detail,
+                        self.clock.isoformat().replace("+00:00", "Z"), None))
+            last[task] = (step % 101, detail)
+        return out, last
 
-    def _write(self, rows: list[tuple[Any, ...]]) -> None:
-        for attempt in range(5):
-            try:
-                conn = sqlite3.connect(self.db, timeout=5)
-                with conn:
-                    conn.executemany(
-                        "INSERT INTO outbox(kind, migration_task_name, status, progress_percent,"
-                        " status_detail, update_date_time, resource_attributes)"
-                        " VALUES (?, ?, ?, ?, ?, ?, ?)",
-                        rows,
-                    )
-                conn.close()
+    def _write(self, count: int) -> None:
+        """One transaction of `count` rows. The lock spans making and committing them, so the
+        writers' commit order is the order rows were made in (the order the daemon keeps)."""
+        with self.lock:
+            rows, last = self._rows(count)
+            for attempt in range(5):
+                try:
+                    conn = sqlite3.connect(self.db, timeout=5)
+                    with conn:
+                        conn.executemany(
+                            "INSERT INTO outbox(kind, migration_task_name, status,"
+                            " progress_percent, status_detail, update_date_time,"
+                            " resource_attributes) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                            rows,
+                        )
+                    conn.close()
+                except sqlite3.OperationalError as exc:  # locked past the timeout: try again
+                    if attempt == 4:
+                        self.errors.append(str(exc))
+                    time.sleep(0.1)
+                    continue
                 self.rows += len(rows)
+                self.invalid += sum(1 for r in rows if r[3] == 150)
+                self.last.update(last)
                 return
-            except sqlite3.OperationalError as exc:  # locked past the timeout: try again
-                if attempt == 4:
-                    self.errors.append(str(exc))
-                time.sleep(0.1)
 
     def run_steady(self) -> None:
         while not self.stop.wait(0.05):
-            self._write(self._rows(1))
+            self._write(1)
 
     def run_bursts(self) -> None:
         while not self.stop.wait(self.rng.uniform(1.0, 4.0)):
-            self._write(self._rows(self.rng.randrange(50, 400)))
+            self._write(self.rng.randrange(50, 400))
 
 
 def rss_mb(pid: int) -> float | None:

@@ -22,7 +22,7 @@ from reporter import config as config_mod
 from reporter.config import Config, ConfigError
 from reporter.model import StoreError
 from reporter.outbox import Outbox, OutboxValueError
-from reporter.process import EXIT, LockError, lock_holder, stop_on_signals
+from reporter.process import EXIT, LockError, hold_signals, lock_holder, stop_on_signals
 from reporter.rows import ATTRIBUTE_TYPES, STATUSES
 
 if TYPE_CHECKING:
@@ -65,10 +65,16 @@ def _config(ctx: click.Context) -> Config:
 
 
 def _logging_config(ctx: click.Context) -> Config:
-    """The config, with the event log set up as it says (for the commands that deliver)."""
+    """The config, with the event log set up as it says (for the commands that deliver).
+
+    Call it before importing what delivers: with JSON logs nothing renders to a terminal, so
+    structlog is kept from loading its optional pretty-printer, rich (~5 MB of a 64 MiB
+    sidecar); a `None` in `sys.modules` makes structlog's `import rich` fail as if absent."""
+    cfg = _config(ctx)
+    if cfg.log.format == "json" and "structlog" not in sys.modules:
+        sys.modules.setdefault("rich", None)  # type: ignore[arg-type]
     from reporter import logs
 
-    cfg = _config(ctx)
     logs.configure(cfg.log.level, cfg.log.format)
     return cfg
 
@@ -108,9 +114,9 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 @guarded
 def init(ctx: click.Context) -> None:
     """Create the outbox file, table and the daemon's own tables (idempotent)."""
+    cfg = _logging_config(ctx)
     from reporter.store import Store
 
-    cfg = _logging_config(ctx)
     Store.create(cfg.outbox.path, cfg.outbox.busy_timeout_ms).close()
     click.echo(f"outbox ready: {cfg.outbox.path}")
 
@@ -120,9 +126,11 @@ def init(ctx: click.Context) -> None:
 @guarded
 def run(ctx: click.Context) -> None:
     """Run the daemon until SIGTERM/SIGINT (graceful: exits 0)."""
+    hold_signals()
+    cfg = _logging_config(ctx)
     from reporter.daemon import run as run_daemon
 
-    code = run_daemon(_logging_config(ctx), _config_path(ctx))
+    code = run_daemon(cfg, _config_path(ctx))
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)  # abandoned in-flight calls must not hold the exit
@@ -140,9 +148,11 @@ def run(ctx: click.Context) -> None:
 @guarded
 def drain(ctx: click.Context, timeout: float) -> None:
     """Publish everything due now, retrying transient errors, then exit (0/1/3/4/5)."""
+    hold_signals()
+    cfg = _logging_config(ctx)
     from reporter.drain import drain as drain_outbox
 
-    sys.exit(drain_outbox(_logging_config(ctx), timeout))
+    sys.exit(drain_outbox(cfg, timeout))
 
 
 def _writer(cfg: Config) -> Outbox:

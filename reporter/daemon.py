@@ -23,6 +23,7 @@ from reporter.process import EXIT, outbox_lock, stop_on_signals
 from reporter.relay import Relay
 from reporter.store import Store, StoreError
 from reporter.views import task_health
+from reporter.wake import Waker
 from reporter.wiring import build, rate_limiter
 
 __all__ = ["RESTART_ONLY", "Service", "run"]
@@ -39,8 +40,6 @@ RESTART_ONLY = (
 # A tick keeps passing while a backlog is due (not one batch per interval), for at most this long
 # before letting maintenance and the next tick in.
 BACKLOG_SECONDS = 10.0
-# How often the outbox's identity is checked (deleted or replaced under us).
-OUTBOX_CHECK_SECONDS = 5.0
 # The WAL: checked every WAL_SECONDS; past WAL_TRUNCATE_BYTES it is truncated back, waiting at
 # most CHECKPOINT_BUSY_MS for readers, so a reader that held checkpoints back costs nothing once
 # it is gone.
@@ -74,7 +73,6 @@ class Service:
         self.last_outcome = "starting"
         self._lock = threading.Lock()
         self._backlog: Backlog | None = None
-        self._next_file_check = 0.0
         self._live_path = live.daemon_path(config.outbox.live_state_path, config.outbox.path)
         self._live_error: str | None = None
         self._live_last: live.LiveState | None = None
@@ -83,6 +81,11 @@ class Service:
         self._next_wal_check = 0.0
         self._problem_cause: str | None = None
         self._lost = False
+        # Passes run on one publisher thread, when asked: by the schedule (every interval), by a
+        # wake-up (a commit to the outbox), or when the next retry or check falls due.
+        self._wake = threading.Event()
+        self._waker: Waker | None = None
+        self._busy = False
 
     def health(self) -> str | None:
         """None while delivering normally; else why not (exit-4 causes, a broken store)."""
@@ -98,11 +101,13 @@ class Service:
                     return
                 self._tend_wal()
                 relay = self.parts.relay
+                self._busy = False
                 if relay.quiet():
                     return
                 until = time.monotonic() + BACKLOG_SECONDS
                 while True:
                     result = relay.run_once()
+                    self._busy = self._busy or result.busy
                     self._store_ok()
                     if result.busy or result.blocked:
                         self.last_outcome = (
@@ -122,13 +127,37 @@ class Service:
                 self.heartbeat = time.monotonic()
                 self._write_live()
 
+    def wake(self) -> None:
+        """Ask for a pass now (the schedule's tick, a commit seen by the waker); cheap, any
+        thread. Asks made while a pass runs are answered by one more pass after it."""
+        self._wake.set()
+
+    def _publish(self) -> None:
+        """The publisher thread: a pass whenever asked or due, until stopped."""
+        while not self.stop.is_set():
+            self._wake.wait(self._until_due())
+            self._wake.clear()
+            if self.stop.is_set():
+                return
+            self.tick()
+
+    def _until_due(self) -> float:
+        """How long to wait for a wake-up before a pass is due anyway: until the relay's next
+        retry or check (if sooner than the next scheduled tick); a full interval after a pass
+        that found nothing to do, so a wake-up time that cannot be served does not spin."""
+        interval = self.config.publish.interval_seconds
+        wakeup = self.parts.relay.status().wakeup
+        if wakeup is None:
+            return interval
+        left = wakeup - time.time()
+        if left <= 0 and not self._busy:
+            return interval  # due, yet the last pass had nothing to do: wait for the schedule
+        return min(interval, max(left, 0.0))
+
     def _outbox_lost(self) -> bool:
-        """Every few seconds: is the open file still the outbox at its path? If it was deleted or
-        replaced, say so once, stop writing to it, and reopen once a valid outbox is back."""
-        now = time.monotonic()
-        if now < self._next_file_check:
-            return False
-        self._next_file_check = now + OUTBOX_CHECK_SECONDS
+        """Each pass (one stat): is the open file still the outbox at its path? If it was deleted
+        or replaced, say so once, stop writing to it, and reopen once a valid outbox is back (the
+        waker wakes us when the directory changes)."""
         problem = self.parts.store.file_problem()
         if problem is None:
             return False
@@ -136,7 +165,6 @@ class Service:
             self._lost = True
             self.log.error("outbox_lost", error=problem, hint=OUTBOX_LOST_HINT)
         self.store_problem = problem
-        self._next_file_check = 0.0  # keep checking every tick until it is back
         return not self._reopen()
 
     def _reopen(self) -> bool:
@@ -158,6 +186,8 @@ class Service:
         old.store.close()
         self._lost = False
         self._store_ok()
+        if self._waker is not None:
+            self._waker.rearm()
         self.log.warning("outbox_reopened", outbox=str(path))
         return True
 
@@ -337,7 +367,7 @@ class Service:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
         scheduler.add_job(
-            self.tick,
+            self.wake,
             "interval",
             seconds=config.publish.interval_seconds,
             id="publish",
@@ -353,6 +383,10 @@ class Service:
         watchdog_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
         watchdog = watchdog_usec / 1e6 if watchdog_usec else 0.0
         scheduler.start()
+        publisher = threading.Thread(target=self._publish, name="publish", daemon=True)
+        publisher.start()
+        self._waker = Waker(config.outbox.path, self.wake)
+        self._waker.start()
         self.log.info(
             "started",
             outbox=str(config.outbox.path),
@@ -374,6 +408,8 @@ class Service:
         self.notifier.notify("STOPPING=1\nSTATUS=stopping")
         self.log.info("stopping")
         scheduler.shutdown(wait=False)
+        self._waker.close()
+        self._wake.set()
         # A pass in flight sees the stop flag, records what finished and returns.
         acquired = self._lock.acquire(timeout=config.publish.stop_timeout_seconds + 1.5)
         self.parts.relay.close()

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import gc
+import gzip
 import json
+import os
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 import boto3
+import botocore.session
 from botocore.config import Config as BotoConfig
+from botocore.loaders import JSONFileLoader, Loader
 
 from reporter.config import AwsConfig
 from reporter.errors import (
@@ -54,6 +59,21 @@ def _check_body(response_dict: dict[str, Any], **_: Any) -> None:
         raise GarbledResponse(status, str(headers.get("content-type", "")), bytes(body))
 
 
+class PlainJSONFileLoader(JSONFileLoader):
+    """botocore's model loader, parsing into plain dicts (ordered since Python 3.7) rather than
+    OrderedDicts: the SDK's endpoint table, parsed while a client is built, takes 4 MB instead
+    of 7 MB, a peak that counts in a 64 MiB sidecar."""
+
+    def load_file(self, file_path: str) -> Any:
+        for ext, opener in ((".json", open), (".json.gz", gzip.open)):
+            try:
+                with opener(file_path + ext, "rb") as fp:
+                    return json.loads(fp.read().decode("utf-8"))
+            except FileNotFoundError:
+                continue
+        return None
+
+
 def _snake(operation: str) -> str:
     return "".join("_" + c.lower() if c.isupper() else c for c in operation).lstrip("_")
 
@@ -68,10 +88,8 @@ class Hub:
         observer: Observer | None = None,
         limiter: AdaptiveLimiter | None = None,
         rate: RateLimiter | None = None,
-        session: boto3.session.Session | None = None,
     ) -> None:
         self._configured_region = region
-        self._session = session or boto3.session.Session()
         retries: Any = {"mode": aws.retry_mode, "total_max_attempts": aws.max_attempts}
         self._boto_config = BotoConfig(
             retries=retries,
@@ -85,6 +103,8 @@ class Hub:
         self._rate = rate
         self._lock = threading.Lock()
         self._mgh: Any = None
+        self._home_client: Any = None
+        self._session: boto3.session.Session | None = None
         self.region: str | None = None
 
     def set_rate(self, rate: RateLimiter | None) -> None:
@@ -93,15 +113,44 @@ class Hub:
 
     # -- regions ---------------------------------------------------------------------------
     def _config_client(self) -> Any:
-        region = self._configured_region
-        if region == "auto":
-            region = self._session.region_name or FALLBACK_REGION
-        return self._make_client("migrationhub-config", region)
+        with self._lock:
+            if self._home_client is None:
+                region = self._configured_region
+                if region == "auto":
+                    region = self._sdk().region_name or FALLBACK_REGION
+                self._home_client = self._make_client("migrationhub-config", region)
+            return self._home_client
+
+    def _sdk(self) -> boto3.session.Session:
+        """The SDK session the clients are made by (the credential chain, config files and
+        endpoint variables as usual); it lives only until the Hub client exists."""
+        if self._session is None:
+            core = botocore.session.Session()
+            paths = (core.get_config_variable("data_path") or "").split(os.pathsep)
+            loader = Loader(
+                extra_search_paths=[os.path.expanduser(p) for p in paths if p],
+                file_loader=PlainJSONFileLoader(),
+            )
+            core.register_component("data_loader", loader)
+            self._session = boto3.session.Session(botocore_session=core)
+        return self._session
 
     def _make_client(self, service: str, region: str) -> Any:
-        client = self._session.client(service, region_name=region, config=self._boto_config)
+        client = self._sdk().client(service, region_name=region, config=self._boto_config)
         client.meta.events.register("before-parse", _check_body)
         return client
+
+    def _let_go_of_models(self) -> None:
+        """Once both clients exist, let the session go (its endpoint resolver holds the SDK's
+        whole endpoint table) and empty the loader cache the clients share (every model and table
+        parsed while building them: ~7 MB of JSON). The clients keep what they use; the loader
+        serves only paginators and waiters, which we never use, and would reload on demand."""
+        self._session = None
+        for client in (self._home_client, self._mgh):
+            cache = getattr(getattr(client, "_loader", None), "_cache", None)
+            if isinstance(cache, dict):
+                cache.clear()
+        gc.collect()  # the session's objects form cycles: free them now, for the pass to reuse
 
     def home_region(self) -> str | None:
         """The account's home Region from GetHomeRegion (None when it is not set)."""
@@ -131,6 +180,7 @@ class Hub:
             if self.region != home or self._mgh is None:
                 self._mgh = self._make_client("mgh", home)
                 self.region = home
+                self._let_go_of_models()
         return home
 
     def _client(self) -> Any:
@@ -220,5 +270,5 @@ class Hub:
 
     def credential_source(self) -> str | None:
         """Where the SDK found credentials (`env`, `shared-credentials-file`, ...), or None."""
-        creds = self._session.get_credentials()
+        creds = self._sdk().get_credentials()
         return None if creds is None else str(getattr(creds, "method", "unknown"))

@@ -56,6 +56,9 @@ FQDN_FORBIDDEN = re.compile(r"[<>{}\\/?,=\x00-\x1f\x7f]")
 # Java's "." (the service's patterns) stops at these line terminators.
 LINE_BREAKS = re.compile(r"\r\n|[\n\r\x85\u2028\u2029]")
 MAX_STATUS_DETAIL = 2500
+# A task's state goes to the Hub at most this often: rows written in between wait and coalesce
+# into the newest (a tool reporting 1,000 times a second costs a handful of calls, not 1,000).
+STATE_SPACING_SECONDS = 0.25
 MAX_ARTIFACT_DESCRIPTION = 500
 MAX_ATTRIBUTES = 100
 MAX_NEXT_UPDATE_SECONDS = 2_147_483_647  # the Hub's Integer

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
+from collections.abc import Callable
 from typing import Any
-
-from sqlite_utils import Database
-from sqlite_utils.migrations import Migrations
 
 from reporter.model import RowState
 
@@ -16,7 +15,8 @@ __all__ = [
     "OUTBOX_COLUMNS",
     "OUTBOX_DDL",
     "REQUIRED_COLUMNS",
-    "migrations",
+    "apply_migrations",
+    "pending_migrations",
 ]
 
 OUTBOX_DDL = """
@@ -53,16 +53,60 @@ REQUIRED_COLUMNS = (
 ARTIFACT_COLUMNS = ("artifact_name", "artifact_description")
 OUTBOX_COLUMNS = REQUIRED_COLUMNS + ARTIFACT_COLUMNS
 
-migrations = Migrations("mgh-reporter")
+# The migrations, in order. sqlite-utils applies them (`init` only); opening an outbox checks
+# their names with one query, so the daemon never imports sqlite-utils (and the numpy, click and
+# pluggy it may pull in: ~14 MB of a 64 MiB sidecar).
+MIGRATION_SET = "mgh-reporter"
+MIGRATIONS_TABLE = "_sqlite_migrations"  # sqlite-utils' own record of applied migrations
+_MIGRATIONS: list[tuple[str, Callable[[Any], None]]] = []
+
+
+def migration(name: str) -> Callable[[Callable[[Any], None]], Callable[[Any], None]]:
+    """Register a migration under `name` (applied in registration order)."""
+
+    def register(fn: Callable[[Any], None]) -> Callable[[Any], None]:
+        _MIGRATIONS.append((name, fn))
+        return fn
+
+    return register
+
+
+def pending_migrations(conn: sqlite3.Connection) -> list[str]:
+    """Names of the migrations not applied to this outbox yet (read-only, plain SQL)."""
+    exists = conn.execute(
+        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (MIGRATIONS_TABLE,)
+    ).fetchone()
+    applied: set[str] = set()
+    if exists:
+        applied = {
+            str(r[0])
+            for r in conn.execute(
+                f"SELECT name FROM {MIGRATIONS_TABLE} WHERE migration_set = ?", (MIGRATION_SET,)
+            )
+        }
+    return [name for name, _ in _MIGRATIONS if name not in applied]
+
+
+def apply_migrations(conn: sqlite3.Connection) -> None:
+    """Apply the pending migrations with sqlite-utils (each in a transaction with its record)."""
+    from sqlite_utils import Database
+    from sqlite_utils.migrations import Migrations
+
+    migrations = Migrations(MIGRATION_SET)
+    for name, fn in _MIGRATIONS:
+        migrations(name=name)(fn)
+    migrations.apply(Database(conn))
+
+
 PENDING, SENT, SUPERSEDED, REJECTED = (f"'{s.value}'" for s in RowState)  # SQL literals
 
 
-def _execute(db: Database, *statements: str) -> None:
+def _execute(db: Any, *statements: str) -> None:
     for statement in statements:
         db.execute(statement)
 
 
-@migrations(name="0001_delivery_tables")
+@migration("0001_delivery_tables")
 def _delivery_tables(db: Any) -> None:
     _execute(
         db,
@@ -142,7 +186,7 @@ _OLD_META = {
 }
 
 
-@migrations(name="0002_gate_lanes_leases")
+@migration("0002_gate_lanes_leases")
 def _gate_lanes_leases(db: Any) -> None:
     _execute(
         db,
@@ -193,7 +237,7 @@ END
 """
 
 
-@migrations(name="0003_inbox")
+@migration("0003_inbox")
 def _inbox(db: Any) -> None:
     cursor = db.execute("SELECT value FROM mgh_meta WHERE key = 'cursor'").fetchone()
     _execute(
@@ -208,7 +252,7 @@ def _inbox(db: Any) -> None:
     db.execute("DELETE FROM mgh_meta WHERE key = 'cursor'")
 
 
-@migrations(name="0004_insertion_order")
+@migration("0004_insertion_order")
 def _insertion_order(db: Any) -> None:
     # "Newer" is insertion order, not id order: each row's place in it is the intake queue's
     # sequence (ids of earlier rows stand in for it; the queue continues above them).

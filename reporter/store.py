@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-from sqlite_utils import Database
 
 from reporter import schema
 from reporter.model import (
@@ -35,14 +34,18 @@ from reporter.model import (
     TaskOutcome,
     TaskRecord,
 )
-from reporter.rows import Kind, OutboxRow, epoch_of
+from reporter.rows import STATE_SPACING_SECONDS, Kind, OutboxRow, epoch_of
 from reporter.schema import PENDING, REJECTED, SENT, SUPERSEDED
 
 __all__ = ["Store", "StoreError"]
 
 # When a (task, kind) lane may send again: its retry time, never before `now`.
+# When a lane with waiting rows may send: not before its retry time, nor (the state lane) before
+# STATE_SPACING_SECONDS after the task's last state was sent. Used inside UPDATE mgh_tasks.
 _LANE_DUE = (
-    "max(:now, coalesce((SELECT retry_at FROM mgh_lanes WHERE task_id = :id AND kind = :kind), 0))"
+    "max(:now, coalesce((SELECT retry_at FROM mgh_lanes WHERE task_id = :id AND kind = :kind), 0),"
+    f" CASE WHEN :kind = '{Kind.TASK_STATE.value}' THEN coalesce(sent_at, 0) + :spacing"
+    " ELSE 0 END)"
 )
 
 
@@ -73,7 +76,6 @@ class Store:
             raise StoreError(f"{path}: cannot open as an SQLite database: {exc}") from None
         if mode != "wal":
             raise StoreError(f"{path}: cannot switch to WAL mode (journal_mode is {mode})")
-        self.db = Database(self.conn)
         self.busy_timeout_ms = busy_timeout_ms
         self._schema_version: int | None = None
         self._fetched_upto = 0
@@ -102,7 +104,7 @@ class Store:
             for column in schema.ARTIFACT_COLUMNS:
                 if column not in columns:
                     store.conn.execute(f"ALTER TABLE outbox ADD COLUMN {column} TEXT")
-            schema.migrations.apply(store.db)
+            schema.apply_migrations(store.conn)
             store._check_trigger()  # a re-created outbox table gets its intake trigger back
         # SQLite creates files 0644 (less the umask) and gives -wal/-shm the database's mode:
         # make it group-writable so a host tool in our group can share it.
@@ -129,7 +131,7 @@ class Store:
                     "(run `mgh-reporter init` to add them)",
                     needs_init=True,
                 )
-            if schema.migrations.pending(store.db):
+            if schema.pending_migrations(store.conn):
                 raise StoreError(
                     f"{path}: delivery tables missing or old; run `mgh-reporter init`",
                     needs_init=True,
@@ -327,7 +329,10 @@ class Store:
             c.executemany(
                 f"UPDATE mgh_tasks SET due_at = {_LANE_DUE} WHERE id = :id"
                 f" AND lease_token IS NULL AND (due_at IS NULL OR due_at > {_LANE_DUE})",
-                [{"now": now, "id": tid, "kind": kind} for tid, kind in sorted(lanes)],
+                [
+                    {"now": now, "id": tid, "kind": kind, "spacing": STATE_SPACING_SECONDS}
+                    for tid, kind in sorted(lanes)
+                ],
             )
 
     # -- claims ------------------------------------------------------------------------------
@@ -486,11 +491,19 @@ class Store:
             "UPDATE mgh_tasks SET lease_token = NULL,"
             " last_error = coalesce(:error, (SELECT last_error FROM mgh_lanes"
             "  WHERE task_id = :id AND last_error IS NOT NULL)),"
-            " due_at = (SELECT min(max(coalesce(l.retry_at, 0), :now))"
+            " due_at = (SELECT min(max(coalesce(l.retry_at, 0), :now,"
+            f"  CASE WHEN k.kind = '{Kind.TASK_STATE.value}' THEN coalesce(sent_at, 0) + :spacing"
+            "  ELSE 0 END))"
             f"  FROM (SELECT DISTINCT kind FROM mgh_rows WHERE task_id = :id AND state = {PENDING})"
             "  AS k LEFT JOIN mgh_lanes l ON l.task_id = :id AND l.kind = k.kind)"
             " WHERE id = :id AND lease_token = :lease",
-            {"id": o.task_id, "now": now, "lease": o.lease, "error": o.error},
+            {
+                "id": o.task_id,
+                "now": now,
+                "lease": o.lease,
+                "error": o.error,
+                "spacing": STATE_SPACING_SECONDS,
+            },
         )
 
     def mark_stream_created(self, stream: str) -> None:

@@ -17,6 +17,7 @@ import structlog
 
 from reporter import logs
 from reporter.emulator import Emulator
+from reporter.process import lock_holder
 
 from .helpers import ROOT, Cli, child_env, fill, insert, pending, start_daemon, wait_for
 
@@ -147,3 +148,43 @@ def test_other_libraries_log_json_lines_too():
     assert "skipped" in events[0]["event"] and events[0]["level"] == "warning"
     assert "AKIA" not in lines[1]
 
+
+
+def _catches(pid: int, signum: int) -> bool:
+    """Whether the process has a handler installed for `signum` (its SigCgt mask)."""
+    try:
+        status = Path(f"/proc/{pid}/status").read_text()
+    except OSError:
+        return False
+    mask = next(int(line.split()[1], 16) for line in status.splitlines()
+                if line.startswith("SigCgt:"))
+    return bool(mask >> (signum - 1) & 1)
+
+
+def test_signals_during_start_up_are_acted_on_not_fatal(
+    cli: Cli, standin: Emulator, config_path: Path, outbox_path: Path, tmp_path: Path
+):
+    """A SIGHUP (e.g. `systemctl reload`, a log rotation) that lands while the daemon still
+    imports and opens its files neither kills it nor is lost: it reloads once started. A SIGTERM
+    in that window stops it cleanly (exit 0), not by the default action."""
+    assert cli("init").returncode == 0
+    log = tmp_path / "daemon.log"
+    with log.open("w") as err:
+        proc = start_daemon(config_path, stderr=err)
+        try:
+            wait_for(lambda: _catches(proc.pid, signal.SIGHUP), interval=0.001)
+            assert lock_holder(outbox_path) is None  # still starting: the window under test
+            proc.send_signal(signal.SIGHUP)
+            wait_for(lambda: "reloaded" in _names(log))
+            assert proc.poll() is None
+            insert(outbox_path, kind="task_state", migration_task_name="held", status="COMPLETED")
+            wait_for(lambda: pending(outbox_path) == 0)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=10) == 0
+    with log.open("w") as err:
+        proc = start_daemon(config_path, stderr=err)
+        wait_for(lambda: _catches(proc.pid, signal.SIGTERM), interval=0.001)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    assert "stopped" in _names(log)
