@@ -37,7 +37,7 @@ REGION = "us-west-2"
 CREDS = {"AWS_ACCESS_KEY_ID": "bench", "AWS_SECRET_ACCESS_KEY": "bench", "AWS_REGION": REGION}
 SIZES: dict[str, dict[str, Any]] = {
     "full": {
-        "drain_tasks": 600, "cli_sample": 20, "coalesce": (100, 100), "idle_seconds": 20.0,
+        "drain_tasks": 600, "cli_sample": 20, "coalesce": (100, 100), "idle_seconds": 60.0,
         "memory": (2000, 100), "latency_seconds": 30.0, "impact_seconds": 8.0,
         "scale": (1000, 10000, 100000), "profile_tasks": 5000, "faults": (60, 5, 5),
         "writer_runs": 20,
@@ -295,17 +295,18 @@ def scenario_coalesce(size: dict[str, Any]) -> dict[str, Any]:
 
 
 def scenario_idle(size: dict[str, Any]) -> dict[str, Any]:
-    """`run` on an empty outbox at a 1 s interval: CPU used over the window."""
+    """`run` on an empty outbox at the default interval: CPU used and Hub calls made over the
+    window after start-up."""
     seconds = size["idle_seconds"]
     with stand_in() as hub:
-        box = make_outbox(hub, interval=1.0)
+        box = make_outbox(hub)
         proc = subprocess.Popen(box.cmd("run"), env=hub.env, stderr=subprocess.DEVNULL)
         try:
             time.sleep(3.0)  # imports, first pass, home Region
-            before, started = proc_cpu(proc.pid), time.monotonic()
+            before, started, calls_before = proc_cpu(proc.pid), time.monotonic(), hub.calls()
             time.sleep(seconds)
             used, elapsed = proc_cpu(proc.pid) - before, time.monotonic() - started
-            calls = hub.calls()
+            calls = hub.calls() - calls_before
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=20)
@@ -353,6 +354,22 @@ def scenario_memory(size: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def scenario_budget(size: dict[str, Any]) -> dict[str, Any]:
+    """The daemon's memory stage by stage (benchmarks/budget.py), over the 200k-row backlog."""
+    tasks, per_task = size["memory"]
+    rows = [(f"m{t:05d}", "IN_PROGRESS", min(100, j), f"step {j}")
+            for j in range(per_task) for t in range(tasks)]
+    with stand_in() as hub:
+        box = make_outbox(hub)
+        insert_states(box.db, rows)
+        del rows
+        done = subprocess.run([sys.executable, str(Path(__file__).with_name("budget.py")),
+                               str(box.config)], env=hub.env, capture_output=True, text=True,
+                              check=True)
+    stages = [json.loads(line) for line in done.stdout.splitlines()]
+    return {"rows": tasks * per_task, "stages": stages}
+
+
 def backlog(db: Path) -> int:
     """Rows not delivered or rejected yet (waiting for intake, or pending)."""
     conn = sqlite3.connect(db, timeout=10)
@@ -366,10 +383,53 @@ def backlog(db: Path) -> int:
 
 def scenario_latency(size: dict[str, Any]) -> dict[str, Any]:
     """A steady 20 rows/s into a running daemon (0.5 s interval): INSERT-to-Hub latency."""
+    return insert_to_hub(size, interval=0.5)
+
+
+def scenario_wakeup(size: dict[str, Any]) -> dict[str, Any]:
+    """At the default interval (2 s): INSERT-to-Hub latency of a steady 20 rows/s (published on
+    wake-ups, not on the schedule), and 1,000 INSERTs for one task within a second (coalescing
+    under wake-ups: NotifyMigrationTaskState calls they cost)."""
+    out = insert_to_hub(size, interval=None)
+    with stand_in(latency=0.030) as hub:
+        box = make_outbox(hub)
+        proc = subprocess.Popen(box.cmd("run"), env=hub.env, stderr=subprocess.DEVNULL)
+        try:
+            time.sleep(3.0)
+            conn = sqlite3.connect(box.db, isolation_level=None, timeout=5)
+            conn.execute("PRAGMA synchronous = NORMAL")
+            start = time.monotonic()
+            for n in range(1000):
+                time.sleep(max(0.0, start + n / 1000 - time.monotonic()))
+                conn.execute(
+                    "INSERT INTO outbox(kind, migration_task_name, status, progress_percent,"
+                    " status_detail) VALUES ('task_state', 'burst', 'IN_PROGRESS', ?, ?)",
+                    (n // 10, f"row {n}"),
+                )
+            span = time.monotonic() - start
+            conn.close()
+
+            def last() -> bool:
+                task = hub.last_states().get("burst") or {}
+                return bool(task.get("Task", {}).get("StatusDetail") == "row 999")
+
+            wait_until(last, 30, "the burst's last row")
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=20)
+        out["burst_rows"], out["burst_seconds"] = 1000, span
+        out["burst_notify_calls"] = len(hub.updates().get("burst", []))
+    return out
+
+
+def insert_to_hub(size: dict[str, Any], interval: float | None) -> dict[str, Any]:
+    """A steady 20 rows/s over 20 tasks into a running daemon with a 30 ms Hub: each row's time
+    from its INSERT's commit to the first arrival at the Hub of it or a newer row of its task.
+    `interval` None: the default."""
     seconds, rate, tasks = size["latency_seconds"], 20.0, 20
     inserted: dict[tuple[str, int], float] = {}
     with stand_in(latency=0.030) as hub:
-        box = make_outbox(hub, interval=0.5)
+        box = make_outbox(hub) if interval is None else make_outbox(hub, interval=interval)
         proc = subprocess.Popen(box.cmd("run"), env=hub.env, stderr=subprocess.DEVNULL)
         try:
             time.sleep(3.0)
@@ -406,8 +466,9 @@ def scenario_latency(size: dict[str, Any]) -> dict[str, Any]:
     latencies.sort()
     pick = lambda q: latencies[min(len(latencies) - 1, int(q * len(latencies)))]  # noqa: E731
     return {
-        "rows": len(inserted), "rate": rate, "p50": pick(0.50), "p99": pick(0.99),
-        "max": latencies[-1], "notify_calls": sum(len(v) for v in updates.values()),
+        "interval": interval or 2.0, "rows": len(inserted), "rate": rate, "p50": pick(0.50),
+        "p99": pick(0.99), "max": latencies[-1],
+        "notify_calls": sum(len(v) for v in updates.values()),
     }
 
 
@@ -612,7 +673,8 @@ def attribute(raw: str) -> dict[str, int]:
 
 SCENARIOS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "drain": scenario_drain, "coalesce": scenario_coalesce, "idle": scenario_idle,
-    "memory": scenario_memory, "latency": scenario_latency, "impact": scenario_impact,
+    "memory": scenario_memory, "latency": scenario_latency, "wakeup": scenario_wakeup,
+    "budget": scenario_budget, "impact": scenario_impact,
     "scale": scenario_scale, "profile": scenario_profile, "faults": scenario_faults,
     "writer": scenario_writer,
 }
@@ -636,8 +698,22 @@ def verdicts(name: str, r: dict[str, Any]) -> list[tuple[str, str, bool]]:
                  f"<= {r['tasks']} calls, all at last state",
                  r["notify_calls"] <= r["tasks"] and r["tasks_not_at_last_state"] == 0)]
     if name == "idle":
-        return [(f"{r['cpu_percent']:.3f}% of a core over {r['seconds']:.0f} s, "
-                 f"{r['hub_calls']} Hub calls", "< 0.5%", r["cpu_percent"] < 0.5)]
+        return [(f"{r['cpu_percent']:.3f}% of a core over {r['seconds']:.0f} s (default "
+                 f"interval), {r['hub_calls']} Hub calls after start-up",
+                 "<= 0.1%, no Hub call", r["cpu_percent"] <= 0.1 and r["hub_calls"] == 0)]
+    if name == "budget":
+        stages = "; ".join(f"{x['stage']} {x['rss']:.1f}" for x in r["stages"])
+        return [(f"RSS MB by stage ({r['rows']} rows): {stages}; high-water "
+                 f"{r['stages'][-1]['hwm']:.1f}", "(measured)", True)]
+    if name == "wakeup":
+        return [
+            (f"{r['rows']} rows at {r['rate']:.0f}/s, {r['interval']:.0f} s interval: p50 "
+             f"{r['p50']:.3f} s, p99 {r['p99']:.3f} s, max {r['max']:.3f} s", "p99 <= 0.25 s",
+             r["p99"] <= 0.25),
+            (f"{r['burst_rows']} INSERTs for one task in {r['burst_seconds']:.2f} s: "
+             f"{r['burst_notify_calls']} NotifyMigrationTaskState calls", "<= 5",
+             r["burst_notify_calls"] <= 5),
+        ]
     if name == "memory":
         return [(f"drain peak RSS {r['small_peak_mb']:.1f} MB ({r['small_rows']} rows) vs "
                  f"{r['large_peak_mb']:.1f} MB ({r['large_rows']} rows): {r['ratio']:.2f}x; "
