@@ -302,7 +302,9 @@ def scenario_idle(size: dict[str, Any]) -> dict[str, Any]:
         box = make_outbox(hub)
         proc = subprocess.Popen(box.cmd("run"), env=hub.env, stderr=subprocess.DEVNULL)
         try:
-            time.sleep(3.0)  # imports, first pass, home Region
+            # Start-up (imports, the first pass, GetHomeRegion and the clients) is over first.
+            wait_until(lambda: hub.operations().get("GetHomeRegion", 0) >= 1, 60, "start-up")
+            time.sleep(5.0)
             before, started, calls_before = proc_cpu(proc.pid), time.monotonic(), hub.calls()
             time.sleep(seconds)
             used, elapsed = proc_cpu(proc.pid) - before, time.monotonic() - started
