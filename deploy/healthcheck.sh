@@ -2,7 +2,7 @@
 # mgh-reporter's health from the shell, for container HEALTHCHECKs and Kubernetes exec probes:
 # healthy (exit 0) while the daemon's live state file says "ok" and was rewritten recently. It
 # starts no Python (a second interpreter would not fit beside the daemon in a 64 MiB sidecar)
-# and reads nothing from the outbox. The daemon rewrites the file at least every 5 s.
+# and reads nothing from the outbox. The daemon rewrites the file at least every 10 s.
 #   MGH_REPORTER_LIVE           the live state file ([outbox] live_state_path, or the default
 #                               next to the outbox: <outbox>.live.json)
 #   MGH_REPORTER_STALE_SECONDS  how old it may be (default 30)

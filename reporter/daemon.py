@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import select
+import signal
 import threading
 import time
 from dataclasses import replace
@@ -45,7 +48,7 @@ BACKLOG_SECONDS = 10.0
 # it is gone.
 WAL_SECONDS = 5.0
 # The live state file is rewritten when it changes, and at least this often (its heartbeat).
-LIVE_REFRESH_SECONDS = 5.0
+LIVE_REFRESH_SECONDS = 10.0
 WAL_TRUNCATE_BYTES = 4 * 1024 * 1024
 CHECKPOINT_BUSY_MS = 200
 OUTBOX_LOST_HINT = (
@@ -85,6 +88,7 @@ class Service:
         # wake-up (a commit to the outbox), or when the next retry or check falls due.
         self._wake = threading.Event()
         self._waker: Waker | None = None
+        self._signal_fd: int | None = None  # wakes the main loop (signals, `shutdown`)
         self._busy = False
 
     def health(self) -> str | None:
@@ -126,6 +130,13 @@ class Service:
             finally:
                 self.heartbeat = time.monotonic()
                 self._write_live()
+
+    def shutdown(self) -> None:
+        """Stop gracefully, as SIGTERM does (for code that runs the service in-process)."""
+        self.stop.set()
+        if self._signal_fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(self._signal_fd, b"\0")
 
     def wake(self) -> None:
         """Ask for a pass now (the schedule's tick, a commit seen by the waker); cheap, any
@@ -336,10 +347,6 @@ class Service:
             parts.hub.set_rate(rate_limiter(new.publish))
             parts.relay.close()
             parts.relay = Relay(parts.store, parts.hub, new, stop=self.stop)
-            if self._scheduler is not None:
-                self._scheduler.reschedule_job(
-                    "publish", trigger="interval", seconds=new.publish.interval_seconds
-                )
             if new.metrics != old.metrics:
                 self._start_metrics()
         self.log.info("reloaded", config=str(self.config_path))
@@ -367,13 +374,6 @@ class Service:
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
         scheduler.add_job(
-            self.wake,
-            "interval",
-            seconds=config.publish.interval_seconds,
-            id="publish",
-            next_run_time=_now(),
-        )
-        scheduler.add_job(
             self.maintain,
             "interval",
             seconds=MAINTENANCE_SECONDS,
@@ -383,6 +383,7 @@ class Service:
         watchdog_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
         watchdog = watchdog_usec / 1e6 if watchdog_usec else 0.0
         scheduler.start()
+        self._wake.set()  # the first pass at once
         publisher = threading.Thread(target=self._publish, name="publish", daemon=True)
         publisher.start()
         self._waker = Waker(config.outbox.path, self.wake)
@@ -395,8 +396,15 @@ class Service:
             pid=os.getpid(),
         )
         self.notifier.notify("READY=1\nSTATUS=started")
-        beat = watchdog / 2 if watchdog else 1.0
-        while not self.stop.wait(min(beat, 1.0)):
+        # The main thread sleeps until a signal arrives (its handler runs here, and the signal's
+        # wake-up byte ends the select) or the next watchdog ping is due: nothing else wakes it.
+        beat = watchdog / 2 if watchdog else None
+        signals, wakeup = os.pipe()
+        os.set_blocking(signals, False)
+        os.set_blocking(wakeup, False)
+        previous_fd = signal.set_wakeup_fd(wakeup)
+        self._signal_fd = wakeup
+        while not self.stop.is_set():
             if self.reload_requested.is_set():
                 self.reload_requested.clear()
                 self.notifier.notify("RELOADING=1")
@@ -405,6 +413,13 @@ class Service:
             alive = max(self.heartbeat, self.parts.relay.status().progress_at)
             if watchdog and time.monotonic() - alive < watchdog:
                 self.notifier.notify("WATCHDOG=1")
+            select.select([signals], [], [], beat)
+            with contextlib.suppress(BlockingIOError):
+                os.read(signals, 512)
+        signal.set_wakeup_fd(previous_fd)
+        self._signal_fd = None
+        os.close(signals)
+        os.close(wakeup)
         self.notifier.notify("STOPPING=1\nSTATUS=stopping")
         self.log.info("stopping")
         scheduler.shutdown(wait=False)

@@ -161,7 +161,7 @@ def run_demo(task_count: int = 6) -> int:
                     if (
                         done.is_set() and pending == 0 and mapped
                     ) or time.monotonic() - started > 50:
-                        service.stop.set()
+                        service.shutdown()
                     time.sleep(0.25)
                 live.update(_table(viewer, hub))
 

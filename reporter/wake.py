@@ -4,8 +4,11 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import select
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -19,8 +22,6 @@ __all__ = ["DEBOUNCE_SECONDS", "POLL_SECONDS", "Waker"]
 DEBOUNCE_SECONDS = 0.02
 # Without inotify: how often the outbox's data_version is read (one cheap query).
 POLL_SECONDS = 0.1
-# How long a wait lasts before the stop flag is looked at again (an idle wake-up per this).
-_STOP_CHECK_MS = 1000
 
 
 class Waker:
@@ -48,6 +49,11 @@ class Waker:
         self._poll = poll
         self._stop = threading.Event()
         self._rearm = threading.Event()
+        # close() and rearm() write a byte here to end a wait at once: the thread sleeps in
+        # poll() on inotify and this pipe, with no timeout, so an idle waker costs nothing.
+        self._nudge_r, self._nudge_w = os.pipe()
+        os.set_blocking(self._nudge_r, False)
+        os.set_blocking(self._nudge_w, False)
         self._thread: threading.Thread | None = None
         self._log = structlog.get_logger("reporter.wake")
         self.mode: str | None = None  # "inotify" or "poll", once started
@@ -60,12 +66,21 @@ class Waker:
     def rearm(self) -> None:
         """The outbox was reopened (replaced, restored): watch it afresh."""
         self._rearm.set()
+        self._nudge()
 
     def close(self) -> None:
-        """Stop watching (returns within about a second)."""
+        """Stop watching."""
         self._stop.set()
+        self._nudge()
         if self._thread is not None:
             self._thread.join(timeout=2.0)
+        for fd in (self._nudge_r, self._nudge_w):
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def _nudge(self) -> None:
+        with contextlib.suppress(OSError):  # full (a nudge is pending anyway) or closed
+            os.write(self._nudge_w, b"!")
 
     # -- the thread ------------------------------------------------------------------------
     def _run(self) -> None:
@@ -101,6 +116,9 @@ class Waker:
                 return watch
             self.mode = "inotify"
             self._log.info("wakeups", mode="inotify", directory=str(self.path.parent))
+            poller = select.poll()
+            poller.register(inotify.fileno(), select.POLLIN)
+            poller.register(self._nudge_r, select.POLLIN)
             while not self._stop.is_set():
                 if self._rearm.is_set():
                     self._rearm.clear()
@@ -108,7 +126,15 @@ class Waker:
                     watch = self._watch(inotify, mask)
                     if isinstance(watch, str):
                         return watch
-                events = inotify.read(timeout=_STOP_CHECK_MS, read_delay=self._debounce_ms)
+                poller.poll()
+                with contextlib.suppress(OSError):
+                    os.read(self._nudge_r, 64)
+                if self._stop.is_set():
+                    break
+                # Let the rest of a burst arrive (one wake-up for a transaction, or for a tool
+                # committing row after row), then take every event queued.
+                time.sleep(self._debounce_ms / 1000)
+                events = inotify.read(timeout=0)
                 if any(e.name in names for e in events) and not self._stop.is_set():
                     self._on_change()
                 if any(e.mask & flags.IGNORED for e in events):
