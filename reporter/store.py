@@ -108,8 +108,12 @@ class Store:
             store._check_trigger()  # a re-created outbox table gets its intake trigger back
         # SQLite creates files 0644 (less the umask) and gives -wal/-shm the database's mode:
         # make it group-writable so a host tool in our group can share it.
+        # (Only when it is not already: a file another member of the group created is not ours
+        # to chmod, and needs nothing.)
         try:
-            os.chmod(path, path.stat().st_mode | stat.S_IRGRP | stat.S_IWGRP)
+            mode = path.stat().st_mode
+            if mode & (stat.S_IRGRP | stat.S_IWGRP) != stat.S_IRGRP | stat.S_IWGRP:
+                os.chmod(path, mode | stat.S_IRGRP | stat.S_IWGRP)
         except OSError as exc:
             raise StoreError(f"{path}: cannot make group-writable: {exc.strerror}") from None
         return store

@@ -18,8 +18,9 @@ LIMITS = ["--ulimit", "nofile=4096:4096", "--ulimit", "nproc=4096:4096"]
 BASES = {
     # What the Containerfile must work on: only Debian's python3 and python3-venv.
     "python": ("python3", "python3-venv"),
-    # systemd as PID 1, and sudo for the README's `sudo -u` lines.
-    "systemd": ("python3", "python3-venv", "systemd", "systemd-sysv", "dbus", "sudo"),
+    # systemd as PID 1, sudo for the README's `sudo -u` lines, and procps (`kill`, which every
+    # real host has and the unit's ExecReload runs; debootstrap's minbase leaves it out).
+    "systemd": ("python3", "python3-venv", "systemd", "systemd-sysv", "dbus", "sudo", "procps"),
 }
 
 

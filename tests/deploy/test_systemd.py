@@ -46,8 +46,11 @@ class Machine:
     def sh(self, script: str, check: bool = True, timeout: float = 300) -> str:
         done = podman("exec", self.name, "/bin/sh", "-c", script, check=False, timeout=timeout)
         if check and done.returncode != 0:
+            journal = podman("exec", self.name, "journalctl", "-u", "mgh-reporter", "-n", "40",
+                             "--no-pager", check=False).stdout
             raise AssertionError(f"in the machine: {script!r} exited {done.returncode}:\n"
-                                 f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
+                                 f"{done.stdout[-3000:]}\n{done.stderr[-3000:]}\n"
+                                 f"journal:\n{journal}")
         return done.stdout
 
     def code(self, script: str) -> int:
