@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import StandIn, make_outbox, stand_in
+from run import StandIn, backlog, make_outbox, stand_in
 
 TASKS = 300
 WINDOWS: list[dict[str, Any]] = [
@@ -177,16 +177,6 @@ class Daemon:
         return self.proc.wait(timeout=30)
 
 
-def pending(db: Path) -> int:
-    conn = sqlite3.connect(db, timeout=10)
-    try:
-        waiting = conn.execute("SELECT count(*) FROM mgh_inbox").fetchone()[0]
-        queued = conn.execute("SELECT count(*) FROM mgh_rows WHERE state = 'pending'").fetchone()
-        return int(waiting) + int(queued[0])
-    finally:
-        conn.close()
-
-
 def oracle(db: Path, hub: StandIn, writers: Writers) -> dict[str, Any]:
     """Every check of the module docstring; each figure with its verdict."""
     conn = sqlite3.connect(db)
@@ -274,7 +264,7 @@ def main() -> int:
             thread.join()
         hub.faults(**CLEAR)
         settle_started = time.monotonic()
-        while pending(box.db) and time.monotonic() - settle_started < 180:
+        while backlog(box.db) and time.monotonic() - settle_started < 180:
             daemon.sample()
             time.sleep(0.5)
         settle = time.monotonic() - settle_started

@@ -84,8 +84,9 @@ class Service:
         self._next_wal_check = 0.0
         self._problem_cause: str | None = None
         self._lost = False
-        # Passes run on one publisher thread, when asked: by the schedule (every interval), by a
-        # wake-up (a commit to the outbox), or when the next retry or check falls due.
+        # Passes run on one publisher thread: every interval (its own timed wait), on a wake-up
+        # (a commit to the outbox), and when the next retry or check falls due. APScheduler
+        # runs only maintenance.
         self._wake = threading.Event()
         self._waker: Waker | None = None
         self._signal_fd: int | None = None  # wakes the main loop (signals, `shutdown`)
@@ -139,8 +140,8 @@ class Service:
                 os.write(self._signal_fd, b"\0")
 
     def wake(self) -> None:
-        """Ask for a pass now (the schedule's tick, a commit seen by the waker); cheap, any
-        thread. Asks made while a pass runs are answered by one more pass after it."""
+        """Ask for a pass now (a commit seen by the waker); cheap, any thread. Asks made while a
+        pass runs are answered by one more pass after it."""
         self._wake.set()
 
     def _publish(self) -> None:
