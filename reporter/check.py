@@ -6,9 +6,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from reporter import config as config_mod
+from reporter import engines
 from reporter.errors import HubError, Outcome
 from reporter.hub import CALL_OPERATIONS, Hub
-from reporter.store import Store, StoreError
+from reporter.model import OutboxStore, StoreError
 
 __all__ = ["run_checks"]
 
@@ -40,6 +41,32 @@ def _probe_params(operation: str, stream: str) -> dict[str, object]:
     return base
 
 
+def _database_privileges(
+    store: OutboxStore, ok: Callable[[str, str], None], fail: Callable[[str, str, int], int]
+) -> int:
+    """PostgreSQL: the daemon's role holds what it needs on every table; some role (a tool's)
+    may INSERT into the outbox."""
+    from reporter.pgschema import SCHEMA
+    from reporter.pgstore import PgStore
+
+    if not isinstance(store, PgStore):
+        return 0
+    try:
+        found = store.privileges()
+    except StoreError as exc:
+        return fail("privileges", str(exc), 1)
+    inserters = found.pop("inserters")
+    lacking = {table: privs for table, privs in found.items() if privs}
+    if lacking:
+        detail = "; ".join(f"{', '.join(p)} on {t}" for t, p in sorted(lacking.items()))
+        return fail("privileges", f"this role lacks {detail} (see the README's GRANTs)", 1)
+    ok("privileges", f"the daemon's role can use the outbox and schema {SCHEMA}")
+    if not inserters:
+        return fail("privileges", "no role may INSERT into the outbox (GRANT INSERT to tools)", 1)
+    ok("privileges", f"roles that may INSERT into the outbox: {', '.join(inserters)}")
+    return 0
+
+
 def run_checks(path: Path, say: Callable[[str], None]) -> int:
     """Run every step in order; stop at the first failure. Returns the exit code."""
 
@@ -57,10 +84,17 @@ def run_checks(path: Path, say: Callable[[str], None]) -> int:
     ok("config", str(path))
 
     try:
-        Store.open(cfg.outbox.path, cfg.outbox.busy_timeout_ms).close()
+        store = engines.open_store(cfg)
     except StoreError as exc:
         return fail("outbox", str(exc), 1)
-    ok("outbox", f"{cfg.outbox.path} is initialised and writable")
+    try:
+        ok("outbox", f"{cfg.outbox.where} is initialised and writable")
+        if cfg.outbox.postgres:
+            code = _database_privileges(store, ok, fail)
+            if code:
+                return code
+    finally:
+        store.close()
 
     hub = Hub(cfg.aws, cfg.hub.region)
     source = hub.credential_source()

@@ -28,7 +28,7 @@ from reporter.rows import ATTRIBUTE_TYPES, STATUSES
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from reporter.store import Store
+    from reporter.model import OutboxStore
 
 __all__ = ["main"]
 
@@ -105,7 +105,7 @@ def guarded(fn: F) -> F:
 @click.version_option(package_name="mgh-reporter")
 @click.pass_context
 def cli(ctx: click.Context, config_path: str | None) -> None:
-    """Publish migration progress from a local SQLite outbox to AWS Migration Hub."""
+    """Publish migration progress from an outbox (SQLite or PostgreSQL) to AWS Migration Hub."""
     ctx.ensure_object(dict)["config_path"] = config_path
 
 
@@ -115,10 +115,10 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 def init(ctx: click.Context) -> None:
     """Create the outbox file, table and the daemon's own tables (idempotent)."""
     cfg = _logging_config(ctx)
-    from reporter.store import Store
+    from reporter import engines
 
-    Store.create(cfg.outbox.path, cfg.outbox.busy_timeout_ms).close()
-    click.echo(f"outbox ready: {cfg.outbox.path}")
+    engines.create(cfg).close()
+    click.echo(f"outbox ready: {cfg.outbox.where}")
 
 
 @cli.command()
@@ -156,7 +156,7 @@ def drain(ctx: click.Context, timeout: float) -> None:
 
 
 def _writer(cfg: Config) -> Outbox:
-    return Outbox(cfg.outbox.path, cfg.outbox.busy_timeout_ms)
+    return Outbox(cfg.outbox.url or cfg.outbox.path, cfg.outbox.busy_timeout_ms)
 
 
 @cli.command()
@@ -238,10 +238,10 @@ def associate_artifact(
     click.echo(f"queued row {row}")
 
 
-def _open(cfg: Config, writable: bool = False) -> Store:
-    from reporter.store import Store
+def _open(cfg: Config, writable: bool = False) -> OutboxStore:
+    from reporter import engines
 
-    return Store.open(cfg.outbox.path, cfg.outbox.busy_timeout_ms, writable=writable)
+    return engines.open_store(cfg, writable=writable)
 
 
 @cli.command()
@@ -254,19 +254,23 @@ def status(ctx: click.Context, as_json: bool) -> None:
     Exits 1 while the outbox is unusable (unreadable, full, replaced, gone), 4 while delivery is
     blocked (as `drain` would), 0 otherwise: it can serve as a health check.
     """
-    from reporter import live, views
+    from reporter import engines, live, views
 
     cfg = _config(ctx)
     now = time.time()
-    state = live.read_freshest(live.candidates(cfg.outbox.live_state_path, cfg.outbox.path))
+    anchor = engines.live_anchor(cfg)
+    state = live.read_freshest(live.candidates(cfg.outbox.live_state_path, anchor))
     counts = gate = health = None
     error = None
+    replicas: list[Any] = []
     try:
         store = _open(cfg)
         try:
             health = views.task_health(store.tasks(), now, cfg)
             counts, gate = store.counts(), store.load_gate()
             wal = store.wal_bytes()
+            replicas = store.replicas()
+            now = store.clock()
         finally:
             store.close()
     except StoreError as exc:
@@ -275,12 +279,14 @@ def status(ctx: click.Context, as_json: bool) -> None:
         counts,
         gate,
         health,
-        lock_holder(cfg.outbox.path),
+        None if cfg.outbox.postgres else lock_holder(cfg.outbox.path),
         state,
         now,
         (wal, cfg.outbox.wal_warning_bytes),
         error,
     )
+    if cfg.outbox.postgres:
+        report["replicas"] = [views.replica_view(r, now) for r in replicas]
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
@@ -303,12 +309,21 @@ def _print_status(report: dict[str, Any], cfg: Config) -> None:
     else:
         headline = "[bold green]delivering[/]"
     pid, daemon = report["daemon_pid"], report["daemon"]
-    console.print(f"mgh-reporter  {cfg.outbox.path}")
+    console.print(f"mgh-reporter  {cfg.outbox.where}")
     console.print(f"  state        {headline}")
     beat = ""
     if pid and daemon and daemon["running"]:
         beat = f", heartbeat {daemon['heartbeat_age_seconds']:.0f}s ago"
-    console.print(f"  daemon       {'pid ' + str(pid) + beat if pid else 'not running'}")
+    if "replicas" in report:
+        live_ones = report["replicas"]
+        console.print(f"  replicas     {len(live_ones)} live")
+        for r in live_ones:
+            console.print(
+                f"    {r['host']} pid {r['pid']} ({r['role']}), heartbeat"
+                f" {r['heartbeat_age_seconds']:.0f}s ago, up {r['up_seconds']:.0f}s"
+            )
+    else:
+        console.print(f"  daemon       {'pid ' + str(pid) + beat if pid else 'not running'}")
     if daemon and daemon["running"] and daemon["last_error"]:
         console.print(f"  last error   {daemon['last_error']}")
     for warning in report["warnings"]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import ipaddress
 import math
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
@@ -25,8 +26,10 @@ __all__ = [
     "OutboxConfig",
     "PublishConfig",
     "config_path",
+    "fence_seconds",
     "load",
     "parse",
+    "redact_url",
 ]
 
 DEFAULT_CONFIG_PATH = Path("/etc/mgh-reporter/config.toml")
@@ -47,6 +50,19 @@ class OutboxConfig:
     lease_seconds: float = 60.0
     live_state_path: Path | None = None
     wal_warning_bytes: int = 64 * 1024 * 1024
+    url: str | None = None  # a PostgreSQL outbox (libpq URL) instead of the SQLite file at path
+    fence_margin_seconds: float = 5.0
+    unreachable_after_seconds: float = 30.0
+
+    @property
+    def postgres(self) -> bool:
+        """True when the outbox is a PostgreSQL database (`url`), not an SQLite file."""
+        return self.url is not None
+
+    @property
+    def where(self) -> str:
+        """The outbox as messages name it (a URL without its password)."""
+        return redact_url(self.url) if self.url else str(self.path)
 
 
 @dataclass(frozen=True)
@@ -173,6 +189,18 @@ def _listen(v: Any) -> str | None:
     return None
 
 
+def _pg_url(v: Any) -> str | None:
+    if not re.match(r"^postgres(ql)?://", str(v)):
+        return "must be a PostgreSQL URL (postgresql://user@host:5432/dbname?sslmode=require)"
+    return None
+
+
+def redact_url(url: str) -> str:
+    """The URL with any password replaced by ***, for logs and messages."""
+    url = re.sub(r"^(postgres(?:ql)?://[^:/@]*):[^@]*@", r"\1:***@", url)
+    return re.sub(r"([?&]password=)[^&]*", r"\1***", url)
+
+
 def _level(v: Any) -> str | None:
     return _one_of("debug", "info", "warning", "error")(str(v).lower())
 
@@ -187,6 +215,9 @@ _RULES: dict[str, dict[str, tuple[tuple[type, ...], Check | None]]] = {
         "lease_seconds": ((int, float), _positive),
         "live_state_path": ((str,), lambda v: None if v else "must not be empty"),
         "wal_warning_bytes": ((int,), _positive),
+        "url": ((str,), _pg_url),
+        "fence_margin_seconds": ((int, float), _positive),
+        "unreachable_after_seconds": ((int, float), _positive),
     },
     "hub": {
         "progress_update_stream": ((str,), _stream),
@@ -288,6 +319,10 @@ def parse(data: Mapping[str, Any], where: str = "config", base_dir: Path | None 
             "(the name your migration tool shows under in Migration Hub)"
         )
     outbox = sections.setdefault("outbox", {})
+    if "url" in outbox and "path" in outbox:
+        raise ConfigError(
+            f"{where}: [outbox] set either path (an SQLite file) or url (PostgreSQL), not both"
+        )
     for key in ("path", "live_state_path"):
         if key in outbox:
             path = Path(os.path.expanduser(outbox[key]))
@@ -316,7 +351,28 @@ def parse(data: Mapping[str, Any], where: str = "config", base_dir: Path | None 
             )
 
     built = {name: _SECTION_TYPES[name](**values) for name, values in sections.items()}
-    return Config(**built)
+    config = Config(**built)
+    if config.outbox.postgres:
+        need = fence_seconds(config)
+        if config.outbox.lease_seconds <= need:
+            raise _fail(
+                where,
+                "outbox",
+                "lease_seconds",
+                config.outbox.lease_seconds,
+                f"must exceed {need:g} with a PostgreSQL outbox: ([aws] connect_timeout_seconds"
+                " + read_timeout_seconds) x max_attempts + [outbox] fence_margin_seconds, the"
+                " lease a call needs left before it starts",
+            )
+    return config
+
+
+def fence_seconds(config: Config) -> float:
+    """How much of a task's lease must remain, by the database's clock, before a call for it
+    starts: the longest the call can take (every SDK attempt timing out) plus a margin."""
+    aws = config.aws
+    worst = (aws.connect_timeout_seconds + aws.read_timeout_seconds) * aws.max_attempts
+    return worst + config.outbox.fence_margin_seconds
 
 
 def config_path(explicit: str | os.PathLike[str] | None) -> Path:

@@ -18,16 +18,14 @@ from apscheduler.executors.pool import ThreadPoolExecutor as JobExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from reporter import config as config_mod
-from reporter import live, logs
+from reporter import engines, live, logs
 from reporter.config import Config, ConfigError
 from reporter.metrics import Metrics, MetricsServer
-from reporter.model import Backlog
-from reporter.process import EXIT, outbox_lock, stop_on_signals
+from reporter.model import Backlog, StoreError
+from reporter.process import EXIT, stop_on_signals
 from reporter.relay import Relay
-from reporter.store import Store, StoreError
 from reporter.views import task_health
-from reporter.wake import Waker
-from reporter.wiring import build, rate_limiter
+from reporter.wiring import build
 
 __all__ = ["RESTART_ONLY", "Service", "run"]
 
@@ -36,6 +34,7 @@ MAINTENANCE_SECONDS = 300.0
 # under a running daemon would split one history in two; the Hub client is built once.
 RESTART_ONLY = (
     ("outbox", "path"),
+    ("outbox", "url"),
     ("hub", "progress_update_stream"),
     ("hub", "region"),
     ("aws", None),
@@ -76,7 +75,9 @@ class Service:
         self.last_outcome = "starting"
         self._lock = threading.Lock()
         self._backlog: Backlog | None = None
-        self._live_path = live.daemon_path(config.outbox.live_state_path, config.outbox.path)
+        self._live_path = live.daemon_path(
+            config.outbox.live_state_path, engines.live_anchor(config)
+        )
         self._live_error: str | None = None
         self._live_last: live.LiveState | None = None
         self._live_written = 0.0
@@ -88,7 +89,8 @@ class Service:
         # (a commit to the outbox), and when the next retry or check falls due. APScheduler
         # runs only maintenance.
         self._wake = threading.Event()
-        self._waker: Waker | None = None
+        self._waker: engines.Wakeups | None = None
+        self._busy_since: float | None = None  # monotonic: when transient failures began
         self._signal_fd: int | None = None  # wakes the main loop (signals, `shutdown`)
         self._busy = False
 
@@ -105,6 +107,7 @@ class Service:
                 if self._outbox_lost():
                     return
                 self._tend_wal()
+                self.parts.beat()
                 relay = self.parts.relay
                 self._busy = False
                 if relay.quiet():
@@ -189,7 +192,7 @@ class Service:
             if not exc.needs_init:
                 return False
             try:
-                Store.create(path, self.config.outbox.busy_timeout_ms).close()
+                engines.create(self.config).close()
                 parts = build(self.config, self.stop, self.metrics)
             except StoreError:
                 return False
@@ -218,7 +221,7 @@ class Service:
             cause=cause,
             heartbeat=time.time(),
             pid=os.getpid(),
-            outbox=str(self.config.outbox.path),
+            outbox=self.config.outbox.where,
             interval_seconds=self.config.publish.interval_seconds,
             pending=backlog.pending if backlog else None,
             oldest_pending_seconds=None
@@ -282,13 +285,21 @@ class Service:
     def _store_ok(self) -> None:
         if self.store_problem is not None:
             self.log.info("store_recovered", previous_error=self.store_problem)
-        self.store_problem = self._problem_cause = None
+        self.store_problem = self._problem_cause = self._busy_since = None
 
     def _store_failed(self, exc: StoreError, job: str) -> None:
-        """A busy lock is transient (next run retries); anything else makes us unhealthy."""
+        """A busy lock or a lost database connection is transient (the next pass retries, the
+        store reconnects with backoff) until it has lasted [outbox] unreachable_after_seconds;
+        anything else makes us unhealthy at once."""
         if exc.busy:
-            self.log.warning("store_busy", job=job, error=str(exc))
-            return
+            now = time.monotonic()
+            if self._busy_since is None:
+                self._busy_since = now
+            if now - self._busy_since < self.config.outbox.unreachable_after_seconds:
+                if self._problem_cause != exc.cause:
+                    self.log.warning("store_busy", job=job, error=str(exc))
+                self._problem_cause = exc.cause
+                return
         if self._problem_cause != exc.cause:
             self.log.error("store_error", job=job, error=str(exc))
         self._problem_cause = exc.cause
@@ -345,9 +356,17 @@ class Service:
             logs.configure(new.log.level, new.log.format)
             parts = self.parts
             parts.limiter.resize(new.publish.max_concurrency)
-            parts.hub.set_rate(rate_limiter(new.publish))
             parts.relay.close()
-            parts.relay = Relay(parts.store, parts.hub, new, stop=self.stop)
+            parts.relay = Relay(parts.store, parts.hub, new, clock=parts.store.clock,
+                                stop=self.stop)
+            publish = new.publish
+            parts.membership.settings(publish.interval_seconds, publish.max_requests_per_second)
+            try:
+                parts.beat()
+            except StoreError as exc:
+                self._store_failed(exc, "reload")
+            if parts.membership.budget is not None:
+                parts.apply_budget(parts.membership.budget)
             if new.metrics != old.metrics:
                 self._start_metrics()
         self.log.info("reloaded", config=str(self.config_path))
@@ -387,11 +406,11 @@ class Service:
         self._wake.set()  # the first pass at once
         publisher = threading.Thread(target=self._publish, name="publish", daemon=True)
         publisher.start()
-        self._waker = Waker(config.outbox.path, self.wake)
+        self._waker = engines.wakeups(config, self.wake)
         self._waker.start()
         self.log.info(
             "started",
-            outbox=str(config.outbox.path),
+            outbox=config.outbox.where,
             interval=config.publish.interval_seconds,
             metrics=config.metrics.listen,
             pid=os.getpid(),
@@ -432,6 +451,7 @@ class Service:
         if self._server is not None:
             self._server.stop()
         if acquired:
+            self.parts.membership.leave()
             self.parts.store.close()
             self._live_path.unlink(missing_ok=True)  # no daemon: nothing speaks for it
         self.log.info("stopped", clean=acquired)
@@ -455,5 +475,27 @@ def _restart_only_changes(old: Config, new: Config) -> list[str]:
 
 def run(config: Config, config_path: Path | None = None) -> int:
     """`mgh-reporter run` (SIGHUP re-reads `config_path`)."""
-    with outbox_lock(config.outbox.path):
+    with engines.instance_lock(config):
+        stop = threading.Event()
+        with stop_on_signals(stop):
+            if not _wait_for_store(config, stop):
+                return EXIT["ok"]
         return Service(config, config_path).serve()
+
+
+def _wait_for_store(config: Config, stop: threading.Event) -> bool:
+    """An unreachable database at start is waited for (backoff up to 30 s, logged), not a
+    crash loop; False when stopped meanwhile. Any other store problem raises."""
+    log = structlog.get_logger("reporter.daemon")
+    delay = 0.5
+    while True:
+        try:
+            engines.open_store(config).close()
+            return True
+        except StoreError as exc:
+            if not exc.busy:
+                raise
+            log.warning("store_unreachable", error=str(exc), retry_in=delay)
+        if stop.wait(delay):
+            return False
+        delay = min(30.0, delay * 2)

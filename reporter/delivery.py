@@ -7,6 +7,7 @@ import random
 import threading
 from collections import deque
 from collections.abc import Callable, Iterable
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -14,7 +15,7 @@ import structlog
 
 from reporter import rows
 from reporter.config import Config
-from reporter.errors import Failure, HubError, Outcome
+from reporter.errors import Failure, FenceLost, HubError, Outcome
 from reporter.gate import CallResult
 from reporter.model import ClaimedTask, LaneResult, SentState, TaskOutcome
 from reporter.retry import Backoff, give_up_reason
@@ -52,6 +53,9 @@ class HubCalls(Protocol):
     def send(self, request: rows.Request) -> None:
         """The call a validated row becomes."""
 
+    def fenced(self, check: Callable[[], bool]) -> AbstractContextManager[None]:
+        """Calls inside the block pass `check` just before going out, or raise FenceLost."""
+
 
 @dataclass
 class Delivery:
@@ -60,6 +64,7 @@ class Delivery:
     outcome: TaskOutcome
     calls: list[CallResult] = field(default_factory=list)
     blocked: Failure | None = None
+    lease_lost: bool = False
 
     @property
     def failed(self) -> bool:
@@ -86,8 +91,10 @@ class Courier:
         stop: threading.Event,
         clock: Callable[[], float],
         rng: random.Random | None = None,
+        fence: Callable[[ClaimedTask], bool] | None = None,
     ) -> None:
         self._hub = hub
+        self._fence = fence or (lambda task: True)
         self._config = config
         self._stop = stop
         self._clock = clock
@@ -139,10 +146,29 @@ class Courier:
         if stream_failure is not None:  # made on behalf of the first due row, like the import
             self._fail_all(deque(due), failed, stream_failure, "CreateProgressUpdateStream", due[0])
         else:
-            self._run_lanes(task, deque(due), delivery, failed)
-        if delivery.blocked is None:
+            self._fenced_lanes(task, deque(due), delivery, failed)
+        if delivery.blocked is None and not delivery.lease_lost:
             self._settle(task, due, failed, delivery)
         return delivery
+
+    def _fenced_lanes(
+        self,
+        task: ClaimedTask,
+        queue: deque[rows.Request],
+        delivery: Delivery,
+        failed: dict[rows.Kind, tuple[Failure, str, int]],
+    ) -> None:
+        """The task's calls, each made only while its lease holds (checked right before the
+        request goes out); once it is lost, no further call for the task."""
+        with self._hub.fenced(lambda: self._fence(task)):
+            try:
+                self._run_lanes(task, queue, delivery, failed)
+            except FenceLost as lost:
+                delivery.lease_lost = True
+                self._log.warning(
+                    "lease_lost", stream=task.stream, task=task.task, operation=str(lost),
+                    hint="another replica holds this task now; no further call from here",
+                )
 
     def _run_lanes(
         self,

@@ -10,8 +10,14 @@ import time
 import structlog
 
 from reporter.config import Config
-from reporter.process import EXIT, outbox_lock, stop_on_signals
+from reporter.engines import instance_lock
+from reporter.model import StoreError
+from reporter.process import EXIT, stop_on_signals
 from reporter.wiring import build
+
+# Between passes, at most this long without looking: other replicas' outcomes (a lease they
+# hold ending) are seen this soon.
+LOOK_SECONDS = 0.25
 
 __all__ = ["drain"]
 
@@ -19,18 +25,34 @@ __all__ = ["drain"]
 def drain(config: Config, timeout: float) -> int:
     """Publish everything due now, retrying transient errors, then exit with the contract's code.
 
-    Exit 5 counts only rows rejected since this drain started; a stop signal exits 3 and says so.
+    Exit 5 counts only rows rejected since this drain started (by any replica); a stop signal
+    exits 3 and says so. Beside running replicas (PostgreSQL) a drain is one more replica: it
+    exits 0 only once nothing is pending or leased by anyone, and 3 if leases remain at the
+    timeout.
     """
     log = structlog.get_logger("reporter.drain")
     stop = threading.Event()
     deadline = time.monotonic() + timeout
-    with outbox_lock(config.outbox.path), stop_on_signals(stop):
-        parts = build(config, stop, None)
-        started = parts.relay.clock()
+    with instance_lock(config), stop_on_signals(stop):
+        parts = build(config, stop, None, role="drain")
+        started = parts.store.clock()
         parts.relay.gate.recheck_now()  # a person may have fixed what blocked the last run
         try:
             while True:
-                result = parts.relay.run_once()
+                try:
+                    parts.beat()
+                    result = parts.relay.run_once()
+                except StoreError as exc:
+                    if not exc.busy:
+                        raise
+                    # A lock conflict or a lost database connection: transient, try again.
+                    log.warning("store_busy", error=str(exc))
+                    parts.relay.invalidate()
+                    if time.monotonic() >= deadline or stop.is_set():
+                        print(f"outbox unavailable at the timeout: {exc}", file=sys.stderr)
+                        return EXIT["pending"]
+                    stop.wait(min(1.0, max(0.0, deadline - time.monotonic())))
+                    continue
                 if result.blocked is not None:
                     log.error(
                         "drain_blocked",
@@ -57,8 +79,9 @@ def drain(config: Config, timeout: float) -> int:
                     continue
                 now = parts.relay.clock()
                 wait = 0.05 if status.wakeup is None else status.wakeup - now
-                stop.wait(min(max(wait, 0.05), left))
+                stop.wait(min(max(wait, 0.05), left, LOOK_SECONDS))
         finally:
+            parts.membership.leave()
             parts.relay.close()
             parts.store.close()
 

@@ -339,13 +339,14 @@ class _Handler(BaseHTTPRequestHandler):
             self._control(self.path.removeprefix("/_emulator/"), raw)
             return
         target = self.headers.get("X-Amz-Target", "")
-        region = _region_of(self.headers.get("Authorization", ""))
+        authorization = self.headers.get("Authorization", "")
+        region = _region_of(authorization)
         try:
             params = json.loads(raw or b"{}")
         except ValueError:
             self._reply(400, {"__type": "SerializationException", "Message": "bad JSON"})
             return
-        status, body, code = emulator.handle(target, region, params)
+        status, body, code = emulator.handle(target, region, params, _caller_of(authorization))
         if status == 0:  # a dropped connection
             self._hang_up()
             return
@@ -394,6 +395,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(400, {"message": str(exc)})
             return
         self._reply(200, {"ok": True})
+
+
+def _caller_of(authorization: str) -> str | None:
+    """The access key id that signed the request (tells replicas apart in the call log)."""
+    match = re.search(r"Credential=([^/]+)/", authorization)
+    return match.group(1) if match else None
 
 
 def _region_of(authorization: str) -> str | None:
@@ -480,7 +487,7 @@ class Emulator:
 
     # -- dispatch ----------------------------------------------------------------------------
     def handle(
-        self, target: str, region: str | None, params: dict[str, Any]
+        self, target: str, region: str | None, params: dict[str, Any], caller: str | None = None
     ) -> tuple[int, dict[str, Any], str | None]:
         """Answer one request: (HTTP status, JSON body, error code); status 0 = drop it."""
         prefix, _, operation = target.partition(".")
@@ -491,6 +498,7 @@ class Emulator:
             "time": self.clock(),
             "stream": params.get("ProgressUpdateStream"),
             "task": params.get("MigrationTaskName"),
+            "caller": caller,
         }
         with state.lock:
             state.in_flight += 1

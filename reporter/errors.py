@@ -12,6 +12,7 @@ __all__ = [
     "HOME_REGION_NOT_SET",
     "THROTTLE_CODES",
     "Failure",
+    "FenceLost",
     "GarbledResponse",
     "HubError",
     "Outcome",
@@ -144,3 +145,7 @@ def classify(exc: BaseException) -> Failure:
         name = type(exc).__name__
         return Failure(Outcome.TRANSIENT, name, str(exc))
     raise exc
+
+
+class FenceLost(Exception):
+    """The fence said no: this process no longer holds the task's lease; nothing was sent."""

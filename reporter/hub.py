@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import gzip
 import json
 import os
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import boto3
@@ -20,6 +21,7 @@ from reporter.config import AwsConfig
 from reporter.errors import (
     HOME_REGION_NOT_SET,
     Failure,
+    FenceLost,
     GarbledResponse,
     HubError,
     Outcome,
@@ -101,6 +103,7 @@ class Hub:
         self._observer = observer
         self._limiter = limiter
         self._rate = rate
+        self._fence = threading.local()
         self._lock = threading.Lock()
         self._mgh: Any = None
         self._home_client: Any = None
@@ -189,6 +192,17 @@ class Hub:
         return self._mgh
 
     # -- calls -----------------------------------------------------------------------------
+    @contextlib.contextmanager
+    def fenced(self, check: Callable[[], bool]) -> Iterator[None]:
+        """Calls made by this thread inside the block first pass `check`, right before the
+        request goes out (after any wait for the rate cap or a concurrency slot); when it says
+        no, the call is not made and `FenceLost` is raised."""
+        self._fence.check = check
+        try:
+            yield
+        finally:
+            self._fence.check = None
+
     def _call(self, client: Any, operation: str, params: dict[str, Any]) -> dict[str, Any]:
         if self._rate is not None:
             self._rate.acquire()
@@ -197,8 +211,14 @@ class Hub:
         throttled = False
         outcome = "ok"
         try:
+            check = getattr(self._fence, "check", None)
+            if check is not None and not check():
+                outcome = "fenced"
+                raise FenceLost(operation)
             result: dict[str, Any] = getattr(client, _snake(operation))(**params)
             return result
+        except FenceLost:
+            raise
         except Exception as exc:
             failure = classify(exc)
             throttled = failure.throttled

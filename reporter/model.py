@@ -28,6 +28,7 @@ __all__ = [
     "NewRows",
     "OutboxStore",
     "PendingRow",
+    "Replica",
     "RowCounts",
     "RowState",
     "SentState",
@@ -264,11 +265,29 @@ class TaskRecord:
     last_error: str | None = None
 
 
+@dataclass(frozen=True)
+class Replica:
+    """One delivering process of a shared outbox, as its heartbeat row describes it."""
+
+    id: str
+    host: str
+    pid: int
+    started_at: float
+    heartbeat_at: float
+    every_seconds: float  # how often it promises a heartbeat
+    rate: float  # its [publish] max_requests_per_second (0: no cap)
+    role: str = "run"  # "run" or "drain"
+
+
 class OutboxStore(Protocol):
     """The verbs the relay, gate, delivery, views and CLI use; one implementation per engine."""
 
     def close(self) -> None:
         """Release the connection."""
+
+    def clock(self) -> float:
+        """Now, in epoch seconds, by the clock leases are judged by (the database's, when
+        several processes share the outbox)."""
 
     def data_version(self) -> int:
         """A token that changes whenever another connection commits (cheap idle check)."""
@@ -299,6 +318,11 @@ class OutboxStore(Protocol):
     def release(self, leases: Sequence[tuple[int, str]], due_at: float) -> None:
         """Hand leased (task id, lease) pairs back untouched, due again at `due_at`."""
 
+    def hold(self, task_id: int, lease: str, need_seconds: float, lease_seconds: float) -> bool:
+        """The fence before a Hub call: True when this lease still has at least `need_seconds`
+        left (renewing it for `lease_seconds` when less remains); False when it was lost, and
+        the caller must make no further call for the task."""
+
     def record(self, outcomes: Sequence[TaskOutcome]) -> None:
         """Record a pass's outcomes and end their leases."""
 
@@ -307,6 +331,20 @@ class OutboxStore(Protocol):
 
     def streams(self) -> set[str]:
         """Streams known to exist at the Hub."""
+
+    def claim_stream(self, stream: str, seconds: float) -> bool:
+        """True when this process should create `stream` now (no one created it, and no one
+        else is creating it); the claim lapses after `seconds`."""
+
+    # replicas
+    def heartbeat(self, me: Replica) -> list[Replica]:
+        """Say this process is alive; returns the live replicas (itself included)."""
+
+    def replicas(self) -> list[Replica]:
+        """The live replicas (heartbeat fresher than three of their promised periods)."""
+
+    def leave(self, replica_id: str) -> None:
+        """This process stops delivering: drop its heartbeat row."""
 
     # mapping
     def due_mapping_checks(self, limit: int) -> list[MappingCheck]:

@@ -7,7 +7,8 @@
     box.created_artifact("vm-042", "arn:aws:ec2:us-east-1:123456789012:instance/i-0abc")
 
 Every method validates against the contract's limits first and raises `ValueError` naming the
-field and the rule, so a bad update fails in the tool, not later in a dead letter.
+field and the rule, so a bad update fails in the tool, not later in a dead letter. A PostgreSQL
+outbox is named by its URL: `Outbox("postgresql://tool@db.example/migrations")`.
 """
 
 from __future__ import annotations
@@ -38,10 +39,12 @@ class OutboxValueError(ValueError):
 
 
 class Outbox:
-    """A writer for one outbox file (opens a short-lived connection per call)."""
+    """A writer for one outbox file or database URL (a short-lived connection per call)."""
 
     def __init__(self, path: str | os.PathLike[str], busy_timeout_ms: int = 5000) -> None:
-        self.path = Path(path)
+        text = os.fspath(path)
+        self.url = text if text.startswith(("postgresql://", "postgres://")) else None
+        self.path = Path(text)
         self.busy_timeout_ms = busy_timeout_ms
 
     def _insert(self, values: dict[str, Any]) -> int:
@@ -59,6 +62,14 @@ class Outbox:
 
     def _write(self, values: dict[str, Any]) -> int:
         """One INSERT in its own transaction (plain sqlite3: a writer needs nothing more)."""
+        if self.url is not None:
+            from reporter.pgstore import PgStore
+
+            store = PgStore(self.url)
+            try:
+                return store.insert_row(values)
+            finally:
+                store.close()
         if not self.path.exists():
             raise StoreError(f"{self.path}: no outbox database here (run `mgh-reporter init`)")
         names = list(values)

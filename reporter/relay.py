@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 import structlog
 
-from reporter.config import Config
+from reporter.config import Config, fence_seconds
 from reporter.delivery import CALM_RATIO, Courier, Delivery
 from reporter.errors import Failure
 from reporter.gate import Blocked, Gate, Open
@@ -21,7 +21,10 @@ from reporter.intake import Intake
 from reporter.mapping import MappingChecker
 from reporter.model import ClaimedTask, OutboxStore
 
-__all__ = ["PassResult", "Relay", "RelayStatus"]
+__all__ = ["STREAM_WAIT_SECONDS", "PassResult", "Relay", "RelayStatus"]
+
+# Tasks of a stream another replica is creating are handed back for this long.
+STREAM_WAIT_SECONDS = 0.5
 
 
 @dataclass
@@ -72,17 +75,23 @@ class Relay:
         self.stop = stop or threading.Event()
         rng = rng or random.Random()
         self.gate = Gate(store.load_gate(), hub, config.publish, store.save_gate, rng, self.clock)
-        self.courier = Courier(hub, config, self.stop, self.clock, rng)
+        need, lease = fence_seconds(config), config.outbox.lease_seconds
+        self.courier = Courier(
+            hub, config, self.stop, self.clock, rng,
+            fence=lambda task: store.hold(task.id, task.lease, need, lease),
+        )
         self.mapping = MappingChecker(store, hub, config.mapping, self.stop, self.clock)
         self.intake = Intake(store, config, self._progress)
         self._pool = ThreadPoolExecutor(config.publish.max_concurrency, thread_name_prefix="hub")
         self._streams = store.streams()
+        self._creating: set[str] = set()
         self._seen_version: int | None = None
         self._wakeup: float | None = None
         self._progress_at = time.monotonic()  # last sign of life: a batch taken in, a task done
         aws = config.aws  # after this long an abandoned call can no longer be in flight
         self._abandon_seconds = (aws.connect_timeout_seconds + aws.read_timeout_seconds) * 1.0
         self._abandon_seconds *= aws.max_attempts
+        self.hold_until = 0.0  # no claims before this (a replica not yet counted in the budget)
 
     def status(self) -> RelayStatus:
         """A snapshot of the relay's state for the daemon and `drain`."""
@@ -127,7 +136,7 @@ class Relay:
         admission = self.gate.admit(now)
         if isinstance(admission, Blocked):
             result.blocked = admission.failure
-        elif isinstance(admission, Open):
+        elif isinstance(admission, Open) and now >= self.hold_until:
             limit = 1 if admission.probe else self.config.outbox.batch_size
             tasks = self.store.claim_due(limit, self.config.outbox.lease_seconds)
             result.claimed = len(tasks)
@@ -137,7 +146,7 @@ class Relay:
                 self.mapping.run()
         self._wakeup = self.store.next_wakeup()
         if self._wakeup is not None:
-            self._wakeup = max(self._wakeup, self.gate.hold_until)
+            self._wakeup = max(self._wakeup, self.gate.hold_until, self.hold_until)
         if result.busy:
             structlog.get_logger("reporter.relay").info(
                 "pass",
@@ -153,7 +162,8 @@ class Relay:
 
     def _deliver(self, tasks: list[ClaimedTask], result: PassResult) -> None:
         self.courier.calm = self.gate.failure_ratio(self.clock()) < CALM_RATIO
-        streams = self.courier.ensure_streams({t.stream for t in tasks if t.rows}, self._streams)
+        tasks = self._stream_owners(tasks)
+        streams = self.courier.ensure_streams(self._creating, self._streams)
         for stream in streams.created:
             self.store.mark_stream_created(stream)
             self._streams.add(stream)
@@ -171,6 +181,22 @@ class Relay:
             result.blocked = result.blocked or d.blocked
         self.store.record([d.outcome for d in deliveries])
         self.gate.learn(streams.calls + [c for d in deliveries for c in d.calls], self.clock())
+
+    def _stream_owners(self, tasks: list[ClaimedTask]) -> list[ClaimedTask]:
+        """Streams not known to exist are created once across replicas: this relay creates
+        those whose creation it could claim; tasks of streams another replica is creating are
+        handed back for a moment."""
+        unknown = {t.stream for t in tasks if t.rows} - self._streams
+        if unknown:
+            self._streams |= self.store.streams()  # perhaps another replica created them
+            unknown -= self._streams
+        self._creating = {s for s in unknown if self.store.claim_stream(s, self._abandon_seconds)}
+        others = unknown - self._creating
+        if not others:
+            return tasks
+        waiting = [t for t in tasks if t.stream in others]
+        self.store.release([(t.id, t.lease) for t in waiting], self.clock() + STREAM_WAIT_SECONDS)
+        return [t for t in tasks if t.stream not in others]
 
     def _wait(self, futures: dict[Future[Delivery], ClaimedTask]) -> list[Future[Delivery]]:
         """Wait for every task; on a stop, hand back what did not finish in time: tasks never

@@ -28,6 +28,7 @@ from reporter.model import (
     MappingCheck,
     NewRows,
     PendingRow,
+    Replica,
     RowCounts,
     RowState,
     StoreError,
@@ -424,6 +425,11 @@ class Store:
                     [(due_at, tid, lease) for tid, lease in leases],
                 )
 
+    def hold(self, task_id: int, lease: str, need_seconds: float, lease_seconds: float) -> bool:
+        """Always held: one process owns an SQLite outbox (the instance lock), and a relay
+        claims again only after every call of its last pass has returned."""
+        return True
+
     # -- outcomes ----------------------------------------------------------------------------
     def record(self, outcomes: Sequence[TaskOutcome]) -> None:
         """Record a pass's outcomes in one short transaction."""
@@ -522,6 +528,22 @@ class Store:
         """Streams known to exist at the Hub."""
         with self._errors("read streams"):
             return {r[0] for r in self.conn.execute("SELECT stream FROM mgh_streams")}
+
+    def claim_stream(self, stream: str, seconds: float) -> bool:
+        """Always ours: no other process delivers from this file."""
+        return True
+
+    # -- replicas (one process per SQLite outbox: nothing to share) ---------------------------
+    def heartbeat(self, me: Replica) -> list[Replica]:
+        """Only this process delivers; nothing is stored."""
+        return [me]
+
+    def replicas(self) -> list[Replica]:
+        """No heartbeat rows on SQLite (`status` finds the one daemon by its lock)."""
+        return []
+
+    def leave(self, replica_id: str) -> None:
+        """Nothing stored, nothing to drop."""
 
     # -- mapping ---------------------------------------------------------------------------
     def due_mapping_checks(self, limit: int) -> list[MappingCheck]:

@@ -8,13 +8,14 @@ from typing import Any
 
 from reporter.config import Config
 from reporter.live import LiveState, stale_after
-from reporter.model import GateState, RowCounts, TaskRecord
+from reporter.model import GateState, Replica, RowCounts, TaskRecord
 from reporter.rows import TERMINAL_STATUSES
 
 __all__ = [
     "daemon_view",
     "iso",
     "promise_state",
+    "replica_view",
     "status_report",
     "task_entries",
     "task_health",
@@ -132,6 +133,20 @@ def _problems(
             f"{daemon['heartbeat_age_seconds']:.0f}s: it is hung or stopped"
         )
     return warnings
+
+
+def replica_view(replica: Replica, now: float) -> dict[str, Any]:
+    """One live replica as `status --json` lists it."""
+    return {
+        "id": replica.id,
+        "host": replica.host,
+        "pid": replica.pid,
+        "role": replica.role,
+        "started": iso(replica.started_at),
+        "up_seconds": round(max(0.0, now - replica.started_at), 1),
+        "heartbeat_age_seconds": round(max(0.0, now - replica.heartbeat_at), 1),
+        "max_requests_per_second": replica.rate or None,
+    }
 
 
 def status_report(

@@ -1,17 +1,19 @@
-"""Builds the parts a delivering process needs (store, Hub adapter, limiter, relay) from a
-config; shared by `run` and `drain`."""
+"""Builds the parts a delivering process needs (store, Hub adapter, limiter, relay, membership)
+from a config; shared by `run` and `drain`."""
 
 from __future__ import annotations
 
 import threading
 from dataclasses import dataclass
 
+from reporter import engines
 from reporter.config import Config, PublishConfig
 from reporter.hub import Hub
 from reporter.limiter import AdaptiveLimiter, RateLimiter
 from reporter.metrics import Metrics
+from reporter.model import OutboxStore
 from reporter.relay import Relay
-from reporter.store import Store
+from reporter.replicas import Budget, Membership
 
 __all__ = ["Parts", "build", "rate_limiter"]
 
@@ -20,10 +22,23 @@ __all__ = ["Parts", "build", "rate_limiter"]
 class Parts:
     """What one delivering process holds."""
 
-    store: Store
+    store: OutboxStore
     hub: Hub
     relay: Relay
     limiter: AdaptiveLimiter
+    membership: Membership
+
+    def beat(self) -> None:
+        """Heartbeat when due, and apply a changed budget: this replica's share of the
+        account's rate, and when it may start calling."""
+        budget = self.membership.beat()
+        if budget is not None:
+            self.apply_budget(budget)
+
+    def apply_budget(self, budget: Budget) -> None:
+        """Use this share of the rate from now on."""
+        self.hub.set_rate(RateLimiter(budget.rate) if budget.rate else None)
+        self.relay.hold_until = budget.ready_at
 
 
 def rate_limiter(publish: PublishConfig) -> RateLimiter | None:
@@ -32,10 +47,12 @@ def rate_limiter(publish: PublishConfig) -> RateLimiter | None:
     return RateLimiter(rate) if rate else None
 
 
-def build(config: Config, stop: threading.Event, metrics: Metrics | None) -> Parts:
+def build(
+    config: Config, stop: threading.Event, metrics: Metrics | None, role: str = "run"
+) -> Parts:
     """Open the outbox and wire a relay to the Hub."""
     publish = config.publish
-    store = Store.open(config.outbox.path, config.outbox.busy_timeout_ms)
+    store = engines.open_store(config)
     limiter = AdaptiveLimiter(publish.concurrency, publish.max_concurrency)
     hub = Hub(
         config.aws,
@@ -44,4 +61,8 @@ def build(config: Config, stop: threading.Event, metrics: Metrics | None) -> Par
         limiter=limiter,
         rate=rate_limiter(publish),
     )
-    return Parts(store, hub, Relay(store, hub, config, stop=stop), limiter)
+    relay = Relay(store, hub, config, clock=store.clock, stop=stop)
+    membership = Membership(
+        store, role, publish.interval_seconds, publish.max_requests_per_second
+    )
+    return Parts(store, hub, relay, limiter, membership)

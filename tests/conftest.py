@@ -12,6 +12,7 @@ import pytest
 
 from reporter.emulator import Emulator
 
+from .engines import PG_OUTBOX, Engine, PgServer
 from .helpers import FAST, ROOT, Cli, child_env, toml_text
 
 
@@ -84,6 +85,66 @@ def cli(aws_env: dict[str, str], config_path: Path) -> Cli:
     def run(*args: str, config: Path | None = None, timeout: float = 60,
             env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
         cmd = [sys.executable, "-m", "reporter", "--config", str(config or config_path), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              env=child_env(env), cwd=ROOT)
+
+    return run
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A PostgreSQL 16 server for the session (pgserver), on a Unix socket."""
+    server = PgServer()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> str:
+    """A fresh database on the session's server (its URL, as the superuser)."""
+    return pg_server.database()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Engine:
+    """The outbox on each engine in turn (behaviour that is the same on both)."""
+    if request.param == "sqlite":
+        path = tmp_path / "outbox.db"
+        return Engine("sqlite", {"path": str(path)}, path=path)
+    url = request.getfixturevalue("pg_server").database()
+    return Engine("postgres", {"url": url, **PG_OUTBOX}, url=url)
+
+
+@pytest.fixture
+def engine_config(engine: Engine, tmp_path: Path) -> Callable[..., Path]:
+    """Write a config for the engine under test (fast timings; sections overridable)."""
+
+    def make(name: str = "engine.toml", **sections: dict[str, Any]) -> Path:
+        merged: dict[str, dict[str, Any]] = {
+            "outbox": {**FAST["outbox"], **engine.outbox},
+            "hub": {"progress_update_stream": "ToolA"},
+            "publish": dict(FAST["publish"]),
+            "mapping": dict(FAST["mapping"]),
+            "log": {"level": "info", "format": "json"},
+            **engine.extra,
+        }
+        for section, values in sections.items():
+            merged.setdefault(section, {}).update(values)
+        path = tmp_path / name
+        path.write_text(toml_text(merged))
+        return path
+
+    return make
+
+
+@pytest.fixture
+def engine_cli(aws_env: dict[str, str], engine_config: Callable[..., Path]) -> Cli:
+    """`mgh-reporter --config <engine config> ARGS` as a real process."""
+    default = engine_config()
+
+    def run(*args: str, config: Path | None = None, timeout: float = 60,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "reporter", "--config", str(config or default), *args]
         return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
                               env=child_env(env), cwd=ROOT)
 

@@ -3,12 +3,14 @@ counts consecutive failures, give-up only for rows that were tried; durable acro
 
 from __future__ import annotations
 
+import contextlib
 import json
 import random
 import sqlite3
 import threading
 import time
 from collections import defaultdict
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -59,6 +61,11 @@ class FakeHub:
 
     def send(self, request: rows.Request) -> None:
         self._call(request.operation, request.row_id)
+
+    @contextlib.contextmanager
+    def fenced(self, check: Callable[[], bool]) -> Iterator[None]:
+        self.fence = check
+        yield
 
 
 def _config(**publish: Any) -> Config:

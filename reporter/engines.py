@@ -1,0 +1,90 @@
+"""Which storage engine a config names (an SQLite file or a PostgreSQL URL), and the per-engine
+pieces built from it: the store, `init`, the single-instance lock, wake-ups, the writer, the
+live-state anchor. The one place that decides by `[outbox] url`."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Protocol
+
+from reporter.config import Config
+from reporter.model import OutboxStore
+from reporter.process import outbox_lock
+
+__all__ = ["Wakeups", "create", "instance_lock", "live_anchor", "open_store", "wakeups"]
+
+
+class Wakeups(Protocol):
+    """What the daemon needs of a waker (inotify on a file, or LISTEN on a database)."""
+
+    mode: str | None
+
+    def start(self) -> None:
+        """Begin watching on a thread of its own."""
+
+    def rearm(self) -> None:
+        """Watch again after the outbox was replaced."""
+
+    def close(self) -> None:
+        """Stop watching."""
+
+
+def open_store(config: Config, writable: bool = True) -> OutboxStore:
+    """Open an initialised outbox (StoreError when it is not usable)."""
+    outbox = config.outbox
+    if outbox.url is not None:
+        from reporter.pgstore import PgStore
+
+        return PgStore.open(outbox.url, writable)
+    from reporter.store import Store
+
+    return Store.open(outbox.path, outbox.busy_timeout_ms, writable=writable)
+
+
+def create(config: Config) -> OutboxStore:
+    """`init`: create (or upgrade) the outbox and the daemon's tables; idempotent."""
+    outbox = config.outbox
+    if outbox.url is not None:
+        from reporter.pgstore import PgStore
+
+        return PgStore.create(outbox.url)
+    from reporter.store import Store
+
+    return Store.create(outbox.path, outbox.busy_timeout_ms)
+
+
+@contextlib.contextmanager
+def instance_lock(config: Config) -> Iterator[None]:
+    """SQLite: one delivering process per file (flock). PostgreSQL: none; replicas share the
+    work through leases."""
+    if config.outbox.postgres:
+        yield
+        return
+    with outbox_lock(config.outbox.path):
+        yield
+
+
+def wakeups(config: Config, on_change: Callable[[], None]) -> Wakeups:
+    """inotify on the outbox's directory, or LISTEN on the database."""
+    if config.outbox.url is not None:
+        from reporter.pgstore import Listener
+
+        return Listener(config.outbox.url, on_change)
+    from reporter.wake import Waker
+
+    return Waker(config.outbox.path, on_change)
+
+
+def live_anchor(config: Config) -> Path:
+    """What the live state file is named after: the outbox file, or for a database a name in
+    the state directory (systemd's, else the temporary directory) made from its URL."""
+    if config.outbox.url is None:
+        return config.outbox.path
+    digest = hashlib.sha256(config.outbox.where.encode()).hexdigest()[:12]
+    base = os.environ.get("STATE_DIRECTORY", "").split(":")[0] or tempfile.gettempdir()
+    return Path(base) / f"mgh-reporter-pg-{digest}"

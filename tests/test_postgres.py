@@ -1,0 +1,317 @@
+"""The PostgreSQL outbox: config, `init` and least-privilege roles, intake shared by replicas,
+`SKIP LOCKED` leases and the fence, streams created once, the shared budget, LISTEN wake-ups,
+lost connections, and replicas as real processes (kill -9, SIGSTOP) on a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+
+from reporter import config as config_mod
+from reporter.config import ConfigError, load
+from reporter.emulator import Emulator
+from reporter.intake import Intake
+from reporter.model import Ingested, SentState, TaskOutcome
+from reporter.pgstore import PgStore
+
+from .engines import PG_AWS, PG_OUTBOX, PgServer, pg_insert
+from .helpers import FAST, ROOT, child_env, start_daemon, toml_text, wait_for
+
+README = ROOT / "README.md"
+
+
+def _config(url: str, **sections: dict[str, Any]) -> config_mod.Config:
+    base: dict[str, Any] = {
+        "outbox": {"url": url, **PG_OUTBOX},
+        "hub": {"progress_update_stream": "ToolA"},
+        "aws": dict(PG_AWS),
+    }
+    for name, values in sections.items():
+        base.setdefault(name, {}).update(values)
+    return config_mod.parse(base)
+
+
+def _write_config(tmp_path: Path, url: str, name: str = "pg.toml", **sections: Any) -> Path:
+    merged: dict[str, dict[str, Any]] = {
+        "outbox": {**FAST["outbox"], "url": url, **PG_OUTBOX},
+        "hub": {"progress_update_stream": "ToolA"},
+        "publish": dict(FAST["publish"]),
+        "mapping": dict(FAST["mapping"]),
+        "log": {"level": "info", "format": "json"},
+        "aws": dict(PG_AWS),
+    }
+    for section, values in sections.items():
+        merged.setdefault(section, {}).update(values)
+    path = tmp_path / name
+    path.write_text(toml_text(merged))
+    return path
+
+
+def _cli(config: Path, *args: str, env: dict[str, str] | None = None,
+         timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["python", "-m", "reporter", "--config", str(config), *args],
+        capture_output=True, text=True, timeout=timeout, env=child_env(env), cwd=ROOT,
+    )
+
+
+def _judged(rows: list[Any], now: float) -> list[Ingested]:
+    return [Ingested(r.id, "ToolA", str(r.migration_task_name), str(r.kind), now,
+                     supersedes=True) for r in rows]
+
+
+def _state_rows(url: str, tasks: int, start: int = 0) -> None:
+    with psycopg.connect(url) as conn, conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO outbox(kind, migration_task_name, status, progress_percent)"
+            " VALUES ('task_state', %s, 'IN_PROGRESS', %s)",
+            [(f"t{t}", start) for t in range(tasks)],
+        )
+
+
+# -- config --------------------------------------------------------------------------------------
+def test_config_takes_a_url_or_a_path_never_both(tmp_path: Path):
+    both = tmp_path / "both.toml"
+    both.write_text('[outbox]\npath = "x.db"\nurl = "postgresql://h/db"\n'
+                    '[hub]\nprogress_update_stream = "S"\n')
+    with pytest.raises(ConfigError, match="either path .* or url"):
+        load(both)
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[outbox]\nurl = "mysql://h/db"\n[hub]\nprogress_update_stream = "S"\n')
+    with pytest.raises(ConfigError, match=r"\[outbox\] url.*PostgreSQL URL"):
+        load(bad)
+
+
+def test_lease_must_outlast_the_fence(tmp_path: Path):
+    with pytest.raises(ConfigError, match=r"lease_seconds.*must exceed 20"):
+        config_mod.parse({"outbox": {"url": "postgresql:///x", "lease_seconds": 20},
+                          "hub": {"progress_update_stream": "S"}})
+    assert config_mod.fence_seconds(_config("postgresql:///x")) == 4.0
+
+
+def test_password_never_appears_in_messages():
+    cfg = _config("postgresql://rep:hunter2@127.0.0.1:1/db?password=hunter2&sslmode=require")
+    assert "hunter2" not in cfg.outbox.where
+    from reporter.model import StoreError
+
+    with pytest.raises(StoreError) as caught:
+        PgStore.open("postgresql://rep:hunter2@127.0.0.1:1/db?connect_timeout=1")
+    assert "hunter2" not in str(caught.value) and caught.value.busy
+
+
+# -- init and roles ------------------------------------------------------------------------------
+def test_init_is_idempotent_accepts_a_tool_created_table_and_queues_its_rows(pg_url: str):
+    with psycopg.connect(pg_url) as conn:  # the README's DDL, run by the tool's owner first
+        conn.execute(_readme_block("CREATE TABLE outbox"))
+        conn.execute("INSERT INTO outbox(kind, migration_task_name, status)"
+                     " VALUES ('task_state', 'early', 'NOT_STARTED')")
+    PgStore.create(pg_url).close()
+    PgStore.create(pg_url).close()
+    store = PgStore.open(pg_url)
+    try:
+        new = store.fetch_new(10)
+        assert [r.migration_task_name for r in new.rows] == ["early"]
+        store.ingest(_judged(new.rows, store.clock()))
+        assert store.backlog().pending == 1
+    finally:
+        store.close()
+    with psycopg.connect(pg_url) as conn:
+        names = {r[0] for r in conn.execute(
+            "SELECT table_name FROM information_schema.tables WHERE table_schema='mgh_reporter'")}
+    assert {"tasks", "rows", "inbox", "lanes", "gate", "streams", "replicas"} <= names
+
+
+def _readme_block(starting: str) -> str:
+    """The README's SQL block that starts with `starting` (so the README stays true)."""
+    text = README.read_text()
+    for block in text.split("```sql")[1:]:
+        body = block.split("```")[0].strip()
+        if body.startswith(starting):
+            return body
+    raise AssertionError(f"no ```sql block starting {starting!r} in the README")
+
+
+def test_readme_grants_are_enough_for_tool_and_reporter(pg_server: PgServer, pg_url: str,
+                                                        tmp_path: Path, standin: Emulator,
+                                                        aws_env: dict[str, str]):
+    """Least privilege as the README gives it: the owner runs init; the tool role can only
+    INSERT; the reporter role runs `check`, `drain` and `status` with its GRANTs."""
+    database = str(conninfo_to_dict(pg_url)["dbname"])
+    PgStore.create(pg_url).close()
+    grants = _readme_block("CREATE ROLE mgh_tool")
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("DROP ROLE IF EXISTS mgh_tool")
+        conn.execute("DROP ROLE IF EXISTS mgh_reporter_role")
+        conn.execute(grants.replace("ON DATABASE migrations", f"ON DATABASE {database}"))
+    try:
+        tool = pg_server.url(database, "mgh_tool", "tool-secret")
+        reporter = pg_server.url(database, "mgh_reporter_role", "reporter-secret")
+        pg_insert(tool, kind="task_state", migration_task_name="t1", status="IN_PROGRESS")
+        with psycopg.connect(tool) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT status FROM outbox")
+        config = _write_config(tmp_path, reporter)
+        checked = _cli(config, "check", env=aws_env)
+        assert checked.returncode == 0, checked.stdout + checked.stderr
+        assert "mgh_tool" in checked.stdout
+        assert _cli(config, "drain", "--timeout", "20", env=aws_env).returncode == 0
+        assert standin.state.task("ToolA", "t1").updates
+        assert json.loads(_cli(config, "status", "--json").stdout)["pending"] == 0
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("REVOKE UPDATE ON mgh_reporter.tasks FROM mgh_reporter_role")
+        lacking = _cli(config, "check", env=aws_env)
+        assert lacking.returncode == 1 and "UPDATE on mgh_reporter.tasks" in lacking.stdout
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            for role in ("mgh_tool", "mgh_reporter_role"):
+                conn.execute(f"DROP OWNED BY {role}")
+                conn.execute(f"DROP ROLE {role}")
+
+
+# -- intake --------------------------------------------------------------------------------------
+def test_intake_takes_each_row_exactly_once_across_replicas(pg_url: str):
+    """Writers commit rows while two replicas take them in: every row once, none twice."""
+    PgStore.create(pg_url).close()
+    config = _config(pg_url, outbox={"batch_size": 50})
+    stores = [PgStore.open(pg_url), PgStore.open(pg_url)]
+    writing = threading.Event()
+    writing.set()
+    errors: list[BaseException] = []
+
+    def write(w: int) -> None:
+        try:
+            with psycopg.connect(pg_url) as conn:
+                for i in range(60):
+                    with conn.transaction():
+                        for j in range(1 + i % 4):
+                            conn.execute(
+                                "INSERT INTO outbox(kind, migration_task_name, status)"
+                                " VALUES ('task_state', %s, 'IN_PROGRESS')", (f"w{w}-{i}-{j}",))
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    def take(store: PgStore) -> None:
+        intake = Intake(store, config, lambda: None)
+        try:
+            while writing.is_set() or store.backlog().waiting:
+                intake.run(store.clock())
+                time.sleep(0.005)
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    writers = [threading.Thread(target=write, args=(w,)) for w in range(3)]
+    takers = [threading.Thread(target=take, args=(s,)) for s in stores]
+    for t in writers + takers:
+        t.start()
+    for t in writers:
+        t.join()
+    writing.clear()
+    for t in takers:
+        t.join(60)
+    assert not errors, errors
+    with psycopg.connect(pg_url) as conn:
+        outbox = conn.execute("SELECT count(*) FROM outbox").fetchone()
+        taken = conn.execute("SELECT count(*), count(DISTINCT id) FROM mgh_reporter.rows"
+                             ).fetchone()
+        waiting = conn.execute("SELECT count(*) FROM mgh_reporter.inbox").fetchone()
+    assert outbox == (3 * sum(1 + i % 4 for i in range(60)),)
+    assert taken == (outbox[0], outbox[0]) and waiting == (0,)
+    for s in stores:
+        s.close()
+
+
+def test_a_row_whose_id_commits_late_is_still_taken_in(pg_url: str):
+    """Identity ids are handed out at INSERT, not at COMMIT: a cursor on ids would skip the
+    early id that commits last."""
+    PgStore.create(pg_url).close()
+    store = PgStore.open(pg_url)
+    slow = psycopg.connect(pg_url)
+    slow.execute("INSERT INTO outbox(kind, migration_task_name, status)"
+                 " VALUES ('task_state', 'slow', 'IN_PROGRESS')")
+    fast = pg_insert(pg_url, kind="task_state", migration_task_name="fast", status="COMPLETED")
+    first = store.fetch_new(10)
+    assert [r.id for r in first.rows] == [fast]
+    store.ingest(_judged(first.rows, store.clock()))
+    slow.commit()
+    slow.close()
+    second = store.fetch_new(10)
+    assert [r.migration_task_name for r in second.rows] == ["slow"]
+    assert second.rows[0].id < fast
+    store.ingest(_judged(second.rows, store.clock()))
+    assert store.backlog().pending == 2
+    store.close()
+
+
+# -- leases and the fence ------------------------------------------------------------------------
+def _ingested_store(url: str, tasks: int) -> PgStore:
+    PgStore.create(url).close()
+    _state_rows(url, tasks)
+    store = PgStore.open(url)
+    new = store.fetch_new(1000)
+    store.ingest(_judged(new.rows, store.clock()))
+    return store
+
+
+def test_claims_are_disjoint_and_a_lost_lease_is_fenced(pg_url: str):
+    a = _ingested_store(pg_url, 20)
+    b = PgStore.open(pg_url)
+    first = a.claim_due(12, 0.6)
+    second = b.claim_due(50, 30)
+    assert len(first) == 12 and len(second) == 8
+    assert not {t.id for t in first} & {t.id for t in second}
+    task = first[0]
+    assert a.hold(task.id, task.lease, 0.1, 0.6)  # enough left: no query needed
+    time.sleep(0.7)  # a's lease expires
+    taken = b.claim_due(50, 30)
+    assert {t.id for t in taken} == {t.id for t in first}
+    assert not a.hold(task.id, task.lease, 0.1, 30)  # the fence: no call from a
+    # b sends the newest state; a's late outcome records facts only, never its schedule.
+    mine = next(t for t in taken if t.id == task.id)
+    row = mine.rows[0].id
+    seq = mine.bookkeeping[row].seq
+    b.record([TaskOutcome(task.id, mine.lease, sent=[row],
+                          state=SentState(row, seq, "IN_PROGRESS", 0, None, 1.0, 60))])
+    a.record([TaskOutcome(task.id, task.lease, sent=[row],
+                          state=SentState(row, seq - 1, "FAILED", 0, None, 1.0, 60))])
+    record = next(r for r in b.tasks() if r.task == mine.task)
+    assert record.status == "IN_PROGRESS" and record.pending == 0
+    a.close()
+    b.close()
+
+
+def test_renewal_happens_only_while_the_lease_is_still_ours(pg_url: str):
+    store = _ingested_store(pg_url, 1)
+    task = store.claim_due(1, 2.0)[0]
+    assert store.hold(task.id, task.lease, 5.0, 10.0)  # less than 5 s left: renewed to 10 s
+    with psycopg.connect(pg_url) as conn:
+        left = conn.execute(
+            "SELECT due_at - extract(epoch from clock_timestamp()) FROM mgh_reporter.tasks"
+            " WHERE id = %s", (task.id,)).fetchone()
+    assert left is not None and 9.0 < left[0] <= 10.0
+    assert not store.hold(task.id, "not-my-lease", 5.0, 10.0)
+    store.close()
+
+
+def test_a_stream_is_claimed_by_one_replica_at_a_time(pg_url: str):
+    PgStore.create(pg_url).close()
+    a, b = PgStore.open(pg_url), PgStore.open(pg_url)
+    assert a.claim_stream("S", 30) and not b.claim_stream("S", 30)
+    assert a.claim_stream("S", 30)  # still ours
+    a.mark_stream_created("S")
+    assert "S" in b.streams() and not b.claim_stream("S", 30)
+    assert b.claim_stream("T", 0.01)
+    time.sleep(0.05)
+    assert a.claim_stream("T", 30)  # b's claim lapsed
+    a.close()
+    b.close()
