@@ -476,17 +476,16 @@ def _restart_only_changes(old: Config, new: Config) -> list[str]:
 def run(config: Config, config_path: Path | None = None) -> int:
     """`mgh-reporter run` (SIGHUP re-reads `config_path`)."""
     with engines.instance_lock(config):
-        stop = threading.Event()
-        with stop_on_signals(stop):
-            if not _wait_for_store(config, stop):
-                return EXIT["ok"]
+        if not _wait_for_store(config):
+            return EXIT["ok"]
         return Service(config, config_path).serve()
 
 
-def _wait_for_store(config: Config, stop: threading.Event) -> bool:
+def _wait_for_store(config: Config) -> bool:
     """An unreachable database at start is waited for (backoff up to 30 s, logged), not a
     crash loop; False when stopped meanwhile. Any other store problem raises."""
     log = structlog.get_logger("reporter.daemon")
+    stop, reload = threading.Event(), threading.Event()
     delay = 0.5
     while True:
         try:
@@ -496,6 +495,7 @@ def _wait_for_store(config: Config, stop: threading.Event) -> bool:
             if not exc.busy:
                 raise
             log.warning("store_unreachable", error=str(exc), retry_in=delay)
-        if stop.wait(delay):
-            return False
+        with stop_on_signals(stop, reload):  # a SIGHUP here changes nothing: config is fresh
+            if stop.wait(delay):
+                return False
         delay = min(30.0, delay * 2)

@@ -44,6 +44,17 @@ class PgServer:
         auth = f"{user}:{password}" if password else user
         return f"postgresql://{auth}@/{database}?host={host}"
 
+    def pause(self) -> None:
+        """Stop the server (its files stay): an outage for the clients."""
+        from pgserver._commands import pg_ctl
+
+        server = self._server
+        pg_ctl(["-w", "-m", "fast", "stop"], pgdata=server.pgdata, user=server.system_user)
+
+    def resume(self) -> None:
+        """Start it again after `pause`."""
+        self._server.ensure_postgres_running()
+
     def stop(self) -> None:
         """Stop the server and remove its files."""
         self._server.cleanup()
