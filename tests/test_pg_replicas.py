@@ -268,7 +268,7 @@ def test_listen_wakes_a_replica_at_once_and_idle_it_makes_no_queries(
             inserted = time.time()
             pg_insert(pg_url, kind="task_state", migration_task_name="w", status="IN_PROGRESS",
                       progress_percent=i + 1)
-            wait_for(lambda: _last_percent(standin, "w") == i + 1, 10, 0.01)
+            wait_for(lambda n=i + 1: _last_percent(standin, "w") == n, 10, 0.01)
             assert time.time() - inserted < 2.0
             time.sleep(0.3)
     finally:

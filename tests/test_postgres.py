@@ -5,13 +5,9 @@ lost connections, and replicas as real processes (kill -9, SIGSTOP) on a real se
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
 import threading
 import time
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +23,7 @@ from reporter.model import Ingested, SentState, TaskOutcome
 from reporter.pgstore import PgStore
 
 from .engines import PG_AWS, PG_OUTBOX, PgServer, pg_insert
-from .helpers import FAST, ROOT, child_env, start_daemon, toml_text, wait_for
+from .helpers import FAST, ROOT, child_env, toml_text
 
 README = ROOT / "README.md"
 
@@ -86,7 +82,7 @@ def test_config_takes_a_url_or_a_path_never_both(tmp_path: Path):
     both = tmp_path / "both.toml"
     both.write_text('[outbox]\npath = "x.db"\nurl = "postgresql://h/db"\n'
                     '[hub]\nprogress_update_stream = "S"\n')
-    with pytest.raises(ConfigError, match="either path .* or url"):
+    with pytest.raises(ConfigError, match=r"either path .* or url"):
         load(both)
     bad = tmp_path / "bad.toml"
     bad.write_text('[outbox]\nurl = "mysql://h/db"\n[hub]\nprogress_update_stream = "S"\n')
