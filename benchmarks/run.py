@@ -40,12 +40,13 @@ SIZES: dict[str, dict[str, Any]] = {
         "drain_tasks": 600, "cli_sample": 20, "coalesce": (100, 100), "idle_seconds": 60.0,
         "memory": (2000, 100), "latency_seconds": 30.0, "impact_seconds": 8.0,
         "scale": (1000, 10000, 100000), "profile_tasks": 5000, "faults": (60, 5, 5),
-        "writer_runs": 20,
+        "writer_runs": 20, "pg_tasks": 10000,
     },
     "smoke": {
         "drain_tasks": 30, "cli_sample": 1, "coalesce": (10, 10), "idle_seconds": 2.0,
         "memory": (50, 10), "latency_seconds": 3.0, "impact_seconds": 1.0,
         "scale": (100, 300), "profile_tasks": 100, "faults": (10, 2, 1), "writer_runs": 3,
+        "pg_tasks": 200,
     },
 }
 
@@ -119,14 +120,19 @@ class Outbox:
         return [sys.executable, "-m", "reporter", "--config", str(self.config), *args]
 
 
-def make_outbox(hub: StandIn, interval: float = 2.0, **publish: Any) -> Outbox:
+def make_outbox(
+    hub: StandIn, interval: float = 2.0, url: str | None = None, **publish: Any
+) -> Outbox:
+    """A fresh outbox (an SQLite file, or the PostgreSQL database at `url`) and its config."""
     work = Path(tempfile.mkdtemp(prefix="mgh-bench-"))
     db = work / "outbox.db"
     extra = "".join(f"{k} = {v}\n" for k, v in publish.items())
     config = work / "config.toml"
+    where = (f'url = "{url}"\nlease_seconds = 30\nfence_margin_seconds = 2\n' if url
+             else f'path = "{db}"\n')
     config.write_text(
         f'[hub]\nprogress_update_stream = "{STREAM}"\nregion = "auto"\n'
-        f'[outbox]\npath = "{db}"\n'
+        f"[outbox]\n{where}"
         f"[publish]\ninterval_seconds = {interval}\n{extra}"
         '[log]\nlevel = "warning"\n'
     )
@@ -439,27 +445,34 @@ def scenario_wakeup(size: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def insert_to_hub(size: dict[str, Any], interval: float | None) -> dict[str, Any]:
+def insert_to_hub(
+    size: dict[str, Any], interval: float | None, url: str | None = None
+) -> dict[str, Any]:
     """A steady 20 rows/s over 20 tasks into a running daemon with a 30 ms Hub: each row's time
     from its INSERT's commit to the first arrival at the Hub of it or a newer row of its task.
-    `interval` None: the default."""
+    `interval` None: the default. `url`: a PostgreSQL outbox (LISTEN/NOTIFY wake-ups)."""
     seconds, rate, tasks = size["latency_seconds"], 20.0, 20
     inserted: dict[tuple[str, int], float] = {}
     with stand_in(latency=0.030) as hub:
-        box = make_outbox(hub) if interval is None else make_outbox(hub, interval=interval)
+        box = make_outbox(hub, url=url) if interval is None else make_outbox(
+            hub, interval=interval, url=url)
         proc = subprocess.Popen(box.cmd("run"), env=hub.env, stderr=subprocess.DEVNULL)
         try:
             time.sleep(3.0)
-            conn = sqlite3.connect(box.db, isolation_level=None, timeout=5)
+            conn: Any
+            if url:
+                import psycopg
+
+                conn = psycopg.connect(url, autocommit=True)
+                sql = INSERT_STATE.replace("?", "%s")
+            else:
+                conn = sqlite3.connect(box.db, isolation_level=None, timeout=5)
+                sql = INSERT_STATE
             start, n = time.monotonic(), 0
             while n < seconds * rate:
                 time.sleep(max(0.0, start + n / rate - time.monotonic()))
                 task = f"l{n % tasks:02d}"
-                conn.execute(
-                    "INSERT INTO outbox(kind, migration_task_name, status, progress_percent,"
-                    " status_detail) VALUES ('task_state', ?, 'IN_PROGRESS', ?, ?)",
-                    (task, min(100, n // tasks), f"seq {n}"),
-                )
+                conn.execute(sql, (task, min(100, n // tasks), f"seq {n}"))
                 inserted[(task, n)] = time.time()
                 n += 1
             conn.close()
@@ -487,6 +500,67 @@ def insert_to_hub(size: dict[str, Any], interval: float | None) -> dict[str, Any
         "p99": pick(0.99), "max": latencies[-1],
         "notify_calls": sum(len(v) for v in updates.values()),
     }
+
+
+INSERT_STATE = ("INSERT INTO outbox(kind, migration_task_name, status, progress_percent,"
+                " status_detail) VALUES ('task_state', ?, 'IN_PROGRESS', ?, ?)")
+
+
+# -- PostgreSQL: replicas ------------------------------------------------------------------------
+@contextmanager
+def pg_database() -> Iterator[str]:
+    """A PostgreSQL 16 server of the scenario's own (pgserver) with one empty database."""
+    import pgserver
+    import psycopg
+
+    server = pgserver.get_server(tempfile.mkdtemp(prefix="mghpg-", dir="/tmp"),
+                                 cleanup_mode="delete")
+    try:
+        uri = server.get_uri()
+        with psycopg.connect(uri, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE bench")
+        yield uri.replace("/postgres?", "/bench?")
+    finally:
+        server.cleanup()
+
+
+def scenario_pg_drain(size: dict[str, Any]) -> dict[str, Any]:
+    """10,000 tasks x 1 row on a PostgreSQL outbox at a 30 ms Hub: one `drain` replica, then two
+    side by side (each one more replica; done when both exit 0). Best of two runs each."""
+    import psycopg
+
+    n = size["pg_tasks"]
+    out: dict[str, Any] = {"tasks": n}
+    for replicas in (1, 2):
+        walls = []
+        for _ in range(2):
+            with pg_database() as url, stand_in(latency=0.030) as hub:
+                box = make_outbox(hub, url=url)
+                with psycopg.connect(url) as conn, conn.cursor() as cur:
+                    cur.executemany(INSERT_STATE.replace("?", "%s"),
+                                    [(f"p{i:06d}", 10, "x") for i in range(n)])
+                started = time.monotonic()
+                procs = [subprocess.Popen(box.cmd("drain", "--timeout", "3600"), env=hub.env,
+                                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+                         for _ in range(replicas)]
+                codes = [p.wait() for p in procs]
+                walls.append(time.monotonic() - started)
+                if codes != [0] * replicas:
+                    raise SystemExit(f"drain exited {codes}")
+                states = hub.last_states()
+                if len(states) != n:
+                    raise SystemExit(f"{len(states)} of {n} tasks reached the stand-in")
+                calls = hub.calls()
+        out[f"replicas_{replicas}"] = {"seconds": min(walls), "runs": [round(w, 2) for w in walls],
+                                       "calls": calls, "calls_per_second": calls / min(walls)}
+    out["speedup"] = out["replicas_1"]["seconds"] / out["replicas_2"]["seconds"]
+    return out
+
+
+def scenario_pg_latency(size: dict[str, Any]) -> dict[str, Any]:
+    """INSERT-to-Hub latency on a PostgreSQL outbox with LISTEN/NOTIFY, `interval_seconds` 5."""
+    with pg_database() as url:
+        return insert_to_hub(size, interval=5.0, url=url)
 
 
 def _writer(path: str, seconds: float, out: mp.Queue) -> None:  # type: ignore[type-arg]
@@ -693,7 +767,7 @@ SCENARIOS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
     "memory": scenario_memory, "latency": scenario_latency, "wakeup": scenario_wakeup,
     "budget": scenario_budget, "impact": scenario_impact,
     "scale": scenario_scale, "profile": scenario_profile, "faults": scenario_faults,
-    "writer": scenario_writer,
+    "writer": scenario_writer, "pg-drain": scenario_pg_drain, "pg-latency": scenario_pg_latency,
 }
 
 
@@ -750,6 +824,16 @@ def verdicts(name: str, r: dict[str, Any]) -> list[tuple[str, str, bool]]:
         parts = ", ".join(f"{k}: {v['calls_per_second']:.0f} calls/s" for k, v in r.items()
                           if isinstance(v, dict))
         return [(f"{parts} (spread {100 * r['spread']:.0f}%)", "within 25%", r["spread"] <= 0.25)]
+    if name == "pg-drain":
+        one, two = r["replicas_1"], r["replicas_2"]
+        return [(f"{r['tasks']} tasks at a 30 ms Hub on PostgreSQL: 1 replica "
+                 f"{one['seconds']:.1f} s ({one['calls_per_second']:.0f} calls/s), 2 replicas "
+                 f"{two['seconds']:.1f} s ({two['calls_per_second']:.0f} calls/s): "
+                 f"{r['speedup']:.2f}x", ">= 1.5x", r["speedup"] >= 1.5)]
+    if name == "pg-latency":
+        return [(f"PostgreSQL, LISTEN/NOTIFY, {r['interval']:.0f} s interval: {r['rows']} rows at "
+                 f"{r['rate']:.0f}/s: p50 {r['p50']:.3f} s, p99 {r['p99']:.3f} s, max "
+                 f"{r['max']:.3f} s", "p99 < 0.3 s", r["p99"] < 0.3)]
     if name == "writer":
         return [(f"`notify` median {r['median']:.3f} s, max {r['max']:.3f} s over {r['runs']} "
                  "runs", "<= 0.1 s", r["median"] <= 0.1)]

@@ -3,12 +3,15 @@
     python benchmarks/soak.py                 # 10 minutes (the default)
     python benchmarks/soak.py --minutes 30
     python benchmarks/soak.py --seconds 60    # the CI version
+    python benchmarks/soak.py --postgres      # two replicas on a PostgreSQL outbox (pgserver)
 
 Writers insert bursts and steady rows over hundreds of tasks (states, attribute lists, and now
 and then a row the Hub would refuse) into a real outbox; the stand-in Hub (its own process)
 cycles through fault windows (throttling with 5xx, latency, a full outage, a hostile network);
 the daemon (`mgh-reporter run`, a real process) is killed with SIGKILL at random moments and
-restarted, and sent SIGHUP now and then. At the end the faults stop and the daemon finishes.
+restarted, and sent SIGHUP now and then. With --postgres, two replicas share a PostgreSQL
+outbox and a random one of them is killed each time. At the end the faults stop and the
+daemon finishes.
 
 The oracle, checked from the files and the Hub's own record:
 - every row written is sent, superseded or rejected with a reason (nothing pending, nothing
@@ -52,11 +55,59 @@ CLEAR = {"throttle": 0.0, "server_error": 0.0, "latency": 0.0, "outage": False, 
 WARMUP_SECONDS = 10.0
 
 
+INSERT = ("INSERT INTO outbox(kind, migration_task_name, status, progress_percent, status_detail,"
+          " update_date_time, resource_attributes) VALUES (?, ?, ?, ?, ?, ?, ?)")
+
+
+class Target:
+    """The outbox under test: an SQLite file or a PostgreSQL database (its URL)."""
+
+    def __init__(self, db: Path | None = None, url: str | None = None) -> None:
+        self.db, self.url = db, url
+        self.prefix = "mgh_reporter." if url else "mgh_"
+
+    def insert(self, rows: list[tuple[Any, ...]]) -> None:
+        """One transaction; raises on a lock timeout or lost connection (the caller retries)."""
+        if self.url is not None:
+            import psycopg
+
+            with psycopg.connect(self.url) as conn, conn.cursor() as cur:
+                cur.executemany(INSERT.replace("?", "%s"), rows)
+            return
+        conn = sqlite3.connect(self.db or "", timeout=5)
+        try:
+            with conn:
+                conn.executemany(INSERT, rows)
+        finally:
+            conn.close()
+
+    def query(self, sql: str) -> list[tuple[Any, ...]]:
+        """Rows of one query (`mgh_` tables named with the engine's prefix)."""
+        sql = sql.replace("mgh_", self.prefix)
+        if self.url is not None:
+            import psycopg
+
+            with psycopg.connect(self.url) as conn:
+                return conn.execute(sql).fetchall()
+        conn = sqlite3.connect(self.db or "", timeout=5)
+        try:
+            return conn.execute(sql).fetchall()
+        finally:
+            conn.close()
+
+    def backlog(self) -> int:
+        """Rows not delivered or rejected yet."""
+        if self.db is not None:
+            return backlog(self.db)
+        return int(self.query("SELECT (SELECT count(*) FROM mgh_inbox) + (SELECT count(*)"
+                              " FROM mgh_rows WHERE state = 'pending')")[0][0])
+
+
 class Writers:
     """Host tools: a steady writer and a bursty one, remembering what each task should end as."""
 
-    def __init__(self, db: Path, rng: random.Random) -> None:
-        self.db, self.rng = db, rng
+    def __init__(self, box: Target, rng: random.Random) -> None:
+        self.box, self.rng = box, rng
         self.stop = threading.Event()
         self.lock = threading.Lock()
         self.step: dict[str, int] = {}  # per task: the last valid state's percent/step
@@ -97,16 +148,8 @@ class Writers:
             rows, last = self._rows(count)
             for attempt in range(5):
                 try:
-                    conn = sqlite3.connect(self.db, timeout=5)
-                    with conn:
-                        conn.executemany(
-                            "INSERT INTO outbox(kind, migration_task_name, status,"
-                            " progress_percent, status_detail, update_date_time,"
-                            " resource_attributes) VALUES (?, ?, ?, ?, ?, ?, ?)",
-                            rows,
-                        )
-                    conn.close()
-                except sqlite3.OperationalError as exc:  # locked past the timeout: try again
+                    self.box.insert(rows)
+                except Exception as exc:  # locked past the timeout, connection lost: again
                     if attempt == 4:
                         self.errors.append(str(exc))
                     time.sleep(0.1)
@@ -177,21 +220,19 @@ class Daemon:
         return self.proc.wait(timeout=30)
 
 
-def oracle(db: Path, hub: StandIn, writers: Writers) -> dict[str, Any]:
+def oracle(box: Target, hub: StandIn, writers: Writers) -> dict[str, Any]:
     """Every check of the module docstring; each figure with its verdict."""
-    conn = sqlite3.connect(db)
-    outbox = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
-    states = dict(conn.execute("SELECT state, count(*) FROM mgh_rows GROUP BY state").fetchall())
-    untracked = conn.execute(
+    outbox = box.query("SELECT count(*) FROM outbox")[0][0]
+    states = dict(box.query("SELECT state, count(*) FROM mgh_rows GROUP BY state"))
+    untracked = box.query(
         "SELECT count(*) FROM outbox o LEFT JOIN mgh_rows r ON r.id = o.id WHERE r.id IS NULL"
-    ).fetchone()[0]
-    no_reason = conn.execute(
+    )[0][0]
+    no_reason = box.query(
         "SELECT count(*) FROM mgh_rows WHERE state = 'rejected' AND (reason IS NULL OR"
-        " reason = '')").fetchone()[0]
-    wrong_rejects = conn.execute(
+        " reason = '')")[0][0]
+    wrong_rejects = box.query(
         "SELECT count(*) FROM mgh_rows r JOIN outbox o ON o.id = r.id WHERE r.state = 'rejected'"
-        " AND coalesce(o.progress_percent, -1) != 150").fetchone()[0]
-    conn.close()
+        " AND coalesce(o.progress_percent, -1) != 150")[0][0]
     last = {name: t["Task"] for name, t in hub.last_states().items()}
     wrong_last = sorted(
         task for task, (percent, detail) in writers.last.items()
@@ -224,18 +265,53 @@ def main() -> int:
     parser.add_argument("--minutes", type=float, default=10.0)
     parser.add_argument("--seconds", type=float, help="overrides --minutes")
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--postgres", action="store_true",
+                        help="two replicas on a PostgreSQL outbox (a pgserver of its own)")
     args = parser.parse_args()
     seconds = args.seconds if args.seconds is not None else args.minutes * 60
     rng = random.Random(args.seed)
+    server = PgServer() if args.postgres else None
+    try:
+        return soak(seconds, rng, server)
+    finally:
+        if server is not None:
+            server.stop()
+
+
+class PgServer:
+    """A PostgreSQL 16 of the soak's own (pgserver), with one database."""
+
+    def __init__(self) -> None:
+        import tempfile
+
+        import pgserver
+        import psycopg
+
+        self._server = pgserver.get_server(tempfile.mkdtemp(prefix="mghsoak-", dir="/tmp"),
+                                           cleanup_mode="delete")
+        uri = self._server.get_uri()
+        with psycopg.connect(uri, autocommit=True) as conn:
+            conn.execute("CREATE DATABASE soak")
+        self.url = uri.replace("/postgres?", "/soak?")
+
+    def stop(self) -> None:
+        self._server.cleanup()
+
+
+def soak(seconds: float, rng: random.Random, server: PgServer | None) -> int:
+    """Run the soak; print the figures and the checks; 0 when every check passed."""
     with stand_in() as hub:
-        box = make_outbox(hub, interval=0.5, backoff_max_seconds=5.0,
-                          outage_backoff_max_seconds=5.0)
-        with box.config.open("a") as config:
+        made = make_outbox(hub, interval=0.5, backoff_max_seconds=5.0,
+                           outage_backoff_max_seconds=5.0,
+                           **({"url": server.url} if server else {}))
+        with made.config.open("a") as config:
             config.write("[aws]\nread_timeout_seconds = 5\nconnect_timeout_seconds = 2\n")
-        log = box.dir / "daemon.log"
-        daemon = Daemon(box.cmd("run"), hub.env, log)
-        writers = Writers(box.db, rng)
-        daemon.start()
+        box = Target(url=server.url) if server else Target(db=made.db)
+        log = made.dir / "daemon.log"
+        daemons = [Daemon(made.cmd("run"), hub.env, log) for _ in range(2 if server else 1)]
+        writers = Writers(box, rng)
+        for d in daemons:
+            d.start()
         threads = [threading.Thread(target=writers.run_steady, daemon=True),
                    threading.Thread(target=writers.run_bursts, daemon=True)]
         for thread in threads:
@@ -251,32 +327,37 @@ def main() -> int:
                 next_window = now + rng.uniform(3.0, 10.0)
             if now >= next_kill:
                 if now > started:
-                    daemon.kill()
+                    rng.choice(daemons).kill()
                 next_kill = now + rng.uniform(5.0, 20.0)
             if now >= next_reload:
                 if now > started:
-                    daemon.reload()
+                    rng.choice(daemons).reload()
                 next_reload = now + rng.uniform(10.0, 30.0)
-            daemon.sample()
+            for d in daemons:
+                d.sample()
             time.sleep(0.25)
         writers.stop.set()
         for thread in threads:
             thread.join()
         hub.faults(**CLEAR)
         settle_started = time.monotonic()
-        while backlog(box.db) and time.monotonic() - settle_started < 180:
-            daemon.sample()
+        while box.backlog() and time.monotonic() - settle_started < 180:
+            for d in daemons:
+                d.sample()
             time.sleep(0.5)
         settle = time.monotonic() - settle_started
-        code = daemon.stop()
-        result = oracle(box.db, hub, writers)
-    growth = [max(s) / s[0] - 1 for s in daemon.lifetimes if len(s) >= 8]
+        code = max(d.stop() for d in daemons)
+        result = oracle(box, hub, writers)
+    lifetimes = [s for d in daemons for s in d.lifetimes]
+    growth = [max(s) / s[0] - 1 for s in lifetimes if len(s) >= 8]
+    kills, reloads = sum(d.kills for d in daemons), sum(d.reloads for d in daemons)
     result.update({
-        "seconds": seconds, "fault_windows": windows, "kills": daemon.kills,
-        "reloads": daemon.reloads, "settle_seconds": round(settle, 1), "final_exit": code,
+        "engine": "postgres, 2 replicas" if server else "sqlite",
+        "seconds": seconds, "fault_windows": windows, "kills": kills,
+        "reloads": reloads, "settle_seconds": round(settle, 1), "final_exit": code,
         "lifetimes_measured": len(growth),
         "max_rss_growth_after_warmup": round(max(growth, default=0.0), 4),
-        "peak_rss_mb": round(max((max(s) for s in daemon.lifetimes if s), default=0.0), 1),
+        "peak_rss_mb": round(max((max(s) for s in lifetimes if s), default=0.0), 1),
     })
     checks = {
         "nothing pending or untracked": result["pending"] == 0 and result["untracked_rows"] == 0,
@@ -295,8 +376,8 @@ def main() -> int:
     if failed:
         print(f"soak FAILED: {'; '.join(failed)} (daemon log: {log})", file=sys.stderr)
         return 1
-    print(f"soak passed: {result['rows_written']} rows, {daemon.kills} kills, "
-          f"{daemon.reloads} reloads, {windows} fault windows in {seconds:.0f} s", file=sys.stderr)
+    print(f"soak passed: {result['rows_written']} rows, {kills} kills, "
+          f"{reloads} reloads, {windows} fault windows in {seconds:.0f} s", file=sys.stderr)
     return 0
 
 

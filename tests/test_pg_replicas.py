@@ -130,7 +130,7 @@ def test_kill_9_of_a_replica_loses_nothing(
         report = json.loads(_cli(config, "status", "--json").stdout)
         assert report["pending"] == 0 and report["dead_letters"] == 0
     finally:
-        _stop(b)
+        _stop(a, b)
 
 
 def test_a_replica_frozen_between_calls_sends_nothing_once_its_lease_is_gone(
