@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from datetime import UTC
 from pathlib import Path
 from typing import Any
 
@@ -104,6 +105,24 @@ def insert(path: Path, **values: Any) -> int:
         )
     conn.close()
     return int(cur.lastrowid or 0)
+
+
+def row_clock(path: Path) -> str:
+    """The newest outbox row's `created_at` (SQLite's own clock, real time): a frozen test clock
+    starts here, so rows and the frozen "now" agree on any calendar date."""
+    conn = sqlite3.connect(path, timeout=5)
+    try:
+        value = conn.execute("SELECT max(created_at) FROM outbox").fetchone()[0]
+    finally:
+        conn.close()
+    assert isinstance(value, str), "row_clock needs a row in the outbox"
+    return value
+
+
+def frozen_clock(frozen: Any) -> Callable[[], float]:
+    """The epoch time of a freezegun `freeze_time(...)` factory, seen alike by every thread
+    (freezegun shows code running on other threads the real clock)."""
+    return lambda: float(frozen().replace(tzinfo=UTC).timestamp())
 
 
 def status_json(cli: Cli, code: int = 0) -> dict[str, Any]:

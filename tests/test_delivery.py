@@ -29,7 +29,7 @@ from reporter.relay import Relay
 from reporter.rows import Kind, OutboxRow
 from reporter.store import Store
 
-from .helpers import insert
+from .helpers import frozen_clock, insert, row_clock
 
 NOW = 1_800_000_000.0
 THROTTLED = Failure(Outcome.TRANSIENT, "ThrottlingException", "slow down", retry_after=None)
@@ -263,13 +263,14 @@ def test_stream_creation_failure_holds_the_task_and_charges_the_first_row():
 
 
 # -- end to end: the durable schedule ---------------------------------------------------------
-def _relay(path: Path, seed: int) -> tuple[Store, Relay, Hub]:
+def _relay(path: Path, seed: int, clock: Callable[[], float]) -> tuple[Store, Relay, Hub]:
     cfg: Config = config_mod.parse(
         {"hub": {"progress_update_stream": "S"}, "outbox": {"path": str(path)},
          "publish": {"backoff_base_seconds": 2.0, "backoff_max_seconds": 60.0}})
     store = Store.open(path)
+    store.clock = clock
     hub = Hub(cfg.aws)
-    return store, Relay(store, hub, cfg, rng=random.Random(seed)), hub
+    return store, Relay(store, hub, cfg, clock=clock, rng=random.Random(seed)), hub
 
 
 def _resolve(hub: Hub, standin: Emulator) -> None:
@@ -297,8 +298,9 @@ def test_backoff_schedule_is_durable_across_restarts(aws_env: dict[str, str], st
     Store.create(path).close()
     insert(path, kind="task_state", migration_task_name="t1", status="IN_PROGRESS")
     standin.state.faults.update(throttle=1.0, retry_after=0)
-    with freeze_time("2026-11-25 12:00:00") as frozen:
-        _, relay, hub = _relay(path, seed=0)
+    with freeze_time(row_clock(path)) as frozen:
+        clock = frozen_clock(frozen)
+        _, relay, hub = _relay(path, 0, clock)
         _resolve(hub, standin)
         relay.run_once()  # the import succeeds, the state is throttled: attempt 1
         relay.close()
@@ -309,7 +311,7 @@ def test_backoff_schedule_is_durable_across_restarts(aws_env: dict[str, str], st
             assert row["due_at"] == row["retry_at"]
             assert 0 <= delay <= min(60.0, 2.0 * 2 ** (attempt - 1)) + 1e-6
             frozen.tick(delay + 0.001)
-            store, relay, hub = _relay(path, seed=attempt)  # a fresh process each time
+            store, relay, hub = _relay(path, attempt, clock)  # a fresh process each time
             _resolve(hub, standin)
             if attempt == 7:
                 standin.state.faults.update(retry_after=45)
@@ -321,7 +323,7 @@ def test_backoff_schedule_is_durable_across_restarts(aws_env: dict[str, str], st
         assert row is not None and row["due_at"] - before >= 45
         standin.state.faults.update(throttle=0.0)
         frozen.tick(61)
-        store, relay, hub = _relay(path, seed=99)
+        store, relay, hub = _relay(path, 99, clock)
         _resolve(hub, standin)
         relay.run_once()
         row = _lane(path)

@@ -19,7 +19,7 @@ from reporter.model import GateState
 from reporter.relay import Relay
 from reporter.store import Store
 
-from .helpers import insert
+from .helpers import frozen_clock, insert, row_clock
 
 NOW = 1_800_000_000.0
 DOWN = Failure(Outcome.TRANSIENT, "ServiceUnavailableException", "down")
@@ -230,9 +230,10 @@ def test_region_lookup_backoff_end_to_end(aws_env: dict[str, str], standin: Emul
     standin.state.faults.update(outage=True)
     cfg = config_mod.parse({"hub": {"progress_update_stream": "S"}, "outbox": {"path": str(path)},
                             "publish": {"backoff_base_seconds": 2.0}})
-    with freeze_time("2026-11-25 12:00:00") as frozen:
+    with freeze_time(row_clock(path)) as frozen:
         store = Store.open(path)
-        relay = Relay(store, Hub(cfg.aws), cfg, rng=random.Random(3))
+        store.clock = clock = frozen_clock(frozen)
+        relay = Relay(store, Hub(cfg.aws), cfg, clock=clock, rng=random.Random(3))
         lookups = []
         for _ in range(6):
             for _ in range(10):
