@@ -24,6 +24,7 @@ from reporter.metrics import Metrics, MetricsServer
 from reporter.model import Backlog, StoreError
 from reporter.process import EXIT, stop_on_signals
 from reporter.relay import Relay
+from reporter.rows import clip
 from reporter.views import task_health
 from reporter.wiring import build
 
@@ -93,16 +94,42 @@ class Service:
         self._busy_since: float | None = None  # monotonic: when transient failures began
         self._signal_fd: int | None = None  # wakes the main loop (signals, `shutdown`)
         self._busy = False
+        self._busy_pass = False  # a pass is running (the stall check applies only then)
+        # The publisher's own health: why its last pass failed (a bug, never a row: rows are
+        # judged without raising), and whether its thread ended.
+        self.pass_error: str | None = None
+        self.publisher_died: str | None = None
+        self._publisher: threading.Thread | None = None
 
     def health(self) -> str | None:
-        """None while delivering normally; else why not (exit-4 causes, a broken store)."""
+        """None while delivering normally; else why not (exit-4 causes, a broken store, a
+        publisher that died, keeps failing or is stalled)."""
         blocked = self.parts.relay.gate.blocked
-        return blocked.message if blocked is not None else self.store_problem
+        if blocked is not None:
+            return blocked.message
+        if self.store_problem is not None:
+            return self.store_problem
+        if self.publisher_died is not None:
+            return f"publisher stopped: {self.publisher_died}"
+        if self.pass_error is not None:
+            return f"publisher failing: {self.pass_error}"
+        idle = time.monotonic() - max(self.heartbeat, self.parts.relay.status().progress_at)
+        if self._publisher is not None and self._busy_pass and idle > self.stall_seconds():
+            return f"publisher stalled: no progress for {idle:.0f} s"
+        return None
+
+    def stall_seconds(self) -> float:
+        """A pass that shows no progress this long is stalled: longer than any call may take
+        (timeouts x attempts) and than a few intervals."""
+        aws, interval = self.config.aws, self.config.publish.interval_seconds
+        calls = (aws.connect_timeout_seconds + aws.read_timeout_seconds) * aws.max_attempts
+        return max(60.0, 3 * interval + 10.0, calls + 10.0)
 
     def tick(self) -> None:
         """One scheduled pass (never raises: a failed pass is logged and retried next tick)."""
         self.heartbeat = time.monotonic()
         with self._lock:
+            self._busy_pass = True
             try:
                 if self._outbox_lost():
                     return
@@ -128,10 +155,20 @@ class Service:
                         break
                     if time.monotonic() >= until:
                         break
+                if self.pass_error is not None:
+                    self.log.info("pass_recovered", previous_error=self.pass_error)
+                    self.pass_error = None
             except StoreError as exc:
                 self.parts.relay.invalidate()
                 self._store_failed(exc, "publish")
+            except Exception as exc:  # a bug: logged, retried next pass, shown by health
+                self.parts.relay.invalidate()
+                error = f"{type(exc).__name__}: {clip(exc)}"
+                if error != self.pass_error:
+                    self.log.error("pass_failed", error=error, exc_info=True)
+                self.pass_error = error
             finally:
+                self._busy_pass = False
                 self.heartbeat = time.monotonic()
                 self._write_live()
 
@@ -148,13 +185,20 @@ class Service:
         self._wake.set()
 
     def _publish(self) -> None:
-        """The publisher thread: a pass whenever asked or due, until stopped."""
-        while not self.stop.is_set():
-            self._wake.wait(self._until_due())
-            self._wake.clear()
-            if self.stop.is_set():
-                return
-            self.tick()
+        """The publisher thread: a pass whenever asked or due, until stopped. Should it ever
+        end otherwise, it says so and wakes the main thread, which exits non-zero (systemd
+        restarts the service) rather than serve on with nobody delivering."""
+        try:
+            while not self.stop.is_set():
+                self._wake.wait(self._until_due())
+                self._wake.clear()
+                if self.stop.is_set():
+                    return
+                self.tick()
+        except BaseException as exc:
+            self.publisher_died = f"{type(exc).__name__}: {clip(exc)}"
+            self.log.critical("publisher_died", error=self.publisher_died, exc_info=True)
+            self.shutdown()
 
     def _until_due(self) -> float:
         """How long to wait for a wake-up before a pass is due anyway: until the relay's next
@@ -405,6 +449,7 @@ class Service:
         scheduler.start()
         self._wake.set()  # the first pass at once
         publisher = threading.Thread(target=self._publish, name="publish", daemon=True)
+        self._publisher = publisher
         publisher.start()
         self._waker = engines.wakeups(config, self.wake)
         self._waker.start()
@@ -454,6 +499,9 @@ class Service:
             self.parts.membership.leave()
             self.parts.store.close()
             self._live_path.unlink(missing_ok=True)  # no daemon: nothing speaks for it
+        if self.publisher_died is not None:
+            self.log.error("stopped", clean=acquired, error=self.publisher_died)
+            return EXIT["error"]
         self.log.info("stopped", clean=acquired)
         return EXIT["ok"]
 

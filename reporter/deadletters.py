@@ -38,7 +38,7 @@ def requeue_dead_letters(
         if row is None:
             invalid.append((rid, MISSING_ROW))
             continue
-        checked = rows.to_request(row, letter.stream, hub.next_update_seconds, time.time())
+        checked = rows.judge(row, letter.stream, hub.next_update_seconds, time.time())
         if isinstance(checked, rows.Problem):
             invalid.append((rid, checked.reason))
         else:

@@ -130,7 +130,7 @@ class Courier:
         out.rejected = [(rid, MISSING_ROW) for rid in task.missing]
         nus = self._config.hub.next_update_seconds
         plan = rows.plan_task(
-            [(r.id, rows.to_request(r, task.stream, nus)) for r in task.rows],
+            [(r.id, rows.judge(r, task.stream, nus)) for r in task.rows],
             task.state_floor,
             task.attributes_floor,
             task.associated,

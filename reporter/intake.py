@@ -49,22 +49,22 @@ class Intake:
 
     def _judge(self, row: rows.OutboxRow, now: float) -> Ingested:
         hub = self._config.hub
-        checked = rows.to_request(row, hub.progress_update_stream, hub.next_update_seconds, now)
-        stream = rows.stream_of(row, hub.progress_update_stream)
+        checked = rows.judge(row, hub.progress_update_stream, hub.next_update_seconds, now)
+        stream, task = rows.stream_of(row, hub.progress_update_stream), row.migration_task_name
         rejected = checked.reason if isinstance(checked, rows.Problem) else None
         if rejected:
-            self._log.warning(
-                "row_rejected",
-                row=row.id,
-                task=str(row.migration_task_name),
-                stream=str(stream),
-                reason=rejected,
+            # A rejected row still names its task, as printable text of bounded size (the
+            # names of a valid row are kept exactly: they are its task's key).
+            stream, task = rows.clip(stream, rows.MAX_NAME_CHARS), rows.clip(
+                task, rows.MAX_NAME_CHARS
             )
+            self._log.warning("row_rejected", row=row.id, task=task, stream=stream,
+                              reason=rejected)
         return Ingested(
             row.id,
             str(stream),
-            str(row.migration_task_name),
-            str(row.kind),
+            str(task),
+            rows.clip(row.kind, rows.MAX_NAME_CHARS),
             rows.epoch_of(row.created_at, now),
             rejected,
             supersedes=isinstance(checked, rows.StateUpdate | rows.AttributesUpdate),

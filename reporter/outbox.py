@@ -50,7 +50,7 @@ class Outbox:
     def _insert(self, values: dict[str, Any]) -> int:
         values = {k: v for k, v in values.items() if v is not None}
         now = datetime.now(UTC)
-        checked = rows.to_request(
+        checked = rows.judge(
             rows.OutboxRow(id=0, created_at=now.isoformat(), **values),
             PLACEHOLDER_STREAM,
             0,

@@ -39,7 +39,7 @@ from reporter.model import (
     TaskRecord,
 )
 from reporter.pgschema import PENDING, REJECTED, SCHEMA, SENT, SUPERSEDED
-from reporter.rows import STATE_SPACING_SECONDS, Kind, OutboxRow
+from reporter.rows import MAX_COLUMN_BYTES, STATE_SPACING_SECONDS, Kind, OutboxRow
 from reporter.schema import GATE_COLUMNS, OUTBOX_COLUMNS, REQUIRED_COLUMNS
 
 __all__ = ["TABLE_NEEDS", "Listener", "PgStore", "connect_kwargs"]
@@ -91,12 +91,36 @@ TABLE_NEEDS: dict[str, tuple[str, ...]] = {
 }
 
 
+# The outbox columns, read without ever fetching a value over MAX_COLUMN_BYTES: octet_length()
+# of a TOASTed value reads its header, not the value; an oversize name yields only its start.
+_TEXT = (
+    "kind", "migration_task_name", "progress_update_stream", "status", "status_detail",
+    "update_date_time", "resource_attributes", "artifact_name", "artifact_description",
+)
+_NAMES = ("kind", "migration_task_name", "progress_update_stream")
+_ROW = ", ".join(
+    ["o.id", "o.progress_percent", "o.next_update_seconds", "o.created_at"]
+    + [
+        f"CASE WHEN pg_catalog.octet_length(o.{n}) > {MAX_COLUMN_BYTES}"
+        f" THEN {f'pg_catalog.left(o.{n}, 256)' if n in _NAMES else 'NULL'} ELSE o.{n} END AS {n},"
+        f" pg_catalog.octet_length(o.{n}) AS _bytes_{n}"
+        for n in _TEXT
+    ]
+)
+
+
 def _row(r: dict[str, Any]) -> OutboxRow:
-    data = dict(r)
+    data = {k: v for k, v in r.items() if not k.startswith("_")}
     created = data.get("created_at")
     if isinstance(created, datetime):
         data["created_at"] = created.isoformat()
-    return OutboxRow.from_mapping(data)
+    big = tuple(
+        (n, int(r[f"_bytes_{n}"])) for n in _TEXT if (r.get(f"_bytes_{n}") or 0) > MAX_COLUMN_BYTES
+    )
+    for name, _ in big:
+        if name in _NAMES:
+            data[name] = f"{data[name]}…"
+    return OutboxRow.from_mapping({**data, "oversize": big})
 
 
 class PgStore:
@@ -370,7 +394,7 @@ class PgStore:
         until `ingest` dequeues them with the judged rows."""
         with self._tx("read outbox", keep_open=True) as c:
             c.execute(
-                f"SELECT i.seq AS _seq, i.row_id AS _row_id, o.* FROM {S}.inbox i"
+                f"SELECT i.seq AS _seq, i.row_id AS _row_id, {_ROW} FROM {S}.inbox i"
                 " LEFT JOIN outbox o ON o.id = i.row_id ORDER BY i.seq LIMIT %s"
                 " FOR UPDATE OF i SKIP LOCKED",
                 (limit,),
@@ -382,7 +406,7 @@ class PgStore:
         self._places = {}
         for r in rows:
             if r["id"] is not None:  # None: deleted by the tool before we saw it
-                latest[r["id"]] = _row({k: v for k, v in r.items() if not k.startswith("_")})
+                latest[r["id"]] = _row(r)
                 self._places[r["id"]] = r["_seq"]
         return NewRows(sorted(latest.values(), key=lambda row: row.id), len(rows) >= limit)
 
@@ -493,7 +517,7 @@ class PgStore:
             ids = [t["id"] for t in tasks]
             c.execute(
                 "SELECT r.task_id AS _task_id, r.id AS _row_id, r.created_at AS _created,"
-                f" r.attempts AS _attempts, r.seq AS _seq, o.* FROM {S}.rows r"
+                f" r.attempts AS _attempts, r.seq AS _seq, {_ROW} FROM {S}.rows r"
                 f" LEFT JOIN outbox o ON o.id = r.id WHERE r.state = {PENDING}"
                 " AND r.task_id = ANY(%s) ORDER BY r.seq",
                 (ids,),
@@ -528,7 +552,7 @@ class PgStore:
             if r["id"] is None:
                 task.missing.append(r["_row_id"])
             else:
-                task.rows.append(_row({k: v for k, v in r.items() if not k.startswith("_")}))
+                task.rows.append(_row(r))
         for a in artifacts:
             claimed[a["task_id"]].associated.add(a["arn"])
         for lane in lanes:
@@ -825,7 +849,9 @@ class PgStore:
     def outbox_rows(self, ids: Sequence[int]) -> list[OutboxRow]:
         """The outbox content of some rows."""
         with self._tx("read outbox") as c:
-            c.execute("SELECT * FROM outbox WHERE id = ANY(%s) ORDER BY id", (list(ids),))
+            c.execute(
+                f"SELECT {_ROW} FROM outbox o WHERE o.id = ANY(%s) ORDER BY o.id", (list(ids),)
+            )
             return [_row(r) for r in c.fetchall()]
 
     def requeue(self, valid: Sequence[int], invalid: Sequence[tuple[int, str]]) -> None:

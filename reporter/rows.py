@@ -13,6 +13,9 @@ from typing import Any
 
 __all__ = [
     "ATTRIBUTE_TYPES",
+    "MAX_COLUMN_BYTES",
+    "MAX_JSON_DEPTH",
+    "MAX_NAME_CHARS",
     "REGION_RE",
     "STATUSES",
     "TERMINAL_STATUSES",
@@ -26,7 +29,9 @@ __all__ = [
     "StateUpdate",
     "check_stream",
     "check_task",
+    "clip",
     "epoch_of",
+    "judge",
     "parse_timestamp",
     "plan_task",
     "stream_of",
@@ -64,6 +69,17 @@ MAX_ATTRIBUTES = 100
 MAX_NEXT_UPDATE_SECONDS = 2_147_483_647  # the Hub's Integer
 EARLIEST_UPDATE = datetime(2000, 1, 1, tzinfo=UTC)
 FUTURE_SLACK_SECONDS = 24 * 3600  # update_date_time may run at most this far ahead of intake
+# Bounds of our own (CONTRACT §1): a column over this many bytes is a dead letter, measured by
+# the store without reading the value; JSON nested deeper than this is refused before parsing.
+MAX_COLUMN_BYTES = 1024 * 1024
+MAX_JSON_DEPTH = 32
+# What a reason, a log field or a shown value may carry of a row's text.
+MAX_SHOWN_CHARS = 200
+MAX_NAME_CHARS = 256  # a task name's own limit: what a rejected row's task is named by
+MAX_REASON_CHARS = 600
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKETS = re.compile(r"[\[\]{}]")
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 class Kind(StrEnum):
@@ -83,8 +99,19 @@ class Problem:
 
     @property
     def reason(self) -> str:
-        """One human sentence: `field: rule`."""
-        return f"{self.field}: {self.rule}"
+        """One human sentence: `field: rule` (capped, printable: safe for logs and storage)."""
+        return clip(f"{self.field}: {self.rule}", MAX_REASON_CHARS)
+
+
+def clip(value: Any, limit: int = MAX_SHOWN_CHARS) -> str:
+    """Any value as text safe to log, store or show: undecodable bytes as U+FFFD, cut to
+    `limit` characters with the size of what was cut."""
+    text = value if isinstance(value, str) else str(value)
+    if _SURROGATE.search(text):
+        text = _SURROGATE.sub("\ufffd", text)
+    if len(text) > limit:
+        text = f"{text[:limit]}… ({len(text):,} characters)"
+    return text
 
 
 @dataclass(frozen=True)
@@ -104,6 +131,8 @@ class OutboxRow:
     created_at: Any = None
     artifact_name: Any = None
     artifact_description: Any = None
+    # Columns the store left unread because they exceed MAX_COLUMN_BYTES: (name, bytes).
+    oversize: tuple[tuple[str, int], ...] = ()
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> OutboxRow:
@@ -219,11 +248,21 @@ def parse_timestamp(value: str) -> datetime | None:
     """ISO-8601 with `Z` or an offset, as an aware UTC datetime; None if not such a string."""
     try:
         parsed = datetime.fromisoformat(value.strip())
+        if parsed.tzinfo is None:
+            return None
+        return parsed.astimezone(UTC)
+    except (ValueError, OverflowError):  # 9999-12-31T23:59:59-14:00 is past datetime.max in UTC
+        return None
+
+
+def _iso_out_of_range(text: str) -> bool:
+    try:
+        datetime.fromisoformat(text.strip()).astimezone(UTC)
+    except OverflowError:
+        return True
     except ValueError:
-        return None
-    if parsed.tzinfo is None:
-        return None
-    return parsed.astimezone(UTC)
+        return False
+    return False
 
 
 def epoch_of(value: Any, fallback: float) -> float:
@@ -275,6 +314,8 @@ def _state(
     name = "update_date_time" if row.update_date_time is not None else "created_at"
     when = parse_timestamp(when_text) if isinstance(when_text, str) else None
     if when is None:
+        if isinstance(when_text, str) and _iso_out_of_range(when_text):
+            return Problem(name, f"is out of range for a date (got {when_text!r})")
         return Problem(name, f"must be an ISO-8601 time with Z or an offset (got {when_text!r})")
     if when < EARLIEST_UPDATE:
         return Problem(name, f"must not be earlier than 2000-01-01T00:00:00Z (got {when_text!r})")
@@ -322,6 +363,11 @@ def parse_attributes(text: Any) -> tuple[tuple[str, str], ...] | Problem:
     """The `resource_attributes` JSON column as validated (Type, Value) pairs."""
     if not isinstance(text, str):
         return Problem("resource_attributes", "is required: a JSON list of {Type, Value}")
+    depth = json_depth(text)
+    if depth > MAX_JSON_DEPTH:
+        return Problem(
+            "resource_attributes", f"JSON nested {depth} levels deep (at most {MAX_JSON_DEPTH})"
+        )
     try:
         items = json.loads(text)
     except json.JSONDecodeError as exc:
@@ -337,6 +383,16 @@ def parse_attributes(text: Any) -> tuple[tuple[str, str], ...] | Problem:
             return checked
         pairs.append(checked)
     return tuple(pairs)
+
+
+def json_depth(text: str) -> int:
+    """How deeply JSON text nests arrays and objects, counted without parsing it (brackets
+    inside strings do not count), so hostile nesting never reaches the recursive parser."""
+    depth = deepest = 0
+    for bracket in _JSON_BRACKETS.finditer(_JSON_STRING.sub('""', text)):
+        depth += 1 if bracket.group() in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
 
 
 def _artifact(row: OutboxRow, stream: str, task: str) -> ArtifactAssociation | Problem:
@@ -388,6 +444,47 @@ def to_request(
     if row.kind == Kind.CREATED_ARTIFACT:
         return _artifact(row, stream, task)
     return Problem("kind", f"must be one of {', '.join(k.value for k in Kind)} (got {row.kind!r})")
+
+
+_TEXT_COLUMNS = (
+    "kind",
+    "migration_task_name",
+    "progress_update_stream",
+    "status",
+    "status_detail",
+    "update_date_time",
+    "resource_attributes",
+    "created_at",
+    "artifact_name",
+    "artifact_description",
+)
+
+
+def _unreadable(row: OutboxRow) -> Problem | None:
+    """The contract's bounds checked before anything else: no column over MAX_COLUMN_BYTES,
+    no text that is not valid UTF-8 (the store decodes it with surrogate escapes)."""
+    for name, size in row.oversize:
+        return Problem(
+            name, f"is {size:,} bytes; a column may hold at most {MAX_COLUMN_BYTES:,} (1 MiB)"
+        )
+    for name in _TEXT_COLUMNS:
+        value = getattr(row, name)
+        if isinstance(value, str) and _SURROGATE.search(value):
+            return Problem(name, "is not valid UTF-8 text")
+        if isinstance(value, bytes):
+            return Problem(name, "must be text (got a BLOB)")
+    return None
+
+
+def judge(
+    row: OutboxRow, default_stream: str, default_nus: int, now: float | None = None
+) -> Request | Problem:
+    """`to_request` that never raises: a row that breaks any bound, or that our checks cannot
+    digest for any reason, is a Problem naming why, never an exception that stops a pass."""
+    try:
+        return _unreadable(row) or to_request(row, default_stream, default_nus, now)
+    except Exception as exc:
+        return Problem("row", f"cannot be judged ({type(exc).__name__}: {clip(exc)})")
 
 
 @dataclass

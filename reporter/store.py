@@ -35,7 +35,7 @@ from reporter.model import (
     TaskOutcome,
     TaskRecord,
 )
-from reporter.rows import STATE_SPACING_SECONDS, Kind, OutboxRow, epoch_of
+from reporter.rows import MAX_COLUMN_BYTES, STATE_SPACING_SECONDS, Kind, OutboxRow, epoch_of
 from reporter.schema import PENDING, REJECTED, SENT, SUPERSEDED
 
 __all__ = ["Store", "StoreError"]
@@ -50,8 +50,23 @@ _LANE_DUE = (
 )
 
 
+# The outbox columns a row is read with (those of OutboxRow that the table has).
+_ROW_COLUMNS = tuple(f.name for f in fields(OutboxRow) if f.name != "oversize")
+# An oversize name is still shown: this much of its start is read (never the whole value).
+_NAME_PREFIX_BYTES = 1024
+_NAMES = ("kind", "migration_task_name", "progress_update_stream")
+_CHUNK = 5000
+
+
 def _marks(n: int) -> str:
     return ",".join("?" * n)
+
+
+def _lenient(data: bytes) -> str:
+    """Text as the connection returns it: a value that is not valid UTF-8 (which a host tool can
+    store) decodes with surrogate escapes, for validation to name, instead of failing the whole
+    query."""
+    return data.decode("utf-8", "surrogateescape")
 
 
 class Store:
@@ -70,6 +85,7 @@ class Store:
                 check_same_thread=False,
             )
             self.conn.row_factory = sqlite3.Row
+            self.conn.text_factory = _lenient
             self.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             mode = self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             self.conn.execute("PRAGMA synchronous = NORMAL")
@@ -171,6 +187,78 @@ class Store:
                 raise
             self.conn.execute("COMMIT")
 
+    @contextmanager
+    def _snapshot(self, doing: str) -> Iterator[sqlite3.Connection]:
+        """Several reads that must agree (one read transaction)."""
+        with self._errors(doing):
+            self.conn.execute("BEGIN")
+            try:
+                yield self.conn
+            finally:
+                self.conn.execute("COMMIT")
+
+    def _read_rows(self, ids: Sequence[int]) -> dict[int, OutboxRow]:
+        """Outbox rows by id, inside the caller's transaction, never reading a value over
+        MAX_COLUMN_BYTES: each text or BLOB value is sized through an incremental-blob handle
+        (its header, not its content: SQLite 3.40's length() reads all of a text) and one that is
+        too large is left out, named in `oversize` (of a name, only its start is read)."""
+        if len(ids) > _CHUNK:  # SQLite's limit on bound variables
+            found: dict[int, OutboxRow] = {}
+            for start in range(0, len(ids), _CHUNK):
+                found.update(self._read_rows(ids[start : start + _CHUNK]))
+            return found
+        if not ids:
+            return {}
+        c = self.conn
+        columns = [name for name in _ROW_COLUMNS if name in set(self._outbox_columns())]
+        marks = _marks(len(ids))
+        types = c.execute(
+            f"SELECT id, {', '.join(f'typeof({n})' for n in columns)} FROM outbox"
+            f" WHERE id IN ({marks})",
+            list(ids),
+        ).fetchall()
+        oversize: dict[int, list[tuple[str, int]]] = {}
+        for r in types:
+            for name, kind in zip(columns, tuple(r)[1:], strict=True):
+                if kind in ("text", "blob"):
+                    size = self._value_bytes(r[0], name)
+                    if size > MAX_COLUMN_BYTES:
+                        oversize.setdefault(r[0], []).append((name, size))
+        plain = [r[0] for r in types if r[0] not in oversize]
+        found = {}
+        if plain:
+            for r in c.execute(
+                f"SELECT {', '.join(columns)} FROM outbox WHERE id IN ({_marks(len(plain))})",
+                plain,
+            ):
+                found[r["id"]] = OutboxRow.from_mapping(dict(r))
+        for rid, big in oversize.items():
+            skip = {name for name, _ in big}
+            keep = [n for n in columns if n not in skip]
+            row = c.execute(f"SELECT {', '.join(keep)} FROM outbox WHERE id = ?", (rid,)).fetchone()
+            data: dict[str, Any] = dict(row) if row is not None else {"id": rid}
+            for name in skip & set(_NAMES):
+                data[name] = self._value_prefix(rid, name)
+            found[rid] = OutboxRow.from_mapping({**data, "oversize": tuple(big)})
+        return found
+
+    def _value_bytes(self, rid: int, column: str) -> int:
+        try:
+            with self.conn.blobopen("outbox", column, rid, readonly=True) as blob:
+                return len(blob)
+        except sqlite3.OperationalError:  # not a rowid table: measure in SQL (reads the value)
+            return int(self.conn.execute(
+                f"SELECT length(CAST({column} AS BLOB)) FROM outbox WHERE id = ?", (rid,)
+            ).fetchone()[0] or 0)
+
+    def _value_prefix(self, rid: int, column: str) -> str:
+        try:
+            with self.conn.blobopen("outbox", column, rid, readonly=True) as blob:
+                start = blob.read(_NAME_PREFIX_BYTES)
+        except sqlite3.OperationalError:
+            return "?"
+        return start.decode("utf-8", "replace") + "…"
+
     def _outbox_columns(self) -> list[str]:
         return [r["name"] for r in self.conn.execute("PRAGMA table_info(outbox)")]
 
@@ -248,22 +336,22 @@ class Store:
         self._schema_version = int(self.conn.execute("PRAGMA schema_version").fetchone()[0])
 
     def fetch_new(self, limit: int) -> NewRows:
-        """Outbox rows queued by the intake trigger, in insertion order."""
+        """Outbox rows queued by the intake trigger, in insertion order (bounded reads)."""
         with self._errors("read outbox"):
             self._check_trigger()
-            rows = self.conn.execute(
-                "SELECT i.seq AS _seq, o.* FROM mgh_inbox i LEFT JOIN outbox o ON o.id = i.row_id"
-                " ORDER BY i.seq LIMIT ?",
+        with self._snapshot("read outbox") as c:
+            queued = c.execute(
+                "SELECT i.seq, i.row_id, o.id IS NOT NULL AS present FROM mgh_inbox i"
+                " LEFT JOIN outbox o ON o.id = i.row_id ORDER BY i.seq LIMIT ?",
                 (limit,),
             ).fetchall()
-        self._fetched_upto = max((r["_seq"] for r in rows), default=self._fetched_upto)
-        latest: dict[int, OutboxRow] = {}
+            contents = self._read_rows(sorted({r["row_id"] for r in queued if r["present"]}))
+        self._fetched_upto = max((r["seq"] for r in queued), default=self._fetched_upto)
         self._places = {}
-        for r in rows:
-            if r["id"] is not None:  # None: deleted by the tool before we saw it
-                latest[r["id"]] = OutboxRow.from_mapping(dict(r))
-                self._places[r["id"]] = r["_seq"]
-        return NewRows(sorted(latest.values(), key=lambda row: row.id), len(rows) >= limit)
+        for r in queued:
+            if r["row_id"] in contents:  # absent: deleted by the tool before we saw it
+                self._places[r["row_id"]] = r["seq"]
+        return NewRows(sorted(contents.values(), key=lambda row: row.id), len(queued) >= limit)
 
     def ingest(self, items: Sequence[Ingested]) -> None:
         """Take the fetched rows into delivery state and dequeue them, in one transaction.
@@ -374,11 +462,11 @@ class Store:
             )
             rows = c.execute(
                 "SELECT r.task_id AS _task_id, r.id AS _row_id, r.created_at AS _created,"
-                " r.attempts AS _attempts, r.seq AS _seq, o.* FROM mgh_rows r"
-                f" LEFT JOIN outbox o ON o.id = r.id WHERE r.state = {PENDING}"
-                f" AND r.task_id IN ({_marks(len(ids))}) ORDER BY r.seq",
+                " r.attempts AS _attempts, r.seq AS _seq FROM mgh_rows r"
+                f" WHERE r.state = {PENDING} AND r.task_id IN ({_marks(len(ids))}) ORDER BY r.seq",
                 ids,
             ).fetchall()
+            contents = self._read_rows([r["_row_id"] for r in rows])
             artifacts = c.execute(
                 f"SELECT task_id, arn FROM mgh_artifacts WHERE task_id IN ({_marks(len(ids))})", ids
             ).fetchall()
@@ -402,10 +490,11 @@ class Store:
         for r in rows:
             task = claimed[r["_task_id"]]
             task.bookkeeping[r["_row_id"]] = PendingRow(r["_attempts"], r["_created"], r["_seq"])
-            if r["id"] is None:
+            content = contents.get(r["_row_id"])
+            if content is None:
                 task.missing.append(r["_row_id"])
             else:
-                task.rows.append(OutboxRow.from_mapping(dict(r)))
+                task.rows.append(content)
         for a in artifacts:
             claimed[a["task_id"]].associated.add(a["arn"])
         for lane in lanes:
@@ -606,11 +695,9 @@ class Store:
 
     def outbox_rows(self, ids: Sequence[int]) -> list[OutboxRow]:
         """The outbox content of some rows."""
-        with self._errors("read outbox"):
-            rows = self.conn.execute(
-                f"SELECT * FROM outbox WHERE id IN ({_marks(len(ids))}) ORDER BY id", list(ids)
-            ).fetchall()
-        return [OutboxRow.from_mapping(dict(r)) for r in rows]
+        with self._snapshot("read outbox"):
+            contents = self._read_rows(list(ids))
+        return [contents[i] for i in sorted(contents)]
 
     def requeue(self, valid: Sequence[int], invalid: Sequence[tuple[int, str]]) -> None:
         """Put dead letters back in line (valid) or reject them again with a new reason."""
