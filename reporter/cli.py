@@ -252,14 +252,17 @@ def status(ctx: click.Context, as_json: bool) -> None:
     """Backlog, delivery health, dead letters, stale and unmapped tasks, the daemon's own word.
 
     Exits 1 while the outbox is unusable (unreadable, full, replaced, gone), 4 while delivery is
-    blocked (as `drain` would), 0 otherwise: it can serve as a health check.
+    blocked (as `drain` would), 7 while the daemon is hung (its live state has not ticked and it
+    did not stop cleanly), 0 otherwise (a daemon that is not running is not an error).
     """
-    from reporter import engines, live, views
+    from reporter import live, views
+    from reporter.files import trusted_owners
 
     cfg = _config(ctx)
     now = time.time()
-    anchor = engines.live_anchor(cfg)
-    state = live.read_freshest(live.candidates(cfg.outbox.live_state_path, anchor))
+    owners = None if cfg.outbox.postgres else trusted_owners(cfg.outbox.path.parent)
+    state = live.read_freshest(live.candidates(cfg.outbox.live_state_path, cfg.outbox.where),
+                               owners)
     counts = gate = health = None
     error = None
     replicas: list[Any] = []
@@ -279,7 +282,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
         counts,
         gate,
         health,
-        None if cfg.outbox.postgres else lock_holder(cfg.outbox.path),
+        (state.pid if state else None) if cfg.outbox.postgres else lock_holder(cfg.outbox.path),
         state,
         now,
         (wal, cfg.outbox.wal_warning_bytes),
@@ -296,6 +299,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
         ctx.exit(EXIT["error"])
     if report["blocked"]:
         ctx.exit(EXIT["blocked"])
+    if report["daemon_state"] == "hung":
+        click.echo(f"mgh-reporter: {report['warnings'][-1]}", err=True)
+        ctx.exit(EXIT["hung"])
 
 
 def _print_status(report: dict[str, Any], cfg: Config) -> None:
@@ -304,6 +310,10 @@ def _print_status(report: dict[str, Any], cfg: Config) -> None:
         headline = f"[bold red]OUTBOX UNUSABLE[/]: {report['outbox_unusable']}"
     elif report["blocked"]:
         headline = f"[bold red]BLOCKED[/] since {report['blocked_since']}: {report['blocked']}"
+    elif report["daemon_state"] == "hung":
+        headline = "[bold red]HUNG[/]: the daemon stopped ticking without stopping cleanly"
+    elif report["daemon_state"] != "running":
+        headline = "[bold]not running[/]: nothing is delivering (start `mgh-reporter run`)"
     elif report["outage_backoff"]:
         headline = "[bold yellow]BACKING OFF[/]: every call is failing; probing at a slow pace"
     else:

@@ -20,6 +20,7 @@ from apscheduler.schedulers.background import BackgroundScheduler
 from reporter import config as config_mod
 from reporter import engines, live, logs
 from reporter.config import Config, ConfigError
+from reporter.files import UnsafeFile
 from reporter.metrics import Metrics, MetricsServer
 from reporter.model import Backlog, StoreError
 from reporter.process import EXIT, stop_on_signals
@@ -76,10 +77,13 @@ class Service:
         self.last_outcome = "starting"
         self._lock = threading.Lock()
         self._backlog: Backlog | None = None
-        self._live_path = live.daemon_path(
-            config.outbox.live_state_path, engines.live_anchor(config)
-        )
         self._live_error: str | None = None
+        self._live_path: Path | None = None
+        try:
+            self._live_path = live.daemon_path(config.outbox.live_state_path, config.outbox.where)
+        except UnsafeFile as exc:  # delivery goes on; health stays on /healthz and in the log
+            self._live_error = str(exc)
+            self.log.error("live_state_unavailable", error=str(exc))
         self._live_last: live.LiveState | None = None
         self._live_written = 0.0
         self._wal_warned = False
@@ -250,8 +254,9 @@ class Service:
         self.log.warning("outbox_reopened", outbox=str(path))
         return True
 
-    def _write_live(self) -> None:
-        """Publish the live state outside the outbox (and the WAL gauge); never raises."""
+    def _write_live(self, stopped: bool = False) -> None:
+        """Publish the live state outside the outbox (and the WAL gauge); never raises. After a
+        clean stop it says "stopped" (no daemon, and no fault)."""
         relay, backlog = self.parts.relay.status(), self._backlog
         wal = self.parts.store.wal_bytes()
         self.metrics.wal_bytes.set(wal)
@@ -260,6 +265,8 @@ class Service:
             health, cause = "blocked", relay.blocked.message
         if self.store_problem is not None:
             health, cause = "unusable", self.store_problem
+        if stopped:
+            health, cause = "stopped", None
         state = live.LiveState(
             health=health,
             cause=cause,
@@ -280,6 +287,8 @@ class Service:
         unchanged = replace(state, heartbeat=0.0) == self._live_last
         if unchanged and time.monotonic() - self._live_written < LIVE_REFRESH_SECONDS:
             return  # idle: the heartbeat only needs refreshing every few seconds
+        if self._live_path is None:
+            return
         try:
             live.write(self._live_path, state)
             self._live_last, self._live_written = replace(state, heartbeat=0.0), time.monotonic()
@@ -498,7 +507,8 @@ class Service:
         if acquired:
             self.parts.membership.leave()
             self.parts.store.close()
-            self._live_path.unlink(missing_ok=True)  # no daemon: nothing speaks for it
+            self._live_last = None
+            self._write_live(stopped=True)  # no daemon, and status says so (not "hung")
         if self.publisher_died is not None:
             self.log.error("stopped", clean=acquired, error=self.publisher_died)
             return EXIT["error"]

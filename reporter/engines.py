@@ -1,22 +1,18 @@
 """Which storage engine a config names (an SQLite file or a PostgreSQL URL), and the per-engine
-pieces built from it: the store, `init`, the single-instance lock, wake-ups, the writer, the
-live-state anchor. The one place that decides by `[outbox] url`."""
+pieces built from it: the store, `init`, the single-instance lock, wake-ups. The one place
+that decides by `[outbox] url`."""
 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import os
-import tempfile
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Protocol
 
 from reporter.config import Config
 from reporter.model import OutboxStore
 from reporter.process import outbox_lock
 
-__all__ = ["Wakeups", "create", "instance_lock", "live_anchor", "open_store", "wakeups"]
+__all__ = ["Wakeups", "create", "instance_lock", "open_store", "wakeups"]
 
 
 class Wakeups(Protocol):
@@ -78,13 +74,3 @@ def wakeups(config: Config, on_change: Callable[[], None]) -> Wakeups:
     from reporter.wake import Waker
 
     return Waker(config.outbox.path, on_change)
-
-
-def live_anchor(config: Config) -> Path:
-    """What the live state file is named after: the outbox file, or for a database a name in
-    the state directory (systemd's, else the temporary directory) made from its URL."""
-    if config.outbox.url is None:
-        return config.outbox.path
-    digest = hashlib.sha256(config.outbox.where.encode()).hexdigest()[:12]
-    base = os.environ.get("STATE_DIRECTORY", "").split(":")[0] or tempfile.gettempdir()
-    return Path(base) / f"mgh-reporter-pg-{digest}"

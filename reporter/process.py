@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import signal
@@ -10,6 +11,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from reporter.files import UnsafeFile, open_regular, trusted_owners
 
 __all__ = [
     "EXIT",
@@ -21,7 +24,10 @@ __all__ = [
     "stop_on_signals",
 ]
 
-EXIT = {"ok": 0, "error": 1, "usage": 2, "pending": 3, "blocked": 4, "rejected": 5}
+EXIT = {
+    "ok": 0, "error": 1, "usage": 2, "pending": 3, "blocked": 4, "rejected": 5, "differs": 6,
+    "hung": 7,
+}
 
 
 class LockError(Exception):
@@ -34,12 +40,21 @@ def _lock_path(outbox: Path) -> Path:
 
 @contextmanager
 def outbox_lock(outbox: Path) -> Iterator[None]:
-    """Hold `<outbox>.lock` exclusively (flock: released by the kernel if we die)."""
+    """Hold `<outbox>.lock` exclusively (flock: released by the kernel if we die). The outbox's
+    directory is shared with the tools' group, so the lock file is opened as hostile: a symlink,
+    FIFO, hard link or a stranger's file planted there is refused at once, naming it; a file we
+    did not create (root's `drain` beside the service user's lock) is locked, never truncated."""
     path = _lock_path(outbox)
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o660)
+        fd, created = open_regular(path, True, trusted_owners(outbox.parent), "lock file")
+    except UnsafeFile as exc:
+        raise LockError(str(exc)) from None
     except OSError as exc:
-        raise LockError(f"{path}: cannot open lock file: {exc.strerror}") from None
+        raise LockError(
+            f"{path}: cannot open lock file: {exc.strerror}"
+            + (" (does the outbox's directory exist? run `mgh-reporter init`)"
+               if exc.errno == errno.ENOENT else "")
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -49,19 +64,21 @@ def outbox_lock(outbox: Path) -> Iterator[None]:
                 f"another mgh-reporter (pid {holder}) is already delivering from {outbox} "
                 f"(lock {path}); stop it first, or use `status` to watch it"
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        if created or os.fstat(fd).st_uid == os.geteuid():
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         yield
     finally:
         os.close(fd)
 
 
 def lock_holder(outbox: Path) -> int | None:
-    """The pid of the process delivering from this outbox, or None when none is."""
+    """The pid of the process delivering from this outbox, or None when none is (or the lock
+    file is not one we trust)."""
     path = _lock_path(outbox)
     try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
+        fd, _ = open_regular(path, False, trusted_owners(outbox.parent), "lock file")
+    except (OSError, UnsafeFile):
         return None
     try:
         fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)

@@ -62,6 +62,54 @@ def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
+def _check_file(path: Path) -> None:
+    """The outbox's directory is shared with the tools' group: refuse a symlink (it would send
+    our writes, and init's chmod, to another file) or a FIFO, device or directory planted at
+    its name, before SQLite opens it by path."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StoreError(f"{path}: {exc.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise StoreError(
+            f"{path}: the outbox is a symbolic link; refusing it (set [outbox] path to the file "
+            "itself, in a directory the tools' group cannot replace it in)"
+        )
+    if not stat.S_ISREG(st.st_mode):
+        raise StoreError(f"{path}: the outbox is not a regular file; refusing it")
+
+
+def _group_writable(path: Path) -> None:
+    """`init`: make (or find) the outbox file group-readable and -writable so a host tool in our
+    group can share it (SQLite gives -wal and -shm the database's mode). A new file is created
+    with O_EXCL; an existing one is changed through an O_PATH descriptor of the file itself
+    (never chmod by a path a group member could swap; and closing an O_PATH descriptor, unlike
+    any other, keeps the POSIX locks of SQLite connections this process has on the file)."""
+    wanted = stat.S_IRGRP | stat.S_IWGRP
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o660)
+        os.close(fd)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot create the outbox: {exc.strerror}") from None
+    try:
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
+                _check_file(path)  # names what it is
+            if st.st_uid == os.geteuid() and st.st_mode & wanted != wanted:
+                os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(st.st_mode) | wanted)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot make group-writable: {exc.strerror}") from None
+
+
 def _lenient(data: bytes) -> str:
     """Text as the connection returns it: a value that is not valid UTF-8 (which a host tool can
     store) decodes with surrogate escapes, for validation to name, instead of failing the whole
@@ -111,6 +159,8 @@ class Store:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"{path.parent}: cannot create directory: {exc.strerror}") from None
+        _check_file(path)
+        _group_writable(path)
         store = cls(path, busy_timeout_ms)
         with store._errors("initialise"):
             store.conn.execute(schema.OUTBOX_DDL)
@@ -127,20 +177,26 @@ class Store:
         # make it group-writable so a host tool in our group can share it.
         # (Only when it is not already: a file another member of the group created is not ours
         # to chmod, and needs nothing.)
-        try:
-            mode = path.stat().st_mode
-            if mode & (stat.S_IRGRP | stat.S_IWGRP) != stat.S_IRGRP | stat.S_IWGRP:
-                os.chmod(path, mode | stat.S_IRGRP | stat.S_IWGRP)
-        except OSError as exc:
-            raise StoreError(f"{path}: cannot make group-writable: {exc.strerror}") from None
         return store
 
     @classmethod
     def open(cls, path: Path, busy_timeout_ms: int = 5000, writable: bool = True) -> Store:
         """Open an initialised outbox, refusing anything we cannot safely work with."""
-        if not path.exists():
-            raise StoreError(f"{path}: no outbox database here (run `mgh-reporter init`)")
+        if not path.exists() and not path.is_symlink():
+            hint = "" if path.parent.is_dir() else f" (and no directory {path.parent})"
+            raise StoreError(f"{path}: no outbox database here{hint}; run `mgh-reporter init`")
+        _check_file(path)
         store = cls(path, busy_timeout_ms)
+        try:
+            store._validate(writable)
+        except BaseException:
+            store.close()  # never leave a connection behind (its locks, its file)
+            raise
+        return store
+
+    def _validate(self, writable: bool) -> None:
+        """`open`'s checks: an initialised outbox we can write."""
+        store, path = self, self.path
         with store._errors("open"):
             columns = store._outbox_columns()
             if not columns:
@@ -160,7 +216,6 @@ class Store:
             if writable:
                 store.conn.execute("BEGIN IMMEDIATE")
                 store.conn.execute("ROLLBACK")
-        return store
 
     def close(self) -> None:
         """Close the connection."""

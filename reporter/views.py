@@ -101,18 +101,28 @@ def task_health(rows: Iterable[TaskRecord], now: float, config: Config) -> dict[
 def daemon_view(
     state: LiveState | None, daemon_pid: int | None, now: float
 ) -> dict[str, Any] | None:
-    """The running daemon's own word (its live state file), with how fresh it is."""
+    """The daemon's own word (its live state file), with how fresh it is and what it means:
+    `state` is "running" (ticking, and the process holding the outbox), "stopped" (it stopped
+    cleanly: no daemon, no fault), "hung" (not marked stopped, yet no heartbeat for
+    `stale_after`: hung, frozen or killed) or "not running" (a fresh word from a process that no
+    longer holds the outbox: killed moments ago). `daemon_pid` is the outbox lock's holder
+    (SQLite), or the state's own pid where there is no lock (PostgreSQL)."""
     if state is None:
         return None
     age = max(0.0, now - state.heartbeat)
+    stale = age > stale_after(state.interval_seconds)
+    word = "stopped" if state.health == "stopped" else "hung" if stale else "running"
+    if word == "running" and daemon_pid != state.pid:
+        word = "not running"
     return {
         "pid": state.pid,
-        "running": daemon_pid is not None and daemon_pid == state.pid,
+        "state": word,
+        "running": word == "running",
         "health": state.health,
         "cause": state.cause,
         "heartbeat": iso(state.heartbeat),
         "heartbeat_age_seconds": round(age, 1),
-        "stale": age > stale_after(state.interval_seconds),
+        "stale": word == "hung",
         "last_error": state.last_error,
     }
 
@@ -127,10 +137,11 @@ def _problems(
             f"{wal_warning_bytes / 2**20:.0f} MiB): a long-lived read transaction on the outbox "
             "holds checkpoints back; it shrinks once that reader ends"
         )
-    if daemon is not None and daemon["running"] and daemon["stale"]:
+    if daemon is not None and daemon["state"] == "hung":
         warnings.append(
             f"the daemon (pid {daemon['pid']}) has not ticked for "
-            f"{daemon['heartbeat_age_seconds']:.0f}s: it is hung or stopped"
+            f"{daemon['heartbeat_age_seconds']:.0f}s and did not stop cleanly: it is hung, "
+            "frozen or was killed"
         )
     return warnings
 
@@ -189,6 +200,7 @@ def status_report(
         "outage_backoff": bool(gate and gate.brake_attempts > 0),
         "daemon_pid": daemon_pid,
         "daemon": daemon,
+        "daemon_state": daemon["state"] if daemon else "not running",
         "wal_bytes": wal[0],
         "warnings": _problems(daemon, *wal),
         "tasks": sum(s["tasks"] for s in streams.values()),

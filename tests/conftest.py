@@ -16,6 +16,16 @@ from .engines import PG_OUTBOX, Engine, PgServer
 from .helpers import FAST, ROOT, Cli, child_env, toml_text
 
 
+@pytest.fixture(autouse=True)
+def runtime_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Each test's daemons keep their live state in a runtime directory of the test's own (as
+    systemd's $RUNTIME_DIRECTORY), not in the machine's /run/mgh-reporter."""
+    path = tmp_path / "run"
+    path.mkdir(mode=0o755)
+    monkeypatch.setenv("RUNTIME_DIRECTORY", str(path))
+    return path
+
+
 @pytest.fixture
 def standin() -> Iterator[Emulator]:
     """A Migration Hub stand-in on 127.0.0.1 with home Region us-west-2."""

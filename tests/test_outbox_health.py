@@ -52,13 +52,14 @@ def _status(cli: Cli, config: Path) -> tuple[int, dict[str, Any]]:
 
 # -- the live state ---------------------------------------------------------------------------
 def test_the_daemon_publishes_its_live_state_and_status_merges_it(
-    cli: Cli, standin: Emulator, config_path: Path, outbox_path: Path
+    cli: Cli, standin: Emulator, config_path: Path, outbox_path: Path, runtime_dir: Path
 ):
-    """While `run` ticks, `<outbox>.live.json` says ok with a fresh heartbeat in lines a shell
-    can grep; `status` shows the daemon running; a clean stop removes the file."""
+    """While `run` ticks, its live state in the runtime directory (never beside the shared
+    outbox) says ok with a fresh heartbeat in lines a shell can grep; `status` shows the daemon
+    running; a clean stop marks it stopped, and `status` says "not running", exit 0."""
     assert cli("init").returncode == 0
     proc = start_daemon(config_path)
-    path = outbox_path.with_name("outbox.db.live.json")
+    path = runtime_dir / live.file_name(str(outbox_path))
     try:
         wait_for(lambda: path.exists())
         assert '\n "health": "ok",\n' in path.read_text()
@@ -71,17 +72,29 @@ def test_the_daemon_publishes_its_live_state_and_status_merges_it(
     finally:
         proc.terminate()
         assert proc.wait(timeout=10) == 0
-    assert not path.exists()
+    assert not list(outbox_path.parent.glob("*.json"))
+    state = live.read(path)
+    assert state is not None and state.health == "stopped"
+    code, report = _status(cli, config_path)
+    assert code == 0 and report["daemon_state"] == "stopped" and not report["daemon"]["running"]
 
 
 def test_a_stale_heartbeat_is_reported():
-    """A daemon that holds the lock but has not ticked for longer than its threshold is named in
-    the warnings; one that is not running is not."""
+    """A daemon whose live state has not ticked for longer than its threshold and was not
+    marked stopped is "hung" (named in the warnings); a stopped one is "stopped"; a fresh word
+    from a process that no longer holds the outbox is "not running"."""
     state = LiveState(health="ok", cause=None, heartbeat=NOW - 100, pid=42, outbox="/o.db",
                       interval_seconds=2.0)
     report = views.status_report(None, None, None, 42, state, NOW, (0, 1))
-    assert report["daemon"]["stale"] and report["daemon"]["running"]
+    assert report["daemon"]["stale"] and not report["daemon"]["running"]
+    assert report["daemon_state"] == "hung"
     assert "has not ticked for 100s" in report["warnings"][0]
+    stopped = LiveState(health="stopped", cause=None, heartbeat=NOW - 100, pid=42,
+                        outbox="/o.db", interval_seconds=2.0)
+    report = views.status_report(None, None, None, None, stopped, NOW, (0, 1))
+    assert report["daemon_state"] == "stopped" and report["warnings"] == []
+    report = views.status_report(None, None, None, None, None, NOW, (0, 1))
+    assert report["daemon_state"] == "not running" and report["daemon"] is None
     fresh = LiveState(health="unusable", cause="disk full", heartbeat=NOW - 1, pid=42,
                       outbox="/o.db", interval_seconds=2.0)
     assert views.status_report(None, None, None, 42, fresh, NOW, (0, 1))["outbox_unusable"] == (
