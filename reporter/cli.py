@@ -24,6 +24,7 @@ from reporter.model import StoreError
 from reporter.outbox import Outbox, OutboxValueError
 from reporter.process import EXIT, LockError, hold_signals, lock_holder, stop_on_signals
 from reporter.rows import ATTRIBUTE_TYPES, STATUSES
+from reporter.secrets import scrub
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -44,7 +45,7 @@ def _console() -> Console:
 
 
 def _fail(message: str, code: int = EXIT["error"]) -> None:
-    click.echo(f"mgh-reporter: {message}", err=True)
+    click.echo(f"mgh-reporter: {scrub(message)}", err=True)
     sys.exit(code)
 
 

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from reporter import rows
+from reporter.secrets import redact_url, remember, scrub
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -195,12 +196,6 @@ def _pg_url(v: Any) -> str | None:
     return None
 
 
-def redact_url(url: str) -> str:
-    """The URL with any password replaced by ***, for logs and messages."""
-    url = re.sub(r"^(postgres(?:ql)?://[^:/@]*):[^@]*@", r"\1:***@", url)
-    return re.sub(r"([?&]password=)[^&]*", r"\1***", url)
-
-
 def _level(v: Any) -> str | None:
     return _one_of("debug", "info", "warning", "error")(str(v).lower())
 
@@ -279,11 +274,15 @@ def _type_name(types: tuple[type, ...]) -> str:
 
 
 def _fail(where: str, section: str, key: str, value: Any, rule: str) -> ConfigError:
-    return ConfigError(f"{where}: [{section}] {key} = {value!r}: {rule}")
+    shown = redact_url(value) if isinstance(value, str) else value
+    return ConfigError(scrub(f"{where}: [{section}] {key} = {shown!r}: {rule}"))
 
 
 def parse(data: Mapping[str, Any], where: str = "config", base_dir: Path | None = None) -> Config:
     """Validate parsed TOML and build a Config; raise ConfigError on the first problem."""
+    outbox = data.get("outbox")
+    if isinstance(outbox, dict) and isinstance(outbox.get("url"), str):
+        remember(outbox["url"])  # before any message could quote it, valid or not
     sections: dict[str, Any] = {}
     for section, body in data.items():
         if section not in _RULES:

@@ -10,6 +10,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from reporter import secrets
+
 __all__ = ["configure", "redact"]
 
 SECRET_KEYS = re.compile(r"secret|password|token|credential|authorization|session", re.I)
@@ -24,7 +26,7 @@ SECRET_VALUES = [
 def _scrub(value: str) -> str:
     for pattern in SECRET_VALUES:
         value = pattern.sub("[REDACTED]", value)
-    return value
+    return secrets.scrub(value)
 
 
 def redact(_: Any, __: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:

@@ -20,7 +20,6 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from reporter import pgschema
-from reporter.config import redact_url
 from reporter.model import (
     Backlog,
     ClaimedTask,
@@ -41,6 +40,7 @@ from reporter.model import (
 from reporter.pgschema import PENDING, REJECTED, SCHEMA, SENT, SUPERSEDED
 from reporter.rows import MAX_COLUMN_BYTES, STATE_SPACING_SECONDS, Kind, OutboxRow
 from reporter.schema import GATE_COLUMNS, OUTBOX_COLUMNS, REQUIRED_COLUMNS
+from reporter.secrets import redact_url, remember, scrub
 
 __all__ = ["TABLE_NEEDS", "Listener", "PgStore", "connect_kwargs"]
 
@@ -130,6 +130,7 @@ class PgStore:
     def __init__(self, url: str, clock: Callable[[], float] | None = None) -> None:
         self.url = url
         self.where = redact_url(url)
+        remember(url)
         self._local = clock or (lambda: time.time())
         self._offset = 0.0  # database clock - local clock, measured at connect
         self._conn: psycopg.Connection[dict[str, Any]] | None = None
@@ -1080,4 +1081,5 @@ class Listener:
 
 
 def _first_line(exc: BaseException) -> str:
-    return (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+    """What libpq said, scrubbed: it quotes parts of a malformed URL (the password included)."""
+    return scrub((str(exc).strip().splitlines() or [type(exc).__name__])[0])

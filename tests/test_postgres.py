@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -311,3 +312,35 @@ def test_a_stream_is_claimed_by_one_replica_at_a_time(pg_url: str):
     assert a.claim_stream("T", 30)  # b's claim lapsed
     a.close()
     b.close()
+
+
+@pytest.mark.parametrize(("url", "secret"), [
+    ("postgresql://rep:50%zzPctSecret@127.0.0.1:1/db?connect_timeout=1", "PctSecret"),
+    ("postgressql://rep:TypoSecret@127.0.0.1:1/db", "TypoSecret"),
+    ("postgresql://rep@127.0.0.1:1/db?sslpassword=SslSecret&connect_timeout=1", "SslSecret"),
+    ("postgresql://rep@127.0.0.1:1/db?password=Param%53ecret&connect_timeout=1", "ParamSecret"),
+])
+def test_a_malformed_url_never_shows_its_password(tmp_path: Path, aws_env: dict[str, str],
+                                                  url: str, secret: str):
+    """A bad escape (libpq quotes the token), a scheme typo (the config error quotes the
+    value), sslpassword and a percent-encoded password= never reach status, run, check,
+    drain or init output, in either form."""
+    config = tmp_path / "c.toml"
+    config.write_text(toml_text({"outbox": {"url": url, "lease_seconds": 60},
+                                 "hub": {"progress_update_stream": "S"}}))
+    base = [sys.executable, "-m", "reporter", "--config", str(config)]
+    for command in (["status", "--json"], ["status"], ["check"], ["drain", "--timeout", "1"],
+                    ["init"]):
+        done = subprocess.run([*base, *command], capture_output=True, text=True, timeout=60,
+                              env=child_env(), cwd=ROOT)
+        said = done.stdout + done.stderr
+        assert done.returncode != 0, (command, said)
+        assert secret not in said and secret.replace("S", "%53") not in said, (command, said)
+    daemon = subprocess.Popen([*base, "run"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=child_env(), cwd=ROOT)
+    try:
+        daemon.wait(timeout=4)  # a config error ends it; an unreachable database is waited for
+    except subprocess.TimeoutExpired:
+        daemon.terminate()
+    out, err = daemon.communicate(timeout=20)
+    assert out + err and secret not in out + err and secret.replace("S", "%53") not in out + err
