@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -100,8 +101,18 @@ class Metrics:
         self.dead_letters.set(backlog.dead_letters)
 
 
+# The listener is bounded whoever connects (another local user, a port scanner): at most
+# MAX_CONNECTIONS are served at once, each on a thread of its own; one more is closed at once;
+# a connection must send its request within REQUEST_TIMEOUT_SECONDS and is closed after one
+# response (no keep-alive), so idle connections cost no thread and no memory.
+MAX_CONNECTIONS = 8
+REQUEST_TIMEOUT_SECONDS = 2.0
+
+
 class _Handler(BaseHTTPRequestHandler):
     server: MetricsServer
+    timeout = REQUEST_TIMEOUT_SECONDS  # socket timeout: a slow or idle client is dropped
+    protocol_version = "HTTP/1.0"  # one request per connection
 
     def log_message(self, format: str, *args: Any) -> None:
         """Scrapes are not events."""
@@ -122,23 +133,46 @@ class _Handler(BaseHTTPRequestHandler):
             if problem is None:
                 self._send(200, b"ok\n", "text/plain; charset=utf-8")
             else:
-                self._send(503, f"blocked: {problem}\n".encode(), "text/plain; charset=utf-8")
+                self._send(503, f"unhealthy: {problem}\n".encode(), "text/plain; charset=utf-8")
         else:
             self._send(404, b"not found\n", "text/plain; charset=utf-8")
 
 
 class MetricsServer(ThreadingHTTPServer):
-    """Serves one Metrics and a health callback (None: healthy, else the reason)."""
+    """Serves one Metrics and a health callback (None: healthy, else the reason), on IPv4 or
+    IPv6, with at most MAX_CONNECTIONS connections served at once."""
 
     daemon_threads = True
     allow_reuse_address = True
+    request_queue_size = 64
 
     def __init__(
         self, address: tuple[str, int], metrics: Metrics, health: Callable[[], str | None]
     ) -> None:
+        if ":" in address[0]:
+            self.address_family = socket.AF_INET6
         super().__init__(address, _Handler)
         self.metrics, self.health = metrics, health
+        self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
         self._thread = threading.Thread(target=self.serve_forever, daemon=True, name="metrics")
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """A thread per connection while a slot is free; otherwise the connection is closed at
+        once (the scraper retries; an attacker's flood costs nothing)."""
+        if not self._slots.acquire(blocking=False):
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
 
     def start(self) -> None:
         """Serve in the background."""

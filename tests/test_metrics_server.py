@@ -1,0 +1,122 @@
+"""The metrics listener is bounded whoever connects: a cap on connections served at once, a
+timeout on each request, memory flat under 1,000 idle connections, IPv6 loopback served."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from reporter import config as config_mod
+from reporter.emulator import Emulator
+from reporter.metrics import MAX_CONNECTIONS, REQUEST_TIMEOUT_SECONDS, Metrics, MetricsServer
+
+from .helpers import Cli, start_daemon, wait_for
+
+
+def _free_port(family: socket.AddressFamily = socket.AF_INET, host: str = "127.0.0.1") -> int:
+    with socket.socket(family) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _get(url: str) -> tuple[int, str]:
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:  # not listening yet, or a connection the cap closed
+        return 0, ""
+
+
+def _idle(host: str, port: int, count: int) -> list[socket.socket]:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    conns = []
+    for _ in range(count):
+        s = socket.socket(family)
+        s.connect((host, port))
+        conns.append(s)
+    return conns
+
+
+def test_idle_connections_take_no_more_than_the_cap_and_time_out():
+    """1,000 idle connections: at most MAX_CONNECTIONS handler threads exist at any time; each
+    is dropped after the request timeout, and a scrape is served again while the attacker still
+    holds its sockets."""
+    server = MetricsServer(("127.0.0.1", 0), Metrics(), lambda: None)
+    server.start()
+    port = server.server_address[1]
+    base = threading.active_count()
+    conns: list[socket.socket] = []
+    try:
+        conns = _idle("127.0.0.1", port, 1000)
+        peak = 0
+        deadline = time.monotonic() + REQUEST_TIMEOUT_SECONDS + 1
+        while time.monotonic() < deadline:
+            peak = max(peak, threading.active_count() - base)
+            time.sleep(0.01)
+        assert peak <= MAX_CONNECTIONS
+        wait_for(lambda: threading.active_count() - base == 0, timeout=REQUEST_TIMEOUT_SECONDS + 2)
+        assert _get(f"http://127.0.0.1:{port}/metrics")[0] == 200
+    finally:
+        for s in conns:
+            s.close()
+        server.stop()
+
+
+def _rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_the_daemons_memory_stays_flat_under_1000_idle_connections(
+    cli: Cli, standin: Emulator, make_config: Any
+):
+    """The running daemon, flooded with 1,000 idle connections three times over: RSS flat from
+    one flood to the next (the cap's threads are all it costs), /healthz answering after
+    each."""
+    port = _free_port()
+    config = make_config("m.toml", metrics={"listen": f"127.0.0.1:{port}"})
+    assert cli("init", config=config).returncode == 0
+    proc = start_daemon(config)
+    try:
+        wait_for(lambda: _get(f"http://127.0.0.1:{port}/healthz")[0] == 200, timeout=30)
+        rss = [_rss_kib(proc.pid)]
+        for _ in range(3):
+            conns = _idle("127.0.0.1", port, 1000)
+            time.sleep(0.5)
+            rss.append(_rss_kib(proc.pid))
+            for s in conns:
+                s.close()
+            wait_for(lambda: _get(f"http://127.0.0.1:{port}/healthz")[0] == 200,
+                     timeout=REQUEST_TIMEOUT_SECONDS + 10)
+        print("RSS (MiB) before and under each of 3 floods of 1,000 idle connections:",
+              [round(r / 1024, 1) for r in rss])
+        # The first flood starts the handler threads (their stacks); later floods add nothing.
+        assert (rss[1] - rss[0]) / 1024 < 6 and (max(rss[2:]) - rss[1]) / 1024 < 1.5, rss
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=15) == 0
+
+
+def test_an_ipv6_loopback_listen_address_works(cli: Cli, standin: Emulator, make_config: Any):
+    """`listen = "[::1]:PORT"` passes validation and is served over IPv6."""
+    port = _free_port(socket.AF_INET6, "::1")
+    listen = f"[::1]:{port}"
+    parsed = config_mod.parse({"hub": {"progress_update_stream": "S"}, "metrics": {"listen": listen}})
+    assert parsed.metrics.address == ("::1", port)
+    config = make_config("v6.toml", metrics={"listen": listen})
+    assert cli("init", config=config).returncode == 0
+    proc = start_daemon(config)
+    try:
+        wait_for(lambda: _get(f"http://[::1]:{port}/healthz")[0] == 200, timeout=30)
+        assert "mgh_reporter_pending_rows" in _get(f"http://[::1]:{port}/metrics")[1]
+    finally:
+        proc.terminate()
+        assert proc.wait(timeout=15) == 0
