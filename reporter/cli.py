@@ -288,6 +288,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
         now,
         (wal, cfg.outbox.wal_warning_bytes),
         error,
+        wall_now=time.time(),
     )
     if cfg.outbox.postgres:
         report["replicas"] = [views.replica_view(r, now) for r in replicas]

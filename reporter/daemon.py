@@ -212,7 +212,7 @@ class Service:
         wakeup = self.parts.relay.status().wakeup
         if wakeup is None:
             return interval
-        left = wakeup - time.time()
+        left = wakeup - self.parts.store.clock()  # due times are on the store's clock
         if left <= 0 and not self._busy:
             return interval  # due, yet the last pass had nothing to do: wait for the schedule
         return min(interval, max(left, 0.0))
@@ -277,7 +277,7 @@ class Service:
             pending=backlog.pending if backlog else None,
             oldest_pending_seconds=None
             if backlog is None or backlog.oldest_created_at is None
-            else round(max(0.0, time.time() - backlog.oldest_created_at), 3),
+            else round(max(0.0, self.parts.store.clock() - backlog.oldest_created_at), 3),
             dead_letters=backlog.dead_letters if backlog else None,
             outage_backoff=relay.braking,
             last_success=relay.last_success_at,
@@ -326,7 +326,7 @@ class Service:
         with self._lock:
             store = self.parts.store
             try:
-                before = time.time() - self.config.outbox.retention_days * 86400
+                before = store.clock() - self.config.outbox.retention_days * 86400
                 pruned = store.prune(before)
                 if pruned:
                     self.log.info("pruned", rows=pruned)
@@ -369,7 +369,7 @@ class Service:
         if relay.last_success_at:
             m.last_success.set(relay.last_success_at)
         if tasks:
-            health = task_health(store.tasks(), time.time(), self.config)
+            health = task_health(store.tasks(), store.clock(), self.config)
             for stream, counts in health["streams"].items():
                 m.stale.labels(stream).set(counts["stale"])
                 m.lapsing.labels(stream).set(counts["lapsing"])

@@ -90,7 +90,9 @@ class Gate:
         rng: random.Random | None = None,
         clock: Callable[[], float] | None = None,
     ) -> None:
-        self._state = state
+        # A fresh start (a new process, a reload) re-checks a saved block at once: the cause may
+        # have been fixed while nobody was asking (a row waits no longer than the first pass).
+        self._state = replace(state, recheck_at=0.0) if state.blocked_reason else state
         self._region = region
         self._save = save
         self._rng = rng or random.Random()

@@ -8,12 +8,13 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
+from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 import structlog
 
 from reporter.config import Config, fence_seconds
-from reporter.delivery import CALM_RATIO, Courier, Delivery
+from reporter.delivery import CALM_RATIO, Courier, Delivery, StreamResult
 from reporter.errors import Failure
 from reporter.gate import Blocked, Gate, Open
 from reporter.hub import Hub
@@ -163,7 +164,9 @@ class Relay:
     def _deliver(self, tasks: list[ClaimedTask], result: PassResult) -> None:
         self.courier.calm = self.gate.failure_ratio(self.clock()) < CALM_RATIO
         tasks = self._stream_owners(tasks)
-        streams = self.courier.ensure_streams(self._creating, self._streams)
+        streams = self._ensure_streams(tasks)
+        if streams is None:
+            return
         for stream in streams.created:
             self.store.mark_stream_created(stream)
             self._streams.add(stream)
@@ -181,6 +184,25 @@ class Relay:
             result.blocked = result.blocked or d.blocked
         self.store.record([d.outcome for d in deliveries])
         self.gate.learn(streams.calls + [c for d in deliveries for c in d.calls], self.clock())
+
+    def _ensure_streams(self, tasks: list[ClaimedTask]) -> StreamResult | None:
+        """Create the streams this pass needs (on a worker, so a stop is seen while a call
+        hangs). None when a stop came first: every claimed task is handed back due now (no call
+        about any of them was made), not left leased until its lease runs out."""
+        if not self._creating:
+            return StreamResult()
+        creating = self._pool.submit(self.courier.ensure_streams, self._creating, self._streams)
+        while True:
+            try:
+                return creating.result(timeout=0.1)
+            except FutureTimeout:
+                if self.stop.is_set():
+                    self.store.release([(t.id, t.lease) for t in tasks], self.clock())
+                    structlog.get_logger("reporter.relay").warning(
+                        "stop_during_stream_creation", tasks=len(tasks),
+                        streams=sorted(self._creating),
+                    )
+                    return None
 
     def _stream_owners(self, tasks: list[ClaimedTask]) -> list[ClaimedTask]:
         """Streams not known to exist are created once across replicas: this relay creates

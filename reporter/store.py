@@ -162,21 +162,24 @@ class Store:
         _check_file(path)
         _group_writable(path)
         store = cls(path, busy_timeout_ms)
-        with store._errors("initialise"):
-            store.conn.execute(schema.OUTBOX_DDL)
-            columns = store._outbox_columns()
-            missing = [c for c in schema.REQUIRED_COLUMNS if c not in columns]
-            if missing:
-                raise StoreError(f"{path}: table outbox lacks columns {', '.join(missing)}")
-            for column in schema.ARTIFACT_COLUMNS:
-                if column not in columns:
-                    store.conn.execute(f"ALTER TABLE outbox ADD COLUMN {column} TEXT")
-            schema.apply_migrations(store.conn)
+        try:
+            # One write transaction (BEGIN IMMEDIATE) that looks at the schema afresh: an `init`
+            # beside a daemon re-creating its outbox, or a second `init`, waits its turn and
+            # finds the work done, never "duplicate column name".
+            with store._write("initialise") as c:
+                c.execute(schema.OUTBOX_DDL)
+                columns = store._outbox_columns()
+                missing = [col for col in schema.REQUIRED_COLUMNS if col not in columns]
+                if missing:
+                    raise StoreError(f"{path}: table outbox lacks columns {', '.join(missing)}")
+                for column in schema.ARTIFACT_COLUMNS:
+                    if column not in columns:
+                        c.execute(f"ALTER TABLE outbox ADD COLUMN {column} TEXT")
+                schema.apply_migrations(c)
             store._check_trigger()  # a re-created outbox table gets its intake trigger back
-        # SQLite creates files 0644 (less the umask) and gives -wal/-shm the database's mode:
-        # make it group-writable so a host tool in our group can share it.
-        # (Only when it is not already: a file another member of the group created is not ours
-        # to chmod, and needs nothing.)
+        except BaseException:
+            store.close()
+            raise
         return store
 
     @classmethod
@@ -369,19 +372,19 @@ class Store:
         version = int(self.conn.execute("PRAGMA schema_version").fetchone()[0])
         if version == self._schema_version:
             return
-        present = self.conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = ?",
-            (schema.INTAKE_TRIGGER,),
-        ).fetchone()
-        if not present:
+        present = "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = ?"
+        queued = None
+        if not self.conn.execute(present, (schema.INTAKE_TRIGGER,)).fetchone():
             with self._write("restore the intake trigger") as c:
-                c.execute(schema.INTAKE_TRIGGER_DDL)
-                queued = c.execute(
-                    "INSERT INTO mgh_inbox(row_id) SELECT o.id FROM outbox o"
-                    " LEFT JOIN mgh_rows r ON r.id = o.id WHERE r.id IS NULL"
-                    " OR abs(r.created_at - (julianday(o.created_at) - 2440587.5) * 86400.0)"
-                    " > 0.002 ORDER BY o.id"
-                ).rowcount
+                if not c.execute(present, (schema.INTAKE_TRIGGER,)).fetchone():  # still gone
+                    c.execute(schema.INTAKE_TRIGGER_DDL)
+                    queued = c.execute(
+                        "INSERT INTO mgh_inbox(row_id) SELECT o.id FROM outbox o"
+                        " LEFT JOIN mgh_rows r ON r.id = o.id WHERE r.id IS NULL"
+                        " OR abs(r.created_at - (julianday(o.created_at) - 2440587.5) * 86400.0)"
+                        " > 0.002 ORDER BY o.id"
+                    ).rowcount
+        if queued is not None:
             structlog.get_logger("reporter.store").warning(
                 "intake_trigger_restored",
                 outbox=str(self.path),

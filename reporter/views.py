@@ -169,13 +169,16 @@ def status_report(
     now: float,
     wal: tuple[int, int],
     outbox_error: str | None = None,
+    wall_now: float | None = None,
 ) -> dict[str, Any]:
     """The `status --json` document: the outbox's view merged with the daemon's live state.
 
     `wal` is (bytes of the -wal file, the warning threshold); `outbox_error` is why the outbox
-    itself could not be read (then the counts are null).
+    itself could not be read (then the counts are null); `wall_now` is this machine's clock,
+    which the daemon's heartbeat is judged by (`now` is the store's).
     """
-    daemon = daemon_view(state, daemon_pid, now)
+    # The live state's heartbeat is the daemon's wall clock; `now` may be the database's.
+    daemon = daemon_view(state, daemon_pid, now if wall_now is None else wall_now)
     live_word = daemon is not None and daemon["running"] and not daemon["stale"]
     unusable = outbox_error
     if unusable is None and live_word and state is not None and state.health == "unusable":

@@ -226,3 +226,52 @@ def test_watchdog_stops_when_publish_loop_hangs(cli: Cli, standin: Emulator, mak
         proc.wait()
         notify.close()
         standin.state.faults.update(latency=0)
+
+
+def test_due_times_are_judged_on_the_stores_clock(aws_env: dict[str, str], config_path: Path,
+                                                  cli: Cli, monkeypatch: Any):
+    """The publisher waits until the next due time measured on the clock that wrote it (the
+    store's: PostgreSQL's own), not this machine's: with the store an hour behind, a task due
+    in 0.1 s is waited for 0.1 s, not treated as long overdue (a spin) nor an hour away."""
+    from types import SimpleNamespace
+
+    from reporter import config as config_mod
+    from reporter.daemon import Service
+
+    assert cli("init").returncode == 0
+    service = Service(config_mod.load(config_path), config_path)
+    try:
+        store = service.parts.store
+        monkeypatch.setattr(store, "clock", lambda: time.time() - 3600)
+        monkeypatch.setattr(service.parts.relay, "status",
+                            lambda: SimpleNamespace(wakeup=store.clock() + 0.1))
+        service._busy = True
+        assert 0.05 < service._until_due() <= 0.1  # the interval is 0.2 s
+    finally:
+        service.parts.relay.close()
+        service.parts.store.close()
+
+
+def test_a_failing_pass_is_logged_retried_and_turns_health_503(
+    aws_env: dict[str, str], config_path: Path, cli: Cli, monkeypatch: Any
+):
+    """A pass that raises (a bug, not a row) is caught: logged once as `pass_failed`, health
+    names it (so /healthz is 503), and the next good pass clears it."""
+    from reporter import config as config_mod
+    from reporter.daemon import Service
+
+    assert cli("init").returncode == 0
+    service = Service(config_mod.load(config_path), config_path)
+    try:
+        relay = service.parts.relay
+        real = relay.run_once
+        monkeypatch.setattr(relay, "quiet", lambda: False)
+        monkeypatch.setattr(relay, "run_once", lambda: (_ for _ in ()).throw(KeyError("boom")))
+        service.tick()
+        assert service.health() == "publisher failing: KeyError: 'boom'"
+        monkeypatch.setattr(relay, "run_once", real)
+        service.tick()
+        assert service.health() is None
+    finally:
+        service.parts.relay.close()
+        service.parts.store.close()

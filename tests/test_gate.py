@@ -53,17 +53,28 @@ def _gate(state: GateState | None = None, regions: Regions | None = None,
 
 
 def test_a_blocked_state_holds_until_its_recheck_then_resumes():
-    """Blocked with a recheck in the future: no lookup; at the recheck a good lookup resumes
-    delivery and the cleared record is saved."""
-    state = GateState(blocked_code="HomeRegionNotSet", blocked_reason="not set",
-                      blocked_since=NOW - 100, recheck_at=NOW + 60)
-    regions, saved = Regions(), []
-    gate = _gate(state, regions, saved)
-    assert gate.admit(NOW) == Blocked(Failure(Outcome.BLOCKED, "HomeRegionNotSet", "not set"))
-    assert regions.lookups == 0
+    """Blocked by a lookup: no further lookup until the recheck; at the recheck a good lookup
+    resumes delivery and the cleared record is saved."""
+    regions, saved = Regions(NO_HOME), []
+    gate = _gate(None, regions, saved, blocked_recheck_seconds=60)
+    assert isinstance(gate.admit(NOW), Blocked) and regions.lookups == 1
+    assert isinstance(gate.admit(NOW + 59), Blocked) and regions.lookups == 1
     assert gate.admit(NOW + 60) == Open()
-    assert regions.lookups == 1 and gate.blocked is None
+    assert regions.lookups == 2 and gate.blocked is None
     assert saved[-1].blocked_reason is None and saved[-1].home_region == "us-west-2"
+
+
+def test_a_fresh_start_rechecks_a_saved_block_at_once():
+    """A saved block (a recheck an hour away) is looked at again by the first admission of a
+    new gate (a restart, a reload): the cause fixed meanwhile costs no wait."""
+    state = GateState(blocked_code="NoCredentials", blocked_reason="no credentials",
+                      blocked_since=NOW - 100, recheck_at=NOW + 3600)
+    regions = Regions()
+    gate = _gate(state, regions)
+    assert gate.admit(NOW) == Open() and regions.lookups == 1 and gate.blocked is None
+    still = _gate(state, Regions(NO_HOME))
+    assert isinstance(still.admit(NOW), Blocked)
+    assert still.state.blocked_since == NOW - 100  # the same block, not a new one
 
 
 def test_a_blocking_lookup_keeps_the_first_since_and_pushes_the_recheck():

@@ -138,8 +138,9 @@ def test_disk_full_is_reported_once_and_delivery_resumes(
     once."""
     outbox = small_disk / "outbox.db"
     port = _free_port()
-    config = make_config("full.toml", outbox={"path": str(outbox),
-                                              "live_state_path": str(tmp_path / "live.json")},
+    # The live state's default place (the runtime directory) is off the full filesystem, so
+    # the daemon can still say what is wrong.
+    config = make_config("full.toml", outbox={"path": str(outbox)},
                          metrics={"listen": f"127.0.0.1:{port}"})
     assert cli("init", config=config).returncode == 0
     log = tmp_path / "daemon.log"
