@@ -8,7 +8,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor, wait
-from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 
 import structlog
@@ -164,16 +163,23 @@ class Relay:
     def _deliver(self, tasks: list[ClaimedTask], result: PassResult) -> None:
         self.courier.calm = self.gate.failure_ratio(self.clock()) < CALM_RATIO
         tasks = self._stream_owners(tasks)
-        streams = self._ensure_streams(tasks)
-        if streams is None:
-            return
+        # Tasks of streams that exist start at once; streams new to this pass are created side
+        # by side meanwhile, and only their own tasks wait for them.
+        fresh = [t for t in tasks if t.stream in self._creating]
+        futures: dict[Future[Delivery], ClaimedTask] = {
+            self._pool.submit(self.courier.deliver, t, None): t
+            for t in tasks
+            if t.stream not in self._creating
+        }
+        streams, handed_back = self._ensure_streams(fresh)
         for stream in streams.created:
             self.store.mark_stream_created(stream)
             self._streams.add(stream)
-        futures: dict[Future[Delivery], ClaimedTask] = {
-            self._pool.submit(self.courier.deliver, t, streams.failures.get(t.stream)): t
-            for t in tasks
-        }
+        if not handed_back:
+            futures.update({
+                self._pool.submit(self.courier.deliver, t, streams.failures.get(t.stream)): t
+                for t in fresh
+            })
         finished = self._wait(futures)
         deliveries = [f.result() for f in finished]
         for d in deliveries:
@@ -185,24 +191,35 @@ class Relay:
         self.store.record([d.outcome for d in deliveries])
         self.gate.learn(streams.calls + [c for d in deliveries for c in d.calls], self.clock())
 
-    def _ensure_streams(self, tasks: list[ClaimedTask]) -> StreamResult | None:
-        """Create the streams this pass needs (on a worker, so a stop is seen while a call
-        hangs). None when a stop came first: every claimed task is handed back due now (no call
-        about any of them was made), not left leased until its lease runs out."""
+    def _ensure_streams(self, tasks: list[ClaimedTask]) -> tuple[StreamResult, bool]:
+        """Create the streams this pass needs, each on a worker of its own (1,000 new streams
+        cost a few rounds of calls, not 1,000 in a row), watching for a stop while a call
+        hangs: then `tasks` (those waiting for the streams) are handed back due now, not left
+        leased until their leases run out (the flag says so)."""
+        merged, handed_back = StreamResult(), False
         if not self._creating:
-            return StreamResult()
-        creating = self._pool.submit(self.courier.ensure_streams, self._creating, self._streams)
-        while True:
-            try:
-                return creating.result(timeout=0.1)
-            except FutureTimeout:
-                if self.stop.is_set():
-                    self.store.release([(t.id, t.lease) for t in tasks], self.clock())
-                    structlog.get_logger("reporter.relay").warning(
-                        "stop_during_stream_creation", tasks=len(tasks),
-                        streams=sorted(self._creating),
-                    )
-                    return None
+            return merged, handed_back
+        jobs = [
+            self._pool.submit(self.courier.ensure_streams, [stream], self._streams)
+            for stream in sorted(self._creating)
+        ]
+        pending: set[Future[StreamResult]] = set(jobs)
+        while pending:
+            _, pending = wait(pending, timeout=0.1)
+            if pending and self.stop.is_set():
+                self.store.release([(t.id, t.lease) for t in tasks], self.clock())
+                handed_back = True
+                structlog.get_logger("reporter.relay").warning(
+                    "stop_during_stream_creation", tasks=len(tasks), streams=len(self._creating)
+                )
+                break
+        for job in jobs:
+            if job.done() and not job.cancelled():
+                done = job.result()
+                merged.created += done.created
+                merged.failures.update(done.failures)
+                merged.calls += done.calls
+        return merged, handed_back
 
     def _stream_owners(self, tasks: list[ClaimedTask]) -> list[ClaimedTask]:
         """Streams not known to exist are created once across replicas: this relay creates

@@ -110,6 +110,22 @@ def _group_writable(path: Path) -> None:
         raise StoreError(f"{path}: cannot make group-writable: {exc.strerror}") from None
 
 
+def _wal_mode(conn: sqlite3.Connection, timeout: float) -> str:
+    """Switch a connection to WAL. Doing so on a new file needs it alone, and SQLite answers
+    "database is locked" at once, without its busy handler, while another process is making
+    the same file (two `init`s, `init` beside a daemon re-creating its outbox): retry for the
+    busy timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            busy = getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
+            if not busy or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
+
+
 def _lenient(data: bytes) -> str:
     """Text as the connection returns it: a value that is not valid UTF-8 (which a host tool can
     store) decodes with surrogate escapes, for validation to name, instead of failing the whole
@@ -135,7 +151,7 @@ class Store:
             self.conn.row_factory = sqlite3.Row
             self.conn.text_factory = _lenient
             self.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            mode = self.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
+            mode = _wal_mode(self.conn, busy_timeout_ms / 1000)
             self.conn.execute("PRAGMA synchronous = NORMAL")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{path}: cannot open as an SQLite database: {exc}") from None

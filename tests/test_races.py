@@ -44,8 +44,11 @@ def test_init_beside_a_daemon_reopening_a_recreated_outbox(
     """The outbox deleted under `run`, then `init` at once while the daemon re-creates it too:
     `init` always succeeds (no "duplicate column name"), and delivery resumes."""
     assert cli("init").returncode == 0
-    proc = start_daemon(config_path)
+    log = outbox_path.parent / "daemon.log"
+    err = log.open("w")
+    proc = start_daemon(config_path, stderr=err)
     try:
+        wait_for(lambda: '"started"' in log.read_text())
         for round_ in range(4):
             for suffix in ("", "-wal", "-shm"):
                 Path(f"{outbox_path}{suffix}").unlink(missing_ok=True)
@@ -57,6 +60,7 @@ def test_init_beside_a_daemon_reopening_a_recreated_outbox(
     finally:
         proc.terminate()
         assert proc.wait(timeout=15) == 0
+        err.close()
 
 
 def test_a_stop_while_stream_creation_hangs_hands_the_tasks_back(
