@@ -56,6 +56,7 @@ _ROW_COLUMNS = tuple(f.name for f in fields(OutboxRow) if f.name != "oversize")
 _NAME_PREFIX_BYTES = 1024
 _NAMES = ("kind", "migration_task_name", "progress_update_stream")
 _CHUNK = 5000
+BLOB_RECYCLE = 10_000  # blob handles per connection before it is swapped (see Store._recycle)
 
 
 def _marks(n: int) -> str:
@@ -141,23 +142,9 @@ class Store:
     ) -> None:
         self.path = path
         self.clock = clock or (lambda: time.time())  # looked up per call: freezegun-able
-        try:
-            self.conn = sqlite3.connect(
-                str(path),
-                timeout=busy_timeout_ms / 1000,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            self.conn.row_factory = sqlite3.Row
-            self.conn.text_factory = _lenient
-            self.conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
-            mode = _wal_mode(self.conn, busy_timeout_ms / 1000)
-            self.conn.execute("PRAGMA synchronous = NORMAL")
-        except sqlite3.DatabaseError as exc:
-            raise StoreError(f"{path}: cannot open as an SQLite database: {exc}") from None
-        if mode != "wal":
-            raise StoreError(f"{path}: cannot switch to WAL mode (journal_mode is {mode})")
         self.busy_timeout_ms = busy_timeout_ms
+        self.conn = self._connect()
+        self._blobs = 0  # incremental-blob handles opened on this connection
         self._schema_version: int | None = None
         self._fetched_upto = 0
         self._places: dict[int, int] = {}  # row id -> insertion place, of the fetched batch
@@ -166,6 +153,48 @@ class Store:
         except OSError as exc:
             raise StoreError(f"{path}: cannot stat: {exc.strerror}") from None
         self._identity = (st.st_dev, st.st_ino)
+
+    def _connect(self) -> sqlite3.Connection:
+        path, busy_timeout_ms = self.path, self.busy_timeout_ms
+        try:
+            conn = sqlite3.connect(
+                str(path),
+                timeout=busy_timeout_ms / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.row_factory = sqlite3.Row
+            conn.text_factory = _lenient
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            mode = _wal_mode(conn, busy_timeout_ms / 1000)
+            conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{path}: cannot open as an SQLite database: {exc}") from None
+        if mode != "wal":
+            conn.close()
+            raise StoreError(f"{path}: cannot switch to WAL mode (journal_mode is {mode})")
+        return conn
+
+    def _recycle(self) -> None:
+        """CPython (3.11-3.13) keeps a reference to every incremental-blob handle a connection
+        ever opened until the connection closes (~90 bytes each): after BLOB_RECYCLE of them,
+        between transactions, swap in a fresh connection to the same file (never to a file that
+        replaced it: that is the daemon's to notice)."""
+        if self._blobs < BLOB_RECYCLE or self.conn.in_transaction:
+            return
+        try:
+            fresh = self._connect()
+        except StoreError:
+            return
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino) != self._identity:
+            fresh.close()
+            return
+        old, self.conn, self._blobs = self.conn, fresh, 0
+        old.close()
 
     # -- opening ---------------------------------------------------------------------------
     @classmethod
@@ -317,6 +346,7 @@ class Store:
         return found
 
     def _value_bytes(self, rid: int, column: str) -> int:
+        self._blobs += 1
         try:
             with self.conn.blobopen("outbox", column, rid, readonly=True) as blob:
                 return len(blob)
@@ -326,6 +356,7 @@ class Store:
             ).fetchone()[0] or 0)
 
     def _value_prefix(self, rid: int, column: str) -> str:
+        self._blobs += 1
         try:
             with self.conn.blobopen("outbox", column, rid, readonly=True) as blob:
                 start = blob.read(_NAME_PREFIX_BYTES)
@@ -412,6 +443,7 @@ class Store:
     def fetch_new(self, limit: int) -> NewRows:
         """Outbox rows queued by the intake trigger, in insertion order (bounded reads)."""
         with self._errors("read outbox"):
+            self._recycle()
             self._check_trigger()
         with self._snapshot("read outbox") as c:
             queued = c.execute(
@@ -520,6 +552,7 @@ class Store:
         a fresh lease token that `record` and `release` must present."""
         now = self.clock()
         lease = uuid.uuid4().hex
+        self._recycle()
         with self._write("claim tasks") as c:
             tasks = c.execute(
                 "SELECT id, stream, task, imported, last_state_seq, last_attributes_seq"

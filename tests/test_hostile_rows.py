@@ -196,3 +196,35 @@ def test_the_daemon_stays_under_64_mib_with_50_mb_values(engine: Engine, engine_
     finally:
         proc.terminate()
         assert proc.wait(timeout=15) == 0
+
+
+def test_the_sizing_connection_is_recycled_and_never_onto_a_replaced_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """Sizing by blob handles would grow CPython's per-connection list of them for ever: past
+    BLOB_RECYCLE the store swaps in a fresh connection between transactions; a file that
+    replaced the outbox at its path is never swapped onto."""
+    from reporter import store as store_mod
+    from reporter.store import Store
+
+    from .helpers import fill
+
+    monkeypatch.setattr(store_mod, "BLOB_RECYCLE", 50)
+    path = tmp_path / "o.db"
+    Store.create(path).close()
+    fill(path, 40, 1)
+    store = Store.open(path)
+    try:
+        first = store.conn
+        store.fetch_new(40)  # 40 rows x 4 text columns: 160 handles
+        assert store.conn is first and store._blobs >= 150
+        store.fetch_new(40)  # swapped first, then counted afresh
+        assert store.conn is not first and store._blobs == 160
+        second = store.conn
+        store._blobs = 10**6
+        path.rename(tmp_path / "moved.db")
+        Store.create(path).close()
+        store.fetch_new(40)
+        assert store.conn is second  # still the file it had open
+    finally:
+        store.close()
