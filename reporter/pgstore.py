@@ -143,6 +143,10 @@ class PgStore:
         self._places: dict[int, int] = {}
         self._lease_ends: dict[tuple[int, str], float] = {}  # monotonic, never later than the db's
         self._instance = uuid.uuid4().hex[:12]  # who claims a stream's creation
+        # The outbox, qualified (set at connect: the session's search_path is pg_catalog alone).
+        self.outbox_schema = "public"
+        self._outbox = "public.outbox"
+        self._outbox_lit = "'public.outbox'"
 
     # -- connection --------------------------------------------------------------------------
     def clock(self) -> float:
@@ -164,6 +168,7 @@ class PgStore:
             conn = psycopg.connect(self.url, row_factory=dict_row, **connect_kwargs())
             for name, value in SESSION.items():
                 conn.execute(sql.SQL("SET {} = {}").format(sql.Identifier(name), value))
+            self._pin_search_path(conn)
             before = self._local()
             db_now = conn.execute(f"SELECT {NOW} AS now").fetchone()
             after = self._local()
@@ -182,6 +187,27 @@ class PgStore:
         self._failures, self._conn = 0, conn
         self._intake_open = False
         return conn
+
+    def _pin_search_path(self, conn: psycopg.Connection[dict[str, Any]]) -> None:
+        """CVE-2018-1058: where another role can create objects in a schema on our search_path
+        (public, before PostgreSQL 15 and on many managed instances), a function it plants there
+        that matches better than the built-in one (`public.quote_ident(name)`) runs as us. So the
+        outbox's schema is found once (the URL's search_path decides where the table is, with
+        qualified calls only), then the session searches pg_catalog alone and every statement
+        names the outbox with its schema."""
+        row = conn.execute(
+            "SELECT pg_catalog.quote_ident(n.nspname::text) AS schema FROM pg_catalog.pg_class t"
+            " JOIN pg_catalog.pg_namespace n ON n.oid = t.relnamespace"
+            " WHERE t.oid = pg_catalog.to_regclass('outbox'::text)"
+        ).fetchone() or conn.execute(
+            "SELECT pg_catalog.quote_ident(pg_catalog.current_schema()::text) AS schema"
+        ).fetchone()
+        if row is None or row["schema"] is None:
+            raise StoreError(f"{self.where}: no schema to hold the outbox (empty search_path)")
+        self.outbox_schema = str(row["schema"])
+        self._outbox = f"{self.outbox_schema}.outbox"
+        self._outbox_lit = "'" + self._outbox.replace("'", "''") + "'"
+        conn.execute("SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false)")
 
     def _lost(self, exc: BaseException) -> None:
         """The connection is gone: forget it and retry later (exponential, capped)."""
@@ -250,15 +276,17 @@ class PgStore:
         store = cls(url)
         log = structlog.get_logger("reporter.pgstore")
         with store._tx("initialise") as c:
-            c.execute("SELECT pg_advisory_xact_lock(hashtext('mgh-reporter init'))")
-            c.execute(pgschema.OUTBOX_DDL)
+            c.execute("SELECT pg_catalog.pg_advisory_xact_lock("
+                      "pg_catalog.hashtext('mgh-reporter init'::text)::bigint)")
+            store._refuse_writable_schemas(c)
+            c.execute(pgschema.outbox_ddl(store._outbox))
             columns = store._outbox_columns(c)
             missing = [col for col in REQUIRED_COLUMNS if col not in columns]
             if missing:
                 raise StoreError(f"{store.where}: table outbox lacks columns {', '.join(missing)}")
             for column in OUTBOX_COLUMNS:
                 if column not in columns:
-                    c.execute(f"ALTER TABLE outbox ADD COLUMN {column} text")
+                    c.execute(f"ALTER TABLE {store._outbox} ADD COLUMN {column} text")
             c.execute(f"CREATE SCHEMA IF NOT EXISTS {S}")
             c.execute(
                 f"CREATE TABLE IF NOT EXISTS {S}.migrations"
@@ -272,12 +300,11 @@ class PgStore:
                     c.execute(statement)
                 c.execute(f"INSERT INTO {S}.migrations(name) VALUES (%s)", (name,))
                 log.info("migration_applied", migration=name)
-            outbox = store._outbox_name(c)
-            for statement in pgschema.trigger_ddl(outbox):
+            for statement in pgschema.trigger_ddl(store._outbox):
                 c.execute(statement)
             # Rows a tool inserted before the trigger existed are taken in as new.
             c.execute(
-                f"INSERT INTO {S}.inbox(row_id) SELECT o.id FROM outbox o WHERE NOT EXISTS"
+                f"INSERT INTO {S}.inbox(row_id) SELECT o.id FROM {store._outbox} o WHERE NOT EXISTS"
                 f" (SELECT 1 FROM {S}.rows r WHERE r.id = o.id) AND NOT EXISTS"
                 f" (SELECT 1 FROM {S}.inbox i WHERE i.row_id = o.id) ORDER BY o.id"
             )
@@ -313,7 +340,8 @@ class PgStore:
                     needs_init=True,
                 )
             c.execute(
-                "SELECT 1 FROM pg_trigger WHERE tgname = %s AND tgrelid = to_regclass('outbox')",
+                "SELECT 1 FROM pg_trigger WHERE tgname = %s"
+                f" AND tgrelid = to_regclass({store._outbox_lit}::text)",
                 (pgschema.TRIGGER,),
             )
             if c.fetchone() is None:
@@ -324,24 +352,35 @@ class PgStore:
                 )
         return store
 
-    @staticmethod
-    def _outbox_columns(c: psycopg.Cursor[dict[str, Any]]) -> list[str]:
+    def _outbox_columns(self, c: psycopg.Cursor[dict[str, Any]]) -> list[str]:
         c.execute(
-            "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass('outbox')"
+            "SELECT attname::text AS attname FROM pg_attribute"
+            f" WHERE attrelid = to_regclass({self._outbox_lit}::text)"
             " AND attnum > 0 AND NOT attisdropped"
         )
         return [r["attname"] for r in c.fetchall()]
 
-    @staticmethod
-    def _outbox_name(c: psycopg.Cursor[dict[str, Any]]) -> str:
+    def _refuse_writable_schemas(self, c: psycopg.Cursor[dict[str, Any]]) -> None:
+        """`init` refuses while `public`, the outbox's schema or ours lets anyone but its owner
+        create objects in it (PUBLIC, or another role): a role that can plant a function where
+        the daemon looks could run code as the daemon (CVE-2018-1058)."""
         c.execute(
-            "SELECT quote_ident(n.nspname) || '.' || quote_ident(t.relname) AS name"
-            " FROM pg_class t JOIN pg_namespace n ON n.oid = t.relnamespace"
-            " WHERE t.oid = to_regclass('outbox')"
+            "SELECT n.nspname::text AS schema, CASE WHEN a.grantee = 0 THEN 'PUBLIC'"
+            " ELSE a.grantee::regrole::text END AS grantee FROM pg_namespace n,"
+            " aclexplode(coalesce(n.nspacl, acldefault('n'::\"char\", n.nspowner))) a"
+            " WHERE n.nspname::text = ANY(%s) AND a.privilege_type = 'CREATE'"
+            " AND a.grantee <> n.nspowner ORDER BY 1, 2",
+            (["public", self.outbox_schema.strip('"'), S],),
         )
-        row = c.fetchone()
-        assert row is not None
-        return str(row["name"])
+        found = [(r["schema"], r["grantee"]) for r in c.fetchall()]
+        if found:
+            where = ", ".join(f"schema {schema} to {grantee}" for schema, grantee in found)
+            raise StoreError(
+                f"{self.where}: refusing to initialise: CREATE is granted on {where}; a role that"
+                " can create objects there can plant functions that run as mgh-reporter"
+                " (CVE-2018-1058). As the owner: REVOKE CREATE ON SCHEMA <schema> FROM PUBLIC"
+                " (and from those roles), then run init again"
+            )
 
     # -- the gate's record -------------------------------------------------------------------
     def load_gate(self) -> GateState:
@@ -381,7 +420,8 @@ class PgStore:
         names = list(values)
         with self._tx("insert into outbox") as c:
             c.execute(
-                f"INSERT INTO outbox ({', '.join(names)}) VALUES ({', '.join(['%s'] * len(names))})"
+                f"INSERT INTO {self._outbox} ({', '.join(names)})"
+                f" VALUES ({', '.join(['%s'] * len(names))})"
                 " RETURNING id",
                 [values[n] for n in names],
             )
@@ -396,7 +436,7 @@ class PgStore:
         with self._tx("read outbox", keep_open=True) as c:
             c.execute(
                 f"SELECT i.seq AS _seq, i.row_id AS _row_id, {_ROW} FROM {S}.inbox i"
-                " LEFT JOIN outbox o ON o.id = i.row_id ORDER BY i.seq LIMIT %s"
+                f" LEFT JOIN {self._outbox} o ON o.id = i.row_id ORDER BY i.seq LIMIT %s"
                 " FOR UPDATE OF i SKIP LOCKED",
                 (limit,),
             )
@@ -519,7 +559,7 @@ class PgStore:
             c.execute(
                 "SELECT r.task_id AS _task_id, r.id AS _row_id, r.created_at AS _created,"
                 f" r.attempts AS _attempts, r.seq AS _seq, {_ROW} FROM {S}.rows r"
-                f" LEFT JOIN outbox o ON o.id = r.id WHERE r.state = {PENDING}"
+                f" LEFT JOIN {self._outbox} o ON o.id = r.id WHERE r.state = {PENDING}"
                 " AND r.task_id = ANY(%s) ORDER BY r.seq",
                 (ids,),
             )
@@ -836,7 +876,7 @@ class PgStore:
             c.execute(
                 "SELECT r.id, r.reason, r.kind, t.stream, t.task, r.attempts, r.finished_at,"
                 f" o.id IS NOT NULL AS present FROM {S}.rows r JOIN {S}.tasks t"
-                f" ON t.id = r.task_id LEFT JOIN outbox o ON o.id = r.id WHERE {where}"
+                f" ON t.id = r.task_id LEFT JOIN {self._outbox} o ON o.id = r.id WHERE {where}"
                 " ORDER BY r.id",
                 args,
             )
@@ -851,7 +891,8 @@ class PgStore:
         """The outbox content of some rows."""
         with self._tx("read outbox") as c:
             c.execute(
-                f"SELECT {_ROW} FROM outbox o WHERE o.id = ANY(%s) ORDER BY o.id", (list(ids),)
+                f"SELECT {_ROW} FROM {self._outbox} o WHERE o.id = ANY(%s) ORDER BY o.id",
+                (list(ids),),
             )
             return [_row(r) for r in c.fetchall()]
 
@@ -890,7 +931,7 @@ class PgStore:
                 f" (SELECT count(*) FROM {S}.rows WHERE state = {REJECTED}) AS dead,"
                 f" (SELECT count(*) FROM {S}.inbox) AS waiting,"
                 f" (SELECT extract(epoch from min(o.created_at))::float8 FROM {S}.inbox i"
-                "   JOIN outbox o ON o.id = i.row_id) AS first"
+                f"   JOIN {self._outbox} o ON o.id = i.row_id) AS first"
             )
             r = c.fetchone()
         assert r is not None
@@ -978,8 +1019,8 @@ class PgStore:
                 ids = [r["id"] for r in c.fetchall()]
                 if ids:  # never a reused id whose new row is still waiting for intake
                     c.execute(
-                        "DELETE FROM outbox WHERE id = ANY(%s) AND NOT EXISTS"
-                        f" (SELECT 1 FROM {S}.inbox i WHERE i.row_id = outbox.id)",
+                        f"DELETE FROM {self._outbox} x WHERE x.id = ANY(%s) AND NOT EXISTS"
+                        f" (SELECT 1 FROM {S}.inbox i WHERE i.row_id = x.id)",
                         (ids,),
                     )
                     c.execute(f"DELETE FROM {S}.rows WHERE id = ANY(%s)", (ids,))
@@ -1009,18 +1050,22 @@ class PgStore:
                 lacking = []
                 for priv in needs:
                     c.execute(
-                        "SELECT has_table_privilege(current_user, to_regclass(%s), %s) AS ok",
-                        (table, priv),
+                        "SELECT has_table_privilege(current_user, to_regclass(%s::text), %s)"
+                        " AS ok",
+                        (self._outbox if table == "outbox" else table, priv),
                     )
                     row = c.fetchone()
                     if not (row and row["ok"]):
                         lacking.append(priv)
                 missing[table] = lacking
-            c.execute(  # the owner, and every grantee of INSERT (0: PUBLIC)
-                "SELECT DISTINCT CASE WHEN a.grantee = 0 THEN 'PUBLIC'"
-                " ELSE a.grantee::regrole::text END AS r FROM pg_class c,"
-                " aclexplode(coalesce(c.relacl, acldefault('r', c.relowner))) a"
-                " WHERE c.oid = to_regclass('outbox') AND a.privilege_type = 'INSERT' ORDER BY 1"
+            c.execute(  # the owner, and every grantee of INSERT, on the table or on columns
+                "SELECT DISTINCT CASE WHEN g.grantee = 0 THEN 'PUBLIC'"
+                " ELSE g.grantee::regrole::text END AS r FROM ("
+                " SELECT (aclexplode(coalesce(c.relacl, acldefault('r', c.relowner)))).*"
+                f" FROM pg_class c WHERE c.oid = to_regclass({self._outbox_lit}::text)"
+                " UNION ALL SELECT (aclexplode(a.attacl)).* FROM pg_attribute a"
+                f" WHERE a.attrelid = to_regclass({self._outbox_lit}::text)"
+                " AND a.attacl IS NOT NULL) g WHERE g.privilege_type = 'INSERT' ORDER BY 1"
             )
             inserters = [row["r"] for row in c.fetchall()]
             missing["inserters"] = inserters

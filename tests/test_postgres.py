@@ -147,7 +147,7 @@ def test_readme_grants_are_enough_for_tool_and_reporter(pg_server: PgServer, pg_
     INSERT; the reporter role runs `check`, `drain` and `status` with its GRANTs."""
     database = str(conninfo_to_dict(pg_url)["dbname"])
     PgStore.create(pg_url).close()
-    grants = _readme_block("CREATE ROLE mgh_tool")
+    grants = _readme_block("REVOKE CREATE ON SCHEMA public")
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("DROP ROLE IF EXISTS mgh_tool")
         conn.execute("DROP ROLE IF EXISTS mgh_reporter_role")
@@ -344,3 +344,88 @@ def test_a_malformed_url_never_shows_its_password(tmp_path: Path, aws_env: dict[
         daemon.terminate()
     out, err = daemon.communicate(timeout=20)
     assert out + err and secret not in out + err and secret.replace("S", "%53") not in out + err
+
+
+# -- hostile roles (CVE-2018-1058) ---------------------------------------------------------------
+PLANTED = """
+CREATE TABLE public.pwned (who text, what text);
+GRANT ALL ON public.pwned TO PUBLIC;
+CREATE FUNCTION public.quote_ident(name) RETURNS text LANGUAGE sql AS
+  $$ INSERT INTO public.pwned VALUES (current_user, 'quote_ident')
+     RETURNING pg_catalog.quote_ident($1::text) $$;
+CREATE FUNCTION public.pg_advisory_xact_lock(integer) RETURNS void LANGUAGE sql AS
+  $$ INSERT INTO public.pwned VALUES (current_user, 'pg_advisory_xact_lock');
+     SELECT pg_catalog.pg_advisory_xact_lock($1::bigint) $$;
+CREATE FUNCTION public.evil_step(text[], text) RETURNS text[] LANGUAGE sql AS
+  $$ INSERT INTO public.pwned VALUES (current_user, 'json_agg') RETURNING $1 || $2 $$;
+CREATE AGGREGATE public.json_agg(text) (sfunc = public.evil_step, stype = text[]);
+CREATE FUNCTION public.octet_length(text) RETURNS integer LANGUAGE sql AS
+  $$ INSERT INTO public.pwned VALUES (current_user, 'octet_length')
+     RETURNING pg_catalog.octet_length($1) $$;
+"""
+
+
+def test_functions_planted_in_public_never_run_as_us(pg_server: PgServer, pg_url: str,
+                                                    tmp_path: Path, standin: Emulator,
+                                                    aws_env: dict[str, str]):
+    """A tool role with CREATE on public plants better-matching overloads of functions the
+    daemon calls. `init` refuses while the grant stands, naming it; after the owner revokes it
+    (the planted functions stay), init, drain, tasks and status run and none of them ever
+    executes a planted function."""
+    database = str(conninfo_to_dict(pg_url)["dbname"])
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("DROP ROLE IF EXISTS mgh_evil")
+        conn.execute("CREATE ROLE mgh_evil LOGIN PASSWORD 'evil'")
+        conn.execute("GRANT CREATE, USAGE ON SCHEMA public TO mgh_evil")
+    try:
+        with psycopg.connect(pg_server.url(database, "mgh_evil", "evil"), autocommit=True) as evil:
+            evil.execute(PLANTED)
+        config = _write_config(tmp_path, pg_url)
+        refused = _cli(config, "init", env=aws_env)
+        assert refused.returncode == 1
+        assert "CREATE is granted on schema public to mgh_evil" in refused.stderr
+        assert "REVOKE CREATE ON SCHEMA" in refused.stderr
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("REVOKE CREATE ON SCHEMA public FROM mgh_evil")
+        assert _cli(config, "init", env=aws_env).returncode == 0
+        pg_insert(pg_url, kind="task_state", migration_task_name="t1", status="IN_PROGRESS",
+                  status_detail="x" * 100)
+        pg_insert(pg_url, kind="created_artifact", migration_task_name="t1",
+                  artifact_name="arn:aws:ec2:us-east-1:123456789012:instance/i-1")
+        assert _cli(config, "drain", "--timeout", "20", env=aws_env).returncode == 0
+        tasks = json.loads(_cli(config, "tasks", "--json", env=aws_env).stdout)
+        assert tasks[0]["artifacts"] == ["arn:aws:ec2:us-east-1:123456789012:instance/i-1"]
+        assert _cli(config, "status", "--json", env=aws_env).returncode == 0
+        assert _cli(config, "check", env=aws_env).returncode in (0, 1)
+        with psycopg.connect(pg_url) as conn:
+            assert conn.execute("SELECT who, what FROM public.pwned").fetchall() == []
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            conn.execute("DROP OWNED BY mgh_evil")
+            conn.execute("DROP ROLE mgh_evil")
+
+
+def test_the_tool_role_cannot_choose_ids(pg_server: PgServer, pg_url: str):
+    """With the README's GRANTs the tool INSERTs the contract's columns but never `id`, not even
+    with OVERRIDING SYSTEM VALUE: it cannot take the id another tool's INSERT will get."""
+    database = str(conninfo_to_dict(pg_url)["dbname"])
+    PgStore.create(pg_url).close()
+    grants = _readme_block("REVOKE CREATE ON SCHEMA public")
+    with psycopg.connect(pg_url, autocommit=True) as conn:
+        conn.execute("DROP ROLE IF EXISTS mgh_tool")
+        conn.execute("DROP ROLE IF EXISTS mgh_reporter_role")
+        conn.execute(grants.replace("ON DATABASE migrations", f"ON DATABASE {database}"))
+    try:
+        tool = pg_server.url(database, "mgh_tool", "tool-secret")
+        assert pg_insert(tool, kind="task_state", migration_task_name="t1", status="COMPLETED")
+        for statement in ("INSERT INTO outbox (id, kind, migration_task_name) VALUES"
+                          " (1000, 'task_state', 't2')",
+                          "INSERT INTO outbox (id, kind, migration_task_name) OVERRIDING SYSTEM"
+                          " VALUE VALUES (1001, 'task_state', 't2')"):
+            with psycopg.connect(tool) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(statement)
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            for role in ("mgh_tool", "mgh_reporter_role"):
+                conn.execute(f"DROP OWNED BY {role}")
+                conn.execute(f"DROP ROLE {role}")
