@@ -35,6 +35,7 @@ __all__ = [
     "StoreError",
     "TaskOutcome",
     "TaskRecord",
+    "tail_size",
 ]
 
 
@@ -394,3 +395,11 @@ class OutboxStore(Protocol):
 
     def file_problem(self) -> str | None:
         """Why the store no longer reaches the outbox its config names (deleted, replaced)."""
+
+
+def tail_size(batch: int) -> int:
+    """Behind a backlog, each intake batch also takes this many of the newest queued rows: a
+    task written now reaches the Hub within a pass or two, not after the whole backlog was taken
+    in first-in-first-out. Safe in any order: a row older than one already taken in is
+    superseded by it, never sent after it."""
+    return max(1, min(100, batch // 5))

@@ -36,6 +36,7 @@ from reporter.model import (
     StoreError,
     TaskOutcome,
     TaskRecord,
+    tail_size,
 )
 from reporter.pgschema import PENDING, REJECTED, SCHEMA, SENT, SUPERSEDED
 from reporter.rows import MAX_COLUMN_BYTES, STATE_SPACING_SECONDS, Kind, OutboxRow
@@ -434,13 +435,18 @@ class PgStore:
         replica takes them in at the same time (`SKIP LOCKED`); the transaction stays open
         until `ingest` dequeues them with the judged rows."""
         with self._tx("read outbox", keep_open=True) as c:
-            c.execute(
+            query = (
                 f"SELECT i.seq AS _seq, i.row_id AS _row_id, {_ROW} FROM {S}.inbox i"
-                f" LEFT JOIN {self._outbox} o ON o.id = i.row_id ORDER BY i.seq LIMIT %s"
-                " FOR UPDATE OF i SKIP LOCKED",
-                (limit,),
+                f" LEFT JOIN {self._outbox} o ON o.id = i.row_id ORDER BY i.seq {{}} LIMIT %s"
+                " FOR UPDATE OF i SKIP LOCKED"
             )
+            c.execute(query.format("ASC"), (limit,))
             rows = c.fetchall()
+            if len(rows) >= limit:  # a backlog: the newest rows come in now too (tail_size)
+                head = {r["_seq"] for r in rows}
+                c.execute(query.format("DESC"), (tail_size(limit),))
+                rows += [r for r in c.fetchall() if r["_seq"] not in head]
+                rows.sort(key=lambda r: r["_seq"])
             self._intake_open = True
         self._fetched = [r["_seq"] for r in rows]
         latest: dict[int, OutboxRow] = {}

@@ -34,6 +34,7 @@ from reporter.model import (
     StoreError,
     TaskOutcome,
     TaskRecord,
+    tail_size,
 )
 from reporter.rows import MAX_COLUMN_BYTES, STATE_SPACING_SECONDS, Kind, OutboxRow, epoch_of
 from reporter.schema import PENDING, REJECTED, SENT, SUPERSEDED
@@ -147,6 +148,7 @@ class Store:
         self._blobs = 0  # incremental-blob handles opened on this connection
         self._schema_version: int | None = None
         self._fetched_upto = 0
+        self._fetched_tail: list[int] = []  # seqs taken from the newest end of a backlog
         self._places: dict[int, int] = {}  # row id -> insertion place, of the fetched batch
         try:
             st = os.stat(path)
@@ -446,15 +448,23 @@ class Store:
             self._recycle()
             self._check_trigger()
         with self._snapshot("read outbox") as c:
-            queued = c.execute(
+            query = (
                 "SELECT i.seq, i.row_id, o.id IS NOT NULL AS present FROM mgh_inbox i"
-                " LEFT JOIN outbox o ON o.id = i.row_id ORDER BY i.seq LIMIT ?",
-                (limit,),
-            ).fetchall()
-            contents = self._read_rows(sorted({r["row_id"] for r in queued if r["present"]}))
+                " LEFT JOIN outbox o ON o.id = i.row_id WHERE i.seq > ? ORDER BY i.seq {} LIMIT ?"
+            )
+            queued = c.execute(query.format("ASC"), (0, limit)).fetchall()
+            tail = []
+            if len(queued) >= limit:  # a backlog: the newest rows come in now too (tail_size)
+                tail = c.execute(
+                    query.format("DESC"), (queued[-1]["seq"], tail_size(limit))
+                ).fetchall()
+            contents = self._read_rows(
+                sorted({r["row_id"] for r in (*queued, *tail) if r["present"]})
+            )
         self._fetched_upto = max((r["seq"] for r in queued), default=self._fetched_upto)
+        self._fetched_tail = [r["seq"] for r in tail]
         self._places = {}
-        for r in queued:
+        for r in sorted((*queued, *tail), key=lambda r: r["seq"]):
             if r["row_id"] in contents:  # absent: deleted by the tool before we saw it
                 self._places[r["row_id"]] = r["seq"]
         return NewRows(sorted(contents.values(), key=lambda row: row.id), len(queued) >= limit)
@@ -469,6 +479,7 @@ class Store:
         now = self.clock()
         with self._write("ingest rows") as c:
             c.execute("DELETE FROM mgh_inbox WHERE seq <= ?", (self._fetched_upto,))
+            c.executemany("DELETE FROM mgh_inbox WHERE seq = ?", [(q,) for q in self._fetched_tail])
             if not items:
                 return
             row_ids = [i.row_id for i in items]

@@ -81,6 +81,22 @@ class Engine:
         assert self.url is not None
         return pg_insert(self.url, **values)
 
+    def insert_many(self, rows: list[dict[str, Any]]) -> None:
+        """INSERT many rows (same columns) in one transaction, as a bulk-loading tool would."""
+        names = list(rows[0])
+        values = [[r[n] for n in names] for r in rows]
+        if self.path is not None:
+            conn = sqlite3.connect(self.path, timeout=5)
+            with conn:
+                conn.executemany(f"INSERT INTO outbox ({', '.join(names)})"
+                                 f" VALUES ({', '.join('?' * len(names))})", values)
+            conn.close()
+            return
+        assert self.url is not None
+        with psycopg.connect(self.url) as conn, conn.cursor() as cur:
+            cur.executemany(f"INSERT INTO outbox ({', '.join(names)})"
+                            f" VALUES ({', '.join(['%s'] * len(names))})", values)
+
     def query(self, sql: str, *args: Any) -> list[tuple[Any, ...]]:
         """Read the outbox's own tables (mgh_ prefixed on SQLite, schema mgh_reporter on PG)."""
         if self.path is not None:
