@@ -130,7 +130,10 @@ class Courier:
         out.rejected = [(rid, MISSING_ROW) for rid in task.missing]
         nus = self._config.hub.next_update_seconds
         plan = rows.plan_task(
-            [(r.id, rows.judge(r, task.stream, nus)) for r in task.rows],
+            [
+                (r.id, rows.not_before(rows.judge(r, task.stream, nus), r, task.last_update_time))
+                for r in task.rows
+            ],
             task.state_floor,
             task.attributes_floor,
             task.associated,

@@ -140,6 +140,19 @@ class Gate:
             holds.append(s.region_retry_at)
         return max(holds)
 
+    def rebase(self, delta: float) -> None:
+        """The wall clock stepped by `delta`: the block's recheck, the lookup's retry and the
+        outage brake stay as far away as they were; so does the window of recent calls."""
+        s = self._state
+        shifted = {
+            name: getattr(s, name) + delta
+            for name in ("recheck_at", "region_retry_at", "brake_until")
+            if getattr(s, name)
+        }
+        if shifted:
+            self._update(**shifted)
+        self._window = deque(((t + delta, f) for t, f in self._window), maxlen=self._window.maxlen)
+
     # -- decisions ----------------------------------------------------------------------------
     def admit(self, now: float) -> Admission:
         """May delivery proceed now? Looks the home Region up when it is unknown or a blocked

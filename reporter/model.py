@@ -120,6 +120,7 @@ class ClaimedTask:
     missing: list[int] = field(default_factory=list)
     associated: set[str] = field(default_factory=set)
     lanes: dict[Kind, LaneState] = field(default_factory=dict)
+    last_update_time: float | None = None  # the UpdateDateTime the Hub has (epoch seconds)
 
     def lane(self, kind: Kind) -> LaneState:
         """The retry state of one lane (a fresh lane when none was recorded)."""
@@ -392,6 +393,10 @@ class OutboxStore(Protocol):
 
     def wal_bytes(self) -> int:
         """Bytes of write-ahead log not folded back (0 where the engine has no such file)."""
+
+    def rebase(self, delta: float) -> None:
+        """The local wall clock stepped by `delta` seconds: keep every stored wait (due times,
+        retries, spacing, mapping checks) as far away as it was."""
 
     def file_problem(self) -> str | None:
         """Why the store no longer reaches the outbox its config names (deleted, replaced)."""

@@ -555,7 +555,7 @@ class PgStore:
                 f" UPDATE {S}.tasks t SET due_at = {NOW} + %(lease)s::float8,"
                 " lease_token = %(token)s FROM due WHERE t.id = due.id"
                 " RETURNING t.id, t.stream, t.task, t.imported, t.last_state_seq,"
-                " t.last_attributes_seq",
+                " t.last_attributes_seq, t.update_time",
                 {"limit": limit, "lease": lease_seconds, "token": lease},
             )
             tasks = c.fetchall()
@@ -586,6 +586,7 @@ class PgStore:
                 bool(t["imported"]),
                 t["last_state_seq"],
                 t["last_attributes_seq"],
+                last_update_time=t["update_time"],
             )
             for t in tasks
         }
@@ -1041,6 +1042,11 @@ class PgStore:
     def wal_bytes(self) -> int:
         """No write-ahead log file of ours."""
         return 0
+
+    def rebase(self, delta: float) -> None:
+        """The local wall clock stepped; the database's did not: stored times stay, the local
+        estimate of the database's clock is corrected."""
+        self._offset -= delta
 
     def file_problem(self) -> str | None:
         """No file to lose (a lost connection is a transient StoreError instead)."""

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import structlog
 
+from reporter.clockstep import StepWatch
 from reporter.config import Config, fence_seconds
 from reporter.delivery import CALM_RATIO, Courier, Delivery, StreamResult
 from reporter.errors import Failure
@@ -92,6 +93,7 @@ class Relay:
         self._abandon_seconds = (aws.connect_timeout_seconds + aws.read_timeout_seconds) * 1.0
         self._abandon_seconds *= aws.max_attempts
         self.hold_until = 0.0  # no claims before this (a replica not yet counted in the budget)
+        self._steps = StepWatch(self.clock)
 
     def status(self) -> RelayStatus:
         """A snapshot of the relay's state for the daemon and `drain`."""
@@ -131,6 +133,7 @@ class Relay:
         """One pass: take new rows in; if the gate admits, claim due tasks (one while probing an
         outage), deliver them concurrently, record the outcomes and let the gate learn from
         every call; then run the mapping checks that are due."""
+        self._rebase_after_a_step()
         now = self.clock()
         result = PassResult(ingested=self.intake.run(now))
         admission = self.gate.admit(now)
@@ -159,6 +162,22 @@ class Relay:
                 blocked=result.blocked.code if result.blocked else None,
             )
         return result
+
+    def _rebase_after_a_step(self) -> None:
+        """A wall-clock step (an hour back after a VM resume) would leave every stored wait an
+        hour long: shift them by the step, so waiting rows go out when they were due."""
+        delta = self._steps.step()
+        if not delta:
+            return
+        self.store.rebase(delta)
+        self.gate.rebase(delta)
+        self.hold_until = self.hold_until + delta if self.hold_until else 0.0
+        if self._wakeup is not None:
+            self._wakeup += delta
+        structlog.get_logger("reporter.relay").warning(
+            "clock_stepped", seconds=round(delta, 3),
+            hint="stored due times, retries and the outage brake were shifted by the step",
+        )
 
     def _deliver(self, tasks: list[ClaimedTask], result: PassResult) -> None:
         self.courier.calm = self.gate.failure_ratio(self.clock()) < CALM_RATIO

@@ -6,7 +6,7 @@ import ipaddress
 import json
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Any
@@ -32,6 +32,7 @@ __all__ = [
     "clip",
     "epoch_of",
     "judge",
+    "not_before",
     "parse_timestamp",
     "plan_task",
     "stream_of",
@@ -485,6 +486,20 @@ def judge(
         return _unreadable(row) or to_request(row, default_stream, default_nus, now)
     except Exception as exc:
         return Problem("row", f"cannot be judged ({type(exc).__name__}: {clip(exc)})")
+
+
+def not_before(checked: Request | Problem, row: OutboxRow, last: float | None) -> Request | Problem:
+    """A task's UpdateDateTime never goes backwards at the Hub: a state row that left
+    `update_date_time` NULL (its time is its `created_at`, stamped by the writer's clock, which
+    may have stepped back) gets the later of that and the time last sent."""
+    if (
+        isinstance(checked, StateUpdate)
+        and row.update_date_time is None
+        and last is not None
+        and checked.update_time.timestamp() < last
+    ):
+        return replace(checked, update_time=datetime.fromtimestamp(last, UTC))
+    return checked
 
 
 @dataclass

@@ -566,7 +566,8 @@ class Store:
         self._recycle()
         with self._write("claim tasks") as c:
             tasks = c.execute(
-                "SELECT id, stream, task, imported, last_state_seq, last_attributes_seq"
+                "SELECT id, stream, task, imported, last_state_seq, last_attributes_seq,"
+                " update_time"
                 " FROM mgh_tasks WHERE due_at IS NOT NULL AND due_at <= ? ORDER BY due_at LIMIT ?",
                 (now, limit),
             ).fetchall()
@@ -602,6 +603,7 @@ class Store:
                 bool(t["imported"]),
                 t["last_state_seq"],
                 t["last_attributes_seq"],
+                last_update_time=t["update_time"],
             )
             for t in tasks
         }
@@ -968,6 +970,15 @@ class Store:
             return os.stat(f"{self.path}-wal").st_size
         except OSError:
             return 0
+
+    def rebase(self, delta: float) -> None:
+        """The wall clock stepped: shift every stored time that a wait is measured from (due
+        times and leases, lane retries, state spacing, mapping checks), in one transaction."""
+        with self._write("re-base stored times") as c:
+            for table, column in (("mgh_tasks", "due_at"), ("mgh_tasks", "map_check_at"),
+                                  ("mgh_tasks", "sent_at"), ("mgh_lanes", "retry_at")):
+                c.execute(f"UPDATE {table} SET {column} = {column} + ? WHERE {column} IS NOT NULL",
+                          (delta,))
 
     def file_problem(self) -> str | None:
         """Why the open file is no longer the outbox at `path` (deleted or replaced), or None."""
