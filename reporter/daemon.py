@@ -52,6 +52,11 @@ WAL_SECONDS = 5.0
 LIVE_REFRESH_SECONDS = 10.0
 WAL_TRUNCATE_BYTES = 4 * 1024 * 1024
 CHECKPOINT_BUSY_MS = 200
+DAMAGED_HINT = (
+    "the daemon no longer writes to the outbox nor checkpoints it, so nothing a reader can still "
+    "read is overwritten: copy the file with its -wal, check it (sqlite3 FILE 'PRAGMA "
+    "integrity_check'), then restart the daemon"
+)
 OUTBOX_LOST_HINT = (
     "restore the file, or run `mgh-reporter init` for a new one; delivery resumes by itself "
     "once a valid outbox is back at this path (rows in the lost file are not in the new one)"
@@ -104,6 +109,11 @@ class Service:
         self.pass_error: str | None = None
         self.publisher_died: str | None = None
         self._publisher: threading.Thread | None = None
+        # Set once the outbox file cannot be trusted (corrupt, not a database, its -wal gone or
+        # replaced): from then on the store is never touched again, not even closed (closing
+        # the last connection would checkpoint a stale log into the file).
+        self.damaged: str | None = None
+        self._distrust(self.parts.store.integrity())
 
     def health(self) -> str | None:
         """None while delivering normally; else why not (exit-4 causes, a broken store, a
@@ -135,6 +145,8 @@ class Service:
         with self._lock:
             self._busy_pass = True
             try:
+                if self.damaged or self._distrust(self.parts.store.damage()):
+                    return
                 if self._outbox_lost():
                     return
                 self._tend_wal()
@@ -216,6 +228,17 @@ class Service:
         if left <= 0 and not self._busy:
             return interval  # due, yet the last pass had nothing to do: wait for the schedule
         return min(interval, max(left, 0.0))
+
+    def _distrust(self, problem: str | None) -> bool:
+        """The outbox cannot be trusted any more (said once, loudly): unusable until a restart;
+        True when it is so."""
+        if problem is None:
+            return self.damaged is not None
+        if self.damaged is None:
+            self.damaged = problem
+            self.store_problem = problem
+            self.log.critical("outbox_damaged", error=problem, hint=DAMAGED_HINT)
+        return True
 
     def _outbox_lost(self) -> bool:
         """Each pass (one stat): is the open file still the outbox at its path? If it was deleted
@@ -324,6 +347,8 @@ class Service:
     def maintain(self) -> None:
         """Prune delivered rows past retention, checkpoint the WAL, refresh task gauges."""
         with self._lock:
+            if self.damaged:
+                return
             store = self.parts.store
             try:
                 before = store.clock() - self.config.outbox.retention_days * 86400
@@ -343,7 +368,12 @@ class Service:
     def _store_failed(self, exc: StoreError, job: str) -> None:
         """A busy lock or a lost database connection is transient (the next pass retries, the
         store reconnects with backoff) until it has lasted [outbox] unreachable_after_seconds;
-        anything else makes us unhealthy at once."""
+        a damaged file is distrusted for good (with what quick_check finds); anything else makes
+        us unhealthy at once."""
+        if exc.damaged:
+            found = self.parts.store.integrity()
+            self._distrust(f"{exc}" + (f" ({found})" if found else ""))
+            return
         if exc.busy:
             now = time.monotonic()
             if self._busy_since is None:
@@ -504,6 +534,11 @@ class Service:
         self.parts.relay.close()
         if self._server is not None:
             self._server.stop()
+        if acquired and self.damaged:
+            self._write_live()
+            self.log.error("stopped", clean=True, error=self.damaged)
+            logs.flush()
+            os._exit(EXIT["error"])  # no finaliser may close (and so checkpoint) the store
         if acquired:
             self.parts.membership.leave()
             self.parts.store.close()

@@ -45,14 +45,22 @@ class StoreError(Exception):
     `busy` is True when the only problem was the write lock staying taken past the busy
     timeout (other writers): transient, the next pass tries again. `needs_init` is True for a
     valid outbox table without (current) delivery tables: `init` would make it usable.
+    `damaged` is True when the file cannot be trusted (SQLITE_CORRUPT, SQLITE_NOTADB): nothing
+    may be written or checkpointed into it any more.
     """
 
     def __init__(
-        self, message: str, busy: bool = False, needs_init: bool = False, cause: str | None = None
+        self,
+        message: str,
+        busy: bool = False,
+        needs_init: bool = False,
+        cause: str | None = None,
+        damaged: bool = False,
     ) -> None:
         super().__init__(message)
         self.busy = busy
         self.needs_init = needs_init
+        self.damaged = damaged
         self.cause = cause or message  # the engine's own words (one event per distinct cause)
 
 
@@ -397,6 +405,13 @@ class OutboxStore(Protocol):
     def rebase(self, delta: float) -> None:
         """The local wall clock stepped by `delta` seconds: keep every stored wait (due times,
         retries, spacing, mapping checks) as far away as it was."""
+
+    def damage(self) -> str | None:
+        """Why the open file can no longer be trusted (its -wal deleted or replaced under us),
+        or None; cheap enough for every pass."""
+
+    def integrity(self) -> str | None:
+        """`PRAGMA quick_check`: None when the file is sound, else what is wrong."""
 
     def file_problem(self) -> str | None:
         """Why the store no longer reaches the outbox its config names (deleted, replaced)."""

@@ -1048,6 +1048,14 @@ class PgStore:
         estimate of the database's clock is corrected."""
         self._offset -= delta
 
+    def damage(self) -> str | None:
+        """No file of ours to damage (the server keeps its own)."""
+        return None
+
+    def integrity(self) -> str | None:
+        """The server checks its own pages."""
+        return None
+
     def file_problem(self) -> str | None:
         """No file to lose (a lost connection is a transient StoreError instead)."""
         return None

@@ -278,8 +278,12 @@ class Store:
         except sqlite3.DatabaseError as exc:
             if self.conn.in_transaction:
                 self.conn.execute("ROLLBACK")
-            busy = getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
-            raise StoreError(f"{self.path}: cannot {doing}: {exc}", busy, cause=str(exc)) from None
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+            damaged = code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+            raise StoreError(
+                f"{self.path}: cannot {doing}: {exc}", code == sqlite3.SQLITE_BUSY,
+                cause=str(exc), damaged=damaged,
+            ) from None
 
     @contextmanager
     def _write(self, doing: str) -> Iterator[sqlite3.Connection]:
@@ -979,6 +983,42 @@ class Store:
                                   ("mgh_tasks", "sent_at"), ("mgh_lanes", "retry_at")):
                 c.execute(f"UPDATE {table} SET {column} = {column} + ? WHERE {column} IS NOT NULL",
                           (delta,))
+
+    def damage(self) -> str | None:
+        """The -wal file this connection writes, deleted or replaced by another file under us
+        (a tool's `rm`, a restore): our frames and everyone else's would no longer meet, and a
+        checkpoint from us would overwrite the database with a stale log."""
+        wal = f"{self.path}-wal"
+        try:
+            fds = os.listdir("/proc/self/fd")
+        except OSError:
+            return None  # no /proc: not judged
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            if target == f"{wal} (deleted)":
+                return (f"{wal}: the outbox's write-ahead log was deleted while the daemon had it"
+                        " open")
+            if target == wal:
+                try:
+                    ours, theirs = os.fstat(int(fd)), os.stat(wal)
+                except OSError:
+                    continue
+                if (ours.st_dev, ours.st_ino) != (theirs.st_dev, theirs.st_ino):
+                    return f"{wal}: the outbox's write-ahead log was replaced by another file"
+        return None
+
+    def integrity(self) -> str | None:
+        """`PRAGMA quick_check` (every page and index, no table scan against its index)."""
+        try:
+            found = [str(r[0]) for r in self.conn.execute("PRAGMA quick_check(5)")]
+        except sqlite3.DatabaseError as exc:
+            return f"{self.path}: the database is damaged: {exc}"
+        if found == ["ok"]:
+            return None
+        return f"{self.path}: the database is damaged: {'; '.join(found)[:500]}"
 
     def file_problem(self) -> str | None:
         """Why the open file is no longer the outbox at `path` (deleted or replaced), or None."""
