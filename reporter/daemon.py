@@ -32,6 +32,8 @@ from reporter.wiring import build
 __all__ = ["RESTART_ONLY", "Service", "run"]
 
 MAINTENANCE_SECONDS = 300.0
+# A store problem is over once no failure came for this long (two WAL checks and a bit).
+STORE_HOLD_SECONDS = 12.0
 # Settings a reload refuses to change (the running config stays): moving the outbox or the stream
 # under a running daemon would split one history in two; the Hub client is built once.
 RESTART_ONLY = (
@@ -113,6 +115,7 @@ class Service:
         # replaced): from then on the store is never touched again, not even closed (closing
         # the last connection would checkpoint a stale log into the file).
         self.damaged: str | None = None
+        self._failed_at = 0.0  # monotonic: the last store failure (see _store_ok)
         self._distrust(self.parts.store.integrity())
 
     def health(self) -> str | None:
@@ -271,6 +274,7 @@ class Service:
         old.relay.close()
         old.store.close()
         self._lost = False
+        self._failed_at = 0.0  # a new file: the old one's troubles are not its own
         self._store_ok()
         if self._waker is not None:
             self._waker.rearm()
@@ -361,7 +365,12 @@ class Service:
                 self._store_failed(exc, "maintain")
 
     def _store_ok(self) -> None:
+        """A pass went through. A problem is over once no failure came for STORE_HOLD_SECONDS:
+        an error that recurs between good passes (an immutable file whose checkpoints fail, a
+        disk that fills again) stays one condition, not a flapping /healthz."""
         if self.store_problem is not None:
+            if time.monotonic() - self._failed_at < STORE_HOLD_SECONDS:
+                return
             self.log.info("store_recovered", previous_error=self.store_problem)
         self.store_problem = self._problem_cause = self._busy_since = None
 
@@ -387,6 +396,7 @@ class Service:
             self.log.error("store_error", job=job, error=str(exc))
         self._problem_cause = exc.cause
         self.store_problem = str(exc)
+        self._failed_at = time.monotonic()
 
     def _refresh(self, tasks: bool = False) -> None:
         store, m = self.parts.store, self.metrics

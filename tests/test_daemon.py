@@ -275,3 +275,32 @@ def test_a_failing_pass_is_logged_retried_and_turns_health_503(
     finally:
         service.parts.relay.close()
         service.parts.store.close()
+
+
+def test_a_recurring_store_error_is_one_condition_not_a_flap(
+    aws_env: dict[str, str], config_path: Path, cli: Cli, monkeypatch: Any
+):
+    """Failures that recur between good passes (an immutable file's checkpoints, a disk that
+    keeps filling) keep health unhealthy throughout; it clears once a quiet spell has passed."""
+    from reporter import config as config_mod
+    from reporter import daemon
+    from reporter.model import StoreError
+
+    monkeypatch.setattr(daemon, "STORE_HOLD_SECONDS", 0.5)
+    assert cli("init").returncode == 0
+    service = daemon.Service(config_mod.load(config_path), config_path)
+    try:
+        seen = []
+        for _ in range(8):
+            service._store_failed(StoreError("o.db: attempt to write a readonly database"),
+                                  "maintain")
+            time.sleep(0.1)
+            service._store_ok()
+            seen.append(service.health())
+        assert all(h and "readonly" in h for h in seen)
+        time.sleep(0.6)
+        service._store_ok()
+        assert service.health() is None
+    finally:
+        service.parts.relay.close()
+        service.parts.store.close()

@@ -91,8 +91,9 @@ def test_a_deleted_wal_makes_the_outbox_unusable_and_a_stop_keeps_it_readable(
             stop.set()
             if writer.is_alive():
                 writer.join(timeout=10)
-        proc.send_signal(signal.SIGTERM)
-        assert proc.wait(timeout=15) == 1
+            proc.send_signal(signal.SIGTERM)
+            code = proc.wait(timeout=15)
+        assert code == 1
     # Nothing of ours went into the file after the deletion: it opens, checks sound and holds
     # the rows that reached it (those only in the deleted log went with it).
     check, count = _readable(outbox_path)

@@ -160,7 +160,7 @@ def test_disk_full_is_reported_once_and_delivery_resumes(
             assert proc.poll() is None
             filler.unlink()
             wait_for(lambda: pending(outbox) == 0, timeout=30)
-            wait_for(lambda: _healthz(port) == 200)
+            wait_for(lambda: _healthz(port) == 200, timeout=45)  # a quiet spell ends it
             errors = [e for e in _events(log) if e["event"] == "store_error"]
             assert len(errors) == 1, errors
         finally:
