@@ -148,15 +148,17 @@ class Service:
         with self._lock:
             self._busy_pass = True
             try:
-                if self.damaged or self._distrust(self.parts.store.damage()):
-                    return
-                if self._outbox_lost():
+                if self.damaged or self._outbox_lost():
+                    return  # (a replaced outbox is reopened; its old -wal is no damage)
+                if self._distrust(self.parts.store.damage()):
                     return
                 self._tend_wal()
                 self.parts.beat()
                 relay = self.parts.relay
                 self._busy = False
                 if relay.quiet():
+                    if self.store_problem is not None:
+                        self._store_ok()  # nothing to do, and no failure: a quiet spell
                     return
                 until = time.monotonic() + BACKLOG_SECONDS
                 while True:

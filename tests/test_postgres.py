@@ -329,8 +329,7 @@ def test_a_malformed_url_never_shows_its_password(tmp_path: Path, aws_env: dict[
     config.write_text(toml_text({"outbox": {"url": url, "lease_seconds": 60},
                                  "hub": {"progress_update_stream": "S"}}))
     base = [sys.executable, "-m", "reporter", "--config", str(config)]
-    for command in (["status", "--json"], ["status"], ["check"], ["drain", "--timeout", "1"],
-                    ["init"]):
+    for command in (["status", "--json"], ["check"], ["drain", "--timeout", "1"], ["init"]):
         done = subprocess.run([*base, *command], capture_output=True, text=True, timeout=60,
                               env=child_env(), cwd=ROOT)
         said = done.stdout + done.stderr

@@ -35,13 +35,14 @@ GROUP, SERVICE, TOOL = "mgh-share-t", "mgh-svc-t", "mgh-tool-t"
 def users() -> dict[str, int]:
     """Two real users in one group: the service user and a tool user (the attacker)."""
     assert os.geteuid() == 0, "the shared-directory tests create users: run them as root"
-    subprocess.run(["groupadd", "-f", GROUP], check=True)
+    subprocess.run(["groupadd", "-f", GROUP], check=False)  # another worker may race us
     for name in (SERVICE, TOOL):
         try:
             pwd.getpwnam(name)
         except KeyError:
             subprocess.run(["useradd", "-M", "-r", "-g", GROUP, "-s", "/usr/sbin/nologin", name],
-                           check=True)
+                           check=False, capture_output=True)
+            pwd.getpwnam(name)  # made, by us or by the worker that raced us
     return {"gid": grp.getgrnam(GROUP).gr_gid, SERVICE: pwd.getpwnam(SERVICE).pw_uid,
             TOOL: pwd.getpwnam(TOOL).pw_uid}
 
