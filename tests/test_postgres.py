@@ -4,11 +4,13 @@ lost connections, and replicas as real processes (kill -9, SIGSTOP) on a real se
 
 from __future__ import annotations
 
+import contextlib
 import json
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -140,11 +142,10 @@ def _readme_block(starting: str) -> str:
     raise AssertionError(f"no ```sql block starting {starting!r} in the README")
 
 
-def test_readme_grants_are_enough_for_tool_and_reporter(pg_server: PgServer, pg_url: str,
-                                                        tmp_path: Path, standin: Emulator,
-                                                        aws_env: dict[str, str]):
-    """Least privilege as the README gives it: the owner runs init; the tool role can only
-    INSERT; the reporter role runs `check`, `drain` and `status` with its GRANTs."""
+@contextlib.contextmanager
+def _readme_roles(pg_url: str) -> Iterator[str]:
+    """`init` as the owner, then the README's least-privilege block as written (its database
+    name replaced); the roles are dropped afterwards. Yields the database's name."""
     database = str(conninfo_to_dict(pg_url)["dbname"])
     PgStore.create(pg_url).close()
     grants = _readme_block("REVOKE CREATE ON SCHEMA public")
@@ -153,6 +154,20 @@ def test_readme_grants_are_enough_for_tool_and_reporter(pg_server: PgServer, pg_
         conn.execute("DROP ROLE IF EXISTS mgh_reporter_role")
         conn.execute(grants.replace("ON DATABASE migrations", f"ON DATABASE {database}"))
     try:
+        yield database
+    finally:
+        with psycopg.connect(pg_url, autocommit=True) as conn:
+            for role in ("mgh_tool", "mgh_reporter_role"):
+                conn.execute(f"DROP OWNED BY {role}")
+                conn.execute(f"DROP ROLE {role}")
+
+
+def test_readme_grants_are_enough_for_tool_and_reporter(pg_server: PgServer, pg_url: str,
+                                                        tmp_path: Path, standin: Emulator,
+                                                        aws_env: dict[str, str]):
+    """Least privilege as the README gives it: the owner runs init; the tool role can only
+    INSERT; the reporter role runs `check`, `drain` and `status` with its GRANTs."""
+    with _readme_roles(pg_url) as database:
         tool = pg_server.url(database, "mgh_tool", "tool-secret")
         reporter = pg_server.url(database, "mgh_reporter_role", "reporter-secret")
         pg_insert(tool, kind="task_state", migration_task_name="t1", status="IN_PROGRESS")
@@ -169,11 +184,6 @@ def test_readme_grants_are_enough_for_tool_and_reporter(pg_server: PgServer, pg_
             conn.execute("REVOKE UPDATE ON mgh_reporter.tasks FROM mgh_reporter_role")
         lacking = _cli(config, "check", env=aws_env)
         assert lacking.returncode == 1 and "UPDATE on mgh_reporter.tasks" in lacking.stdout
-    finally:
-        with psycopg.connect(pg_url, autocommit=True) as conn:
-            for role in ("mgh_tool", "mgh_reporter_role"):
-                conn.execute(f"DROP OWNED BY {role}")
-                conn.execute(f"DROP ROLE {role}")
 
 
 # -- intake --------------------------------------------------------------------------------------
@@ -407,14 +417,7 @@ def test_functions_planted_in_public_never_run_as_us(pg_server: PgServer, pg_url
 def test_the_tool_role_cannot_choose_ids(pg_server: PgServer, pg_url: str):
     """With the README's GRANTs the tool INSERTs the contract's columns but never `id`, not even
     with OVERRIDING SYSTEM VALUE: it cannot take the id another tool's INSERT will get."""
-    database = str(conninfo_to_dict(pg_url)["dbname"])
-    PgStore.create(pg_url).close()
-    grants = _readme_block("REVOKE CREATE ON SCHEMA public")
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute("DROP ROLE IF EXISTS mgh_tool")
-        conn.execute("DROP ROLE IF EXISTS mgh_reporter_role")
-        conn.execute(grants.replace("ON DATABASE migrations", f"ON DATABASE {database}"))
-    try:
+    with _readme_roles(pg_url) as database:
         tool = pg_server.url(database, "mgh_tool", "tool-secret")
         assert pg_insert(tool, kind="task_state", migration_task_name="t1", status="COMPLETED")
         for statement in ("INSERT INTO outbox (id, kind, migration_task_name) VALUES"
@@ -423,8 +426,3 @@ def test_the_tool_role_cannot_choose_ids(pg_server: PgServer, pg_url: str):
                           " VALUE VALUES (1001, 'task_state', 't2')"):
             with psycopg.connect(tool) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(statement)
-    finally:
-        with psycopg.connect(pg_url, autocommit=True) as conn:
-            for role in ("mgh_tool", "mgh_reporter_role"):
-                conn.execute(f"DROP OWNED BY {role}")
-                conn.execute(f"DROP ROLE {role}")
