@@ -57,7 +57,7 @@ _ROW_COLUMNS = tuple(f.name for f in fields(OutboxRow) if f.name != "oversize")
 _NAME_PREFIX_BYTES = 1024
 _NAMES = ("kind", "migration_task_name", "progress_update_stream")
 _CHUNK = 5000
-BLOB_RECYCLE = 10_000  # blob handles per connection before it is swapped (see Store._recycle)
+BLOB_RECYCLE = 2_000  # blob handles per connection before it is swapped (see Store._recycle)
 
 
 def _marks(n: int) -> str:
