@@ -122,7 +122,9 @@ def run_demo(task_count: int = 6) -> int:
         hub.state.faults.update(throttle=0.1)  # a real Hub throttles; watch the daemon cope
         path = Path(tmp) / "outbox.db"
         config = Config(
-            outbox=OutboxConfig(path=path, lease_seconds=5.0),
+            # The live state beside the demo's own outbox, in its private temporary directory.
+            outbox=OutboxConfig(path=path, lease_seconds=5.0,
+                                live_state_path=Path(tmp) / "live.json"),
             hub=HubConfig(progress_update_stream=STREAM, region="auto", next_update_seconds=300),
             publish=PublishConfig(
                 interval_seconds=0.3, backoff_base_seconds=0.2, backoff_max_seconds=2.0
