@@ -9,6 +9,8 @@ import sqlite3
 import subprocess
 import sys
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable
 from datetime import UTC
 from pathlib import Path
@@ -82,6 +84,18 @@ def start_daemon(config: Path, env: dict[str, str] | None = None,
         [sys.executable, "-m", "reporter", "--config", str(config), "run"],
         stdout=subprocess.PIPE, stderr=stderr, text=True, env=child_env(env), cwd=ROOT,
     )
+
+
+def http_get(url: str) -> tuple[int, str]:
+    """GET on loopback: (status, body); (0, "") while nothing answers (not listening yet, or a
+    connection the server closed)."""
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            return int(response.status), response.read().decode()
+    except urllib.error.HTTPError as err:
+        return int(err.code), err.read().decode()
+    except OSError:
+        return 0, ""
 
 
 def wait_for(predicate: Callable[[], Any], timeout: float = 20.0, interval: float = 0.05) -> Any:

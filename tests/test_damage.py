@@ -11,25 +11,13 @@ import signal
 import sqlite3
 import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
 from reporter.emulator import Emulator
 
-from .helpers import Cli, fill, start_daemon, wait_for
+from .helpers import Cli, fill, http_get, start_daemon, wait_for
 from .test_outbox_health import _free_port
-
-
-def _health(port: int) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as answer:
-            return int(answer.status), answer.read().decode()
-    except urllib.error.HTTPError as err:
-        return int(err.code), err.read().decode()
-    except OSError:
-        return 0, ""
 
 
 def _readable(path: Path) -> tuple[str, int]:
@@ -73,7 +61,7 @@ def test_a_deleted_wal_makes_the_outbox_unusable_and_a_stop_keeps_it_readable(
         proc = start_daemon(config, stderr=err)
         writer = threading.Thread(target=tool)
         try:
-            wait_for(lambda: _health(port)[0] == 200, timeout=30)
+            wait_for(lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200, timeout=30)
             writer.start()
             wait_for(lambda: standin.state.op_count("NotifyMigrationTaskState") > 20, timeout=30)
             conn = sqlite3.connect(outbox_path, timeout=10)
@@ -81,8 +69,8 @@ def test_a_deleted_wal_makes_the_outbox_unusable_and_a_stop_keeps_it_readable(
             reached = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
             conn.close()
             Path(f"{outbox_path}-wal").unlink()
-            wait_for(lambda: "write-ahead log was deleted" in _health(port)[1], timeout=20)
-            assert _health(port)[0] == 503
+            wait_for(lambda: "write-ahead log was deleted" in http_get(f"http://127.0.0.1:{port}/healthz")[1], timeout=20)
+            assert http_get(f"http://127.0.0.1:{port}/healthz")[0] == 503
             status = cli("status", "--json", config=config)
             assert status.returncode == 1, status.stdout
             assert json.loads(status.stdout)["outbox_unusable"]  # its own error, or the daemon's
@@ -129,8 +117,8 @@ def test_garbage_in_pages_is_found_at_start_and_the_file_is_left_alone(
     digest = hashlib.sha256(outbox_path.read_bytes()).hexdigest()
     proc = start_daemon(config)
     try:
-        wait_for(lambda: "damaged" in _health(port)[1], timeout=30)
-        assert _health(port)[0] == 503
+        wait_for(lambda: "damaged" in http_get(f"http://127.0.0.1:{port}/healthz")[1], timeout=30)
+        assert http_get(f"http://127.0.0.1:{port}/healthz")[0] == 503
         assert cli("status", config=config).returncode == 1
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import socket
 import threading
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -14,23 +13,13 @@ from reporter import config as config_mod
 from reporter.emulator import Emulator
 from reporter.metrics import MAX_CONNECTIONS, REQUEST_TIMEOUT_SECONDS, Metrics, MetricsServer
 
-from .helpers import Cli, start_daemon, wait_for
+from .helpers import Cli, http_get, start_daemon, wait_for
 
 
 def _free_port(family: socket.AddressFamily = socket.AF_INET, host: str = "127.0.0.1") -> int:
     with socket.socket(family) as s:
         s.bind((host, 0))
         return int(s.getsockname()[1])
-
-
-def _get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError:  # not listening yet, or a connection the cap closed
-        return 0, ""
 
 
 def _idle(host: str, port: int, count: int) -> list[socket.socket]:
@@ -61,7 +50,7 @@ def test_idle_connections_take_no_more_than_the_cap_and_time_out():
             time.sleep(0.01)
         assert peak <= MAX_CONNECTIONS
         wait_for(lambda: threading.active_count() - base == 0, timeout=REQUEST_TIMEOUT_SECONDS + 2)
-        assert _get(f"http://127.0.0.1:{port}/metrics")[0] == 200
+        assert http_get(f"http://127.0.0.1:{port}/metrics")[0] == 200
     finally:
         for s in conns:
             s.close()
@@ -86,7 +75,7 @@ def test_the_daemons_memory_stays_flat_under_1000_idle_connections(
     assert cli("init", config=config).returncode == 0
     proc = start_daemon(config)
     try:
-        wait_for(lambda: _get(f"http://127.0.0.1:{port}/healthz")[0] == 200, timeout=30)
+        wait_for(lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200, timeout=30)
         rss = [_rss_kib(proc.pid)]
         for _ in range(2):
             conns = _idle("127.0.0.1", port, 1000)
@@ -94,7 +83,7 @@ def test_the_daemons_memory_stays_flat_under_1000_idle_connections(
             rss.append(_rss_kib(proc.pid))
             for s in conns:
                 s.close()
-            wait_for(lambda: _get(f"http://127.0.0.1:{port}/healthz")[0] == 200,
+            wait_for(lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200,
                      timeout=REQUEST_TIMEOUT_SECONDS + 10)
         print("RSS (MiB) before and under each of 2 floods of 1,000 idle connections:",
               [round(r / 1024, 1) for r in rss])
@@ -115,8 +104,8 @@ def test_an_ipv6_loopback_listen_address_works(cli: Cli, standin: Emulator, make
     assert cli("init", config=config).returncode == 0
     proc = start_daemon(config)
     try:
-        wait_for(lambda: _get(f"http://[::1]:{port}/healthz")[0] == 200, timeout=30)
-        assert "mgh_reporter_pending_rows" in _get(f"http://[::1]:{port}/metrics")[1]
+        wait_for(lambda: http_get(f"http://[::1]:{port}/healthz")[0] == 200, timeout=30)
+        assert "mgh_reporter_pending_rows" in http_get(f"http://[::1]:{port}/metrics")[1]
     finally:
         proc.terminate()
         assert proc.wait(timeout=15) == 0

@@ -7,8 +7,6 @@ import signal
 import socket
 import sqlite3
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -17,23 +15,13 @@ import pytest
 from reporter.emulator import Emulator
 from reporter.logs import redact
 
-from .helpers import Cli, start_daemon, wait_for
+from .helpers import Cli, http_get, start_daemon, wait_for
 
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def get(url: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(url, timeout=5) as response:
-            return response.status, response.read().decode()
-    except urllib.error.HTTPError as err:
-        return err.code, err.read().decode()
-    except urllib.error.URLError:
-        return 0, ""
 
 
 def metric(text: str, name: str) -> float:
@@ -55,26 +43,26 @@ def test_metrics_and_healthz(cli: Cli, standin: Emulator, make_config: Any, outb
     try:
         ok_line = ('mgh_reporter_api_requests_total{operation="NotifyMigrationTaskState",'
                    'outcome="ok"} 3.0')
-        wait_for(lambda: ok_line in get(base + "/metrics")[1])
+        wait_for(lambda: ok_line in http_get(base + "/metrics")[1])
         # The backlog gauges are refreshed once the pass has recorded what the calls did.
-        wait_for(lambda: metric(get(base + "/metrics")[1], "mgh_reporter_pending_rows") == 0)
-        status, text = get(base + "/metrics")
+        wait_for(lambda: metric(http_get(base + "/metrics")[1], "mgh_reporter_pending_rows") == 0)
+        status, text = http_get(base + "/metrics")
         assert status == 200
         assert metric(text, "mgh_reporter_last_success_timestamp_seconds") > 0
         for name in ("mgh_reporter_oldest_pending_seconds", "mgh_reporter_dead_letters",
                      "mgh_reporter_api_request_duration_seconds_bucket", "mgh_reporter_blocked",
                      "mgh_reporter_outage_backoff", "mgh_reporter_concurrency_limit"):
             assert name in text
-        assert get(base + "/healthz") == (200, "ok\n")
-        assert get(base + "/nope")[0] == 404
+        assert http_get(base + "/healthz") == (200, "ok\n")
+        assert http_get(base + "/nope")[0] == 404
         standin.state.faults.update(deny={"NotifyMigrationTaskState"})
         assert cli("notify", "t9", "--status", "IN_PROGRESS", config=config).returncode == 0
-        wait_for(lambda: get(base + "/healthz")[0] == 503)
-        status, body = get(base + "/healthz")
+        wait_for(lambda: http_get(base + "/healthz")[0] == 503)
+        status, body = http_get(base + "/healthz")
         assert "access denied" in body
-        wait_for(lambda: metric(get(base + "/metrics")[1], "mgh_reporter_blocked") == 1)
+        wait_for(lambda: metric(http_get(base + "/metrics")[1], "mgh_reporter_blocked") == 1)
         standin.state.faults.update(deny=set())
-        wait_for(lambda: get(base + "/healthz")[0] == 200)
+        wait_for(lambda: http_get(base + "/healthz")[0] == 200)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
@@ -180,14 +168,14 @@ def test_outbox_lock_held_by_writers_is_transient_not_unhealthy(
     base = f"http://127.0.0.1:{port}"
     holder = sqlite3.connect(outbox_path, isolation_level=None)
     try:
-        wait_for(lambda: get(base + "/healthz")[0] == 200)
+        wait_for(lambda: http_get(base + "/healthz")[0] == 200)
         holder.execute("BEGIN IMMEDIATE")
         holder.execute("INSERT INTO outbox(kind, migration_task_name, status)"
                        " VALUES ('task_state', 'held', 'IN_PROGRESS')")
         holder.execute("COMMIT")
         holder.execute("BEGIN IMMEDIATE")  # a writer that keeps the lock for a while
         time.sleep(1.5)
-        assert get(base + "/healthz") == (200, "ok\n")
+        assert http_get(base + "/healthz") == (200, "ok\n")
         holder.execute("COMMIT")
         wait_for(lambda: getattr(standin.state.streams.get("ToolA", {}).get("held"), "updates", None))
     finally:
