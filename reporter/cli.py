@@ -524,5 +524,6 @@ def demo(task_count: int) -> None:
 
 
 def main() -> None:
-    """Console-script entry point."""
-    cli(obj={})
+    """Console-script entry point (also of the .pyz and of the packages' launcher): the
+    program is called mgh-reporter in messages however it was started."""
+    cli(obj={}, prog_name="mgh-reporter")

@@ -9,10 +9,25 @@ from collections.abc import Callable, Iterator
 from typing import Protocol
 
 from reporter.config import Config
-from reporter.model import OutboxStore
+from reporter.model import OutboxStore, StoreError
 from reporter.process import outbox_lock
 
-__all__ = ["Wakeups", "create", "instance_lock", "open_store", "wakeups"]
+__all__ = ["Wakeups", "create", "instance_lock", "open_store", "require_libpq", "wakeups"]
+
+LIBPQ_HINT = (
+    "the PostgreSQL outbox needs the system's libpq (Debian/Ubuntu: apt install libpq5; "
+    "RHEL, Alma, Rocky, Amazon Linux: dnf install libpq)"
+)
+
+
+def require_libpq() -> None:
+    """Before the PostgreSQL engine is imported: the packages ship plain psycopg, which loads
+    the host's libpq. Without it, a StoreError that says what to install (an SQLite outbox
+    never needs it)."""
+    try:
+        import psycopg  # noqa: F401
+    except ImportError as exc:
+        raise StoreError(f"{LIBPQ_HINT} ({exc})") from None
 
 
 class Wakeups(Protocol):
@@ -34,6 +49,7 @@ def open_store(config: Config, writable: bool = True) -> OutboxStore:
     """Open an initialised outbox (StoreError when it is not usable)."""
     outbox = config.outbox
     if outbox.url is not None:
+        require_libpq()
         from reporter.pgstore import PgStore
 
         return PgStore.open(outbox.url, writable)
@@ -46,6 +62,7 @@ def create(config: Config) -> OutboxStore:
     """`init`: create (or upgrade) the outbox and the daemon's tables; idempotent."""
     outbox = config.outbox
     if outbox.url is not None:
+        require_libpq()
         from reporter.pgstore import PgStore
 
         return PgStore.create(outbox.url)
@@ -68,6 +85,7 @@ def instance_lock(config: Config) -> Iterator[None]:
 def wakeups(config: Config, on_change: Callable[[], None]) -> Wakeups:
     """inotify on the outbox's directory, or LISTEN on the database."""
     if config.outbox.url is not None:
+        require_libpq()
         from reporter.pgstore import Listener
 
         return Listener(config.outbox.url, on_change)

@@ -63,6 +63,9 @@ class Outbox:
     def _write(self, values: dict[str, Any]) -> int:
         """One INSERT in its own transaction (plain sqlite3: a writer needs nothing more)."""
         if self.url is not None:
+            from reporter.engines import require_libpq
+
+            require_libpq()
             from reporter.pgstore import PgStore
 
             store = PgStore(self.url)

@@ -1,16 +1,20 @@
 """Images for the deployment tests, made here without a registry: Debian bases by debootstrap
-(cached by a content key), the project's wheels, and the project's image built from them."""
+(bookworm, trixie and sid, cached by a content key), the project's wheels, the project's image
+built from them, and the release artifacts built by packaging/build.py."""
 
 from __future__ import annotations
 
 import hashlib
 import shutil
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
-SUITE = "bookworm"
+SUITE = "bookworm"  # the host's own suite: its mirror serves every suite below
+# The Debian releases the packages are proven on, and the Python each one's python3 is.
+SUITES = {"bookworm": "3.11", "trixie": "3.13", "sid": "3.14"}
 # podman's default runtime (crun) refuses this kernel's hybrid cgroup layout; runc works with
 # explicit limits (the defaults fail with EPERM).
 PODMAN = ["podman", "--runtime", "runc"]
@@ -21,6 +25,9 @@ BASES = {
     # systemd as PID 1, sudo for the README's `sudo -u` lines, and procps (`kill`, which every
     # real host has and the unit's ExecReload runs; debootstrap's minbase leaves it out).
     "systemd": ("python3", "python3-venv", "systemd", "systemd-sysv", "dbus", "sudo", "procps"),
+    # What the packages must install on: debootstrap's minbase plus the interpreter, nothing
+    # else (no systemd, no adduser).
+    "bare": ("python3",),
 }
 
 
@@ -76,24 +83,25 @@ def image_exists(name: str) -> bool:
     return podman("image", "exists", name, check=False).returncode == 0
 
 
-def base_image(kind: str) -> str:
+def base_image(kind: str, suite: str = SUITE) -> str:
     """A Debian base made by debootstrap and `podman import`, tagged by a content key (suite,
     packages, mirror): made once per machine, re-made when any of them changes."""
     packages = BASES[kind]
     mirror = debian_mirror()
-    key = hashlib.sha256(f"{SUITE} {' '.join(packages)} {mirror}".encode()).hexdigest()[:12]
-    name = f"localhost/mgh-reporter-test-base-{kind}:{key}"
+    key = hashlib.sha256(f"{suite} {' '.join(packages)} {mirror}".encode()).hexdigest()[:12]
+    name = f"localhost/mgh-reporter-test-base-{kind}-{suite}:{key}"
     if image_exists(name):
         return name
     with tempfile.TemporaryDirectory(prefix="mgh-rootfs-", dir="/var/tmp") as tmp:
         rootfs = Path(tmp) / "rootfs"
         done = subprocess.run(
-            ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", SUITE,
+            ["debootstrap", "--variant=minbase", f"--include={','.join(packages)}", suite,
              str(rootfs), mirror],
             capture_output=True, text=True, timeout=900,
         )
         if done.returncode != 0:
-            raise EngineMissing(f"debootstrap failed:\n{done.stdout[-2000:]}\n{done.stderr}")
+            raise EngineMissing(f"debootstrap {suite} failed:\n{done.stdout[-2000:]}\n"
+                                f"{done.stderr}")
         for cache in ("var/cache/apt/archives", "var/lib/apt/lists"):
             for item in (rootfs / cache).glob("*"):
                 if item.is_file():
@@ -131,3 +139,25 @@ def build_project_image(base: str, tag: str) -> str:
     return tag
 
 
+
+
+def release(out: Path, *, wheelhouse: Path | None = None, root: Path = ROOT,
+            offline: bool = False) -> dict[str, Path]:
+    """Build every release artifact with `python packaging/build.py` (of `root`, a checkout);
+    `offline`: in a network namespace with no interface but loopback, from `wheelhouse`."""
+    command = [sys.executable, str(root / "packaging" / "build.py"), "--out", str(out),
+               "--work", str(out.parent / f"{out.name}-work")]
+    if wheelhouse is not None:
+        command += ["--wheelhouse", str(wheelhouse)]
+    if offline:
+        command = ["unshare", "--net", "--", *command]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=1200)
+    if done.returncode != 0:
+        raise AssertionError(f"packaging/build.py failed:\n{done.stdout[-3000:]}\n"
+                             f"{done.stderr[-3000:]}")
+    found = {p.suffix if p.suffix else p.name: p for p in out.iterdir()}
+    artifacts = {
+        "deb": found[".deb"], "rpm": found[".rpm"], "pyz": found[".pyz"],
+        "wheel": found[".whl"], "sdist": found[".gz"], "sums": found["SHA256SUMS"],
+    }
+    return artifacts
