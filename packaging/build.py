@@ -248,9 +248,12 @@ def nfpm_config(stage: Path, version: str, epoch: str) -> dict[str, object]:
         return {key: str(stage / kind / hook) for key, hook in names.items()}
 
     root_file = {"owner": "root", "group": "root"}
-    docs = [{"src": str(ROOT / doc), "dst": f"/usr/share/doc/{NAME}/{doc}", "type": "doc",
+    # Docs: plain files in the deb (nfpm's `doc` type is rpm's %doc only), %doc in the rpm.
+    docs = [{"src": str(ROOT / doc), "dst": f"/usr/share/doc/{NAME}/{doc}",
+             "packager": packager, **({"type": "doc"} if packager == "rpm" else {}),
              "file_info": {**root_file, "mode": 0o644}}
-            for doc in ("README.md", "CHANGELOG.md", "config.example.toml")]
+            for doc in ("README.md", "CHANGELOG.md", "config.example.toml")
+            for packager in ("deb", "rpm")]
     return {
         "name": NAME,
         "arch": "all",

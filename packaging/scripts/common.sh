@@ -58,5 +58,6 @@ forget_python() {
 not_started_hint() {
     echo "mgh-reporter: installed, not started. Name your tool's stream in" \
          "/etc/mgh-reporter/config.toml ([hub] progress_update_stream), give the host AWS" \
-         "credentials, then: systemctl enable --now mgh-reporter"
+         "credentials, then: runuser -u mgh-reporter -- mgh-reporter init &&" \
+         "systemctl enable --now mgh-reporter"
 }

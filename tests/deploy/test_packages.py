@@ -278,13 +278,15 @@ def test_deb_under_systemd(suite: str, dist: Path, hub: Emulator):
                  .strip().splitlines()[-1:] in (["running"], ["degraded"]), timeout=120)
         assert box.sh("systemctl is-enabled mgh-reporter", check=False).strip() == "disabled"
         assert box.prop("ActiveState") == "inactive"
-        assert box.prop("ExecStart").count("/usr/bin/mgh-reporter") == 1
+        assert "argv[]=/usr/bin/mgh-reporter --config /etc/mgh-reporter/config.toml run" in (
+            box.prop("ExecStart"))
         box.sh("mkdir -p /etc/systemd/system/mgh-reporter.service.d && cat > "
                "/etc/systemd/system/mgh-reporter.service.d/test.conf <<'EOF'\n[Service]\n"
                + _env_lines(hub) + "EOF")
         box.sh(f"sed -i -e 's/^# progress_update_stream = .*/progress_update_stream = "
                f"\"{stream}\"/' -e 's/^interval_seconds = .*/interval_seconds = 1.0/' "
                "/etc/mgh-reporter/config.toml")
+        box.sh("runuser -u mgh-reporter -- mgh-reporter init")
         box.sh("systemctl daemon-reload && systemctl enable --now mgh-reporter")
         assert box.prop("ActiveState") == "active"
         exe = box.sh(f"readlink /proc/{box.prop('MainPID')}/exe").strip()
