@@ -11,6 +11,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from reporter import rows
 from reporter.secrets import redact_url, remember, scrub
@@ -134,6 +135,9 @@ class AwsConfig:
     max_attempts: int = 1
     connect_timeout_seconds: float = 5.0
     read_timeout_seconds: float = 10.0
+    # An HTTP(S) proxy for every AWS call (botocore's `proxies`); unset: the SDK's own
+    # HTTPS_PROXY / HTTP_PROXY / NO_PROXY variables apply.
+    proxy: str | None = None
 
 
 @dataclass(frozen=True)
@@ -196,6 +200,22 @@ def _pg_url(v: Any) -> str | None:
     return None
 
 
+def _proxy(v: Any) -> str | None:
+    rule = 'must be a proxy URL such as "http://proxy.example.com:3128" (http or https)'
+    try:
+        parts = urlsplit(v)
+        port = parts.port
+    except ValueError:
+        return rule
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return rule
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        return f"{rule}, with no path or query"
+    if port == 0:
+        return f"{rule}, with a port from 1 to 65535"
+    return None
+
+
 def _level(v: Any) -> str | None:
     return _one_of("debug", "info", "warning", "error")(str(v).lower())
 
@@ -254,6 +274,7 @@ _RULES: dict[str, dict[str, tuple[tuple[type, ...], Check | None]]] = {
         "max_attempts": ((int,), lambda v: None if 1 <= v <= 10 else "must be 1..10"),
         "connect_timeout_seconds": ((int, float), _positive),
         "read_timeout_seconds": ((int, float), _positive),
+        "proxy": ((str,), _proxy),
     },
 }
 
@@ -283,6 +304,9 @@ def parse(data: Mapping[str, Any], where: str = "config", base_dir: Path | None 
     outbox = data.get("outbox")
     if isinstance(outbox, dict) and isinstance(outbox.get("url"), str):
         remember(outbox["url"])  # before any message could quote it, valid or not
+    aws = data.get("aws")
+    if isinstance(aws, dict) and isinstance(aws.get("proxy"), str):
+        remember(aws["proxy"])  # a proxy's user:password, likewise
     sections: dict[str, Any] = {}
     for section, body in data.items():
         if section not in _RULES:

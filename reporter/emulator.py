@@ -8,6 +8,7 @@ import json
 import random
 import re
 import socket
+import ssl
 import sys
 import threading
 import time
@@ -435,6 +436,7 @@ class Emulator:
         map_delay: float = 2.0,
         seed: int = 1,
         clock: Any = time.time,
+        tls: tuple[str, str] | None = None,
     ) -> None:
         session = botocore.session.get_session()
         self.models: dict[str, ServiceModel] = {
@@ -446,6 +448,7 @@ class Emulator:
         self.stopping = threading.Event()
         self.clock = clock
         self._address = (host, port)
+        self._tls = tls  # (certificate chain file, key file): serve HTTPS
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
 
@@ -453,6 +456,13 @@ class Emulator:
     def start(self) -> Emulator:
         """Bind and serve in a background thread."""
         self._server = _Server(self._address, self)
+        if self._tls is not None:
+            context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            context.load_cert_chain(*self._tls)
+            # The handshake happens in the request's thread, never in the accepting one.
+            self._server.socket = context.wrap_socket(
+                self._server.socket, server_side=True, do_handshake_on_connect=False
+            )
         self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
         self._thread.start()
         return self
@@ -473,10 +483,10 @@ class Emulator:
 
     @property
     def url(self) -> str:
-        """`http://127.0.0.1:PORT`, for AWS_ENDPOINT_URL_*."""
+        """`http://127.0.0.1:PORT` (https with `tls`), for AWS_ENDPOINT_URL_*."""
         assert self._server is not None, "emulator not started"
         host, port = self._server.server_address[:2]
-        return f"http://{host!s}:{port}"
+        return f"{'https' if self._tls else 'http'}://{host!s}:{port}"
 
     def environment(self) -> dict[str, str]:
         """Environment variables that point an unmodified boto3 at this stand-in."""

@@ -29,6 +29,7 @@ from reporter.errors import (
 )
 from reporter.limiter import AdaptiveLimiter, RateLimiter
 from reporter.rows import Request
+from reporter.secrets import remember
 
 __all__ = ["CALL_OPERATIONS", "Hub", "HubError", "Observer"]
 
@@ -41,6 +42,9 @@ CALL_OPERATIONS = (
     "AssociateCreatedArtifact",
 )
 FALLBACK_REGION = "us-west-2"
+# The proxy variables botocore reads (through urllib's getproxies), upper and lower case.
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                   "all_proxy")
 
 Observer = Callable[[str, str, float], None]  # (operation, outcome, seconds)
 
@@ -99,7 +103,12 @@ class Hub:
             read_timeout=aws.read_timeout_seconds,
             max_pool_connections=64,
             user_agent_extra="mgh-reporter",
+            # [aws] proxy for both schemes; unset, botocore reads HTTPS_PROXY and friends.
+            proxies={"http": aws.proxy, "https": aws.proxy} if aws.proxy else None,
         )
+        for name in PROXY_VARIABLES:  # a proxy's user:password never reaches a log line
+            if os.environ.get(name):
+                remember(os.environ[name])
         self._observer = observer
         self._limiter = limiter
         self._rate = rate
