@@ -1,8 +1,8 @@
 """Release artifacts in one command: the wheel and sdist, a one-file app (.pyz, shiv) and the
 .deb and .rpm (nfpm), all from one wheelhouse of pure-Python wheels, with SHA256SUMS.
 
-    python packaging/build.py --out dist                       # fills build/wheelhouse from the index
-    python packaging/build.py --out dist --wheelhouse DIR      # offline: only the wheels in DIR
+    python packaging/build.py --out dist                    # fills build/wheelhouse (index)
+    python packaging/build.py --out dist --wheelhouse DIR   # offline: only the wheels in DIR
 
 Needs what `pip install -e '.[release]'` installs (build, setuptools, shiv, nfpm), found beside
 this interpreter even when its bin directory is not on PATH. The version is pyproject's; the

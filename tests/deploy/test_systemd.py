@@ -101,8 +101,7 @@ def machine(hub: Emulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         for line in readme_systemd_block():
             if line.startswith("systemctl status"):
                 continue
-            line = line.replace("pip install mgh-reporter",
-                                "pip install --no-index --find-links /wheels mgh-reporter")
+            line = line.replace("--find-links ./wheels", "--find-links /wheels")
             if line.startswith("install -m 640 -g mgh-reporter config.example.toml"):
                 box.sh("cd /src && " + line)
                 box.sh(

@@ -1,0 +1,63 @@
+"""The README's test command on the other Pythons the packages serve: Debian 13's python3
+(3.13) and sid's (3.14), each in a container made by debootstrap. The install step reaches the
+index; the suite itself runs with no network but loopback."""
+
+from __future__ import annotations
+
+import shutil
+import ssl
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from .images import LIMITS, ROOT, SUITES, base_image, podman, require_engine
+
+pytestmark = pytest.mark.pythons
+
+
+def source_tree(into: Path) -> Path:
+    """The checkout's tracked files (what a fresh clone has), writable for an editable install."""
+    files = subprocess.run(["git", "-C", str(ROOT), "ls-files", "-z"], capture_output=True,
+                           check=True).stdout.decode().split("\0")
+    for name in filter(None, files):
+        source = ROOT / name
+        if source.is_file():
+            target = into / name
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(source, target)
+    return into
+
+
+@pytest.mark.parametrize("suite", ["trixie", "sid"])
+def test_the_fast_suite_passes(suite: str, tmp_path: Path):
+    require_engine()
+    image = base_image("bare", suite)
+    src = source_tree(tmp_path / "src")
+    venv = tmp_path / "venv"
+    venv.mkdir()
+    wheels = tmp_path / "pip"
+    # Debian's python3 has no ensurepip (python3-venv is not installed): pip comes as a wheel.
+    subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--no-deps", "-d",
+                    str(wheels), "pip"], check=True, capture_output=True, timeout=300)
+    pip_wheel = next(wheels.glob("pip-*.whl")).name
+    mounts = ["-v", f"{src}:/src", "-v", f"{venv}:/venv", "-v", f"{wheels}:/pip:ro"]
+    # This machine's way to the index may re-sign TLS with a CA of its own: pip in the
+    # container trusts what the host's pip trusts.
+    trust: list[str] = []
+    bundle = Path(ssl.get_default_verify_paths().cafile or "/etc/ssl/certs/ca-certificates.crt")
+    if bundle.is_file():
+        trust = ["-v", f"{bundle}:/host-ca.pem:ro", "-e", "PIP_CERT=/host-ca.pem"]
+    python = SUITES[suite]
+    podman("run", "--rm", "--network", "host", *LIMITS, *mounts, *trust, image, "sh", "-c",
+           f"python3 -m venv --without-pip /venv && /venv/bin/python /pip/{pip_wheel}/pip "
+           "install -q --disable-pip-version-check -e '/src[test]' && /venv/bin/python -c "
+           f"'import sys; assert sys.version.startswith(\"{python}.\"), sys.version'",
+           timeout=1500)
+    done = podman("run", "--rm", "--network", "none", *LIMITS, *mounts, "-w", "/src", image,
+                  "/venv/bin/python", "-m", "pytest", "-p", "no:cacheprovider", "-q",
+                  "--timeout", "300", "-rs", check=False, timeout=1800)
+    print(f"== the fast suite on Python {python} (Debian {suite}) ==")
+    print(done.stdout[-3000:])
+    assert done.returncode == 0, f"{done.stdout[-6000:]}\n{done.stderr[-3000:]}"

@@ -1,0 +1,119 @@
+"""The release pieces that need no container: how the packages choose their interpreter
+(packaging/select-python, with stand-in interpreters on PATH), what an old python3 says, and
+the packaged config and unit that packaging/build.py derives from the repository's."""
+
+from __future__ import annotations
+
+import glob
+import importlib.util
+import os
+import shutil
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from reporter.config import ConfigError, parse
+
+from .helpers import ROOT
+
+SELECT = ROOT / "packaging" / "select-python"
+
+
+def build_module() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("mgh_build", ROOT / "packaging" / "build.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def interpreters(directory: Path, versions: dict[str, tuple[int, int]]) -> Path:
+    """Stand-in interpreters: each answers select-python's version check as its version would."""
+    directory.mkdir()
+    for name, (major, minor) in versions.items():
+        stub = directory / name
+        old = (major, minor) < (3, 11)
+        stub.write_text(f"#!/bin/sh\nexit {1 if old else 0}\n")
+        stub.chmod(0o755)
+    for tool in ("sh", "dirname"):
+        found = shutil.which(tool)
+        assert found
+        (directory / tool).symlink_to(found)
+    return directory
+
+
+def select(path: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(["/bin/sh", str(SELECT)], capture_output=True, text=True,
+                          env={"PATH": str(path)})
+
+
+def test_the_distributions_python3_first_when_it_is_new_enough(tmp_path: Path):
+    bin_dir = interpreters(tmp_path / "bin", {"python3": (3, 11), "python3.13": (3, 13)})
+    chosen = select(bin_dir)
+    assert chosen.returncode == 0 and chosen.stdout.strip() == str(bin_dir / "python3")
+
+
+def test_an_old_python3_gives_way_to_the_newest_versioned_one(tmp_path: Path):
+    """RHEL 9 / Amazon Linux 2023: python3 is 3.9, python3.11 and python3.12 installed."""
+    bin_dir = interpreters(tmp_path / "bin", {"python3": (3, 9), "python3.11": (3, 11),
+                                              "python3.12": (3, 12)})
+    chosen = select(bin_dir)
+    assert chosen.returncode == 0 and chosen.stdout.strip() == str(bin_dir / "python3.12")
+
+
+def test_no_interpreter_new_enough_says_what_to_install(tmp_path: Path):
+    bin_dir = interpreters(tmp_path / "bin", {"python3": (3, 9), "python3.6": (3, 6)})
+    chosen = select(bin_dir)
+    assert chosen.returncode == 1 and chosen.stdout == ""
+    assert "no Python 3.11 or newer" in chosen.stderr
+    assert "dnf install python3.11" in chosen.stderr
+
+
+def test_an_old_interpreter_is_told_the_version_it_needs():
+    """The one-file app started by RHEL 8/9's python3: a sentence, not a traceback."""
+    old = sorted(glob.glob("/root/.pyenv/versions/3.[6-9].*/bin/python3.[6-9]")
+                 + glob.glob("/root/.pyenv/versions/3.10.*/bin/python3.10"))
+    old += [p for p in (shutil.which(f"python3.{n}") for n in range(6, 11))
+            if p and "/shims/" not in p]
+    if not old:
+        pytest.skip("no Python older than 3.11 on this machine to run the check with")
+    for python in old:
+        done = subprocess.run([python, "-c", "import reporter"], capture_output=True, text=True,
+                              cwd=ROOT, env={"PATH": os.defpath, "PYTHONPATH": str(ROOT)})
+        assert done.returncode == 1, (python, done.stderr)
+        assert done.stderr.startswith("mgh-reporter needs Python 3.11 or newer; this is "
+                                      "Python 3."), (python, done.stderr)
+        assert "Traceback" not in done.stderr
+
+
+def test_the_packaged_config_names_no_stream_and_is_otherwise_the_example():
+    build = build_module()
+    text = build.packaged_config()
+    data = tomllib.loads(text)
+    with pytest.raises(ConfigError, match="progress_update_stream is required"):
+        parse(data)
+    example = tomllib.loads((ROOT / "config.example.toml").read_text())
+    example["hub"].pop("progress_update_stream")
+    assert data == example
+
+
+def test_the_packaged_unit_runs_the_launcher():
+    unit = build_module().packaged_unit()
+    assert "ExecStart=/usr/bin/mgh-reporter --config /etc/mgh-reporter/config.toml run" in unit
+    assert "/opt/mgh-reporter" not in unit
+    assert "Environment=SHIV_ROOT=%C/mgh-reporter" in unit and "CacheDirectory=mgh-reporter" in unit
+
+
+def test_the_version_lives_in_pyproject_only():
+    import reporter
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    assert reporter.__version__ == project["version"]
+    build = build_module()
+    assert build.project()[0] == project["version"]
+    assert build.changelog_date(project["version"])  # a dated CHANGELOG section
+    assert sys.version_info >= (3, 11)
