@@ -262,7 +262,8 @@ def test_a_long_reader_grows_the_wal_which_is_truncated_once_it_ends(
             wait_for(lambda: "write-ahead log" in " ".join(_status(cli, config)[1]["warnings"]))
             metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
             assert "mgh_reporter_outbox_wal_bytes" in metrics
-            assert any(e["event"] == "wal_growing" for e in _events(log))
+            # The live state (status) can be written before the log line: wait for it too.
+            wait_for(lambda: any(e["event"] == "wal_growing" for e in _events(log)), timeout=10)
             reader.execute("ROLLBACK")
             wait_for(lambda: wal.stat().st_size == 0, timeout=20)
             # The event is written just after the truncation the test saw: wait for it too.
