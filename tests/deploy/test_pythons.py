@@ -55,7 +55,9 @@ def test_the_fast_suite_passes(suite: str, tmp_path: Path):
            "install -q --disable-pip-version-check -e '/src[test]' && /venv/bin/python -c "
            f"'import sys; assert sys.version.startswith(\"{python}.\"), sys.version'",
            timeout=1500)
-    done = podman("run", "--rm", "--network", "none", *LIMITS, *mounts, "-w", "/src", image,
+    # --privileged: the disk-full test mounts a small tmpfs (the container's own namespace).
+    done = podman("run", "--rm", "--network", "none", "--privileged", *LIMITS, *mounts, "-w",
+                  "/src", image,
                   "/venv/bin/python", "-m", "pytest", "-p", "no:cacheprovider", "-q",
                   "--timeout", "300", "-rs", check=False, timeout=1800)
     print(f"== the fast suite on Python {python} (Debian {suite}) ==")
