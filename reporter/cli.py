@@ -44,6 +44,14 @@ def _console() -> Console:
     return console if console.is_terminal else Console(highlight=False, width=220)
 
 
+def esc(text: object) -> str:
+    """Text from the outbox, the Hub or the config, shown literally by rich (`[hub]` in a
+    reason is not markup)."""
+    from rich.markup import escape
+
+    return escape(str(text))
+
+
 def _fail(message: str, code: int = EXIT["error"]) -> None:
     click.echo(f"mgh-reporter: {scrub(message)}", err=True)
     sys.exit(code)
@@ -111,15 +119,36 @@ def cli(ctx: click.Context, config_path: str | None) -> None:
 
 
 @cli.command()
+@click.option(
+    "--parents",
+    is_flag=True,
+    help="Also make the outbox's missing directories (without it only the last one is made).",
+)
 @click.pass_context
 @guarded
-def init(ctx: click.Context) -> None:
-    """Create the outbox file, table and the daemon's own tables (idempotent)."""
+def init(ctx: click.Context, parents: bool) -> None:
+    """Create the outbox file, table and the daemon's own tables (idempotent).
+
+    Accepts a table the host tool created itself, and upgrades an older one. The outbox's
+    directory is made when its parent exists; a deeper missing tree needs --parents."""
     cfg = _logging_config(ctx)
     from reporter import engines
 
-    engines.create(cfg).close()
+    engines.create(cfg, parents=parents).close()
     click.echo(f"outbox ready: {cfg.outbox.where}")
+
+
+def _missing_outbox_hint(ctx: click.Context, logging: bool = False) -> Config:
+    """The config, once its outbox exists; else exit 1 naming the `init` command to run."""
+    cfg = _logging_config(ctx) if logging else _config(ctx)
+    from reporter import engines
+
+    given = ctx.ensure_object(dict).get("config_path")
+    init = "mgh-reporter " + (f"--config {given} " if given else "") + "init"
+    problem = engines.missing_outbox(cfg, init)
+    if problem is not None:
+        _fail(problem)
+    return cfg
 
 
 @cli.command()
@@ -128,7 +157,7 @@ def init(ctx: click.Context) -> None:
 def run(ctx: click.Context) -> None:
     """Run the daemon until SIGTERM/SIGINT (graceful: exits 0)."""
     hold_signals()
-    cfg = _logging_config(ctx)
+    cfg = _missing_outbox_hint(ctx, logging=True)
     from reporter.daemon import run as run_daemon
 
     code = run_daemon(cfg, _config_path(ctx))
@@ -150,7 +179,7 @@ def run(ctx: click.Context) -> None:
 def drain(ctx: click.Context, timeout: float) -> None:
     """Publish everything due now, retrying transient errors, then exit (0/1/3/4/5)."""
     hold_signals()
-    cfg = _logging_config(ctx)
+    cfg = _missing_outbox_hint(ctx, logging=True)
     from reporter.drain import drain as drain_outbox
 
     sys.exit(drain_outbox(cfg, timeout))
@@ -181,7 +210,7 @@ def notify(
     stream: str | None,
 ) -> None:
     """Queue a task_state row (becomes NotifyMigrationTaskState)."""
-    row = _writer(_config(ctx)).task_state(
+    row = _writer(_missing_outbox_hint(ctx)).task_state(
         task,
         status,
         percent=percent,
@@ -220,7 +249,7 @@ def put_attributes(
 ) -> None:
     """Queue a resource_attributes row (becomes PutResourceAttributes)."""
     pairs = [_attribute(a) for a in attributes]
-    row = _writer(_config(ctx)).resource_attributes(task, pairs, stream=stream)
+    row = _writer(_missing_outbox_hint(ctx)).resource_attributes(task, pairs, stream=stream)
     click.echo(f"queued row {row}")
 
 
@@ -235,7 +264,9 @@ def associate_artifact(
     ctx: click.Context, task: str, arn: str, description: str | None, stream: str | None
 ) -> None:
     """Queue a created_artifact row (becomes AssociateCreatedArtifact)."""
-    row = _writer(_config(ctx)).created_artifact(task, arn, description=description, stream=stream)
+    row = _writer(_missing_outbox_hint(ctx)).created_artifact(
+        task, arn, description=description, stream=stream
+    )
     click.echo(f"queued row {row}")
 
 
@@ -264,6 +295,8 @@ def status(ctx: click.Context, as_json: bool) -> None:
     owners = None if cfg.outbox.postgres else trusted_owners(cfg.outbox.path.parent)
     state = live.read_freshest(live.candidates(cfg.outbox.live_state_path, cfg.outbox.where),
                                owners)
+    if state is None or state.health == "stopped":
+        _missing_outbox_hint(ctx)  # no daemon to speak for a missing file: say what to run
     counts = gate = health = None
     error = None
     replicas: list[Any] = []
@@ -309,9 +342,9 @@ def status(ctx: click.Context, as_json: bool) -> None:
 def _print_status(report: dict[str, Any], cfg: Config) -> None:
     console = _console()
     if report["outbox_unusable"]:
-        headline = f"[bold red]OUTBOX UNUSABLE[/]: {report['outbox_unusable']}"
+        headline = f"[bold red]OUTBOX UNUSABLE[/]: {esc(report['outbox_unusable'])}"
     elif report["blocked"]:
-        headline = f"[bold red]BLOCKED[/] since {report['blocked_since']}: {report['blocked']}"
+        headline = f"[bold red]BLOCKED[/] since {report['blocked_since']}: {esc(report['blocked'])}"
     elif report["daemon_state"] == "hung":
         headline = "[bold red]HUNG[/]: the daemon stopped ticking without stopping cleanly"
     elif report["daemon_state"] != "running":
@@ -321,7 +354,7 @@ def _print_status(report: dict[str, Any], cfg: Config) -> None:
     else:
         headline = "[bold green]delivering[/]"
     pid, daemon = report["daemon_pid"], report["daemon"]
-    console.print(f"mgh-reporter  {cfg.outbox.where}")
+    console.print(f"mgh-reporter  {esc(cfg.outbox.where)}")
     console.print(f"  state        {headline}")
     beat = ""
     if pid and daemon and daemon["running"]:
@@ -331,16 +364,19 @@ def _print_status(report: dict[str, Any], cfg: Config) -> None:
         console.print(f"  replicas     {len(live_ones)} live")
         for r in live_ones:
             console.print(
-                f"    {r['host']} pid {r['pid']} ({r['role']}), heartbeat"
+                f"    {esc(r['host'])} pid {r['pid']} ({r['role']}), heartbeat"
                 f" {r['heartbeat_age_seconds']:.0f}s ago, up {r['up_seconds']:.0f}s"
             )
     else:
         console.print(f"  daemon       {'pid ' + str(pid) + beat if pid else 'not running'}")
     if daemon and daemon["running"] and daemon["last_error"]:
-        console.print(f"  last error   {daemon['last_error']}")
+        console.print(f"  last error   {esc(daemon['last_error'])}")
     for warning in report["warnings"]:
-        console.print(f"  [bold yellow]warning[/]      {warning}")
+        console.print(f"  [bold yellow]warning[/]      {esc(warning)}")
     console.print(f"  home region  {report['home_region'] or 'unknown yet'}")
+    if report["pending"] is None:
+        console.print("  backlog      unknown: the outbox cannot be read")
+        return
     oldest = report["oldest_pending_seconds"]
     console.print(
         f"  backlog      {report['pending']} pending"
@@ -351,21 +387,26 @@ def _print_status(report: dict[str, Any], cfg: Config) -> None:
         f"{report['superseded']} superseded)   last success {report['last_success'] or 'never'}"
     )
     dead = report["dead_letters"]
-    console.print(f"  dead letters {dead}" + ("  → mgh-reporter dead-letters list" if dead else ""))
+    dropped = report["dropped"]
+    console.print(
+        f"  dead letters {dead}"
+        + ("  → mgh-reporter dead-letters list" if dead else "")
+        + (f"   ({dropped} dropped, kept until pruned)" if dropped else "")
+    )
     console.print(
         f"  tasks        {report['tasks']}: {report['stale_tasks']} stale, "
         f"{report['lapsing_tasks']} lapsing, {report['unmapped_tasks']} unmapped"
     )
     for stream, counts in sorted(report["streams"].items()):
         console.print(
-            f"    {stream}: {counts['tasks']} tasks, {counts['stale']} stale, "
+            f"    {esc(stream)}: {counts['tasks']} tasks, {counts['stale']} stale, "
             f"{counts['lapsing']} lapsing"
         )
 
 
 @cli.group("dead-letters")
 def dead_letters() -> None:
-    """Rows rejected with a reason: list them, or put them back in line."""
+    """Rows rejected with a reason: list them, put them back in line, or drop them."""
 
 
 @dead_letters.command("list")
@@ -378,7 +419,7 @@ def dead_list(ctx: click.Context, as_json: bool) -> None:
 
     from reporter import views
 
-    cfg = _config(ctx)
+    cfg = _missing_outbox_hint(ctx)
     store = _open(cfg)
     try:
         letters = store.dead_letters()
@@ -391,9 +432,24 @@ def dead_list(ctx: click.Context, as_json: bool) -> None:
     table = Table("id", "kind", "stream", "task", "reason", "rejected at")
     for e in entries:
         table.add_row(
-            str(e["id"]), e["kind"], e["stream"], e["task"], e["reason"], e["rejected_at"]
+            str(e["id"]), esc(e["kind"]), esc(e["stream"]), esc(e["task"]), esc(e["reason"]),
+            e["rejected_at"],
         )
     _console().print(table if letters else "no dead letters")
+
+
+RETRY_USAGE = """give the rows to retry: row IDs, or --all
+
+  mgh-reporter dead-letters retry 17 42    # these two rows
+  mgh-reporter dead-letters retry --all    # every dead letter
+
+(`mgh-reporter dead-letters list` shows the IDs and why each row was rejected)"""
+
+DROP_USAGE = """say which dead letters to drop: row IDs, --all, or --older-than DURATION
+
+  mgh-reporter dead-letters drop 17 42            # these two rows
+  mgh-reporter dead-letters drop --older-than 7d  # rejected more than 7 days ago
+  mgh-reporter dead-letters drop --all --yes      # every one, without asking"""
 
 
 @dead_letters.command("retry")
@@ -402,12 +458,14 @@ def dead_list(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 @guarded
 def dead_retry(ctx: click.Context, ids: tuple[int, ...], retry_all: bool) -> None:
-    """Put dead letters back in line (still-invalid rows are rejected again with the reason)."""
+    """Put dead letters back in line (still-invalid rows are rejected again with the reason).
+
+    Give row IDs (from `dead-letters list`) or --all."""
     from reporter.deadletters import requeue_dead_letters
 
     if bool(ids) == retry_all:
-        raise click.UsageError("give row IDs or --all (not both)")
-    cfg = _config(ctx)
+        raise click.UsageError(RETRY_USAGE if not ids else "give row IDs or --all, not both")
+    cfg = _missing_outbox_hint(ctx)
     store = _open(cfg, writable=True)
     try:
         result = requeue_dead_letters(store, cfg.hub, None if retry_all else list(ids))
@@ -420,18 +478,123 @@ def dead_retry(ctx: click.Context, ids: tuple[int, ...], retry_all: bool) -> Non
         _fail(f"not dead letters: {', '.join(map(str, result.unknown))}")
 
 
-@cli.command()
+class _Age(click.ParamType):  # type: ignore[type-arg]
+    """A duration like 30m, 12h, 7d."""
+
+    name = "DURATION"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Any:
+        from reporter.deadletters import parse_age
+
+        if isinstance(value, float):
+            return value
+        try:
+            return parse_age(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+@dead_letters.command("drop")
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--all", "drop_all", is_flag=True, help="Drop every dead letter.")
+@click.option(
+    "--older-than",
+    type=_Age(),
+    help="Drop those rejected more than DURATION ago (30m, 12h, 7d, 1w).",
+)
+@click.option("--yes", "-y", is_flag=True, help="Do not ask (required when not on a terminal).")
+@click.pass_context
+@guarded
+def dead_drop(
+    ctx: click.Context,
+    ids: tuple[int, ...],
+    drop_all: bool,
+    older_than: float | None,
+    yes: bool,
+) -> None:
+    """Drop dead letters for good: they leave `dead-letters list` and `status`'s count, and are
+    pruned with the delivered rows after [outbox] retention_days.
+
+    Give row IDs, --all, or --older-than DURATION (exactly one). Asks first on a terminal;
+    elsewhere --yes is required."""
+    import getpass
+
+    import structlog
+
+    from reporter.deadletters import drop_dead_letters
+
+    if sum((bool(ids), drop_all, older_than is not None)) != 1:
+        raise click.UsageError(DROP_USAGE)
+    cfg = _missing_outbox_hint(ctx, logging=True)
+    store = _open(cfg, writable=True)
+    try:
+        if ids:
+            present = {d.id for d in store.dead_letters(list(ids))}
+            selected = sorted(present)
+            absent = sorted(set(ids) - present)
+        else:
+            cutoff = None if older_than is None else store.clock() - older_than
+            selected = [
+                d.id for d in store.dead_letters()
+                if cutoff is None or (d.rejected_at or 0.0) < cutoff
+            ]
+            absent = []
+        if absent:
+            _fail(f"not dead letters: {', '.join(map(str, absent))} (nothing dropped)")
+        if not selected:
+            click.echo("no dead letters to drop")
+            return
+        what = _count_ids(selected)
+        if not yes:
+            if not (sys.stdin.isatty() and sys.stdout.isatty()):
+                _fail(f"would drop {what}: not on a terminal, so add --yes", EXIT["usage"])
+            if not click.confirm(f"Drop {what} for good?", default=False):
+                click.echo("nothing dropped")
+                return
+        result = drop_dead_letters(store, selected, None)
+    finally:
+        store.close()
+    structlog.get_logger("reporter.cli").warning(
+        "dead_letters_dropped",
+        rows=len(result.dropped),
+        ids=result.dropped[:100],
+        older_than_seconds=older_than,
+        user=getpass.getuser(),
+    )
+    click.echo(f"dropped {len(result.dropped)} dead letters")
+    if result.unknown:
+        _fail(f"no longer dead letters (retried or dropped meanwhile): "
+              f"{', '.join(map(str, result.unknown))}")
+
+
+def _count_ids(ids: list[int]) -> str:
+    shown = ", ".join(map(str, ids[:10])) + (", …" if len(ids) > 10 else "")
+    return f"{len(ids)} dead letter{'s' if len(ids) != 1 else ''} ({shown})"
+
+
+TASKS_LEGEND = (
+    "mapped: the Hub matched the task to a discovered server (its configuration id), NO: still "
+    "unmapped after [mapping] unmapped_after_seconds, checking: not known yet.  promise: ok, "
+    "lapsing (the next update is due soon), STALE (the promised NextUpdateSeconds has passed), "
+    "- (finished, or no state sent yet)."
+)
+
+
+@cli.command(epilog=TASKS_LEGEND)
 @click.option("--stream", help="Only this stream.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.pass_context
 @guarded
 def tasks(ctx: click.Context, stream: str | None, as_json: bool) -> None:
-    """One line per task: last state sent, pending rows, mapping, artifacts, staleness."""
+    """One line per task: last state sent, pending rows, mapping, artifacts, staleness.
+
+    Columns: stream and task; the status and percent last sent and its UpdateDateTime; rows
+    still pending; mapped; how many artifacts are associated; the promise state."""
     from rich.table import Table
 
     from reporter import views
 
-    cfg = _config(ctx)
+    cfg = _missing_outbox_hint(ctx)
     store = _open(cfg)
     try:
         entries = views.task_entries(store.tasks(stream), time.time(), cfg)
@@ -440,17 +603,22 @@ def tasks(ctx: click.Context, stream: str | None, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(entries, indent=2))
         return
+    if not entries:
+        click.echo("no tasks yet" + (f" in stream {stream!r}" if stream else ""))
+        return
     table = Table(
         "stream", "task", "status", "%", "updated", "pending", "mapped", "artifacts", "promise"
     )
     for e in entries:
-        mapped = {True: e["configuration_id"] or "yes", False: "[red]NO[/]", None: "…"}[e["mapped"]]
+        mapped = {
+            True: esc(e["configuration_id"] or "yes"), False: "[red]NO[/]", None: "checking"
+        }[e["mapped"]]
         promise = {"stale": "[red]STALE[/]", "lapsing": "[yellow]lapsing[/]"}.get(
             e["promise"] or "", e["promise"] or "-"
         )
         table.add_row(
-            e["stream"],
-            e["task"],
+            esc(e["stream"]),
+            esc(e["task"]),
             e["status"] or "-",
             "" if e["progress_percent"] is None else str(e["progress_percent"]),
             e["update_date_time"] or "-",
@@ -459,7 +627,9 @@ def tasks(ctx: click.Context, stream: str | None, as_json: bool) -> None:
             str(len(e["artifacts"])),
             promise,
         )
-    _console().print(table)
+    console = _console()
+    console.print(table)
+    console.print(TASKS_LEGEND, style="dim", highlight=False)
 
 
 @cli.command()

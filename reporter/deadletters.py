@@ -1,8 +1,10 @@
-"""Dead letters put back in line: rows that are valid now are requeued, the rest are rejected
-again with their current reason (no SQL: the store does the writing)."""
+"""Dead letters put back in line (rows valid now are requeued, the rest rejected again with
+their current reason) or dropped by a person; the ages `--older-than` takes (no SQL: the store
+does the writing)."""
 
 from __future__ import annotations
 
+import re
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -12,7 +14,7 @@ from reporter.config import HubConfig
 from reporter.delivery import MISSING_ROW
 from reporter.model import OutboxStore
 
-__all__ = ["Requeued", "requeue_dead_letters"]
+__all__ = ["Dropped", "Requeued", "drop_dead_letters", "parse_age", "requeue_dead_letters"]
 
 
 @dataclass(frozen=True)
@@ -45,3 +47,38 @@ def requeue_dead_letters(
             valid.append(rid)
     store.requeue(valid, invalid)
     return Requeued(valid, invalid, sorted(set(ids or ()) - set(letters)))
+
+
+_AGE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")
+_UNIT = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+
+
+def parse_age(text: str) -> float:
+    """Seconds in a duration like `30m`, `12h`, `7d`, `1w`, `90s` or `1d12h`; ValueError naming
+    the rule otherwise."""
+    compact = text.strip().lower()
+    parts = _AGE.findall(compact)
+    if not compact or "".join(f"{n}{u}" for n, u in parts) != compact.replace(" ", ""):
+        raise ValueError(
+            f"{text!r} is not a duration: a number and a unit (s, m, h, d, w), "
+            "like 30m, 12h, 7d or 1d12h"
+        )
+    return sum(float(n) * _UNIT[u] for n, u in parts)
+
+
+@dataclass(frozen=True)
+class Dropped:
+    """What `dead-letters drop` did."""
+
+    dropped: list[int] = field(default_factory=list)
+    unknown: list[int] = field(default_factory=list)
+
+
+def drop_dead_letters(
+    store: OutboxStore, ids: Sequence[int] | None, older_than: float | None
+) -> Dropped:
+    """Drop dead letters: those of `ids` (all when None), only those rejected more than
+    `older_than` seconds ago when given. Unknown ids (not dead letters) are named back."""
+    before = None if older_than is None else store.clock() - older_than
+    dropped = store.drop(ids, before)
+    return Dropped(dropped, sorted(set(ids or ()) - set(dropped)))

@@ -12,7 +12,15 @@ from reporter.config import Config
 from reporter.model import OutboxStore, StoreError
 from reporter.process import outbox_lock
 
-__all__ = ["Wakeups", "create", "instance_lock", "open_store", "require_libpq", "wakeups"]
+__all__ = [
+    "Wakeups",
+    "create",
+    "instance_lock",
+    "missing_outbox",
+    "open_store",
+    "require_libpq",
+    "wakeups",
+]
 
 LIBPQ_HINT = (
     "the PostgreSQL outbox needs the system's libpq (Debian/Ubuntu: apt install libpq5; "
@@ -58,8 +66,25 @@ def open_store(config: Config, writable: bool = True) -> OutboxStore:
     return Store.open(outbox.path, outbox.busy_timeout_ms, writable=writable)
 
 
-def create(config: Config) -> OutboxStore:
-    """`init`: create (or upgrade) the outbox and the daemon's tables; idempotent."""
+def missing_outbox(config: Config, init: str = "mgh-reporter init") -> str | None:
+    """Why an SQLite outbox cannot be opened because it was never made (None when the file
+    exists, or for PostgreSQL): the `init` command to run, `--parents` when its directory is
+    missing too."""
+    path = config.outbox.path
+    if config.outbox.postgres or path.exists():
+        return None
+    if path.parent.is_dir():
+        return f"no outbox at {path}: run `{init}`"
+    return (
+        f"no outbox at {path}, and no directory {path.parent}: run `{init} --parents` "
+        "(or correct [outbox] path)"
+    )
+
+
+def create(config: Config, parents: bool = False) -> OutboxStore:
+    """`init`: create (or upgrade) the outbox and the daemon's own tables; idempotent. The
+    outbox's directory is made when its own parent exists; a deeper missing tree only with
+    `parents` (a misspelt path must not quietly become a tree of directories)."""
     outbox = config.outbox
     if outbox.url is not None:
         require_libpq()
@@ -68,6 +93,12 @@ def create(config: Config) -> OutboxStore:
         return PgStore.create(outbox.url)
     from reporter.store import Store
 
+    directory = outbox.path.parent
+    if not parents and not directory.is_dir() and not directory.parent.is_dir():
+        raise StoreError(
+            f"{directory} does not exist, nor does {directory.parent}: `init --parents` makes "
+            "them (or correct [outbox] path)"
+        )
     return Store.create(outbox.path, outbox.busy_timeout_ms)
 
 

@@ -71,6 +71,7 @@ class RowState(StrEnum):
     SENT = "sent"
     SUPERSEDED = "superseded"
     REJECTED = "rejected"
+    DROPPED = "dropped"  # a dead letter a person dropped (`dead-letters drop`); pruned like sent
 
 
 @dataclass(frozen=True)
@@ -223,6 +224,7 @@ class RowCounts:
     superseded: int
     dead_letters: int
     oldest_pending_seconds: float | None
+    dropped: int = 0  # dead letters dropped by a person, until pruned with the delivered rows
 
     @property
     def delivered(self) -> int:
@@ -376,6 +378,11 @@ class OutboxStore(Protocol):
 
     def outbox_rows(self, ids: Sequence[int]) -> list[OutboxRow]:
         """The outbox content of some rows."""
+
+    def drop(self, ids: Sequence[int] | None, rejected_before: float | None) -> list[int]:
+        """Drop dead letters (those of `ids`, or all; only those rejected before
+        `rejected_before` when given): they leave the dead letters and are pruned with the
+        delivered rows. Returns the ids dropped."""
 
     def requeue(self, valid: Sequence[int], invalid: Sequence[tuple[int, str]]) -> None:
         """Put dead letters back in line (valid) or reject them again with a new reason."""

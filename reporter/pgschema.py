@@ -43,7 +43,7 @@ def outbox_ddl(outbox: str) -> str:
     """The contract's table under its qualified name (sessions search pg_catalog alone)."""
     return _OUTBOX_DDL.format(outbox=outbox)
 
-PENDING, SENT, SUPERSEDED, REJECTED = (f"'{s.value}'" for s in RowState)  # SQL literals
+PENDING, SENT, SUPERSEDED, REJECTED, DROPPED = (f"'{s.value}'" for s in RowState)  # SQL literals
 
 
 def trigger_ddl(outbox: str) -> list[str]:

@@ -38,7 +38,7 @@ from reporter.model import (
     TaskRecord,
     tail_size,
 )
-from reporter.pgschema import PENDING, REJECTED, SCHEMA, SENT, SUPERSEDED
+from reporter.pgschema import DROPPED, PENDING, REJECTED, SCHEMA, SENT, SUPERSEDED
 from reporter.rows import MAX_COLUMN_BYTES, STATE_SPACING_SECONDS, Kind, OutboxRow
 from reporter.schema import GATE_COLUMNS, OUTBOX_COLUMNS, REQUIRED_COLUMNS
 from reporter.secrets import redact_url, remember, scrub
@@ -903,6 +903,24 @@ class PgStore:
             )
             return [_row(r) for r in c.fetchall()]
 
+    def drop(self, ids: Sequence[int] | None, rejected_before: float | None) -> list[int]:
+        """Drop dead letters (of `ids` or all, rejected before `rejected_before` when given)."""
+        where, args = f"state = {REJECTED}", list[Any]()
+        if ids is not None:
+            where += " AND id = ANY(%s)"
+            args.append(list(ids))
+        if rejected_before is not None:
+            where += " AND coalesce(finished_at, 0) < %s"
+            args.append(rejected_before)
+        now = self.clock()
+        with self._tx("drop dead letters") as c:
+            c.execute(
+                f"UPDATE {S}.rows SET state = {DROPPED}, finished_at = %s WHERE {where}"
+                " RETURNING id",
+                [now, *args],
+            )
+            return sorted(int(r["id"]) for r in c.fetchall())
+
     def requeue(self, valid: Sequence[int], invalid: Sequence[tuple[int, str]]) -> None:
         """Put dead letters back in line (valid) or reject them again with a new reason."""
         now = self.clock()
@@ -967,6 +985,7 @@ class PgStore:
             oldest_pending_seconds=None
             if oldest is None
             else round(max(0.0, self.clock() - oldest), 3),
+            dropped=by_state.get(RowState.DROPPED.value, 0),
         )
 
     def rejected_since(self, since: float) -> int:
@@ -1019,7 +1038,7 @@ class PgStore:
         while True:
             with self._tx("prune delivered rows") as c:
                 c.execute(
-                    f"SELECT id FROM {S}.rows WHERE state IN ({SENT}, {SUPERSEDED})"
+                    f"SELECT id FROM {S}.rows WHERE state IN ({SENT}, {SUPERSEDED}, {DROPPED})"
                     " AND finished_at < %s LIMIT %s FOR UPDATE SKIP LOCKED",
                     (before, chunk),
                 )

@@ -98,7 +98,7 @@ def apply_migrations(conn: sqlite3.Connection) -> None:
     migrations.apply(Database(conn))
 
 
-PENDING, SENT, SUPERSEDED, REJECTED = (f"'{s.value}'" for s in RowState)  # SQL literals
+PENDING, SENT, SUPERSEDED, REJECTED, DROPPED = (f"'{s.value}'" for s in RowState)  # SQL literals
 
 
 def _execute(db: Any, *statements: str) -> None:

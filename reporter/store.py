@@ -37,7 +37,7 @@ from reporter.model import (
     tail_size,
 )
 from reporter.rows import MAX_COLUMN_BYTES, STATE_SPACING_SECONDS, Kind, OutboxRow, epoch_of
-from reporter.schema import PENDING, REJECTED, SENT, SUPERSEDED
+from reporter.schema import DROPPED, PENDING, REJECTED, SENT, SUPERSEDED
 
 __all__ = ["Store", "StoreError"]
 
@@ -823,6 +823,24 @@ class Store:
             contents = self._read_rows(list(ids))
         return [contents[i] for i in sorted(contents)]
 
+    def drop(self, ids: Sequence[int] | None, rejected_before: float | None) -> list[int]:
+        """Drop dead letters (of `ids` or all, rejected before `rejected_before` when given)."""
+        where, args = f"state = {REJECTED}", list[Any]()
+        if ids is not None:
+            where += f" AND id IN ({_marks(len(ids))})"
+            args += list(ids)
+        if rejected_before is not None:
+            where += " AND coalesce(finished_at, 0) < ?"
+            args.append(rejected_before)
+        now = self.clock()
+        with self._write("drop dead letters") as c:
+            dropped = [r[0] for r in c.execute(f"SELECT id FROM mgh_rows WHERE {where}", args)]
+            c.execute(
+                f"UPDATE mgh_rows SET state = {DROPPED}, finished_at = ? WHERE {where}",
+                [now, *args],
+            )
+        return sorted(dropped)
+
     def requeue(self, valid: Sequence[int], invalid: Sequence[tuple[int, str]]) -> None:
         """Put dead letters back in line (valid) or reject them again with a new reason."""
         now = self.clock()
@@ -887,6 +905,7 @@ class Store:
             oldest_pending_seconds=None
             if oldest is None
             else round(max(0.0, self.clock() - oldest), 3),
+            dropped=by_state.get(RowState.DROPPED.value, 0),
         )
 
     def rejected_since(self, since: float) -> int:
@@ -939,8 +958,9 @@ class Store:
                     r[0]
                     for r in c.execute(
                         f"SELECT id FROM mgh_rows WHERE state IN ({SENT}, {SUPERSEDED})"
-                        " AND finished_at < ? LIMIT ?",
-                        (before, chunk),
+                        " AND finished_at < ? UNION ALL SELECT id FROM mgh_rows"
+                        f" WHERE state = {DROPPED} AND finished_at < ? LIMIT ?",
+                        (before, before, chunk),
                     )
                 ]
                 if ids:  # never a reused id whose new row is still waiting for intake

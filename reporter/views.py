@@ -193,6 +193,7 @@ def status_report(
         "superseded": counts.superseded if counts else None,
         "delivered": counts.delivered if counts else None,
         "dead_letters": counts.dead_letters if counts else None,
+        "dropped": counts.dropped if counts else None,
         "oldest_pending_seconds": counts.oldest_pending_seconds if counts else None,
         "blocked": blocked,
         "blocked_code": gate.blocked_code if gate and gate.blocked_reason else None,
