@@ -22,7 +22,7 @@ from reporter import config as config_mod
 from reporter.config import Config, ConfigError
 from reporter.model import StoreError
 from reporter.outbox import Outbox, OutboxValueError
-from reporter.process import EXIT, LockError, hold_signals, lock_holder, stop_on_signals
+from reporter.process import EXIT, LockError, hold_signals, stop_on_signals
 from reporter.rows import ATTRIBUTE_TYPES, STATUSES
 from reporter.secrets import scrub
 
@@ -42,14 +42,6 @@ def _console() -> Console:
 
     console = Console(highlight=False)
     return console if console.is_terminal else Console(highlight=False, width=220)
-
-
-def esc(text: object) -> str:
-    """Text from the outbox, the Hub or the config, shown literally by rich (`[hub]` in a
-    reason is not markup)."""
-    from rich.markup import escape
-
-    return escape(str(text))
 
 
 def _fail(message: str, code: int = EXIT["error"]) -> None:
@@ -85,6 +77,8 @@ def _logging_config(ctx: click.Context) -> Config:
     from reporter import logs
 
     logs.configure(cfg.log.level, cfg.log.format)
+    if "rich" in sys.modules and sys.modules["rich"] is None:
+        del sys.modules["rich"]  # structlog has made its choice; `drain`'s bar may load it
     return cfg
 
 
@@ -103,7 +97,22 @@ def guarded(fn: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class WholeHelpGroup(click.Group):
+    """A command group whose help lists each command's first sentence whole (click cuts it to
+    fit one line, ending in "...", which hid what `drain` and `status` do)."""
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [
+            (name, cmd.get_short_help_str(limit=10_000))
+            for name in self.list_commands(ctx)
+            if (cmd := self.get_command(ctx, name)) is not None and not cmd.hidden
+        ]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+@click.group(cls=WholeHelpGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "config_path",
@@ -174,15 +183,22 @@ def run(ctx: click.Context) -> None:
     show_default=True,
     help="Seconds to keep retrying before giving up with exit 3.",
 )
+@click.option("--json", "as_json", is_flag=True, help="Print the closing summary as JSON.")
 @click.pass_context
 @guarded
-def drain(ctx: click.Context, timeout: float) -> None:
-    """Publish everything due now, retrying transient errors, then exit (0/1/3/4/5)."""
+def drain(ctx: click.Context, timeout: float, as_json: bool) -> None:
+    """Publish everything due now, retrying transient errors, then exit (0/1/3/4/5).
+
+    Shows progress on stderr (a bar on a terminal, a drain_progress event every 5 s
+    otherwise) and ends with one summary line on stdout: sent, superseded, rejected, still
+    pending, seconds (--json: one JSON object). Exit 0 all delivered, 3 rows still pending at
+    the timeout or interrupted, 4 blocked (only a person can fix it), 5 done but rows were
+    rejected since it started (`dead-letters list`), 1 error."""
     hold_signals()
     cfg = _missing_outbox_hint(ctx, logging=True)
     from reporter.drain import drain as drain_outbox
 
-    sys.exit(drain_outbox(cfg, timeout))
+    sys.exit(drain_outbox(cfg, timeout, as_json))
 
 
 def _writer(cfg: Config) -> Outbox:
@@ -278,57 +294,44 @@ def _open(cfg: Config, writable: bool = False) -> OutboxStore:
 
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Refresh every --every seconds until Ctrl-C (in place on a terminal; elsewhere one "
+    "report after another, with --json one JSON object per line).",
+)
+@click.option(
+    "--every",
+    type=click.FloatRange(min=0.2),
+    default=2.0,
+    show_default=True,
+    help="Seconds between refreshes with --watch.",
+)
 @click.pass_context
 @guarded
-def status(ctx: click.Context, as_json: bool) -> None:
+def status(ctx: click.Context, as_json: bool, watch: bool, every: float) -> None:
     """Backlog, delivery health, dead letters, stale and unmapped tasks, the daemon's own word.
 
     Exits 1 while the outbox is unusable (unreadable, full, replaced, gone), 4 while delivery is
     blocked (as `drain` would), 7 while the daemon is hung (its live state has not ticked and it
-    did not stop cleanly), 0 otherwise (a daemon that is not running is not an error).
+    did not stop cleanly), 0 otherwise (a daemon that is not running is not an error). With
+    --watch it exits 0 on Ctrl-C.
     """
-    from reporter import live, views
-    from reporter.files import trusted_owners
+    from reporter import statusview
 
     cfg = _config(ctx)
-    now = time.time()
-    owners = None if cfg.outbox.postgres else trusted_owners(cfg.outbox.path.parent)
-    state = live.read_freshest(live.candidates(cfg.outbox.live_state_path, cfg.outbox.where),
-                               owners)
-    if state is None or state.health == "stopped":
+    if statusview.nobody_speaks_for(cfg):
         _missing_outbox_hint(ctx)  # no daemon to speak for a missing file: say what to run
-    counts = gate = health = None
-    error = None
-    replicas: list[Any] = []
-    try:
-        store = _open(cfg)
-        try:
-            health = views.task_health(store.tasks(), now, cfg)
-            counts, gate = store.counts(), store.load_gate()
-            wal = store.wal_bytes()
-            replicas = store.replicas()
-            now = store.clock()
-        finally:
-            store.close()
-    except StoreError as exc:
-        error, wal = str(exc), 0
-    report = views.status_report(
-        counts,
-        gate,
-        health,
-        (state.pid if state else None) if cfg.outbox.postgres else lock_holder(cfg.outbox.path),
-        state,
-        now,
-        (wal, cfg.outbox.wal_warning_bytes),
-        error,
-        wall_now=time.time(),
-    )
-    if cfg.outbox.postgres:
-        report["replicas"] = [views.replica_view(r, now) for r in replicas]
+    if watch:
+        statusview.watch(cfg, as_json, every, _console())
+        return
+    report = statusview.gather(cfg)
     if as_json:
         click.echo(json.dumps(report, indent=2))
     else:
-        _print_status(report, cfg)
+        console = _console()
+        for line in statusview.lines(report, cfg):
+            console.print(line)
     if report["outbox_unusable"]:
         click.echo(f"mgh-reporter: {report['outbox_unusable']}", err=True)
         ctx.exit(EXIT["error"])
@@ -339,72 +342,7 @@ def status(ctx: click.Context, as_json: bool) -> None:
         ctx.exit(EXIT["hung"])
 
 
-def _print_status(report: dict[str, Any], cfg: Config) -> None:
-    console = _console()
-    if report["outbox_unusable"]:
-        headline = f"[bold red]OUTBOX UNUSABLE[/]: {esc(report['outbox_unusable'])}"
-    elif report["blocked"]:
-        headline = f"[bold red]BLOCKED[/] since {report['blocked_since']}: {esc(report['blocked'])}"
-    elif report["daemon_state"] == "hung":
-        headline = "[bold red]HUNG[/]: the daemon stopped ticking without stopping cleanly"
-    elif report["daemon_state"] != "running":
-        headline = "[bold]not running[/]: nothing is delivering (start `mgh-reporter run`)"
-    elif report["outage_backoff"]:
-        headline = "[bold yellow]BACKING OFF[/]: every call is failing; probing at a slow pace"
-    else:
-        headline = "[bold green]delivering[/]"
-    pid, daemon = report["daemon_pid"], report["daemon"]
-    console.print(f"mgh-reporter  {esc(cfg.outbox.where)}")
-    console.print(f"  state        {headline}")
-    beat = ""
-    if pid and daemon and daemon["running"]:
-        beat = f", heartbeat {daemon['heartbeat_age_seconds']:.0f}s ago"
-    if "replicas" in report:
-        live_ones = report["replicas"]
-        console.print(f"  replicas     {len(live_ones)} live")
-        for r in live_ones:
-            console.print(
-                f"    {esc(r['host'])} pid {r['pid']} ({r['role']}), heartbeat"
-                f" {r['heartbeat_age_seconds']:.0f}s ago, up {r['up_seconds']:.0f}s"
-            )
-    else:
-        console.print(f"  daemon       {'pid ' + str(pid) + beat if pid else 'not running'}")
-    if daemon and daemon["running"] and daemon["last_error"]:
-        console.print(f"  last error   {esc(daemon['last_error'])}")
-    for warning in report["warnings"]:
-        console.print(f"  [bold yellow]warning[/]      {esc(warning)}")
-    console.print(f"  home region  {report['home_region'] or 'unknown yet'}")
-    if report["pending"] is None:
-        console.print("  backlog      unknown: the outbox cannot be read")
-        return
-    oldest = report["oldest_pending_seconds"]
-    console.print(
-        f"  backlog      {report['pending']} pending"
-        + (f", oldest {oldest:.0f}s" if oldest is not None else "")
-    )
-    console.print(
-        f"  delivered    {report['delivered']} ({report['sent']} sent, "
-        f"{report['superseded']} superseded)   last success {report['last_success'] or 'never'}"
-    )
-    dead = report["dead_letters"]
-    dropped = report["dropped"]
-    console.print(
-        f"  dead letters {dead}"
-        + ("  → mgh-reporter dead-letters list" if dead else "")
-        + (f"   ({dropped} dropped, kept until pruned)" if dropped else "")
-    )
-    console.print(
-        f"  tasks        {report['tasks']}: {report['stale_tasks']} stale, "
-        f"{report['lapsing_tasks']} lapsing, {report['unmapped_tasks']} unmapped"
-    )
-    for stream, counts in sorted(report["streams"].items()):
-        console.print(
-            f"    {esc(stream)}: {counts['tasks']} tasks, {counts['stale']} stale, "
-            f"{counts['lapsing']} lapsing"
-        )
-
-
-@cli.group("dead-letters")
+@cli.group("dead-letters", cls=WholeHelpGroup)
 def dead_letters() -> None:
     """Rows rejected with a reason: list them, put them back in line, or drop them."""
 
@@ -418,6 +356,7 @@ def dead_list(ctx: click.Context, as_json: bool) -> None:
     from rich.table import Table
 
     from reporter import views
+    from reporter.statusview import esc
 
     cfg = _missing_outbox_hint(ctx)
     store = _open(cfg)
@@ -593,6 +532,7 @@ def tasks(ctx: click.Context, stream: str | None, as_json: bool) -> None:
     from rich.table import Table
 
     from reporter import views
+    from reporter.statusview import esc
 
     cfg = _missing_outbox_hint(ctx)
     store = _open(cfg)

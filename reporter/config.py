@@ -109,6 +109,7 @@ class LogConfig:
 
     level: str = "info"
     format: str = "json"
+    summary_seconds: float = 60.0  # a repeated failure's summary line, at most this often
 
 
 @dataclass(frozen=True)
@@ -264,6 +265,7 @@ _RULES: dict[str, dict[str, tuple[tuple[type, ...], Check | None]]] = {
     "log": {
         "level": ((str,), _level),
         "format": ((str,), _one_of("json", "console")),
+        "summary_seconds": ((int, float), _positive),
     },
     "metrics": {
         "listen": ((str,), _listen),

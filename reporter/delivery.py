@@ -14,6 +14,7 @@ from typing import Protocol
 import structlog
 
 from reporter import rows
+from reporter.conditions import Conditions
 from reporter.config import Config
 from reporter.errors import Failure, FenceLost, HubError, Outcome
 from reporter.gate import CallResult
@@ -92,8 +93,10 @@ class Courier:
         clock: Callable[[], float],
         rng: random.Random | None = None,
         fence: Callable[[ClaimedTask], bool] | None = None,
+        conditions: Conditions | None = None,
     ) -> None:
         self._hub = hub
+        self._conditions = conditions or Conditions(config.log.summary_seconds, clock)
         self._fence = fence or (lambda task: True)
         self._config = config
         self._stop = stop
@@ -205,7 +208,9 @@ class Courier:
                 if failure.outcome is Outcome.REJECTED:
                     reason = f"the Hub refused {err.operation}: {failure}"
                     out.rejected.append((request.row_id, reason))
-                    log.warning("row_rejected", row=request.row_id, reason=reason)
+                    self._conditions.rejected(
+                        reason, row=request.row_id, stream=task.stream, task=task.task
+                    )
                     queue.popleft()
                 elif failure.outcome is Outcome.REPAIR and not repaired:
                     repaired, imported = True, False
@@ -280,19 +285,17 @@ class Courier:
             cap = self._calm_cap if self.calm and attempts <= CALM_ATTEMPTS else None
             delay = self._backoff.delay(attempts, self._rng, failure.retry_after, cap)
             out.error = out.error or str(failure)[:500]
-            self._log.info(
-                "call_failed",
+            self._conditions.failed(
+                failure,
+                operation,
+                delay,
                 stream=task.stream,
                 task=task.task,
-                operation=operation,
                 kind=kind.value,
                 attempt=attempts,
-                error_code=failure.code,
-                error=failure.message[:300],
-                delay=round(delay, 3),
-                gave_up=give_up is not None,
             )
             if give_up is not None:
+                self._conditions.rejected(give_up, row=row_id, stream=task.stream, task=task.task)
                 out.rejected.append((row_id, give_up))
                 out.lanes.append(LaneResult(kind, 0, None))
             else:

@@ -47,14 +47,20 @@ BLOCKED_CODES = {
     "ExpiredTokenException": "the credentials have expired",
     "RequestExpired": "the request expired (is the host clock right?)",
 }
-TRANSIENT_CODES = THROTTLE_CODES | {
+SERVER_CODES = frozenset({
     "InternalServerError",
     "InternalFailure",
     "ServiceUnavailableException",
     "ServiceUnavailable",
+})
+TIMEOUT_CODES = frozenset({
     "RequestTimeout",
     "RequestTimeoutException",
-}
+    "ReadTimeoutError",
+    "ConnectTimeoutError",
+    "TimeoutError",
+})
+TRANSIENT_CODES = THROTTLE_CODES | SERVER_CODES | {"RequestTimeout", "RequestTimeoutException"}
 REJECTED_CODES = {"InvalidInputException", "ValidationException"}
 REPAIR_CODES = {"ResourceNotFoundException"}
 
@@ -67,9 +73,27 @@ class Failure:
     code: str
     message: str
     retry_after: float | None = None
+    network: bool = False  # the call got no HTTP answer (connection, TLS, proxy, socket)
+    server_error: bool = False  # an HTTP 5xx answer
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}" if self.message else self.code
+
+    @property
+    def condition(self) -> str:
+        """The kind of trouble, for logging repeated failures as one condition: throttling,
+        server_errors, timeouts, network, garbled_responses or other_errors."""
+        if self.throttled:
+            return "throttling"
+        if self.code in TIMEOUT_CODES:
+            return "timeouts"
+        if self.code in SERVER_CODES or self.server_error:
+            return "server_errors"
+        if self.network:
+            return "network"
+        if self.code == "GarbledResponse":
+            return "garbled_responses"
+        return "other_errors"
 
     @property
     def throttled(self) -> bool:
@@ -117,7 +141,11 @@ def _client_error(exc: bx.ClientError) -> Failure:
         retry_after = float(header) if header and header.isdigit() else None
     if code in TRANSIENT_CODES or status >= 500 or status == 429:
         return Failure(
-            Outcome.TRANSIENT, code, message, float(retry_after) if retry_after else None
+            Outcome.TRANSIENT,
+            code,
+            message,
+            float(retry_after) if retry_after else None,
+            server_error=status >= 500,
         )
     if status == 403:
         return Failure(Outcome.BLOCKED, code, f"access denied: {message}")
@@ -143,7 +171,7 @@ def classify(exc: BaseException) -> Failure:
         return Failure(Outcome.REJECTED, "ParamValidation", str(exc))
     if isinstance(exc, bx.BotoCoreError | OSError | TimeoutError):
         name = type(exc).__name__
-        return Failure(Outcome.TRANSIENT, name, str(exc))
+        return Failure(Outcome.TRANSIENT, name, str(exc), network=True)
     raise exc
 
 

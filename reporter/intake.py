@@ -6,9 +6,8 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-import structlog
-
 from reporter import rows
+from reporter.conditions import Conditions
 from reporter.config import Config
 from reporter.model import Ingested, OutboxStore
 
@@ -23,19 +22,24 @@ class Intake:
     """Takes new rows in; `behind` says rows were left for the next pass."""
 
     def __init__(
-        self, store: OutboxStore, config: Config, on_progress: Callable[[], None]
+        self,
+        store: OutboxStore,
+        config: Config,
+        on_progress: Callable[[], None],
+        conditions: Conditions | None = None,
     ) -> None:
         self._store, self._config = store, config
         self._on_progress = on_progress
-        self._log = structlog.get_logger("reporter.intake")
+        self._conditions = conditions or Conditions(config.log.summary_seconds, time.time)
         self.behind = False
+        self.rejected = 0  # rows the last run rejected
 
     def run(self, now: float) -> int:
         """Take in new rows until none are left or the time is up; returns how many."""
         batch = self._config.outbox.batch_size
         until = time.monotonic() + INTAKE_SECONDS
         total = 0
-        self.behind = False
+        self.behind, self.rejected = False, 0
         while True:
             new = self._store.fetch_new(batch)
             self._store.ingest([self._judge(row, now) for row in new.rows])
@@ -58,8 +62,8 @@ class Intake:
             stream, task = rows.clip(stream, rows.MAX_NAME_CHARS), rows.clip(
                 task, rows.MAX_NAME_CHARS
             )
-            self._log.warning("row_rejected", row=row.id, task=task, stream=stream,
-                              reason=rejected)
+            self.rejected += 1
+            self._conditions.rejected(rejected, row=row.id, task=task, stream=stream)
         return Ingested(
             row.id,
             str(stream),

@@ -216,6 +216,14 @@ class Backlog:
 
 
 @dataclass(frozen=True)
+class WorkLeft:
+    """What a drain still has to do: tasks with rows pending, and lanes waiting to retry."""
+
+    tasks: int
+    retrying: int
+
+
+@dataclass(frozen=True)
 class RowCounts:
     """Row totals for `status`: delivered only once the row or a newer one of its lane was sent."""
 
@@ -391,14 +399,17 @@ class OutboxStore(Protocol):
     def backlog(self) -> Backlog:
         """Cheap totals of what is not delivered yet (the hot-path view)."""
 
+    def work_left(self) -> WorkLeft:
+        """Tasks with pending rows, and (task, kind) lanes backing off after a failure."""
+
     def counts(self) -> RowCounts:
         """Row totals for `status`."""
 
     def tasks(self, stream: str | None = None) -> list[TaskRecord]:
         """One record per task."""
 
-    def rejected_since(self, since: float) -> int:
-        """Rows rejected at or after `since` (epoch seconds)."""
+    def finished_since(self, since: float) -> dict[str, int]:
+        """Rows sent, superseded or rejected at or after `since` (by anyone), by state."""
 
     def prune(self, before: float, chunk: int = 2000) -> int:
         """Delete delivered rows finished before `before`; returns the count."""

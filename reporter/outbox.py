@@ -4,6 +4,7 @@
     box = Outbox("/var/lib/mgh-reporter/outbox.db")
     box.task_state("vm-042", "IN_PROGRESS", percent=40, detail="copying disk 2 of 3")
     box.resource_attributes("vm-042", [("IPV4_ADDRESS", "10.0.0.42"), ("FQDN", "db1.corp")])
+    box.resource_attributes("vm-042", [{"Type": "IPV4_ADDRESS", "Value": "10.0.0.42"}])
     box.created_artifact("vm-042", "arn:aws:ec2:us-east-1:123456789012:instance/i-0abc")
 
 Every method validates against the contract's limits first and raises `ValueError` naming the
@@ -16,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -130,10 +131,16 @@ class Outbox:
         )
 
     def resource_attributes(
-        self, task: str, attributes: Iterable[tuple[str, str]], *, stream: str | None = None
+        self,
+        task: str,
+        attributes: Iterable[tuple[str, str] | Mapping[str, str]],
+        *,
+        stream: str | None = None,
     ) -> int:
-        """Queue a PutResourceAttributes with the full list of (Type, Value); returns the row id."""
-        payload = json.dumps([{"Type": t, "Value": v} for t, v in attributes])
+        """Queue a PutResourceAttributes with the full list of attributes, each a (Type, Value)
+        pair or a {"Type": ..., "Value": ...} dict (the outbox column's JSON shape); returns the
+        row id."""
+        payload = json.dumps([_attribute(i, a) for i, a in enumerate(attributes)])
         return self._insert(
             {
                 "kind": rows.Kind.RESOURCE_ATTRIBUTES.value,
@@ -156,3 +163,23 @@ class Outbox:
                 "artifact_description": description,
             }
         )
+
+
+ATTRIBUTE_SHAPE = 'each attribute is a (Type, Value) pair or a {"Type": ..., "Value": ...} dict'
+
+
+def _attribute(index: int, item: object) -> dict[str, str]:
+    """One attribute in the column's JSON shape, from a pair or a dict; the shape is named
+    when it is neither."""
+    where = f"attributes[{index}]"
+    if isinstance(item, Mapping):
+        if set(item) != {"Type", "Value"}:
+            raise OutboxValueError(rows.Problem(
+                where, f"{ATTRIBUTE_SHAPE} (got a dict with keys {sorted(map(str, item))})"
+            ))
+        return {"Type": item["Type"], "Value": item["Value"]}
+    if isinstance(item, tuple | list) and len(item) == 2:
+        return {"Type": item[0], "Value": item[1]}
+    raise OutboxValueError(
+        rows.Problem(where, f"{ATTRIBUTE_SHAPE} (got {type(item).__name__} {item!r:.80})")
+    )

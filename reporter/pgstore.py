@@ -36,6 +36,7 @@ from reporter.model import (
     StoreError,
     TaskOutcome,
     TaskRecord,
+    WorkLeft,
     tail_size,
 )
 from reporter.pgschema import DROPPED, PENDING, REJECTED, SCHEMA, SENT, SUPERSEDED
@@ -964,6 +965,17 @@ class PgStore:
         return Backlog(int(r["waiting"]), int(r["queued"]), min(times) if times else None,
                        int(r["dead"]))
 
+    def work_left(self) -> WorkLeft:
+        """Tasks with pending rows, and (task, kind) lanes backing off after a failure."""
+        with self._tx("read progress") as c:
+            c.execute(
+                f"SELECT (SELECT count(DISTINCT task_id) FROM {S}.rows WHERE state = {PENDING})"
+                f" AS tasks, (SELECT count(*) FROM {S}.lanes WHERE attempts > 0) AS retrying"
+            )
+            r = c.fetchone()
+        assert r is not None
+        return WorkLeft(int(r["tasks"]), int(r["retrying"]))
+
     def counts(self) -> RowCounts:
         """Row totals (a row superseded by a newer row still waiting counts as pending)."""
         backlog = self.backlog()
@@ -988,15 +1000,15 @@ class PgStore:
             dropped=by_state.get(RowState.DROPPED.value, 0),
         )
 
-    def rejected_since(self, since: float) -> int:
-        """Rows rejected at or after `since` (by any replica)."""
-        with self._tx("read dead letters") as c:
+    def finished_since(self, since: float) -> dict[str, int]:
+        """Rows sent, superseded or rejected at or after `since` (by any replica), by state."""
+        with self._tx("read finished rows") as c:
             c.execute(
-                f"SELECT count(*) AS n FROM {S}.rows WHERE state = {REJECTED}"
-                " AND finished_at >= %s",
+                f"SELECT state, count(*) AS n FROM {S}.rows WHERE state <> {PENDING}"
+                " AND finished_at >= %s GROUP BY state",
                 (since,),
             )
-            return int((c.fetchone() or {"n": 0})["n"])
+            return {r["state"]: int(r["n"]) for r in c.fetchall()}
 
     def tasks(self, stream: str | None = None) -> list[TaskRecord]:
         """One record per task: last state sent, pending count, mapping, artifacts."""

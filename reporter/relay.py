@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import structlog
 
 from reporter.clockstep import StepWatch
+from reporter.conditions import Conditions
 from reporter.config import Config, fence_seconds
 from reporter.delivery import CALM_RATIO, Courier, Delivery, StreamResult
 from reporter.errors import Failure
@@ -35,9 +36,11 @@ class PassResult:
     ingested: int = 0
     claimed: int = 0
     sent: int = 0
-    rejected: int = 0
+    rejected: int = 0  # while delivering: refused by the Hub, or retries given up
+    rejected_at_intake: int = 0  # broke the outbox contract (never sent)
     superseded: int = 0
     failed: int = 0
+    calls: int = 0  # Hub calls made (answered or failed)
     blocked: Failure | None = None
 
     @property
@@ -77,12 +80,14 @@ class Relay:
         rng = rng or random.Random()
         self.gate = Gate(store.load_gate(), hub, config.publish, store.save_gate, rng, self.clock)
         need, lease = fence_seconds(config), config.outbox.lease_seconds
+        self.conditions = Conditions(config.log.summary_seconds, self.clock)
         self.courier = Courier(
             hub, config, self.stop, self.clock, rng,
             fence=lambda task: store.hold(task.id, task.lease, need, lease),
+            conditions=self.conditions,
         )
         self.mapping = MappingChecker(store, hub, config.mapping, self.stop, self.clock)
-        self.intake = Intake(store, config, self._progress)
+        self.intake = Intake(store, config, self._progress, self.conditions)
         self._pool = ThreadPoolExecutor(config.publish.max_concurrency, thread_name_prefix="hub")
         self._streams = store.streams()
         self._creating: set[str] = set()
@@ -110,8 +115,10 @@ class Relay:
         )
 
     def close(self) -> None:
-        """Stop the worker pool without waiting for abandoned calls."""
+        """Stop the worker pool without waiting for abandoned calls; log what the conditions
+        have not said yet."""
         self._pool.shutdown(wait=False, cancel_futures=True)
+        self.conditions.finish()
 
     def quiet(self) -> bool:
         """True when nothing can have changed: no commit by others, no rows left behind by the
@@ -135,7 +142,7 @@ class Relay:
         every call; then run the mapping checks that are due."""
         self._rebase_after_a_step()
         now = self.clock()
-        result = PassResult(ingested=self.intake.run(now))
+        result = PassResult(ingested=self.intake.run(now), rejected_at_intake=self.intake.rejected)
         admission = self.gate.admit(now)
         if isinstance(admission, Blocked):
             result.blocked = admission.failure
@@ -150,13 +157,15 @@ class Relay:
         self._wakeup = self.store.next_wakeup()
         if self._wakeup is not None:
             self._wakeup = max(self._wakeup, self.gate.hold_until, self.hold_until)
+        self.conditions.tick()
         if result.busy:
-            structlog.get_logger("reporter.relay").info(
+            structlog.get_logger("reporter.relay").debug(
                 "pass",
                 ingested=result.ingested,
                 tasks=result.claimed,
                 sent=result.sent,
-                rejected=result.rejected,
+                rejected_at_intake=result.rejected_at_intake,
+                rejected_by_hub=result.rejected,
                 superseded=result.superseded,
                 failed=result.failed,
                 blocked=result.blocked.code if result.blocked else None,
@@ -208,7 +217,11 @@ class Relay:
             result.failed += d.failed
             result.blocked = result.blocked or d.blocked
         self.store.record([d.outcome for d in deliveries])
-        self.gate.learn(streams.calls + [c for d in deliveries for c in d.calls], self.clock())
+        calls = streams.calls + [c for d in deliveries for c in d.calls]
+        result.calls += len(calls)
+        if any(c is None for c in calls):
+            self.conditions.succeeded()
+        self.gate.learn(calls, self.clock())
 
     def _ensure_streams(self, tasks: list[ClaimedTask]) -> tuple[StreamResult, bool]:
         """Create the streams this pass needs, each on a worker of its own (1,000 new streams

@@ -34,6 +34,7 @@ from reporter.model import (
     StoreError,
     TaskOutcome,
     TaskRecord,
+    WorkLeft,
     tail_size,
 )
 from reporter.rows import MAX_COLUMN_BYTES, STATE_SPACING_SECONDS, Kind, OutboxRow, epoch_of
@@ -883,6 +884,15 @@ class Store:
         times = [t for t in (oldest, epoch_of(first, self.clock()) if first else None) if t]
         return Backlog(int(waiting), int(queued), min(times) if times else None, int(dead))
 
+    def work_left(self) -> WorkLeft:
+        """Tasks with pending rows, and (task, kind) lanes backing off after a failure."""
+        with self._errors("read progress"):
+            tasks, retrying = self.conn.execute(
+                f"SELECT (SELECT count(DISTINCT task_id) FROM mgh_rows WHERE state = {PENDING}),"
+                " (SELECT count(*) FROM mgh_lanes WHERE attempts > 0)"
+            ).fetchone()
+        return WorkLeft(int(tasks), int(retrying))
+
     def counts(self) -> RowCounts:
         """Row totals; a row superseded by a newer row that is still waiting counts as pending
         (its lane's content has not reached the Hub yet)."""
@@ -908,14 +918,15 @@ class Store:
             dropped=by_state.get(RowState.DROPPED.value, 0),
         )
 
-    def rejected_since(self, since: float) -> int:
-        """Rows rejected at or after `since`."""
-        with self._errors("read dead letters"):
-            return int(
+    def finished_since(self, since: float) -> dict[str, int]:
+        """Rows sent, superseded or rejected at or after `since`, by state."""
+        with self._errors("read finished rows"):
+            return dict(
                 self.conn.execute(
-                    f"SELECT count(*) FROM mgh_rows WHERE state = {REJECTED} AND finished_at >= ?",
+                    f"SELECT state, count(*) FROM mgh_rows WHERE state <> {PENDING}"
+                    " AND finished_at >= ? GROUP BY state",
                     (since,),
-                ).fetchone()[0]
+                ).fetchall()
             )
 
     def tasks(self, stream: str | None = None) -> list[TaskRecord]:

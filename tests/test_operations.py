@@ -146,7 +146,7 @@ def test_redact_processor_scrubs_values_and_keys():
 @pytest.mark.parametrize("fmt", ["console"])
 def test_console_log_format(cli: Cli, make_config: Any, fmt: str):
     """The console format is for people: not JSON, still one event per line with fields."""
-    config = make_config("c.toml", log={"format": fmt, "level": "info"})
+    config = make_config("c.toml", log={"format": fmt, "level": "debug"})
     assert cli("init", config=config).returncode == 0
     assert cli("notify", "t1", "--status", "IN_PROGRESS", config=config).returncode == 0
     result = cli("drain", config=config)

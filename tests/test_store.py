@@ -43,7 +43,9 @@ def test_missing_corrupt_foreign_and_incomplete_files(tmp_path: Path):
 def test_cli_reports_bad_files_without_traceback(cli: Cli, outbox_path: Path):
     """`drain`/`status` on a corrupt or missing outbox: one line, exit 1, no traceback."""
     result = cli("status")
-    assert result.returncode == 1 and "run `mgh-reporter init`" in result.stderr
+    assert result.returncode == 1 and f"no outbox at {outbox_path}: run `mgh-reporter" in (
+        result.stderr
+    ) and result.stderr.rstrip().endswith(" init`")
     outbox_path.write_bytes(b"garbage" * 1000)
     for command in ("status", "drain", "run", "init"):
         result = cli(command)
