@@ -110,6 +110,22 @@ def _largest_scale(r: dict[str, Any]) -> dict[str, Any]:
     return dict(r["scale"][max(sizes, key=int)])
 
 
+def _share(r: dict[str, Any], prefix: str) -> float:
+    return float(sum(v for k, v in r["profile"]["shares"].items() if k.startswith(prefix)))
+
+
+def _profile_table(p: dict[str, Any]) -> str:
+    cpu = p["drain_cpu_us_per_call"]
+    rows = ["| where (innermost frame) | share of the drain's CPU | µs per call |",
+            "|---|---|---|"]
+    for name, share in sorted(p["shares"].items(), key=lambda kv: -kv[1]):
+        rows.append(f"| {name} | {100 * share:.0f}% | {share * cpu:.0f} |")
+    rows.append(f"| **the whole drain** ({p['calls_per_second']:.0f} calls/s) | 100% | "
+                f"{cpu:.0f} |")
+    rows.append(f"| **stand-in (separate process)** | | {p['stand_in_cpu_us_per_call']:.0f} |")
+    return "\n" + "\n".join(rows) + "\n"
+
+
 # name -> the figure as the docs quote it, from results.json
 FIGURES: dict[str, Callable[[dict[str, Any]], str]] = {
     "drain_speedup": lambda r: f"{r['drain']['speedup']:.1f}x",
@@ -122,7 +138,9 @@ FIGURES: dict[str, Callable[[dict[str, Any]], str]] = {
     "latency_p99": lambda r: f"{r['latency']['p99']:.2f} s",
     "wakeup_p99": lambda r: f"{r['wakeup']['p99']:.2f} s",
     "cpu_per_call": lambda r: f"{r['profile']['drain_cpu_us_per_call']:,.0f} µs",
-    "botocore_share": lambda r: f"{100 * r['profile']['shares']['botocore']:.0f}%",
+    "botocore_share": lambda r: f"{100 * _share(r, 'botocore'):.0f}%",
+    "own_share": lambda r: f"{100 * _share(r, 'mgh-reporter'):.0f}%",
+    "profile_table": lambda r: _profile_table(r["profile"]),
     "calls_per_second": _scale_range,
     "scale_largest_seconds": lambda r: f"{_largest_scale(r)['seconds']:.0f} s",
     "scale_largest_peak": lambda r: f"{_largest_scale(r)['peak_mb']:.1f} MiB",

@@ -214,8 +214,9 @@ def packaged_unit() -> str:
     return unit.replace(VENV_EXEC, "/usr/bin/mgh-reporter")
 
 
-def stage_packages(site: Path, work: Path) -> Path:
-    """Everything nfpm puts into the deb and rpm, in a staging directory."""
+def stage_packages(site: Path, work: Path, version: str, epoch: str) -> Path:
+    """Everything nfpm puts into the deb and rpm, in a staging directory (the manual pages
+    generated from the staged app's own help texts)."""
     stage = work / "stage"
     app = stage / "app"
     shutil.copytree(site, app)
@@ -235,6 +236,9 @@ def stage_packages(site: Path, work: Path) -> Path:
         (stage / packager).mkdir()
         for hook in hooks:
             (stage / packager / hook).write_text(_script(HERE / packager / hook))
+    date = time.strftime("%Y-%m-%d", time.gmtime(int(epoch)))
+    run([sys.executable, str(HERE / "manpages.py"), "--out", str(stage / "man"),
+         "--version", version, "--date", date], env={**os.environ, "PYTHONPATH": str(site)})
     return stage
 
 
@@ -295,6 +299,9 @@ def nfpm_config(stage: Path, version: str, epoch: str) -> dict[str, object]:
              "type": "config|noreplace",
              "file_info": {"owner": "root", "group": NAME, "mode": 0o640}},
             *docs,
+            *[{"src": str(page), "dst": f"/usr/share/man/man1/{page.name}",
+               "file_info": {**root_file, "mode": 0o644}}
+              for page in sorted((stage / "man").glob("*.1.gz"))],
             {"src": str(stage / "copyright"), "dst": f"/usr/share/doc/{NAME}/copyright",
              "packager": "deb", "file_info": {**root_file, "mode": 0o644}},
             # rpm owns its state directory (deb: made by postinst, so dpkg never tries to
@@ -366,7 +373,7 @@ def build(out: Path, wheelhouse: Path | None, work: Path) -> list[Path]:
     site = work / "site"
     vendored = stage_site(wheel, wheelhouse, site)
     pyz = build_pyz(site, out, version, epoch)
-    stage = stage_packages(site, work)
+    stage = stage_packages(site, work, version, epoch)
     deb, rpm = build_packages(stage, out, version, epoch)
     artifacts = [wheel, sdist, pyz, deb, rpm]
     sums = write_sums(out, artifacts)

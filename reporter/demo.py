@@ -23,6 +23,20 @@ from reporter.emulator import Emulator
 from reporter.outbox import Outbox
 from reporter.store import Store
 
+# What the demo suggests next, line by line as a shell runs it (tests/test_operator.py does).
+NEXT_STEPS = (
+    "mgh-reporter emulator --port 4566 &",
+    "export AWS_ENDPOINT_URL_MIGRATION_HUB=http://127.0.0.1:4566",
+    "export AWS_ENDPOINT_URL_MIGRATIONHUB_CONFIG=http://127.0.0.1:4566",
+    "export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-west-2",
+    "printf '[outbox]\\npath = \"outbox.db\"\\n[hub]\\nprogress_update_stream = \"MyTool\"\\n'"
+    " > try.toml",
+    "mgh-reporter --config try.toml init",
+    "mgh-reporter --config try.toml notify vm-1 --status IN_PROGRESS --percent 40",
+    "mgh-reporter --config try.toml drain",
+    "mgh-reporter --config try.toml tasks",
+)
+
 __all__ = ["run_demo"]
 
 STREAM = "DemoMigrationTool"
@@ -186,8 +200,9 @@ def run_demo(task_count: int = 6) -> int:
         )
         for d in letters:
             console.print(f"[yellow]dead letter[/] row {d.id} ({d.task}): {d.reason}")
-        console.print(
-            "\nTry it for real: [bold]mgh-reporter init && mgh-reporter run[/] "
-            "(see README), or [bold]mgh-reporter emulator[/] to experiment."
-        )
+        console.print("\nTry it yourself against the stand-in, in a shell (no AWS account):")
+        console.print("\n".join(f"  {line}" for line in NEXT_STEPS), markup=False,
+                      highlight=False, soft_wrap=True)
+        console.print('For AWS itself: the README\'s "Quick start" (a package, a config naming '
+                      "your tool's stream, credentials, then `systemctl enable --now`).")
         return 0 if counts.pending == 0 else 1

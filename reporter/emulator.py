@@ -294,6 +294,10 @@ class HubState:
                 "streams": streams,
                 "operations": ops,
                 "peak_in_flight": self.peak_in_flight,
+                "faults": {
+                    k: sorted(v) if isinstance(v, set) else v
+                    for k, v in vars(self.faults).items()
+                },
             }
 
     def updates(self) -> dict[str, dict[str, list[dict[str, Any]]]]:

@@ -168,4 +168,10 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             )""",
         ],
     ),
+    (
+        "0002_dropped_rows",
+        [
+            f"CREATE INDEX rows_dropped ON {SCHEMA}.rows(finished_at) WHERE state = {DROPPED}",
+        ],
+    ),
 ]

@@ -1050,9 +1050,11 @@ class PgStore:
         while True:
             with self._tx("prune delivered rows") as c:
                 c.execute(
-                    f"SELECT id FROM {S}.rows WHERE state IN ({SENT}, {SUPERSEDED}, {DROPPED})"
-                    " AND finished_at < %s LIMIT %s FOR UPDATE SKIP LOCKED",
-                    (before, chunk),
+                    f"(SELECT id FROM {S}.rows WHERE state IN ({SENT}, {SUPERSEDED})"
+                    " AND finished_at < %s LIMIT %s FOR UPDATE SKIP LOCKED) UNION ALL"
+                    f" (SELECT id FROM {S}.rows WHERE state = {DROPPED} AND finished_at < %s"
+                    " LIMIT %s FOR UPDATE SKIP LOCKED)",
+                    (before, chunk, before, chunk),
                 )
                 ids = [r["id"] for r in c.fetchall()]
                 if ids:  # never a reused id whose new row is still waiting for intake

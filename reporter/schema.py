@@ -276,3 +276,13 @@ def _insertion_order(db: Any) -> None:
     db.execute("DELETE FROM sqlite_sequence WHERE name = 'mgh_inbox'")
     db.execute("INSERT INTO sqlite_sequence(name, seq) VALUES ('mgh_inbox', ?)", (top,))
     db.conn.executemany("INSERT INTO mgh_inbox(row_id) VALUES (?)", [(r[1],) for r in queued])
+
+
+@migration("0005_dropped_rows")
+def _dropped_rows(db: Any) -> None:
+    # Dead letters a person dropped are pruned like delivered rows: an index of their own,
+    # so pruning never scans the table.
+    _execute(
+        db,
+        f"CREATE INDEX mgh_rows_dropped ON mgh_rows(finished_at) WHERE state = {DROPPED}",
+    )

@@ -303,11 +303,21 @@ def test_fault_injection_ends_with_every_task_at_its_last_row(
     assert standin.state.summary()["operations"].get("NotifyMigrationTaskState", 0) >= 40
 
 
-def test_demo_runs():
-    """`mgh-reporter demo` runs the whole path and exits 0."""
-
-
+def test_demo_runs_and_its_closing_hint_works(tmp_path: Path):
+    """`mgh-reporter demo` runs the whole path and exits 0; the shell lines it suggests next,
+    run as printed (in a fresh directory, the stand-in on port 4566), deliver a row."""
     result = subprocess.run([sys.executable, "-m", "reporter", "demo", "--tasks", "3"],
                             capture_output=True, text=True, timeout=90, env=child_env(), cwd=ROOT)
     assert result.returncode == 0, result.stderr
     assert "Done in" in result.stdout and "dead letter" in result.stdout
+    hint = result.stdout.split("in a shell (no AWS account):\n", 1)[1].split("\nFor AWS")[0]
+    lines = [line.strip() for line in hint.splitlines()]
+    assert lines[0] == "mgh-reporter emulator --port 4566 &" and len(lines) >= 6
+    script = "set -e\ntrap 'kill %1 2>/dev/null' EXIT\n" + "\n".join(lines) + "\n"
+    env = {k: v for k, v in child_env().items() if not k.startswith("AWS_")}
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    tried = subprocess.run(["bash", "-c", script], capture_output=True, text=True,
+                           timeout=120, env=env, cwd=tmp_path)
+    assert tried.returncode == 0, tried.stdout + tried.stderr
+    assert "drain delivered: 1 sent" in tried.stdout
+    assert "vm-1" in tried.stdout and "IN_PROGRESS" in tried.stdout

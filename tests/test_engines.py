@@ -133,3 +133,30 @@ def test_notify_cli_writes_to_either_engine(engine: Engine, engine_cli: Cli, sta
     assert standin.state.task("ToolA", "vm-1").updates[-1]["Task"]["ProgressPercent"] == 5
     counted: list[Any] = engine.query("SELECT count(*) FROM outbox")
     assert counted[0][0] == 1
+
+
+def test_drop_dead_letters_prune_and_drain_summary(
+    engine: Engine, engine_cli: Cli, standin: Emulator
+):
+    """On both engines: `dead-letters drop` by id and by age, `status` counts what was
+    dropped, and the drain's JSON summary counts sent, superseded and rejected rows."""
+    assert engine_cli("init").returncode == 0
+    _states(engine, "ok", 10, 20, 30)
+    bad = [engine.insert(kind="task_state", migration_task_name=f"bad{i}", status="NOPE")
+           for i in range(3)]
+    result = engine_cli("drain", "--json")
+    assert result.returncode == 5, result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["sent"], summary["superseded"], summary["rejected"]) == (1, 2, 3)
+    assert summary["rejected_at_intake"] == 3 and summary["pending"] == 0
+    assert engine_cli("dead-letters", "drop", str(bad[0]), "--yes").returncode == 0
+    assert "no dead letters to drop" in engine_cli(
+        "dead-letters", "drop", "--older-than", "1d", "--yes").stdout
+    status = json.loads(engine_cli("status", "--json").stdout)
+    assert (status["dead_letters"], status["dropped"]) == (2, 1)
+    time.sleep(1.1)
+    assert "dropped 2" in engine_cli("dead-letters", "drop", "--older-than", "1s",
+                                     "--yes").stdout
+    status = json.loads(engine_cli("status", "--json").stdout)
+    assert (status["dead_letters"], status["dropped"]) == (0, 3)
+    assert json.loads(engine_cli("dead-letters", "list", "--json").stdout) == []

@@ -117,3 +117,31 @@ def test_the_version_lives_in_pyproject_only():
     assert build.project()[0] == project["version"]
     assert build.changelog_date(project["version"])  # a dated CHANGELOG section
     assert sys.version_info >= (3, 11)
+
+
+def test_manual_pages_cover_every_command_with_whole_names(tmp_path: Path):
+    """packaging/manpages.py writes mgh-reporter.1 and a page per command (gzipped, with no
+    time in the header, so builds are reproducible); NAME lines are not cut short."""
+    import gzip
+
+    import click
+
+    from reporter.cli import cli
+
+    spec = importlib.util.spec_from_file_location("mgh_man", ROOT / "packaging" / "manpages.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    pages = {p.name for p in module.write_pages(tmp_path / "a", "9.9.9", "2026-01-02")}
+    expected = {"mgh-reporter.1.gz"}
+    for name, command in cli.commands.items():
+        expected.add(f"mgh-reporter-{name}.1.gz")
+        if isinstance(command, click.Group):
+            expected |= {f"mgh-reporter-{name}-{sub}.1.gz" for sub in command.commands}
+    assert pages == expected
+    drain = gzip.decompress((tmp_path / "a" / "mgh-reporter-drain.1.gz").read_bytes()).decode()
+    assert '"2026-01-02" "9.9.9"' in drain
+    assert "retrying transient errors, then exit (0/1/3/4/5)." in drain.split(".SH SYNOPSIS")[0]
+    again = {p.name: p.read_bytes() for p in module.write_pages(tmp_path / "b", "9.9.9",
+                                                                "2026-01-02")}
+    assert all((tmp_path / "a" / n).read_bytes() == b for n, b in again.items())

@@ -101,6 +101,8 @@ HOT_PATH = [
     ("SELECT count(*) FROM mgh_rows WHERE state = 'rejected'", (), "mgh_rows_rejected"),
     ("SELECT id FROM mgh_rows WHERE state IN ('sent', 'superseded') AND finished_at < ? LIMIT ?",
      (1.0, 10), "mgh_rows_finished"),
+    ("SELECT id FROM mgh_rows WHERE state = 'dropped' AND finished_at < ? LIMIT ?",
+     (1.0, 10), "mgh_rows_dropped"),
 ]
 
 
@@ -129,6 +131,13 @@ def test_prune_deletes_only_delivered_rows_past_retention(tmp_path: Path):
     assert store.prune(before=150) == 1
     left = [r[0] for r in store.conn.execute("SELECT id FROM outbox ORDER BY id")]
     assert left == ids[1:]
+    # A dropped dead letter goes too, once past retention; a kept one stays.
+    assert store.drop([ids[3]], None) == [ids[3]]
+    assert store.counts().dropped == 1 and store.counts().dead_letters == 0
+    assert store.prune(before=store.clock() - 60) == 1  # ids[1] (sent at 200), not the dropped
+    assert store.prune(before=store.clock() + 1) == 1  # the dropped one, once past it
+    left = [r[0] for r in store.conn.execute("SELECT id FROM outbox ORDER BY id")]
+    assert left == [ids[2]]
     store.checkpoint("TRUNCATE")
     assert os.path.getsize(str(tmp_path / "o.db") + "-wal") == 0
 

@@ -136,6 +136,9 @@ def test_build_writes_every_artifact_and_their_sums(dist: Path):
                        ("./etc/mgh-reporter/config.toml", "-rw-r----- root/mgh-reporter"),
                        ("./usr/share/doc/mgh-reporter/README.md", "-rw-r--r-- root/root"),
                        ("./usr/share/doc/mgh-reporter/CHANGELOG.md", "-rw-r--r-- root/root"),
+                       ("./usr/share/man/man1/mgh-reporter.1.gz", "-rw-r--r-- root/root"),
+                       ("./usr/share/man/man1/mgh-reporter-dead-letters-drop.1.gz",
+                        "-rw-r--r-- root/root"),
                        ("./usr/lib/mgh-reporter/reporter/cli.py", "-rw-r--r-- root/root"),
                        ("./usr/lib/mgh-reporter/botocore/data/mgh/2017-05-31/service-2.json.gz",
                         "-rw-r--r-- root/root")):
@@ -382,5 +385,55 @@ def test_pyz_drains_and_writes_only_its_cache(suite: str, dist: Path, hub: Emula
                    if not path.startswith(("/home/op/.cache/mgh-reporter/", "/work/"))]
         assert not outside, outside
         assert "/home/op/.cache/mgh-reporter/" in written
+    finally:
+        podman("rm", "-f", "-t", "0", name, check=False)
+
+
+def readme_quick_start() -> list[str]:
+    """The shell lines of the README's Quick start, as a user would paste them."""
+    text = (ROOT / "README.md").read_text()
+    section = text[text.index("## Quick start"):]
+    start = section.index("```sh") + 5
+    block = section[start:section.index("```", start)]
+    return [line.split("  #")[0].strip() for line in block.strip().splitlines() if line.strip()]
+
+
+def test_readme_quick_start_as_written(dist: Path, hub: Emulator):
+    """The README's Quick start, line by line, as root on a fresh Debian 13 booted with
+    systemd and the release in the current directory: nothing downloaded; the `editor` line
+    is a person's edit (here: setting the stream); credentials come from the host's
+    environment (here: the stand-in's, in the shell and in a unit drop-in). A tool's INSERT
+    is then delivered and `status` says it is delivering."""
+    lines = readme_quick_start()
+    assert lines[0] == f"apt install ./{DEB}", lines  # the version it names is the release's
+    assert any(line.startswith("editor /etc/mgh-reporter/config.toml") for line in lines)
+    image = base_image("systemd", "trixie")
+    name = f"mgh-quick-{uuid.uuid4().hex[:8]}"
+    stream = "QuickStart"
+    podman("run", "-d", "--name", name, "--systemd=always", "--network", "host", *LIMITS,
+           "-v", f"{dist}:/dist:ro", image, "/sbin/init")
+    box = Booted(name)
+    try:
+        wait_for(lambda: box.sh("systemctl is-system-running --wait; true", check=False)
+                 .strip().splitlines()[-1:] in (["running"], ["degraded"]), timeout=120)
+        box.sh("cat > /usr/local/bin/editor <<'EOF'\n#!/bin/sh\n"
+               f"sed -i 's/^# progress_update_stream = .*/progress_update_stream = \"{stream}\"/'"
+               " \"$1\"\nEOF\nchmod 755 /usr/local/bin/editor")
+        box.sh("mkdir -p /etc/systemd/system/mgh-reporter.service.d && cat > "
+               "/etc/systemd/system/mgh-reporter.service.d/credentials.conf <<'EOF'\n"
+               "[Service]\n" + _env_lines(hub) + "EOF")
+        exports = "".join(f"export {k}='{v}'; "
+                          for k, v in {**CREDENTIALS, **hub.environment()}.items())
+        outputs = [box.sh(f"cd /dist && {exports}{line}", timeout=300) for line in lines]
+        assert f'progress_update_stream = "{stream}"' in box.sh(
+            "cat /etc/mgh-reporter/config.toml")
+        assert box.prop("ActiveState") == "active"
+        assert box.sh("systemctl is-enabled mgh-reporter").strip() == "enabled"
+        assert "delivering" in outputs[-1], outputs[-1]
+        box.sh("useradd -m -G mgh-reporter tool")
+        box.sh("runuser -u tool -- sh -c 'umask 007; mgh-reporter notify vm-042 "
+               "--status IN_PROGRESS --percent 40'")
+        wait_for(lambda: "vm-042" in hub.state.updates().get(stream, {}), timeout=60)
+        assert "delivering" in box.sh("mgh-reporter status")
     finally:
         podman("rm", "-f", "-t", "0", name, check=False)
