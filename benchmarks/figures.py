@@ -8,11 +8,13 @@ rendered), and the results table sits between `<!--results-->` and `<!--/results
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
-__all__ = ["FIGURES", "ORDER", "problems", "table", "update", "verdicts"]
+__all__ = ["FIGURES", "ORDER", "load", "problems", "table", "update", "verdicts"]
 
 ORDER = [
     "drain", "coalesce", "idle", "memory", "latency", "wakeup", "budget", "impact", "scale",
@@ -110,6 +112,49 @@ def _largest_scale(r: dict[str, Any]) -> dict[str, Any]:
     return dict(r["scale"][max(sizes, key=int)])
 
 
+def load(directory: Path) -> dict[str, Any]:
+    """results.json, with the packages benchmark's own file (results/packages.json) as
+    `packages`."""
+    results: dict[str, Any] = json.loads((directory / "results.json").read_text())
+    packages = directory / "results" / "packages.json"
+    if packages.exists():
+        results["packages"] = json.loads(packages.read_text())
+    return results
+
+
+def _packages_table(p: dict[str, Any]) -> str:
+    sizes = p["sizes_mb"]
+
+    def size(suffix: str) -> str:
+        return next(f"{v:.2f} MB" for k, v in sizes.items() if k.endswith(suffix))
+
+    pkg, venv = p["daemons"]["package"], p["daemons"]["venv"]
+    rows = [
+        "| figure | measured |", "|---|---|",
+        f"| artifact sizes | deb {size('.deb')}, rpm {size('.rpm')}, pyz {size('.pyz')}, "
+        f"wheel {size('.whl')}, sdist {size('.tar.gz')} |",
+        "| offline install | `dpkg -i` on a bare Debian 12 (minbase + python3, `--network "
+        f"none`): {p['install_seconds']:.1f} s, median of 3, byte-compiling included |",
+        f"| packaged daemon, idle `run` | RSS {pkg['rss_mib']:.1f} MiB (peak "
+        f"{pkg['hwm_mib']:.1f}), {pkg['idle_cpu_percent']:.3f}% of a core over 60 s "
+        "(schedstat) |",
+        f"| the same daemon from wheels in a venv | RSS {venv['rss_mib']:.1f} MiB (peak "
+        f"{venv['hwm_mib']:.1f}), {venv['idle_cpu_percent']:.3f}% of a core over 60 s |",
+    ]
+    return "\n" + "\n".join(rows) + "\n"
+
+
+def _budget_table(b: dict[str, Any]) -> str:
+    rows = ["| stage | RSS MiB | added |", "|---|---|---|"]
+    before = None
+    for stage in b["stages"]:
+        added = "" if before is None else f"{stage['rss'] - before:+.1f}"
+        rows.append(f"| {stage['stage']} | {stage['rss']:.1f} | {added} |")
+        before = stage["rss"]
+    rows.append(f"| high-water mark | {b['stages'][-1]['hwm']:.1f} | |")
+    return "\n" + "\n".join(rows) + "\n"
+
+
 def _share(r: dict[str, Any], prefix: str) -> float:
     return float(sum(v for k, v in r["profile"]["shares"].items() if k.startswith(prefix)))
 
@@ -141,6 +186,8 @@ FIGURES: dict[str, Callable[[dict[str, Any]], str]] = {
     "botocore_share": lambda r: f"{100 * _share(r, 'botocore'):.0f}%",
     "own_share": lambda r: f"{100 * _share(r, 'mgh-reporter'):.0f}%",
     "profile_table": lambda r: _profile_table(r["profile"]),
+    "packages_table": lambda r: _packages_table(r["packages"]),
+    "budget_table": lambda r: _budget_table(r["budget"]),
     "calls_per_second": _scale_range,
     "scale_largest_seconds": lambda r: f"{_largest_scale(r)['seconds']:.0f} s",
     "scale_largest_peak": lambda r: f"{_largest_scale(r)['peak_mb']:.1f} MiB",

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from figures import update, verdicts  # benchmarks/figures.py, beside this script
+from figures import load, update, verdicts  # benchmarks/figures.py, beside this script
 
 STREAM = "Bench"
 REGION = "us-west-2"
@@ -792,8 +792,9 @@ def write_results(new: dict[str, Any], names: list[str]) -> None:
                                                  else " " + " ".join(names)),
     }
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
+    merged = load(RESULTS.parent)
     for doc in DOCS:
-        doc.write_text(update(doc.read_text(), results))
+        doc.write_text(update(doc.read_text(), merged))
 
 
 def machine() -> str:

@@ -1,6 +1,7 @@
 """Repeated failures logged as conditions, not calls: one warning when a kind of failure starts,
 a summary every N seconds while it lasts, one line when it clears; rejected rows past a burst
-folded into the summary too. `ConditionTracker` is the pure decision; `Conditions` logs it."""
+folded into the summary too; and what the daemon delivered, one line per period. The trackers
+are the pure decisions; `Conditions` logs them."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import structlog
 
 from reporter.errors import Failure
 
-__all__ = ["REJECTIONS_PER_WINDOW", "ConditionTracker", "Conditions", "Line"]
+__all__ = ["REJECTIONS_PER_WINDOW", "ActivityTracker", "ConditionTracker", "Conditions", "Line"]
 
 # Rejected rows logged one by one per summary window; the rest are counted in one line.
 REJECTIONS_PER_WINDOW = 20
@@ -180,12 +181,41 @@ class ConditionTracker:
         })
 
 
+class ActivityTracker:
+    """What passes delivered, summed into one `delivered` line per `summary_seconds` (none
+    while nothing happens): the daemon's sign of work at info level, `pass` being debug."""
+
+    FIELDS = ("sent", "superseded", "rejected_at_intake", "rejected_by_hub", "failed_lanes")
+
+    def __init__(self, summary_seconds: float) -> None:
+        self.summary_seconds = summary_seconds
+        self._since: float | None = None
+        self._counts: Counter[str] = Counter()
+
+    def add(self, now: float, **counts: int) -> list[Line]:
+        """One pass's counts; the period's line when it is due."""
+        if self._since is None:
+            self._since = now
+        self._counts.update({k: v for k, v in counts.items() if v})
+        if now - self._since < self.summary_seconds:
+            return []
+        lines = []
+        if self._counts:
+            lines.append(Line("info", "delivered", {
+                **{k: self._counts.get(k, 0) for k in self.FIELDS},
+                "seconds": round(now - self._since, 1),
+            }))
+        self._since, self._counts = now, Counter()
+        return lines
+
+
 class Conditions:
     """The tracker behind a lock (calls fail on worker threads), writing its lines to the log;
     every call also goes to the debug log in full."""
 
     def __init__(self, summary_seconds: float, clock: Callable[[], float]) -> None:
         self._tracker = ConditionTracker(summary_seconds)
+        self._activity = ActivityTracker(summary_seconds)
         self._clock = clock
         self._lock = threading.Lock()
         self._log = structlog.get_logger("reporter.conditions")
@@ -209,10 +239,16 @@ class Conditions:
         with self._lock:
             self._write(self._tracker.rejected(self._clock(), reason, fields))
 
-    def tick(self) -> None:
-        """Write the summaries and clearings due now."""
+    def delivered(self, **counts: int) -> None:
+        """One pass's deliveries (a `delivered` line per period)."""
         with self._lock:
-            self._write(self._tracker.tick(self._clock()))
+            self._write(self._activity.add(self._clock(), **counts))
+
+    def tick(self) -> None:
+        """Write the summaries, clearings and delivery lines due now (also between passes)."""
+        with self._lock:
+            now = self._clock()
+            self._write(self._tracker.tick(now) + self._activity.add(now))
 
     def finish(self) -> None:
         """Write what is still unreported (at exit)."""

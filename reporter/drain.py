@@ -111,6 +111,7 @@ def drain(config: Config, timeout: float, as_json: bool = False) -> int:
     deadline = begun + timeout
     with instance_lock(config), stop_on_signals(stop):
         parts = build(config, stop, None, role="drain")
+        parts.relay.summaries = False  # its progress and summary say it
         tally = DrainTally(begun)
         shown = _Shown(parts, tally, as_json)
         started = parts.store.clock()

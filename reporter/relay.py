@@ -81,6 +81,7 @@ class Relay:
         self.gate = Gate(store.load_gate(), hub, config.publish, store.save_gate, rng, self.clock)
         need, lease = fence_seconds(config), config.outbox.lease_seconds
         self.conditions = Conditions(config.log.summary_seconds, self.clock)
+        self.summaries = True  # a `delivered` line per period (`drain` shows progress instead)
         self.courier = Courier(
             hub, config, self.stop, self.clock, rng,
             fence=lambda task: store.hold(task.id, task.lease, need, lease),
@@ -123,6 +124,7 @@ class Relay:
     def quiet(self) -> bool:
         """True when nothing can have changed: no commit by others, no rows left behind by the
         last intake, and nothing due yet."""
+        self.conditions.tick()  # a condition clears, a period's line is written, while idle
         version = self.store.data_version()
         changed, self._seen_version = version != self._seen_version, version
         if changed or self.intake.behind:
@@ -158,6 +160,14 @@ class Relay:
         if self._wakeup is not None:
             self._wakeup = max(self._wakeup, self.gate.hold_until, self.hold_until)
         self.conditions.tick()
+        if self.summaries:
+            self.conditions.delivered(
+                sent=result.sent,
+                superseded=result.superseded,
+                rejected_at_intake=result.rejected_at_intake,
+                rejected_by_hub=result.rejected,
+                failed_lanes=result.failed,
+            )
         if result.busy:
             structlog.get_logger("reporter.relay").debug(
                 "pass",

@@ -144,3 +144,16 @@ def test_drain_tally_pace_eta_and_summary():
     assert summary_line(tally.summary(3, 203.0, 7, {}, "interrupted")).startswith(
         "drain pending: 0 sent, 0 superseded, 0 rejected, 7 still pending in 103.0 s"
         " (interrupted)")
+
+
+def test_activity_is_one_line_per_period_and_none_when_idle():
+    from reporter.conditions import ActivityTracker
+
+    a = ActivityTracker(summary_seconds=10)
+    assert a.add(0.0, sent=3) == []
+    assert a.add(5.0, sent=2, superseded=1, rejected_at_intake=1) == []
+    line = a.add(10.0, sent=1)
+    assert [x.event for x in line] == ["delivered"]
+    assert line[0].fields == {"sent": 6, "superseded": 1, "rejected_at_intake": 1,
+                              "rejected_by_hub": 0, "failed_lanes": 0, "seconds": 10.0}
+    assert a.add(15.0) == [] and a.add(25.0) == []  # nothing happened: nothing said

@@ -383,3 +383,31 @@ def test_outbox_resource_attributes_takes_pairs_or_dicts(tmp_path: Path, make_co
         box.resource_attributes("t", [("FQDN", "a"), "FQDN=b"])  # type: ignore[list-item]
     with pytest.raises(OutboxValueError, match="Type: must be one of"):
         box.resource_attributes("t", [{"Type": "HOSTNAME", "Value": "x"}])
+
+
+def test_the_daemon_says_what_it_delivered_once_per_period(
+    cli: Cli, standin: Emulator, make_config: Any, outbox_path: Path, tmp_path: Path
+):
+    """At info level a running daemon writes one `delivered` line per summary period while it
+    works (the per-pass event is debug), and nothing while idle."""
+    from .helpers import start_daemon, wait_for
+
+    config = make_config(log={"level": "info", "format": "json", "summary_seconds": 1})
+    assert cli("init", config=config).returncode == 0
+    log = tmp_path / "daemon.log"
+    sink = log.open("w")
+    proc = start_daemon(config, stderr=sink)
+    try:
+        _bulk(outbox_path, 50)
+        wait_for(lambda: any(e["event"] == "delivered"
+                             for e in _events(log.read_text())), timeout=30)
+        time.sleep(2.5)
+        events = _events(log.read_text())
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+        sink.close()
+    delivered = [e for e in events if e["event"] == "delivered"]
+    assert sum(e["sent"] for e in delivered) == 50
+    assert all(e["level"] == "info" for e in delivered)
+    assert "pass" not in {e["event"] for e in events}

@@ -103,6 +103,11 @@ HOT_PATH = [
      (1.0, 10), "mgh_rows_finished"),
     ("SELECT id FROM mgh_rows WHERE state = 'dropped' AND finished_at < ? LIMIT ?",
      (1.0, 10), "mgh_rows_dropped"),
+    ("SELECT coalesce(sum(state = 'sent'), 0), coalesce(sum(state = 'superseded'), 0)"
+     " FROM mgh_rows WHERE state IN ('sent', 'superseded') AND finished_at >= ?", (1.0,),
+     "mgh_rows_finished"),
+    ("SELECT count(*) FROM mgh_rows WHERE state = 'rejected' AND finished_at >= ?", (1.0,),
+     "mgh_rows_rejected"),
 ]
 
 
