@@ -211,7 +211,12 @@ def table(results: dict[str, Any]) -> str:
     if meta:
         command = meta.get("command", "python benchmarks/run.py")
         lines += [f"Measured {meta.get('date', '?')} at commit `{meta.get('commit', '?')}` on "
-                  f"{meta.get('machine', '?')}: `{command}`.", ""]
+                  f"{meta.get('machine', '?')}: `{command}`."]
+        since = meta.get("since") or {}
+        if since:
+            lines += ["Re-measured since, alone (`python benchmarks/run.py NAME`): " + ", ".join(
+                f"{name} at `{when}`" for name, when in sorted(since.items())) + "."]
+        lines += [""]
     lines += ["| scenario | measured | target | met |", "|---|---|---|---|"]
     for name in [n for n in ORDER if n in results] + sorted(
         set(results) - set(ORDER) - {"_meta"}

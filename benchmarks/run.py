@@ -784,12 +784,17 @@ def write_results(new: dict[str, Any], names: list[str]) -> None:
     results.update(new)
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
                             text=True, cwd=RESULTS.parent).stdout.strip() or "unknown"
+    full = names == list(SCENARIOS)
+    previous = results.get("_meta", {})
     results["_meta"] = {
         "machine": machine(),
-        "commit": commit,
-        "date": time.strftime("%Y-%m-%d"),
-        "command": "python benchmarks/run.py" + ("" if names == list(SCENARIOS)
-                                                 else " " + " ".join(names)),
+        "commit": commit if full else previous.get("commit", "unknown"),
+        "date": time.strftime("%Y-%m-%d") if full else previous.get("date", "unknown"),
+        "command": "python benchmarks/run.py",
+        "since": {} if full else {
+            **previous.get("since", {}),
+            **{name: f"{commit} {time.strftime('%Y-%m-%d')}" for name in names},
+        },
     }
     RESULTS.write_text(json.dumps(results, indent=1) + "\n")
     merged = load(RESULTS.parent)

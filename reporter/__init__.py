@@ -11,12 +11,20 @@ if sys.version_info < (3, 11):  # noqa: UP036 (this is the check that must run)
         % (sys.version_info[0], sys.version_info[1], sys.executable)
     )
 
-from importlib import metadata
-
 __all__ = ["__version__"]
 
-try:
-    # The one place the version is written is pyproject.toml; every install carries it.
-    __version__ = metadata.version("mgh-reporter")
-except metadata.PackageNotFoundError:  # a bare source tree on sys.path
-    __version__ = "0+unknown"
+
+def __getattr__(name: str) -> str:
+    """`__version__`, read from the installed metadata when first asked for (importlib.metadata
+    costs a shell tool's `notify` 30 ms it does not need)."""
+    if name != "__version__":
+        raise AttributeError(f"module 'reporter' has no attribute {name!r}")
+    from importlib import metadata
+
+    try:
+        # The one place the version is written is pyproject.toml; every install carries it.
+        version = metadata.version("mgh-reporter")
+    except metadata.PackageNotFoundError:  # a bare source tree on sys.path
+        version = "0+unknown"
+    globals()["__version__"] = version
+    return version

@@ -89,7 +89,7 @@ class _Shown:
             self._log.info("drain_progress", **snap.fields())
 
     def close(
-        self, code: int, pending: int, finished: dict[str, int], reason: str | None
+        self, code: int, pending: int | None, finished: dict[str, int], reason: str | None
     ) -> int:
         """Print the summary on stdout; returns the exit code."""
         summary = self._tally.summary(code, time.monotonic(), pending, finished, reason)
@@ -120,7 +120,7 @@ def drain(config: Config, timeout: float, as_json: bool = False) -> int:
             with shown.running():
                 code, pending, reason = _loop(parts, tally, shown, stop, deadline, timeout)
         except StoreError as exc:
-            shown.close(EXIT["error"], -1, {}, str(exc))
+            shown.close(EXIT["error"], None, {}, str(exc))
             raise
         finally:
             parts.membership.leave()

@@ -110,7 +110,7 @@ class DrainTally:
         self,
         code: int,
         now: float,
-        pending: int,
+        pending: int | None,
         finished: dict[str, int],
         reason: str | None = None,
     ) -> dict[str, Any]:
@@ -136,7 +136,8 @@ def summary_line(summary: dict[str, Any]) -> str:
     """The closing summary as one line for people."""
     text = (
         f"drain {summary['outcome']}: {summary['sent']} sent, {summary['superseded']} superseded,"
-        f" {summary['rejected']} rejected, {summary['pending']} still pending"
+        f" {summary['rejected']} rejected,"
+        f" {'?' if summary['pending'] is None else summary['pending']} still pending"
         f" in {summary['seconds']:.1f} s"
     )
     if summary["reason"]:
