@@ -28,7 +28,7 @@ NEXT_STEPS = (
     "mgh-reporter emulator --port 4566 &",
     "export AWS_ENDPOINT_URL_MIGRATION_HUB=http://127.0.0.1:4566",
     "export AWS_ENDPOINT_URL_MIGRATIONHUB_CONFIG=http://127.0.0.1:4566",
-    "export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_REGION=us-west-2",
+    "export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION=us-west-2",
     "printf '[outbox]\\npath = \"outbox.db\"\\n[hub]\\nprogress_update_stream = \"MyTool\"\\n'"
     " > try.toml",
     "mgh-reporter --config try.toml init",
