@@ -241,6 +241,21 @@ class Booted:
     def __init__(self, name: str) -> None:
         self.name = name
 
+    @classmethod
+    def boot(cls, name: str, image: str, dist: Path) -> Booted:
+        """Start `image` with systemd as PID 1 and the release at /dist; wait until it runs
+        (the caller removes the container)."""
+        podman("run", "-d", "--name", name, "--systemd=always", "--network", "host", *LIMITS,
+               "-v", f"{dist}:/dist:ro", image, "/sbin/init")
+        box = cls(name)
+        try:
+            wait_for(lambda: box.sh("systemctl is-system-running --wait; true", check=False)
+                     .strip().splitlines()[-1:] in (["running"], ["degraded"]), timeout=120)
+        except BaseException:
+            podman("rm", "-f", "-t", "0", name, check=False)
+            raise
+        return box
+
     def sh(self, script: str, check: bool = True, timeout: float = 300) -> str:
         try:
             return sh(self.name, script, check=check, timeout=timeout)
@@ -273,12 +288,8 @@ def test_deb_under_systemd(suite: str, dist: Path, hub: Emulator):
     image = installed_image(base_image("systemd", suite), dist, OLD_DEB)
     name = f"mgh-pkg-{uuid.uuid4().hex[:8]}"
     stream = f"Packaged-{suite}"
-    podman("run", "-d", "--name", name, "--systemd=always", "--network", "host", *LIMITS,
-           "-v", f"{dist}:/dist:ro", image, "/sbin/init")
-    box = Booted(name)
+    box = Booted.boot(name, image, dist)
     try:
-        wait_for(lambda: box.sh("systemctl is-system-running --wait; true", check=False)
-                 .strip().splitlines()[-1:] in (["running"], ["degraded"]), timeout=120)
         assert box.sh("systemctl is-enabled mgh-reporter", check=False).strip() == "disabled"
         assert box.prop("ActiveState") == "inactive"
         assert "argv[]=/usr/bin/mgh-reporter --config /etc/mgh-reporter/config.toml run" in (
@@ -410,12 +421,8 @@ def test_readme_quick_start_as_written(dist: Path, hub: Emulator):
     image = base_image("systemd", "trixie")
     name = f"mgh-quick-{uuid.uuid4().hex[:8]}"
     stream = "QuickStart"
-    podman("run", "-d", "--name", name, "--systemd=always", "--network", "host", *LIMITS,
-           "-v", f"{dist}:/dist:ro", image, "/sbin/init")
-    box = Booted(name)
+    box = Booted.boot(name, image, dist)
     try:
-        wait_for(lambda: box.sh("systemctl is-system-running --wait; true", check=False)
-                 .strip().splitlines()[-1:] in (["running"], ["degraded"]), timeout=120)
         box.sh("cat > /usr/local/bin/editor <<'EOF'\n#!/bin/sh\n"
                f"sed -i 's/^# progress_update_stream = .*/progress_update_stream = \"{stream}\"/'"
                " \"$1\"\nEOF\nchmod 755 /usr/local/bin/editor")
