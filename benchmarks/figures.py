@@ -113,12 +113,8 @@ def _largest_scale(r: dict[str, Any]) -> dict[str, Any]:
 
 
 def load(directory: Path) -> dict[str, Any]:
-    """results.json, with the packages benchmark's own file (results/packages.json) as
-    `packages`."""
+    """results.json (the packages benchmark keeps its figures there too, as `packages`)."""
     results: dict[str, Any] = json.loads((directory / "results.json").read_text())
-    packages = directory / "results" / "packages.json"
-    if packages.exists():
-        results["packages"] = json.loads(packages.read_text())
     return results
 
 

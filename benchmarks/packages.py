@@ -7,7 +7,7 @@ both idle against the stand-in Hub for the same minute).
     python benchmarks/packages.py --dist dist      # measures artifacts already built
 
 Needs podman, runc and debootstrap, like the deploy tests. Prints one line per figure and
-writes benchmarks/results/packages.json.
+writes its figures into benchmarks/results.json (as `packages`) and the READMEs.
 """
 
 from __future__ import annotations
@@ -137,10 +137,10 @@ def main() -> int:
         print(f"daemon    {route:8s} RSS {figures['rss_mib']:.1f} MiB (peak "
               f"{figures['hwm_mib']:.1f}), idle {figures['idle_cpu_percent']:.3f}% of a core "
               f"over {IDLE_SECONDS:.0f} s")
-    out = ROOT / "benchmarks" / "results"
-    out.mkdir(exist_ok=True)
-    (out / "packages.json").write_text(json.dumps(
-        {"sizes_mb": sizes, "install_seconds": seconds, "daemons": daemons}, indent=1))
+    results_file = ROOT / "benchmarks" / "results.json"
+    results = json.loads(results_file.read_text()) if results_file.exists() else {}
+    results["packages"] = {"sizes_mb": sizes, "install_seconds": seconds, "daemons": daemons}
+    results_file.write_text(json.dumps(results, indent=1) + "\n")
     from figures import load, update  # beside this script: the docs quote what was measured
 
     for doc in (ROOT / "benchmarks" / "README.md", ROOT / "README.md"):
