@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.util
 import re
+import shutil
 import sqlite3
 import tomllib
 from dataclasses import asdict
@@ -95,6 +96,23 @@ def test_the_example_config_shows_the_defaults():
     assert "Required, no default: this is an example." in text
 
 
+# The curl options the README's block uses (-s, -X METHOD, -d DATA, URL), for hosts without curl.
+CURL_STAND_IN = """#!{python}
+import sys, urllib.request
+args, method, data, url = sys.argv[1:], "GET", None, None
+while args:
+    arg = args.pop(0)
+    if arg == "-X":
+        method = args.pop(0)
+    elif arg == "-d":
+        data = args.pop(0).encode()
+    elif not arg.startswith("-"):
+        url = arg
+request = urllib.request.Request(url, data=data, method=method)
+sys.stdout.write(urllib.request.urlopen(request).read().decode())
+"""
+
+
 def test_the_stand_in_block_works(tmp_path: Path):
     """The README's stand-in block, run by bash (on a free port instead of 4566, which the
     demo's hint uses): boto3 with the dummy credentials reaches it, the home Region unsets
@@ -126,6 +144,12 @@ def test_the_stand_in_block_works(tmp_path: Path):
             script.append(f"echo; python -c \"{probe}\"")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    if shutil.which("curl") is None:  # a minimal image (the 3.13/3.14 containers): a stand-in
+        bin_dir = tmp_path / "bin"
+        bin_dir.mkdir()
+        (bin_dir / "curl").write_text(CURL_STAND_IN.format(python=sys.executable))
+        (bin_dir / "curl").chmod(0o755)
+        env["PATH"] = f"{bin_dir}:{env['PATH']}"
     done = subprocess.run(["bash", "-c", "\n".join(script)], capture_output=True, text=True,
                           timeout=60, env=env, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
