@@ -5,6 +5,7 @@ and a proxy that is down: rows wait and go once it is back."""
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -168,10 +169,15 @@ def test_a_proxy_that_is_down_holds_rows_until_it_is_back(tls_hub, run_drain, ma
     hub, _ = tls_hub
     config = make_config()
     _rows(config, outbox_path, ["waits"], {})
-    first = Proxy(tmp_path / "first.log")
-    port = first.port
-    first.stop()  # nothing listens on its port now
-    down = run_drain(config, timeout=4, HTTPS_PROXY=f"http://127.0.0.1:{port}")
+    # The proxy's port is held, bound but not listening: connections are refused, and no other
+    # test's listener (the suite runs in parallel) can take the port while the proxy is down.
+    held = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    held.bind(("127.0.0.1", 0))
+    port = held.getsockname()[1]
+    try:
+        down = run_drain(config, timeout=4, HTTPS_PROXY=f"http://127.0.0.1:{port}")
+    finally:
+        held.close()
     assert down.returncode == 3, down.stderr  # pending at the timeout, not rejected, not blocked
     assert "ToolA" not in hub.state.updates()
     again = Proxy(tmp_path / "again.log", port=port)
