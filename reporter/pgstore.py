@@ -1050,10 +1050,10 @@ class PgStore:
         while True:
             with self._tx("prune delivered rows") as c:
                 c.execute(
-                    f"(SELECT id FROM {S}.rows WHERE state IN ({SENT}, {SUPERSEDED})"
-                    " AND finished_at < %s LIMIT %s FOR UPDATE SKIP LOCKED) UNION ALL"
-                    f" (SELECT id FROM {S}.rows WHERE state = {DROPPED} AND finished_at < %s"
-                    " LIMIT %s FOR UPDATE SKIP LOCKED)",
+                    f"SELECT id FROM (SELECT id FROM {S}.rows WHERE state IN ({SENT}, {SUPERSEDED})"
+                    " AND finished_at < %s LIMIT %s FOR UPDATE SKIP LOCKED) AS delivered"
+                    f" UNION ALL SELECT id FROM (SELECT id FROM {S}.rows WHERE state = {DROPPED}"
+                    " AND finished_at < %s LIMIT %s FOR UPDATE SKIP LOCKED) AS dropped",
                     (before, chunk, before, chunk),
                 )
                 ids = [r["id"] for r in c.fetchall()]

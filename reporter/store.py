@@ -658,7 +658,7 @@ class Store:
         if o.sent:
             c.execute(
                 f"UPDATE mgh_rows SET state = {SENT}, finished_at = ?, reason = NULL"
-                f" WHERE id IN ({_marks(len(o.sent))})",
+                f" WHERE id IN ({_marks(len(o.sent))}) AND state IN ({PENDING}, {SUPERSEDED})",
                 [now, *o.sent],
             )
         c.executemany(
@@ -667,7 +667,8 @@ class Store:
             [(now, reason, rid) for rid, reason in o.superseded],
         )
         c.executemany(
-            f"UPDATE mgh_rows SET state = {REJECTED}, finished_at = ?, reason = ? WHERE id = ?",
+            f"UPDATE mgh_rows SET state = {REJECTED}, finished_at = ?, reason = ? WHERE id = ?"
+            f" AND state = {PENDING}",
             [(now, reason, rid) for rid, reason in o.rejected],
         )
         c.executemany(
@@ -685,9 +686,9 @@ class Store:
             c.execute(
                 "UPDATE mgh_tasks SET last_state_row = ?, last_state_seq = ?, status = ?,"
                 " percent = ?, detail = ?, update_time = ?, next_update_seconds = ?, sent_at = ?"
-                " WHERE id = ?",
+                " WHERE id = ? AND (last_state_seq IS NULL OR last_state_seq < ?)",
                 (s.row, s.seq, s.status, s.percent, s.detail, s.update_time,
-                 s.next_update_seconds, now, o.task_id),
+                 s.next_update_seconds, now, o.task_id, s.seq),
             )
         if o.attributes_row is not None:
             c.execute(

@@ -110,6 +110,19 @@ class Engine:
             return conn.execute(sql.replace("?", "%s"), args).fetchall()
 
 
+    def execute(self, sql: str, *args: Any) -> None:
+        """Change the outbox as a tool (or an administrator) would, committed."""
+        if self.path is not None:
+            conn = sqlite3.connect(self.path, timeout=5)
+            with conn:
+                conn.execute(sql.replace("mgh_reporter.", "mgh_"), args)
+            conn.close()
+            return
+        assert self.url is not None
+        with psycopg.connect(self.url) as conn:
+            conn.execute(sql.replace("?", "%s"), args)
+
+
 def pg_insert(url: str, **values: Any) -> int:
     """INSERT one row into a PostgreSQL outbox (psycopg, as a Python tool would)."""
     with psycopg.connect(url) as conn:

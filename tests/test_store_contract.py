@@ -1,0 +1,279 @@
+"""The `OutboxStore` contract, at the store level, on both engines: intake, supersession, claim
+order, leases, record and its state guards, requeue, drop, release, counts, tasks, the gate's
+record, streams and mapping. A behaviour that differs between SQLite and PostgreSQL fails here,
+before it reaches a CLI test."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from reporter.model import (
+    GateState,
+    Ingested,
+    LaneResult,
+    OutboxStore,
+    RowState,
+    SentState,
+    TaskOutcome,
+)
+from reporter.pgstore import PgStore
+from reporter.rows import STATE_SPACING_SECONDS, Kind
+from reporter.store import Store
+
+from .engines import Engine
+
+LEASE = 30.0
+
+
+@pytest.fixture
+def store(engine: Engine) -> Iterator[OutboxStore]:
+    """An initialised outbox on the engine under test."""
+    made: OutboxStore = Store.create(engine.path) if engine.path else PgStore.create(engine.url)
+    yield made
+    made.close()
+
+
+def _rows(engine: Engine, *specs: tuple[str, str]) -> list[int]:
+    """INSERT task_state rows (task, status) as a tool would; their ids."""
+    return [engine.insert(kind="task_state", migration_task_name=task, status=status,
+                          progress_percent=10) for task, status in specs]
+
+
+def _take_in(store: OutboxStore, stream: str = "S", rejected: dict[int, str] | None = None,
+             supersedes: bool = True) -> list[int]:
+    """One intake: every queued row judged (those of `rejected` refused); the ids taken in."""
+    batch = store.fetch_new(100)
+    rejected = rejected or {}
+    store.ingest([
+        Ingested(row.id, stream, str(row.migration_task_name), str(row.kind),
+                 store.clock(), rejected.get(row.id), supersedes and row.id not in rejected)
+        for row in batch.rows
+    ])
+    return [row.id for row in batch.rows]
+
+
+def _claim(store: OutboxStore, limit: int = 10) -> dict[str, Any]:
+    return {t.task: t for t in store.claim_due(limit, LEASE)}
+
+
+def test_intake_takes_each_row_in_once_in_insertion_order(engine: Engine, store: OutboxStore):
+    ids = _rows(engine, ("b", "IN_PROGRESS"), ("a", "IN_PROGRESS"), ("c", "FAILED"))
+    assert store.backlog().waiting == 3
+    batch = store.fetch_new(100)
+    assert [r.id for r in batch.rows] == ids and not batch.more
+    assert [r.migration_task_name for r in batch.rows] == ["b", "a", "c"]
+    assert batch.rows[2].status == "FAILED" and batch.rows[0].progress_percent == 10
+    store.ingest([Ingested(r.id, "S", str(r.migration_task_name), "task_state", store.clock())
+                  for r in batch.rows])
+    assert store.fetch_new(100).rows == []
+    store.ingest([])
+    backlog = store.backlog()
+    assert (backlog.waiting, backlog.queued, backlog.dead_letters) == (0, 3, 0)
+    assert store.work_left().tasks == 3
+
+
+def test_a_backlog_is_read_in_bounded_batches(engine: Engine, store: OutboxStore):
+    _rows(engine, *[(f"t{i}", "IN_PROGRESS") for i in range(7)])
+    first = store.fetch_new(3)
+    assert first.more and 3 <= len(first.rows) < 7
+    store.ingest([Ingested(r.id, "S", str(r.migration_task_name), "task_state", store.clock())
+                  for r in first.rows])
+    seen = {r.id for r in first.rows}
+    while True:
+        batch = store.fetch_new(3)
+        store.ingest([Ingested(r.id, "S", str(r.migration_task_name), "task_state",
+                               store.clock()) for r in batch.rows])
+        if not batch.rows:
+            break
+        assert not seen & {r.id for r in batch.rows}
+        seen |= {r.id for r in batch.rows}
+    assert len(seen) == 7 and store.backlog().queued == 7
+
+
+def test_a_newer_row_supersedes_the_older_one_of_its_lane(engine: Engine, store: OutboxStore):
+    old, new = _rows(engine, ("t", "IN_PROGRESS"), ("t", "COMPLETED"))
+    _take_in(store)
+    claimed = _claim(store)["t"]
+    assert [r.id for r in claimed.rows] == [new] and claimed.missing == []
+    counts = store.counts()
+    # the superseded row's lane has not reached the Hub: it still counts as pending
+    assert (counts.pending, counts.superseded, counts.sent) == (2, 0, 0)
+    store.record([TaskOutcome(claimed.id, claimed.lease, sent=[new])])
+    counts = store.counts()
+    assert (counts.pending, counts.superseded, counts.sent) == (0, 1, 1)
+    assert store.finished_since(0)[RowState.SUPERSEDED.value] == 1
+    assert old != new
+
+
+def test_a_row_rejected_at_intake_is_a_dead_letter_never_claimed(engine: Engine,
+                                                                 store: OutboxStore):
+    bad, good = _rows(engine, ("t", "BOGUS"), ("u", "IN_PROGRESS"))
+    _take_in(store, rejected={bad: "status: must be one of ..."})
+    assert set(_claim(store)) == {"u"}
+    letters = store.dead_letters()
+    assert [(d.id, d.task, d.reason, d.present) for d in letters] == [
+        (bad, "t", "status: must be one of ...", True)]
+    assert store.counts().dead_letters == 1 and store.finished_since(0)["rejected"] == 1
+    assert [r.id for r in store.outbox_rows([bad, good])] == [bad, good]
+
+
+def test_claims_come_in_due_order_with_rows_in_insertion_order_and_hold_a_lease(
+        engine: Engine, store: OutboxStore):
+    _rows(engine, ("first", "IN_PROGRESS"))
+    _take_in(store)
+    _rows(engine, ("second", "IN_PROGRESS"))
+    _take_in(store)
+    claimed = store.claim_due(1, LEASE)
+    assert [t.task for t in claimed] == ["first"]
+    assert [t.task for t in store.claim_due(10, LEASE)] == ["second"]
+    assert store.claim_due(10, LEASE) == []  # both leased
+    wake = store.next_wakeup()
+    assert wake is not None and wake > store.clock() + LEASE - 5
+    held = claimed[0]
+    assert store.hold(held.id, held.lease, 1.0, LEASE)
+    store.release([(held.id, "not-the-lease")], store.clock())
+    assert store.claim_due(10, LEASE) == []  # a stranger's token releases nothing
+    store.release([(held.id, held.lease)], store.clock() - 1)
+    again = store.claim_due(10, LEASE)
+    assert [t.task for t in again] == ["first"] and again[0].lease != held.lease
+    assert [r.status for r in again[0].rows] == ["IN_PROGRESS"]
+
+
+def test_a_deleted_outbox_row_is_claimed_as_missing(engine: Engine, store: OutboxStore):
+    (rid,) = _rows(engine, ("t", "IN_PROGRESS"))
+    _take_in(store)
+    engine.execute("DELETE FROM outbox WHERE id = ?", rid)
+    claimed = _claim(store)["t"]
+    assert claimed.rows == [] and claimed.missing == [rid]
+    assert claimed.bookkeeping[rid].attempts == 0
+
+
+def test_record_stores_the_state_the_hub_has_and_ends_the_lease(engine: Engine,
+                                                               store: OutboxStore):
+    (rid,) = _rows(engine, ("t", "IN_PROGRESS"))
+    _take_in(store)
+    claimed = _claim(store)["t"]
+    seq = claimed.bookkeeping[rid].seq
+    state = SentState(rid, seq, "IN_PROGRESS", 10, "copying", 1_700_000_000.0, 60)
+    store.record([TaskOutcome(claimed.id, claimed.lease, sent=[rid], imported=True, state=state,
+                              artifacts=["arn:b", "arn:a"])])
+    (task,) = store.tasks()
+    assert (task.stream, task.task, task.status, task.percent, task.detail) == (
+        "S", "t", "IN_PROGRESS", 10, "copying")
+    assert task.update_time == 1_700_000_000.0 and task.next_update_seconds == 60
+    assert task.artifacts == ("arn:a", "arn:b") and task.pending == 0
+    assert store.tasks("other") == []
+    assert store.counts().sent == 1 and store.next_wakeup() is None
+    _rows(engine, ("t", "COMPLETED"))
+    _take_in(store)
+    wake = store.next_wakeup()  # a new state waits out the spacing after the last one
+    assert wake is not None and wake <= store.clock() + STATE_SPACING_SECONDS
+    time.sleep(STATE_SPACING_SECONDS)
+    later = _claim(store)["t"]
+    assert later.imported and later.state_floor == seq and later.associated == {"arn:a", "arn:b"}
+    assert later.last_update_time == 1_700_000_000.0
+
+
+def test_a_failed_lane_backs_off_and_its_retry_state_comes_back_with_the_claim(
+        engine: Engine, store: OutboxStore):
+    (rid,) = _rows(engine, ("t", "IN_PROGRESS"))
+    _take_in(store)
+    claimed = _claim(store)["t"]
+    retry_at = store.clock() + 3600
+    store.record([TaskOutcome(claimed.id, claimed.lease, failed_rows=[rid], error="Throttling",
+                              lanes=[LaneResult(Kind.TASK_STATE, 1, retry_at, "Throttling")])])
+    assert store.claim_due(10, LEASE) == []
+    wake = store.next_wakeup()
+    assert wake is not None and abs(wake - retry_at) < 1
+    assert store.work_left().retrying == 1
+    (task,) = store.tasks()
+    assert task.last_error == "Throttling" and task.pending == 1
+    store.record([TaskOutcome(claimed.id, claimed.lease)])  # a spent lease changes nothing
+    assert store.claim_due(10, LEASE) == []
+    store.release([(claimed.id, claimed.lease)], store.clock())  # spent: releases nothing
+    assert store.claim_due(10, LEASE) == []
+
+
+def test_record_never_moves_a_row_backwards(engine: Engine, store: OutboxStore):
+    """State guards: a row already sent is not rejected or superseded by a late outcome, and an
+    older state never replaces a newer one the task has."""
+    first, second = _rows(engine, ("t", "IN_PROGRESS"), ("t", "COMPLETED"))
+    _take_in(store, supersedes=False)
+    claimed = _claim(store)["t"]
+    seqs = {rid: claimed.bookkeeping[rid].seq for rid in (first, second)}
+    newer = SentState(second, seqs[second], "COMPLETED", 100, None, 2.0, 60)
+    older = SentState(first, seqs[first], "IN_PROGRESS", 10, None, 1.0, 60)
+    store.record([TaskOutcome(claimed.id, claimed.lease, sent=[first, second], state=newer)])
+    store.record([TaskOutcome(claimed.id, claimed.lease, rejected=[(first, "late")],
+                              superseded=[(second, "late")], state=older)])
+    assert store.counts().sent == 2 and store.dead_letters() == []
+    assert store.tasks()[0].status == "COMPLETED"
+
+
+def test_requeue_and_drop_dead_letters(engine: Engine, store: OutboxStore):
+    a, b, c = _rows(engine, ("t", "X"), ("u", "Y"), ("v", "Z"))
+    _take_in(store, rejected={a: "bad a", b: "bad b", c: "bad c"})
+    assert store.claim_due(10, LEASE) == []
+    store.requeue([a], [(b, "still bad")])
+    assert [(d.id, d.reason) for d in store.dead_letters()] == [(b, "still bad"), (c, "bad c")]
+    assert set(_claim(store)) == {"t"}
+    assert store.drop([c], None) == [c]
+    assert store.drop(None, rejected_before=store.clock() - 3600) == []
+    assert store.drop(None, None) == [b]
+    counts = store.counts()
+    assert (counts.dead_letters, counts.dropped, counts.pending) == (0, 2, 1)
+    assert store.dead_letters([b]) == []
+
+
+def test_prune_deletes_delivered_and_dropped_rows_with_their_outbox_rows(engine: Engine,
+                                                                       store: OutboxStore):
+    sent, dead, waiting = _rows(engine, ("t", "IN_PROGRESS"), ("u", "X"), ("v", "IN_PROGRESS"))
+    _take_in(store, rejected={dead: "bad"})
+    claimed = _claim(store)
+    store.record([TaskOutcome(claimed["t"].id, claimed["t"].lease, sent=[sent])])
+    store.drop([dead], None)
+    assert store.prune(store.clock() - 3600) == 0
+    assert store.prune(store.clock() + 1) == 2
+    assert [r.id for r in store.outbox_rows([sent, dead, waiting])] == [waiting]
+    counts = store.counts()
+    assert (counts.sent, counts.dropped, counts.pending) == (0, 0, 1)
+
+
+def test_the_gate_record_round_trips(store: OutboxStore):
+    assert store.load_gate() == GateState()
+    state = GateState("AccessDeniedException", "denied [hub]", 10.5, 20.25, "us-west-2", 3, 30.5,
+                      2, 40.75, 50.125)
+    store.save_gate(state)
+    assert store.load_gate() == state
+    store.save_gate(GateState(home_region="eu-central-1"))
+    assert store.load_gate() == GateState(home_region="eu-central-1")
+
+
+def test_streams_are_remembered(store: OutboxStore):
+    assert store.streams() == set()
+    assert store.claim_stream("S", 30)
+    store.mark_stream_created("S")
+    assert store.streams() == {"S"}
+
+
+def test_a_sent_attribute_list_schedules_a_mapping_check(engine: Engine, store: OutboxStore):
+    rid = engine.insert(kind="resource_attributes", migration_task_name="t",
+                        resource_attributes='[{"Type": "FQDN", "Value": "db1.corp"}]')
+    _take_in(store)
+    claimed = _claim(store)["t"]
+    seq = claimed.bookkeeping[rid].seq
+    store.record([TaskOutcome(claimed.id, claimed.lease, sent=[rid], attributes_row=rid,
+                              attributes_seq=seq, map_check_at=store.clock() - 1)])
+    (check,) = store.due_mapping_checks(10)
+    assert (check.stream, check.task, check.checks, check.unmapped_reported) == ("S", "t", 0,
+                                                                                False)
+    store.record_mapping(check.task_id, True, "d-server-0123456789abcd", None, False)
+    assert store.due_mapping_checks(10) == []
+    (task,) = store.tasks()
+    assert task.mapped is True and task.configuration_id == "d-server-0123456789abcd"
+    assert store.next_wakeup() is None
+    assert store.claim_due(10, LEASE) == []
