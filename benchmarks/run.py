@@ -757,7 +757,7 @@ def attribute(raw: str) -> dict[str, int]:
         for frame in reversed(frames):
             hit = next((name for key, name in owners if key in frame), None)
             if hit is not None:
-                # Our own SQL shows up as a reporter/store.py frame calling sqlite3 (C).
+                # Our own SQL shows up as a reporter/stores/ frame calling sqlite3 (C).
                 owner = "SQLite" if hit == "mgh-reporter" and "store.py" in frame else hit
                 break
         buckets[owner] = buckets.get(owner, 0) + int(count)

@@ -6,7 +6,6 @@ from collections.abc import Callable
 from pathlib import Path
 
 from reporter import config as config_mod
-from reporter import engines
 from reporter.errors import HubError, Outcome
 from reporter.hub import CALL_OPERATIONS, Hub
 from reporter.model import OutboxStore, StoreError
@@ -46,10 +45,10 @@ def _database_privileges(
 ) -> int:
     """PostgreSQL: the daemon's role holds what it needs on every table; some role (a tool's)
     may INSERT into the outbox."""
-    from reporter.pgschema import SCHEMA
-    from reporter.pgstore import PgStore
+    from reporter.stores.postgres import PostgresStore
+    from reporter.stores.postgres_schema import SCHEMA
 
-    if not isinstance(store, PgStore):
+    if not isinstance(store, PostgresStore):
         return 0
     try:
         found = store.privileges()
@@ -84,7 +83,7 @@ def run_checks(path: Path, say: Callable[[str], None]) -> int:
     ok("config", str(path))
 
     try:
-        store = engines.open_store(cfg)
+        store = cfg.outbox.engine.open()
     except StoreError as exc:
         return fail("outbox", str(exc), 1)
     try:

@@ -141,20 +141,16 @@ def init(ctx: click.Context, parents: bool) -> None:
     Accepts a table the host tool created itself, and upgrades an older one. The outbox's
     directory is made when its parent exists; a deeper missing tree needs --parents."""
     cfg = _logging_config(ctx)
-    from reporter import engines
-
-    engines.create(cfg, parents=parents).close()
+    cfg.outbox.engine.create(parents=parents).close()
     click.echo(f"outbox ready: {cfg.outbox.where}")
 
 
 def _missing_outbox_hint(ctx: click.Context, logging: bool = False) -> Config:
     """The config, once its outbox exists; else exit 1 naming the `init` command to run."""
     cfg = _logging_config(ctx) if logging else _config(ctx)
-    from reporter import engines
-
     given = ctx.ensure_object(dict).get("config_path")
     init = "mgh-reporter " + (f"--config {given} " if given else "") + "init"
-    problem = engines.missing_outbox(cfg, init)
+    problem = cfg.outbox.engine.missing(init)
     if problem is not None:
         _fail(problem)
     return cfg
@@ -287,9 +283,8 @@ def associate_artifact(
 
 
 def _open(cfg: Config, writable: bool = False) -> OutboxStore:
-    from reporter import engines
-
-    return engines.open_store(cfg, writable=writable)
+    engine = cfg.outbox.engine
+    return engine.open() if writable else engine.open_view()
 
 
 @cli.command()

@@ -18,7 +18,7 @@ from apscheduler.executors.pool import ThreadPoolExecutor as JobExecutor
 from apscheduler.schedulers.background import BackgroundScheduler
 
 from reporter import config as config_mod
-from reporter import engines, live, logs
+from reporter import live, logs
 from reporter.config import Config, ConfigError
 from reporter.files import UnsafeFile
 from reporter.metrics import Metrics, MetricsServer
@@ -26,6 +26,7 @@ from reporter.model import Backlog, StoreError
 from reporter.process import EXIT, stop_on_signals
 from reporter.relay import Relay
 from reporter.rows import clip
+from reporter.stores import Wakeups
 from reporter.views import task_health
 from reporter.wiring import build
 
@@ -101,7 +102,7 @@ class Service:
         # (a commit to the outbox), and when the next retry or check falls due. APScheduler
         # runs only maintenance.
         self._wake = threading.Event()
-        self._waker: engines.Wakeups | None = None
+        self._waker: Wakeups | None = None
         self._busy_since: float | None = None  # monotonic: when transient failures began
         self._signal_fd: int | None = None  # wakes the main loop (signals, `shutdown`)
         self._busy = False
@@ -268,7 +269,7 @@ class Service:
             if not exc.needs_init:
                 return False
             try:
-                engines.create(self.config).close()
+                self.config.outbox.engine.create().close()
                 parts = build(self.config, self.stop, self.metrics)
             except StoreError:
                 return False
@@ -502,7 +503,7 @@ class Service:
         publisher = threading.Thread(target=self._publish, name="publish", daemon=True)
         self._publisher = publisher
         publisher.start()
-        self._waker = engines.wakeups(config, self.wake)
+        self._waker = config.outbox.engine.wakeups(self.wake)
         self._waker.start()
         self.log.info(
             "started",
@@ -580,7 +581,7 @@ def _restart_only_changes(old: Config, new: Config) -> list[str]:
 
 def run(config: Config, config_path: Path | None = None) -> int:
     """`mgh-reporter run` (SIGHUP re-reads `config_path`)."""
-    with engines.instance_lock(config):
+    with config.outbox.engine.instance_lock():
         if not _wait_for_store(config):
             return EXIT["ok"]
         return Service(config, config_path).serve()
@@ -594,7 +595,7 @@ def _wait_for_store(config: Config) -> bool:
     delay = 0.5
     while True:
         try:
-            engines.open_store(config).close()
+            config.outbox.engine.open().close()
             return True
         except StoreError as exc:
             if not exc.busy:

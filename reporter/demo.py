@@ -21,7 +21,7 @@ from reporter.config import Config, HubConfig, LogConfig, MappingConfig, OutboxC
 from reporter.daemon import Service
 from reporter.emulator import Emulator
 from reporter.outbox import Outbox
-from reporter.store import Store
+from reporter.stores.sqlite import SqliteStore
 
 # What the demo suggests next, line by line as a shell runs it (tests/test_operator.py does).
 NEXT_STEPS = (
@@ -97,7 +97,7 @@ def _host_tool(box: Outbox, names: list[str], done: threading.Event, rng: random
     done.set()
 
 
-def _table(store: Store, hub: Emulator) -> Table:
+def _table(store: SqliteStore, hub: Emulator) -> Table:
     table = Table(title="Migration Hub, as the stand-in sees it (live)")
     for col in ("task", "status", "%", "detail", "mapped to", "artifacts", "waiting rows"):
         table.add_column(col)
@@ -149,7 +149,7 @@ def run_demo(task_count: int = 6) -> int:
             log=LogConfig(level="warning", format="console"),
         )
         logs.configure("error", "console")
-        Store.create(path).close()
+        SqliteStore.create(path).close()
         console.print(
             f"[bold]mgh-reporter demo[/]: stand-in Hub at {hub.url} (home Region "
             f"us-west-2, 10% throttling), outbox {path}"
@@ -161,7 +161,7 @@ def run_demo(task_count: int = 6) -> int:
         tool = threading.Thread(
             target=_host_tool, args=(Outbox(path), names, done, random.Random(7)), daemon=True
         )
-        viewer = Store.open(path, writable=False)
+        viewer = SqliteStore.open(path, writable=False)
         started = time.monotonic()
 
         def watch() -> None:

@@ -15,7 +15,6 @@ from typing import TYPE_CHECKING, Any
 import structlog
 
 from reporter.config import Config
-from reporter.engines import instance_lock
 from reporter.model import RowState, StoreError
 from reporter.process import EXIT, stop_on_signals
 from reporter.progress import DrainTally, summary_line
@@ -109,7 +108,7 @@ def drain(config: Config, timeout: float, as_json: bool = False) -> int:
     stop = threading.Event()
     begun = time.monotonic()
     deadline = begun + timeout
-    with instance_lock(config), stop_on_signals(stop):
+    with config.outbox.engine.instance_lock(), stop_on_signals(stop):
         parts = build(config, stop, None, role="drain")
         parts.relay.summaries = False  # its progress and summary say it
         tally = DrainTally(begun)

@@ -42,7 +42,7 @@ class Intake:
         self.behind, self.rejected = False, 0
         while True:
             new = self._store.fetch_new(batch)
-            self._store.ingest([self._judge(row, now) for row in new.rows])
+            self._store.ingest(new, [self._judge(row, now) for row in new.rows])
             total += len(new.rows)
             self._on_progress()
             if not new.more:

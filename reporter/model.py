@@ -93,6 +93,8 @@ class NewRows:
 
     rows: list[OutboxRow]
     more: bool
+    seqs: Sequence[int] = ()  # the intake queue entries read (dequeued by `ingest`)
+    places: dict[int, int] = field(default_factory=dict)  # row id -> its place in that queue
 
 
 @dataclass(frozen=True)
@@ -324,8 +326,8 @@ class OutboxStore(Protocol):
         """Up to `limit` outbox rows not yet taken in, in insertion order (never by id alone:
         ids may be reused or commit out of order)."""
 
-    def ingest(self, items: Sequence[Ingested]) -> None:
-        """Take the last fetched batch (as judged) into delivery state, so `fetch_new` never
+    def ingest(self, batch: NewRows, items: Sequence[Ingested]) -> None:
+        """Take a fetched batch (its rows as judged) into delivery state, so `fetch_new` never
         returns those rows again (call it even when the batch was empty)."""
 
     # claims and outcomes

@@ -24,6 +24,7 @@ from typing import Any
 
 from reporter import rows
 from reporter.model import StoreError
+from reporter.stores import is_url, require_libpq
 
 __all__ = ["Outbox", "OutboxValueError"]
 
@@ -44,7 +45,7 @@ class Outbox:
 
     def __init__(self, path: str | os.PathLike[str], busy_timeout_ms: int = 5000) -> None:
         text = os.fspath(path)
-        self.url = text if text.startswith(("postgresql://", "postgres://")) else None
+        self.url = text if is_url(text) else None
         self.path = Path(text)
         self.busy_timeout_ms = busy_timeout_ms
 
@@ -62,14 +63,12 @@ class Outbox:
         return self._write(values)
 
     def _write(self, values: dict[str, Any]) -> int:
-        """One INSERT in its own transaction (plain sqlite3: a writer needs nothing more)."""
+        """One INSERT in its own transaction (a file: plain sqlite3, a writer needs no more)."""
         if self.url is not None:
-            from reporter.engines import require_libpq
-
             require_libpq()
-            from reporter.pgstore import PgStore
+            from reporter.stores.postgres import PostgresStore
 
-            store = PgStore(self.url)
+            store = PostgresStore(self.url)
             try:
                 return store.insert_row(values)
             finally:

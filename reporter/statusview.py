@@ -49,10 +49,9 @@ def gather(cfg: Config) -> dict[str, Any]:
     counts = gate = health = None
     error = None
     replicas: list[Any] = []
-    from reporter import engines
 
     try:
-        store = engines.open_store(cfg, writable=False)
+        store = cfg.outbox.engine.open_view()
         try:
             health = views.task_health(store.tasks(), now, cfg)
             counts, gate = store.counts(), store.load_gate()

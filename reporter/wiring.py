@@ -6,7 +6,6 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass
 
-from reporter import engines
 from reporter.config import Config, PublishConfig
 from reporter.hub import Hub
 from reporter.limiter import AdaptiveLimiter, RateLimiter
@@ -52,7 +51,7 @@ def build(
 ) -> Parts:
     """Open the outbox and wire a relay to the Hub."""
     publish = config.publish
-    store = engines.open_store(config)
+    store = config.outbox.engine.open()
     limiter = AdaptiveLimiter(publish.concurrency, publish.max_concurrency)
     hub = Hub(
         config.aws,

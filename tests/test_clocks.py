@@ -15,7 +15,7 @@ from reporter.clockstep import StepWatch
 from reporter.emulator import Emulator
 from reporter.hub import Hub
 from reporter.relay import Relay
-from reporter.store import Store
+from reporter.stores.sqlite import SqliteStore
 
 from .helpers import Cli, insert, row_clock
 
@@ -72,12 +72,12 @@ def test_a_step_back_of_an_hour_does_not_hold_waiting_rows(aws_env: dict[str, st
     """A row backing off (RetryAfterSeconds 30) when the wall clock steps back an hour: once its
     30 s are over it goes out, not an hour later; the relay logs the step."""
     path = tmp_path / "o.db"
-    Store.create(path).close()
+    SqliteStore.create(path).close()
     insert(path, kind="task_state", migration_task_name="t1", status="IN_PROGRESS")
     clock = Clock(datetime.fromisoformat(row_clock(path)).timestamp())
     cfg = config_mod.parse({"hub": {"progress_update_stream": "S"},
                             "outbox": {"path": str(path)}})
-    store = Store.open(path)
+    store = SqliteStore.open(path)
     store.clock = clock
     hub = Hub(cfg.aws)
     relay = Relay(store, hub, cfg, clock=clock, rng=random.Random(1))

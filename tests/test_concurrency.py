@@ -22,7 +22,7 @@ from reporter.emulator import Emulator
 from reporter.hub import Hub, HubError
 from reporter.limiter import AdaptiveLimiter
 from reporter.relay import Relay
-from reporter.store import Store
+from reporter.stores.sqlite import SqliteStore
 
 from .helpers import Cli, fill, pending, start_daemon, wait_for
 
@@ -62,14 +62,14 @@ def test_tasks_run_concurrently_but_each_task_strictly_in_order(
     each task's calls reach the Hub one at a time: stream, import, then its rows in row order,
     newest state last, and UpdateDateTime never goes back."""
     path = tmp_path / "outbox.db"
-    Store.create(path).close()
+    SqliteStore.create(path).close()
     cfg = config_mod.parse({
         "hub": {"progress_update_stream": "Order"}, "outbox": {"path": str(path)},
         "publish": {"concurrency": 16, "max_concurrency": 16},
         "mapping": {"check_after_seconds": 3600},
     })
     standin.state.faults.update(jitter=0.02)
-    store = Store.open(path)
+    store = SqliteStore.open(path)
     relay = Relay(store, Hub(cfg.aws, limiter=AdaptiveLimiter(16, 16)), cfg)
     conn = sqlite3.connect(path, timeout=5)
     try:
@@ -186,11 +186,11 @@ def test_rows_left_behind_by_a_bounded_intake_are_taken_in_without_new_commits(
 
     monkeypatch.setattr(intake_mod, "INTAKE_SECONDS", 0.0)  # one batch per pass
     path = tmp_path / "outbox.db"
-    Store.create(path).close()
+    SqliteStore.create(path).close()
     fill(path, 35, 1)
     cfg = config_mod.parse({"hub": {"progress_update_stream": "Behind"},
                             "outbox": {"path": str(path), "batch_size": 10}})
-    store = Store.open(path)
+    store = SqliteStore.open(path)
     relay = Relay(store, Hub(cfg.aws), cfg)
     try:
         passes = 0

@@ -27,7 +27,7 @@ from reporter.hub import Hub
 from reporter.model import ClaimedTask, LaneState, PendingRow
 from reporter.relay import Relay
 from reporter.rows import Kind, OutboxRow
-from reporter.store import Store
+from reporter.stores.sqlite import SqliteStore
 
 from .helpers import frozen_clock, insert, row_clock
 
@@ -263,11 +263,11 @@ def test_stream_creation_failure_holds_the_task_and_charges_the_first_row():
 
 
 # -- end to end: the durable schedule ---------------------------------------------------------
-def _relay(path: Path, seed: int, clock: Callable[[], float]) -> tuple[Store, Relay, Hub]:
+def _relay(path: Path, seed: int, clock: Callable[[], float]) -> tuple[SqliteStore, Relay, Hub]:
     cfg: Config = config_mod.parse(
         {"hub": {"progress_update_stream": "S"}, "outbox": {"path": str(path)},
          "publish": {"backoff_base_seconds": 2.0, "backoff_max_seconds": 60.0}})
-    store = Store.open(path)
+    store = SqliteStore.open(path)
     store.clock = clock
     hub = Hub(cfg.aws)
     return store, Relay(store, hub, cfg, clock=clock, rng=random.Random(seed)), hub
@@ -295,7 +295,7 @@ def test_backoff_schedule_is_durable_across_restarts(aws_env: dict[str, str], st
     """Attempt counts and next-attempt times survive a restart; each delay respects the
     jitter ceiling of its attempt, the cap and the RetryAfterSeconds floor."""
     path = tmp_path / "o.db"
-    Store.create(path).close()
+    SqliteStore.create(path).close()
     insert(path, kind="task_state", migration_task_name="t1", status="IN_PROGRESS")
     standin.state.faults.update(throttle=1.0, retry_after=0)
     with freeze_time(row_clock(path)) as frozen:
@@ -342,7 +342,7 @@ def test_failing_attributes_never_hold_back_a_newer_state_end_to_end(
     """Over real HTTP: PutResourceAttributes keeps failing, yet the COMPLETED state written after
     it reaches the Hub at once; with max_attempts only the attributes row is dead-lettered."""
     path = tmp_path / "o.db"
-    Store.create(path).close()
+    SqliteStore.create(path).close()
     insert(path, kind="resource_attributes", migration_task_name="t1",
            resource_attributes=json.dumps([{"Type": "FQDN", "Value": "db.example"}]))
     insert(path, kind="task_state", migration_task_name="t1", status="COMPLETED",
@@ -350,7 +350,7 @@ def test_failing_attributes_never_hold_back_a_newer_state_end_to_end(
     standin.state.faults.update(fail_operations={"PutResourceAttributes"})
     cfg = config_mod.parse({"hub": {"progress_update_stream": "S"}, "outbox": {"path": str(path)},
                             "publish": {"backoff_base_seconds": 0.01, "max_attempts": max_attempts}})
-    store = Store.open(path)
+    store = SqliteStore.open(path)
     relay = Relay(store, Hub(cfg.aws), cfg)
     try:
         deadline = time.monotonic() + 5

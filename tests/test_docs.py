@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from reporter.config import Config, parse
-from reporter.schema import REQUIRED_COLUMNS
+from reporter.stores.sqlite_schema import REQUIRED_COLUMNS
 
 from .helpers import CONTRACT_DDL, ROOT
 

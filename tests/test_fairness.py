@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from reporter import config as config_mod
-from reporter import engines, intake
+from reporter import intake
 from reporter.emulator import Emulator
 from reporter.hub import Hub
 from reporter.relay import Relay
@@ -22,7 +22,7 @@ def _relay(engine: Engine, **publish: Any) -> Relay:
     cfg = config_mod.parse({"hub": {"progress_update_stream": "S"},
                             "outbox": {**engine.outbox, "batch_size": 100},
                             "publish": publish, **engine.extra})
-    return Relay(engines.open_store(cfg), Hub(cfg.aws), cfg)
+    return Relay(cfg.outbox.engine.open(), Hub(cfg.aws), cfg)
 
 
 def _updates(standin: Emulator, task: str) -> bool:

@@ -17,7 +17,7 @@ from reporter.gate import OUTAGE_MIN_CALLS, Blocked, CallResult, Gate, Hold, Ope
 from reporter.hub import Hub
 from reporter.model import GateState
 from reporter.relay import Relay
-from reporter.store import Store
+from reporter.stores.sqlite import SqliteStore
 
 from .helpers import frozen_clock, insert, row_clock
 
@@ -188,14 +188,14 @@ def test_a_blocking_call_blocks_delivery():
 
 def test_the_gate_record_round_trips_through_the_store(tmp_path: Path):
     """What the gate saves is what the next process loads (one typed record)."""
-    store = Store.create(tmp_path / "o.db")
+    store = SqliteStore.create(tmp_path / "o.db")
     state = GateState(blocked_code="AccessDeniedException", blocked_reason="denied",
                       blocked_since=NOW, recheck_at=NOW + 60, home_region="eu-west-1",
                       region_attempts=2, region_retry_at=NOW + 3, brake_attempts=4,
                       brake_until=NOW + 9, last_success_at=NOW - 5)
     store.save_gate(state)
     store.close()
-    again = Store.open(tmp_path / "o.db")
+    again = SqliteStore.open(tmp_path / "o.db")
     assert again.load_gate() == state
     again.close()
 
@@ -204,7 +204,7 @@ def test_an_outbox_of_0_1_0_migrates(tmp_path: Path):
     """An outbox written by 0.1.0 keeps its blocked state and home Region (string meta keys to
     the gate record) and the rows past its intake cursor (to the intake queue)."""
     path = tmp_path / "o.db"
-    store = Store.create(path)
+    store = SqliteStore.create(path)
     conn = store.conn
     conn.execute("DELETE FROM _sqlite_migrations WHERE name IN"
                  " ('0002_gate_lanes_leases', '0003_inbox')")
@@ -220,7 +220,7 @@ def test_an_outbox_of_0_1_0_migrates(tmp_path: Path):
         ("blocked_reason", "access denied"), ("blocked_code", "AccessDeniedException"),
         ("blocked_since", "1700000000.5"), ("home_region", "us-west-2"), ("cursor", "7")])
     store.close()
-    store = Store.create(path)
+    store = SqliteStore.create(path)
     state = store.load_gate()
     assert (state.blocked_reason, state.blocked_code, state.blocked_since, state.home_region) == (
         "access denied", "AccessDeniedException", 1700000000.5, "us-west-2")
@@ -236,13 +236,13 @@ def test_region_lookup_backoff_end_to_end(aws_env: dict[str, str], standin: Emul
     """Over real HTTP: while the config service fails, passes in one instant make one lookup,
     lookups follow the relay's wake-up, and delivery starts on the first good lookup."""
     path = tmp_path / "o.db"
-    Store.create(path).close()
+    SqliteStore.create(path).close()
     insert(path, kind="task_state", migration_task_name="t1", status="IN_PROGRESS")
     standin.state.faults.update(outage=True)
     cfg = config_mod.parse({"hub": {"progress_update_stream": "S"}, "outbox": {"path": str(path)},
                             "publish": {"backoff_base_seconds": 2.0}})
     with freeze_time(row_clock(path)) as frozen:
-        store = Store.open(path)
+        store = SqliteStore.open(path)
         store.clock = clock = frozen_clock(frozen)
         relay = Relay(store, Hub(cfg.aws), cfg, clock=clock, rng=random.Random(3))
         lookups = []

@@ -204,16 +204,16 @@ def test_the_sizing_connection_is_recycled_and_never_onto_a_replaced_file(
     """Sizing by blob handles would grow CPython's per-connection list of them for ever: past
     BLOB_RECYCLE the store swaps in a fresh connection between transactions; a file that
     replaced the outbox at its path is never swapped onto."""
-    from reporter import store as store_mod
-    from reporter.store import Store
+    from reporter.stores import sqlite as store_mod
+    from reporter.stores.sqlite import SqliteStore
 
     from .helpers import fill
 
     monkeypatch.setattr(store_mod, "BLOB_RECYCLE", 50)
     path = tmp_path / "o.db"
-    Store.create(path).close()
+    SqliteStore.create(path).close()
     fill(path, 40, 1)
-    store = Store.open(path)
+    store = SqliteStore.open(path)
     try:
         first = store.conn
         store.fetch_new(40)  # 40 rows x 4 text columns: 160 handles
@@ -223,7 +223,7 @@ def test_the_sizing_connection_is_recycled_and_never_onto_a_replaced_file(
         second = store.conn
         store._blobs = 10**6
         path.rename(tmp_path / "moved.db")
-        Store.create(path).close()
+        SqliteStore.create(path).close()
         store.fetch_new(40)
         assert store.conn is second  # still the file it had open
     finally:

@@ -16,7 +16,7 @@ import click
 import pytest
 
 from reporter.cli import cli as cli_group
-from reporter.store import Store
+from reporter.stores.sqlite import SqliteStore
 
 from .helpers import ROOT, Cli, child_env
 
@@ -89,7 +89,7 @@ def test_two_users_share_the_outbox_through_the_group():
     db = shared / "outbox.db"
     old = os.umask(0o007)
     try:
-        Store.create(db).close()
+        SqliteStore.create(db).close()
     finally:
         os.umask(old)
     script = (

@@ -23,7 +23,7 @@ from reporter.config import ConfigError, load
 from reporter.emulator import Emulator
 from reporter.intake import Intake
 from reporter.model import Ingested, SentState, TaskOutcome
-from reporter.pgstore import PgStore
+from reporter.stores.postgres import PostgresStore
 
 from .engines import PG_AWS, PG_OUTBOX, PgServer, pg_insert
 from .helpers import FAST, ROOT, child_env, toml_text
@@ -106,7 +106,7 @@ def test_password_never_appears_in_messages():
     from reporter.model import StoreError
 
     with pytest.raises(StoreError) as caught:
-        PgStore.open("postgresql://rep:hunter2@127.0.0.1:1/db?connect_timeout=1")
+        PostgresStore.open("postgresql://rep:hunter2@127.0.0.1:1/db?connect_timeout=1")
     assert "hunter2" not in str(caught.value) and caught.value.busy
 
 
@@ -116,13 +116,13 @@ def test_init_is_idempotent_accepts_a_tool_created_table_and_queues_its_rows(pg_
         conn.execute(_readme_block("CREATE TABLE outbox", "IDENTITY"))
         conn.execute("INSERT INTO outbox(kind, migration_task_name, status)"
                      " VALUES ('task_state', 'early', 'NOT_STARTED')")
-    PgStore.create(pg_url).close()
-    PgStore.create(pg_url).close()
-    store = PgStore.open(pg_url)
+    PostgresStore.create(pg_url).close()
+    PostgresStore.create(pg_url).close()
+    store = PostgresStore.open(pg_url)
     try:
         new = store.fetch_new(10)
         assert [r.migration_task_name for r in new.rows] == ["early"]
-        store.ingest(_judged(new.rows, store.clock()))
+        store.ingest(new, _judged(new.rows, store.clock()))
         assert store.backlog().pending == 1
     finally:
         store.close()
@@ -148,7 +148,7 @@ def _readme_roles(pg_url: str) -> Iterator[str]:
     """`init` as the owner, then the README's least-privilege block as written (its database
     name replaced); the roles are dropped afterwards. Yields the database's name."""
     database = str(conninfo_to_dict(pg_url)["dbname"])
-    PgStore.create(pg_url).close()
+    PostgresStore.create(pg_url).close()
     grants = _readme_block("REVOKE CREATE ON SCHEMA public")
     with psycopg.connect(pg_url, autocommit=True) as conn:
         conn.execute("DROP ROLE IF EXISTS mgh_tool")
@@ -190,9 +190,9 @@ def test_readme_grants_are_enough_for_tool_and_reporter(pg_server: PgServer, pg_
 # -- intake --------------------------------------------------------------------------------------
 def test_intake_takes_each_row_exactly_once_across_replicas(pg_url: str):
     """Writers commit rows while two replicas take them in: every row once, none twice."""
-    PgStore.create(pg_url).close()
+    PostgresStore.create(pg_url).close()
     config = _config(pg_url, outbox={"batch_size": 50})
-    stores = [PgStore.open(pg_url), PgStore.open(pg_url)]
+    stores = [PostgresStore.open(pg_url), PostgresStore.open(pg_url)]
     writing = threading.Event()
     writing.set()
     errors: list[BaseException] = []
@@ -209,7 +209,7 @@ def test_intake_takes_each_row_exactly_once_across_replicas(pg_url: str):
         except BaseException as exc:  # pragma: no cover - reported below
             errors.append(exc)
 
-    def take(store: PgStore) -> None:
+    def take(store: PostgresStore) -> None:
         intake = Intake(store, config, lambda: None)
         try:
             while writing.is_set() or store.backlog().waiting:
@@ -242,38 +242,38 @@ def test_intake_takes_each_row_exactly_once_across_replicas(pg_url: str):
 def test_a_row_whose_id_commits_late_is_still_taken_in(pg_url: str):
     """Identity ids are handed out at INSERT, not at COMMIT: a cursor on ids would skip the
     early id that commits last."""
-    PgStore.create(pg_url).close()
-    store = PgStore.open(pg_url)
+    PostgresStore.create(pg_url).close()
+    store = PostgresStore.open(pg_url)
     slow = psycopg.connect(pg_url)
     slow.execute("INSERT INTO outbox(kind, migration_task_name, status)"
                  " VALUES ('task_state', 'slow', 'IN_PROGRESS')")
     fast = pg_insert(pg_url, kind="task_state", migration_task_name="fast", status="COMPLETED")
     first = store.fetch_new(10)
     assert [r.id for r in first.rows] == [fast]
-    store.ingest(_judged(first.rows, store.clock()))
+    store.ingest(first, _judged(first.rows, store.clock()))
     slow.commit()
     slow.close()
     second = store.fetch_new(10)
     assert [r.migration_task_name for r in second.rows] == ["slow"]
     assert second.rows[0].id < fast
-    store.ingest(_judged(second.rows, store.clock()))
+    store.ingest(second, _judged(second.rows, store.clock()))
     assert store.backlog().pending == 2
     store.close()
 
 
 # -- leases and the fence ------------------------------------------------------------------------
-def _ingested_store(url: str, tasks: int) -> PgStore:
-    PgStore.create(url).close()
+def _ingested_store(url: str, tasks: int) -> PostgresStore:
+    PostgresStore.create(url).close()
     _state_rows(url, tasks)
-    store = PgStore.open(url)
+    store = PostgresStore.open(url)
     new = store.fetch_new(1000)
-    store.ingest(_judged(new.rows, store.clock()))
+    store.ingest(new, _judged(new.rows, store.clock()))
     return store
 
 
 def test_claims_are_disjoint_and_a_lost_lease_is_fenced(pg_url: str):
     a = _ingested_store(pg_url, 20)
-    b = PgStore.open(pg_url)
+    b = PostgresStore.open(pg_url)
     first = a.claim_due(12, 0.6)
     second = b.claim_due(50, 30)
     assert len(first) == 12 and len(second) == 8
@@ -312,8 +312,8 @@ def test_renewal_happens_only_while_the_lease_is_still_ours(pg_url: str):
 
 
 def test_a_stream_is_claimed_by_one_replica_at_a_time(pg_url: str):
-    PgStore.create(pg_url).close()
-    a, b = PgStore.open(pg_url), PgStore.open(pg_url)
+    PostgresStore.create(pg_url).close()
+    a, b = PostgresStore.open(pg_url), PostgresStore.open(pg_url)
     assert a.claim_stream("S", 30) and not b.claim_stream("S", 30)
     assert a.claim_stream("S", 30)  # still ours
     a.mark_stream_created("S")

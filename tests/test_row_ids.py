@@ -9,8 +9,8 @@ import time
 from pathlib import Path
 
 from reporter.emulator import Emulator
-from reporter.schema import OUTBOX_DDL
-from reporter.store import Store
+from reporter.stores.sqlite import SqliteStore
+from reporter.stores.sqlite_schema import OUTBOX_DDL
 
 from .helpers import CONTRACT_DDL, Cli, insert
 
@@ -28,7 +28,7 @@ def _last(standin: Emulator, task: str) -> str:
 
 
 def _prune_all(path: Path) -> int:
-    store = Store.open(path)
+    store = SqliteStore.open(path)
     try:
         return store.prune(before=time.time() + 1)
     finally:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sqlite3
@@ -14,9 +15,10 @@ import pytest
 from reporter import config as config_mod
 from reporter.emulator import Emulator
 from reporter.hub import Hub
+from reporter.model import Ingested, NewRows, StoreError
 from reporter.outbox import BUSY_RETRIES, Outbox
 from reporter.relay import Relay
-from reporter.store import Ingested, Store, StoreError
+from reporter.stores.sqlite import SqliteStore
 
 from .helpers import Cli
 
@@ -24,20 +26,20 @@ from .helpers import Cli
 def test_missing_corrupt_foreign_and_incomplete_files(tmp_path: Path):
     """Each unusable file is refused with a clear reason."""
     with pytest.raises(StoreError, match="no outbox database here"):
-        Store.open(tmp_path / "none.db")
+        SqliteStore.open(tmp_path / "none.db")
     (tmp_path / "junk.db").write_bytes(b"this is not sqlite at all" * 100)
     with pytest.raises(StoreError, match=r"cannot open as an SQLite database|not a database"):
-        Store.open(tmp_path / "junk.db")
+        SqliteStore.open(tmp_path / "junk.db")
     other = tmp_path / "other.db"
     sqlite3.connect(other).execute("CREATE TABLE customers (id INTEGER)").connection.commit()
     with pytest.raises(StoreError, match="not an mgh-reporter outbox"):
-        Store.open(other)
+        SqliteStore.open(other)
     partial = tmp_path / "partial.db"
     conn = sqlite3.connect(partial)
     conn.execute("CREATE TABLE outbox (id INTEGER PRIMARY KEY, kind TEXT)")
     conn.commit()
     with pytest.raises(StoreError, match="lacks columns migration_task_name"):
-        Store.create(partial)
+        SqliteStore.create(partial)
 
 
 def test_cli_reports_bad_files_without_traceback(cli: Cli, outbox_path: Path):
@@ -57,78 +59,86 @@ def test_cli_reports_bad_files_without_traceback(cli: Cli, outbox_path: Path):
 def test_read_only_file_is_refused(tmp_path: Path):
     """A read-only outbox is refused by writers at open."""
     path = tmp_path / "o.db"
-    Store.create(path).close()
+    SqliteStore.create(path).close()
     path.chmod(0o444)
     with pytest.raises(StoreError):
-        Store.open(path)
+        SqliteStore.open(path)
 
 
 def test_read_only_database_refused_even_as_root(tmp_path: Path):
     """Opening through a read-only mount (immutable URI here) cannot write: clear error."""
     path = tmp_path / "o.db"
-    Store.create(path).close()
-    store = Store.open(path)
+    SqliteStore.create(path).close()
+    store = SqliteStore.open(path)
     store.conn.execute("PRAGMA query_only = ON")
     with pytest.raises(StoreError, match="cannot ingest rows"):
-        store.ingest([Ingested(1, "S", "t", "task_state", time.time())])
+        store.ingest(NewRows([], False, [1], {1: 1}),
+                     [Ingested(1, "S", "t", "task_state", time.time())])
 
 
 def test_disk_full_is_a_store_error(tmp_path: Path):
     """SQLITE_FULL surfaces as StoreError (the daemon logs it and retries), not a crash."""
     path = tmp_path / "o.db"
-    store = Store.create(path)
+    store = SqliteStore.create(path)
     page_count = store.conn.execute("PRAGMA page_count").fetchone()[0]
     store.conn.execute(f"PRAGMA max_page_count = {page_count}")
     with pytest.raises(StoreError, match="full"):
         for i in range(2000):
-            store.insert_row({"kind": "task_state", "migration_task_name": "t" * 200 + str(i),
-                              "status_detail": "x" * 2000})
+            store.mark_stream_created("s" * 2000 + str(i))
 
 
+LIST = json.dumps([1, 2, 3])
+# The hot path's statements, by name as the engine runs them, and the index each must use.
 HOT_PATH = [
-    ("SELECT min(due_at) FROM mgh_tasks WHERE due_at IS NOT NULL", (), "mgh_tasks_due"),
-    ("SELECT * FROM mgh_tasks WHERE due_at IS NOT NULL AND due_at <= ? ORDER BY due_at LIMIT ?",
-     (1.0, 10), "mgh_tasks_due"),
-    ("SELECT i.seq AS _seq, o.* FROM mgh_inbox i LEFT JOIN outbox o ON o.id = i.row_id"
-     " ORDER BY i.seq LIMIT ?", (10,), "INTEGER PRIMARY KEY"),
-    ("SELECT count(*), min(created_at) FROM mgh_rows WHERE state = 'pending'", (),
+    ("next_wakeup", {}, "mgh_tasks_due"),
+    ("next_wakeup", {}, "mgh_tasks_map"),
+    ("claim", {"now": 1.0, "lease": 60.0, "token": "t", "limit": 10}, "mgh_tasks_due"),
+    ("backlog", {}, "mgh_rows_pending"),
+    ("backlog", {}, "mgh_rows_rejected"),
+    ("pending_rows", {"ids": LIST}, "mgh_rows_pending"),
+    ("supersede", {"now": 1.0, "rid": "5", "tid": 1, "kind": "task_state", "seq": 5},
      "mgh_rows_pending"),
-    ("SELECT 1 FROM mgh_rows WHERE task_id = 1 AND state = 'pending'", (), "mgh_rows_pending"),
-    ("UPDATE mgh_rows SET state = 'superseded' WHERE task_id = ? AND kind = ? AND"
-     " state = 'pending' AND seq < ?", (1, "task_state", 5), "mgh_rows_pending"),
-    ("SELECT min(map_check_at) FROM mgh_tasks WHERE map_check_at IS NOT NULL", (),
-     "mgh_tasks_map"),
-    ("SELECT count(*) FROM mgh_rows WHERE state = 'rejected'", (), "mgh_rows_rejected"),
-    ("SELECT id FROM mgh_rows WHERE state IN ('sent', 'superseded') AND finished_at < ? LIMIT ?",
-     (1.0, 10), "mgh_rows_finished"),
-    ("SELECT id FROM mgh_rows WHERE state = 'dropped' AND finished_at < ? LIMIT ?",
-     (1.0, 10), "mgh_rows_dropped"),
-    ("SELECT coalesce(sum(state = 'sent'), 0), coalesce(sum(state = 'superseded'), 0)"
-     " FROM mgh_rows WHERE state IN ('sent', 'superseded') AND finished_at >= ?", (1.0,),
-     "mgh_rows_finished"),
-    ("SELECT count(*) FROM mgh_rows WHERE state = 'rejected' AND finished_at >= ?", (1.0,),
-     "mgh_rows_rejected"),
+    ("due_mapping_checks", {"now": 1.0, "limit": 10}, "mgh_tasks_map"),
+    ("prunable", {"before": 1.0, "chunk": 10}, "mgh_rows_finished"),
+    ("prunable", {"before": 1.0, "chunk": 10}, "mgh_rows_dropped"),
+    ("finished", {"since": 1.0}, "mgh_rows_finished"),
+    ("finished_rejected", {"since": 1.0}, "mgh_rows_rejected"),
 ]
 
 
-@pytest.mark.parametrize(("sql", "args", "index"), HOT_PATH)
-def test_hot_path_queries_use_indexes(tmp_path: Path, sql: str, args: tuple[object, ...], index: str):
-    """Every hot-path query uses an index (a scan only of a small partial index), never a table
-    scan, so its cost follows the backlog, not history."""
-    store = Store.create(tmp_path / "o.db")
-    lines = store.explain(sql, args)
+def _plan(store: SqliteStore, sql: str, args: object = ()) -> list[str]:
+    return [r["detail"] for r in store.conn.execute("EXPLAIN QUERY PLAN " + sql, args)]
+
+
+def _insert(store: SqliteStore, **values: object) -> int:
+    cur = store.conn.execute(f"INSERT INTO outbox ({', '.join(values)})"
+                             f" VALUES ({', '.join('?' * len(values))})", list(values.values()))
+    return int(cur.lastrowid or 0)
+
+
+@pytest.mark.parametrize(("name", "args", "index"), HOT_PATH)
+def test_hot_path_queries_use_indexes(tmp_path: Path, name: str, args: dict[str, object],
+                                      index: str):
+    """Every hot-path statement uses an index (a scan only of a small partial index or of a
+    bound list), never a table scan, so its cost follows the backlog, not history."""
+    store = SqliteStore.create(tmp_path / "o.db")
+    lines = _plan(store, store.sql(name), args)
     assert index in " | ".join(lines), lines
-    assert all("USING" in line or line == "SCAN i" for line in lines
-               if line.startswith("SCAN")), lines  # i: the intake queue, read in rowid order
+    assert all("USING" in line or _list_scan(line) for line in lines
+               if line.startswith("SCAN")), lines
+    inbox = _plan(store, "SELECT i.seq, i.row_id FROM mgh_inbox i LEFT JOIN outbox o"
+                  " ON o.id = i.row_id WHERE i.seq > 0 ORDER BY i.seq LIMIT 10")
+    assert "INTEGER PRIMARY KEY" in " | ".join(inbox), inbox
 
 
 def test_prune_deletes_only_delivered_rows_past_retention(tmp_path: Path):
     """Delivered rows older than retention go (outbox too); pending and rejected stay."""
-    store = Store.create(tmp_path / "o.db")
-    ids = [store.insert_row({"kind": "task_state", "migration_task_name": f"t{i}",
-                             "status": "IN_PROGRESS"}) for i in range(4)]
-    assert [r.id for r in store.fetch_new(10).rows] == ids
-    store.ingest([Ingested(i, "S", f"t{n}", "task_state", 0.0,
+    store = SqliteStore.create(tmp_path / "o.db")
+    ids = [_insert(store, kind="task_state", migration_task_name=f"t{i}", status="IN_PROGRESS")
+           for i in range(4)]
+    batch = store.fetch_new(10)
+    assert [r.id for r in batch.rows] == ids
+    store.ingest(batch, [Ingested(i, "S", f"t{n}", "task_state", 0.0,
                            rejected="bad" if n == 3 else None) for n, i in enumerate(ids)])
     store.conn.execute("UPDATE mgh_rows SET state='sent', finished_at=100 WHERE id IN (?, ?)",
                        (ids[0], ids[1]))
@@ -176,8 +186,16 @@ def test_python_writer_retries_when_the_lock_outlasts_its_busy_timeout(cli: Cli,
 
 def _queue_scan(line: str) -> bool:
     """A scan of the intake queue is fine (it holds only rows not yet taken in), and so is the
-    schema's (the trigger check after a schema change)."""
-    return line in ("SCAN i", "SCAN mgh_inbox", "SCAN sqlite_master")
+    schema's (the trigger check after a schema change), the streams' (one row per stream), and a
+    bound list's."""
+    return line in ("SCAN i", "SCAN mgh_inbox", "SCAN sqlite_master", "SCAN mgh_streams") or (
+        _list_scan(line))
+
+
+def _list_scan(line: str) -> bool:
+    """json_each over a bound JSON list (SQLite's `= ANY`), or a SELECT of scalar subqueries."""
+    return line.startswith("SCAN json_each VIRTUAL TABLE") or line in (
+        "SCAN CONSTANT ROW", "SCAN delivered", "SCAN dropped")  # and the subqueries of prune
 
 
 def test_every_statement_of_real_passes_is_an_index_search(
@@ -187,7 +205,7 @@ def test_every_statement_of_real_passes_is_an_index_search(
     ones, over a history of delivered and rejected rows) and EXPLAIN each: none may scan a
     table, so a pass costs what is due, not what was ever delivered."""
     path = tmp_path / "o.db"
-    Store.create(path).close()
+    SqliteStore.create(path).close()
     conn = sqlite3.connect(path)
     with conn:
         conn.executemany("INSERT INTO outbox(kind, migration_task_name, status) VALUES"
@@ -201,7 +219,7 @@ def test_every_statement_of_real_passes_is_an_index_search(
     conn.close()
     cfg = config_mod.parse({"hub": {"progress_update_stream": "S"}, "outbox": {"path": str(path)},
                             "mapping": {"check_after_seconds": 0}})
-    store = Store.open(path)
+    store = SqliteStore.open(path)
     relay = Relay(store, Hub(cfg.aws), cfg)
     seen: list[str] = []
     store.conn.set_trace_callback(seen.append)
@@ -216,7 +234,7 @@ def test_every_statement_of_real_passes_is_an_index_search(
                   if s.split()[0].upper() in ("SELECT", "UPDATE", "DELETE", "INSERT")}
         assert len(shapes) >= 10
         for shape, statement in shapes.items():
-            plan = store.explain(statement)
+            plan = _plan(store, statement)
             assert not [line for line in plan if line.startswith("SCAN") and "USING" not in line
                         and not _queue_scan(line)], (shape, plan)
     finally:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,9 +21,8 @@ from reporter.model import (
     SentState,
     TaskOutcome,
 )
-from reporter.pgstore import PgStore
 from reporter.rows import STATE_SPACING_SECONDS, Kind
-from reporter.store import Store
+from reporter.stores import Engine as Outbox
 
 from .engines import Engine
 
@@ -32,7 +32,7 @@ LEASE = 30.0
 @pytest.fixture
 def store(engine: Engine) -> Iterator[OutboxStore]:
     """An initialised outbox on the engine under test."""
-    made: OutboxStore = Store.create(engine.path) if engine.path else PgStore.create(engine.url)
+    made = (Outbox.named(engine.url) if engine.url else Outbox(engine.path or Path())).create()
     yield made
     made.close()
 
@@ -48,7 +48,7 @@ def _take_in(store: OutboxStore, stream: str = "S", rejected: dict[int, str] | N
     """One intake: every queued row judged (those of `rejected` refused); the ids taken in."""
     batch = store.fetch_new(100)
     rejected = rejected or {}
-    store.ingest([
+    store.ingest(batch, [
         Ingested(row.id, stream, str(row.migration_task_name), str(row.kind),
                  store.clock(), rejected.get(row.id), supersedes and row.id not in rejected)
         for row in batch.rows
@@ -67,10 +67,11 @@ def test_intake_takes_each_row_in_once_in_insertion_order(engine: Engine, store:
     assert [r.id for r in batch.rows] == ids and not batch.more
     assert [r.migration_task_name for r in batch.rows] == ["b", "a", "c"]
     assert batch.rows[2].status == "FAILED" and batch.rows[0].progress_percent == 10
-    store.ingest([Ingested(r.id, "S", str(r.migration_task_name), "task_state", store.clock())
-                  for r in batch.rows])
-    assert store.fetch_new(100).rows == []
-    store.ingest([])
+    store.ingest(batch, [Ingested(r.id, "S", str(r.migration_task_name), "task_state",
+                                  store.clock()) for r in batch.rows])
+    empty = store.fetch_new(100)
+    assert empty.rows == []
+    store.ingest(empty, [])
     backlog = store.backlog()
     assert (backlog.waiting, backlog.queued, backlog.dead_letters) == (0, 3, 0)
     assert store.work_left().tasks == 3
@@ -80,13 +81,13 @@ def test_a_backlog_is_read_in_bounded_batches(engine: Engine, store: OutboxStore
     _rows(engine, *[(f"t{i}", "IN_PROGRESS") for i in range(7)])
     first = store.fetch_new(3)
     assert first.more and 3 <= len(first.rows) < 7
-    store.ingest([Ingested(r.id, "S", str(r.migration_task_name), "task_state", store.clock())
-                  for r in first.rows])
+    store.ingest(first, [Ingested(r.id, "S", str(r.migration_task_name), "task_state",
+                                  store.clock()) for r in first.rows])
     seen = {r.id for r in first.rows}
     while True:
         batch = store.fetch_new(3)
-        store.ingest([Ingested(r.id, "S", str(r.migration_task_name), "task_state",
-                               store.clock()) for r in batch.rows])
+        store.ingest(batch, [Ingested(r.id, "S", str(r.migration_task_name), "task_state",
+                                      store.clock()) for r in batch.rows])
         if not batch.rows:
             break
         assert not seen & {r.id for r in batch.rows}

@@ -19,7 +19,7 @@ import structlog.testing
 
 from reporter.emulator import Emulator
 from reporter.rows import STATE_SPACING_SECONDS
-from reporter.wake import Waker
+from reporter.stores.sqlite_wake import Waker
 
 from .helpers import Cli, insert, pending, start_daemon, wait_for
 

@@ -1,4 +1,5 @@
-"""The outbox DDL of the contract and the daemon's own tables, as sqlite-utils migrations."""
+"""The SQLite outbox: the contract's DDL, the daemon's own tables as sqlite-utils migrations,
+and the intake trigger."""
 
 from __future__ import annotations
 
@@ -6,7 +7,12 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
-from reporter.model import RowState
+from reporter.stores.algorithm import (
+    GATE_COLUMNS,
+    OUTBOX_COLUMNS,
+    REQUIRED_COLUMNS,
+    literals,
+)
 
 __all__ = [
     "GATE_COLUMNS",
@@ -37,21 +43,6 @@ CREATE TABLE IF NOT EXISTS outbox (
 )
 """
 
-REQUIRED_COLUMNS = (
-    "id",
-    "kind",
-    "migration_task_name",
-    "progress_update_stream",
-    "status",
-    "status_detail",
-    "progress_percent",
-    "next_update_seconds",
-    "update_date_time",
-    "resource_attributes",
-    "created_at",
-)
-ARTIFACT_COLUMNS = ("artifact_name", "artifact_description")
-OUTBOX_COLUMNS = REQUIRED_COLUMNS + ARTIFACT_COLUMNS
 
 # The migrations, in order. sqlite-utils applies them (`init` only); opening an outbox checks
 # their names with one query, so the daemon never imports sqlite-utils (and the numpy, click and
@@ -98,7 +89,7 @@ def apply_migrations(conn: sqlite3.Connection) -> None:
     migrations.apply(Database(conn))
 
 
-PENDING, SENT, SUPERSEDED, REJECTED, DROPPED = (f"'{s.value}'" for s in RowState)  # SQL literals
+PENDING, SENT, SUPERSEDED, REJECTED, DROPPED = literals()
 
 
 def _execute(db: Any, *statements: str) -> None:
@@ -161,18 +152,6 @@ def _delivery_tables(db: Any) -> None:
     )
 
 
-GATE_COLUMNS = (
-    "blocked_code",
-    "blocked_reason",
-    "blocked_since",
-    "recheck_at",
-    "home_region",
-    "region_attempts",
-    "region_retry_at",
-    "brake_attempts",
-    "brake_until",
-    "last_success_at",
-)
 # The string meta keys of 0.1.0 that the gate's record replaces, and their columns.
 _OLD_META = {
     "blocked_code": "blocked_code",

@@ -3,7 +3,7 @@ schema `mgh_reporter`, and their versioned migrations."""
 
 from __future__ import annotations
 
-from reporter.model import RowState
+from reporter.stores.algorithm import literals
 
 __all__ = [
     "CHANNEL",
@@ -43,7 +43,7 @@ def outbox_ddl(outbox: str) -> str:
     """The contract's table under its qualified name (sessions search pg_catalog alone)."""
     return _OUTBOX_DDL.format(outbox=outbox)
 
-PENDING, SENT, SUPERSEDED, REJECTED, DROPPED = (f"'{s.value}'" for s in RowState)  # SQL literals
+PENDING, SENT, SUPERSEDED, REJECTED, DROPPED = literals()
 
 
 def trigger_ddl(outbox: str) -> list[str]:

@@ -1,0 +1,631 @@
+"""The delivery algorithm both engines share, written once as named SQL statements: intake's
+bookkeeping, supersession, claims' assembly, outcomes and their state guards, requeue and drop,
+the views and pruning. An engine supplies its `Dialect` (table names, parameter and list
+syntax), the statements that truly differ, its connection and transactions."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AbstractContextManager
+from dataclasses import astuple, dataclass, fields
+from typing import Any
+
+import structlog
+
+from reporter.model import (
+    Backlog,
+    ClaimedTask,
+    DeadLetter,
+    GateState,
+    Ingested,
+    LaneState,
+    MappingCheck,
+    NewRows,
+    PendingRow,
+    RowCounts,
+    RowState,
+    TaskOutcome,
+    TaskRecord,
+    WorkLeft,
+)
+from reporter.rows import STATE_SPACING_SECONDS, Kind, OutboxRow, epoch_of
+
+__all__ = [
+    "ARTIFACT_COLUMNS",
+    "GATE_COLUMNS",
+    "OUTBOX_COLUMNS",
+    "REQUIRED_COLUMNS",
+    "TABLES",
+    "Dialect",
+    "SqlStore",
+    "literals",
+]
+
+# The contract's outbox columns (CONTRACT §2): those a table must have, and those init adds.
+REQUIRED_COLUMNS = (
+    "id",
+    "kind",
+    "migration_task_name",
+    "progress_update_stream",
+    "status",
+    "status_detail",
+    "progress_percent",
+    "next_update_seconds",
+    "update_date_time",
+    "resource_attributes",
+    "created_at",
+)
+ARTIFACT_COLUMNS = ("artifact_name", "artifact_description")
+OUTBOX_COLUMNS = REQUIRED_COLUMNS + ARTIFACT_COLUMNS
+TABLES = ("tasks", "rows", "inbox", "lanes", "gate", "streams", "artifacts")
+GATE_COLUMNS = tuple(f.name for f in fields(GateState))
+
+
+def literals() -> tuple[str, ...]:
+    """The row states as SQL literals: PENDING, SENT, SUPERSEDED, REJECTED, DROPPED."""
+    return tuple(f"'{s.value}'" for s in RowState)
+
+
+PENDING, SENT, SUPERSEDED, REJECTED, DROPPED = literals()
+STATE = f"'{Kind.TASK_STATE.value}'"
+
+# When a lane with waiting rows may send: not before now, its retry time, nor (the state lane)
+# STATE_SPACING_SECONDS after the task's last state was sent.
+_LANE_DUE = (
+    "{greatest}(:now, coalesce((SELECT retry_at FROM {lanes} WHERE task_id = :id"
+    f" AND kind = :kind), 0), CASE WHEN :kind = {STATE} THEN coalesce(sent_at, 0) + :spacing"
+    " ELSE 0 END)"
+)
+
+# The statements of the algorithm, in a neutral dialect: `:name` parameters, `= ANY(:list)`,
+# {table} names and {greatest}/{least}. An engine replaces those it must write its own way.
+STATEMENTS: dict[str, str] = {
+    "gate": f"SELECT {', '.join(GATE_COLUMNS)} FROM {{gate}} WHERE id = 1",
+    "save_gate": f"UPDATE {{gate}} SET {', '.join(f'{n} = :{n}' for n in GATE_COLUMNS)}"
+    " WHERE id = 1",
+    "dequeue": "DELETE FROM {inbox} WHERE seq = ANY(:seqs)",
+    "forget_reused": "DELETE FROM {rows} WHERE id = ANY(:ids) RETURNING state",
+    "add_task": "INSERT INTO {tasks}(stream, task) VALUES (:stream, :task) ON CONFLICT DO NOTHING",
+    "task_ids": "SELECT id, stream, task FROM {tasks} WHERE stream = ANY(:streams)"
+    " AND task = ANY(:tasks)",
+    "add_row": "INSERT INTO {rows}(id, seq, task_id, kind, state, created_at, finished_at, reason)"
+    " VALUES (:id, :seq, :task_id, :kind, :state, :created_at, :finished_at, :reason)",
+    "supersede": f"UPDATE {{rows}} SET state = {SUPERSEDED}, finished_at = :now,"
+    " reason = 'superseded by row ' || :rid WHERE task_id = :tid AND kind = :kind"
+    f" AND state = {PENDING} AND seq < :seq",
+    "schedule_lane": f"UPDATE {{tasks}} SET due_at = {_LANE_DUE} WHERE id = :id"
+    f" AND lease_token IS NULL AND (due_at IS NULL OR due_at > {_LANE_DUE})",
+    "next_wakeup": "SELECT (SELECT min(due_at) FROM {tasks} WHERE due_at IS NOT NULL) AS due,"
+    " (SELECT min(map_check_at) FROM {tasks} WHERE map_check_at IS NOT NULL) AS checks",
+    "pending_rows": "SELECT task_id, id, created_at, attempts, seq FROM {rows}"
+    f" WHERE state = {PENDING} AND task_id = ANY(:ids) ORDER BY seq",
+    "artifacts_of": "SELECT task_id, arn FROM {artifacts} WHERE task_id = ANY(:ids)",
+    "lanes_of": "SELECT task_id, kind, attempts, retry_at FROM {lanes} WHERE task_id = ANY(:ids)",
+    # a lease: due at its end, under a token that record and release must present
+    "claim": "UPDATE {tasks} SET due_at = {now} + :lease, lease_token = :token WHERE id IN"
+    " (SELECT id FROM {tasks} WHERE due_at IS NOT NULL AND due_at <= {now} ORDER BY due_at"
+    " LIMIT :limit{skip}) RETURNING id, stream, task, imported, last_state_seq,"
+    " last_attributes_seq, update_time",
+    "release": "UPDATE {tasks} SET due_at = :due, lease_token = NULL WHERE id = :id"
+    " AND lease_token = :lease",
+    "lease_tokens": "SELECT id, lease_token FROM {tasks} WHERE id = ANY(:ids) ORDER BY id{lock}",
+    # outcomes: the state guards (a row only moves forward; the task's state only to a newer one)
+    "sent": f"UPDATE {{rows}} SET state = {SENT}, finished_at = :now, reason = NULL"
+    f" WHERE id = ANY(:ids) AND state IN ({PENDING}, {SUPERSEDED})",
+    "superseded": f"UPDATE {{rows}} SET state = {SUPERSEDED}, finished_at = :now, reason = :reason"
+    f" WHERE id = :id AND state = {PENDING}",
+    "rejected": f"UPDATE {{rows}} SET state = {REJECTED}, finished_at = :now, reason = :reason"
+    f" WHERE id = :id AND state = {PENDING}",
+    "attempted": "UPDATE {rows} SET attempts = attempts + 1 WHERE id = :id",
+    "artifact": "INSERT INTO {artifacts}(task_id, arn, associated_at) VALUES (:id, :arn, :now)"
+    " ON CONFLICT DO NOTHING",
+    "imported": "UPDATE {tasks} SET imported = TRUE WHERE id = :id",
+    "state": "UPDATE {tasks} SET last_state_row = :row, last_state_seq = :seq, status = :status,"
+    " percent = :percent, detail = :detail, update_time = :update_time,"
+    " next_update_seconds = :next_update_seconds, sent_at = :now WHERE id = :id"
+    " AND (last_state_seq IS NULL OR last_state_seq < :seq)",
+    "attributes": "UPDATE {tasks} SET last_attributes_row = :row, last_attributes_seq = :seq,"
+    " attributes_at = :now, mapped = NULL, configuration_id = NULL, map_check_at = :check_at,"
+    " map_checks = 0, unmapped_reported = FALSE WHERE id = :id"
+    " AND (last_attributes_seq IS NULL OR last_attributes_seq < :seq)",
+    "lane_healthy": "DELETE FROM {lanes} WHERE task_id = :id AND kind = :kind",
+    "lane": "INSERT INTO {lanes}(task_id, kind, attempts, retry_at, last_error)"
+    " VALUES (:id, :kind, :attempts, :retry_at, :error) ON CONFLICT (task_id, kind) DO UPDATE"
+    " SET attempts = excluded.attempts, retry_at = excluded.retry_at,"
+    " last_error = excluded.last_error",
+    # Due again when the earliest lane with waiting rows may send; the lease ends here.
+    "reschedule": "UPDATE {tasks} SET lease_token = NULL, last_error = coalesce(:error,"
+    " (SELECT last_error FROM {lanes} WHERE task_id = :id AND last_error IS NOT NULL LIMIT 1)),"
+    " due_at = (SELECT min({greatest}(coalesce(l.retry_at, 0), :now,"
+    f" CASE WHEN k.kind = {STATE} THEN coalesce(sent_at, 0) + :spacing ELSE 0 END))"
+    f" FROM (SELECT DISTINCT kind FROM {{rows}} WHERE task_id = :id AND state = {PENDING}) AS k"
+    " LEFT JOIN {lanes} l ON l.task_id = :id AND l.kind = k.kind)"
+    " WHERE id = :id AND lease_token = :lease",
+    "streams": "SELECT stream FROM {streams} WHERE created_at IS NOT NULL",
+    "record_mapping": "UPDATE {tasks} SET mapped = :mapped, configuration_id = :configuration_id,"
+    " map_check_at = :next_check_at, map_checks = map_checks + 1,"
+    " unmapped_reported = :unmapped_reported WHERE id = :id",
+    "dead_letters": "SELECT r.id, r.reason, r.kind, t.stream, t.task, r.attempts, r.finished_at,"
+    " o.id IS NOT NULL AS present FROM {rows} r JOIN {tasks} t ON t.id = r.task_id"
+    " LEFT JOIN {outbox} o ON o.id = r.id WHERE r.state = {rejected} {only} ORDER BY r.id",
+    "drop": f"UPDATE {{rows}} SET state = {DROPPED}, finished_at = :now WHERE state = {REJECTED}"
+    " {only} {before} RETURNING id",
+    "requeue": f"UPDATE {{rows}} SET state = {PENDING}, attempts = 0, reason = NULL,"
+    f" finished_at = NULL WHERE id = :rid AND state = {REJECTED}",
+    "requeue_lane": "DELETE FROM {lanes} WHERE (task_id, kind) ="
+    " (SELECT task_id, kind FROM {rows} WHERE id = :rid)",
+    "requeue_task": "UPDATE {tasks} SET due_at = {least}(coalesce(due_at, :now), :now)"
+    " WHERE id = (SELECT task_id FROM {rows} WHERE id = :rid)",
+    "rereject": "UPDATE {rows} SET reason = :reason, finished_at = :now WHERE id = :rid",
+    "backlog": f"SELECT (SELECT count(*) FROM {{rows}} WHERE state = {PENDING}) AS queued,"
+    f" (SELECT min(created_at) FROM {{rows}} WHERE state = {PENDING}) AS oldest,"
+    f" (SELECT count(*) FROM {{rows}} WHERE state = {REJECTED}) AS dead",
+    "work_left": f"SELECT (SELECT count(DISTINCT task_id) FROM {{rows}} WHERE state = {PENDING})"
+    " AS tasks, (SELECT count(*) FROM {lanes} WHERE attempts > 0) AS retrying",
+    "by_state": "SELECT state, count(*) AS n FROM {rows} GROUP BY state",
+    # A superseded row whose lane still has a newer row waiting: not delivered yet.
+    "overtaken": f"SELECT count(*) AS n FROM {{rows}} r WHERE r.state = {SUPERSEDED} AND EXISTS"
+    f" (SELECT 1 FROM {{rows}} p WHERE p.task_id = r.task_id AND p.state = {PENDING}"
+    " AND p.kind = r.kind AND p.seq > r.seq)",
+    # Two index range scans, no sort (a GROUP BY would sort every row ever delivered).
+    "finished": f"SELECT count(*) FILTER (WHERE state = {SENT}) AS sent,"
+    f" count(*) FILTER (WHERE state = {SUPERSEDED}) AS superseded FROM {{rows}}"
+    f" WHERE state IN ({SENT}, {SUPERSEDED}) AND finished_at >= :since",
+    "finished_rejected": f"SELECT count(*) AS n FROM {{rows}} WHERE state = {REJECTED}"
+    " AND finished_at >= :since",
+    "tasks": f"SELECT t.*, (SELECT count(*) FROM {{rows}} r WHERE r.task_id = t.id AND r.state ="
+    f" {PENDING}) AS pending, {{arns}} AS artifacts FROM {{tasks}} t {{only}}"
+    " ORDER BY t.stream, t.task",
+    "prunable": "SELECT id FROM (SELECT id FROM {rows} WHERE state IN"
+    f" ({SENT}, {SUPERSEDED}) AND finished_at < :before LIMIT :chunk{{skip}}) AS delivered"
+    f" UNION ALL SELECT id FROM (SELECT id FROM {{rows}} WHERE state = {DROPPED}"
+    " AND finished_at < :before LIMIT :chunk{skip}) AS dropped",
+    # held for a minute: no other replica checks it meanwhile (record_mapping sets the next time)
+    "due_mapping_checks": "UPDATE {tasks} SET map_check_at = :now + 60 WHERE id IN (SELECT id"
+    " FROM {tasks} WHERE map_check_at IS NOT NULL AND map_check_at <= :now"
+    " ORDER BY map_check_at LIMIT :limit{skip}) RETURNING id, stream, task, attributes_at,"
+    " map_checks, unmapped_reported",
+    "mark_stream": "INSERT INTO {streams}(stream, created_at) VALUES (:stream, :now)"
+    " ON CONFLICT (stream) DO UPDATE SET created_at = excluded.created_at",
+    # never a reused id whose new row is still waiting for intake
+    "prune_outbox": "DELETE FROM {outbox} AS x WHERE x.id = ANY(:ids)"
+    " AND NOT EXISTS (SELECT 1 FROM {inbox} i WHERE i.row_id = x.id)",
+    "prune_rows": "DELETE FROM {rows} WHERE id = ANY(:ids)",
+}
+
+_ANY = re.compile(r"= ANY\(:(\w+)\)")
+_PARAM = re.compile(r"(?<![:\w]):([a-z_]\w*)")
+
+
+@dataclass(frozen=True)
+class Dialect:
+    """How one engine writes the shared statements."""
+
+    prefix: str  # tables: "mgh_" (SQLite) or "mgh_reporter." (PostgreSQL)
+    greatest: str  # the scalar max and min
+    least: str
+    lock: str  # appended to a SELECT whose rows are about to change ("" on SQLite)
+    skip: str  # ... and one that leaves rows another replica holds ("" on SQLite)
+    now: str  # the clock leases are judged by, in SQL (SQLite: bound as :now)
+    arns: str  # a task's artifact ARNs as a sorted JSON array (t is the task)
+    named: Callable[[str], str]  # `:name` parameters to the driver's style
+    any_of: Callable[[str], str]  # `= ANY(:list)` to the engine's membership test
+    array: Callable[[Sequence[Any]], Any]  # a list parameter as the driver binds it
+    overrides: Mapping[str, str]  # statements this engine writes its own way
+
+    def compile(self, template: str, outbox: str) -> str:
+        """One statement, in this engine's SQL."""
+        names = {t: f"{self.prefix}{t}" for t in TABLES}
+        text = template.format(
+            **names, outbox=outbox, greatest=self.greatest, least=self.least, lock=self.lock,
+            skip=self.skip, now=self.now, arns=self.arns.format(**names), rejected=REJECTED,
+            only="{only}", before="{before}")
+        return self.named(_ANY.sub(lambda m: self.any_of(m.group(1)), text))
+
+
+def sqlite_any(name: str) -> str:
+    """SQLite has no arrays: a JSON list bound as text, read back by json_each."""
+    return f"IN (SELECT value FROM json_each(:{name}))"
+
+
+def postgres_named(text: str) -> str:
+    """`:name` to psycopg's `%(name)s` (a literal % doubled)."""
+    return _PARAM.sub(r"%(\1)s", text.replace("%", "%%"))
+
+
+class SqlStore(ABC):
+    """`OutboxStore`'s shared algorithm over an engine's connection and dialect."""
+
+    dialect: Dialect
+    _outbox = "outbox"
+
+    def __init__(self) -> None:
+        self._compiled: dict[tuple[str, str], str] = {}
+
+    # -- what an engine supplies ----------------------------------------------------------
+    @abstractmethod
+    def clock(self) -> float:
+        """Now, by the clock leases are judged by."""
+
+    @abstractmethod
+    def _tx(self, doing: str, write: bool = True) -> AbstractContextManager[Any]:
+        """One transaction; yields something with execute(sql, params) and executemany."""
+
+    @abstractmethod
+    def _intake(self) -> AbstractContextManager[Any]:
+        """The transaction that dequeues what `fetch_new` read."""
+
+    @abstractmethod
+    def _contents(self, c: Any, ids: Sequence[int]) -> dict[int, OutboxRow]:
+        """Outbox rows by id, never reading a value over MAX_COLUMN_BYTES."""
+
+    @abstractmethod
+    def _leased(self, ids: Sequence[int], token: str, ends: float) -> None:
+        """After a claim: its leases end no earlier than `ends` on the monotonic clock (the
+        PostgreSQL fence keeps this)."""
+
+    @abstractmethod
+    def _ended(self, outcomes: Sequence[TaskOutcome]) -> None:
+        """After outcomes were recorded."""
+
+    # -- statements -----------------------------------------------------------------------
+    def sql(self, name: str, **parts: str) -> str:
+        """A named statement in this engine's SQL (with `{only}`-style parts filled in)."""
+        key = (name, self._outbox)
+        text = self._compiled.get(key)
+        if text is None:
+            template = self.dialect.overrides.get(name, STATEMENTS.get(name))
+            if template is None:
+                raise KeyError(name)
+            text = self._compiled[key] = self.dialect.compile(template, self._outbox)
+        return text.format(**parts) if parts else text
+
+    def _all(self, c: Any, name: str, params: Mapping[str, Any] | None = None) -> list[Any]:
+        return list(c.execute(self.sql(name), params or {}).fetchall())
+
+    def _one(self, c: Any, name: str, params: Mapping[str, Any] | None = None) -> Any:
+        return c.execute(self.sql(name), params or {}).fetchone()
+
+    def _many(self, c: Any, name: str, params: Sequence[Mapping[str, Any]]) -> None:
+        if params:
+            c.executemany(self.sql(name), params)
+
+    def _array(self, values: Sequence[Any]) -> Any:
+        return self.dialect.array(list(values))
+
+    # -- the gate's record ------------------------------------------------------------------
+    def load_gate(self) -> GateState:
+        """The gate's persisted record (defaults for what was never saved)."""
+        with self._tx("read gate state", write=False) as c:
+            row = self._one(c, "gate")
+        if row is None:
+            return GateState()
+        values: dict[str, Any] = {}
+        for f in fields(GateState):
+            value = row[f.name]
+            if value is None:
+                value = f.default
+            elif "int" in str(f.type):
+                value = int(value)
+            elif "float" in str(f.type):
+                value = float(value)
+            values[f.name] = value
+        return GateState(**values)
+
+    def save_gate(self, state: GateState) -> None:
+        """Persist the gate's record."""
+        with self._tx("write gate state") as c:
+            c.execute(self.sql("save_gate"), dict(zip(GATE_COLUMNS, astuple(state), strict=True)))
+
+    # -- intake -----------------------------------------------------------------------------
+    def ingest(self, batch: NewRows, items: Sequence[Ingested]) -> None:
+        """Dequeue the batch `fetch_new` read and take its judged rows into delivery state, in
+        one transaction. A task becomes due when a new row arrives unless that row's lane is
+        backing off; a leased task keeps its lease. A reused row id replaces what we remembered
+        under it (that earlier row is gone from the outbox); a newer row of a lane that
+        supersedes supersedes the older rows still waiting."""
+        now = self.clock()
+        with self._intake() as c:
+            if batch.seqs:
+                c.execute(self.sql("dequeue"), {"seqs": self._array(batch.seqs)})
+            if not items:
+                return
+            row_ids = self._array([i.row_id for i in items])
+            reused = self._all(c, "forget_reused", {"ids": row_ids})
+            if reused:
+                structlog.get_logger("reporter.stores").info(
+                    "row_id_reused", rows=len(reused),
+                    earlier_pending=sum(r["state"] == RowState.PENDING for r in reused))
+            keys = sorted({(i.stream, i.task) for i in items})
+            self._many(c, "add_task", [{"stream": s, "task": t} for s, t in keys])
+            found = self._all(c, "task_ids", {"streams": self._array(sorted({s for s, _ in keys})),
+                                              "tasks": self._array(sorted({t for _, t in keys}))})
+            ids = {(r["stream"], r["task"]): int(r["id"]) for r in found}
+            place = batch.places
+            self._many(c, "add_row", [
+                {"id": i.row_id, "seq": place[i.row_id], "task_id": ids[(i.stream, i.task)],
+                 "kind": i.kind, "state": RowState.REJECTED.value if i.rejected
+                 else RowState.PENDING.value, "created_at": i.created_at,
+                 "finished_at": now if i.rejected else None, "reason": i.rejected}
+                for i in items
+            ])
+            newest: dict[tuple[int, str], int] = {}
+            for i in sorted(items, key=lambda i: place[i.row_id]):
+                if i.supersedes:
+                    newest[(ids[(i.stream, i.task)], i.kind)] = i.row_id
+            self._many(c, "supersede", [
+                {"now": now, "rid": str(rid), "tid": tid, "kind": kind, "seq": place[rid]}
+                for (tid, kind), rid in sorted(newest.items())
+            ])
+            lanes = {(ids[(i.stream, i.task)], i.kind) for i in items if not i.rejected}
+            self._many(c, "schedule_lane", [
+                {"now": now, "id": tid, "kind": kind, "spacing": STATE_SPACING_SECONDS}
+                for tid, kind in sorted(lanes)
+            ])
+
+    # -- claims -------------------------------------------------------------------------------
+    def next_wakeup(self) -> float | None:
+        """When the earliest task or mapping check becomes due (None: nothing scheduled)."""
+        with self._tx("read due time", write=False) as c:
+            row = self._one(c, "next_wakeup")
+        known = [float(row[k]) for k in ("due", "checks") if row[k] is not None]
+        return min(known) if known else None
+
+    def claim_due(self, limit: int, lease_seconds: float) -> list[ClaimedTask]:
+        """Lease up to `limit` due tasks, with their waiting rows in insertion order, their
+        artifacts and lanes: their due time moves to the lease's end and they carry a fresh
+        token that `record` and `release` must present."""
+        token = uuid.uuid4().hex
+        started = time.monotonic()  # before the database's now: a conservative lease end
+        with self._tx("claim tasks") as c:
+            tasks = self._all(c, "claim", {"now": self.clock(), "lease": lease_seconds,
+                                           "token": token, "limit": limit})
+            if not tasks:
+                return []
+            ids = {"ids": self._array([t["id"] for t in tasks])}
+            rows = self._all(c, "pending_rows", ids)
+            contents = self._contents(c, [r["id"] for r in rows])
+            artifacts = self._all(c, "artifacts_of", ids)
+            lanes = self._all(c, "lanes_of", ids)
+        claimed = {
+            t["id"]: ClaimedTask(t["id"], t["stream"], t["task"], token, bool(t["imported"]),
+                                 t["last_state_seq"], t["last_attributes_seq"],
+                                 last_update_time=t["update_time"])
+            for t in tasks
+        }
+        self._leased(list(claimed), token, started + lease_seconds)
+        for r in rows:
+            task = claimed[r["task_id"]]
+            task.bookkeeping[r["id"]] = PendingRow(r["attempts"], r["created_at"], r["seq"])
+            content = contents.get(r["id"])
+            if content is None:  # deleted by the tool after intake
+                task.missing.append(r["id"])
+            else:
+                task.rows.append(content)
+        for a in artifacts:
+            claimed[a["task_id"]].associated.add(a["arn"])
+        for lane in lanes:
+            if lane["kind"] in Kind.__members__.values():
+                claimed[lane["task_id"]].lanes[Kind(lane["kind"])] = LaneState(
+                    lane["attempts"], lane["retry_at"])
+        return list(claimed.values())
+
+    def release(self, leases: Sequence[tuple[int, str]], due_at: float) -> None:
+        """Hand leased tasks back untouched, due again at `due_at` (e.g. on a graceful stop)."""
+        if leases:
+            with self._tx("release tasks") as c:
+                self._many(c, "release", [{"due": due_at, "id": tid, "lease": lease}
+                                          for tid, lease in leases])
+
+    # -- outcomes -----------------------------------------------------------------------------
+    def record(self, outcomes: Sequence[TaskOutcome]) -> None:
+        """Record a pass's outcomes in one short transaction. An outcome whose lease is no
+        longer the task's (another replica holds it, or it was released) records only facts:
+        rows the Hub got, rows judged superseded or invalid, the import, the artifacts, and
+        floors that only move forward; never the schedule or retry state of the task."""
+        if not outcomes:
+            return
+        now = self.clock()
+        lost: list[int] = []
+        with self._tx("record outcomes") as c:
+            tokens = {r["id"]: r["lease_token"] for r in self._all(
+                c, "lease_tokens", {"ids": self._array([o.task_id for o in outcomes])})}
+            for o in sorted(outcomes, key=lambda o: o.task_id):
+                held = tokens.get(o.task_id) == o.lease
+                if not held:
+                    lost.append(o.task_id)
+                self._record_one(c, o, now, held)
+        self._ended(outcomes)
+        if lost:
+            structlog.get_logger("reporter.stores").warning(
+                "lease_lost", tasks=len(lost), task_ids=lost[:20],
+                hint="these tasks were released or taken over; only delivered facts were recorded")
+
+    def _record_one(self, c: Any, o: TaskOutcome, now: float, held: bool) -> None:
+        if o.sent:
+            c.execute(self.sql("sent"), {"now": now, "ids": self._array(o.sent)})
+        self._many(c, "superseded", [{"now": now, "reason": reason, "id": rid}
+                                     for rid, reason in o.superseded])
+        self._many(c, "rejected", [{"now": now, "reason": reason, "id": rid}
+                                   for rid, reason in o.rejected])
+        self._many(c, "artifact", [{"id": o.task_id, "arn": arn, "now": now}
+                                   for arn in o.artifacts])
+        if o.imported:
+            c.execute(self.sql("imported"), {"id": o.task_id})
+        if o.state is not None:
+            s = o.state
+            c.execute(self.sql("state"), {
+                "row": s.row, "seq": s.seq, "status": s.status, "percent": s.percent,
+                "detail": s.detail, "update_time": s.update_time,
+                "next_update_seconds": s.next_update_seconds, "now": now, "id": o.task_id})
+        if o.attributes_row is not None:
+            c.execute(self.sql("attributes"), {
+                "row": o.attributes_row, "seq": o.attributes_seq, "now": now,
+                "check_at": o.map_check_at, "id": o.task_id})
+        if not held:
+            return
+        self._many(c, "attempted", [{"id": rid} for rid in o.failed_rows])
+        for lane in o.lanes:
+            params = {"id": o.task_id, "kind": lane.kind.value}
+            if lane.attempts == 0 and lane.retry_at is None:
+                c.execute(self.sql("lane_healthy"), params)
+            else:
+                c.execute(self.sql("lane"), {**params, "attempts": lane.attempts,
+                                             "retry_at": lane.retry_at, "error": lane.error})
+        c.execute(self.sql("reschedule"), {"id": o.task_id, "now": now, "lease": o.lease,
+                                           "error": o.error, "spacing": STATE_SPACING_SECONDS})
+
+    def mark_stream_created(self, stream: str) -> None:
+        """Remember that the Hub has this stream."""
+        with self._tx("record stream") as c:
+            c.execute(self.sql("mark_stream"), {"stream": stream, "now": self.clock()})
+
+    def streams(self) -> set[str]:
+        """Streams known to exist at the Hub."""
+        with self._tx("read streams", write=False) as c:
+            return {r["stream"] for r in self._all(c, "streams")}
+
+    # -- mapping ----------------------------------------------------------------------------
+    def due_mapping_checks(self, limit: int) -> list[MappingCheck]:
+        """Tasks whose auto-mapping should be checked now; each is held for a minute so no
+        other replica checks it at the same time (`record_mapping` sets the real next time)."""
+        with self._tx("read mapping checks") as c:
+            rows = self._all(c, "due_mapping_checks", {"now": self.clock(), "limit": limit})
+        return [MappingCheck(r["id"], r["stream"], r["task"], r["attributes_at"],
+                             r["map_checks"], bool(r["unmapped_reported"])) for r in rows]
+
+    def record_mapping(self, task_id: int, mapped: bool | None, configuration_id: str | None,
+                       next_check_at: float | None, unmapped_reported: bool) -> None:
+        """Store the result of one ListDiscoveredResources check."""
+        with self._tx("record mapping") as c:
+            c.execute(self.sql("record_mapping"), {
+                "mapped": mapped, "configuration_id": configuration_id,
+                "next_check_at": next_check_at, "unmapped_reported": unmapped_reported,
+                "id": task_id})
+
+    # -- dead letters -----------------------------------------------------------------------
+    def dead_letters(self, ids: Sequence[int] | None = None) -> list[DeadLetter]:
+        """Rejected rows (all, or those of `ids`) with their reasons."""
+        only = "" if ids is None else self.dialect.named(self.dialect.any_of("ids"))
+        with self._tx("read dead letters", write=False) as c:
+            rows = c.execute(self.sql("dead_letters", only=f"AND r.id {only}" if only else ""),
+                             {"ids": self._array(ids or [])}).fetchall()
+        return [DeadLetter(r["id"], r["reason"] or "", r["kind"], r["stream"], r["task"],
+                           r["attempts"], r["finished_at"], bool(r["present"])) for r in rows]
+
+    def outbox_rows(self, ids: Sequence[int]) -> list[OutboxRow]:
+        """The outbox content of some rows."""
+        with self._tx("read outbox", write=False) as c:
+            contents = self._contents(c, list(ids))
+        return [contents[i] for i in sorted(contents)]
+
+    def drop(self, ids: Sequence[int] | None, rejected_before: float | None) -> list[int]:
+        """Drop dead letters (of `ids` or all, rejected before `rejected_before` when given)."""
+        only = "" if ids is None else "AND id " + self.dialect.named(self.dialect.any_of("ids"))
+        before = "" if rejected_before is None else self.dialect.named(
+            "AND coalesce(finished_at, 0) < :before")
+        with self._tx("drop dead letters") as c:
+            rows = c.execute(self.sql("drop", only=only, before=before), {
+                "now": self.clock(), "ids": self._array(ids or []),
+                "before": rejected_before}).fetchall()
+        return sorted(int(r["id"]) for r in rows)
+
+    def requeue(self, valid: Sequence[int], invalid: Sequence[tuple[int, str]]) -> None:
+        """Put dead letters back in line (valid) or reject them again with a new reason."""
+        now = self.clock()
+        with self._tx("requeue dead letters") as c:
+            for name in ("requeue", "requeue_lane", "requeue_task"):
+                self._many(c, name, [{"rid": rid, "now": now} for rid in valid])
+            self._many(c, "rereject", [{"reason": reason, "now": now, "rid": rid}
+                                       for rid, reason in invalid])
+
+    # -- views --------------------------------------------------------------------------------
+    def backlog(self) -> Backlog:
+        """Cheap (indexed) totals: rows not taken in, rows waiting, the oldest, dead letters."""
+        with self._tx("read backlog", write=False) as c:
+            r = self._one(c, "backlog")
+            w = self._one(c, "waiting")
+        first = w["first"]
+        if isinstance(first, str):
+            first = epoch_of(first, self.clock())
+        times = [float(t) for t in (r["oldest"], first) if t is not None]
+        return Backlog(int(w["waiting"]), int(r["queued"]), min(times) if times else None,
+                       int(r["dead"]))
+
+    def work_left(self) -> WorkLeft:
+        """Tasks with pending rows, and (task, kind) lanes backing off after a failure."""
+        with self._tx("read progress", write=False) as c:
+            r = self._one(c, "work_left")
+        return WorkLeft(int(r["tasks"]), int(r["retrying"]))
+
+    def counts(self) -> RowCounts:
+        """Row totals; a row superseded by a newer row that is still waiting counts as pending
+        (its lane's content has not reached the Hub yet)."""
+        backlog = self.backlog()
+        with self._tx("read counts", write=False) as c:
+            by_state = {r["state"]: int(r["n"]) for r in self._all(c, "by_state")}
+            overtaken = int(self._one(c, "overtaken")["n"])
+        oldest = backlog.oldest_created_at
+        return RowCounts(
+            pending=backlog.pending + overtaken,
+            sent=by_state.get(RowState.SENT.value, 0),
+            superseded=by_state.get(RowState.SUPERSEDED.value, 0) - overtaken,
+            dead_letters=backlog.dead_letters,
+            oldest_pending_seconds=None if oldest is None
+            else round(max(0.0, self.clock() - oldest), 3),
+            dropped=by_state.get(RowState.DROPPED.value, 0),
+        )
+
+    def finished_since(self, since: float) -> dict[str, int]:
+        """Rows sent, superseded or rejected at or after `since` (by anyone), by state."""
+        with self._tx("read finished rows", write=False) as c:
+            done = self._one(c, "finished", {"since": since})
+            rejected = self._one(c, "finished_rejected", {"since": since})
+        return {RowState.SENT.value: int(done["sent"] or 0),
+                RowState.SUPERSEDED.value: int(done["superseded"] or 0),
+                RowState.REJECTED.value: int(rejected["n"])}
+
+    def tasks(self, stream: str | None = None) -> list[TaskRecord]:
+        """One record per task: last state sent, pending count, mapping, artifacts (sorted)."""
+        only = self.dialect.named("WHERE t.stream = :stream") if stream else ""
+        with self._tx("read tasks", write=False) as c:
+            rows = c.execute(self.sql("tasks", only=only), {"stream": stream}).fetchall()
+        return [
+            TaskRecord(
+                stream=r["stream"], task=r["task"], status=r["status"], percent=r["percent"],
+                detail=r["detail"], update_time=r["update_time"],
+                next_update_seconds=r["next_update_seconds"], sent_at=r["sent_at"],
+                pending=int(r["pending"]),
+                mapped=None if r["mapped"] is None else bool(r["mapped"]),
+                configuration_id=r["configuration_id"],
+                artifacts=tuple(_json_list(r["artifacts"])), last_error=r["last_error"],
+            )
+            for r in rows
+        ]
+
+    # -- maintenance --------------------------------------------------------------------------
+    def prune(self, before: float, chunk: int = 2000) -> int:
+        """Delete delivered and dropped rows finished before `before` (and their outbox rows),
+        in short transactions; returns the count."""
+        total = 0
+        while True:
+            with self._tx("prune delivered rows") as c:
+                ids = [int(r["id"]) for r in self._all(c, "prunable",
+                                                       {"before": before, "chunk": chunk})]
+                if ids:
+                    c.execute(self.sql("prune_outbox"), {"ids": self._array(ids)})
+                    c.execute(self.sql("prune_rows"), {"ids": self._array(ids)})
+            total += len(ids)
+            if len(ids) < chunk:
+                return total
+
+
+def _json_list(value: Any) -> Iterator[str]:
+    """A JSON array as the driver returns it (text on SQLite, a list on PostgreSQL)."""
+    items = value if isinstance(value, list) else json.loads(value or "[]")
+    return (str(i) for i in items)

@@ -1,0 +1,527 @@
+"""The SQLite engine: its dialect of the shared algorithm, and what only a file has (opening and
+refusing files, WAL mode, blob-sized reads, the intake trigger's repair, file identity,
+checkpoints and damage)."""
+
+from __future__ import annotations
+
+import json
+import os
+import sqlite3
+import stat
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from reporter.model import NewRows, Replica, StoreError, TaskOutcome, tail_size
+from reporter.rows import MAX_COLUMN_BYTES, OutboxRow
+from reporter.stores import sqlite_schema as schema
+from reporter.stores.algorithm import (
+    ARTIFACT_COLUMNS,
+    OUTBOX_COLUMNS,
+    REQUIRED_COLUMNS,
+    Dialect,
+    SqlStore,
+    sqlite_any,
+)
+
+__all__ = ["SqliteStore"]
+
+DIALECT = Dialect(
+    prefix="mgh_", greatest="max", least="min", lock="", skip="", now=":now",
+    arns="(SELECT json_group_array(arn) FROM (SELECT arn FROM {artifacts}"
+    " WHERE task_id = t.id ORDER BY arn))",
+    named=lambda text: text, any_of=sqlite_any, array=json.dumps,
+    overrides={
+        "waiting": "SELECT count(*) AS waiting, min(o.created_at) AS first FROM mgh_inbox i"
+        " LEFT JOIN outbox o ON o.id = i.row_id",
+    },
+)
+# The outbox columns a row is read with (those of OutboxRow that the table has).
+_ROW_COLUMNS = tuple(f.name for f in fields(OutboxRow) if f.name != "oversize")
+# An oversize name is still shown: this much of its start is read (never the whole value).
+_NAME_PREFIX_BYTES = 1024
+_NAMES = ("kind", "migration_task_name", "progress_update_stream")
+_CHUNK = 5000
+BLOB_RECYCLE = 2_000  # blob handles per connection before it is swapped (see _recycle)
+
+
+def _marks(n: int) -> str:
+    return ",".join("?" * n)
+
+
+def _check_file(path: Path) -> None:
+    """The outbox's directory is shared with the tools' group: refuse a symlink (it would send
+    our writes, and init's chmod, to another file) or a FIFO, device or directory planted at
+    its name, before SQLite opens it by path."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise StoreError(f"{path}: {exc.strerror}") from None
+    if stat.S_ISLNK(st.st_mode):
+        raise StoreError(
+            f"{path}: the outbox is a symbolic link; refusing it (set [outbox] path to the file "
+            "itself, in a directory the tools' group cannot replace it in)"
+        )
+    if not stat.S_ISREG(st.st_mode):
+        raise StoreError(f"{path}: the outbox is not a regular file; refusing it")
+
+
+def _group_writable(path: Path) -> None:
+    """`init`: make (or find) the outbox file group-readable and -writable so a host tool in our
+    group can share it (SQLite gives -wal and -shm the database's mode). A new file is created
+    with O_EXCL; an existing one is changed through an O_PATH descriptor of the file itself
+    (never chmod by a path a group member could swap; and closing an O_PATH descriptor, unlike
+    any other, keeps the POSIX locks of SQLite connections this process has on the file)."""
+    wanted = stat.S_IRGRP | stat.S_IWGRP
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
+                     0o660)
+        os.close(fd)
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot create the outbox: {exc.strerror}") from None
+    try:
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
+                _check_file(path)  # names what it is
+            if st.st_uid == os.geteuid() and st.st_mode & wanted != wanted:
+                os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(st.st_mode) | wanted)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise StoreError(f"{path}: cannot make group-writable: {exc.strerror}") from None
+
+
+def _wal_mode(conn: sqlite3.Connection, timeout: float) -> str:
+    """Switch a connection to WAL. Doing so on a new file needs it alone, and SQLite answers
+    "database is locked" at once, without its busy handler, while another process is making
+    the same file (two `init`s, `init` beside a daemon re-creating its outbox): retry for the
+    busy timeout."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            return str(conn.execute("PRAGMA journal_mode = WAL").fetchone()[0])
+        except sqlite3.OperationalError as exc:
+            busy = getattr(exc, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
+            if not busy or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
+
+
+def _lenient(data: bytes) -> str:
+    """Text as the connection returns it: a value that is not valid UTF-8 (which a host tool can
+    store) decodes with surrogate escapes, for validation to name, instead of failing the whole
+    query."""
+    return data.decode("utf-8", "surrogateescape")
+
+
+class SqliteStore(SqlStore):
+    """One connection to the outbox file; short explicit transactions."""
+
+    dialect = DIALECT
+
+    def __init__(self, path: Path, busy_timeout_ms: int = 5000) -> None:
+        super().__init__()
+        self.path = path
+        self.busy_timeout_ms = busy_timeout_ms
+        self.conn = self._connect()
+        self._blobs = 0  # incremental-blob handles opened on this connection
+        self._schema_version: int | None = None
+        try:
+            st = os.stat(path)
+        except OSError as exc:
+            raise StoreError(f"{path}: cannot stat: {exc.strerror}") from None
+        self._identity = (st.st_dev, st.st_ino)
+
+    def _connect(self) -> sqlite3.Connection:
+        path, busy_timeout_ms = self.path, self.busy_timeout_ms
+        try:
+            conn = sqlite3.connect(
+                str(path),
+                timeout=busy_timeout_ms / 1000,
+                isolation_level=None,
+                check_same_thread=False,
+            )
+            conn.row_factory = sqlite3.Row
+            conn.text_factory = _lenient
+            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            mode = _wal_mode(conn, busy_timeout_ms / 1000)
+            conn.execute("PRAGMA synchronous = NORMAL")
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{path}: cannot open as an SQLite database: {exc}") from None
+        if mode != "wal":
+            conn.close()
+            raise StoreError(f"{path}: cannot switch to WAL mode (journal_mode is {mode})")
+        return conn
+
+    def clock(self) -> float:
+        """Now (looked up per call: freezegun-able)."""
+        return time.time()
+
+    def _recycle(self) -> None:
+        """CPython (3.11-3.13) keeps a reference to every incremental-blob handle a connection
+        ever opened until the connection closes (~90 bytes each): after BLOB_RECYCLE of them,
+        between transactions, swap in a fresh connection to the same file (never to a file that
+        replaced it: that is the daemon's to notice)."""
+        if self._blobs < BLOB_RECYCLE or self.conn.in_transaction:
+            return
+        try:
+            fresh = self._connect()
+        except StoreError:
+            return
+        try:
+            st = os.stat(self.path)
+        except OSError:
+            st = None
+        if st is None or (st.st_dev, st.st_ino) != self._identity:
+            fresh.close()
+            return
+        old, self.conn, self._blobs = self.conn, fresh, 0
+        old.close()
+
+    # -- opening ---------------------------------------------------------------------------
+    @classmethod
+    def create(cls, path: Path, busy_timeout_ms: int = 5000) -> SqliteStore:
+        """`init`: create the file, the outbox table (or accept the host's) and our tables."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StoreError(f"{path.parent}: cannot create directory: {exc.strerror}") from None
+        _check_file(path)
+        _group_writable(path)
+        store = cls(path, busy_timeout_ms)
+        try:
+            # One write transaction (BEGIN IMMEDIATE) that looks at the schema afresh: an `init`
+            # beside a daemon re-creating its outbox, or a second `init`, waits its turn and
+            # finds the work done, never "duplicate column name".
+            with store._tx("initialise") as c:
+                c.execute(schema.OUTBOX_DDL)
+                columns = store._outbox_columns()
+                missing = [col for col in REQUIRED_COLUMNS if col not in columns]
+                if missing:
+                    raise StoreError(f"{path}: table outbox lacks columns {', '.join(missing)}")
+                for column in ARTIFACT_COLUMNS:
+                    if column not in columns:
+                        c.execute(f"ALTER TABLE outbox ADD COLUMN {column} TEXT")
+                schema.apply_migrations(c)
+            store._check_trigger()  # a re-created outbox table gets its intake trigger back
+        except BaseException:
+            store.close()
+            raise
+        return store
+
+    @classmethod
+    def open(cls, path: Path, busy_timeout_ms: int = 5000, writable: bool = True) -> SqliteStore:
+        """Open an initialised outbox, refusing anything we cannot safely work with."""
+        if not path.exists() and not path.is_symlink():
+            hint = "" if path.parent.is_dir() else f" (and no directory {path.parent})"
+            raise StoreError(f"{path}: no outbox database here{hint}; run `mgh-reporter init`")
+        _check_file(path)
+        store = cls(path, busy_timeout_ms)
+        try:
+            store._validate(writable)
+        except BaseException:
+            store.close()  # never leave a connection behind (its locks, its file)
+            raise
+        return store
+
+    def _validate(self, writable: bool) -> None:
+        """`open`'s checks: an initialised outbox we can write."""
+        store, path = self, self.path
+        with store._errors("open"):
+            columns = store._outbox_columns()
+            if not columns:
+                raise StoreError(f"{path}: not an mgh-reporter outbox (no outbox table); run init")
+            missing = [c for c in OUTBOX_COLUMNS if c not in columns]
+            if missing:
+                raise StoreError(
+                    f"{path}: table outbox lacks columns {', '.join(missing)} "
+                    "(run `mgh-reporter init` to add them)",
+                    needs_init=True,
+                )
+            if schema.pending_migrations(store.conn):
+                raise StoreError(
+                    f"{path}: delivery tables missing or old; run `mgh-reporter init`",
+                    needs_init=True,
+                )
+            if writable:
+                store.conn.execute("BEGIN IMMEDIATE")
+                store.conn.execute("ROLLBACK")
+
+    def close(self) -> None:
+        """Close the connection."""
+        self.conn.close()
+
+    @contextmanager
+    def _errors(self, doing: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.DatabaseError as exc:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+            damaged = code in (sqlite3.SQLITE_CORRUPT, sqlite3.SQLITE_NOTADB)
+            raise StoreError(
+                f"{self.path}: cannot {doing}: {exc}", code == sqlite3.SQLITE_BUSY,
+                cause=str(exc), damaged=damaged,
+            ) from None
+
+    @contextmanager
+    def _tx(self, doing: str, write: bool = True) -> Iterator[sqlite3.Connection]:
+        """One transaction: a writer takes the write lock up front (BEGIN IMMEDIATE), so it
+        never fails half-way on a lock; reads that must agree share one snapshot."""
+        with self._errors(doing):
+            self.conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
+            try:
+                yield self.conn
+            except BaseException:
+                self.conn.execute("ROLLBACK")
+                raise
+            self.conn.execute("COMMIT")
+
+    def _intake(self) -> Any:
+        return self._tx("ingest rows")
+
+    def _contents(self, c: Any, ids: Sequence[int]) -> dict[int, OutboxRow]:
+        return self._read_rows(ids)
+
+    def _read_rows(self, ids: Sequence[int]) -> dict[int, OutboxRow]:
+        """Outbox rows by id, inside the caller's transaction, never reading a value over
+        MAX_COLUMN_BYTES: each text or BLOB value is sized through an incremental-blob handle
+        (its header, not its content: SQLite 3.40's length() reads all of a text) and one that is
+        too large is left out, named in `oversize` (of a name, only its start is read)."""
+        if len(ids) > _CHUNK:  # SQLite's limit on bound variables
+            found: dict[int, OutboxRow] = {}
+            for start in range(0, len(ids), _CHUNK):
+                found.update(self._read_rows(ids[start : start + _CHUNK]))
+            return found
+        if not ids:
+            return {}
+        c = self.conn
+        columns = [name for name in _ROW_COLUMNS if name in set(self._outbox_columns())]
+        marks = _marks(len(ids))
+        types = c.execute(
+            f"SELECT id, {', '.join(f'typeof({n})' for n in columns)} FROM outbox"
+            f" WHERE id IN ({marks})",
+            list(ids),
+        ).fetchall()
+        oversize: dict[int, list[tuple[str, int]]] = {}
+        for r in types:
+            for name, kind in zip(columns, tuple(r)[1:], strict=True):
+                if kind in ("text", "blob"):
+                    size = self._value_bytes(r[0], name)
+                    if size > MAX_COLUMN_BYTES:
+                        oversize.setdefault(r[0], []).append((name, size))
+        plain = [r[0] for r in types if r[0] not in oversize]
+        found = {}
+        if plain:
+            for r in c.execute(
+                f"SELECT {', '.join(columns)} FROM outbox WHERE id IN ({_marks(len(plain))})",
+                plain,
+            ):
+                found[r["id"]] = OutboxRow.from_mapping(dict(r))
+        for rid, big in oversize.items():
+            skip = {name for name, _ in big}
+            keep = [n for n in columns if n not in skip]
+            row = c.execute(f"SELECT {', '.join(keep)} FROM outbox WHERE id = ?", (rid,)).fetchone()
+            data: dict[str, Any] = dict(row) if row is not None else {"id": rid}
+            for name in skip & set(_NAMES):
+                data[name] = self._value_prefix(rid, name)
+            found[rid] = OutboxRow.from_mapping({**data, "oversize": tuple(big)})
+        return found
+
+    def _value_bytes(self, rid: int, column: str) -> int:
+        self._blobs += 1
+        try:
+            with self.conn.blobopen("outbox", column, rid, readonly=True) as blob:
+                return len(blob)
+        except sqlite3.OperationalError:  # not a rowid table: measure in SQL (reads the value)
+            return int(self.conn.execute(
+                f"SELECT length(CAST({column} AS BLOB)) FROM outbox WHERE id = ?", (rid,)
+            ).fetchone()[0] or 0)
+
+    def _value_prefix(self, rid: int, column: str) -> str:
+        self._blobs += 1
+        try:
+            with self.conn.blobopen("outbox", column, rid, readonly=True) as blob:
+                start = blob.read(_NAME_PREFIX_BYTES)
+        except sqlite3.OperationalError:
+            return "?"
+        return start.decode("utf-8", "replace") + "…"
+
+    def _outbox_columns(self) -> list[str]:
+        return [r["name"] for r in self.conn.execute("PRAGMA table_info(outbox)")]
+
+    def data_version(self) -> int:
+        """Changes whenever another connection commits (cheap idle check)."""
+        return int(self.conn.execute("PRAGMA data_version").fetchone()[0])
+
+    # -- intake ------------------------------------------------------------------------------
+    def _check_trigger(self) -> None:
+        """After any schema change: if the intake trigger is gone (the outbox table was dropped
+        and re-created), put it back and queue every row of the table we have not taken in."""
+        version = int(self.conn.execute("PRAGMA schema_version").fetchone()[0])
+        if version == self._schema_version:
+            return
+        present = "SELECT 1 FROM sqlite_master WHERE type = 'trigger' AND name = ?"
+        queued = None
+        if not self.conn.execute(present, (schema.INTAKE_TRIGGER,)).fetchone():
+            with self._tx("restore the intake trigger") as c:
+                if not c.execute(present, (schema.INTAKE_TRIGGER,)).fetchone():  # still gone
+                    c.execute(schema.INTAKE_TRIGGER_DDL)
+                    queued = c.execute(
+                        "INSERT INTO mgh_inbox(row_id) SELECT o.id FROM outbox o"
+                        " LEFT JOIN mgh_rows r ON r.id = o.id WHERE r.id IS NULL"
+                        " OR abs(r.created_at - (julianday(o.created_at) - 2440587.5) * 86400.0)"
+                        " > 0.002 ORDER BY o.id"
+                    ).rowcount
+        if queued is not None:
+            structlog.get_logger("reporter.store").warning(
+                "intake_trigger_restored",
+                outbox=str(self.path),
+                rows_queued=queued,
+                hint="the outbox table was re-created; its rows are taken in as new",
+            )
+        self._schema_version = int(self.conn.execute("PRAGMA schema_version").fetchone()[0])
+
+    def fetch_new(self, limit: int) -> NewRows:
+        """Outbox rows queued by the intake trigger, in insertion order (bounded reads); a
+        backlog's newest rows come in now too (tail_size)."""
+        with self._errors("read outbox"):
+            self._recycle()
+            self._check_trigger()
+        with self._tx("read outbox", write=False) as c:
+            query = (
+                "SELECT i.seq, i.row_id, o.id IS NOT NULL AS present FROM mgh_inbox i"
+                " LEFT JOIN outbox o ON o.id = i.row_id WHERE i.seq > ? ORDER BY i.seq {} LIMIT ?"
+            )
+            queued = c.execute(query.format("ASC"), (0, limit)).fetchall()
+            tail = []
+            if len(queued) >= limit:
+                tail = c.execute(
+                    query.format("DESC"), (queued[-1]["seq"], tail_size(limit))
+                ).fetchall()
+            contents = self._read_rows(
+                sorted({r["row_id"] for r in (*queued, *tail) if r["present"]})
+            )
+        places = {}
+        for r in sorted((*queued, *tail), key=lambda r: r["seq"]):
+            if r["row_id"] in contents:  # absent: deleted by the tool before we saw it
+                places[r["row_id"]] = r["seq"]
+        return NewRows(sorted(contents.values(), key=lambda row: row.id), len(queued) >= limit,
+                       [r["seq"] for r in (*queued, *tail)], places)
+
+    # -- what a shared outbox needs (one process owns an SQLite file: the instance lock) ---
+    def _leased(self, ids: Sequence[int], token: str, ends: float) -> None:
+        """Nothing to remember: no other process can take a lease over."""
+
+    def _ended(self, outcomes: Sequence[TaskOutcome]) -> None:
+        """Nothing to forget."""
+
+    def hold(self, task_id: int, lease: str, need_seconds: float, lease_seconds: float) -> bool:
+        """Always held: one process owns an SQLite outbox (the instance lock), and a relay
+        claims again only after every call of its last pass has returned."""
+        return True
+
+    def claim_stream(self, stream: str, seconds: float) -> bool:
+        """Always ours: no other process delivers from this file."""
+        return True
+
+    def heartbeat(self, me: Replica) -> list[Replica]:
+        """Only this process delivers; nothing is stored."""
+        return [me]
+
+    def replicas(self) -> list[Replica]:
+        """No heartbeat rows on SQLite (`status` finds the one daemon by its lock)."""
+        return []
+
+    def leave(self, replica_id: str) -> None:
+        """Nothing stored, nothing to drop."""
+
+    def checkpoint(self, mode: str = "PASSIVE", busy_ms: int | None = None) -> bool:
+        """Fold the WAL back into the database so the -wal file stays small; True when every
+        frame was checkpointed (False: a reader still holds part of it). `busy_ms` bounds how
+        long a TRUNCATE/RESTART waits for readers (default: the store's busy timeout)."""
+        with self._errors("checkpoint"):
+            if busy_ms is not None:
+                self.conn.execute(f"PRAGMA busy_timeout = {int(busy_ms)}")
+            try:
+                busy, _, _ = self.conn.execute(f"PRAGMA wal_checkpoint({mode})").fetchone()
+            finally:
+                if busy_ms is not None:
+                    self.conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+        return not busy
+
+    def wal_bytes(self) -> int:
+        """The size of the outbox's -wal file (0 when there is none)."""
+        try:
+            return os.stat(f"{self.path}-wal").st_size
+        except OSError:
+            return 0
+
+    def rebase(self, delta: float) -> None:
+        """The wall clock stepped: shift every stored time that a wait is measured from (due
+        times and leases, lane retries, state spacing, mapping checks), in one transaction."""
+        with self._tx("re-base stored times") as c:
+            for table, column in (("mgh_tasks", "due_at"), ("mgh_tasks", "map_check_at"),
+                                  ("mgh_tasks", "sent_at"), ("mgh_lanes", "retry_at")):
+                c.execute(f"UPDATE {table} SET {column} = {column} + ? WHERE {column} IS NOT NULL",
+                          (delta,))
+
+    def damage(self) -> str | None:
+        """The -wal file this connection writes, deleted or replaced by another file under us
+        (a tool's `rm`, a restore): our frames and everyone else's would no longer meet, and a
+        checkpoint from us would overwrite the database with a stale log."""
+        wal = f"{self.path}-wal"
+        try:
+            fds = os.listdir("/proc/self/fd")
+        except OSError:
+            return None  # no /proc: not judged
+        for fd in fds:
+            try:
+                target = os.readlink(f"/proc/self/fd/{fd}")
+            except OSError:
+                continue
+            if target == f"{wal} (deleted)":
+                return (f"{wal}: the outbox's write-ahead log was deleted while the daemon had it"
+                        " open")
+            if target == wal:
+                try:
+                    ours, theirs = os.fstat(int(fd)), os.stat(wal)
+                except OSError:
+                    continue
+                if (ours.st_dev, ours.st_ino) != (theirs.st_dev, theirs.st_ino):
+                    return f"{wal}: the outbox's write-ahead log was replaced by another file"
+        return None
+
+    def integrity(self) -> str | None:
+        """`PRAGMA quick_check` (every page and index, no table scan against its index)."""
+        try:
+            found = [str(r[0]) for r in self.conn.execute("PRAGMA quick_check(5)")]
+        except sqlite3.DatabaseError as exc:
+            return f"{self.path}: the database is damaged: {exc}"
+        if found == ["ok"]:
+            return None
+        return f"{self.path}: the database is damaged: {'; '.join(found)[:500]}"
+
+    def file_problem(self) -> str | None:
+        """Why the open file is no longer the outbox at `path` (deleted or replaced), or None."""
+        try:
+            st = os.stat(self.path)
+        except FileNotFoundError:
+            return f"{self.path}: the outbox file was deleted while the daemon had it open"
+        except OSError as exc:
+            return f"{self.path}: cannot stat the outbox file: {exc.strerror}"
+        if (st.st_dev, st.st_ino) != self._identity:
+            return f"{self.path}: the outbox file was replaced by another file"
+        return None
