@@ -245,8 +245,8 @@ def test_due_times_are_judged_on_the_stores_clock(aws_env: dict[str, str], confi
         monkeypatch.setattr(store, "clock", lambda: time.time() - 3600)
         monkeypatch.setattr(service.parts.relay, "status",
                             lambda: SimpleNamespace(wakeup=store.clock() + 0.1))
-        service._busy = True
-        assert 0.05 < service._until_due() <= 0.1  # the interval is 0.2 s
+        service.publisher.busy = True
+        assert 0.05 < service.publisher.until_due() <= 0.1  # the interval is 0.2 s
     finally:
         service.parts.relay.close()
         service.parts.store.close()
@@ -283,23 +283,23 @@ def test_a_recurring_store_error_is_one_condition_not_a_flap(
     """Failures that recur between good passes (an immutable file's checkpoints, a disk that
     keeps filling) keep health unhealthy throughout; it clears once a quiet spell has passed."""
     from reporter import config as config_mod
-    from reporter import daemon
+    from reporter import daemon, storehealth
     from reporter.model import StoreError
 
-    monkeypatch.setattr(daemon, "STORE_HOLD_SECONDS", 0.5)
+    monkeypatch.setattr(storehealth, "STORE_HOLD_SECONDS", 0.5)
     assert cli("init").returncode == 0
     service = daemon.Service(config_mod.load(config_path), config_path)
     try:
         seen = []
         for _ in range(8):
-            service._store_failed(StoreError("o.db: attempt to write a readonly database"),
+            service.store_health.failed(StoreError("o.db: attempt to write a readonly database"),
                                   "maintain")
             time.sleep(0.1)
-            service._store_ok()
+            service.store_health.ok()
             seen.append(service.health())
         assert all(h and "readonly" in h for h in seen)
         time.sleep(0.6)
-        service._store_ok()
+        service.store_health.ok()
         assert service.health() is None
     finally:
         service.parts.relay.close()

@@ -1,0 +1,208 @@
+"""The daemon's supervisor, on the main thread: signals (SIGTERM/SIGINT stop, SIGHUP reloads),
+the systemd notifications and watchdog, the metrics server, the upkeep schedule, and the
+ordered stop that lets a pass in flight finish."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import select
+import signal
+import time
+from datetime import datetime
+from typing import TYPE_CHECKING
+
+import sdnotify
+import structlog
+from apscheduler.executors.pool import ThreadPoolExecutor as JobExecutor
+from apscheduler.schedulers.background import BackgroundScheduler
+
+from reporter import config as config_mod
+from reporter import logs
+from reporter.config import Config, ConfigError
+from reporter.metrics import MetricsServer
+from reporter.model import StoreError
+from reporter.process import EXIT
+from reporter.relay import Relay
+from reporter.upkeep import MAINTENANCE_SECONDS
+
+if TYPE_CHECKING:
+    from reporter.daemon import Service
+
+__all__ = ["RESTART_ONLY", "Supervisor", "restart_only_changes"]
+
+# Settings a reload refuses to change (the running config stays): moving the outbox or the stream
+# under a running daemon would split one history in two; the Hub client is built once.
+RESTART_ONLY = (
+    ("outbox", "path"),
+    ("outbox", "url"),
+    ("hub", "progress_update_stream"),
+    ("hub", "region"),
+    ("aws", None),
+)
+
+
+class Supervisor:
+    """Runs the service until it is stopped; reloads between passes."""
+
+    def __init__(self, service: Service) -> None:
+        self.service = service
+        self.log = structlog.get_logger("reporter.daemon")
+        self.notifier = sdnotify.SystemdNotifier()
+        self.server: MetricsServer | None = None
+        self.signal_fd: int | None = None  # wakes the main loop (signals, `shutdown`)
+
+    def status(self, pending: int) -> None:
+        """systemd's STATUS line."""
+        blocked = self.service.parts.relay.gate.blocked
+        text = f"pending {pending}; last: {self.service.publisher.last_outcome}"
+        if blocked is not None:
+            text = f"BLOCKED ({blocked.code}); pending {pending}"
+        self.notifier.notify(f"STATUS={text}")
+
+    def start_metrics(self) -> None:
+        """(Re)start the metrics server on the configured address."""
+        if self.server is not None:
+            self.server.stop()
+            self.server = None
+        address = self.service.config.metrics.address
+        if address is not None:
+            self.server = MetricsServer(address, self.service.metrics, self.service.health)
+            self.server.start()
+
+    def reload(self) -> bool:
+        """SIGHUP: re-read the config file and apply it between passes. An invalid file, or one
+        that changes a restart-only setting, keeps the running config (logged with the reason).
+        Returns True when the new config is in force."""
+        service = self.service
+        path = service.config_path
+        if path is None:
+            self.log.warning("reload_ignored", reason="no config file to re-read")
+            return False
+        try:
+            new = config_mod.load(path)
+        except ConfigError as exc:
+            self.log.error("reload_failed", config=str(path), error=str(exc))
+            return False
+        changed = restart_only_changes(service.config, new)
+        if changed:
+            self.log.error("reload_refused", config=str(path), changed=changed,
+                           reason="these settings need a restart; the running config stays")
+            return False
+        with service.lock:  # between passes: nothing in flight
+            old, service.config = service.config, new
+            logs.configure(new.log.level, new.log.format)
+            parts = service.parts
+            parts.limiter.resize(new.publish.max_concurrency)
+            parts.relay.close()
+            parts.relay = Relay(parts.store, parts.hub, new, clock=parts.store.clock,
+                                stop=service.stop)
+            publish = new.publish
+            parts.membership.settings(publish.interval_seconds, publish.max_requests_per_second)
+            try:
+                parts.beat()
+            except StoreError as exc:
+                service.store_health.failed(exc, "reload")
+            if parts.membership.budget is not None:
+                parts.apply_budget(parts.membership.budget)
+            if new.metrics != old.metrics:
+                self.start_metrics()
+        self.log.info("reloaded", config=str(path))
+        return True
+
+    def serve(self) -> int:
+        """Start the parts, then sleep until a signal arrives (its handler runs here, and the
+        signal's wake-up byte ends the select) or the next watchdog ping is due."""
+        service = self.service
+        config = service.config
+        self.start_metrics()
+        scheduler = BackgroundScheduler(
+            executors={"default": JobExecutor(1)},
+            job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
+        )
+        scheduler.add_job(service.upkeep.maintain, "interval", seconds=MAINTENANCE_SECONDS,
+                          id="maintain", next_run_time=datetime.now().astimezone())
+        watchdog_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
+        watchdog = watchdog_usec / 1e6 if watchdog_usec else 0.0
+        scheduler.start()
+        service.publisher.start()
+        waker = config.outbox.engine.wakeups(service.publisher.wake)
+        service.waker = waker
+        waker.start()
+        self.log.info("started", outbox=config.outbox.where,
+                      interval=config.publish.interval_seconds, metrics=config.metrics.listen,
+                      pid=os.getpid())
+        self.notifier.notify("READY=1\nSTATUS=started")
+        beat = watchdog / 2 if watchdog else None
+        signals, wakeup = os.pipe()
+        os.set_blocking(signals, False)
+        os.set_blocking(wakeup, False)
+        previous_fd = signal.set_wakeup_fd(wakeup)
+        self.signal_fd = wakeup
+        while not service.stop.is_set():
+            if service.reload_requested.is_set():
+                service.reload_requested.clear()
+                self.notifier.notify("RELOADING=1")
+                self.reload()
+                self.notifier.notify("READY=1")
+            alive = max(service.publisher.heartbeat, service.parts.relay.status().progress_at)
+            if watchdog and time.monotonic() - alive < watchdog:
+                self.notifier.notify("WATCHDOG=1")
+            select.select([signals], [], [], beat)
+            with contextlib.suppress(BlockingIOError):
+                os.read(signals, 512)
+        signal.set_wakeup_fd(previous_fd)
+        self.signal_fd = None
+        os.close(signals)
+        os.close(wakeup)
+        scheduler.shutdown(wait=False)
+        waker.close()
+        return self._stop()
+
+    def wake(self) -> None:
+        """End the main loop's wait (after `stop` was set from another thread)."""
+        if self.signal_fd is not None:
+            with contextlib.suppress(OSError):
+                os.write(self.signal_fd, b"\0")
+
+    def _stop(self) -> int:
+        """A pass in flight sees the stop flag, records what finished and returns; then the
+        relay, the server and the store close, and the live state says "stopped"."""
+        service = self.service
+        self.notifier.notify("STOPPING=1\nSTATUS=stopping")
+        self.log.info("stopping")
+        service.publisher.wake()
+        acquired = service.lock.acquire(
+            timeout=service.config.publish.stop_timeout_seconds + 1.5)
+        service.parts.relay.close()
+        if self.server is not None:
+            self.server.stop()
+        damaged = service.store_health.damaged
+        if acquired and damaged:
+            service.live.write()
+            self.log.error("stopped", clean=True, error=damaged)
+            logs.flush()
+            os._exit(EXIT["error"])  # no finaliser may close (and so checkpoint) the store
+        if acquired:
+            service.parts.membership.leave()
+            service.parts.store.close()
+            service.live.write(stopped=True)  # no daemon, and status says so (not "hung")
+        died = service.publisher.died
+        if died is not None:
+            self.log.error("stopped", clean=acquired, error=died)
+            return EXIT["error"]
+        self.log.info("stopped", clean=acquired)
+        return EXIT["ok"]
+
+
+def restart_only_changes(old: Config, new: Config) -> list[str]:
+    """The restart-only settings `new` would change."""
+    changed = []
+    for section, key in RESTART_ONLY:
+        before, after = getattr(old, section), getattr(new, section)
+        if key is None and before != after:
+            changed.append(f"[{section}]")
+        elif key is not None and getattr(before, key) != getattr(after, key):
+            changed.append(f"[{section}] {key}")
+    return changed
+
