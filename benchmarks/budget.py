@@ -1,6 +1,6 @@
 """Where the daemon's memory goes, stage by stage, in a fresh process (used by `run.py budget`).
 
-`python benchmarks/budget.py CONFIG` with the stand-in's environment, on an outbox holding a
+`python benchmarks/budget.py CONFIG` with the emulator's environment, on an outbox holding a
 backlog: it takes the same steps as `mgh-reporter run` (CLI, logging, imports, the service,
 the Hub clients, passes until the backlog is delivered) and prints one JSON line per stage:
 RSS and its anonymous part from /proc/self/smaps_rollup, and the high-water mark so far.

@@ -98,7 +98,7 @@ def verdicts(name: str, r: dict[str, Any]) -> list[tuple[str, str, bool]]:
         shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["shares"].items())
         return [(f"{r['tasks']} tasks, {r['calls_per_second']:.0f} calls/s: "
                  f"{r['drain_cpu_us_per_call']:.0f} us CPU per call in the drain ({shares}); "
-                 f"stand-in {r['stand_in_cpu_us_per_call']:.0f} us per call", "(measured)", True)]
+                 f"emulator {r['stand_in_cpu_us_per_call']:.0f} us per call", "(measured)", True)]
     return []
 
 
@@ -163,7 +163,7 @@ def _profile_table(p: dict[str, Any]) -> str:
         rows.append(f"| {name} | {100 * share:.0f}% | {share * cpu:.0f} |")
     rows.append(f"| **the whole drain** ({p['calls_per_second']:.0f} calls/s) | 100% | "
                 f"{cpu:.0f} |")
-    rows.append(f"| **stand-in (separate process)** | | {p['stand_in_cpu_us_per_call']:.0f} |")
+    rows.append(f"| **emulator (separate process)** | | {p['stand_in_cpu_us_per_call']:.0f} |")
     return "\n" + "\n".join(rows) + "\n"
 
 

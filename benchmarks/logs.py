@@ -2,9 +2,9 @@
 
     python benchmarks/logs.py [--tasks 3000] [--throttle 0.3]
 
-Starts a stand-in Hub in this process (loopback), an outbox in a temporary directory, and
+Starts an emulated Hub in this process (loopback), an outbox in a temporary directory, and
 `mgh-reporter drain` as a real process with the default config (info level, JSON); prints the
-drain's exit code and time, the throttled calls the stand-in answered and the stderr lines,
+drain's exit code and time, the throttled calls the emulator answered and the stderr lines,
 by event.
 """
 

@@ -1,7 +1,7 @@
 """The release artifacts measured: their sizes, the offline install time of the .deb on a bare
 Debian 12 (minbase + python3, `--network none`), and the packaged daemon's memory and idle CPU
 beside the same daemon installed the README's venv way (both in the same kind of container,
-both idle against the stand-in Hub for the same minute).
+both idle against the emulator for the same minute).
 
     python benchmarks/packages.py                  # builds the release first (packaging/build.py)
     python benchmarks/packages.py --dist dist      # measures artifacts already built

@@ -1,11 +1,11 @@
-"""The benchmark suite: every scenario in a fresh process, against a stand-in on loopback.
+"""The benchmark suite: every scenario in a fresh process, against an emulator on loopback.
 
     python benchmarks/run.py                  # every scenario at full size, with a verdict
     python benchmarks/run.py drain idle       # some of them
     python benchmarks/run.py --smoke          # tiny sizes: checks the suite runs (CI), no verdict
     python benchmarks/run.py --markdown F     # also write the results table to F
 
-Each scenario runs as `python benchmarks/run.py --child NAME`, which starts its own stand-in
+Each scenario runs as `python benchmarks/run.py --child NAME`, which starts its own emulator
 Migration Hub process (`mgh-reporter emulator`) on 127.0.0.1, drives `mgh-reporter drain`/`run`
 as real processes, and prints one JSON line of figures. The parent prints them side by side.
 """
@@ -53,9 +53,9 @@ SIZES: dict[str, dict[str, Any]] = {
 }
 
 
-# -- the stand-in and the processes under test -------------------------------------------------
+# -- the emulator and the processes under test -------------------------------------------------
 @dataclass
-class StandIn:
+class EmulatorProcess:
     """A `mgh-reporter emulator` process on 127.0.0.1 and how to reach it."""
 
     proc: subprocess.Popen[str]
@@ -92,7 +92,7 @@ class StandIn:
 
 
 @contextmanager
-def stand_in(latency: float = 0.0) -> Iterator[StandIn]:
+def emulator_process(latency: float = 0.0) -> Iterator[EmulatorProcess]:
     proc = subprocess.Popen(
         [sys.executable, "-m", "reporter", "emulator", "--port", "0", "--map-delay", "0"],
         stdout=subprocess.PIPE, text=True,
@@ -100,7 +100,7 @@ def stand_in(latency: float = 0.0) -> Iterator[StandIn]:
     assert proc.stdout is not None
     first = proc.stdout.readline()
     url = first.split(" on ", 1)[1].split()[0]
-    hub = StandIn(proc, url)
+    hub = EmulatorProcess(proc, url)
     try:
         if latency:
             hub.faults(latency=latency)
@@ -123,7 +123,7 @@ class Outbox:
 
 
 def make_outbox(
-    hub: StandIn, interval: float = 2.0, url: str | None = None, **publish: Any
+    hub: EmulatorProcess, interval: float = 2.0, url: str | None = None, **publish: Any
 ) -> Outbox:
     """A fresh outbox (an SQLite file, or the PostgreSQL database at `url`) and its config."""
     work = Path(tempfile.mkdtemp(prefix="mgh-bench-"))
@@ -207,7 +207,7 @@ def run_measured(cmd: list[str], env: dict[str, str], prefix: list[str] | None =
     return Ran(done["code"], done["wall"], done["cpu"], done["peak_mb"])
 
 
-def drain(box: Outbox, hub: StandIn, prefix: list[str] | None = None) -> Ran:
+def drain(box: Outbox, hub: EmulatorProcess, prefix: list[str] | None = None) -> Ran:
     ran = run_measured(box.cmd("drain", "--timeout", "3600"), hub.env, prefix)
     if ran.code != 0:
         raise SystemExit(f"drain exited {ran.code}")
@@ -246,7 +246,7 @@ def scenario_drain(size: dict[str, Any]) -> dict[str, Any]:
     import boto3
 
     n = size["drain_tasks"]
-    with stand_in(latency=0.030) as hub:
+    with emulator_process(latency=0.030) as hub:
         box = make_outbox(hub)
         insert_states(box.db, [(f"t{i:05d}", "IN_PROGRESS", 50, "copying") for i in range(n)])
         ran = drain(box, hub)
@@ -297,7 +297,7 @@ def scenario_coalesce(size: dict[str, Any]) -> dict[str, Any]:
             row = (f"c{t:04d}", status, min(100, k), f"step {k}")
             rows.append(row)
             last[row[0]] = row
-    with stand_in() as hub:
+    with emulator_process() as hub:
         box = make_outbox(hub)
         insert_states(box.db, rows)
         ran = drain(box, hub)
@@ -318,7 +318,7 @@ def scenario_idle(size: dict[str, Any]) -> dict[str, Any]:
     """`run` on an empty outbox at the default interval: CPU used and Hub calls made over the
     window after start-up."""
     seconds = size["idle_seconds"]
-    with stand_in() as hub:
+    with emulator_process() as hub:
         box = make_outbox(hub)
         proc = subprocess.Popen(box.cmd("run"), env=hub.env, stderr=subprocess.DEVNULL)
         try:
@@ -357,14 +357,14 @@ def scenario_memory(size: dict[str, Any]) -> dict[str, Any]:
     for label, k in (("small", 1), ("large", per_task)):
         rows = [(f"m{t:05d}", "IN_PROGRESS", min(100, j), f"step {j}")
                 for j in range(k) for t in range(tasks)]
-        with stand_in() as hub:
+        with emulator_process() as hub:
             box = make_outbox(hub)
             insert_states(box.db, rows)
             ran = drain(box, hub)
             out[f"{label}_notify_calls"] = hub.operations().get("NotifyMigrationTaskState", 0)
         out[f"{label}_rows"], out[f"{label}_peak_mb"] = len(rows), ran.peak_mb
         out[f"{label}_seconds"] = ran.wall
-    with stand_in() as hub:
+    with emulator_process() as hub:
         box = make_outbox(hub)
         insert_states(box.db, rows)
         proc = subprocess.Popen(box.cmd("run"), env=hub.env, stderr=subprocess.DEVNULL)
@@ -384,7 +384,7 @@ def scenario_budget(size: dict[str, Any]) -> dict[str, Any]:
     tasks, per_task = size["memory"]
     rows = [(f"m{t:05d}", "IN_PROGRESS", min(100, j), f"step {j}")
             for j in range(per_task) for t in range(tasks)]
-    with stand_in() as hub:
+    with emulator_process() as hub:
         box = make_outbox(hub)
         insert_states(box.db, rows)
         del rows
@@ -416,7 +416,7 @@ def scenario_wakeup(size: dict[str, Any]) -> dict[str, Any]:
     wake-ups, not on the schedule), and 1,000 INSERTs for one task within a second (coalescing
     under wake-ups: NotifyMigrationTaskState calls they cost)."""
     out = insert_to_hub(size, interval=None)
-    with stand_in(latency=0.030) as hub:
+    with emulator_process(latency=0.030) as hub:
         box = make_outbox(hub)
         proc = subprocess.Popen(box.cmd("run"), env=hub.env, stderr=subprocess.DEVNULL)
         try:
@@ -455,7 +455,7 @@ def insert_to_hub(
     `interval` None: the default. `url`: a PostgreSQL outbox (LISTEN/NOTIFY wake-ups)."""
     seconds, rate, tasks = size["latency_seconds"], 20.0, 20
     inserted: dict[tuple[str, int], float] = {}
-    with stand_in(latency=0.030) as hub:
+    with emulator_process(latency=0.030) as hub:
         box = make_outbox(hub, url=url) if interval is None else make_outbox(
             hub, interval=interval, url=url)
         proc = subprocess.Popen(box.cmd("run"), env=hub.env, stderr=subprocess.DEVNULL)
@@ -485,7 +485,7 @@ def insert_to_hub(
                 return all((states.get(t) or {}).get("Task", {}).get("StatusDetail") == d
                            for t, d in last.items())
 
-            wait_until(done, 30, "the last rows to reach the stand-in")
+            wait_until(done, 30, "the last rows to reach the emulator")
         finally:
             proc.send_signal(signal.SIGTERM)
             proc.wait(timeout=20)
@@ -536,7 +536,7 @@ def scenario_pg_drain(size: dict[str, Any]) -> dict[str, Any]:
     for replicas in (1, 2):
         walls = []
         for _ in range(2):
-            with pg_database() as url, stand_in(latency=0.030) as hub:
+            with pg_database() as url, emulator_process(latency=0.030) as hub:
                 box = make_outbox(hub, url=url)
                 with psycopg.connect(url) as conn, conn.cursor() as cur:
                     cur.executemany(INSERT_STATE.replace("?", "%s"),
@@ -551,7 +551,7 @@ def scenario_pg_drain(size: dict[str, Any]) -> dict[str, Any]:
                     raise SystemExit(f"drain exited {codes}")
                 states = hub.last_states()
                 if len(states) != n:
-                    raise SystemExit(f"{len(states)} of {n} tasks reached the stand-in")
+                    raise SystemExit(f"{len(states)} of {n} tasks reached the emulator")
                 calls = hub.calls()
         out[f"replicas_{replicas}"] = {"seconds": min(walls), "runs": [round(w, 2) for w in walls],
                                        "calls": calls, "calls_per_second": calls / min(walls)}
@@ -606,7 +606,7 @@ def _writers(db: Path, seconds: float) -> tuple[float, int, list[str]]:
 def scenario_impact(size: dict[str, Any]) -> dict[str, Any]:
     """Two writers inserting single-row transactions at full speed, alone and beside the daemon."""
     seconds = size["impact_seconds"]
-    with stand_in() as hub:
+    with emulator_process() as hub:
         box = make_outbox(hub, interval=0.5)
         alone, busy_alone, errors_alone = _writers(box.db, seconds)
         proc = subprocess.Popen(box.cmd("run"), env=hub.env, stderr=subprocess.DEVNULL)
@@ -634,14 +634,14 @@ def scenario_scale(size: dict[str, Any]) -> dict[str, Any]:
     a few seconds' run is at the mercy of a noisy neighbour.
     """
     out: dict[str, Any] = {}
-    with stand_in() as hub:
+    with emulator_process() as hub:
         startup = statistics.median(drain(make_outbox(hub), hub).wall for _ in range(3))
     out["startup_seconds"] = startup
     rates = []
     for n in size["scale"]:
         runs = []
         for _ in range(3 if n <= 10_000 else 1):
-            with stand_in() as hub:
+            with emulator_process() as hub:
                 box = make_outbox(hub)
                 insert_states(box.db, [(f"s{i:06d}", "IN_PROGRESS", 10, "x") for i in range(n)])
                 ran = drain(box, hub)
@@ -662,7 +662,7 @@ def scenario_faults(size: dict[str, Any]) -> dict[str, Any]:
     tasks, rows_per_task, runs = size["faults"]
     seconds, calls, lagging = [], [], 0
     for run in range(runs):
-        with stand_in() as hub:
+        with emulator_process() as hub:
             hub.faults(throttle=0.3, server_error=0.1, retry_after=1)
             box = make_outbox(hub)
             for r in range(rows_per_task):
@@ -686,7 +686,7 @@ def scenario_writer(size: dict[str, Any]) -> dict[str, Any]:
     """A shell tool's `mgh-reporter notify`: wall time per call (the installed console script of
     this interpreter, warm cache), median of N."""
     script = Path(sys.executable).parent / "mgh-reporter"
-    with stand_in() as hub:
+    with emulator_process() as hub:
         box = make_outbox(hub)
         cmd = [str(script), "--config", str(box.config), "notify", "w1", "--status",
                "IN_PROGRESS", "--percent", "5"]
@@ -701,7 +701,7 @@ def scenario_writer(size: dict[str, Any]) -> dict[str, Any]:
 
 
 def scenario_profile(size: dict[str, Any]) -> dict[str, Any]:
-    """Where a drain's CPU goes per call: our code, botocore & co, SQLite; and the stand-in's.
+    """Where a drain's CPU goes per call: our code, botocore & co, SQLite; and the emulator's.
 
     CPU per call comes from plain drains (an empty drain's start-up subtracted); the shares
     from a second drain of the same backlog under py-spy (`--gil`: samples of the thread
@@ -709,14 +709,14 @@ def scenario_profile(size: dict[str, Any]) -> dict[str, Any]:
     """
     n = size["profile_tasks"]
     rows = [(f"p{i:06d}", "IN_PROGRESS", 10, "x") for i in range(n)]
-    with stand_in() as hub:
+    with emulator_process() as hub:
         startup = drain(make_outbox(hub), hub).cpu
         box = make_outbox(hub)
         insert_states(box.db, rows)
         calls_before, hub_before = hub.calls(), proc_cpu(hub.proc.pid)
         ran = drain(box, hub)
         hub_cpu, calls = proc_cpu(hub.proc.pid) - hub_before, hub.calls() - calls_before
-    with stand_in() as hub:
+    with emulator_process() as hub:
         box = make_outbox(hub)
         insert_states(box.db, rows)
         raw = box.dir / "profile.txt"

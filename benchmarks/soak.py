@@ -6,7 +6,7 @@
     python benchmarks/soak.py --postgres      # two replicas on a PostgreSQL outbox (pgserver)
 
 Writers insert bursts and steady rows over hundreds of tasks (states, attribute lists, and now
-and then a row the Hub would refuse) into a real outbox; the stand-in Hub (its own process)
+and then a row the Hub would refuse) into a real outbox; the emulator (its own process)
 cycles through fault windows (throttling with 5xx, latency, a full outage, a hostile network);
 the daemon (`mgh-reporter run`, a real process) is killed with SIGKILL at random moments and
 restarted, and sent SIGHUP now and then. With --postgres, two replicas share a PostgreSQL
@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import StandIn, backlog, make_outbox, stand_in
+from run import EmulatorProcess, backlog, emulator_process, make_outbox
 
 TASKS = 300
 WINDOWS: list[dict[str, Any]] = [
@@ -220,7 +220,7 @@ class Daemon:
         return self.proc.wait(timeout=30)
 
 
-def oracle(box: Target, hub: StandIn, writers: Writers) -> dict[str, Any]:
+def oracle(box: Target, hub: EmulatorProcess, writers: Writers) -> dict[str, Any]:
     """Every check of the module docstring; each figure with its verdict."""
     outbox = box.query("SELECT count(*) FROM outbox")[0][0]
     states = dict(box.query("SELECT state, count(*) FROM mgh_rows GROUP BY state"))
@@ -300,7 +300,7 @@ class PgServer:
 
 def soak(seconds: float, rng: random.Random, server: PgServer | None) -> int:
     """Run the soak; print the figures and the checks; 0 when every check passed."""
-    with stand_in() as hub:
+    with emulator_process() as hub:
         made = make_outbox(hub, interval=0.5, backoff_max_seconds=5.0,
                            outage_backoff_max_seconds=5.0,
                            **({"url": server.url} if server else {}))

@@ -594,14 +594,14 @@ def check(ctx: click.Context) -> None:
     help="Seconds before auto-mapping settles.",
 )
 def emulator(host: str, port: int, home_region: str, map_delay: float) -> None:
-    """Run a local Migration Hub stand-in (for trying things out)."""
+    """Run a local Migration Hub emulator (for trying things out)."""
     import threading
 
     from reporter.emulator import Emulator
 
     region = None if home_region.lower() == "none" else home_region
     em = Emulator(host, port, home_region=region, map_delay=map_delay).start()
-    click.echo(f"Migration Hub stand-in on {em.url} (home Region: {region or 'not set'})")
+    click.echo(f"Migration Hub emulator on {em.url} (home Region: {region or 'not set'})")
     click.echo(f"  export AWS_ENDPOINT_URL_MIGRATION_HUB={em.url}")
     click.echo(f"  export AWS_ENDPOINT_URL_MIGRATIONHUB_CONFIG={em.url}")
     click.echo(f"  state: curl {em.url}/_emulator/state")
@@ -622,7 +622,7 @@ def emulator(host: str, port: int, home_region: str, map_delay: float) -> None:
     help="How many simulated migration tasks.",
 )
 def demo(task_count: int) -> None:
-    """The whole path on one machine: stand-in Hub, a simulated tool, the daemon."""
+    """The whole path on one machine: emulator, a simulated tool, the daemon."""
     from reporter.demo import run_demo
 
     sys.exit(run_demo(task_count))

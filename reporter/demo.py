@@ -1,4 +1,4 @@
-"""`demo`: the stand-in Hub, a simulated migration tool and the daemon, on one machine."""
+"""`demo`: the emulator, a simulated migration tool and the daemon, on one machine."""
 
 from __future__ import annotations
 
@@ -98,7 +98,7 @@ def _host_tool(box: Outbox, names: list[str], done: threading.Event, rng: random
 
 
 def _table(store: SqliteStore, hub: Emulator) -> Table:
-    table = Table(title="Migration Hub, as the stand-in sees it (live)")
+    table = Table(title="Migration Hub, as the emulator sees it (live)")
     for col in ("task", "status", "%", "detail", "mapped to", "artifacts", "waiting rows"):
         table.add_column(col)
     for t in store.tasks():
@@ -151,7 +151,7 @@ def run_demo(task_count: int = 6) -> int:
         logs.configure("error", "console")
         SqliteStore.create(path).close()
         console.print(
-            f"[bold]mgh-reporter demo[/]: stand-in Hub at {hub.url} (home Region "
+            f"[bold]mgh-reporter demo[/]: emulator at {hub.url} (home Region "
             f"us-west-2, 10% throttling), outbox {path}"
         )
         console.print("A simulated migration tool INSERTs rows; the daemon publishes them.\n")
@@ -200,7 +200,7 @@ def run_demo(task_count: int = 6) -> int:
         )
         for d in letters:
             console.print(f"[yellow]dead letter[/] row {d.id} ({d.task}): {d.reason}")
-        console.print("\nTry it yourself against the stand-in, in a shell (no AWS account):")
+        console.print("\nTry it yourself against the emulator, in a shell (no AWS account):")
         console.print("\n".join(f"  {line}" for line in NEXT_STEPS), markup=False,
                       highlight=False, soft_wrap=True)
         console.print('For AWS itself: the README\'s "Quick start" (a package, a config naming '

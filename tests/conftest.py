@@ -1,4 +1,4 @@
-"""Shared fixtures: a stand-in Hub on loopback, config files, the CLI as a real process."""
+"""Shared fixtures: an emulated Hub on loopback, config files, the CLI as a real process."""
 
 from __future__ import annotations
 
@@ -28,22 +28,22 @@ def runtime_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 
 
 @pytest.fixture
-def standin() -> Iterator[Emulator]:
-    """A Migration Hub stand-in on 127.0.0.1 with home Region us-west-2."""
+def emulator() -> Iterator[Emulator]:
+    """A Migration Hub emulator on 127.0.0.1 with home Region us-west-2."""
     with Emulator(map_delay=0.3) as emulator:
         yield emulator
 
 
 
 @pytest.fixture
-def aws_env(standin: Emulator, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
-    """Environment that points boto3 (in-process and in children) at the stand-in."""
+def aws_env(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    """Environment that points boto3 (in-process and in children) at the emulator."""
     env = {
         "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
         "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
         "AWS_REGION": "us-east-1",
         "AWS_EC2_METADATA_DISABLED": "true",
-        **standin.environment(),
+        **emulator.environment(),
     }
     for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL", "AWS_DEFAULT_REGION"):
         monkeypatch.delenv(key, raising=False)

@@ -64,7 +64,7 @@ def toml_text(sections: dict[str, dict[str, Any]]) -> str:
 
 
 def child_env(extra: dict[str, str] | None = None) -> dict[str, str]:
-    """The current environment (with the stand-in's variables) for a child process."""
+    """The current environment (with the emulator's variables) for a child process."""
     env = dict(os.environ)
     env.pop("NOTIFY_SOCKET", None)
     env.pop("WATCHDOG_USEC", None)

@@ -12,7 +12,7 @@ from .helpers import Cli, insert
 ARN = "arn:aws:ec2:us-west-2:123456789012:instance/i-0aaa"
 
 
-def test_artifacts_delivered_once_and_bad_arns_rejected(cli: Cli, standin: Emulator, outbox_path: Path):
+def test_artifacts_delivered_once_and_bad_arns_rejected(cli: Cli, emulator: Emulator, outbox_path: Path):
     """Each (stream, task, ARN) is associated once however often repeated; bad ARNs dead-letter."""
     assert cli("init").returncode == 0
     for _ in range(3):
@@ -21,7 +21,7 @@ def test_artifacts_delivered_once_and_bad_arns_rejected(cli: Cli, standin: Emula
     assert cli("drain").returncode == 5
     assert cli("associate-artifact", "t1", ARN, "--description", "again").returncode == 0
     assert cli("drain").returncode == 0  # exit 5 counts only this drain's rejections
-    assert standin.state.op_count("AssociateCreatedArtifact") == 1
-    assert list(standin.state.task("ToolA", "t1").artifacts) == [ARN]
+    assert emulator.state.op_count("AssociateCreatedArtifact") == 1
+    assert list(emulator.state.task("ToolA", "t1").artifacts) == [ARN]
     tasks = json.loads(cli("tasks", "--json").stdout)
     assert tasks[0]["artifacts"] == [ARN]

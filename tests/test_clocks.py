@@ -30,8 +30,8 @@ class Clock:
         return self.now
 
 
-def _sent(standin: Emulator) -> bool:
-    return standin.state.op_count("NotifyMigrationTaskState") > 0
+def _sent(emulator: Emulator) -> bool:
+    return emulator.state.op_count("NotifyMigrationTaskState") > 0
 
 
 def test_only_a_step_back_counts():
@@ -68,7 +68,7 @@ def test_a_time_left_null_never_goes_before_the_time_last_sent():
 
 
 def test_a_step_back_of_an_hour_does_not_hold_waiting_rows(aws_env: dict[str, str],
-                                                           standin: Emulator, tmp_path: Path):
+                                                           emulator: Emulator, tmp_path: Path):
     """A row backing off (RetryAfterSeconds 30) when the wall clock steps back an hour: once its
     30 s are over it goes out, not an hour later; the relay logs the step."""
     path = tmp_path / "o.db"
@@ -83,22 +83,22 @@ def test_a_step_back_of_an_hour_does_not_hold_waiting_rows(aws_env: dict[str, st
     relay = Relay(store, hub, cfg, clock=clock, rng=random.Random(1))
     try:
         hub.resolve_region()
-        standin.state.faults.update(throttle=1.0, retry_after=30)
+        emulator.state.faults.update(throttle=1.0, retry_after=30)
         relay.run_once()
-        assert not _sent(standin)
-        standin.state.faults.update(throttle=0.0)
+        assert not _sent(emulator)
+        emulator.state.faults.update(throttle=0.0)
         clock.now -= 3600  # NTP steps the clock back an hour
         relay.run_once()
-        assert not _sent(standin)  # still inside its 30 s
+        assert not _sent(emulator)  # still inside its 30 s
         clock.now += 31
         relay.run_once()
-        assert standin.state.task("S", "t1").updates
+        assert emulator.state.task("S", "t1").updates
     finally:
         relay.close()
         store.close()
 
 
-def test_update_date_time_never_goes_backwards_at_the_hub(cli: Cli, standin: Emulator,
+def test_update_date_time_never_goes_backwards_at_the_hub(cli: Cli, emulator: Emulator,
                                                            outbox_path: Path):
     """A row written after the writer's clock stepped back an hour (its created_at an hour
     earlier, no update_date_time) is sent with the time already sent, not an earlier one."""
@@ -106,12 +106,12 @@ def test_update_date_time_never_goes_backwards_at_the_hub(cli: Cli, standin: Emu
     insert(outbox_path, kind="task_state", migration_task_name="t1", status="IN_PROGRESS",
            progress_percent=10)
     assert cli("drain").returncode == 0
-    first = standin.state.task("ToolA", "t1").updates[-1]["UpdateDateTime"]
+    first = emulator.state.task("ToolA", "t1").updates[-1]["UpdateDateTime"]
     earlier = (datetime.now(UTC) - timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     insert(outbox_path, kind="task_state", migration_task_name="t1", status="IN_PROGRESS",
            progress_percent=20, created_at=earlier)
     assert cli("drain").returncode == 0
-    updates = standin.state.task("ToolA", "t1").updates
+    updates = emulator.state.task("ToolA", "t1").updates
     assert updates[-1]["Task"]["ProgressPercent"] == 20
     assert updates[-1]["UpdateDateTime"] >= first
     tasks = json.loads(cli("tasks", "--json").stdout)

@@ -56,7 +56,7 @@ def _wave(conn: sqlite3.Connection, wave: int) -> None:
 
 
 def test_tasks_run_concurrently_but_each_task_strictly_in_order(
-    standin: Emulator, aws_env: dict[str, str], tmp_path: Path
+    emulator: Emulator, aws_env: dict[str, str], tmp_path: Path
 ) -> None:
     """With a 16-wide pool and random per-call latency, calls for different tasks overlap while
     each task's calls reach the Hub one at a time: stream, import, then its rows in row order,
@@ -68,7 +68,7 @@ def test_tasks_run_concurrently_but_each_task_strictly_in_order(
         "publish": {"concurrency": 16, "max_concurrency": 16},
         "mapping": {"check_after_seconds": 3600},
     })
-    standin.state.faults.update(jitter=0.02)
+    emulator.state.faults.update(jitter=0.02)
     store = SqliteStore.open(path)
     relay = Relay(store, Hub(cfg.aws, limiter=AdaptiveLimiter(16, 16)), cfg)
     conn = sqlite3.connect(path, timeout=5)
@@ -83,8 +83,8 @@ def test_tasks_run_concurrently_but_each_task_strictly_in_order(
         relay.close()
         store.close()
 
-    assert standin.state.peak_in_flight >= 8, "the pool did not run tasks concurrently"
-    calls = sorted((c for c in standin.state.calls if c["operation"] != "ListDiscoveredResources"),
+    assert emulator.state.peak_in_flight >= 8, "the pool did not run tasks concurrently"
+    calls = sorted((c for c in emulator.state.calls if c["operation"] != "ListDiscoveredResources"),
                    key=lambda c: c["time"])
     created = [c for c in calls if c["operation"] == "CreateProgressUpdateStream"]
     assert len(created) == 1
@@ -101,14 +101,14 @@ def test_tasks_run_concurrently_but_each_task_strictly_in_order(
         assert seq[0]["time"] >= created[0]["done"]
         for before, after in itertools.pairwise(seq):
             assert after["time"] >= before["done"], f"{name}: two calls in flight at once"
-        record = standin.state.task("Order", name)
+        record = emulator.state.task("Order", name)
         times = [u["UpdateDateTime"] for u in record.updates]
         assert times == sorted(times) and len(times) == WAVES
         assert record.updates[-1]["Task"]["StatusDetail"] == f"wave {WAVES}b"
 
 
 def test_adaptive_limiter_shrinks_under_throttling_and_recovers(
-    standin: Emulator, aws_env: dict[str, str]
+    emulator: Emulator, aws_env: dict[str, str]
 ) -> None:
     """Over real HTTP: Hub throttling halves the concurrency limit; success grows it back."""
     cfg = config_mod.parse({"hub": {"progress_update_stream": "Aimd"}})
@@ -135,18 +135,18 @@ def test_adaptive_limiter_shrinks_under_throttling_and_recovers(
             t.join()
         return failures
 
-    standin.state.faults.update(throttle=1.0)
+    emulator.state.faults.update(throttle=1.0)
     for _ in range(4):
         assert burst(16) == 16
     shrunk = limiter.limit
     assert shrunk <= 2
-    standin.state.faults.update(throttle=0.0)
+    emulator.state.faults.update(throttle=0.0)
     assert burst(200) == 0
     assert limiter.limit > shrunk + 3
 
 
 def test_backlog_is_drained_in_one_tick_not_one_batch_per_interval(
-    cli: Cli, standin: Emulator, make_config: Any, tmp_path: Path
+    cli: Cli, emulator: Emulator, make_config: Any, tmp_path: Path
 ) -> None:
     """A backlog of 12 batches is delivered at once, not one batch per (30 s) interval."""
     config = make_config("backlog.toml", publish={"interval_seconds": 30.0},
@@ -157,7 +157,7 @@ def test_backlog_is_drained_in_one_tick_not_one_batch_per_interval(
     proc = start_daemon(config)
     try:
         wait_for(lambda: pending(outbox) == 0, timeout=25)
-        assert standin.state.op_count("NotifyMigrationTaskState") <= 600
+        assert emulator.state.op_count("NotifyMigrationTaskState") <= 600
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
@@ -179,7 +179,7 @@ def test_benchmark_smoke(scenario: str) -> None:
 
 
 def test_rows_left_behind_by_a_bounded_intake_are_taken_in_without_new_commits(
-    standin: Emulator, aws_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    emulator: Emulator, aws_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """When a pass's intake stops at its time budget, the next passes carry on even though no
     other process commits anything (the idle check must not call that quiet)."""
@@ -198,7 +198,7 @@ def test_rows_left_behind_by_a_bounded_intake_are_taken_in_without_new_commits(
             relay.run_once()
             passes += 1
         assert passes >= 4
-        assert len(standin.state.streams["Behind"]) == 35
+        assert len(emulator.state.streams["Behind"]) == 35
         assert pending(path) == 0
     finally:
         relay.close()

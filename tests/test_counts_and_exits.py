@@ -19,7 +19,7 @@ from .helpers import ROOT, Cli, child_env, fill, insert, start_daemon, status_js
 
 
 def test_a_time_the_hub_cannot_hold_is_rejected_before_any_call(
-    cli: Cli, standin: Emulator, outbox_path: Path
+    cli: Cli, emulator: Emulator, outbox_path: Path
 ):
     """update_date_time in year 9999 and NextUpdateSeconds of 10**18 are dead-lettered with the
     rule; the task's valid rows still reach the Hub and `status`/`tasks` work."""
@@ -34,11 +34,11 @@ def test_a_time_the_hub_cannot_hold_is_rejected_before_any_call(
     reasons = [d["reason"] for d in json.loads(cli("dead-letters", "list", "--json").stdout)]
     assert any("update_date_time: must not be more than 24 h in the future" in r for r in reasons)
     assert any("next_update_seconds: must be 0..2147483647" in r for r in reasons)
-    assert standin.state.task("ToolA", "t1").updates[-1]["Task"]["ProgressPercent"] == 10
+    assert emulator.state.task("ToolA", "t1").updates[-1]["Task"]["ProgressPercent"] == 10
     assert cli("tasks", "--json").returncode == 0
 
 
-def test_status_and_tasks_survive_any_stored_value(cli: Cli, standin: Emulator,
+def test_status_and_tasks_survive_any_stored_value(cli: Cli, emulator: Emulator,
                                                    outbox_path: Path):
     """A time no calendar holds, stored by an older version, is shown, never a crash."""
     assert cli("init").returncode == 0
@@ -58,25 +58,25 @@ def test_status_and_tasks_survive_any_stored_value(cli: Cli, standin: Emulator,
 
 
 def test_status_counts_a_row_overtaken_by_an_unsent_row_as_pending(
-    cli: Cli, standin: Emulator, outbox_path: Path
+    cli: Cli, emulator: Emulator, outbox_path: Path
 ):
     """A row superseded by a newer row that has not reached the Hub is not 'delivered'."""
     assert cli("init").returncode == 0
     insert(outbox_path, kind="task_state", migration_task_name="t1", status="IN_PROGRESS")
     assert cli("drain").returncode == 0
-    standin.state.home_region = None  # delivery blocked: rows are taken in, none sent
+    emulator.state.home_region = None  # delivery blocked: rows are taken in, none sent
     insert(outbox_path, kind="task_state", migration_task_name="t1", status="IN_PROGRESS")
     insert(outbox_path, kind="task_state", migration_task_name="t1", status="COMPLETED")
     assert cli("drain").returncode == 4
     report = status_json(cli, code=4)
     assert (report["pending"], report["delivered"], report["sent"]) == (2, 1, 1)
-    standin.state.home_region = "us-west-2"
+    emulator.state.home_region = "us-west-2"
     assert cli("drain").returncode == 0
     report = status_json(cli)
     assert (report["pending"], report["delivered"], report["superseded"]) == (0, 3, 1)
 
 
-def test_drain_exit_5_counts_only_its_own_rejections(cli: Cli, standin: Emulator,
+def test_drain_exit_5_counts_only_its_own_rejections(cli: Cli, emulator: Emulator,
                                                      outbox_path: Path):
     """An old dead letter does not turn a later clean drain into exit 5; `status` still shows
     it, and a new rejection does give 5."""
@@ -96,16 +96,16 @@ def _drain(config: Path) -> subprocess.Popen[str]:
                             text=True, env=child_env(), cwd=ROOT)
 
 
-def test_an_interrupted_drain_exits_3_and_says_so(cli: Cli, standin: Emulator,
+def test_an_interrupted_drain_exits_3_and_says_so(cli: Cli, emulator: Emulator,
                                                   config_path: Path, outbox_path: Path):
     """SIGINT during a drain (an outage keeps it retrying) exits 3 naming the interruption,
     not the timeout."""
     assert cli("init").returncode == 0
     fill(outbox_path, 3, 1)
-    standin.state.faults.update(fail_operations={"NotifyMigrationTaskState"})
+    emulator.state.faults.update(fail_operations={"NotifyMigrationTaskState"})
     proc = _drain(config_path)
     try:
-        wait_for(lambda: standin.state.op_count("NotifyMigrationTaskState") >= 3)
+        wait_for(lambda: emulator.state.op_count("NotifyMigrationTaskState") >= 3)
         proc.send_signal(signal.SIGINT)
         _, err = proc.communicate(timeout=15)
     finally:
@@ -116,26 +116,26 @@ def test_an_interrupted_drain_exits_3_and_says_so(cli: Cli, standin: Emulator,
 
 
 def test_a_graceful_stop_hands_back_what_it_did_not_start(
-    cli: Cli, standin: Emulator, make_config: Any, outbox_path: Path
+    cli: Cli, emulator: Emulator, make_config: Any, outbox_path: Path
 ):
     """After SIGTERM of `run` mid-backlog, tasks it never started are due at once: a drain right
     after the stop finishes long before the 60 s lease would have run out."""
     config = make_config("lease.toml", outbox={"lease_seconds": 60.0},
                          publish={"concurrency": 2, "max_concurrency": 2})
     assert cli("init", config=config).returncode == 0
-    standin.state.faults.update(latency=0.2)
+    emulator.state.faults.update(latency=0.2)
     fill(outbox_path, 40, 1)
     proc = start_daemon(config)
     try:
-        wait_for(lambda: standin.state.op_count("NotifyMigrationTaskState") >= 2)
+        wait_for(lambda: emulator.state.op_count("NotifyMigrationTaskState") >= 2)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
     finally:
         if proc.poll() is None:
             proc.kill()
-    standin.state.faults.update(latency=0)
+    emulator.state.faults.update(latency=0)
     started = time.monotonic()
     result = cli("drain", "--timeout", "20", config=config)
     assert result.returncode == 0, result.stderr[-2000:]
     assert time.monotonic() - started < 15
-    assert all(standin.state.task("ToolA", f"t{t}").updates for t in range(40))
+    assert all(emulator.state.task("ToolA", f"t{t}").updates for t in range(40))

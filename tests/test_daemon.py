@@ -18,15 +18,15 @@ from reporter.emulator import Emulator
 from .helpers import Cli, fill, pending, start_daemon, wait_for
 
 
-def test_run_delivers_and_stops_gracefully_on_sigterm(cli: Cli, standin: Emulator, config_path: Path,
+def test_run_delivers_and_stops_gracefully_on_sigterm(cli: Cli, emulator: Emulator, config_path: Path,
                                                       outbox_path: Path):
     """SIGTERM mid-backlog: the daemon exits 0 within 10 s and nothing is lost."""
     assert cli("init").returncode == 0
-    standin.state.faults.update(latency=0.05)
+    emulator.state.faults.update(latency=0.05)
     fill(outbox_path, 300, 1)
     proc = start_daemon(config_path)
     try:
-        wait_for(lambda: standin.state.op_count("NotifyMigrationTaskState") > 10)
+        wait_for(lambda: emulator.state.op_count("NotifyMigrationTaskState") > 10)
         started = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
@@ -35,13 +35,13 @@ def test_run_delivers_and_stops_gracefully_on_sigterm(cli: Cli, standin: Emulato
         if proc.poll() is None:
             proc.kill()
             print(proc.communicate()[1][-3000:])
-    standin.state.faults.update(latency=0)
+    emulator.state.faults.update(latency=0)
     assert cli("drain").returncode == 0
     for t in range(300):
-        assert standin.state.task("ToolA", f"t{t}").updates
+        assert emulator.state.task("ToolA", f"t{t}").updates
 
 
-def test_second_daemon_refuses(cli: Cli, standin: Emulator, config_path: Path):
+def test_second_daemon_refuses(cli: Cli, emulator: Emulator, config_path: Path):
     """A second `run` (or `drain`) on the same outbox refuses, naming the holder."""
     assert cli("init").returncode == 0
     first = start_daemon(config_path)
@@ -59,12 +59,12 @@ def test_second_daemon_refuses(cli: Cli, standin: Emulator, config_path: Path):
 
 
 def test_kill_9_with_concurrent_writer_loses_nothing_and_never_goes_back(
-    cli: Cli, standin: Emulator, config_path: Path, outbox_path: Path
+    cli: Cli, emulator: Emulator, config_path: Path, outbox_path: Path
 ):
     """Repeated kill -9 during delivery while a host tool writes: every task ends at its last
     row and per-task UpdateDateTime at the Hub never goes backwards."""
     assert cli("init").returncode == 0
-    standin.state.faults.update(latency=0.01, throttle=0.1, retry_after=0)
+    emulator.state.faults.update(latency=0.01, throttle=0.1, retry_after=0)
     stop = threading.Event()
     last: dict[str, int] = {}
 
@@ -96,52 +96,52 @@ def test_kill_9_with_concurrent_writer_loses_nothing_and_never_goes_back(
     finally:
         stop.set()
         thread.join()
-    standin.state.faults.update(latency=0, throttle=0)
+    emulator.state.faults.update(latency=0, throttle=0)
     result = cli("drain", "--timeout", "60")
     assert result.returncode == 0, result.stderr[-2000:]
     for task, percent in last.items():
-        updates = standin.state.task("ToolA", task).updates
+        updates = emulator.state.task("ToolA", task).updates
         assert updates[-1]["Task"]["ProgressPercent"] == percent
         times = [u["UpdateDateTime"] for u in updates]
         assert times == sorted(times), task
 
 
-def test_outage_is_ridden_out_with_bounded_request_rate(cli: Cli, standin: Emulator,
+def test_outage_is_ridden_out_with_bounded_request_rate(cli: Cli, emulator: Emulator,
                                                         config_path: Path, outbox_path: Path):
     """During a full outage the daemon probes one request at a time at the backoff pace, then
     recovers by itself once the Hub is back."""
     assert cli("init").returncode == 0
     fill(outbox_path, 200, 1)
-    standin.state.faults.update(outage=True)
+    emulator.state.faults.update(outage=True)
     proc = start_daemon(config_path)
     try:
         time.sleep(1.0)
-        before = len(standin.state.calls)
+        before = len(emulator.state.calls)
         time.sleep(4.0)
-        during = len(standin.state.calls) - before
+        during = len(emulator.state.calls) - before
         # 200 tasks, 0.2 s ticks: without the brake ~4,000 calls; with it, at most a few a second.
         assert during <= 25, during
-        standin.state.faults.update(outage=False)
+        emulator.state.faults.update(outage=False)
         wait_for(lambda: pending(outbox_path) == 0, timeout=30)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
-    assert all(standin.state.task("ToolA", f"t{t}").updates for t in range(200))
+    assert all(emulator.state.task("ToolA", f"t{t}").updates for t in range(200))
 
 
-def test_blocked_daemon_resumes_by_itself(cli: Cli, standin: Emulator, config_path: Path,
+def test_blocked_daemon_resumes_by_itself(cli: Cli, emulator: Emulator, config_path: Path,
                                           outbox_path: Path):
     """Home Region unset: one error event, rows kept; set it and the daemon resumes alone."""
     assert cli("init").returncode == 0
-    standin.state.home_region = None
+    emulator.state.home_region = None
     fill(outbox_path, 5, 2)
     proc = start_daemon(config_path)
     try:
         wait_for(lambda: json.loads(cli("status", "--json").stdout)["blocked"])
         time.sleep(1.5)
         assert pending(outbox_path) == 5  # the older state of each task is superseded
-        assert standin.state.op_count("NotifyMigrationTaskState") == 0
-        standin.state.home_region = "us-west-2"
+        assert emulator.state.op_count("NotifyMigrationTaskState") == 0
+        emulator.state.home_region = "us-west-2"
         wait_for(lambda: pending(outbox_path) == 0)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -182,7 +182,7 @@ class NotifySocket:
         self.sock.close()
 
 
-def test_sd_notify_ready_watchdog_status_stopping(cli: Cli, standin: Emulator, config_path: Path,
+def test_sd_notify_ready_watchdog_status_stopping(cli: Cli, emulator: Emulator, config_path: Path,
                                                   tmp_path: Path, outbox_path: Path):
     """READY once serving, WATCHDOG at half WATCHDOG_USEC, STATUS lines, STOPPING on SIGTERM."""
     assert cli("init").returncode == 0
@@ -205,7 +205,7 @@ def test_sd_notify_ready_watchdog_status_stopping(cli: Cli, standin: Emulator, c
     assert notify.texts("STOPPING=1")
 
 
-def test_watchdog_stops_when_publish_loop_hangs(cli: Cli, standin: Emulator, make_config: Any,
+def test_watchdog_stops_when_publish_loop_hangs(cli: Cli, emulator: Emulator, make_config: Any,
                                                 tmp_path: Path, outbox_path: Path):
     """A pass stuck in a call stops the WATCHDOG pings, so systemd restarts the service."""
     config = make_config("hang.toml", aws={"read_timeout_seconds": 30.0})
@@ -215,7 +215,7 @@ def test_watchdog_stops_when_publish_loop_hangs(cli: Cli, standin: Emulator, mak
     try:
         wait_for(lambda: notify.texts("READY=1"))
         time.sleep(1.0)
-        standin.state.faults.update(latency=20.0)
+        emulator.state.faults.update(latency=20.0)
         fill(outbox_path, 1, 1)
         time.sleep(1.0)
         hung_at = time.monotonic()
@@ -225,7 +225,7 @@ def test_watchdog_stops_when_publish_loop_hangs(cli: Cli, standin: Emulator, mak
         proc.kill()
         proc.wait()
         notify.close()
-        standin.state.faults.update(latency=0)
+        emulator.state.faults.update(latency=0)
 
 
 def test_due_times_are_judged_on_the_stores_clock(aws_env: dict[str, str], config_path: Path,

@@ -30,7 +30,7 @@ def _readable(path: Path) -> tuple[str, int]:
 
 
 def test_a_deleted_wal_makes_the_outbox_unusable_and_a_stop_keeps_it_readable(
-    cli: Cli, standin: Emulator, make_config: Any, outbox_path: Path, tmp_path: Path
+    cli: Cli, emulator: Emulator, make_config: Any, outbox_path: Path, tmp_path: Path
 ):
     """A tool keeps writing; the -wal is deleted under the daemon: /healthz 503 names the
     write-ahead log, `status` exits 1; SIGTERM ends the daemon (exit 1) without a checkpoint or
@@ -63,7 +63,7 @@ def test_a_deleted_wal_makes_the_outbox_unusable_and_a_stop_keeps_it_readable(
         try:
             wait_for(lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200, timeout=30)
             writer.start()
-            wait_for(lambda: standin.state.op_count("NotifyMigrationTaskState") > 20, timeout=30)
+            wait_for(lambda: emulator.state.op_count("NotifyMigrationTaskState") > 20, timeout=30)
             conn = sqlite3.connect(outbox_path, timeout=10)
             conn.execute("PRAGMA wal_checkpoint(PASSIVE)")  # some rows reach the file itself
             reached = conn.execute("SELECT count(*) FROM outbox").fetchone()[0]
@@ -101,7 +101,7 @@ def _corrupt_a_page(path: Path) -> None:
 
 
 def test_garbage_in_pages_is_found_at_start_and_the_file_is_left_alone(
-    cli: Cli, standin: Emulator, make_config: Any, outbox_path: Path
+    cli: Cli, emulator: Emulator, make_config: Any, outbox_path: Path
 ):
     """Pages of garbage where the daemon would not read in a pass: `PRAGMA quick_check` at start
     finds them; /healthz 503 says "damaged", and the daemon writes nothing into the file."""

@@ -273,11 +273,11 @@ def _relay(path: Path, seed: int, clock: Callable[[], float]) -> tuple[SqliteSto
     return store, Relay(store, hub, cfg, clock=clock, rng=random.Random(seed)), hub
 
 
-def _resolve(hub: Hub, standin: Emulator) -> None:
-    throttle = standin.state.faults.throttle
-    standin.state.faults.update(throttle=0.0)
+def _resolve(hub: Hub, emulator: Emulator) -> None:
+    throttle = emulator.state.faults.throttle
+    emulator.state.faults.update(throttle=0.0)
     hub.resolve_region()
-    standin.state.faults.update(throttle=throttle)
+    emulator.state.faults.update(throttle=throttle)
 
 
 def _lane(path: Path) -> sqlite3.Row | None:
@@ -290,18 +290,18 @@ def _lane(path: Path) -> sqlite3.Row | None:
         conn.close()
 
 
-def test_backoff_schedule_is_durable_across_restarts(aws_env: dict[str, str], standin: Emulator,
+def test_backoff_schedule_is_durable_across_restarts(aws_env: dict[str, str], emulator: Emulator,
                                                      tmp_path: Path):
     """Attempt counts and next-attempt times survive a restart; each delay respects the
     jitter ceiling of its attempt, the cap and the RetryAfterSeconds floor."""
     path = tmp_path / "o.db"
     SqliteStore.create(path).close()
     insert(path, kind="task_state", migration_task_name="t1", status="IN_PROGRESS")
-    standin.state.faults.update(throttle=1.0, retry_after=0)
+    emulator.state.faults.update(throttle=1.0, retry_after=0)
     with freeze_time(row_clock(path)) as frozen:
         clock = frozen_clock(frozen)
         _, relay, hub = _relay(path, 0, clock)
-        _resolve(hub, standin)
+        _resolve(hub, emulator)
         relay.run_once()  # the import succeeds, the state is throttled: attempt 1
         relay.close()
         for attempt in range(1, 8):
@@ -312,19 +312,19 @@ def test_backoff_schedule_is_durable_across_restarts(aws_env: dict[str, str], st
             assert 0 <= delay <= min(60.0, 2.0 * 2 ** (attempt - 1)) + 1e-6
             frozen.tick(delay + 0.001)
             store, relay, hub = _relay(path, attempt, clock)  # a fresh process each time
-            _resolve(hub, standin)
+            _resolve(hub, emulator)
             if attempt == 7:
-                standin.state.faults.update(retry_after=45)
+                emulator.state.faults.update(retry_after=45)
             before = time.time()
             relay.run_once()
             relay.close()
             store.close()
         row = _lane(path)
         assert row is not None and row["due_at"] - before >= 45
-        standin.state.faults.update(throttle=0.0)
+        emulator.state.faults.update(throttle=0.0)
         frozen.tick(61)
         store, relay, hub = _relay(path, 99, clock)
-        _resolve(hub, standin)
+        _resolve(hub, emulator)
         relay.run_once()
         row = _lane(path)
         assert row is not None
@@ -337,7 +337,7 @@ def test_backoff_schedule_is_durable_across_restarts(aws_env: dict[str, str], st
 
 @pytest.mark.parametrize("max_attempts", [0, 2])
 def test_failing_attributes_never_hold_back_a_newer_state_end_to_end(
-    aws_env: dict[str, str], standin: Emulator, tmp_path: Path, max_attempts: int
+    aws_env: dict[str, str], emulator: Emulator, tmp_path: Path, max_attempts: int
 ):
     """Over real HTTP: PutResourceAttributes keeps failing, yet the COMPLETED state written after
     it reaches the Hub at once; with max_attempts only the attributes row is dead-lettered."""
@@ -347,7 +347,7 @@ def test_failing_attributes_never_hold_back_a_newer_state_end_to_end(
            resource_attributes=json.dumps([{"Type": "FQDN", "Value": "db.example"}]))
     insert(path, kind="task_state", migration_task_name="t1", status="COMPLETED",
            progress_percent=100)
-    standin.state.faults.update(fail_operations={"PutResourceAttributes"})
+    emulator.state.faults.update(fail_operations={"PutResourceAttributes"})
     cfg = config_mod.parse({"hub": {"progress_update_stream": "S"}, "outbox": {"path": str(path)},
                             "publish": {"backoff_base_seconds": 0.01, "max_attempts": max_attempts}})
     store = SqliteStore.open(path)
@@ -359,7 +359,7 @@ def test_failing_attributes_never_hold_back_a_newer_state_end_to_end(
             if max_attempts and store.counts().dead_letters:
                 break
             time.sleep(0.02)
-        assert standin.state.task("S", "t1").updates[-1]["Task"]["Status"] == "COMPLETED"
+        assert emulator.state.task("S", "t1").updates[-1]["Task"]["Status"] == "COMPLETED"
         letters = store.dead_letters()
         if max_attempts:
             assert [d.kind for d in letters] == ["resource_attributes"]

@@ -114,7 +114,7 @@ sys.stdout.write(urllib.request.urlopen(request).read().decode())
 
 
 def test_the_stand_in_block_works(tmp_path: Path):
-    """The README's stand-in block, run by bash (on a free port instead of 4566, which the
+    """The README's emulator block, run by bash (on a free port instead of 4566, which the
     demo's hint uses): boto3 with the dummy credentials reaches it, the home Region unsets
     and sets, a fault is taken."""
     import os
@@ -123,7 +123,7 @@ def test_the_stand_in_block_works(tmp_path: Path):
     import sys
 
     text = (ROOT / "README.md").read_text()
-    section = text[text.index("### The stand-in Hub"):]
+    section = text[text.index("### The emulator"):]
     start = section.index("```sh") + 5
     block = section[start:section.index("```", start)]
     with socket.socket() as s:
@@ -144,7 +144,7 @@ def test_the_stand_in_block_works(tmp_path: Path):
             script.append(f"echo; python -c \"{probe}\"")
     env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
-    if shutil.which("curl") is None:  # a minimal image (the 3.13/3.14 containers): a stand-in
+    if shutil.which("curl") is None:  # a minimal image (the 3.13/3.14 containers): an emulator
         bin_dir = tmp_path / "bin"
         bin_dir.mkdir()
         (bin_dir / "curl").write_text(CURL_STAND_IN.format(python=sys.executable))

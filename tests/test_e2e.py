@@ -1,4 +1,4 @@
-"""End to end: the real CLI against the stand-in over HTTP, with real SQLite files."""
+"""End to end: the real CLI against the emulator over HTTP, with real SQLite files."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from reporter.outbox import Outbox
 from .helpers import CONTRACT_DDL, ROOT, Cli, child_env, insert, status_json
 
 
-def test_drain_delivers_mixed_backlog(cli: Cli, standin: Emulator, outbox_path: Path):
+def test_drain_delivers_mixed_backlog(cli: Cli, emulator: Emulator, outbox_path: Path):
     """Rows of both kinds, many tasks, two streams: each task ends at its last row, with defaults."""
     assert cli("init").returncode == 0
     expected: dict[tuple[str, str], dict[str, Any]] = {}
@@ -45,9 +45,9 @@ def test_drain_delivers_mixed_backlog(cli: Cli, standin: Emulator, outbox_path: 
         expected[(stream or "ToolA", task)] = last
     result = cli("drain", "--timeout", "30")
     assert result.returncode == 0, result.stderr
-    assert set(standin.state.streams) == {"ToolA", "ToolB"}
+    assert set(emulator.state.streams) == {"ToolA", "ToolB"}
     for (stream, task), last in expected.items():
-        record = standin.state.task(stream, task)
+        record = emulator.state.task(stream, task)
         final = record.updates[-1]
         assert final["Task"] == {"Status": "COMPLETED", "ProgressPercent": 100}
         assert final["NextUpdateSeconds"] == last.get("next_update_seconds", 3600)
@@ -62,12 +62,12 @@ def test_drain_delivers_mixed_backlog(cli: Cli, standin: Emulator, outbox_path: 
     assert report["pending"] == 0 and report["delivered"] == 12 * 5
     assert report["dead_letters"] == 0 and report["blocked"] is None
     assert report["oldest_pending_seconds"] is None
-    assert standin.state.op_count("CreateProgressUpdateStream") == 2
-    assert standin.state.op_count("ImportMigrationTask") == 12
+    assert emulator.state.op_count("CreateProgressUpdateStream") == 2
+    assert emulator.state.op_count("ImportMigrationTask") == 12
     assert times == sorted(times)
 
 
-def test_shell_writers_and_python_api(cli: Cli, standin: Emulator, outbox_path: Path):
+def test_shell_writers_and_python_api(cli: Cli, emulator: Emulator, outbox_path: Path):
     """notify, put-attributes and associate-artifact queue rows that drain delivers."""
     assert cli("init").returncode == 0
     arn = "arn:aws:ec2:us-west-2:123456789012:instance/i-0123456789abcdef0"
@@ -85,15 +85,15 @@ def test_shell_writers_and_python_api(cli: Cli, standin: Emulator, outbox_path: 
 
     Outbox(outbox_path).task_state("db-2", "NOT_STARTED", detail="line1\nline2")
     assert cli("drain").returncode == 0
-    shell = standin.state.task("Shell", "db-1").updates[-1]
+    shell = emulator.state.task("Shell", "db-1").updates[-1]
     assert shell["Task"] == {"Status": "IN_PROGRESS", "StatusDetail": "copying", "ProgressPercent": 30}
     assert shell["NextUpdateSeconds"] == 120
-    tool = standin.state.task("ToolA", "db-1")
+    tool = emulator.state.task("ToolA", "db-1")
     assert tool.updates[-1]["Task"]["ProgressPercent"] == 31
     assert tool.attributes == [{"Type": "IPV4_ADDRESS", "Value": "10.0.0.5"},
                                {"Type": "FQDN", "Value": "db1.example.com"}]
     assert tool.artifacts == {arn: "target instance"}
-    assert standin.state.task("ToolA", "db-2").updates[-1]["Task"]["StatusDetail"] == "line1 line2"
+    assert emulator.state.task("ToolA", "db-2").updates[-1]["Task"]["StatusDetail"] == "line1 line2"
 
 
 @pytest.mark.parametrize(("args", "needle"), [
@@ -114,7 +114,7 @@ def test_shell_writers_reject_bad_input(cli: Cli, args: list[str], needle: str, 
     assert sqlite3.connect(outbox_path).execute("SELECT count(*) FROM outbox").fetchone()[0] == 0
 
 
-def test_host_created_table_is_accepted(cli: Cli, standin: Emulator, outbox_path: Path):
+def test_host_created_table_is_accepted(cli: Cli, emulator: Emulator, outbox_path: Path):
     """A table the host created with the contract DDL works; init adds the artifact columns."""
     conn = sqlite3.connect(outbox_path)
     conn.executescript(CONTRACT_DDL)
@@ -128,11 +128,11 @@ def test_host_created_table_is_accepted(cli: Cli, standin: Emulator, outbox_path
     columns = [r[1] for r in sqlite3.connect(outbox_path).execute("PRAGMA table_info(outbox)")]
     assert columns[-2:] == ["artifact_name", "artifact_description"]
     assert cli("drain").returncode == 0
-    assert standin.state.task("ToolA", "old-1").updates[-1]["Task"]["Status"] == "IN_PROGRESS"
+    assert emulator.state.task("ToolA", "old-1").updates[-1]["Task"]["Status"] == "IN_PROGRESS"
 
 
 def test_malformed_rows_are_dead_lettered_while_valid_rows_flow(
-    cli: Cli, standin: Emulator, outbox_path: Path
+    cli: Cli, emulator: Emulator, outbox_path: Path
 ):
     """Every kind of bad row is rejected with a reason; rows around them, same task too, flow."""
     assert cli("init").returncode == 0
@@ -151,7 +151,7 @@ def test_malformed_rows_are_dead_lettered_while_valid_rows_flow(
            progress_percent=20)
     result = cli("drain")
     assert result.returncode == 5, result.stderr
-    assert standin.state.task("ToolA", "t1").updates[-1]["Task"]["ProgressPercent"] == 20
+    assert emulator.state.task("ToolA", "t1").updates[-1]["Task"]["ProgressPercent"] == 20
     letters = json.loads(cli("dead-letters", "list", "--json").stdout)
     assert [d["id"] for d in letters] == bad
     reasons = [d["reason"] for d in letters]
@@ -173,29 +173,29 @@ def test_malformed_rows_are_dead_lettered_while_valid_rows_flow(
     assert retried.returncode == 0 and "requeued 1 rows" in retried.stdout
     assert f"row {bad[0]} still rejected: status" in retried.stderr
     assert cli("drain").returncode == 0  # exit 5 counts only this drain's rejections
-    assert list(standin.state.task("ToolA", "t1").artifacts) == [
+    assert list(emulator.state.task("ToolA", "t1").artifacts) == [
         "arn:aws:ec2:us-west-2:123456789012:image/ami-1"]
     assert cli("dead-letters", "retry").returncode == 2
     assert cli("dead-letters", "retry", "999").returncode == 1
 
 
-def test_hub_refusal_is_dead_lettered(cli: Cli, standin: Emulator, outbox_path: Path):
+def test_hub_refusal_is_dead_lettered(cli: Cli, emulator: Emulator, outbox_path: Path):
     """An InvalidInputException in the right region rejects that row, not the others."""
     assert cli("init").returncode == 0
-    standin.state.faults.update(invalid={"PutResourceAttributes"})
+    emulator.state.faults.update(invalid={"PutResourceAttributes"})
     insert(outbox_path, kind="resource_attributes", migration_task_name="t1",
            resource_attributes='[{"Type": "FQDN", "Value": "a.b"}]')
     insert(outbox_path, kind="task_state", migration_task_name="t1", status="COMPLETED")
     assert cli("drain").returncode == 5
     letters = json.loads(cli("dead-letters", "list", "--json").stdout)
     assert "the Hub refused PutResourceAttributes" in letters[0]["reason"]
-    assert standin.state.task("ToolA", "t1").updates[-1]["Task"]["Status"] == "COMPLETED"
+    assert emulator.state.task("ToolA", "t1").updates[-1]["Task"]["Status"] == "COMPLETED"
 
 
-def test_no_home_region_exits_4_then_delivers(cli: Cli, standin: Emulator, outbox_path: Path):
+def test_no_home_region_exits_4_then_delivers(cli: Cli, emulator: Emulator, outbox_path: Path):
     """No home Region: exit 4 at once naming the cause, nothing lost; delivered once set."""
     assert cli("init").returncode == 0
-    standin.state.home_region = None
+    emulator.state.home_region = None
     assert cli("notify", "t1", "--status", "IN_PROGRESS").returncode == 0
     started = time.monotonic()
     result = cli("drain", "--timeout", "60")
@@ -206,13 +206,13 @@ def test_no_home_region_exits_4_then_delivers(cli: Cli, standin: Emulator, outbo
     assert report["pending"] == 1 and "home Region is not set" in report["blocked"]
     human = cli("status")
     assert human.returncode == 4 and "BLOCKED" in human.stdout
-    standin.state.home_region = "us-west-2"
+    emulator.state.home_region = "us-west-2"
     assert cli("drain").returncode == 0
     assert status_json(cli)["blocked"] is None
-    assert standin.state.task("ToolA", "t1").updates
+    assert emulator.state.task("ToolA", "t1").updates
 
 
-def test_wrong_region_exits_4_naming_home(cli: Cli, standin: Emulator, make_config: Any):
+def test_wrong_region_exits_4_naming_home(cli: Cli, emulator: Emulator, make_config: Any):
     """An explicit region that is not the home Region blocks delivery and names the home Region."""
     config = make_config("eu.toml", hub={"region": "eu-west-1"})
     assert cli("init", config=config).returncode == 0
@@ -222,7 +222,7 @@ def test_wrong_region_exits_4_naming_home(cli: Cli, standin: Emulator, make_conf
     assert "home Region is us-west-2" in result.stderr
 
 
-def test_home_region_moved_after_resolution_blocks(cli: Cli, standin: Emulator):
+def test_home_region_moved_after_resolution_blocks(cli: Cli, emulator: Emulator):
     """InvalidInputException because the home Region changed is 'blocked', not a dead letter."""
     assert cli("init").returncode == 0
     assert cli("notify", "t1", "--status", "IN_PROGRESS").returncode == 0
@@ -230,17 +230,17 @@ def test_home_region_moved_after_resolution_blocks(cli: Cli, standin: Emulator):
 
     client = Hub(AwsConfig())
     client.resolve_region()
-    standin.state.home_region = "ap-south-1"
+    emulator.state.home_region = "ap-south-1"
     with pytest.raises(HubError) as err:
         client.import_task("ToolA", "t1")
     assert err.value.failure.outcome is Outcome.BLOCKED
     assert "ap-south-1" in err.value.failure.message
 
 
-def test_access_denied_exits_4(cli: Cli, standin: Emulator):
+def test_access_denied_exits_4(cli: Cli, emulator: Emulator):
     """AccessDenied on a write blocks delivery (exit 4) naming it, keeping the row pending."""
     assert cli("init").returncode == 0
-    standin.state.faults.update(deny={"NotifyMigrationTaskState"})
+    emulator.state.faults.update(deny={"NotifyMigrationTaskState"})
     assert cli("notify", "t1", "--status", "IN_PROGRESS").returncode == 0
     result = cli("drain")
     assert result.returncode == 4 and "access denied" in result.stderr
@@ -258,35 +258,35 @@ def test_no_credentials_exits_4(cli: Cli, tmp_path: Path):
     assert result.returncode == 4 and "no AWS credentials" in result.stderr
 
 
-def test_stream_deleted_at_hub_is_repaired(cli: Cli, standin: Emulator):
+def test_stream_deleted_at_hub_is_repaired(cli: Cli, emulator: Emulator):
     """ResourceNotFound (stream gone at the Hub): re-create, re-import, send again."""
     assert cli("init").returncode == 0
     assert cli("notify", "t1", "--status", "IN_PROGRESS", "--percent", "1").returncode == 0
     assert cli("drain").returncode == 0
-    del standin.state.streams["ToolA"]
+    del emulator.state.streams["ToolA"]
     assert cli("notify", "t1", "--status", "IN_PROGRESS", "--percent", "2").returncode == 0
     assert cli("drain").returncode == 0
-    assert standin.state.task("ToolA", "t1").updates[-1]["Task"]["ProgressPercent"] == 2
-    assert standin.state.op_count("CreateProgressUpdateStream") == 2
+    assert emulator.state.task("ToolA", "t1").updates[-1]["Task"]["ProgressPercent"] == 2
+    assert emulator.state.op_count("CreateProgressUpdateStream") == 2
 
 
-def test_drain_times_out_with_exit_3_during_outage(cli: Cli, standin: Emulator):
+def test_drain_times_out_with_exit_3_during_outage(cli: Cli, emulator: Emulator):
     """A full outage leaves rows pending and drain exits 3 at its timeout."""
     assert cli("init").returncode == 0
     assert cli("notify", "t1", "--status", "IN_PROGRESS").returncode == 0
-    standin.state.faults.update(outage=True)
+    emulator.state.faults.update(outage=True)
     result = cli("drain", "--timeout", "2")
     assert result.returncode == 3 and "still pending" in result.stderr
-    standin.state.faults.update(outage=False)
+    emulator.state.faults.update(outage=False)
     assert cli("drain").returncode == 0
 
 
 def test_fault_injection_ends_with_every_task_at_its_last_row(
-    cli: Cli, standin: Emulator, outbox_path: Path
+    cli: Cli, emulator: Emulator, outbox_path: Path
 ):
     """30% throttling + 10% 5xx + some dropped connections: every task ends at its last state."""
     assert cli("init").returncode == 0
-    standin.state.faults.update(throttle=0.3, server_error=0.1, drop=0.03, retry_after=0)
+    emulator.state.faults.update(throttle=0.3, server_error=0.1, drop=0.03, retry_after=0)
     conn = sqlite3.connect(outbox_path)
     for round_ in range(5):
         for t in range(40):
@@ -297,15 +297,15 @@ def test_fault_injection_ends_with_every_task_at_its_last_row(
     result = cli("drain", "--timeout", "90", timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
     for t in range(40):
-        updates = standin.state.task("ToolA", f"t{t}").updates
+        updates = emulator.state.task("ToolA", f"t{t}").updates
         assert updates[-1]["Task"]["ProgressPercent"] == 80
         assert [u["UpdateDateTime"] for u in updates] == sorted(u["UpdateDateTime"] for u in updates)
-    assert standin.state.summary()["operations"].get("NotifyMigrationTaskState", 0) >= 40
+    assert emulator.state.summary()["operations"].get("NotifyMigrationTaskState", 0) >= 40
 
 
 def test_demo_runs_and_its_closing_hint_works(tmp_path: Path):
     """`mgh-reporter demo` runs the whole path and exits 0; the shell lines it suggests next,
-    run as printed (in a fresh directory, the stand-in on port 4566), deliver a row."""
+    run as printed (in a fresh directory, the emulator on port 4566), deliver a row."""
     result = subprocess.run([sys.executable, "-m", "reporter", "demo", "--tasks", "3"],
                             capture_output=True, text=True, timeout=90, env=child_env(), cwd=ROOT)
     assert result.returncode == 0, result.stderr

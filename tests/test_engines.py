@@ -1,5 +1,5 @@
 """Behaviour that is the same on both engines, run against each: the real CLI and daemon over
-HTTP to the stand-in, with a real SQLite file or a real PostgreSQL database."""
+HTTP to the emulator, with a real SQLite file or a real PostgreSQL database."""
 
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ def _states(engine: Engine, task: str, *percents: int, stream: str | None = None
 
 
 def test_drain_delivers_in_order_rejects_bad_rows_and_reports(
-    engine: Engine, engine_cli: Cli, standin: Emulator
+    engine: Engine, engine_cli: Cli, emulator: Emulator
 ):
     """A mixed backlog: every task ends at its last row, bad rows are dead letters with the
     field and rule, the views agree, exit 5 says rows were rejected."""
@@ -45,13 +45,13 @@ def test_drain_delivers_in_order_rejects_bad_rows_and_reports(
     result = engine_cli("drain", "--timeout", "60")
     assert result.returncode == 5, result.stderr
     for i in range(6):
-        record = standin.state.task("ToolA" if i % 2 else "ToolB", f"vm-{i}")
+        record = emulator.state.task("ToolA" if i % 2 else "ToolB", f"vm-{i}")
         assert record.updates[-1]["Task"] == {"Status": "COMPLETED", "ProgressPercent": 100}
         assert len(record.updates) <= 4
         percents = [u["Task"].get("ProgressPercent") for u in record.updates]
         assert percents == sorted(percents)
         assert record.attributes == [{"Type": "IPV4_ADDRESS", "Value": f"10.0.0.{i}"}]
-    assert list(standin.state.task("ToolB", "vm-0").artifacts) == [
+    assert list(emulator.state.task("ToolB", "vm-0").artifacts) == [
         "arn:aws:ec2:us-east-1:123456789012:instance/i-0abc"]
     letters = json.loads(engine_cli("dead-letters", "list", "--json").stdout)
     assert [d["id"] for d in letters] == [bad]
@@ -65,27 +65,27 @@ def test_drain_delivers_in_order_rejects_bad_rows_and_reports(
 
 
 def test_dead_letter_retry_after_the_cause_is_fixed(
-    engine: Engine, engine_cli: Cli, standin: Emulator
+    engine: Engine, engine_cli: Cli, emulator: Emulator
 ):
     """A row the Hub refused is a dead letter; retried once the Hub accepts, it is delivered."""
     assert engine_cli("init").returncode == 0
-    standin.state.faults.update(invalid={"NotifyMigrationTaskState"})
+    emulator.state.faults.update(invalid={"NotifyMigrationTaskState"})
     row = engine.insert(kind="task_state", migration_task_name="t1", status="IN_PROGRESS")
     assert engine_cli("drain", "--timeout", "20").returncode == 5
-    standin.state.faults.update(invalid=set())
+    emulator.state.faults.update(invalid=set())
     assert engine_cli("dead-letters", "retry", str(row)).returncode == 0
     assert engine_cli("drain", "--timeout", "20").returncode == 0
-    assert standin.state.task("ToolA", "t1").updates[-1]["Task"]["Status"] == "IN_PROGRESS"
+    assert emulator.state.task("ToolA", "t1").updates[-1]["Task"]["Status"] == "IN_PROGRESS"
 
 
 def test_daemon_publishes_under_faults_and_stops_gracefully(
-    engine: Engine, engine_cli: Cli, engine_config: Callable[..., Path], standin: Emulator,
+    engine: Engine, engine_cli: Cli, engine_config: Callable[..., Path], emulator: Emulator,
     aws_env: dict[str, str],
 ):
     """Throttling and server errors: the daemon retries until every task is at its last row,
     in order; SIGTERM stops it with exit 0."""
     assert engine_cli("init").returncode == 0
-    standin.state.faults.update(throttle=0.2, server_error=0.1, retry_after=0)
+    emulator.state.faults.update(throttle=0.2, server_error=0.1, retry_after=0)
     daemon = start_daemon(engine_config(), env=aws_env)
     try:
         for step in range(5):
@@ -96,7 +96,7 @@ def test_daemon_publishes_under_faults_and_stops_gracefully(
         def settled() -> bool:
             try:
                 return all(
-                    standin.state.task("ToolA", f"t{t}").updates[-1]["Task"]["ProgressPercent"]
+                    emulator.state.task("ToolA", f"t{t}").updates[-1]["Task"]["ProgressPercent"]
                     == 80 for t in range(8))
             except (KeyError, IndexError):
                 return False
@@ -104,14 +104,14 @@ def test_daemon_publishes_under_faults_and_stops_gracefully(
         wait_for(settled, timeout=60)
         for t in range(8):
             sent = [u["Task"]["ProgressPercent"]
-                    for u in standin.state.task("ToolA", f"t{t}").updates]
+                    for u in emulator.state.task("ToolA", f"t{t}").updates]
             assert sent == sorted(sent), sent
     finally:
         daemon.send_signal(signal.SIGTERM)
         assert daemon.wait(15) == 0
 
 
-def test_check_proves_the_outbox(engine: Engine, engine_cli: Cli, standin: Emulator):
+def test_check_proves_the_outbox(engine: Engine, engine_cli: Cli, emulator: Emulator):
     """`check` opens the outbox (and on PostgreSQL proves privileges) before the Hub steps."""
     missing = engine_cli("check")
     assert missing.returncode == 1 and "init" in missing.stdout
@@ -122,7 +122,7 @@ def test_check_proves_the_outbox(engine: Engine, engine_cli: Cli, standin: Emula
         assert "privileges" in result.stdout and "INSERT into the outbox: postgres" in result.stdout
 
 
-def test_notify_cli_writes_to_either_engine(engine: Engine, engine_cli: Cli, standin: Emulator):
+def test_notify_cli_writes_to_either_engine(engine: Engine, engine_cli: Cli, emulator: Emulator):
     """The shell writers insert into the configured outbox; bad input names the field."""
     assert engine_cli("init").returncode == 0
     ok = engine_cli("notify", "vm-1", "--status", "IN_PROGRESS", "--percent", "5")
@@ -130,13 +130,13 @@ def test_notify_cli_writes_to_either_engine(engine: Engine, engine_cli: Cli, sta
     bad = engine_cli("notify", "vm-1", "--status", "IN_PROGRESS", "--percent", "500")
     assert bad.returncode != 0 and "percent" in bad.stderr.lower()
     assert engine_cli("drain", "--timeout", "20").returncode == 0
-    assert standin.state.task("ToolA", "vm-1").updates[-1]["Task"]["ProgressPercent"] == 5
+    assert emulator.state.task("ToolA", "vm-1").updates[-1]["Task"]["ProgressPercent"] == 5
     counted: list[Any] = engine.query("SELECT count(*) FROM outbox")
     assert counted[0][0] == 1
 
 
 def test_drop_dead_letters_prune_and_drain_summary(
-    engine: Engine, engine_cli: Cli, standin: Emulator
+    engine: Engine, engine_cli: Cli, emulator: Emulator
 ):
     """On both engines: `dead-letters drop` by id and by age, `status` counts what was
     dropped, and the drain's JSON summary counts sent, superseded and rejected rows."""

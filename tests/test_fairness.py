@@ -25,15 +25,15 @@ def _relay(engine: Engine, **publish: Any) -> Relay:
     return Relay(cfg.outbox.engine.open(), Hub(cfg.aws), cfg)
 
 
-def _updates(standin: Emulator, task: str) -> bool:
+def _updates(emulator: Emulator, task: str) -> bool:
     try:
-        return bool(standin.state.task("S", task).updates)
+        return bool(emulator.state.task("S", task).updates)
     except KeyError:
         return False
 
 
 def test_a_new_task_is_not_held_behind_an_intake_backlog(
-    engine: Engine, engine_cli: Any, standin: Emulator, aws_env: dict[str, str],
+    engine: Engine, engine_cli: Any, emulator: Emulator, aws_env: dict[str, str],
     monkeypatch: pytest.MonkeyPatch,
 ):
     """3,000 rows wait for intake and each pass has time for one batch (as behind a million
@@ -47,13 +47,13 @@ def test_a_new_task_is_not_held_behind_an_intake_backlog(
     relay = _relay(engine)
     try:
         relay.run_once()
-        assert _updates(standin, "newcomer")
+        assert _updates(emulator, "newcomer")
         def last(t: int) -> Any:
-            return standin.state.task("S", f"old-{t}").updates[-1]["Task"]["ProgressPercent"]
+            return emulator.state.task("S", f"old-{t}").updates[-1]["Task"]["ProgressPercent"]
 
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline and not all(
-                _updates(standin, f"old-{t}") and last(t) == 99 for t in range(30)):
+                _updates(emulator, f"old-{t}") and last(t) == 99 for t in range(30)):
             relay.run_once()
             time.sleep(0.02)
         assert [last(t) for t in range(30)] == [99] * 30  # each task ends at its last row
@@ -63,7 +63,7 @@ def test_a_new_task_is_not_held_behind_an_intake_backlog(
 
 
 def test_new_streams_never_hold_back_tasks_of_existing_streams(
-    engine: Engine, engine_cli: Any, standin: Emulator, aws_env: dict[str, str],
+    engine: Engine, engine_cli: Any, emulator: Emulator, aws_env: dict[str, str],
 ):
     """60 new streams to create (each call slow) beside a task of a stream that exists: that
     task is sent before the streams are all created, and the creations overlap."""
@@ -72,16 +72,16 @@ def test_new_streams_never_hold_back_tasks_of_existing_streams(
     relay = _relay(engine)
     try:
         relay.run_once()  # stream S exists now
-        assert _updates(standin, "first")
+        assert _updates(emulator, "first")
         time.sleep(STATE_SPACING_SECONDS)  # "first" may be sent again at once
-        before = len(standin.state.calls)
+        before = len(emulator.state.calls)
         for n in range(60):
             engine.insert(kind="task_state", migration_task_name=f"t{n}", status="IN_PROGRESS",
                           progress_update_stream=f"New{n}")
         engine.insert(kind="task_state", migration_task_name="first", status="COMPLETED")
-        standin.state.faults.update(latency=0.05)
+        emulator.state.faults.update(latency=0.05)
         relay.run_once()
-        calls = sorted(standin.state.calls[before:], key=lambda c: c["time"])
+        calls = sorted(emulator.state.calls[before:], key=lambda c: c["time"])
         creations = [c for c in calls if c["operation"] == "CreateProgressUpdateStream"]
         assert len(creations) == 60
         existing = [c for c in calls if c["operation"] == "NotifyMigrationTaskState"
@@ -89,7 +89,7 @@ def test_new_streams_never_hold_back_tasks_of_existing_streams(
         assert existing and existing[0]["done"] < max(c["done"] for c in creations)
         span = max(c["done"] for c in creations) - min(c["time"] for c in creations)
         assert span < 60 * 0.05 / 2  # side by side, not one after another
-        assert standin.state.task("S", "first").updates[-1]["Task"]["Status"] == "COMPLETED"
+        assert emulator.state.task("S", "first").updates[-1]["Task"]["Status"] == "COMPLETED"
     finally:
         relay.close()
         relay.store.close()

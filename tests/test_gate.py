@@ -231,14 +231,14 @@ def test_an_outbox_of_0_1_0_migrates(tmp_path: Path):
     store.close()
 
 
-def test_region_lookup_backoff_end_to_end(aws_env: dict[str, str], standin: Emulator,
+def test_region_lookup_backoff_end_to_end(aws_env: dict[str, str], emulator: Emulator,
                                           tmp_path: Path):
     """Over real HTTP: while the config service fails, passes in one instant make one lookup,
     lookups follow the relay's wake-up, and delivery starts on the first good lookup."""
     path = tmp_path / "o.db"
     SqliteStore.create(path).close()
     insert(path, kind="task_state", migration_task_name="t1", status="IN_PROGRESS")
-    standin.state.faults.update(outage=True)
+    emulator.state.faults.update(outage=True)
     cfg = config_mod.parse({"hub": {"progress_update_stream": "S"}, "outbox": {"path": str(path)},
                             "publish": {"backoff_base_seconds": 2.0}})
     with freeze_time(row_clock(path)) as frozen:
@@ -249,15 +249,15 @@ def test_region_lookup_backoff_end_to_end(aws_env: dict[str, str], standin: Emul
         for _ in range(6):
             for _ in range(10):
                 relay.run_once()
-            lookups.append(standin.state.op_count("GetHomeRegion"))
+            lookups.append(emulator.state.op_count("GetHomeRegion"))
             wakeup = relay.status().wakeup
             assert wakeup is not None and wakeup > time.time()
             assert relay.quiet() or wakeup > time.time()
             frozen.tick(wakeup - time.time() + 0.001)
         assert lookups == [1, 2, 3, 4, 5, 6]
-        standin.state.faults.update(outage=False)
+        emulator.state.faults.update(outage=False)
         relay.run_once()
-        assert standin.state.task("S", "t1").updates
+        assert emulator.state.task("S", "t1").updates
         assert relay.gate.state.region_attempts == 0
         relay.close()
         store.close()

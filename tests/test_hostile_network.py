@@ -19,13 +19,13 @@ from .helpers import Cli, fill, insert, pending, start_daemon, status_json, wait
 
 @pytest.mark.parametrize("kind", ["html", "truncated", "proxy502"])
 def test_garbled_answers_are_transient_never_delivered_never_blocked(
-    cli: Cli, standin: Emulator, outbox_path: Path, kind: str
+    cli: Cli, emulator: Emulator, outbox_path: Path, kind: str
 ):
     """While every answer is garbled, `drain` exits 3 (not 4: never "home Region not set"),
     rows stay pending and nothing is dead-lettered; once the path heals they are delivered."""
     assert cli("init").returncode == 0
     fill(outbox_path, 3, 1)
-    standin.state.faults.update(garble=1.0, garble_kind=kind)
+    emulator.state.faults.update(garble=1.0, garble_kind=kind)
     result = cli("drain", "--timeout", "2")
     assert result.returncode == 3, result.stderr[-2000:]
     events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
@@ -36,13 +36,13 @@ def test_garbled_answers_are_transient_never_delivered_never_blocked(
     assert not [e for e in events if e["event"] == "delivery_blocked"]
     report = status_json(cli)
     assert (report["pending"], report["dead_letters"], report["blocked"]) == (3, 0, None)
-    standin.state.faults.update(garble=0.0)
+    emulator.state.faults.update(garble=0.0)
     assert cli("drain").returncode == 0
-    assert all(standin.state.task("ToolA", f"t{t}").updates for t in range(3))
+    assert all(emulator.state.task("ToolA", f"t{t}").updates for t in range(3))
 
 
 def test_a_200_html_page_is_not_counted_as_delivered(
-    cli: Cli, standin: Emulator, outbox_path: Path, make_config: Any
+    cli: Cli, emulator: Emulator, outbox_path: Path, make_config: Any
 ):
     """With the home Region known, a proxy's 200 page for NotifyMigrationTaskState leaves the row
     pending with the garbled answer as the task's error, then it is sent for real."""
@@ -51,19 +51,19 @@ def test_a_200_html_page_is_not_counted_as_delivered(
     insert(outbox_path, kind="task_state", migration_task_name="t1", status="IN_PROGRESS")
     assert cli("drain", config=config).returncode == 0  # region known, stream made
     insert(outbox_path, kind="task_state", migration_task_name="t1", status="COMPLETED")
-    standin.state.faults.update(garble=1.0, garble_kind="html",
+    emulator.state.faults.update(garble=1.0, garble_kind="html",
                                 garble_only={"NotifyMigrationTaskState"})
     assert cli("drain", "--timeout", "1.5", config=config).returncode == 3
     entry = json.loads(cli("tasks", "--json", config=config).stdout)[0]
     assert entry["status"] == "IN_PROGRESS" and entry["pending"] == 1
     assert "GarbledResponse" in entry["last_error"]
-    standin.state.faults.update(garble=0.0)
+    emulator.state.faults.update(garble=0.0)
     assert cli("drain", config=config).returncode == 0
-    assert standin.state.task("ToolA", "t1").updates[-1]["Task"]["Status"] == "COMPLETED"
+    assert emulator.state.task("ToolA", "t1").updates[-1]["Task"]["Status"] == "COMPLETED"
 
 
 def test_a_hung_call_holds_only_its_task_for_the_read_timeout(
-    cli: Cli, standin: Emulator, outbox_path: Path, make_config: Any, tmp_path: Path
+    cli: Cli, emulator: Emulator, outbox_path: Path, make_config: Any, tmp_path: Path
 ):
     """Calls accepted and never answered time out after the read timeout and are retried; `run`
     stays alive and delivers everything once the path heals."""
@@ -72,7 +72,7 @@ def test_a_hung_call_holds_only_its_task_for_the_read_timeout(
     assert cli("init", config=config).returncode == 0
     insert(outbox_path, kind="task_state", migration_task_name="warm", status="IN_PROGRESS")
     assert cli("drain", config=config).returncode == 0
-    standin.state.faults.update(garble=1.0, garble_kind="hang", hang_seconds=30)
+    emulator.state.faults.update(garble=1.0, garble_kind="hang", hang_seconds=30)
     fill(outbox_path, 5, 1)
     log = tmp_path / "daemon.log"
     with log.open("w") as err:
@@ -82,7 +82,7 @@ def test_a_hung_call_holds_only_its_task_for_the_read_timeout(
                 return "ReadTimeoutError" in log.read_text()
 
             wait_for(timed_out, timeout=10)
-            healer = threading.Timer(0.5, lambda: standin.state.faults.update(garble=0.0))
+            healer = threading.Timer(0.5, lambda: emulator.state.faults.update(garble=0.0))
             healer.start()
             started = time.monotonic()
             wait_for(lambda: pending(outbox_path) == 0, timeout=30)
@@ -93,17 +93,17 @@ def test_a_hung_call_holds_only_its_task_for_the_read_timeout(
             proc.wait(timeout=10)
     report = json.loads(cli("status", "--json", config=config).stdout)
     assert report["dead_letters"] == 0 and report["pending"] == 0
-    assert all(standin.state.task("ToolA", f"t{t}").updates for t in range(5))
+    assert all(emulator.state.task("ToolA", f"t{t}").updates for t in range(5))
 
 
 def test_a_persisting_garbled_path_shows_its_true_cause_in_status(
-    cli: Cli, standin: Emulator, config_path: Path, outbox_path: Path
+    cli: Cli, emulator: Emulator, config_path: Path, outbox_path: Path
 ):
     """With every answer a proxy's page, `run` stays up and healthy (transient), and `status`
     names the true cause (a garbled GetHomeRegion answer), not "home Region not set"."""
     assert cli("init").returncode == 0
     fill(outbox_path, 2, 1)
-    standin.state.faults.update(garble=1.0, garble_kind="html")
+    emulator.state.faults.update(garble=1.0, garble_kind="html")
     proc = start_daemon(config_path)
     try:
         def last_error() -> str:
@@ -114,7 +114,7 @@ def test_a_persisting_garbled_path_shows_its_true_cause_in_status(
         assert last_error().startswith("GetHomeRegion: GarbledResponse: HTTP 200")
         report = status_json(cli)
         assert report["blocked"] is None and report["daemon"]["health"] == "ok"
-        standin.state.faults.update(garble=0.0)
+        emulator.state.faults.update(garble=0.0)
         wait_for(lambda: pending(outbox_path) == 0)
         wait_for(lambda: last_error() == "")
     finally:

@@ -108,7 +108,7 @@ def _hostile_rows(engine: Engine) -> None:
 
 
 def test_hostile_rows_are_dead_letters_and_good_rows_go_out(engine: Engine, engine_cli: Cli,
-                                                             standin: Emulator):
+                                                             emulator: Emulator):
     """On both engines: a 1,500-deep JSON, a date past datetime's range and a column over
     1 MiB are dead letters naming the field; the good rows around them are delivered."""
     assert engine_cli("init").returncode == 0
@@ -119,8 +119,8 @@ def test_hostile_rows_are_dead_letters_and_good_rows_go_out(engine: Engine, engi
                   progress_percent=100)
     result = engine_cli("drain", "--timeout", "60")
     assert result.returncode == 5, result.stderr
-    assert standin.state.task("ToolA", "good-1").updates[-1]["Task"]["ProgressPercent"] == 10
-    assert standin.state.task("ToolA", "good-2").updates[-1]["Task"]["Status"] == "COMPLETED"
+    assert emulator.state.task("ToolA", "good-1").updates[-1]["Task"]["ProgressPercent"] == 10
+    assert emulator.state.task("ToolA", "good-2").updates[-1]["Task"]["Status"] == "COMPLETED"
     letters = {d["task"]: d for d in json.loads(engine_cli("dead-letters", "list", "--json").stdout)}
     assert set(letters) == {"deep", "future", "big"}
     assert "resource_attributes" in letters["deep"]["reason"]
@@ -130,7 +130,7 @@ def test_hostile_rows_are_dead_letters_and_good_rows_go_out(engine: Engine, engi
     assert all(len(d["reason"]) < 700 for d in letters.values())
 
 
-def test_undecodable_text_is_a_dead_letter_that_names_its_task(cli: Cli, standin: Emulator,
+def test_undecodable_text_is_a_dead_letter_that_names_its_task(cli: Cli, emulator: Emulator,
                                                                outbox_path: Path):
     """SQLite: text that is not UTF-8 (a C tool's raw bytes) no longer stops all intake; the row
     is a dead letter under its task's printable name and the next row goes out."""
@@ -146,7 +146,7 @@ def test_undecodable_text_is_a_dead_letter_that_names_its_task(cli: Cli, standin
     conn.close()
     result = cli("drain", "--timeout", "30")
     assert result.returncode == 5, result.stderr
-    assert standin.state.task("ToolA", "vm-3").updates[-1]["Task"]["Status"] == "COMPLETED"
+    assert emulator.state.task("ToolA", "vm-3").updates[-1]["Task"]["Status"] == "COMPLETED"
     letters = json.loads(cli("dead-letters", "list", "--json").stdout)
     by_task = {d["task"]: d["reason"] for d in letters}
     assert by_task == {"vm\ufffd1": "migration_task_name: is not valid UTF-8 text",
@@ -156,9 +156,9 @@ def test_undecodable_text_is_a_dead_letter_that_names_its_task(cli: Cli, standin
     assert cli("dead-letters", "list").returncode == 0  # the table renders it too
 
 
-def _delivered(standin: Emulator, task: str) -> bool:
+def _delivered(emulator: Emulator, task: str) -> bool:
     try:
-        return bool(standin.state.task("ToolA", task).updates)
+        return bool(emulator.state.task("ToolA", task).updates)
     except KeyError:
         return False
 
@@ -171,7 +171,7 @@ def _peak_rss_mib(pid: int) -> float:
 
 
 def test_the_daemon_stays_under_64_mib_with_50_mb_values(engine: Engine, engine_config: Any,
-                                                         engine_cli: Cli, standin: Emulator):
+                                                         engine_cli: Cli, emulator: Emulator):
     """Two 50 MB values sit in the outbox: the running daemon never reads them (peak RSS
     stays <= 64 MiB), dead-letters them, and the good rows written after them reach the Hub
     within seconds."""
@@ -188,7 +188,7 @@ def test_the_daemon_stays_under_64_mib_with_50_mb_values(engine: Engine, engine_
                  timeout=60)
         written = time.monotonic()
         engine.insert(kind="task_state", migration_task_name="after", status="COMPLETED")
-        wait_for(lambda: _delivered(standin, "after"), timeout=30)
+        wait_for(lambda: _delivered(emulator, "after"), timeout=30)
         assert time.monotonic() - written < 10
         peak = _peak_rss_mib(proc.pid)
         print(f"peak RSS {engine.name}: {peak:.1f} MiB")

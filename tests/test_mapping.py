@@ -12,11 +12,11 @@ from reporter.emulator import Emulator
 from .helpers import Cli, attrs, insert, start_daemon, wait_for
 
 
-def test_mapping_verified_and_unmapped_reported(cli: Cli, standin: Emulator, outbox_path: Path,
+def test_mapping_verified_and_unmapped_reported(cli: Cli, emulator: Emulator, outbox_path: Path,
                                                 config_path: Path):
     """Matching attributes map (ConfigurationId recorded); VM fields without VM_MANAGER_ID do not
     map and the task is reported unmapped; `tasks --json` matches the Hub."""
-    standin.state.add_server("d-server-0123456789ab", IPV4_ADDRESS="10.9.9.9")
+    emulator.state.add_server("d-server-0123456789ab", IPV4_ADDRESS="10.9.9.9")
     assert cli("init").returncode == 0
     insert(outbox_path, kind="resource_attributes", migration_task_name="known",
            resource_attributes=attrs(("IPV4_ADDRESS", "10.9.9.9")))
@@ -42,10 +42,10 @@ def test_mapping_verified_and_unmapped_reported(cli: Cli, standin: Emulator, out
     by_task = entries()
     assert by_task["known"]["mapped"] is True
     assert by_task["known"]["configuration_id"] == "d-server-0123456789ab"
-    assert by_task["new"]["configuration_id"] == standin.state.task("ToolA", "new").mapped_to
+    assert by_task["new"]["configuration_id"] == emulator.state.task("ToolA", "new").mapped_to
     assert by_task["vmonly"]["configuration_id"] is None
     for name, entry in by_task.items():
-        last = standin.state.task("ToolA", name).updates[-1]["Task"]
+        last = emulator.state.task("ToolA", name).updates[-1]["Task"]
         assert (entry["status"], entry["progress_percent"]) == (last["Status"], last["ProgressPercent"])
         assert entry["stale"] is False and entry["pending"] == 0
     events = [json.loads(line) for line in err.splitlines() if line.startswith("{")]

@@ -65,7 +65,7 @@ def _rss_kib(pid: int) -> int:
 
 
 def test_the_daemons_memory_stays_flat_under_1000_idle_connections(
-    cli: Cli, standin: Emulator, make_config: Any
+    cli: Cli, emulator: Emulator, make_config: Any
 ):
     """The running daemon, flooded with 1,000 idle connections twice over: RSS flat from
     one flood to the next (the cap's threads are all it costs), /healthz answering after
@@ -104,7 +104,7 @@ def test_the_daemons_memory_stays_flat_under_1000_idle_connections(
         assert proc.wait(timeout=15) == 0
 
 
-def test_an_ipv6_loopback_listen_address_works(cli: Cli, standin: Emulator, make_config: Any):
+def test_an_ipv6_loopback_listen_address_works(cli: Cli, emulator: Emulator, make_config: Any):
     """`listen = "[::1]:PORT"` passes validation and is served over IPv6."""
     port = _free_port(socket.AF_INET6, "::1")
     listen = f"[::1]:{port}"

@@ -31,7 +31,7 @@ def metric(text: str, name: str) -> float:
     raise AssertionError(f"{name} not exported")
 
 
-def test_metrics_and_healthz(cli: Cli, standin: Emulator, make_config: Any, outbox_path: Path):
+def test_metrics_and_healthz(cli: Cli, emulator: Emulator, make_config: Any, outbox_path: Path):
     """Prometheus text with the contract's series; /healthz 200, then 503 with reason when blocked."""
     port = free_port()
     config = make_config("m.toml", metrics={"listen": f"127.0.0.1:{port}"})
@@ -55,20 +55,20 @@ def test_metrics_and_healthz(cli: Cli, standin: Emulator, make_config: Any, outb
             assert name in text
         assert http_get(base + "/healthz") == (200, "ok\n")
         assert http_get(base + "/nope")[0] == 404
-        standin.state.faults.update(deny={"NotifyMigrationTaskState"})
+        emulator.state.faults.update(deny={"NotifyMigrationTaskState"})
         assert cli("notify", "t9", "--status", "IN_PROGRESS", config=config).returncode == 0
         wait_for(lambda: http_get(base + "/healthz")[0] == 503)
         status, body = http_get(base + "/healthz")
         assert "access denied" in body
         wait_for(lambda: metric(http_get(base + "/metrics")[1], "mgh_reporter_blocked") == 1)
-        standin.state.faults.update(deny=set())
+        emulator.state.faults.update(deny=set())
         wait_for(lambda: http_get(base + "/healthz")[0] == 200)
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
 
 
-def test_check_healthy(cli: Cli, standin: Emulator):
+def test_check_healthy(cli: Cli, emulator: Emulator):
     """`check` walks every step and changes nothing at the Hub."""
     assert cli("init").returncode == 0
     result = cli("check")
@@ -80,23 +80,23 @@ def test_check_healthy(cli: Cli, standin: Emulator):
     for op in ("CreateProgressUpdateStream", "ImportMigrationTask", "NotifyMigrationTaskState",
                "PutResourceAttributes", "AssociateCreatedArtifact", "ListDiscoveredResources"):
         assert f"mgh:{op}" in result.stdout
-    assert standin.state.streams == {}
+    assert emulator.state.streams == {}
 
 
-def test_check_access_denied_names_the_iam_action(cli: Cli, standin: Emulator):
+def test_check_access_denied_names_the_iam_action(cli: Cli, emulator: Emulator):
     """A denied write fails the check with exit 4, naming the IAM action to grant."""
     assert cli("init").returncode == 0
-    standin.state.faults.update(deny={"PutResourceAttributes"})
+    emulator.state.faults.update(deny={"PutResourceAttributes"})
     result = cli("check")
     assert result.returncode == 4
     assert "[FAIL] permission" in result.stdout
     assert "grant IAM action mgh:PutResourceAttributes" in result.stdout
 
 
-def test_check_no_home_region(cli: Cli, standin: Emulator):
+def test_check_no_home_region(cli: Cli, emulator: Emulator):
     """No home Region: the check stops at that step with exit 4."""
     assert cli("init").returncode == 0
-    standin.state.home_region = None
+    emulator.state.home_region = None
     result = cli("check")
     assert result.returncode == 4
     assert "[FAIL] home region" in result.stdout and "permission" not in result.stdout
@@ -112,13 +112,13 @@ def test_check_bad_config_and_uninitialised_outbox(cli: Cli, tmp_path: Path):
     assert result.returncode == 1 and "[FAIL] outbox" in result.stdout
 
 
-def test_logs_are_json_and_never_carry_secrets(cli: Cli, standin: Emulator, make_config: Any,
+def test_logs_are_json_and_never_carry_secrets(cli: Cli, emulator: Emulator, make_config: Any,
                                                aws_env: dict[str, str]):
     """At debug level every stderr line is a JSON event; no key id or secret appears."""
     config = make_config("debug.toml", log={"level": "debug", "format": "json"})
     assert cli("init", config=config).returncode == 0
     assert cli("notify", "t1", "--status", "IN_PROGRESS", config=config).returncode == 0
-    standin.state.faults.update(throttle=0.5, retry_after=0)
+    emulator.state.faults.update(throttle=0.5, retry_after=0)
     result = cli("drain", config=config)
     assert result.returncode == 0
     lines = [line for line in result.stderr.splitlines() if line.strip()]
@@ -155,7 +155,7 @@ def test_console_log_format(cli: Cli, make_config: Any, fmt: str):
 
 
 def test_outbox_lock_held_by_writers_is_transient_not_unhealthy(
-    cli: Cli, standin: Emulator, make_config: Any, outbox_path: Path
+    cli: Cli, emulator: Emulator, make_config: Any, outbox_path: Path
 ):
     """When host writers hold the write lock past the daemon's busy timeout, the pass is retried
     on the next tick: a `store_busy` warning, /healthz stays 200, and the row is delivered once
@@ -177,7 +177,7 @@ def test_outbox_lock_held_by_writers_is_transient_not_unhealthy(
         time.sleep(1.5)
         assert http_get(base + "/healthz") == (200, "ok\n")
         holder.execute("COMMIT")
-        wait_for(lambda: getattr(standin.state.streams.get("ToolA", {}).get("held"), "updates", None))
+        wait_for(lambda: getattr(emulator.state.streams.get("ToolA", {}).get("held"), "updates", None))
     finally:
         holder.close()
         proc.send_signal(signal.SIGTERM)

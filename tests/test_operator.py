@@ -1,4 +1,4 @@
-"""Operator experience, as processes against the stand-in: quiet logs under throttling, a drain
+"""Operator experience, as processes against the emulator: quiet logs under throttling, a drain
 that shows its work and sums up, dead letters that can be dropped, a smooth first day."""
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ def _events(stderr: str) -> list[dict[str, Any]]:
 
 
 def test_a_throttled_drain_logs_conditions_not_calls(
-    cli: Cli, standin: Emulator, make_config: Any, outbox_path: Path
+    cli: Cli, emulator: Emulator, make_config: Any, outbox_path: Path
 ):
     """30% of calls throttled over a drain of 1,500 tasks: a handful of lines on stderr (the
     condition starting, its summaries, the progress events), not one per failed call; at
@@ -48,13 +48,13 @@ def test_a_throttled_drain_logs_conditions_not_calls(
     config = make_config(log={"level": "info", "format": "json", "summary_seconds": 3})
     assert cli("init", config=config).returncode == 0
     _bulk(outbox_path, THROTTLE_TASKS)
-    standin.state.faults.update(throttle=0.3, retry_after=0)
+    emulator.state.faults.update(throttle=0.3, retry_after=0)
     started = time.monotonic()
     result = cli("drain", "--timeout", "240", config=config, timeout=300)
     seconds = time.monotonic() - started
     assert result.returncode == 0, result.stderr[-2000:]
     throttled = sum(
-        1 for c in standin.state.calls if c.get("error") == "ThrottlingException"
+        1 for c in emulator.state.calls if c.get("error") == "ThrottlingException"
     )
     assert throttled > 200  # the condition really happened, many times over
     lines = result.stderr.splitlines()
@@ -85,13 +85,13 @@ def test_a_throttled_drain_logs_conditions_not_calls(
 
 
 def test_condition_clears_with_one_line_and_debug_keeps_every_call(
-    cli: Cli, standin: Emulator, make_config: Any, outbox_path: Path
+    cli: Cli, emulator: Emulator, make_config: Any, outbox_path: Path
 ):
     """Server errors that stop: one start, one clear; at debug level each failed call."""
     config = make_config(log={"level": "debug", "format": "json", "summary_seconds": 0.5})
     assert cli("init", config=config).returncode == 0
     _bulk(outbox_path, 20, "first")
-    standin.state.faults.update(fail_operations={"NotifyMigrationTaskState"})
+    emulator.state.faults.update(fail_operations={"NotifyMigrationTaskState"})
     result = cli("drain", "--timeout", "1.5", config=config)
     assert result.returncode == 3
     events = _events(result.stderr)
@@ -99,7 +99,7 @@ def test_condition_clears_with_one_line_and_debug_keeps_every_call(
     start = [e for e in events if e["event"] == "condition_started"]
     assert [e["condition"] for e in start] == ["server_errors"]
     assert any(e["event"] == "condition_ongoing" and e.get("ongoing_at_exit") for e in events)
-    standin.state.faults.update(fail_operations=set())
+    emulator.state.faults.update(fail_operations=set())
     _bulk(outbox_path, 1, "late")
     result = cli("drain", "--timeout", "30", config=config)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -108,7 +108,7 @@ def test_condition_clears_with_one_line_and_debug_keeps_every_call(
 
 
 def test_drain_summary_line_and_json(
-    cli: Cli, standin: Emulator, make_config: Any, outbox_path: Path
+    cli: Cli, emulator: Emulator, make_config: Any, outbox_path: Path
 ):
     """Always one summary on stdout; --json makes it one JSON object; exit 5 says rejected."""
     config = make_config()
@@ -129,7 +129,7 @@ def test_drain_summary_line_and_json(
     assert summary["sent"] == 1 and summary["superseded"] == 1
     assert summary["rejected"] == 1 and summary["rejected_at_intake"] == 1
     assert summary["pending"] == 0 and summary["seconds"] >= 0
-    standin.state.faults.update(outage=True)
+    emulator.state.faults.update(outage=True)
     insert(outbox_path, kind="task_state", migration_task_name="t3", status="IN_PROGRESS")
     result = cli("drain", "--json", "--timeout", "1", config=config)
     assert result.returncode == 3
@@ -139,7 +139,7 @@ def test_drain_summary_line_and_json(
 
 
 def test_drain_on_a_terminal_shows_a_progress_bar(
-    standin: Emulator, aws_env: dict[str, str], make_config: Any, outbox_path: Path
+    emulator: Emulator, aws_env: dict[str, str], make_config: Any, outbox_path: Path
 ):
     """On a terminal the drain draws a bar (rows, tasks left, calls/s, retries, ETA) on
     stderr; stdout keeps only the summary."""
@@ -148,7 +148,7 @@ def test_drain_on_a_terminal_shows_a_progress_bar(
     assert subprocess.run([sys.executable, "-m", "reporter", "--config", str(config), "init"],
                           env=env, capture_output=True).returncode == 0
     _bulk(outbox_path, 300)
-    standin.state.faults.update(latency=0.01)
+    emulator.state.faults.update(latency=0.01)
     master, slave = pty.openpty()
     proc = subprocess.Popen(
         [sys.executable, "-m", "reporter", "--config", str(config), "drain"],
@@ -174,7 +174,7 @@ def test_drain_on_a_terminal_shows_a_progress_bar(
     assert out.startswith("drain delivered: 300 sent")
 
 
-def test_dead_letters_drop(cli: Cli, standin: Emulator, make_config: Any, outbox_path: Path):
+def test_dead_letters_drop(cli: Cli, emulator: Emulator, make_config: Any, outbox_path: Path):
     """Drop by id, by age, or all: asked on a terminal, --yes elsewhere; status counts them;
     the drop is logged; retry without arguments shows how to call it."""
     config = make_config(log={"level": "info", "format": "json"})
@@ -217,7 +217,7 @@ def test_dead_letters_drop(cli: Cli, standin: Emulator, make_config: Any, outbox
 
 
 def test_drop_asks_on_a_terminal(
-    standin: Emulator, aws_env: dict[str, str], make_config: Any, outbox_path: Path
+    emulator: Emulator, aws_env: dict[str, str], make_config: Any, outbox_path: Path
 ):
     """On a terminal `drop` shows what it would drop and asks; "n" drops nothing."""
     config = make_config()
@@ -271,7 +271,7 @@ def test_a_missing_outbox_names_the_init_to_run(cli: Cli, make_config: Any, tmp_
 
 
 def test_blocked_reason_shown_whole_and_tasks_legend(
-    cli: Cli, standin: Emulator, make_config: Any, outbox_path: Path
+    cli: Cli, emulator: Emulator, make_config: Any, outbox_path: Path
 ):
     """The human status keeps the `[hub] region` part of a blocked reason; task names with
     brackets are shown as written; `tasks` explains its columns."""
@@ -283,14 +283,14 @@ def test_blocked_reason_shown_whole_and_tasks_legend(
     reason = json.loads(cli("status", "--json", config=config).stdout)["blocked"]
     assert "[hub]" in reason
     assert reason in " ".join(status.stdout.split())
-    standin_ok = make_config("ok.toml")
-    assert cli("drain", config=standin_ok).returncode == 0
-    tasks = cli("tasks", config=standin_ok)
+    emulator_ok = make_config("ok.toml")
+    assert cli("drain", config=emulator_ok).returncode == 0
+    tasks = cli("tasks", config=emulator_ok)
     assert "vm[1]" in tasks.stdout and "…" not in tasks.stdout
     assert "checking" in tasks.stdout or "yes" in tasks.stdout
     assert "mapped:" in tasks.stdout and "promise:" in tasks.stdout
     assert "STALE (the promised NextUpdateSeconds has passed)" in " ".join(
-        cli("tasks", "--help", config=standin_ok).stdout.split())
+        cli("tasks", "--help", config=emulator_ok).stdout.split())
 
 
 @pytest.mark.parametrize("command", [[], ["dead-letters"]])
@@ -314,7 +314,7 @@ def test_help_is_not_cut_short(command: list[str]):
 
 
 def test_status_watch_refreshes_in_place_on_a_terminal(
-    standin: Emulator, aws_env: dict[str, str], make_config: Any, outbox_path: Path
+    emulator: Emulator, aws_env: dict[str, str], make_config: Any, outbox_path: Path
 ):
     """`status --watch` on a terminal redraws the same lines (cursor up, not a scrolling
     log) and sees a row arrive; Ctrl-C ends it with exit 0."""
@@ -386,7 +386,7 @@ def test_outbox_resource_attributes_takes_pairs_or_dicts(tmp_path: Path, make_co
 
 
 def test_the_daemon_says_what_it_delivered_once_per_period(
-    cli: Cli, standin: Emulator, make_config: Any, outbox_path: Path, tmp_path: Path
+    cli: Cli, emulator: Emulator, make_config: Any, outbox_path: Path, tmp_path: Path
 ):
     """At info level a running daemon writes one `delivered` line per summary period while it
     works (the per-pass event is debug), and nothing while idle."""

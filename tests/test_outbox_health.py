@@ -52,7 +52,7 @@ def _status(cli: Cli, config: Path) -> tuple[int, dict[str, Any]]:
 
 # -- the live state ---------------------------------------------------------------------------
 def test_the_daemon_publishes_its_live_state_and_status_merges_it(
-    cli: Cli, standin: Emulator, config_path: Path, outbox_path: Path, runtime_dir: Path
+    cli: Cli, emulator: Emulator, config_path: Path, outbox_path: Path, runtime_dir: Path
 ):
     """While `run` ticks, its live state in the runtime directory (never beside the shared
     outbox) says ok with a fresh heartbeat in lines a shell can grep; `status` shows the daemon
@@ -131,7 +131,7 @@ def _fill_disk(mount: Path) -> Path:
 
 
 def test_disk_full_is_reported_once_and_delivery_resumes(
-    cli: Cli, standin: Emulator, make_config: Any, small_disk: Path, tmp_path: Path
+    cli: Cli, emulator: Emulator, make_config: Any, small_disk: Path, tmp_path: Path
 ):
     """ENOSPC while taking rows in: one `store_error` event, /healthz 503, `status` exits 1
     naming the cause; the daemon keeps running; once space is freed every row is delivered
@@ -167,12 +167,12 @@ def test_disk_full_is_reported_once_and_delivery_resumes(
             proc.terminate()
             assert proc.wait(timeout=10) == 0
     for t in range(200):
-        assert len(standin.state.task("ToolA", f"t{t}").updates) == 1
+        assert len(emulator.state.task("ToolA", f"t{t}").updates) == 1
 
 
 # -- the outbox deleted or replaced -----------------------------------------------------------
 def test_a_deleted_outbox_is_noticed_and_a_new_one_is_taken_up(
-    cli: Cli, standin: Emulator, config_path: Path, outbox_path: Path, tmp_path: Path
+    cli: Cli, emulator: Emulator, config_path: Path, outbox_path: Path, tmp_path: Path
 ):
     """`rm` of the outbox under `run`: one loud `outbox_lost` event, `status` exits 1 and health
     says why; after `init` makes a new one, the daemon reopens it and delivers its rows."""
@@ -193,7 +193,7 @@ def test_a_deleted_outbox_is_noticed_and_a_new_one_is_taken_up(
             insert(outbox_path, kind="task_state", migration_task_name="fresh", status="COMPLETED")
             wait_for(lambda: any(e["event"] == "outbox_reopened" for e in _events(log)),
                      timeout=15)
-            wait_for(lambda: standin.state.streams.get("ToolA", {}).get("fresh") is not None)
+            wait_for(lambda: emulator.state.streams.get("ToolA", {}).get("fresh") is not None)
             assert sum(e["event"] == "outbox_lost" for e in _events(log)) == 1
         finally:
             proc.terminate()
@@ -201,7 +201,7 @@ def test_a_deleted_outbox_is_noticed_and_a_new_one_is_taken_up(
 
 
 def test_an_outbox_replaced_by_a_tool_is_taken_up(
-    cli: Cli, standin: Emulator, config_path: Path, outbox_path: Path, tmp_path: Path
+    cli: Cli, emulator: Emulator, config_path: Path, outbox_path: Path, tmp_path: Path
 ):
     """A tool re-creates the outbox (a new file renamed over the old one, its own DDL): the
     daemon says it was replaced, prepares the new file, and delivers the tool's new rows."""
@@ -223,7 +223,7 @@ def test_an_outbox_replaced_by_a_tool_is_taken_up(
                      timeout=15)
             lost = next(e for e in _events(log) if e["event"] == "outbox_lost")
             assert "replaced" in lost["error"]
-            wait_for(lambda: standin.state.streams.get("ToolA", {}).get("again") is not None)
+            wait_for(lambda: emulator.state.streams.get("ToolA", {}).get("again") is not None)
         finally:
             proc.terminate()
             assert proc.wait(timeout=10) == 0
@@ -231,7 +231,7 @@ def test_an_outbox_replaced_by_a_tool_is_taken_up(
 
 # -- a long reader and the WAL ----------------------------------------------------------------
 def test_a_long_reader_grows_the_wal_which_is_truncated_once_it_ends(
-    cli: Cli, standin: Emulator, make_config: Any, outbox_path: Path, tmp_path: Path
+    cli: Cli, emulator: Emulator, make_config: Any, outbox_path: Path, tmp_path: Path
 ):
     """While a reader holds a snapshot the WAL grows: the metric-backed `status` warning says so;
     once the reader ends the daemon truncates the WAL back, and delivery never stopped."""

@@ -164,7 +164,7 @@ def _readme_roles(pg_url: str) -> Iterator[str]:
 
 
 def test_readme_grants_are_enough_for_tool_and_reporter(pg_server: PgServer, pg_url: str,
-                                                        tmp_path: Path, standin: Emulator,
+                                                        tmp_path: Path, emulator: Emulator,
                                                         aws_env: dict[str, str]):
     """Least privilege as the README gives it: the owner runs init; the tool role can only
     INSERT; the reporter role runs `check`, `drain` and `status` with its GRANTs."""
@@ -179,7 +179,7 @@ def test_readme_grants_are_enough_for_tool_and_reporter(pg_server: PgServer, pg_
         assert checked.returncode == 0, checked.stdout + checked.stderr
         assert "mgh_tool" in checked.stdout
         assert _cli(config, "drain", "--timeout", "20", env=aws_env).returncode == 0
-        assert standin.state.task("ToolA", "t1").updates
+        assert emulator.state.task("ToolA", "t1").updates
         assert json.loads(_cli(config, "status", "--json").stdout)["pending"] == 0
         with psycopg.connect(pg_url, autocommit=True) as conn:
             conn.execute("REVOKE UPDATE ON mgh_reporter.tasks FROM mgh_reporter_role")
@@ -376,7 +376,7 @@ CREATE FUNCTION public.octet_length(text) RETURNS integer LANGUAGE sql AS
 
 
 def test_functions_planted_in_public_never_run_as_us(pg_server: PgServer, pg_url: str,
-                                                    tmp_path: Path, standin: Emulator,
+                                                    tmp_path: Path, emulator: Emulator,
                                                     aws_env: dict[str, str]):
     """A tool role with CREATE on public plants better-matching overloads of functions the
     daemon calls. `init` refuses while the grant stands, naming it; after the owner revokes it

@@ -1,5 +1,5 @@
 """Migration hosts that reach AWS only through a proxy: a real proxy process (proxy.py) on
-loopback in front of the stand-in Hub served over TLS. HTTPS_PROXY in the environment (CONNECT
+loopback in front of the emulator served over TLS. HTTPS_PROXY in the environment (CONNECT
 tunnels), NO_PROXY bypassing it, `[aws] proxy` with a password that never reaches a log line,
 and a proxy that is down: rows wait and go once it is back."""
 
@@ -64,7 +64,7 @@ def ca() -> trustme.CA:
 
 @pytest.fixture
 def tls_hub(ca: trustme.CA, tmp_path: Path) -> Iterator[tuple[Emulator, Path]]:
-    """The stand-in over HTTPS, with a certificate for 127.0.0.1 from a CA of the test's own."""
+    """The emulator over HTTPS, with a certificate for 127.0.0.1 from a CA of the test's own."""
     cert = ca.issue_cert("127.0.0.1", "localhost")
     chain, key, bundle = tmp_path / "hub.pem", tmp_path / "hub.key", tmp_path / "ca.pem"
     cert.private_key_pem.write_to_path(str(key))
@@ -84,7 +84,7 @@ def proxy(tmp_path: Path) -> Iterator[Proxy]:
 @pytest.fixture
 def run_drain(tls_hub: tuple[Emulator, Path], make_config: Callable[..., Path],
               monkeypatch: pytest.MonkeyPatch) -> Callable[..., subprocess.CompletedProcess[str]]:
-    """`drain` as a real process, with the stand-in's HTTPS endpoints and CA, and only the
+    """`drain` as a real process, with the emulator's HTTPS endpoints and CA, and only the
     proxy variables a test gives it."""
     hub, bundle = tls_hub
     for name in ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "NO_PROXY",

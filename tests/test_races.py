@@ -39,7 +39,7 @@ def test_inits_side_by_side_all_succeed(aws_env: dict[str, str], config_path: Pa
 
 
 def test_init_beside_a_daemon_reopening_a_recreated_outbox(
-    cli: Cli, standin: Emulator, config_path: Path, outbox_path: Path
+    cli: Cli, emulator: Emulator, config_path: Path, outbox_path: Path
 ):
     """The outbox deleted under `run`, then `init` at once while the daemon re-creates it too:
     `init` always succeeds (no "duplicate column name"), and delivery resumes."""
@@ -64,7 +64,7 @@ def test_init_beside_a_daemon_reopening_a_recreated_outbox(
 
 
 def test_a_stop_while_stream_creation_hangs_hands_the_tasks_back(
-    cli: Cli, standin: Emulator, make_config: Any, outbox_path: Path, tmp_path: Path
+    cli: Cli, emulator: Emulator, make_config: Any, outbox_path: Path, tmp_path: Path
 ):
     """CreateProgressUpdateStream hangs at the network; SIGTERM: the daemon stops within its
     stop timeout, hands its claimed tasks back (none stays leased for lease_seconds), and a
@@ -73,7 +73,7 @@ def test_a_stop_while_stream_creation_hangs_hands_the_tasks_back(
                          aws={"read_timeout_seconds": 30.0})
     assert cli("init", config=config).returncode == 0
     fill(outbox_path, 5, 1)
-    standin.state.faults.update(garble=1.0, garble_kind="hang",
+    emulator.state.faults.update(garble=1.0, garble_kind="hang",
                                 garble_only={"CreateProgressUpdateStream"})
     log = tmp_path / "daemon.log"
     with log.open("w") as err:
@@ -86,7 +86,7 @@ def test_a_stop_while_stream_creation_hangs_hands_the_tasks_back(
         assert time.monotonic() - stopped_at < 8
     events = [json.loads(line)["event"] for line in log.read_text().splitlines() if line]
     assert "stop_during_stream_creation" in events
-    standin.state.faults.update(garble=0.0)
+    emulator.state.faults.update(garble=0.0)
     started = time.monotonic()
     result = cli("drain", "--timeout", "30", config=config)
     assert result.returncode == 0, result.stderr

@@ -1,5 +1,5 @@
 """The release pieces that need no container: how the packages choose their interpreter
-(packaging/select-python, with stand-in interpreters on PATH), what an old python3 says, and
+(packaging/select-python, with emulator interpreters on PATH), what an old python3 says, and
 the packaged config and unit that packaging/build.py derives from the repository's."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def build_module() -> ModuleType:
 
 
 def interpreters(directory: Path, versions: dict[str, tuple[int, int]]) -> Path:
-    """Stand-in interpreters: each answers select-python's version check as its version would."""
+    """Emulator interpreters: each answers select-python's version check as its version would."""
     directory.mkdir()
     for name, (major, minor) in versions.items():
         stub = directory / name

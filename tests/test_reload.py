@@ -32,7 +32,7 @@ def _names(log: Path) -> list[str]:
 
 
 def test_sighup_applies_a_new_config_without_losing_anything(
-    cli: Cli, standin: Emulator, make_config: Any, outbox_path: Path, tmp_path: Path
+    cli: Cli, emulator: Emulator, make_config: Any, outbox_path: Path, tmp_path: Path
 ):
     """A valid change (log level, interval) is applied between passes; rows written before and
     after the reload are all delivered; the daemon stays up and stops cleanly."""
@@ -58,12 +58,12 @@ def test_sighup_applies_a_new_config_without_losing_anything(
             if proc.poll() is None:
                 proc.kill()
     assert pending(outbox_path) == 0
-    assert standin.state.task("ToolA", "after").updates[-1]["Task"]["Status"] == "COMPLETED"
+    assert emulator.state.task("ToolA", "after").updates[-1]["Task"]["Status"] == "COMPLETED"
     assert "stopped" in _names(log)
 
 
 def test_an_invalid_file_keeps_the_running_config(
-    cli: Cli, standin: Emulator, make_config: Any, outbox_path: Path, tmp_path: Path
+    cli: Cli, emulator: Emulator, make_config: Any, outbox_path: Path, tmp_path: Path
 ):
     """A broken file: `reload_failed` names the exact error, delivery goes on as before."""
     config = make_config("live.toml")
@@ -88,7 +88,7 @@ def test_an_invalid_file_keeps_the_running_config(
 
 
 def test_moving_the_outbox_or_the_stream_is_refused(
-    cli: Cli, standin: Emulator, make_config: Any, outbox_path: Path, tmp_path: Path
+    cli: Cli, emulator: Emulator, make_config: Any, outbox_path: Path, tmp_path: Path
 ):
     """A reload that changes restart-only settings is refused whole, naming them; the daemon
     keeps delivering from the same outbox under the same stream."""
@@ -111,19 +111,19 @@ def test_moving_the_outbox_or_the_stream_is_refused(
         finally:
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=10) == 0
-    assert standin.state.task("ToolA", "t0").updates
+    assert emulator.state.task("ToolA", "t0").updates
 
 
-def test_sighup_does_not_kill_a_drain(cli: Cli, standin: Emulator, config_path: Path,
+def test_sighup_does_not_kill_a_drain(cli: Cli, emulator: Emulator, config_path: Path,
                                       outbox_path: Path):
     """A hang-up during `drain` is ignored: it finishes with its normal exit code."""
     assert cli("init").returncode == 0
-    standin.state.faults.update(latency=0.05)
+    emulator.state.faults.update(latency=0.05)
     fill(outbox_path, 30, 1)
     proc = subprocess.Popen([sys.executable, "-m", "reporter", "--config", str(config_path),
                              "drain"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env=child_env(), cwd=ROOT)
-    wait_for(lambda: standin.state.op_count("NotifyMigrationTaskState") >= 1)
+    wait_for(lambda: emulator.state.op_count("NotifyMigrationTaskState") >= 1)
     proc.send_signal(signal.SIGHUP)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 0, err[-2000:]
@@ -162,7 +162,7 @@ def _catches(pid: int, signum: int) -> bool:
 
 
 def test_signals_during_start_up_are_acted_on_not_fatal(
-    cli: Cli, standin: Emulator, config_path: Path, outbox_path: Path, tmp_path: Path
+    cli: Cli, emulator: Emulator, config_path: Path, outbox_path: Path, tmp_path: Path
 ):
     """A SIGHUP (e.g. `systemctl reload`, a log rotation) that lands while the daemon still
     imports and opens its files neither kills it nor is lost: it reloads once started. A SIGTERM

@@ -23,8 +23,8 @@ def _create(path: Path, ddl: str) -> None:
     conn.close()
 
 
-def _last(standin: Emulator, task: str) -> str:
-    return str(standin.state.task("ToolA", task).updates[-1]["Task"]["StatusDetail"])
+def _last(emulator: Emulator, task: str) -> str:
+    return str(emulator.state.task("ToolA", task).updates[-1]["Task"]["StatusDetail"])
 
 
 def _prune_all(path: Path) -> int:
@@ -36,7 +36,7 @@ def _prune_all(path: Path) -> int:
 
 
 def test_a_table_without_autoincrement_emptied_by_pruning(
-    cli: Cli, standin: Emulator, outbox_path: Path
+    cli: Cli, emulator: Emulator, outbox_path: Path
 ):
     """Pruning empties a plain INTEGER PRIMARY KEY table, so the next row reuses id 1: it is
     still taken in and delivered (the Hub shows the new state, drain does not lie)."""
@@ -51,12 +51,12 @@ def test_a_table_without_autoincrement_emptied_by_pruning(
                  status_detail="second")
     assert rid == 1
     assert cli("drain").returncode == 0
-    assert _last(standin, "t1") == "second"
+    assert _last(emulator, "t1") == "second"
     report = json.loads(cli("status", "--json").stdout)
     assert report["pending"] == 0 and report["dead_letters"] == 0
 
 
-def test_an_id_freed_by_the_tool_is_reused(cli: Cli, standin: Emulator, outbox_path: Path):
+def test_an_id_freed_by_the_tool_is_reused(cli: Cli, emulator: Emulator, outbox_path: Path):
     """The tool deletes its newest row before intake; the next row gets the same id and is
     delivered, and the deleted row is simply gone."""
     _create(outbox_path, PLAIN_DDL)
@@ -74,12 +74,12 @@ def test_an_id_freed_by_the_tool_is_reused(cli: Cli, standin: Emulator, outbox_p
                    status="IN_PROGRESS", status_detail="reused")
     assert again == gone
     assert cli("drain").returncode == 0
-    assert _last(standin, "t3") == "reused"
-    assert "t2" not in standin.state.streams.get("ToolA", {})
+    assert _last(emulator, "t3") == "reused"
+    assert "t2" not in emulator.state.streams.get("ToolA", {})
 
 
 def test_a_delivered_id_reused_after_the_tool_deleted_it(
-    cli: Cli, standin: Emulator, outbox_path: Path
+    cli: Cli, emulator: Emulator, outbox_path: Path
 ):
     """A delivered row deleted by the tool and its id reused by a new row: the new row replaces
     what was remembered under that id and is delivered."""
@@ -95,10 +95,10 @@ def test_a_delivered_id_reused_after_the_tool_deleted_it(
     assert insert(outbox_path, kind="task_state", migration_task_name="t1", status="COMPLETED",
                   status_detail="two") == first
     assert cli("drain").returncode == 0
-    assert _last(standin, "t1") == "two"
+    assert _last(emulator, "t1") == "two"
 
 
-def test_a_table_dropped_and_recreated(cli: Cli, standin: Emulator, outbox_path: Path):
+def test_a_table_dropped_and_recreated(cli: Cli, emulator: Emulator, outbox_path: Path):
     """DROP TABLE outbox and CREATE it again (ids restart at 1): the daemon restores its intake
     trigger and takes every row of the new table in."""
     assert cli("init").returncode == 0
@@ -116,8 +116,8 @@ def test_a_table_dropped_and_recreated(cli: Cli, standin: Emulator, outbox_path:
     result = cli("drain")
     assert result.returncode == 0, result.stderr[-2000:]
     assert "intake_trigger_restored" in result.stderr
-    assert _last(standin, "t1") == "after the re-create"
+    assert _last(emulator, "t1") == "after the re-create"
     insert(outbox_path, kind="task_state", migration_task_name="t9", status="IN_PROGRESS",
            status_detail="later")
     assert cli("drain").returncode == 0
-    assert _last(standin, "t9") == "later"
+    assert _last(emulator, "t9") == "later"

@@ -82,7 +82,7 @@ def shared_config(shared: Path, make_config: Any) -> Path:
 
 @pytest.mark.parametrize("command", [("run",), ("drain", "--timeout", "5")])
 def test_a_symlinked_lock_file_is_refused_and_its_target_untouched(
-    cli: Cli, standin: Emulator, shared: Path, shared_config: Path, tmp_path: Path,
+    cli: Cli, emulator: Emulator, shared: Path, shared_config: Path, tmp_path: Path,
     command: tuple[str, ...],
 ):
     """The tool plants `<outbox>.lock` -> a root-owned 0600 file: `run` and a root `drain` exit
@@ -99,7 +99,7 @@ def test_a_symlinked_lock_file_is_refused_and_its_target_untouched(
     assert stat.S_IMODE(victim.stat().st_mode) == 0o600
 
 
-def test_a_fifo_lock_file_neither_hangs_nor_crashes(cli: Cli, standin: Emulator, shared: Path,
+def test_a_fifo_lock_file_neither_hangs_nor_crashes(cli: Cli, emulator: Emulator, shared: Path,
                                                     shared_config: Path):
     """A FIFO planted as the lock: `run` refuses at once (no hang waiting for a writer) with a
     message naming it, and `status` answers instead of hanging."""
@@ -112,7 +112,7 @@ def test_a_fifo_lock_file_neither_hangs_nor_crashes(cli: Cli, standin: Emulator,
     assert json.loads(status.stdout)["daemon_pid"] is None
 
 
-def test_a_lock_file_planted_by_the_tool_is_refused(cli: Cli, standin: Emulator, shared: Path,
+def test_a_lock_file_planted_by_the_tool_is_refused(cli: Cli, emulator: Emulator, shared: Path,
                                                     shared_config: Path):
     """A regular lock file the tool user made (not the service user, not root, not us): refused,
     named, and left as it was (never truncated)."""
@@ -125,7 +125,7 @@ def test_a_lock_file_planted_by_the_tool_is_refused(cli: Cli, standin: Emulator,
 
 
 def test_root_drain_locks_the_service_users_lock_without_truncating_it(
-    cli: Cli, standin: Emulator, shared: Path, shared_config: Path, users: dict[str, int],
+    cli: Cli, emulator: Emulator, shared: Path, shared_config: Path, users: dict[str, int],
 ):
     """The service user's own lock file (as its `run` left it) is trusted by root's `drain`,
     which locks it but never rewrites a file it did not create."""
@@ -152,7 +152,7 @@ def test_init_refuses_a_symlinked_outbox(cli: Cli, shared: Path, shared_config: 
 
 
 def test_live_state_in_a_shared_directory_is_met_as_hostile(
-    cli: Cli, standin: Emulator, shared: Path, make_config: Any, tmp_path: Path,
+    cli: Cli, emulator: Emulator, shared: Path, make_config: Any, tmp_path: Path,
 ):
     """`live_state_path` set into the shared directory: a symlink the tool plants there is
     replaced, never written through; a live state the tool forges is never believed."""

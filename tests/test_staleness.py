@@ -36,7 +36,7 @@ def test_promise_lapses_at_update_time_plus_next_update_seconds(
         assert promise_state(status, update_time, 3600, time.time(), 300) == expected
 
 
-def test_tasks_show_stale_after_the_promise(cli: Cli, standin: Emulator, outbox_path: Path):
+def test_tasks_show_stale_after_the_promise(cli: Cli, emulator: Emulator, outbox_path: Path):
     """A task whose promised next update has passed is shown stale in tasks and status."""
     assert cli("init").returncode == 0
     assert cli("notify", "quiet", "--status", "IN_PROGRESS", "--next-update-seconds", "0").returncode == 0

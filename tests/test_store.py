@@ -199,7 +199,7 @@ def _list_scan(line: str) -> bool:
 
 
 def test_every_statement_of_real_passes_is_an_index_search(
-    standin: Emulator, aws_env: dict[str, str], tmp_path: Path
+    emulator: Emulator, aws_env: dict[str, str], tmp_path: Path
 ):
     """Trace every SQL statement the relay and the daemon's refresh run (busy passes, then idle
     ones, over a history of delivered and rejected rows) and EXPLAIN each: none may scan a
@@ -229,7 +229,7 @@ def test_every_statement_of_real_passes_is_an_index_search(
                 relay.run_once()
             store.backlog()
         store.conn.set_trace_callback(None)
-        assert standin.state.op_count("NotifyMigrationTaskState") == 150
+        assert emulator.state.op_count("NotifyMigrationTaskState") == 150
         shapes = {re.sub(r"'[^']*'|\b\d+(\.\d+)?\b", "?", s): s for s in seen
                   if s.split()[0].upper() in ("SELECT", "UPDATE", "DELETE", "INSERT")}
         assert len(shapes) >= 10

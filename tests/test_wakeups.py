@@ -34,8 +34,8 @@ def _events(log: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in lines if line.strip()]
 
 
-def _delivered(standin: Emulator, task: str) -> list[dict[str, Any]]:
-    tasks = standin.state.updates().get("ToolA", {})
+def _delivered(emulator: Emulator, task: str) -> list[dict[str, Any]]:
+    tasks = emulator.state.updates().get("ToolA", {})
     return list(tasks.get(task, []))
 
 
@@ -67,7 +67,7 @@ def _stop(proc: Any, err: Any) -> None:
 
 
 def test_a_committed_row_is_published_at_once_not_at_the_next_interval(
-    cli: Cli, standin: Emulator, make_config: Any, outbox_path: Path, daemon_log: Path
+    cli: Cli, emulator: Emulator, make_config: Any, outbox_path: Path, daemon_log: Path
 ):
     """With a 60 s interval, rows written after start-up are at the Hub within seconds, each
     time; the log says which wake-up mechanism is in use."""
@@ -75,7 +75,7 @@ def test_a_committed_row_is_published_at_once_not_at_the_next_interval(
     assert cli("init", config=config).returncode == 0
     proc, err = _start(config, daemon_log)
     try:
-        wait_for(lambda: standin.state.op_count("GetHomeRegion") >= 1)
+        wait_for(lambda: emulator.state.op_count("GetHomeRegion") >= 1)
         time.sleep(0.5)  # the start-up pass is over: what follows needs a wake-up
         for n in range(3):
             row = insert(outbox_path, kind="task_state", migration_task_name=f"w{n}",
@@ -88,7 +88,7 @@ def test_a_committed_row_is_published_at_once_not_at_the_next_interval(
 
 
 def test_own_commits_and_checkpoints_do_not_keep_it_busy(
-    cli: Cli, standin: Emulator, make_config: Any, outbox_path: Path, daemon_log: Path
+    cli: Cli, emulator: Emulator, make_config: Any, outbox_path: Path, daemon_log: Path
 ):
     """After a delivery the daemon's own commits touch the WAL; the wake-ups they cause find
     nothing new (data_version unchanged) and no further pass or Hub call follows."""
@@ -100,17 +100,17 @@ def test_own_commits_and_checkpoints_do_not_keep_it_busy(
                      status="IN_PROGRESS", progress_percent=5)
         wait_for(lambda: _sent(outbox_path, row), timeout=5)
         time.sleep(0.5)
-        calls = len(standin.state.calls)
+        calls = len(emulator.state.calls)
         passes = sum(e["event"] == "pass" for e in _events(daemon_log))
         time.sleep(2.0)
-        assert len(standin.state.calls) == calls
+        assert len(emulator.state.calls) == calls
         assert sum(e["event"] == "pass" for e in _events(daemon_log)) == passes
     finally:
         _stop(proc, err)
 
 
 def test_a_thousand_rows_a_second_for_one_task_cost_a_handful_of_calls(
-    cli: Cli, standin: Emulator, make_config: Any, outbox_path: Path, daemon_log: Path
+    cli: Cli, emulator: Emulator, make_config: Any, outbox_path: Path, daemon_log: Path
 ):
     """1,000 INSERTs (one transaction each) for one task over about a second end in at most
     1 + span / STATE_SPACING_SECONDS + 1 NotifyMigrationTaskState calls (5 for one second), and
@@ -132,7 +132,7 @@ def test_a_thousand_rows_a_second_for_one_task_cost_a_handful_of_calls(
         span = time.monotonic() - started
         conn.close()
         wait_for(lambda: pending(outbox_path) == 0, timeout=10)
-        updates = _delivered(standin, "busy")
+        updates = _delivered(emulator, "busy")
         assert updates[-1]["Task"]["StatusDetail"] == "row 999"
         bound = 1 + math.ceil(span / STATE_SPACING_SECONDS)
         assert len(updates) <= bound, (len(updates), span)
@@ -145,7 +145,7 @@ def test_a_thousand_rows_a_second_for_one_task_cost_a_handful_of_calls(
 
 
 def test_rows_are_still_noticed_after_the_outbox_is_replaced(
-    cli: Cli, standin: Emulator, make_config: Any, outbox_path: Path, daemon_log: Path,
+    cli: Cli, emulator: Emulator, make_config: Any, outbox_path: Path, daemon_log: Path,
     tmp_path: Path,
 ):
     """The watch is on the directory, re-armed when the outbox is reopened: after the file is

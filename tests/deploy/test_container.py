@@ -51,7 +51,7 @@ def hub() -> Iterator[Emulator]:
 
 class Pod:
     """A reporter container and tool containers sharing one named volume (host network, so the
-    stand-in on 127.0.0.1 is reachable)."""
+    emulator on 127.0.0.1 is reachable)."""
 
     def __init__(self, image: str, hub: Emulator, tmp: Path, config: dict[str, Any]) -> None:
         self.image, self.hub = image, hub

@@ -413,7 +413,7 @@ def test_readme_quick_start_as_written(dist: Path, hub: Emulator):
     """The README's Quick start, line by line, as root on a fresh Debian 13 booted with
     systemd and the release in the current directory: nothing downloaded; the `editor` line
     is a person's edit (here: setting the stream); credentials come from the host's
-    environment (here: the stand-in's, in the shell and in a unit drop-in). A tool's INSERT
+    environment (here: the emulator's, in the shell and in a unit drop-in). A tool's INSERT
     is then delivered and `status` says it is delivering."""
     lines = readme_quick_start()
     assert lines[0] == f"apt install ./{DEB}", lines  # the version it names is the release's

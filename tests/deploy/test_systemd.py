@@ -91,8 +91,8 @@ def machine(hub: Emulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator
                                   "systemctl is-system-running | grep -qE 'running|degraded'")
                  == 0, timeout=120)
         # The README's block, line by line, from the source tree; pip reads the wheels (this
-        # machine has no index) and the config points at the stand-in (a drop-in gives the
-        # service the stand-in's endpoints and test credentials).
+        # machine has no index) and the config points at the emulator (a drop-in gives the
+        # service the emulator's endpoints and test credentials).
         box.sh("mkdir -p /etc/systemd/system/mgh-reporter.service.d && cat > "
                "/etc/systemd/system/mgh-reporter.service.d/test.conf <<'EOF'\n[Service]\n"
                + "".join(f"Environment={k}={v}\n" for k, v in

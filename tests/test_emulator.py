@@ -1,4 +1,4 @@
-"""The stand-in Hub is never laxer than the service: the documented per-type formats of
+"""The emulator is never laxer than the service: the documented per-type formats of
 resource attributes are refused with InvalidInputException, over real HTTP via boto3."""
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from reporter.emulator import Emulator
     ("FQDN", "tab\there"),
     ("FQDN", "del\x7f"),
 ])
-def test_bad_attribute_values_are_refused(aws_env: dict[str, str], standin: Emulator,
+def test_bad_attribute_values_are_refused(aws_env: dict[str, str], emulator: Emulator,
                                           kind: str, value: str):
     """PutResourceAttributes with a value breaking its type's format is InvalidInputException."""
     mgh = boto3.client("mgh", region_name="us-west-2")
@@ -32,7 +32,7 @@ def test_bad_attribute_values_are_refused(aws_env: dict[str, str], standin: Emul
     assert caught.value.response["Error"]["Code"] == "InvalidInputException"
 
 
-def test_good_attribute_values_are_accepted(aws_env: dict[str, str], standin: Emulator):
+def test_good_attribute_values_are_accepted(aws_env: dict[str, str], emulator: Emulator):
     """Each documented format's valid values pass."""
     mgh = boto3.client("mgh", region_name="us-west-2")
     mgh.create_progress_update_stream(ProgressUpdateStreamName="S")
@@ -41,4 +41,4 @@ def test_good_attribute_values_are_accepted(aws_env: dict[str, str], standin: Em
               ("MAC_ADDRESS", "00-1A-2b-3C-4D-5E"), ("FQDN", "db1.corp.example")]
     mgh.put_resource_attributes(ProgressUpdateStream="S", MigrationTaskName="t1",
                                 ResourceAttributeList=[{"Type": t, "Value": v} for t, v in values])
-    assert len(standin.state.task("S", "t1").attributes) == 4
+    assert len(emulator.state.task("S", "t1").attributes) == 4

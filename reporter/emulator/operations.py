@@ -1,0 +1,157 @@
+"""The emulator's Migration Hub operations: what each write does to the state and what each read
+answers (with the service's errors for a missing stream or task)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from reporter.emulator.state import HubState, Server, TaskRecord, matchable
+from reporter.emulator.validator import ATTRIBUTE_FORMATS, ServiceError, ipv6
+
+__all__ = ["Operations"]
+
+
+class Operations:
+    """The simulated operations, each `_op_<Name>(params) -> result`, over one state."""
+
+    def __init__(self, state: HubState, clock: Any) -> None:
+        self.state = state
+        self.clock = clock
+
+    def _stream(self, name: str) -> dict[str, TaskRecord]:
+        try:
+            return self.state.streams[name]
+        except KeyError:
+            raise ServiceError("ResourceNotFoundException", f"stream {name} not found") from None
+
+    def _task(self, params: dict[str, Any]) -> TaskRecord:
+        tasks = self._stream(params["ProgressUpdateStream"])
+        try:
+            return tasks[params["MigrationTaskName"]]
+        except KeyError:
+            raise ServiceError(
+                "ResourceNotFoundException",
+                f"migration task {params['MigrationTaskName']} not found",
+            ) from None
+
+    def _op_CreateProgressUpdateStream(self, p: dict[str, Any]) -> dict[str, Any]:
+        self.state.streams.setdefault(p["ProgressUpdateStreamName"], {})
+        return {}
+
+    def _op_DeleteProgressUpdateStream(self, p: dict[str, Any]) -> dict[str, Any]:
+        self._stream(p["ProgressUpdateStreamName"])
+        del self.state.streams[p["ProgressUpdateStreamName"]]
+        return {}
+
+    def _op_ListProgressUpdateStreams(self, p: dict[str, Any]) -> dict[str, Any]:
+        names = sorted(self.state.streams)
+        return {"ProgressUpdateStreamSummaryList": [{"ProgressUpdateStreamName": n} for n in names]}
+
+    def _op_ImportMigrationTask(self, p: dict[str, Any]) -> dict[str, Any]:
+        tasks = self._stream(p["ProgressUpdateStream"])
+        tasks.setdefault(p["MigrationTaskName"], TaskRecord(p["MigrationTaskName"]))
+        return {}
+
+    def _op_NotifyMigrationTaskState(self, p: dict[str, Any]) -> dict[str, Any]:
+        task = self._task(p)
+        task.updates.append(
+            {
+                "Task": p["Task"],
+                "UpdateDateTime": p["UpdateDateTime"],
+                "NextUpdateSeconds": p["NextUpdateSeconds"],
+                "ReceivedAt": self.clock(),
+            }
+        )
+        return {}
+
+    def _op_PutResourceAttributes(self, p: dict[str, Any]) -> dict[str, Any]:
+        for item in p["ResourceAttributeList"]:
+            kind, value = item["Type"], item["Value"]
+            fmt = ATTRIBUTE_FORMATS.get(kind)
+            bad = (fmt is not None and not fmt.fullmatch(value)) or (
+                kind == "IPV6_ADDRESS" and not ipv6(value)
+            )
+            if bad:
+                raise ServiceError(
+                    "InvalidInputException", f"Invalid value {value!r} for attribute type {kind}"
+                )
+        task = self._task(p)
+        task.attributes = list(p["ResourceAttributeList"])
+        task.attributes_at = self.clock()
+        task.mapped_to = None
+        return {}
+
+    def _op_AssociateCreatedArtifact(self, p: dict[str, Any]) -> dict[str, Any]:
+        task = self._task(p)
+        artifact = p["CreatedArtifact"]
+        task.artifacts[artifact["Name"]] = artifact.get("Description")
+        return {}
+
+    def _op_DisassociateCreatedArtifact(self, p: dict[str, Any]) -> dict[str, Any]:
+        self._task(p).artifacts.pop(p["CreatedArtifactName"], None)
+        return {}
+
+    def _op_ListCreatedArtifacts(self, p: dict[str, Any]) -> dict[str, Any]:
+        task = self._task(p)
+        items = [
+            {"Name": name, **({"Description": d} if d is not None else {})}
+            for name, d in task.artifacts.items()
+        ]
+        start = int(p.get("NextToken") or 0)
+        size = p.get("MaxResults", 10)
+        page = items[start : start + size]
+        result: dict[str, Any] = {"CreatedArtifactList": page}
+        if start + size < len(items):
+            result["NextToken"] = str(start + size)
+        return result
+
+    def _op_DescribeMigrationTask(self, p: dict[str, Any]) -> dict[str, Any]:
+        task = self._task(p)
+        described: dict[str, Any] = {
+            "ProgressUpdateStream": p["ProgressUpdateStream"],
+            "MigrationTaskName": task.name,
+            "ResourceAttributeList": task.attributes,
+        }
+        if task.updates:
+            described["Task"] = task.updates[-1]["Task"]
+            described["UpdateDateTime"] = task.updates[-1]["UpdateDateTime"]
+        return {"MigrationTask": described}
+
+    def _op_ListMigrationTasks(self, p: dict[str, Any]) -> dict[str, Any]:
+        summaries = []
+        for stream, tasks in self.state.streams.items():
+            for task in tasks.values():
+                summary: dict[str, Any] = {
+                    "ProgressUpdateStream": stream,
+                    "MigrationTaskName": task.name,
+                }
+                if task.updates:
+                    last = task.updates[-1]
+                    summary["Status"] = last["Task"]["Status"]
+                    if "ProgressPercent" in last["Task"]:
+                        summary["ProgressPercent"] = last["Task"]["ProgressPercent"]
+                summaries.append(summary)
+        return {"MigrationTaskSummaryList": summaries}
+
+    def _op_ListDiscoveredResources(self, p: dict[str, Any]) -> dict[str, Any]:
+        task = self._task(p)
+        state = self.state
+        if (
+            task.mapped_to is None
+            and task.attributes_at is not None
+            and self.clock() >= task.attributes_at + state.map_delay
+        ):
+            usable = matchable(task.attributes)
+            if usable:
+                for server in state.servers:
+                    if server.attributes & usable:
+                        task.mapped_to = server.configuration_id
+                        break
+                else:
+                    new_id = f"d-server-{len(state.servers) + 1:012x}"
+                    state.servers.append(Server(new_id, usable, "added by Migration Hub"))
+                    task.mapped_to = new_id
+        resources = []
+        if task.mapped_to is not None:
+            resources.append({"ConfigurationId": task.mapped_to})
+        return {"DiscoveredResourceList": resources}

@@ -1,0 +1,154 @@
+"""The emulator's state: streams and tasks as the Hub holds them, the discovery repository
+that auto-mapping matches against, every call made, and the faults a test injects."""
+
+from __future__ import annotations
+
+import random
+import threading
+from dataclasses import dataclass, field
+from typing import Any
+
+from reporter.emulator.validator import CASE_FOLDED, VM_FIELDS
+
+__all__ = ["GARBLE_KINDS", "Faults", "HubState", "Server", "TaskRecord", "matchable"]
+
+GARBLE_KINDS = ("html", "truncated", "proxy502", "hang")
+
+
+@dataclass
+class Faults:
+    """What the emulator does wrong on purpose (probabilities are per request)."""
+
+    throttle: float = 0.0
+    server_error: float = 0.0
+    drop: float = 0.0
+    latency: float = 0.0
+    jitter: float = 0.0  # extra latency, uniform in [0, jitter] seconds
+    outage: bool = False
+    retry_after: int = 1
+    deny: set[str] = field(default_factory=set)  # operation names, or "*"
+    invalid: set[str] = field(default_factory=set)  # operations answered InvalidInputException
+    fail_operations: set[str] = field(default_factory=set)  # operations answered 503, always
+    # A hostile network path, per request with probability `garble`: "html" (a proxy's 200 page),
+    # "truncated" (200 with JSON cut short), "proxy502" (a proxy's HTML 502), "hang" (accepted,
+    # never answered until the emulator stops or `hang_seconds` pass). The Hub never sees it.
+    garble: float = 0.0
+    garble_kind: str = "html"
+    garble_only: set[str] = field(default_factory=set)  # operations to garble (empty: all)
+    hang_seconds: float = 60.0
+
+    def update(self, **values: Any) -> None:
+        """Change several faults at once (unknown names raise)."""
+        for key, value in values.items():
+            if not hasattr(self, key):
+                raise ValueError(f"unknown fault {key!r}")
+            if key == "garble_kind" and value not in GARBLE_KINDS:
+                raise ValueError(f"garble_kind must be one of {', '.join(GARBLE_KINDS)}")
+            sets = ("deny", "invalid", "fail_operations", "garble_only")
+            setattr(self, key, set(value) if key in sets else value)
+
+
+@dataclass
+class TaskRecord:
+    """One migration task as the Hub keeps it."""
+
+    name: str
+    updates: list[dict[str, Any]] = field(default_factory=list)
+    attributes: list[dict[str, str]] = field(default_factory=list)
+    attributes_at: float | None = None
+    artifacts: dict[str, str | None] = field(default_factory=dict)
+    mapped_to: str | None = None
+
+
+@dataclass
+class Server:
+    """A server in the simulated Application Discovery Service repository."""
+
+    configuration_id: str
+    attributes: set[tuple[str, str]]
+    description: str = ""
+
+
+def _norm(kind: str, value: str) -> tuple[str, str]:
+    return kind, value.lower() if kind in CASE_FOLDED else value
+
+
+def matchable(attributes: list[dict[str, str]]) -> set[tuple[str, str]]:
+    """Attributes usable for matching: VM fields count only beside VM_MANAGER_ID."""
+    has_manager = any(a["Type"] == "VM_MANAGER_ID" for a in attributes)
+    usable = {
+        _norm(a["Type"], a["Value"])
+        for a in attributes
+        if has_manager or a["Type"] not in VM_FIELDS
+    }
+    if not any(t in VM_FIELDS for t, _ in usable):
+        usable = {(t, v) for t, v in usable if t != "VM_MANAGER_ID"}
+    return usable
+
+
+class HubState:
+    """Everything the emulator knows: home Region, streams, tasks, servers, faults, call log."""
+
+    def __init__(self, home_region: str | None, map_delay: float, seed: int) -> None:
+        self.home_region = home_region
+        self.map_delay = map_delay
+        self.streams: dict[str, dict[str, TaskRecord]] = {}
+        self.servers: list[Server] = []
+        self.faults = Faults()
+        self.calls: list[dict[str, Any]] = []
+        self.in_flight = 0  # requests being answered right now
+        self.peak_in_flight = 0
+        self.lock = threading.RLock()
+        self.rng = random.Random(seed)
+
+    def add_server(self, configuration_id: str, description: str = "", **attrs: str) -> None:
+        """Seed the discovery repository with a server (attrs: IPV4_ADDRESS=..., FQDN=...)."""
+        with self.lock:
+            pairs = {_norm(k, v) for k, v in attrs.items()}
+            self.servers.append(Server(configuration_id, pairs, description))
+
+    def task(self, stream: str, task: str) -> TaskRecord:
+        """A task's record (KeyError when unknown)."""
+        return self.streams[stream][task]
+
+    def op_count(self, operation: str) -> int:
+        """How many requests of this operation arrived (any outcome)."""
+        with self.lock:
+            return sum(1 for c in self.calls if c["operation"] == operation)
+
+    def summary(self) -> dict[str, Any]:
+        """A JSON-able picture of the Hub (for `/_emulator/state`, the demo, benchmarks)."""
+        with self.lock:
+            streams: dict[str, Any] = {}
+            for name, tasks in self.streams.items():
+                streams[name] = {
+                    t.name: {
+                        "updates": len(t.updates),
+                        "last": t.updates[-1] if t.updates else None,
+                        "attributes": t.attributes,
+                        "artifacts": sorted(t.artifacts),
+                        "mapped_to": t.mapped_to,
+                    }
+                    for t in tasks.values()
+                }
+            ops: dict[str, int] = {}
+            for c in self.calls:
+                ops[c["operation"]] = ops.get(c["operation"], 0) + 1
+            return {
+                "home_region": self.home_region,
+                "streams": streams,
+                "operations": ops,
+                "peak_in_flight": self.peak_in_flight,
+                "faults": {
+                    k: sorted(v) if isinstance(v, set) else v
+                    for k, v in vars(self.faults).items()
+                },
+            }
+
+    def updates(self) -> dict[str, dict[str, list[dict[str, Any]]]]:
+        """Every NotifyMigrationTaskState each task received, in arrival order, with ReceivedAt."""
+        with self.lock:
+            return {
+                name: {t.name: list(t.updates) for t in tasks.values()}
+                for name, tasks in self.streams.items()
+            }
