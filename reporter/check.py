@@ -46,12 +46,12 @@ def _database_privileges(
     """PostgreSQL: the daemon's role holds what it needs on every table; some role (a tool's)
     may INSERT into the outbox."""
     from reporter.stores.postgres import PostgresStore
-    from reporter.stores.postgres_schema import SCHEMA
+    from reporter.stores.postgres_schema import SCHEMA, privileges
 
     if not isinstance(store, PostgresStore):
         return 0
     try:
-        found = store.privileges()
+        found = privileges(store)
     except StoreError as exc:
         return fail("privileges", str(exc), 1)
     inserters = found.pop("inserters")

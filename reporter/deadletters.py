@@ -13,6 +13,7 @@ from reporter import rows
 from reporter.config import HubConfig
 from reporter.delivery import MISSING_ROW
 from reporter.model import OutboxStore
+from reporter.rows import Verdict
 
 __all__ = ["Dropped", "Requeued", "drop_dead_letters", "parse_age", "requeue_dead_letters"]
 
@@ -22,7 +23,7 @@ class Requeued:
     """What `dead-letters retry` did."""
 
     requeued: list[int] = field(default_factory=list)
-    still_rejected: list[tuple[int, str]] = field(default_factory=list)
+    still_rejected: list[Verdict] = field(default_factory=list)
     unknown: list[int] = field(default_factory=list)
 
 
@@ -34,15 +35,15 @@ def requeue_dead_letters(
     present = [i for i, d in letters.items() if d.present]
     contents = {r.id: r for r in store.outbox_rows(present)} if present else {}
     valid: list[int] = []
-    invalid: list[tuple[int, str]] = []
+    invalid: list[Verdict] = []
     for rid, letter in letters.items():
         row = contents.get(rid)
         if row is None:
-            invalid.append((rid, MISSING_ROW))
+            invalid.append(Verdict(rid, MISSING_ROW))
             continue
         checked = rows.judge(row, letter.stream, hub.next_update_seconds, time.time())
         if isinstance(checked, rows.Problem):
-            invalid.append((rid, checked.reason))
+            invalid.append(Verdict(rid, checked.reason))
         else:
             valid.append(rid)
     store.requeue(valid, invalid)

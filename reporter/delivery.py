@@ -9,7 +9,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import structlog
 
@@ -20,6 +20,7 @@ from reporter.errors import Failure, FenceLost, HubError, Outcome
 from reporter.gate import CallResult
 from reporter.model import ClaimedTask, LaneResult, SentState, TaskOutcome
 from reporter.retry import Backoff, give_up_reason
+from reporter.rows import Verdict
 
 __all__ = [
     "CALM_ATTEMPTS",
@@ -29,6 +30,7 @@ __all__ = [
     "Courier",
     "Delivery",
     "HubCalls",
+    "LaneFailure",
     "StreamResult",
 ]
 
@@ -56,6 +58,15 @@ class HubCalls(Protocol):
 
     def fenced(self, check: Callable[[], bool]) -> AbstractContextManager[None]:
         """Calls inside the block pass `check` just before going out, or raise FenceLost."""
+
+
+class LaneFailure(NamedTuple):
+    """Why a lane stopped in this pass: the failure, the operation that failed, and the row
+    charged with it (-1: a lane that only waited behind another's failure)."""
+
+    failure: Failure
+    operation: str
+    row: int
 
 
 @dataclass
@@ -130,7 +141,7 @@ class Courier:
         lane stops only itself; a lane still backing off is left alone."""
         out = TaskOutcome(task.id, task.lease)
         delivery = Delivery(out)
-        out.rejected = [(rid, MISSING_ROW) for rid in task.missing]
+        out.rejected = [Verdict(rid, MISSING_ROW) for rid in task.missing]
         nus = self._config.hub.next_update_seconds
         plan = rows.plan_task(
             [
@@ -143,12 +154,12 @@ class Courier:
             task.order(),
         )
         out.superseded = plan.superseded
-        out.rejected += [(rid, p.reason) for rid, p in plan.rejected]
+        out.rejected += plan.rejected
         now = self._clock()
         due = [r for r in plan.send if (task.lane(r.kind).retry_at or 0.0) <= now]
         if not due or self._stop.is_set():
             return delivery
-        failed: dict[rows.Kind, tuple[Failure, str, int]] = {}
+        failed: dict[rows.Kind, LaneFailure] = {}
         if stream_failure is not None:  # made on behalf of the first due row, like the import
             self._fail_all(deque(due), failed, stream_failure, "CreateProgressUpdateStream", due[0])
         else:
@@ -162,7 +173,7 @@ class Courier:
         task: ClaimedTask,
         queue: deque[rows.Request],
         delivery: Delivery,
-        failed: dict[rows.Kind, tuple[Failure, str, int]],
+        failed: dict[rows.Kind, LaneFailure],
     ) -> None:
         """The task's calls, each made only while its lease holds (checked right before the
         request goes out); once it is lost, no further call for the task."""
@@ -181,7 +192,7 @@ class Courier:
         task: ClaimedTask,
         queue: deque[rows.Request],
         delivery: Delivery,
-        failed: dict[rows.Kind, tuple[Failure, str, int]],
+        failed: dict[rows.Kind, LaneFailure],
     ) -> None:
         out = delivery.outcome
         imported, repaired = task.imported, False
@@ -207,7 +218,7 @@ class Courier:
                 delivery.calls.append(failure)
                 if failure.outcome is Outcome.REJECTED:
                     reason = f"the Hub refused {err.operation}: {failure}"
-                    out.rejected.append((request.row_id, reason))
+                    out.rejected.append(Verdict(request.row_id, reason))
                     self._conditions.rejected(
                         reason, row=request.row_id, stream=task.stream, task=task.task
                     )
@@ -229,7 +240,7 @@ class Courier:
                     self._fail_all(queue, failed, failure, operation, request)
                     return
                 else:
-                    failed[request.kind] = (failure, operation, request.row_id)
+                    failed[request.kind] = LaneFailure(failure, operation, request.row_id)
                     queue.popleft()
                 continue
             delivery.calls.append(None)
@@ -240,7 +251,7 @@ class Courier:
     @staticmethod
     def _fail_all(
         queue: deque[rows.Request],
-        failed: dict[rows.Kind, tuple[Failure, str, int]],
+        failed: dict[rows.Kind, LaneFailure],
         failure: Failure,
         operation: str,
         head: rows.Request,
@@ -249,13 +260,13 @@ class Courier:
         for request in queue:
             if request.kind not in failed:
                 tried = request.row_id if request is head else -1
-                failed[request.kind] = (failure, operation, tried)
+                failed[request.kind] = LaneFailure(failure, operation, tried)
 
     def _settle(
         self,
         task: ClaimedTask,
         due: list[rows.Request],
-        failed: dict[rows.Kind, tuple[Failure, str, int]],
+        failed: dict[rows.Kind, LaneFailure],
         delivery: Delivery,
     ) -> None:
         """Each tried lane's new retry state; give up a row only if its own call kept failing.
@@ -296,7 +307,7 @@ class Courier:
             )
             if give_up is not None:
                 self._conditions.rejected(give_up, row=row_id, stream=task.stream, task=task.task)
-                out.rejected.append((row_id, give_up))
+                out.rejected.append(Verdict(row_id, give_up))
                 out.lanes.append(LaneResult(kind, 0, None))
             else:
                 out.lanes.append(LaneResult(kind, attempts, now + delay, str(failure)[:500]))

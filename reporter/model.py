@@ -12,9 +12,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
-from reporter.rows import Kind, OutboxRow
+from reporter.rows import Kind, OutboxRow, Verdict
 
 __all__ = [
     "Backlog",
@@ -24,6 +24,7 @@ __all__ = [
     "Ingested",
     "LaneResult",
     "LaneState",
+    "Lease",
     "MappingCheck",
     "NewRows",
     "OutboxStore",
@@ -105,6 +106,13 @@ class LaneState:
     retry_at: float | None = None
 
 
+class Lease(NamedTuple):
+    """A claimed task's lease: what `record` and `release` must present."""
+
+    task_id: int
+    token: str
+
+
 @dataclass(frozen=True)
 class PendingRow:
     """A waiting row's bookkeeping beside its outbox content; `seq` is its place in insertion
@@ -132,6 +140,11 @@ class ClaimedTask:
     associated: set[str] = field(default_factory=set)
     lanes: dict[Kind, LaneState] = field(default_factory=dict)
     last_update_time: float | None = None  # the UpdateDateTime the Hub has (epoch seconds)
+
+    @property
+    def leased(self) -> Lease:
+        """This claim's lease."""
+        return Lease(self.id, self.lease)
 
     def lane(self, kind: Kind) -> LaneState:
         """The retry state of one lane (a fresh lane when none was recorded)."""
@@ -172,8 +185,8 @@ class TaskOutcome:
     task_id: int
     lease: str
     sent: list[int] = field(default_factory=list)
-    superseded: list[tuple[int, str]] = field(default_factory=list)
-    rejected: list[tuple[int, str]] = field(default_factory=list)
+    superseded: list[Verdict] = field(default_factory=list)
+    rejected: list[Verdict] = field(default_factory=list)
     failed_rows: list[int] = field(default_factory=list)
     imported: bool = False
     state: SentState | None = None
@@ -337,7 +350,7 @@ class OutboxStore(Protocol):
     def claim_due(self, limit: int, lease_seconds: float) -> list[ClaimedTask]:
         """Lease up to `limit` due tasks for `lease_seconds`, with their waiting rows."""
 
-    def release(self, leases: Sequence[tuple[int, str]], due_at: float) -> None:
+    def release(self, leases: Sequence[Lease], due_at: float) -> None:
         """Hand leased (task id, lease) pairs back untouched, due again at `due_at`."""
 
     def hold(self, task_id: int, lease: str, need_seconds: float, lease_seconds: float) -> bool:
@@ -394,7 +407,7 @@ class OutboxStore(Protocol):
         `rejected_before` when given): they leave the dead letters and are pruned with the
         delivered rows. Returns the ids dropped."""
 
-    def requeue(self, valid: Sequence[int], invalid: Sequence[tuple[int, str]]) -> None:
+    def requeue(self, valid: Sequence[int], invalid: Sequence[Verdict]) -> None:
         """Put dead letters back in line (valid) or reject them again with a new reason."""
 
     # views and maintenance

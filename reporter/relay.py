@@ -249,7 +249,7 @@ class Relay:
         while pending:
             _, pending = wait(pending, timeout=0.1)
             if pending and self.stop.is_set():
-                self.store.release([(t.id, t.lease) for t in tasks], self.clock())
+                self.store.release([t.leased for t in tasks], self.clock())
                 handed_back = True
                 structlog.get_logger("reporter.relay").warning(
                     "stop_during_stream_creation", tasks=len(tasks), streams=len(self._creating)
@@ -276,7 +276,7 @@ class Relay:
         if not others:
             return tasks
         waiting = [t for t in tasks if t.stream in others]
-        self.store.release([(t.id, t.lease) for t in waiting], self.clock() + STREAM_WAIT_SECONDS)
+        self.store.release([t.leased for t in waiting], self.clock() + STREAM_WAIT_SECONDS)
         return [t for t in tasks if t.stream not in others]
 
     def _wait(self, futures: dict[Future[Delivery], ClaimedTask]) -> list[Future[Delivery]]:
@@ -297,9 +297,9 @@ class Relay:
             abandoned = [f for f in pending if f not in unstarted]
             log = structlog.get_logger("reporter.relay")
             log.warning("stop_abandoned_calls", tasks=len(abandoned), not_started=len(unstarted))
-            self.store.release([(futures[f].id, futures[f].lease) for f in unstarted], now)
+            self.store.release([futures[f].leased for f in unstarted], now)
             self.store.release(
-                [(futures[f].id, futures[f].lease) for f in abandoned], now + self._abandon_seconds
+                [futures[f].leased for f in abandoned], now + self._abandon_seconds
             )
         return [f for f in futures if f.done() and not f.cancelled()]
 

@@ -9,7 +9,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any
+from typing import Any, NamedTuple
 
 __all__ = [
     "ATTRIBUTE_TYPES",
@@ -27,6 +27,7 @@ __all__ = [
     "Problem",
     "Request",
     "StateUpdate",
+    "Verdict",
     "check_stream",
     "check_task",
     "clip",
@@ -502,13 +503,21 @@ def not_before(checked: Request | Problem, row: OutboxRow, last: float | None) -
     return checked
 
 
+class Verdict(NamedTuple):
+    """A row judged not to be sent, and why (superseded, or rejected): one meaning wherever it
+    goes (a plan, an outcome, a requeue)."""
+
+    row: int
+    reason: str
+
+
 @dataclass
 class Plan:
     """What to do with one task's waiting rows: send (in row order), supersede, reject."""
 
     send: list[Request] = field(default_factory=list)
-    superseded: list[tuple[int, str]] = field(default_factory=list)
-    rejected: list[tuple[int, Problem]] = field(default_factory=list)
+    superseded: list[Verdict] = field(default_factory=list)
+    rejected: list[Verdict] = field(default_factory=list)
 
 
 def plan_task(
@@ -534,26 +543,27 @@ def plan_task(
     ordered: Sequence[tuple[int, Request | Problem]] = sorted(pending, key=lambda p: place(p[0]))
     for row_id, item in ordered:
         if isinstance(item, Problem):
-            plan.rejected.append((row_id, item))
+            plan.rejected.append(Verdict(row_id, item.reason))
         elif isinstance(item, ArtifactAssociation):
             if item.arn in associated:
-                plan.superseded.append((row_id, "artifact already associated"))
+                plan.superseded.append(Verdict(row_id, "artifact already associated"))
             elif item.arn in artifacts:
-                plan.superseded.append((artifacts[item.arn].row_id, "repeated by a later row"))
+                earlier = artifacts[item.arn].row_id
+                plan.superseded.append(Verdict(earlier, "repeated by a later row"))
                 artifacts[item.arn] = item
             else:
                 artifacts[item.arn] = item
         else:
             previous = newest.get(type(item))
             if previous is not None:
-                plan.superseded.append((previous.row_id, f"superseded by row {row_id}"))
+                plan.superseded.append(Verdict(previous.row_id, f"superseded by row {row_id}"))
             newest[type(item)] = item
     for item in newest.values():
         state = isinstance(item, StateUpdate)
         floor = state_floor if state else attributes_floor
         if floor is not None and place(item.row_id) < floor:
             what = "state" if state else "attribute list"
-            plan.superseded.append((item.row_id, f"older than the {what} already sent"))
+            plan.superseded.append(Verdict(item.row_id, f"older than the {what} already sent"))
         else:
             plan.send.append(item)
     plan.send.extend(artifacts.values())

@@ -268,7 +268,7 @@ def test_plan_rejects_invalid_and_keeps_order():
     bad = Problem("status", "nope")
     plan = plan_task([(2, _req(2)), (4, a), (5, bad), (6, art), (7, art_again)], None, None, set())
     assert [r.row_id for r in plan.send] == [2, 4, 7]
-    assert plan.rejected == [(5, bad)]
+    assert plan.rejected == [(5, bad.reason)]
     assert [i for i, _ in plan.superseded] == [6]
 
 

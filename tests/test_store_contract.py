@@ -16,12 +16,13 @@ from reporter.model import (
     GateState,
     Ingested,
     LaneResult,
+    Lease,
     OutboxStore,
     RowState,
     SentState,
     TaskOutcome,
 )
-from reporter.rows import STATE_SPACING_SECONDS, Kind
+from reporter.rows import STATE_SPACING_SECONDS, Kind, Verdict
 from reporter.stores import Engine as Outbox
 
 from .engines import Engine
@@ -136,9 +137,9 @@ def test_claims_come_in_due_order_with_rows_in_insertion_order_and_hold_a_lease(
     assert wake is not None and wake > store.clock() + LEASE - 5
     held = claimed[0]
     assert store.hold(held.id, held.lease, 1.0, LEASE)
-    store.release([(held.id, "not-the-lease")], store.clock())
+    store.release([Lease(held.id, "not-the-lease")], store.clock())
     assert store.claim_due(10, LEASE) == []  # a stranger's token releases nothing
-    store.release([(held.id, held.lease)], store.clock() - 1)
+    store.release([held.leased], store.clock() - 1)
     again = store.claim_due(10, LEASE)
     assert [t.task for t in again] == ["first"] and again[0].lease != held.lease
     assert [r.status for r in again[0].rows] == ["IN_PROGRESS"]
@@ -195,7 +196,7 @@ def test_a_failed_lane_backs_off_and_its_retry_state_comes_back_with_the_claim(
     assert task.last_error == "Throttling" and task.pending == 1
     store.record([TaskOutcome(claimed.id, claimed.lease)])  # a spent lease changes nothing
     assert store.claim_due(10, LEASE) == []
-    store.release([(claimed.id, claimed.lease)], store.clock())  # spent: releases nothing
+    store.release([claimed.leased], store.clock())  # spent: releases nothing
     assert store.claim_due(10, LEASE) == []
 
 
@@ -209,8 +210,8 @@ def test_record_never_moves_a_row_backwards(engine: Engine, store: OutboxStore):
     newer = SentState(second, seqs[second], "COMPLETED", 100, None, 2.0, 60)
     older = SentState(first, seqs[first], "IN_PROGRESS", 10, None, 1.0, 60)
     store.record([TaskOutcome(claimed.id, claimed.lease, sent=[first, second], state=newer)])
-    store.record([TaskOutcome(claimed.id, claimed.lease, rejected=[(first, "late")],
-                              superseded=[(second, "late")], state=older)])
+    store.record([TaskOutcome(claimed.id, claimed.lease, rejected=[Verdict(first, "late")],
+                              superseded=[Verdict(second, "late")], state=older)])
     assert store.counts().sent == 2 and store.dead_letters() == []
     assert store.tasks()[0].status == "COMPLETED"
 
@@ -219,7 +220,7 @@ def test_requeue_and_drop_dead_letters(engine: Engine, store: OutboxStore):
     a, b, c = _rows(engine, ("t", "X"), ("u", "Y"), ("v", "Z"))
     _take_in(store, rejected={a: "bad a", b: "bad b", c: "bad c"})
     assert store.claim_due(10, LEASE) == []
-    store.requeue([a], [(b, "still bad")])
+    store.requeue([a], [Verdict(b, "still bad")])
     assert [(d.id, d.reason) for d in store.dead_letters()] == [(b, "still bad"), (c, "bad c")]
     assert set(_claim(store)) == {"t"}
     assert store.drop([c], None) == [c]

@@ -1,18 +1,17 @@
-"""The delivery algorithm both engines share, written once as named SQL statements: intake's
-bookkeeping, supersession, claims' assembly, outcomes and their state guards, requeue and drop,
-the views and pruning. An engine supplies its `Dialect` (table names, parameter and list
-syntax), the statements that truly differ, its connection and transactions."""
+"""The delivery algorithm both engines share, written once over the named statements of
+`statements`: intake's bookkeeping, supersession, claims' assembly, outcomes and their state
+guards, requeue and drop, the views and pruning. An engine supplies its `Dialect`, its
+connection and transactions, and what only it has."""
 
 from __future__ import annotations
 
 import json
-import re
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
-from dataclasses import astuple, dataclass, fields
+from dataclasses import astuple, fields
 from typing import Any
 
 import structlog
@@ -24,6 +23,7 @@ from reporter.model import (
     GateState,
     Ingested,
     LaneState,
+    Lease,
     MappingCheck,
     NewRows,
     PendingRow,
@@ -33,209 +33,10 @@ from reporter.model import (
     TaskRecord,
     WorkLeft,
 )
-from reporter.rows import STATE_SPACING_SECONDS, Kind, OutboxRow, epoch_of
+from reporter.rows import STATE_SPACING_SECONDS, Kind, OutboxRow, Verdict, epoch_of
+from reporter.stores.statements import GATE_COLUMNS, STATEMENTS, Dialect
 
-__all__ = [
-    "ARTIFACT_COLUMNS",
-    "GATE_COLUMNS",
-    "OUTBOX_COLUMNS",
-    "REQUIRED_COLUMNS",
-    "TABLES",
-    "Dialect",
-    "SqlStore",
-    "literals",
-]
-
-# The contract's outbox columns (CONTRACT §2): those a table must have, and those init adds.
-REQUIRED_COLUMNS = (
-    "id",
-    "kind",
-    "migration_task_name",
-    "progress_update_stream",
-    "status",
-    "status_detail",
-    "progress_percent",
-    "next_update_seconds",
-    "update_date_time",
-    "resource_attributes",
-    "created_at",
-)
-ARTIFACT_COLUMNS = ("artifact_name", "artifact_description")
-OUTBOX_COLUMNS = REQUIRED_COLUMNS + ARTIFACT_COLUMNS
-TABLES = ("tasks", "rows", "inbox", "lanes", "gate", "streams", "artifacts")
-GATE_COLUMNS = tuple(f.name for f in fields(GateState))
-
-
-def literals() -> tuple[str, ...]:
-    """The row states as SQL literals: PENDING, SENT, SUPERSEDED, REJECTED, DROPPED."""
-    return tuple(f"'{s.value}'" for s in RowState)
-
-
-PENDING, SENT, SUPERSEDED, REJECTED, DROPPED = literals()
-STATE = f"'{Kind.TASK_STATE.value}'"
-
-# When a lane with waiting rows may send: not before now, its retry time, nor (the state lane)
-# STATE_SPACING_SECONDS after the task's last state was sent.
-_LANE_DUE = (
-    "{greatest}(:now, coalesce((SELECT retry_at FROM {lanes} WHERE task_id = :id"
-    f" AND kind = :kind), 0), CASE WHEN :kind = {STATE} THEN coalesce(sent_at, 0) + :spacing"
-    " ELSE 0 END)"
-)
-
-# The statements of the algorithm, in a neutral dialect: `:name` parameters, `= ANY(:list)`,
-# {table} names and {greatest}/{least}. An engine replaces those it must write its own way.
-STATEMENTS: dict[str, str] = {
-    "gate": f"SELECT {', '.join(GATE_COLUMNS)} FROM {{gate}} WHERE id = 1",
-    "save_gate": f"UPDATE {{gate}} SET {', '.join(f'{n} = :{n}' for n in GATE_COLUMNS)}"
-    " WHERE id = 1",
-    "dequeue": "DELETE FROM {inbox} WHERE seq = ANY(:seqs)",
-    "forget_reused": "DELETE FROM {rows} WHERE id = ANY(:ids) RETURNING state",
-    "add_task": "INSERT INTO {tasks}(stream, task) VALUES (:stream, :task) ON CONFLICT DO NOTHING",
-    "task_ids": "SELECT id, stream, task FROM {tasks} WHERE stream = ANY(:streams)"
-    " AND task = ANY(:tasks)",
-    "add_row": "INSERT INTO {rows}(id, seq, task_id, kind, state, created_at, finished_at, reason)"
-    " VALUES (:id, :seq, :task_id, :kind, :state, :created_at, :finished_at, :reason)",
-    "supersede": f"UPDATE {{rows}} SET state = {SUPERSEDED}, finished_at = :now,"
-    " reason = 'superseded by row ' || :rid WHERE task_id = :tid AND kind = :kind"
-    f" AND state = {PENDING} AND seq < :seq",
-    "schedule_lane": f"UPDATE {{tasks}} SET due_at = {_LANE_DUE} WHERE id = :id"
-    f" AND lease_token IS NULL AND (due_at IS NULL OR due_at > {_LANE_DUE})",
-    "next_wakeup": "SELECT (SELECT min(due_at) FROM {tasks} WHERE due_at IS NOT NULL) AS due,"
-    " (SELECT min(map_check_at) FROM {tasks} WHERE map_check_at IS NOT NULL) AS checks",
-    "pending_rows": "SELECT task_id, id, created_at, attempts, seq FROM {rows}"
-    f" WHERE state = {PENDING} AND task_id = ANY(:ids) ORDER BY seq",
-    "artifacts_of": "SELECT task_id, arn FROM {artifacts} WHERE task_id = ANY(:ids)",
-    "lanes_of": "SELECT task_id, kind, attempts, retry_at FROM {lanes} WHERE task_id = ANY(:ids)",
-    # a lease: due at its end, under a token that record and release must present
-    "claim": "UPDATE {tasks} SET due_at = {now} + :lease, lease_token = :token WHERE id IN"
-    " (SELECT id FROM {tasks} WHERE due_at IS NOT NULL AND due_at <= {now} ORDER BY due_at"
-    " LIMIT :limit{skip}) RETURNING id, stream, task, imported, last_state_seq,"
-    " last_attributes_seq, update_time",
-    "release": "UPDATE {tasks} SET due_at = :due, lease_token = NULL WHERE id = :id"
-    " AND lease_token = :lease",
-    "lease_tokens": "SELECT id, lease_token FROM {tasks} WHERE id = ANY(:ids) ORDER BY id{lock}",
-    # outcomes: the state guards (a row only moves forward; the task's state only to a newer one)
-    "sent": f"UPDATE {{rows}} SET state = {SENT}, finished_at = :now, reason = NULL"
-    f" WHERE id = ANY(:ids) AND state IN ({PENDING}, {SUPERSEDED})",
-    "superseded": f"UPDATE {{rows}} SET state = {SUPERSEDED}, finished_at = :now, reason = :reason"
-    f" WHERE id = :id AND state = {PENDING}",
-    "rejected": f"UPDATE {{rows}} SET state = {REJECTED}, finished_at = :now, reason = :reason"
-    f" WHERE id = :id AND state = {PENDING}",
-    "attempted": "UPDATE {rows} SET attempts = attempts + 1 WHERE id = :id",
-    "artifact": "INSERT INTO {artifacts}(task_id, arn, associated_at) VALUES (:id, :arn, :now)"
-    " ON CONFLICT DO NOTHING",
-    "imported": "UPDATE {tasks} SET imported = TRUE WHERE id = :id",
-    "state": "UPDATE {tasks} SET last_state_row = :row, last_state_seq = :seq, status = :status,"
-    " percent = :percent, detail = :detail, update_time = :update_time,"
-    " next_update_seconds = :next_update_seconds, sent_at = :now WHERE id = :id"
-    " AND (last_state_seq IS NULL OR last_state_seq < :seq)",
-    "attributes": "UPDATE {tasks} SET last_attributes_row = :row, last_attributes_seq = :seq,"
-    " attributes_at = :now, mapped = NULL, configuration_id = NULL, map_check_at = :check_at,"
-    " map_checks = 0, unmapped_reported = FALSE WHERE id = :id"
-    " AND (last_attributes_seq IS NULL OR last_attributes_seq < :seq)",
-    "lane_healthy": "DELETE FROM {lanes} WHERE task_id = :id AND kind = :kind",
-    "lane": "INSERT INTO {lanes}(task_id, kind, attempts, retry_at, last_error)"
-    " VALUES (:id, :kind, :attempts, :retry_at, :error) ON CONFLICT (task_id, kind) DO UPDATE"
-    " SET attempts = excluded.attempts, retry_at = excluded.retry_at,"
-    " last_error = excluded.last_error",
-    # Due again when the earliest lane with waiting rows may send; the lease ends here.
-    "reschedule": "UPDATE {tasks} SET lease_token = NULL, last_error = coalesce(:error,"
-    " (SELECT last_error FROM {lanes} WHERE task_id = :id AND last_error IS NOT NULL LIMIT 1)),"
-    " due_at = (SELECT min({greatest}(coalesce(l.retry_at, 0), :now,"
-    f" CASE WHEN k.kind = {STATE} THEN coalesce(sent_at, 0) + :spacing ELSE 0 END))"
-    f" FROM (SELECT DISTINCT kind FROM {{rows}} WHERE task_id = :id AND state = {PENDING}) AS k"
-    " LEFT JOIN {lanes} l ON l.task_id = :id AND l.kind = k.kind)"
-    " WHERE id = :id AND lease_token = :lease",
-    "streams": "SELECT stream FROM {streams} WHERE created_at IS NOT NULL",
-    "record_mapping": "UPDATE {tasks} SET mapped = :mapped, configuration_id = :configuration_id,"
-    " map_check_at = :next_check_at, map_checks = map_checks + 1,"
-    " unmapped_reported = :unmapped_reported WHERE id = :id",
-    "dead_letters": "SELECT r.id, r.reason, r.kind, t.stream, t.task, r.attempts, r.finished_at,"
-    " o.id IS NOT NULL AS present FROM {rows} r JOIN {tasks} t ON t.id = r.task_id"
-    " LEFT JOIN {outbox} o ON o.id = r.id WHERE r.state = {rejected} {only} ORDER BY r.id",
-    "drop": f"UPDATE {{rows}} SET state = {DROPPED}, finished_at = :now WHERE state = {REJECTED}"
-    " {only} {before} RETURNING id",
-    "requeue": f"UPDATE {{rows}} SET state = {PENDING}, attempts = 0, reason = NULL,"
-    f" finished_at = NULL WHERE id = :rid AND state = {REJECTED}",
-    "requeue_lane": "DELETE FROM {lanes} WHERE (task_id, kind) ="
-    " (SELECT task_id, kind FROM {rows} WHERE id = :rid)",
-    "requeue_task": "UPDATE {tasks} SET due_at = {least}(coalesce(due_at, :now), :now)"
-    " WHERE id = (SELECT task_id FROM {rows} WHERE id = :rid)",
-    "rereject": "UPDATE {rows} SET reason = :reason, finished_at = :now WHERE id = :rid",
-    "backlog": f"SELECT (SELECT count(*) FROM {{rows}} WHERE state = {PENDING}) AS queued,"
-    f" (SELECT min(created_at) FROM {{rows}} WHERE state = {PENDING}) AS oldest,"
-    f" (SELECT count(*) FROM {{rows}} WHERE state = {REJECTED}) AS dead",
-    "work_left": f"SELECT (SELECT count(DISTINCT task_id) FROM {{rows}} WHERE state = {PENDING})"
-    " AS tasks, (SELECT count(*) FROM {lanes} WHERE attempts > 0) AS retrying",
-    "by_state": "SELECT state, count(*) AS n FROM {rows} GROUP BY state",
-    # A superseded row whose lane still has a newer row waiting: not delivered yet.
-    "overtaken": f"SELECT count(*) AS n FROM {{rows}} r WHERE r.state = {SUPERSEDED} AND EXISTS"
-    f" (SELECT 1 FROM {{rows}} p WHERE p.task_id = r.task_id AND p.state = {PENDING}"
-    " AND p.kind = r.kind AND p.seq > r.seq)",
-    # Two index range scans, no sort (a GROUP BY would sort every row ever delivered).
-    "finished": f"SELECT count(*) FILTER (WHERE state = {SENT}) AS sent,"
-    f" count(*) FILTER (WHERE state = {SUPERSEDED}) AS superseded FROM {{rows}}"
-    f" WHERE state IN ({SENT}, {SUPERSEDED}) AND finished_at >= :since",
-    "finished_rejected": f"SELECT count(*) AS n FROM {{rows}} WHERE state = {REJECTED}"
-    " AND finished_at >= :since",
-    "tasks": f"SELECT t.*, (SELECT count(*) FROM {{rows}} r WHERE r.task_id = t.id AND r.state ="
-    f" {PENDING}) AS pending, {{arns}} AS artifacts FROM {{tasks}} t {{only}}"
-    " ORDER BY t.stream, t.task",
-    "prunable": "SELECT id FROM (SELECT id FROM {rows} WHERE state IN"
-    f" ({SENT}, {SUPERSEDED}) AND finished_at < :before LIMIT :chunk{{skip}}) AS delivered"
-    f" UNION ALL SELECT id FROM (SELECT id FROM {{rows}} WHERE state = {DROPPED}"
-    " AND finished_at < :before LIMIT :chunk{skip}) AS dropped",
-    # held for a minute: no other replica checks it meanwhile (record_mapping sets the next time)
-    "due_mapping_checks": "UPDATE {tasks} SET map_check_at = :now + 60 WHERE id IN (SELECT id"
-    " FROM {tasks} WHERE map_check_at IS NOT NULL AND map_check_at <= :now"
-    " ORDER BY map_check_at LIMIT :limit{skip}) RETURNING id, stream, task, attributes_at,"
-    " map_checks, unmapped_reported",
-    "mark_stream": "INSERT INTO {streams}(stream, created_at) VALUES (:stream, :now)"
-    " ON CONFLICT (stream) DO UPDATE SET created_at = excluded.created_at",
-    # never a reused id whose new row is still waiting for intake
-    "prune_outbox": "DELETE FROM {outbox} AS x WHERE x.id = ANY(:ids)"
-    " AND NOT EXISTS (SELECT 1 FROM {inbox} i WHERE i.row_id = x.id)",
-    "prune_rows": "DELETE FROM {rows} WHERE id = ANY(:ids)",
-}
-
-_ANY = re.compile(r"= ANY\(:(\w+)\)")
-_PARAM = re.compile(r"(?<![:\w]):([a-z_]\w*)")
-
-
-@dataclass(frozen=True)
-class Dialect:
-    """How one engine writes the shared statements."""
-
-    prefix: str  # tables: "mgh_" (SQLite) or "mgh_reporter." (PostgreSQL)
-    greatest: str  # the scalar max and min
-    least: str
-    lock: str  # appended to a SELECT whose rows are about to change ("" on SQLite)
-    skip: str  # ... and one that leaves rows another replica holds ("" on SQLite)
-    now: str  # the clock leases are judged by, in SQL (SQLite: bound as :now)
-    arns: str  # a task's artifact ARNs as a sorted JSON array (t is the task)
-    named: Callable[[str], str]  # `:name` parameters to the driver's style
-    any_of: Callable[[str], str]  # `= ANY(:list)` to the engine's membership test
-    array: Callable[[Sequence[Any]], Any]  # a list parameter as the driver binds it
-    overrides: Mapping[str, str]  # statements this engine writes its own way
-
-    def compile(self, template: str, outbox: str) -> str:
-        """One statement, in this engine's SQL."""
-        names = {t: f"{self.prefix}{t}" for t in TABLES}
-        text = template.format(
-            **names, outbox=outbox, greatest=self.greatest, least=self.least, lock=self.lock,
-            skip=self.skip, now=self.now, arns=self.arns.format(**names), rejected=REJECTED,
-            only="{only}", before="{before}")
-        return self.named(_ANY.sub(lambda m: self.any_of(m.group(1)), text))
-
-
-def sqlite_any(name: str) -> str:
-    """SQLite has no arrays: a JSON list bound as text, read back by json_each."""
-    return f"IN (SELECT value FROM json_each(:{name}))"
-
-
-def postgres_named(text: str) -> str:
-    """`:name` to psycopg's `%(name)s` (a literal % doubled)."""
-    return _PARAM.sub(r"%(\1)s", text.replace("%", "%%"))
+__all__ = ["SqlStore"]
 
 
 class SqlStore(ABC):
@@ -415,12 +216,12 @@ class SqlStore(ABC):
                     lane["attempts"], lane["retry_at"])
         return list(claimed.values())
 
-    def release(self, leases: Sequence[tuple[int, str]], due_at: float) -> None:
+    def release(self, leases: Sequence[Lease], due_at: float) -> None:
         """Hand leased tasks back untouched, due again at `due_at` (e.g. on a graceful stop)."""
         if leases:
             with self._tx("release tasks") as c:
-                self._many(c, "release", [{"due": due_at, "id": tid, "lease": lease}
-                                          for tid, lease in leases])
+                self._many(c, "release", [{"due": due_at, "id": lease.task_id,
+                                           "lease": lease.token} for lease in leases])
 
     # -- outcomes -----------------------------------------------------------------------------
     def record(self, outcomes: Sequence[TaskOutcome]) -> None:
@@ -449,10 +250,10 @@ class SqlStore(ABC):
     def _record_one(self, c: Any, o: TaskOutcome, now: float, held: bool) -> None:
         if o.sent:
             c.execute(self.sql("sent"), {"now": now, "ids": self._array(o.sent)})
-        self._many(c, "superseded", [{"now": now, "reason": reason, "id": rid}
-                                     for rid, reason in o.superseded])
-        self._many(c, "rejected", [{"now": now, "reason": reason, "id": rid}
-                                   for rid, reason in o.rejected])
+        self._many(c, "superseded", [{"now": now, "reason": v.reason, "id": v.row}
+                                     for v in o.superseded])
+        self._many(c, "rejected", [{"now": now, "reason": v.reason, "id": v.row}
+                                   for v in o.rejected])
         self._many(c, "artifact", [{"id": o.task_id, "arn": arn, "now": now}
                                    for arn in o.artifacts])
         if o.imported:
@@ -535,14 +336,14 @@ class SqlStore(ABC):
                 "before": rejected_before}).fetchall()
         return sorted(int(r["id"]) for r in rows)
 
-    def requeue(self, valid: Sequence[int], invalid: Sequence[tuple[int, str]]) -> None:
+    def requeue(self, valid: Sequence[int], invalid: Sequence[Verdict]) -> None:
         """Put dead letters back in line (valid) or reject them again with a new reason."""
         now = self.clock()
         with self._tx("requeue dead letters") as c:
             for name in ("requeue", "requeue_lane", "requeue_task"):
                 self._many(c, name, [{"rid": rid, "now": now} for rid in valid])
-            self._many(c, "rereject", [{"reason": reason, "now": now, "rid": rid}
-                                       for rid, reason in invalid])
+            self._many(c, "rereject", [{"reason": v.reason, "now": now, "rid": v.row}
+                                       for v in invalid])
 
     # -- views --------------------------------------------------------------------------------
     def backlog(self) -> Backlog:

@@ -22,16 +22,16 @@ from reporter.model import NewRows, Replica, StoreError, TaskOutcome, tail_size
 from reporter.rows import MAX_COLUMN_BYTES, OutboxRow
 from reporter.secrets import redact_url, remember, scrub
 from reporter.stores import postgres_schema as pgschema
-from reporter.stores.algorithm import (
+from reporter.stores.algorithm import SqlStore
+from reporter.stores.postgres_schema import SCHEMA
+from reporter.stores.statements import (
     OUTBOX_COLUMNS,
     REQUIRED_COLUMNS,
     Dialect,
-    SqlStore,
     postgres_named,
 )
-from reporter.stores.postgres_schema import SCHEMA
 
-__all__ = ["TABLE_NEEDS", "PostgresStore", "connect_kwargs", "first_line"]
+__all__ = ["PostgresStore", "connect_kwargs", "first_line"]
 
 S = SCHEMA
 NOW = "extract(epoch from clock_timestamp())::float8"  # the database's clock, in SQL
@@ -77,16 +77,6 @@ def connect_kwargs() -> dict[str, Any]:
     """Connection settings of ours (libpq reads the rest from the URL and its environment:
     PGPASSWORD, .pgpass, PGSSLMODE...)."""
     return {"application_name": "mgh-reporter", "connect_timeout": 10}
-
-
-# What `check` proves: the daemon's privileges on the outbox and on its own tables.
-TABLE_NEEDS: dict[str, tuple[str, ...]] = {
-    "outbox": ("SELECT", "DELETE"),
-    **{
-        f"{S}.{t}": ("SELECT", "INSERT", "UPDATE", "DELETE")
-        for t in ("tasks", "rows", "inbox", "lanes", "gate", "streams", "artifacts", "replicas")
-    },
-}
 
 
 # The outbox columns, read without ever fetching a value over MAX_COLUMN_BYTES: octet_length()
@@ -569,36 +559,6 @@ class PostgresStore(SqlStore):
         """No file to lose (a lost connection is a transient StoreError instead)."""
         return None
 
-    # -- check -------------------------------------------------------------------------------
-    def privileges(self) -> dict[str, list[str]]:
-        """Per table, the privileges the daemon needs and lacks (empty lists: all present);
-        `inserters` lists the roles that may INSERT into the outbox (the tools)."""
-        missing: dict[str, list[str]] = {}
-        with self._tx("check privileges") as c:
-            for table, needs in TABLE_NEEDS.items():
-                lacking = []
-                for priv in needs:
-                    c.execute(
-                        "SELECT has_table_privilege(current_user, to_regclass(%s::text), %s)"
-                        " AS ok",
-                        (self._outbox if table == "outbox" else table, priv),
-                    )
-                    row = c.fetchone()
-                    if not (row and row["ok"]):
-                        lacking.append(priv)
-                missing[table] = lacking
-            c.execute(  # the owner, and every grantee of INSERT, on the table or on columns
-                "SELECT DISTINCT CASE WHEN g.grantee = 0 THEN 'PUBLIC'"
-                " ELSE g.grantee::regrole::text END AS r FROM ("
-                " SELECT (aclexplode(coalesce(c.relacl, acldefault('r', c.relowner)))).*"
-                f" FROM pg_class c WHERE c.oid = to_regclass({self._outbox_lit}::text)"
-                " UNION ALL SELECT (aclexplode(a.attacl)).* FROM pg_attribute a"
-                f" WHERE a.attrelid = to_regclass({self._outbox_lit}::text)"
-                " AND a.attacl IS NOT NULL) g WHERE g.privilege_type = 'INSERT' ORDER BY 1"
-            )
-            inserters = [row["r"] for row in c.fetchall()]
-            missing["inserters"] = inserters
-        return missing
 
 
 def first_line(exc: BaseException) -> str:

@@ -20,12 +20,12 @@ import structlog
 from reporter.model import NewRows, Replica, StoreError, TaskOutcome, tail_size
 from reporter.rows import MAX_COLUMN_BYTES, OutboxRow
 from reporter.stores import sqlite_schema as schema
-from reporter.stores.algorithm import (
+from reporter.stores.algorithm import SqlStore
+from reporter.stores.statements import (
     ARTIFACT_COLUMNS,
     OUTBOX_COLUMNS,
     REQUIRED_COLUMNS,
     Dialect,
-    SqlStore,
     sqlite_any,
 )
 

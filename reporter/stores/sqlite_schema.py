@@ -7,7 +7,7 @@ import sqlite3
 from collections.abc import Callable
 from typing import Any
 
-from reporter.stores.algorithm import (
+from reporter.stores.statements import (
     GATE_COLUMNS,
     OUTBOX_COLUMNS,
     REQUIRED_COLUMNS,
