@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -23,83 +24,14 @@ ORDER = [
 
 
 def verdicts(name: str, r: dict[str, Any]) -> list[tuple[str, str, bool]]:
-    """(figure, target, met) for one scenario's results."""
-    if name == "drain":
-        return [
-            (f"{r['tasks']} tasks: drain {r['reporter_seconds']:.2f} s, sequential boto3 loop "
-             f"{r['loop_seconds']:.2f} s ({r['speedup']:.1f}x); " + (
-                 f"AWS CLI per update {r['cli_seconds_per_update']:.2f} s each, "
-                 f"{r['cli_seconds_projected']:.0f} s projected" if r["cli_sample"]
-                 else "AWS CLI not installed"),
-             ">= 8x the loop", r["speedup"] >= 8 and r["delivered"] == r["tasks"]),
-        ]
-    if name == "coalesce":
-        return [(f"{r['rows']} rows: {r['notify_calls']} Notify calls, "
-                 f"{r['tasks_not_at_last_state']} tasks not at their last state",
-                 f"<= {r['tasks']} calls, all at last state",
-                 r["notify_calls"] <= r["tasks"] and r["tasks_not_at_last_state"] == 0)]
-    if name == "idle":
-        return [(f"{r['cpu_percent']:.3f}% of a core over {r['seconds']:.0f} s at the default "
-                 f"interval (schedstat), {r['hub_calls']} Hub calls after start-up",
-                 "<= 0.1%, no Hub call", r["cpu_percent"] <= 0.1 and r["hub_calls"] == 0)]
-    if name == "budget":
-        stages = "; ".join(f"{x['stage']} {x['rss']:.1f}" for x in r["stages"])
-        return [(f"RSS MB by stage ({r['rows']} rows): {stages}; high-water "
-                 f"{r['stages'][-1]['hwm']:.1f}", "(measured)", True)]
-    if name == "wakeup":
-        return [
-            (f"{r['rows']} rows at {r['rate']:.0f}/s, {r['interval']:.0f} s interval: p50 "
-             f"{r['p50']:.3f} s, p99 {r['p99']:.3f} s, max {r['max']:.3f} s", "p99 <= 0.25 s",
-             r["p99"] <= 0.25),
-            (f"{r['burst_rows']} INSERTs for one task in {r['burst_seconds']:.2f} s: "
-             f"{r['burst_notify_calls']} NotifyMigrationTaskState calls", "<= 5",
-             r["burst_notify_calls"] <= 5),
-        ]
-    if name == "memory":
-        return [(f"drain peak RSS {r['small_peak_mb']:.1f} MiB ({r['small_rows']} rows) vs "
-                 f"{r['large_peak_mb']:.1f} MiB ({r['large_rows']} rows): {r['ratio']:.2f}x; "
-                 f"`run` through the {r['large_rows']} rows {r['run_peak_mb']:.1f} MiB",
-                 "<= 1.1x, both <= 55 MiB",
-                 r["ratio"] <= 1.1 and max(r["large_peak_mb"], r["run_peak_mb"]) <= 55)]
-    if name == "latency":
-        return [(f"{r['rows']} rows at {r['rate']:.0f}/s: p50 {r['p50']:.3f} s, p99 "
-                 f"{r['p99']:.3f} s, max {r['max']:.3f} s", "p99 < 1.0 s", r["p99"] < 1.0)]
-    if name == "impact":
-        return [(f"{r['alone_per_second']:.0f}/s alone, {r['beside_per_second']:.0f}/s beside "
-                 f"the daemon ({r['ratio']:.2f}x); errors {r['alone_errors']} alone, "
-                 f"{r['beside_errors']} beside; busy-timeout retries {r['alone_busy_retries']} "
-                 f"alone, {r['beside_busy_retries']} beside",
-                 ">= 0.7x, zero errors", r["ratio"] >= 0.7 and r["beside_errors"] == 0)]
-    if name == "scale":
-        parts = ", ".join(f"{k}: {v['calls_per_second']:.0f} calls/s" for k, v in r.items()
-                          if isinstance(v, dict))
-        return [(f"{parts} (spread {100 * r['spread']:.0f}%)", "within 25%", r["spread"] <= 0.25)]
-    if name == "pg-drain":
-        one, two = r["replicas_1"], r["replicas_2"]
-        return [(f"{r['tasks']} tasks at a 30 ms Hub on PostgreSQL: 1 replica "
-                 f"{one['seconds']:.1f} s ({one['calls_per_second']:.0f} calls/s), 2 replicas "
-                 f"{two['seconds']:.1f} s ({two['calls_per_second']:.0f} calls/s): "
-                 f"{r['speedup']:.2f}x", ">= 1.5x", r["speedup"] >= 1.5)]
-    if name == "pg-latency":
-        return [(f"PostgreSQL, LISTEN/NOTIFY, {r['interval']:.0f} s interval: {r['rows']} rows at "
-                 f"{r['rate']:.0f}/s: p50 {r['p50']:.3f} s, p99 {r['p99']:.3f} s, max "
-                 f"{r['max']:.3f} s", "p99 < 0.3 s", r["p99"] < 0.3)]
-    if name == "writer":
-        return [(f"`notify` median {r['median']:.3f} s, max {r['max']:.3f} s over {r['runs']} "
-                 "runs", "<= 0.1 s", r["median"] <= 0.1)]
-    if name == "faults":
-        runs = ", ".join(f"{x:.1f}" for x in r["seconds"])
-        return [(f"{r['rows']} rows under 30% throttle + 10% 5xx, {r['runs']} runs: {runs} s "
-                 f"(slowest {r['slowest']:.1f} s, median {r['median']:.1f} s); "
-                 f"{r['tasks_not_at_last_state']} tasks not at their last state",
-                 "every run < 90 s, most well under 30 s",
-                 r["slowest"] < 90 and r["median"] < 30 and r["tasks_not_at_last_state"] == 0)]
-    if name == "profile":
-        shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["shares"].items())
-        return [(f"{r['tasks']} tasks, {r['calls_per_second']:.0f} calls/s: "
-                 f"{r['drain_cpu_us_per_call']:.0f} us CPU per call in the drain ({shares}); "
-                 f"emulator {r['stand_in_cpu_us_per_call']:.0f} us per call", "(measured)", True)]
-    return []
+    """(figure, target, met) for one scenario's results: each verdict is written in run.py
+    beside the scenario that measures it."""
+    here = str(Path(__file__).parent)
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    from run import VERDICTS
+
+    return VERDICTS[name](r) if name in VERDICTS else []
 
 
 def _scale_range(r: dict[str, Any]) -> str:

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from figures import load, update, verdicts  # benchmarks/figures.py, beside this script
+from figures import ORDER, load, update  # benchmarks/figures.py, beside this script
 
 STREAM = "Bench"
 REGION = "us-west-2"
@@ -287,6 +287,18 @@ def scenario_drain(size: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def verdict_drain(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(figure, target, met) of `drain`."""
+    return [
+        (f"{r['tasks']} tasks: drain {r['reporter_seconds']:.2f} s, sequential boto3 loop "
+         f"{r['loop_seconds']:.2f} s ({r['speedup']:.1f}x); " + (
+             f"AWS CLI per update {r['cli_seconds_per_update']:.2f} s each, "
+             f"{r['cli_seconds_projected']:.0f} s projected" if r["cli_sample"]
+             else "AWS CLI not installed"),
+         ">= 18x the loop", r["speedup"] >= 18 and r["delivered"] == r["tasks"]),
+    ]
+
+
 def scenario_coalesce(size: dict[str, Any]) -> dict[str, Any]:
     """100 tasks x 100 rows waiting: one NotifyMigrationTaskState per task, each at its last row."""
     tasks, per_task = size["coalesce"]
@@ -314,6 +326,14 @@ def scenario_coalesce(size: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def verdict_coalesce(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(figure, target, met) of `coalesce`."""
+    return [(f"{r['rows']} rows: {r['notify_calls']} Notify calls, "
+             f"{r['tasks_not_at_last_state']} tasks not at their last state",
+             f"<= {r['tasks']} calls, all at last state",
+             r["notify_calls"] <= r["tasks"] and r["tasks_not_at_last_state"] == 0)]
+
+
 def scenario_idle(size: dict[str, Any]) -> dict[str, Any]:
     """`run` on an empty outbox at the default interval: CPU used and Hub calls made over the
     window after start-up."""
@@ -339,6 +359,13 @@ def scenario_idle(size: dict[str, Any]) -> dict[str, Any]:
         "cpu_percent_by_clock_ticks": 100 * ticks / elapsed, "hub_calls": calls,
         "clock_ticks_per_second": os.sysconf("SC_CLK_TCK"),
     }
+
+
+def verdict_idle(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(figure, target, met) of `idle`."""
+    return [(f"{r['cpu_percent']:.3f}% of a core over {r['seconds']:.0f} s at the default "
+             f"interval (schedstat), {r['hub_calls']} Hub calls after start-up",
+             "<= 0.1%, no Hub call", r["cpu_percent"] <= 0.1 and r["hub_calls"] == 0)]
 
 
 def vm_hwm_mb(pid: int) -> float:
@@ -379,6 +406,15 @@ def scenario_memory(size: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def verdict_memory(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(figure, target, met) of `memory`."""
+    return [(f"drain peak RSS {r['small_peak_mb']:.1f} MiB ({r['small_rows']} rows) vs "
+             f"{r['large_peak_mb']:.1f} MiB ({r['large_rows']} rows): {r['ratio']:.2f}x; "
+             f"`run` through the {r['large_rows']} rows {r['run_peak_mb']:.1f} MiB",
+             "<= 1.1x, both <= 55 MiB",
+             r["ratio"] <= 1.1 and max(r["large_peak_mb"], r["run_peak_mb"]) <= 55)]
+
+
 def scenario_budget(size: dict[str, Any]) -> dict[str, Any]:
     """The daemon's memory stage by stage (benchmarks/budget.py), over the 200k-row backlog."""
     tasks, per_task = size["memory"]
@@ -395,6 +431,13 @@ def scenario_budget(size: dict[str, Any]) -> dict[str, Any]:
     return {"rows": tasks * per_task, "stages": stages}
 
 
+def verdict_budget(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(figure, target, met) of `budget`."""
+    stages = "; ".join(f"{x['stage']} {x['rss']:.1f}" for x in r["stages"])
+    return [(f"RSS MB by stage ({r['rows']} rows): {stages}; high-water "
+             f"{r['stages'][-1]['hwm']:.1f}", "(measured)", True)]
+
+
 def backlog(db: Path) -> int:
     """Rows not delivered or rejected yet (waiting for intake, or pending)."""
     conn = sqlite3.connect(db, timeout=10)
@@ -409,6 +452,12 @@ def backlog(db: Path) -> int:
 def scenario_latency(size: dict[str, Any]) -> dict[str, Any]:
     """A steady 20 rows/s into a running daemon (0.5 s interval): INSERT-to-Hub latency."""
     return insert_to_hub(size, interval=0.5)
+
+
+def verdict_latency(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(figure, target, met) of `latency`."""
+    return [(f"{r['rows']} rows at {r['rate']:.0f}/s: p50 {r['p50']:.3f} s, p99 "
+             f"{r['p99']:.3f} s, max {r['max']:.3f} s", "p99 < 1.0 s", r["p99"] < 1.0)]
 
 
 def scenario_wakeup(size: dict[str, Any]) -> dict[str, Any]:
@@ -445,6 +494,18 @@ def scenario_wakeup(size: dict[str, Any]) -> dict[str, Any]:
         out["burst_rows"], out["burst_seconds"] = 1000, span
         out["burst_notify_calls"] = len(hub.updates().get("burst", []))
     return out
+
+
+def verdict_wakeup(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(figure, target, met) of `wakeup`."""
+    return [
+        (f"{r['rows']} rows at {r['rate']:.0f}/s, {r['interval']:.0f} s interval: p50 "
+         f"{r['p50']:.3f} s, p99 {r['p99']:.3f} s, max {r['max']:.3f} s", "p99 <= 0.25 s",
+         r["p99"] <= 0.25),
+        (f"{r['burst_rows']} INSERTs for one task in {r['burst_seconds']:.2f} s: "
+         f"{r['burst_notify_calls']} NotifyMigrationTaskState calls", "<= 5",
+         r["burst_notify_calls"] <= 5),
+    ]
 
 
 def insert_to_hub(
@@ -559,10 +620,26 @@ def scenario_pg_drain(size: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def verdict_pg_drain(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(figure, target, met) of `pg-drain`."""
+    one, two = r["replicas_1"], r["replicas_2"]
+    return [(f"{r['tasks']} tasks at a 30 ms Hub on PostgreSQL: 1 replica "
+             f"{one['seconds']:.1f} s ({one['calls_per_second']:.0f} calls/s), 2 replicas "
+             f"{two['seconds']:.1f} s ({two['calls_per_second']:.0f} calls/s): "
+             f"{r['speedup']:.2f}x", ">= 1.5x", r["speedup"] >= 1.5)]
+
+
 def scenario_pg_latency(size: dict[str, Any]) -> dict[str, Any]:
     """INSERT-to-Hub latency on a PostgreSQL outbox with LISTEN/NOTIFY, `interval_seconds` 5."""
     with pg_database() as url:
         return insert_to_hub(size, interval=5.0, url=url)
+
+
+def verdict_pg_latency(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(figure, target, met) of `pg-latency`."""
+    return [(f"PostgreSQL, LISTEN/NOTIFY, {r['interval']:.0f} s interval: {r['rows']} rows at "
+             f"{r['rate']:.0f}/s: p50 {r['p50']:.3f} s, p99 {r['p99']:.3f} s, max "
+             f"{r['max']:.3f} s", "p99 < 0.3 s", r["p99"] < 0.3)]
 
 
 def _writer(path: str, seconds: float, out: mp.Queue) -> None:  # type: ignore[type-arg]
@@ -626,6 +703,15 @@ def scenario_impact(size: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def verdict_impact(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(figure, target, met) of `impact`."""
+    return [(f"{r['alone_per_second']:.0f}/s alone, {r['beside_per_second']:.0f}/s beside "
+             f"the daemon ({r['ratio']:.2f}x); errors {r['alone_errors']} alone, "
+             f"{r['beside_errors']} beside; busy-timeout retries {r['alone_busy_retries']} "
+             f"alone, {r['beside_busy_retries']} beside",
+             ">= 0.7x, zero errors", r["ratio"] >= 0.7 and r["beside_errors"] == 0)]
+
+
 def scenario_scale(size: dict[str, Any]) -> dict[str, Any]:
     """Drains of 1k, 10k and 100k distinct tasks, no latency: calls per second.
 
@@ -656,6 +742,13 @@ def scenario_scale(size: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
+def verdict_scale(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(figure, target, met) of `scale`."""
+    parts = ", ".join(f"{k}: {v['calls_per_second']:.0f} calls/s" for k, v in r.items()
+                      if isinstance(v, dict))
+    return [(f"{parts} (spread {100 * r['spread']:.0f}%)", "within 25%", r["spread"] <= 0.25)]
+
+
 def scenario_faults(size: dict[str, Any]) -> dict[str, Any]:
     """60 tasks x 5 rows under 30% throttling (RetryAfter 1 s) + 10% 5xx at random, 5 runs:
     the bounded fault tail (every run drained, the slowest under 90 s)."""
@@ -682,6 +775,16 @@ def scenario_faults(size: dict[str, Any]) -> dict[str, Any]:
             "calls_median": statistics.median(calls), "tasks_not_at_last_state": lagging}
 
 
+def verdict_faults(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(figure, target, met) of `faults`."""
+    runs = ", ".join(f"{x:.1f}" for x in r["seconds"])
+    return [(f"{r['rows']} rows under 30% throttle + 10% 5xx, {r['runs']} runs: {runs} s "
+             f"(slowest {r['slowest']:.1f} s, median {r['median']:.1f} s); "
+             f"{r['tasks_not_at_last_state']} tasks not at their last state",
+             "every run < 90 s, most well under 30 s",
+             r["slowest"] < 90 and r["median"] < 30 and r["tasks_not_at_last_state"] == 0)]
+
+
 def scenario_writer(size: dict[str, Any]) -> dict[str, Any]:
     """A shell tool's `mgh-reporter notify`: wall time per call (the installed console script of
     this interpreter, warm cache), median of N."""
@@ -698,6 +801,12 @@ def scenario_writer(size: dict[str, Any]) -> dict[str, Any]:
             times.append(time.monotonic() - started)
     return {"runs": len(times), "median": statistics.median(times), "max": max(times),
             "script": str(script)}
+
+
+def verdict_writer(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(figure, target, met) of `writer`."""
+    return [(f"`notify` median {r['median']:.3f} s, max {r['max']:.3f} s over {r['runs']} "
+             "runs", "<= 0.1 s", r["median"] <= 0.1)]
 
 
 def scenario_profile(size: dict[str, Any]) -> dict[str, Any]:
@@ -733,6 +842,14 @@ def scenario_profile(size: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def verdict_profile(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(figure, target, met) of `profile`."""
+    shares = ", ".join(f"{k} {100 * v:.0f}%" for k, v in r["shares"].items())
+    return [(f"{r['tasks']} tasks, {r['calls_per_second']:.0f} calls/s: "
+             f"{r['drain_cpu_us_per_call']:.0f} us CPU per call in the drain ({shares}); "
+             f"emulator {r['stand_in_cpu_us_per_call']:.0f} us per call", "(measured)", True)]
+
+
 def attribute(raw: str) -> dict[str, int]:
     """Charge each py-spy sample to the innermost frame's owner."""
     owners = (
@@ -758,18 +875,18 @@ def attribute(raw: str) -> dict[str, int]:
             hit = next((name for key, name in owners if key in frame), None)
             if hit is not None:
                 # Our own SQL shows up as a reporter/stores/ frame calling sqlite3 (C).
-                owner = "SQLite" if hit == "mgh-reporter" and "store.py" in frame else hit
+                owner = "SQLite" if hit == "mgh-reporter" and "/stores/" in frame else hit
                 break
         buckets[owner] = buckets.get(owner, 0) + int(count)
     return buckets
 
 
+# Each scenario, and beside it in this file the verdict on what it measured.
 SCENARIOS: dict[str, Callable[[dict[str, Any]], dict[str, Any]]] = {
-    "drain": scenario_drain, "coalesce": scenario_coalesce, "idle": scenario_idle,
-    "memory": scenario_memory, "latency": scenario_latency, "wakeup": scenario_wakeup,
-    "budget": scenario_budget, "impact": scenario_impact,
-    "scale": scenario_scale, "profile": scenario_profile, "faults": scenario_faults,
-    "writer": scenario_writer, "pg-drain": scenario_pg_drain, "pg-latency": scenario_pg_latency,
+    name: globals()["scenario_" + name.replace("-", "_")] for name in ORDER
+}
+VERDICTS: dict[str, Callable[[dict[str, Any]], list[tuple[str, str, bool]]]] = {
+    name: globals()["verdict_" + name.replace("-", "_")] for name in ORDER
 }
 
 
@@ -844,7 +961,7 @@ def main() -> int:
             continue
         result = json.loads(child.stdout.strip().splitlines()[-1])
         results[name] = result
-        for figure, target, met in verdicts(name, result):
+        for figure, target, met in VERDICTS[name](result):
             ok = met or args.smoke
             failed += [] if ok else [name]
             lines.append(f"| {name} | {figure} | {target} | {'yes' if met else 'NO'} |")
