@@ -234,18 +234,18 @@ def status(ctx: click.Context, as_json: bool, watch: bool, every: float) -> None
         return
     report = statusview.gather(cfg)
     if as_json:
-        click.echo(json.dumps(report, indent=2))
+        click.echo(json.dumps(report.to_json(), indent=2))
     else:
         out = console()
         for line in statusview.lines(report, cfg):
             out.print(line)
-    if report["outbox_unusable"]:
-        click.echo(f"mgh-reporter: {report['outbox_unusable']}", err=True)
+    if report.outbox_unusable:
+        click.echo(f"mgh-reporter: {report.outbox_unusable}", err=True)
         ctx.exit(EXIT["error"])
-    if report["blocked"]:
+    if report.blocked:
         ctx.exit(EXIT["blocked"])
-    if report["daemon_state"] == "hung":
-        click.echo(f"mgh-reporter: {report['warnings'][-1]}", err=True)
+    if report.daemon_state == "hung":
+        click.echo(f"mgh-reporter: {report.warnings[-1]}", err=True)
         ctx.exit(EXIT["hung"])
 
 

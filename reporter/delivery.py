@@ -146,7 +146,7 @@ class Courier:
         plan = rows.plan_task(
             [
                 (r.id, rows.not_before(rows.judge(r, task.stream, nus), r, task.last_update_time))
-                for r in task.rows
+                for r in task.contents
             ],
             task.state_floor,
             task.attributes_floor,
@@ -284,11 +284,11 @@ class Courier:
             give_up = None
             if row_id >= 0:
                 out.failed_rows.append(row_id)
-                row = task.bookkeeping.get(row_id)
+                row = task.row(row_id)
                 publish = self._config.publish
                 give_up = give_up_reason(
-                    (row.attempts if row else 0) + 1,
-                    now - (row.created_at if row else now),
+                    row.attempts + 1,
+                    now - row.created_at,
                     publish.max_attempts,
                     publish.max_age_seconds,
                     str(failure),
@@ -314,7 +314,7 @@ class Courier:
 
     def _sent(self, out: TaskOutcome, request: rows.Request, task: ClaimedTask) -> None:
         out.sent.append(request.row_id)
-        seq = task.bookkeeping[request.row_id].seq
+        seq = task.row(request.row_id).seq
         if isinstance(request, rows.StateUpdate):
             out.state = SentState(
                 request.row_id,

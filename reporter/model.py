@@ -18,6 +18,7 @@ from reporter.rows import Kind, OutboxRow, Verdict
 
 __all__ = [
     "Backlog",
+    "ClaimedRow",
     "ClaimedTask",
     "DeadLetter",
     "GateState",
@@ -28,7 +29,6 @@ __all__ = [
     "MappingCheck",
     "NewRows",
     "OutboxStore",
-    "PendingRow",
     "Replica",
     "RowCounts",
     "RowState",
@@ -114,13 +114,16 @@ class Lease(NamedTuple):
 
 
 @dataclass(frozen=True)
-class PendingRow:
-    """A waiting row's bookkeeping beside its outbox content; `seq` is its place in insertion
-    order (what "newer" means: outbox ids may be reused)."""
+class ClaimedRow:
+    """A waiting row as claimed: its place in insertion order (`seq`: what "newer" means, as
+    outbox ids may be reused), its attempts and when it was written, and its outbox content
+    (None: the tool deleted the row after intake)."""
 
+    id: int
+    seq: int
     attempts: int
     created_at: float
-    seq: int
+    content: OutboxRow | None
 
 
 @dataclass
@@ -134,9 +137,7 @@ class ClaimedTask:
     imported: bool = False
     state_floor: int | None = None  # insertion place of the state the Hub has
     attributes_floor: int | None = None  # ... and of its attribute list
-    rows: list[OutboxRow] = field(default_factory=list)
-    bookkeeping: dict[int, PendingRow] = field(default_factory=dict)
-    missing: list[int] = field(default_factory=list)
+    rows: list[ClaimedRow] = field(default_factory=list)  # in insertion order
     associated: set[str] = field(default_factory=set)
     lanes: dict[Kind, LaneState] = field(default_factory=dict)
     last_update_time: float | None = None  # the UpdateDateTime the Hub has (epoch seconds)
@@ -150,9 +151,23 @@ class ClaimedTask:
         """The retry state of one lane (a fresh lane when none was recorded)."""
         return self.lanes.get(kind, LaneState())
 
+    def row(self, row_id: int) -> ClaimedRow:
+        """One of the claimed rows."""
+        return next(r for r in self.rows if r.id == row_id)
+
+    @property
+    def contents(self) -> list[OutboxRow]:
+        """The outbox content of the rows still in the outbox."""
+        return [r.content for r in self.rows if r.content is not None]
+
+    @property
+    def missing(self) -> list[int]:
+        """Rows the tool deleted from the outbox after intake."""
+        return [r.id for r in self.rows if r.content is None]
+
     def order(self) -> dict[int, int]:
         """Row id to insertion place, for coalescing."""
-        return {rid: row.seq for rid, row in self.bookkeeping.items()}
+        return {r.id: r.seq for r in self.rows}
 
 
 @dataclass(frozen=True)

@@ -42,7 +42,7 @@ def nobody_speaks_for(cfg: Config) -> bool:
     return state is None or state.health == "stopped"
 
 
-def gather(cfg: Config) -> dict[str, Any]:
+def gather(cfg: Config) -> views.StatusReport:
     """The `status --json` document, read now."""
     now = time.time()
     state = _live_state(cfg)
@@ -74,7 +74,7 @@ def gather(cfg: Config) -> dict[str, Any]:
         wall_now=time.time(),
     )
     if cfg.outbox.postgres:
-        report["replicas"] = [views.replica_view(r, now) for r in replicas]
+        report.replicas = [views.replica_view(r, now) for r in replicas]
     return report
 
 
@@ -93,7 +93,7 @@ def watch(cfg: Config, as_json: bool, every: float, console: Console) -> None:
     try:
         if as_json:
             while True:
-                print(json.dumps(gather(cfg)), flush=True)
+                print(json.dumps(gather(cfg).to_json()), flush=True)
                 time.sleep(every)
         elif console.is_terminal:
             with Live(render(), console=console, auto_refresh=False, screen=False) as view:
@@ -109,29 +109,29 @@ def watch(cfg: Config, as_json: bool, every: float, console: Console) -> None:
         return
 
 
-def lines(report: dict[str, Any], cfg: Config) -> list[str]:
+def lines(report: views.StatusReport, cfg: Config) -> list[str]:
     """The human report, one rich-markup line each."""
     out: list[str] = []
-    if report["outbox_unusable"]:
-        headline = f"[bold red]OUTBOX UNUSABLE[/]: {esc(report['outbox_unusable'])}"
-    elif report["blocked"]:
-        headline = f"[bold red]BLOCKED[/] since {report['blocked_since']}: {esc(report['blocked'])}"
-    elif report["daemon_state"] == "hung":
+    if report.outbox_unusable:
+        headline = f"[bold red]OUTBOX UNUSABLE[/]: {esc(report.outbox_unusable)}"
+    elif report.blocked:
+        headline = f"[bold red]BLOCKED[/] since {report.blocked_since}: {esc(report.blocked)}"
+    elif report.daemon_state == "hung":
         headline = "[bold red]HUNG[/]: the daemon stopped ticking without stopping cleanly"
-    elif report["daemon_state"] != "running":
+    elif report.daemon_state != "running":
         headline = "[bold]not running[/]: nothing is delivering (start `mgh-reporter run`)"
-    elif report["outage_backoff"]:
+    elif report.outage_backoff:
         headline = "[bold yellow]BACKING OFF[/]: every call is failing; probing at a slow pace"
     else:
         headline = "[bold green]delivering[/]"
-    pid, daemon = report["daemon_pid"], report["daemon"]
+    pid, daemon = report.daemon_pid, report.daemon
     out.append(f"mgh-reporter  {esc(cfg.outbox.where)}")
     out.append(f"  state        {headline}")
     beat = ""
     if pid and daemon and daemon["running"]:
         beat = f", heartbeat {daemon['heartbeat_age_seconds']:.0f}s ago"
-    if "replicas" in report:
-        live_ones = report["replicas"]
+    if report.replicas is not None:
+        live_ones = report.replicas
         out.append(f"  replicas     {len(live_ones)} live")
         for r in live_ones:
             out.append(
@@ -142,33 +142,33 @@ def lines(report: dict[str, Any], cfg: Config) -> list[str]:
         out.append(f"  daemon       {'pid ' + str(pid) + beat if pid else 'not running'}")
     if daemon and daemon["running"] and daemon["last_error"]:
         out.append(f"  last error   {esc(daemon['last_error'])}")
-    for warning in report["warnings"]:
+    for warning in report.warnings:
         out.append(f"  [bold yellow]warning[/]      {esc(warning)}")
-    out.append(f"  home region  {report['home_region'] or 'unknown yet'}")
-    if report["pending"] is None:
+    out.append(f"  home region  {report.home_region or 'unknown yet'}")
+    if report.pending is None:
         out.append("  backlog      unknown: the outbox cannot be read")
         return out
-    oldest = report["oldest_pending_seconds"]
+    oldest = report.oldest_pending_seconds
     out.append(
-        f"  backlog      {report['pending']} pending"
+        f"  backlog      {report.pending} pending"
         + (f", oldest {oldest:.0f}s" if oldest is not None else "")
     )
     out.append(
-        f"  delivered    {report['delivered']} ({report['sent']} sent, "
-        f"{report['superseded']} superseded)   last success {report['last_success'] or 'never'}"
+        f"  delivered    {report.delivered} ({report.sent} sent, "
+        f"{report.superseded} superseded)   last success {report.last_success or 'never'}"
     )
-    dead = report["dead_letters"]
-    dropped = report["dropped"]
+    dead = report.dead_letters
+    dropped = report.dropped
     out.append(
         f"  dead letters {dead}"
         + ("  → mgh-reporter dead-letters list" if dead else "")
         + (f"   ({dropped} dropped, kept until pruned)" if dropped else "")
     )
     out.append(
-        f"  tasks        {report['tasks']}: {report['stale_tasks']} stale, "
-        f"{report['lapsing_tasks']} lapsing, {report['unmapped_tasks']} unmapped"
+        f"  tasks        {report.tasks}: {report.stale_tasks} stale, "
+        f"{report.lapsing_tasks} lapsing, {report.unmapped_tasks} unmapped"
     )
-    for stream, counts in sorted(report["streams"].items()):
+    for stream, counts in sorted(report.streams.items()):
         out.append(
             f"    {esc(stream)}: {counts['tasks']} tasks, {counts['stale']} stale, "
             f"{counts['lapsing']} lapsing"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -12,6 +13,7 @@ from reporter.model import GateState, Replica, RowCounts, TaskRecord
 from reporter.rows import TERMINAL_STATUSES
 
 __all__ = [
+    "StatusReport",
     "daemon_view",
     "iso",
     "promise_state",
@@ -160,6 +162,45 @@ def replica_view(replica: Replica, now: float) -> dict[str, Any]:
     }
 
 
+@dataclass
+class StatusReport:
+    """What `status` reports (`--json` prints it as one object; `replicas` only with a
+    PostgreSQL outbox)."""
+
+    pending: int | None
+    sent: int | None
+    superseded: int | None
+    delivered: int | None
+    dead_letters: int | None
+    dropped: int | None
+    oldest_pending_seconds: float | None
+    blocked: str | None
+    blocked_code: str | None
+    blocked_since: str | None
+    outbox_unusable: str | None
+    home_region: str | None
+    last_success: str | None
+    outage_backoff: bool
+    daemon_pid: int | None
+    daemon: dict[str, Any] | None
+    daemon_state: str
+    wal_bytes: int
+    warnings: list[str]
+    tasks: int
+    stale_tasks: int
+    lapsing_tasks: int
+    unmapped_tasks: int
+    streams: dict[str, Any]
+    replicas: list[dict[str, Any]] | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """The `status --json` document."""
+        document = asdict(self)
+        if self.replicas is None:
+            del document["replicas"]
+        return document
+
+
 def status_report(
     counts: RowCounts | None,
     gate: GateState | None,
@@ -170,7 +211,7 @@ def status_report(
     wal: tuple[int, int],
     outbox_error: str | None = None,
     wall_now: float | None = None,
-) -> dict[str, Any]:
+) -> StatusReport:
     """The `status --json` document: the outbox's view merged with the daemon's live state.
 
     `wal` is (bytes of the -wal file, the warning threshold); `outbox_error` is why the outbox
@@ -187,29 +228,29 @@ def status_report(
     if blocked is None and live_word and state is not None and state.health == "blocked":
         blocked = state.cause
     streams = health["streams"] if health else {}
-    return {
-        "pending": counts.pending if counts else None,
-        "sent": counts.sent if counts else None,
-        "superseded": counts.superseded if counts else None,
-        "delivered": counts.delivered if counts else None,
-        "dead_letters": counts.dead_letters if counts else None,
-        "dropped": counts.dropped if counts else None,
-        "oldest_pending_seconds": counts.oldest_pending_seconds if counts else None,
-        "blocked": blocked,
-        "blocked_code": gate.blocked_code if gate and gate.blocked_reason else None,
-        "blocked_since": iso(gate.blocked_since) if gate and gate.blocked_reason else None,
-        "outbox_unusable": unusable,
-        "home_region": gate.home_region if gate else None,
-        "last_success": iso(gate.last_success_at if gate else None),
-        "outage_backoff": bool(gate and gate.brake_attempts > 0),
-        "daemon_pid": daemon_pid,
-        "daemon": daemon,
-        "daemon_state": daemon["state"] if daemon else "not running",
-        "wal_bytes": wal[0],
-        "warnings": _problems(daemon, *wal),
-        "tasks": sum(s["tasks"] for s in streams.values()),
-        "stale_tasks": sum(s["stale"] for s in streams.values()),
-        "lapsing_tasks": sum(s["lapsing"] for s in streams.values()),
-        "unmapped_tasks": health["unmapped"] if health else 0,
-        "streams": streams,
-    }
+    return StatusReport(
+        pending=counts.pending if counts else None,
+        sent=counts.sent if counts else None,
+        superseded=counts.superseded if counts else None,
+        delivered=counts.delivered if counts else None,
+        dead_letters=counts.dead_letters if counts else None,
+        dropped=counts.dropped if counts else None,
+        oldest_pending_seconds=counts.oldest_pending_seconds if counts else None,
+        blocked=blocked,
+        blocked_code=gate.blocked_code if gate and gate.blocked_reason else None,
+        blocked_since=iso(gate.blocked_since) if gate and gate.blocked_reason else None,
+        outbox_unusable=unusable,
+        home_region=gate.home_region if gate else None,
+        last_success=iso(gate.last_success_at if gate else None),
+        outage_backoff=bool(gate and gate.brake_attempts > 0),
+        daemon_pid=daemon_pid,
+        daemon=daemon,
+        daemon_state=daemon["state"] if daemon else "not running",
+        wal_bytes=wal[0],
+        warnings=_problems(daemon, *wal),
+        tasks=sum(s["tasks"] for s in streams.values()),
+        stale_tasks=sum(s["stale"] for s in streams.values()),
+        lapsing_tasks=sum(s["lapsing"] for s in streams.values()),
+        unmapped_tasks=health["unmapped"] if health else 0,
+        streams=streams,
+    )

@@ -24,7 +24,7 @@ from reporter.delivery import CALM_ATTEMPTS, Courier
 from reporter.emulator import Emulator
 from reporter.errors import Failure, HubError, Outcome
 from reporter.hub import Hub
-from reporter.model import ClaimedTask, LaneState, PendingRow
+from reporter.model import ClaimedRow, ClaimedTask, LaneState
 from reporter.relay import Relay
 from reporter.rows import Kind, OutboxRow
 from reporter.stores.sqlite import SqliteStore
@@ -89,8 +89,8 @@ def _artifact(rid: int, arn: str) -> OutboxRow:
 
 def _task(*outbox: OutboxRow, imported: bool = False,
           lanes: dict[Kind, LaneState] | None = None, attempts: int = 0) -> ClaimedTask:
-    return ClaimedTask(1, "S", "t1", "lease-1", imported=imported, rows=list(outbox),
-                       bookkeeping={r.id: PendingRow(attempts, NOW - 10, r.id) for r in outbox},
+    return ClaimedTask(1, "S", "t1", "lease-1", imported=imported,
+                       rows=[ClaimedRow(r.id, r.id, attempts, NOW - 10, r) for r in outbox],
                        lanes=lanes or {})
 
 

@@ -86,21 +86,21 @@ def test_a_stale_heartbeat_is_reported():
     state = LiveState(health="ok", cause=None, heartbeat=NOW - 100, pid=42, outbox="/o.db",
                       interval_seconds=2.0)
     report = views.status_report(None, None, None, 42, state, NOW, (0, 1))
-    assert report["daemon"]["stale"] and not report["daemon"]["running"]
-    assert report["daemon_state"] == "hung"
-    assert "has not ticked for 100s" in report["warnings"][0]
+    assert report.daemon["stale"] and not report.daemon["running"]
+    assert report.daemon_state == "hung"
+    assert "has not ticked for 100s" in report.warnings[0]
     stopped = LiveState(health="stopped", cause=None, heartbeat=NOW - 100, pid=42,
                         outbox="/o.db", interval_seconds=2.0)
     report = views.status_report(None, None, None, None, stopped, NOW, (0, 1))
-    assert report["daemon_state"] == "stopped" and report["warnings"] == []
+    assert report.daemon_state == "stopped" and report.warnings == []
     report = views.status_report(None, None, None, None, None, NOW, (0, 1))
-    assert report["daemon_state"] == "not running" and report["daemon"] is None
+    assert report.daemon_state == "not running" and report.daemon is None
     fresh = LiveState(health="unusable", cause="disk full", heartbeat=NOW - 1, pid=42,
                       outbox="/o.db", interval_seconds=2.0)
-    assert views.status_report(None, None, None, 42, fresh, NOW, (0, 1))["outbox_unusable"] == (
+    assert views.status_report(None, None, None, 42, fresh, NOW, (0, 1)).outbox_unusable == (
         "disk full")
-    assert views.status_report(None, None, None, None, fresh, NOW, (0, 1))[
-        "outbox_unusable"] is None  # not running: the file is history
+    assert views.status_report(None, None, None, None, fresh, NOW, (0, 1)
+                              ).outbox_unusable is None  # not running: the file is history
 
 
 # -- disk full --------------------------------------------------------------------------------

@@ -287,7 +287,7 @@ def test_claims_are_disjoint_and_a_lost_lease_is_fenced(pg_url: str):
     # b sends the newest state; a's late outcome records facts only, never its schedule.
     mine = next(t for t in taken if t.id == task.id)
     row = mine.rows[0].id
-    seq = mine.bookkeeping[row].seq
+    seq = mine.rows[0].seq
     b.record([TaskOutcome(task.id, mine.lease, sent=[row],
                           state=SentState(row, seq, "IN_PROGRESS", 0, None, 1.0, 60))])
     a.record([TaskOutcome(task.id, task.lease, sent=[row],

@@ -100,7 +100,7 @@ def test_a_newer_row_supersedes_the_older_one_of_its_lane(engine: Engine, store:
     old, new = _rows(engine, ("t", "IN_PROGRESS"), ("t", "COMPLETED"))
     _take_in(store)
     claimed = _claim(store)["t"]
-    assert [r.id for r in claimed.rows] == [new] and claimed.missing == []
+    assert [r.id for r in claimed.contents] == [new] and claimed.missing == []
     counts = store.counts()
     # the superseded row's lane has not reached the Hub: it still counts as pending
     assert (counts.pending, counts.superseded, counts.sent) == (2, 0, 0)
@@ -142,7 +142,7 @@ def test_claims_come_in_due_order_with_rows_in_insertion_order_and_hold_a_lease(
     store.release([held.leased], store.clock() - 1)
     again = store.claim_due(10, LEASE)
     assert [t.task for t in again] == ["first"] and again[0].lease != held.lease
-    assert [r.status for r in again[0].rows] == ["IN_PROGRESS"]
+    assert [r.status for r in again[0].contents] == ["IN_PROGRESS"]
 
 
 def test_a_deleted_outbox_row_is_claimed_as_missing(engine: Engine, store: OutboxStore):
@@ -150,8 +150,8 @@ def test_a_deleted_outbox_row_is_claimed_as_missing(engine: Engine, store: Outbo
     _take_in(store)
     engine.execute("DELETE FROM outbox WHERE id = ?", rid)
     claimed = _claim(store)["t"]
-    assert claimed.rows == [] and claimed.missing == [rid]
-    assert claimed.bookkeeping[rid].attempts == 0
+    assert claimed.contents == [] and claimed.missing == [rid]
+    assert claimed.row(rid).attempts == 0
 
 
 def test_record_stores_the_state_the_hub_has_and_ends_the_lease(engine: Engine,
@@ -159,7 +159,7 @@ def test_record_stores_the_state_the_hub_has_and_ends_the_lease(engine: Engine,
     (rid,) = _rows(engine, ("t", "IN_PROGRESS"))
     _take_in(store)
     claimed = _claim(store)["t"]
-    seq = claimed.bookkeeping[rid].seq
+    seq = claimed.row(rid).seq
     state = SentState(rid, seq, "IN_PROGRESS", 10, "copying", 1_700_000_000.0, 60)
     store.record([TaskOutcome(claimed.id, claimed.lease, sent=[rid], imported=True, state=state,
                               artifacts=["arn:b", "arn:a"])])
@@ -206,7 +206,7 @@ def test_record_never_moves_a_row_backwards(engine: Engine, store: OutboxStore):
     first, second = _rows(engine, ("t", "IN_PROGRESS"), ("t", "COMPLETED"))
     _take_in(store, supersedes=False)
     claimed = _claim(store)["t"]
-    seqs = {rid: claimed.bookkeeping[rid].seq for rid in (first, second)}
+    seqs = {rid: claimed.row(rid).seq for rid in (first, second)}
     newer = SentState(second, seqs[second], "COMPLETED", 100, None, 2.0, 60)
     older = SentState(first, seqs[first], "IN_PROGRESS", 10, None, 1.0, 60)
     store.record([TaskOutcome(claimed.id, claimed.lease, sent=[first, second], state=newer)])
@@ -267,7 +267,7 @@ def test_a_sent_attribute_list_schedules_a_mapping_check(engine: Engine, store: 
                         resource_attributes='[{"Type": "FQDN", "Value": "db1.corp"}]')
     _take_in(store)
     claimed = _claim(store)["t"]
-    seq = claimed.bookkeeping[rid].seq
+    seq = claimed.row(rid).seq
     store.record([TaskOutcome(claimed.id, claimed.lease, sent=[rid], attributes_row=rid,
                               attributes_seq=seq, map_check_at=store.clock() - 1)])
     (check,) = store.due_mapping_checks(10)

@@ -18,6 +18,7 @@ import structlog
 
 from reporter.model import (
     Backlog,
+    ClaimedRow,
     ClaimedTask,
     DeadLetter,
     GateState,
@@ -26,7 +27,6 @@ from reporter.model import (
     Lease,
     MappingCheck,
     NewRows,
-    PendingRow,
     RowCounts,
     RowState,
     TaskOutcome,
@@ -200,14 +200,9 @@ class SqlStore(ABC):
             for t in tasks
         }
         self._leased(list(claimed), token, started + lease_seconds)
-        for r in rows:
-            task = claimed[r["task_id"]]
-            task.bookkeeping[r["id"]] = PendingRow(r["attempts"], r["created_at"], r["seq"])
-            content = contents.get(r["id"])
-            if content is None:  # deleted by the tool after intake
-                task.missing.append(r["id"])
-            else:
-                task.rows.append(content)
+        for r in rows:  # in insertion order; content None: deleted by the tool after intake
+            claimed[r["task_id"]].rows.append(ClaimedRow(
+                r["id"], r["seq"], r["attempts"], r["created_at"], contents.get(r["id"])))
         for a in artifacts:
             claimed[a["task_id"]].associated.add(a["arn"])
         for lane in lanes:
