@@ -54,8 +54,11 @@ class SqlStore(ABC):
         """Now, by the clock leases are judged by."""
 
     @abstractmethod
-    def _tx(self, doing: str, write: bool = True) -> AbstractContextManager[Any]:
-        """One transaction; yields something with execute(sql, params) and executemany."""
+    def _tx(
+        self, doing: str, write: bool = True, snapshot: bool = False
+    ) -> AbstractContextManager[Any]:
+        """One transaction (`write`), or reads (that share one `snapshot` when asked); yields
+        something with execute(sql, params) and executemany."""
 
     @abstractmethod
     def _intake(self) -> AbstractContextManager[Any]:
@@ -316,7 +319,7 @@ class SqlStore(ABC):
 
     def outbox_rows(self, ids: Sequence[int]) -> list[OutboxRow]:
         """The outbox content of some rows."""
-        with self._tx("read outbox", write=False) as c:
+        with self._tx("read outbox", write=False, snapshot=True) as c:
             contents = self._contents(c, list(ids))
         return [contents[i] for i in sorted(contents)]
 

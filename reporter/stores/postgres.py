@@ -217,11 +217,12 @@ class PostgresStore(SqlStore):
 
     @contextmanager
     def _tx(
-        self, doing: str, write: bool = True, keep_open: bool = False, intake: bool = False
+        self, doing: str, write: bool = True, snapshot: bool = False, keep_open: bool = False,
+        intake: bool = False,
     ) -> Iterator[psycopg.Cursor[dict[str, Any]]]:
-        """One transaction (committed at the end unless `keep_open`; `intake` continues the
-        one `fetch_new` left open); errors become StoreError: a lost connection or a lock
-        conflict is transient (`busy`)."""
+        """One transaction, reads or writes (committed at the end unless `keep_open`; `intake`
+        continues the one `fetch_new` left open); errors become StoreError: a lost connection
+        or a lock conflict is transient (`busy`)."""
         with self._lock:
             conn = self._connection()
             if self._intake_open and not intake:

@@ -277,10 +277,16 @@ class SqliteStore(SqlStore):
             ) from None
 
     @contextmanager
-    def _tx(self, doing: str, write: bool = True) -> Iterator[sqlite3.Connection]:
-        """One transaction: a writer takes the write lock up front (BEGIN IMMEDIATE), so it
-        never fails half-way on a lock; reads that must agree share one snapshot."""
+    def _tx(
+        self, doing: str, write: bool = True, snapshot: bool = False
+    ) -> Iterator[sqlite3.Connection]:
+        """A writer's transaction takes the write lock up front (BEGIN IMMEDIATE), so it never
+        fails half-way on a lock; reads that must agree share one `snapshot`; other reads run
+        each statement on its own (no BEGIN/COMMIT round on the hot path)."""
         with self._errors(doing):
+            if not (write or snapshot):
+                yield self.conn
+                return
             self.conn.execute("BEGIN IMMEDIATE" if write else "BEGIN")
             try:
                 yield self.conn
@@ -400,7 +406,7 @@ class SqliteStore(SqlStore):
         with self._errors("read outbox"):
             self._recycle()
             self._check_trigger()
-        with self._tx("read outbox", write=False) as c:
+        with self._tx("read outbox", write=False, snapshot=True) as c:
             query = (
                 "SELECT i.seq, i.row_id, o.id IS NOT NULL AS present FROM mgh_inbox i"
                 " LEFT JOIN outbox o ON o.id = i.row_id WHERE i.seq > ? ORDER BY i.seq {} LIMIT ?"
