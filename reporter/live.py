@@ -1,4 +1,4 @@
-"""The daemon's live state outside the outbox: a small JSON file, written atomically every tick,
+"""The daemon's live state outside the outbox: a small JSON file, written atomically after a pass,
 that `status` merges and a shell health check reads (no second Python, nothing from the outbox,
 so it still speaks when the outbox is full, replaced or gone)."""
 

@@ -1,10 +1,10 @@
 """The typed records that cross the store boundary, and the store's verbs as a `Protocol`.
 
-The relay, gate, delivery, views and CLI speak only these types; each storage engine implements
-`OutboxStore` in one module that holds all of its SQL. Two facts are deliberately not part of the
-interface: that outbox ids commit in order (how a store finds rows not yet taken in is its own
-business), and that one process owns every lease (claims carry a token that `record` and
-`release` must present).
+The relay, gate, delivery, views and CLI speak only these types; `reporter/stores/` implements
+`OutboxStore` once over two SQL dialects (SQLite, PostgreSQL). Two facts are deliberately not
+part of the interface: that outbox ids commit in order (how a store finds rows not yet taken in
+is its own business), and that one process owns every lease (claims carry a token that `record`
+and `release` must present).
 """
 
 from __future__ import annotations

@@ -171,7 +171,7 @@ class PostgresStore(SqlStore):
         assert db_now is not None
         self._offset = float(db_now["now"]) - (before + after) / 2
         if self._failures:
-            structlog.get_logger("reporter.pgstore").info("database_reconnected", outbox=self.where)
+            structlog.get_logger("reporter.stores").info("database_reconnected", outbox=self.where)
         self._failures, self._conn = 0, conn
         self._intake_open = False
         return conn
@@ -275,7 +275,7 @@ class PostgresStore(SqlStore):
         schema and tables (versioned migrations), and the intake trigger. Creating the trigger
         needs the outbox table's owner. Safe to run again, and by several processes at once."""
         store = cls(url)
-        log = structlog.get_logger("reporter.pgstore")
+        log = structlog.get_logger("reporter.stores")
         with store._tx("initialise") as c:
             c.execute("SELECT pg_catalog.pg_advisory_xact_lock("
                       "pg_catalog.hashtext('mgh-reporter init'::text)::bigint)")

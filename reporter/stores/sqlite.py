@@ -392,7 +392,7 @@ class SqliteStore(SqlStore):
                         " > 0.002 ORDER BY o.id"
                     ).rowcount
         if queued is not None:
-            structlog.get_logger("reporter.store").warning(
+            structlog.get_logger("reporter.stores").warning(
                 "intake_trigger_restored",
                 outbox=str(self.path),
                 rows_queued=queued,
