@@ -119,6 +119,17 @@ def test_the_version_lives_in_pyproject_only():
     assert sys.version_info >= (3, 11)
 
 
+def test_every_package_of_the_source_tree_is_in_the_distribution():
+    """The wheel (and so the deb, the rpm and the .pyz built from it) lists its packages
+    explicitly: a subpackage left out would pass every test of the editable install and break
+    every installed host."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "packages"])
+    found = {str(init.parent.relative_to(ROOT)).replace("/", ".")
+             for init in (ROOT / "reporter").rglob("__init__.py")}
+    assert listed == found
+
+
 def test_manual_pages_cover_every_command_with_whole_names(tmp_path: Path):
     """packaging/manpages.py writes mgh-reporter.1 and a page per command (gzipped, with no
     time in the header, so builds are reproducible); NAME lines are not cut short."""
