@@ -225,6 +225,8 @@ class PostgresStore(SqlStore):
         or a lock conflict is transient (`busy`)."""
         with self._lock:
             conn = self._connection()
+            if intake and not self._intake_open:  # reconnected since: the read's locks are gone
+                raise StoreError(f"{self.where}: the intake read was lost; read again", busy=True)
             if self._intake_open and not intake:
                 conn.rollback()  # an intake read whose write never came
             self._intake_open = False
