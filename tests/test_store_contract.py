@@ -33,7 +33,7 @@ LEASE = 30.0
 @pytest.fixture
 def store(engine: Engine) -> Iterator[OutboxStore]:
     """An initialised outbox on the engine under test."""
-    made = (Outbox.named(engine.url) if engine.url else Outbox(engine.path or Path())).create()
+    made = Outbox(engine.path or Path(), engine.url).create()
     yield made
     made.close()
 

@@ -6,7 +6,6 @@ lock and builds the wake-ups. Each engine lives in its own modules (`sqlite…`,
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,14 +58,6 @@ class Engine:
     path: Path
     url: str | None = None
     busy_timeout_ms: int = 5000
-
-    @classmethod
-    def named(cls, where: str | os.PathLike[str], busy_timeout_ms: int = 5000) -> Engine:
-        """The engine a tool names with one string: a URL or a file path."""
-        text = os.fspath(where)
-        if is_url(text):
-            return cls(Path(), text, busy_timeout_ms)
-        return cls(Path(text), None, busy_timeout_ms)
 
     @property
     def postgres(self) -> bool:
