@@ -10,7 +10,15 @@ import stat
 from collections.abc import Iterable
 from pathlib import Path
 
-__all__ = ["UnsafeFile", "check_regular", "open_regular", "private_dir", "trusted_owners"]
+__all__ = [
+    "UnsafeFile",
+    "check_regular",
+    "group_writable",
+    "open_regular",
+    "private_dir",
+    "refuse_special",
+    "trusted_owners",
+]
 
 # O_NONBLOCK: opening a FIFO someone planted returns at once instead of waiting for a writer.
 _FLAGS = os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
@@ -114,3 +122,46 @@ def private_dir(path: Path, create: bool) -> Path:
         raise UnsafeFile(f"{path}: writable by group or others (mode "
                          f"{stat.S_IMODE(st.st_mode):o}); refusing it")
     return path
+
+
+def refuse_special(path: Path, what: str = "outbox") -> None:
+    """Before a library opens `path` by name (SQLite): refuse a symlink (it would send our
+    writes, and init's chmod, to another file) or a FIFO, device or directory planted there."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        return
+    except OSError as exc:
+        raise UnsafeFile(f"{path}: {exc.strerror}") from None
+    if not stat.S_ISREG(st.st_mode):
+        raise UnsafeFile(f"{path}: the {what} is {_kind(st.st_mode)}; refusing it (set "
+                         "the path to the file itself, in a directory the tools' group cannot "
+                         "replace it in)")
+
+
+def group_writable(path: Path, what: str = "outbox") -> None:
+    """Make (or find) `path` group-readable and -writable, so a tool in our group can share it
+    (SQLite gives -wal and -shm the database's mode). A new file is created with O_EXCL; an
+    existing one is changed through an O_PATH descriptor of the file itself (never chmod by a
+    path a group member could swap; and closing an O_PATH descriptor, unlike any other, keeps
+    the POSIX locks this process's SQLite connections hold on the file)."""
+    wanted = stat.S_IRGRP | stat.S_IWGRP
+    try:
+        os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                         | os.O_CLOEXEC, 0o660))
+    except FileExistsError:
+        pass
+    except OSError as exc:
+        raise UnsafeFile(f"{path}: cannot create the {what}: {exc.strerror}") from None
+    try:
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                refuse_special(path, what)  # names what it is
+            if st.st_uid == os.geteuid() and st.st_mode & wanted != wanted:
+                os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(st.st_mode) | wanted)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise UnsafeFile(f"{path}: cannot make group-writable: {exc.strerror}") from None

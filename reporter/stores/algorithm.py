@@ -27,14 +27,22 @@ from reporter.model import (
     Lease,
     MappingCheck,
     NewRows,
+    Replica,
     RowCounts,
     RowState,
+    StoreError,
     TaskOutcome,
     TaskRecord,
     WorkLeft,
 )
 from reporter.rows import STATE_SPACING_SECONDS, Kind, OutboxRow, Verdict, epoch_of
-from reporter.stores.statements import GATE_COLUMNS, STATEMENTS, Dialect
+from reporter.stores.statements import (
+    GATE_COLUMNS,
+    OUTBOX_COLUMNS,
+    REQUIRED_COLUMNS,
+    STATEMENTS,
+    Dialect,
+)
 
 __all__ = ["SqlStore"]
 
@@ -43,6 +51,7 @@ class SqlStore(ABC):
     """`OutboxStore`'s shared algorithm over an engine's connection and dialect."""
 
     dialect: Dialect
+    where: str  # the outbox, as messages name it
     _outbox = "outbox"
 
     def __init__(self) -> None:
@@ -68,14 +77,72 @@ class SqlStore(ABC):
     def _contents(self, c: Any, ids: Sequence[int]) -> dict[int, OutboxRow]:
         """Outbox rows by id, never reading a value over MAX_COLUMN_BYTES."""
 
-    @abstractmethod
+    # -- what only some engines need: one process owning a file (SQLite) needs no fence,
+    # stream claims or heartbeats; a server (PostgreSQL) keeps its own log and files --------
     def _leased(self, ids: Sequence[int], token: str, ends: float) -> None:
-        """After a claim: its leases end no earlier than `ends` on the monotonic clock (the
-        PostgreSQL fence keeps this)."""
+        """After a claim: its leases end no earlier than `ends` (monotonic), for `hold`."""
+        return None
 
-    @abstractmethod
     def _ended(self, outcomes: Sequence[TaskOutcome]) -> None:
         """After outcomes were recorded."""
+        return None
+
+    def hold(self, task_id: int, lease: str, need_seconds: float, lease_seconds: float) -> bool:
+        """The fence: is the lease still ours for `need_seconds` (one process: always)?"""
+        return True
+
+    def claim_stream(self, stream: str, seconds: float) -> bool:
+        """Claim the creation of `stream` (one process: always ours)."""
+        return True
+
+    def heartbeat(self, me: Replica) -> list[Replica]:
+        """Record this replica's heartbeat and return the live ones (one process: itself)."""
+        return [me]
+
+    def replicas(self) -> list[Replica]:
+        """The live replicas (none recorded for one process: `status` finds it by its lock)."""
+        return []
+
+    def leave(self, replica_id: str) -> None:
+        """Forget this replica's heartbeat (a graceful stop)."""
+        return None
+
+    def checkpoint(self, mode: str = "PASSIVE", busy_ms: int | None = None) -> bool:
+        """Fold a write-ahead log of ours back; True when all of it was."""
+        return True
+
+    def wal_bytes(self) -> int:
+        """The size of a write-ahead log file of ours (0: none)."""
+        return 0
+
+    def damage(self) -> str | None:
+        """What damaged a file of ours under us (None: nothing, or no file)."""
+        return None
+
+    def integrity(self) -> str | None:
+        """What a check of our pages found wrong (None: nothing, or the server checks)."""
+        return None
+
+    def file_problem(self) -> str | None:
+        """Why our file is no longer the outbox at its path (deleted or replaced), or None."""
+        return None
+
+    # -- opening -----------------------------------------------------------------------------
+    def _columns_to_add(self, columns: Sequence[str], creating: bool) -> list[str]:
+        """The outbox table's columns judged: `init` (`creating`) refuses a table without the
+        contract's first columns and returns the later ones it must add; `open` refuses a table
+        that lacks any (`init` adds them)."""
+        missing = [c for c in (REQUIRED_COLUMNS if creating else OUTBOX_COLUMNS)
+                   if c not in columns]
+        if missing:
+            hint = "" if creating else " (run `mgh-reporter init` to add them)"
+            raise StoreError(f"{self.where}: table outbox lacks columns {', '.join(missing)}"
+                             f"{hint}", needs_init=not creating)
+        return [c for c in OUTBOX_COLUMNS if c not in columns]
+
+    def _outdated(self) -> StoreError:
+        return StoreError(f"{self.where}: delivery tables missing or old; run `mgh-reporter init`",
+                          needs_init=True)
 
     # -- statements -----------------------------------------------------------------------
     def sql(self, name: str, **parts: str) -> str:

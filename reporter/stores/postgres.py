@@ -25,8 +25,6 @@ from reporter.stores import postgres_schema as pgschema
 from reporter.stores.algorithm import SqlStore
 from reporter.stores.postgres_schema import SCHEMA
 from reporter.stores.statements import (
-    OUTBOX_COLUMNS,
-    REQUIRED_COLUMNS,
     Dialect,
     postgres_named,
 )
@@ -283,13 +281,8 @@ class PostgresStore(SqlStore):
                       "pg_catalog.hashtext('mgh-reporter init'::text)::bigint)")
             store._refuse_writable_schemas(c)
             c.execute(pgschema.outbox_ddl(store._outbox))
-            columns = store._outbox_columns(c)
-            missing = [col for col in REQUIRED_COLUMNS if col not in columns]
-            if missing:
-                raise StoreError(f"{store.where}: table outbox lacks columns {', '.join(missing)}")
-            for column in OUTBOX_COLUMNS:
-                if column not in columns:
-                    c.execute(f"ALTER TABLE {store._outbox} ADD COLUMN {column} text")
+            for column in store._columns_to_add(store._outbox_columns(c), creating=True):
+                c.execute(f"ALTER TABLE {store._outbox} ADD COLUMN {column} text")
             c.execute(f"CREATE SCHEMA IF NOT EXISTS {S}")
             c.execute(
                 f"CREATE TABLE IF NOT EXISTS {S}.migrations"
@@ -324,13 +317,7 @@ class PostgresStore(SqlStore):
                     f"{store.where}: no outbox table in the search_path; run `mgh-reporter init`",
                     needs_init=True,
                 )
-            missing = [col for col in OUTBOX_COLUMNS if col not in columns]
-            if missing:
-                raise StoreError(
-                    f"{store.where}: table outbox lacks columns {', '.join(missing)}"
-                    " (run `mgh-reporter init` to add them)",
-                    needs_init=True,
-                )
+            store._columns_to_add(columns, creating=False)
             names = {n for n, _ in pgschema.MIGRATIONS}
             c.execute("SELECT to_regclass(%s) AS t", (f"{S}.migrations",))
             row = c.fetchone()
@@ -338,10 +325,7 @@ class PostgresStore(SqlStore):
             if row and row["t"]:
                 applied = {r["name"] for r in c.execute(f"SELECT name FROM {S}.migrations")}
             if names - applied:
-                raise StoreError(
-                    f"{store.where}: delivery tables missing or old; run `mgh-reporter init`",
-                    needs_init=True,
-                )
+                raise store._outdated()
             c.execute(
                 "SELECT 1 FROM pg_trigger WHERE tgname = %s"
                 f" AND tgrelid = to_regclass({store._outbox_lit}::text)",
@@ -537,31 +521,10 @@ class PostgresStore(SqlStore):
         with self._tx("leave") as c:
             c.execute(f"DELETE FROM {S}.replicas WHERE id = %s", (replica_id,))
 
-    def checkpoint(self, mode: str = "PASSIVE", busy_ms: int | None = None) -> bool:
-        """Nothing to fold back: the server manages its own write-ahead log."""
-        return True
-
-    def wal_bytes(self) -> int:
-        """No write-ahead log file of ours."""
-        return 0
-
     def rebase(self, delta: float) -> None:
         """The local wall clock stepped; the database's did not: stored times stay, the local
         estimate of the database's clock is corrected."""
         self._offset -= delta
-
-    def damage(self) -> str | None:
-        """No file of ours to damage (the server keeps its own)."""
-        return None
-
-    def integrity(self) -> str | None:
-        """The server checks its own pages."""
-        return None
-
-    def file_problem(self) -> str | None:
-        """No file to lose (a lost connection is a transient StoreError instead)."""
-        return None
-
 
 
 def first_line(exc: BaseException) -> str:

@@ -7,9 +7,8 @@ from __future__ import annotations
 import json
 import os
 import sqlite3
-import stat
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
@@ -17,14 +16,12 @@ from typing import Any
 
 import structlog
 
-from reporter.model import NewRows, Replica, StoreError, TaskOutcome, tail_size
+from reporter.files import UnsafeFile, group_writable, refuse_special
+from reporter.model import NewRows, StoreError, tail_size
 from reporter.rows import MAX_COLUMN_BYTES, OutboxRow
 from reporter.stores import sqlite_schema as schema
 from reporter.stores.algorithm import SqlStore
 from reporter.stores.statements import (
-    ARTIFACT_COLUMNS,
-    OUTBOX_COLUMNS,
-    REQUIRED_COLUMNS,
     Dialect,
     sqlite_any,
 )
@@ -54,54 +51,6 @@ def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
-def _check_file(path: Path) -> None:
-    """The outbox's directory is shared with the tools' group: refuse a symlink (it would send
-    our writes, and init's chmod, to another file) or a FIFO, device or directory planted at
-    its name, before SQLite opens it by path."""
-    try:
-        st = os.lstat(path)
-    except FileNotFoundError:
-        return
-    except OSError as exc:
-        raise StoreError(f"{path}: {exc.strerror}") from None
-    if stat.S_ISLNK(st.st_mode):
-        raise StoreError(
-            f"{path}: the outbox is a symbolic link; refusing it (set [outbox] path to the file "
-            "itself, in a directory the tools' group cannot replace it in)"
-        )
-    if not stat.S_ISREG(st.st_mode):
-        raise StoreError(f"{path}: the outbox is not a regular file; refusing it")
-
-
-def _group_writable(path: Path) -> None:
-    """`init`: make (or find) the outbox file group-readable and -writable so a host tool in our
-    group can share it (SQLite gives -wal and -shm the database's mode). A new file is created
-    with O_EXCL; an existing one is changed through an O_PATH descriptor of the file itself
-    (never chmod by a path a group member could swap; and closing an O_PATH descriptor, unlike
-    any other, keeps the POSIX locks of SQLite connections this process has on the file)."""
-    wanted = stat.S_IRGRP | stat.S_IWGRP
-    try:
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC,
-                     0o660)
-        os.close(fd)
-    except FileExistsError:
-        pass
-    except OSError as exc:
-        raise StoreError(f"{path}: cannot create the outbox: {exc.strerror}") from None
-    try:
-        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
-        try:
-            st = os.fstat(fd)
-            if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
-                _check_file(path)  # names what it is
-            if st.st_uid == os.geteuid() and st.st_mode & wanted != wanted:
-                os.chmod(f"/proc/self/fd/{fd}", stat.S_IMODE(st.st_mode) | wanted)
-        finally:
-            os.close(fd)
-    except OSError as exc:
-        raise StoreError(f"{path}: cannot make group-writable: {exc.strerror}") from None
-
-
 def _wal_mode(conn: sqlite3.Connection, timeout: float) -> str:
     """Switch a connection to WAL. Doing so on a new file needs it alone, and SQLite answers
     "database is locked" at once, without its busy handler, while another process is making
@@ -118,6 +67,13 @@ def _wal_mode(conn: sqlite3.Connection, timeout: float) -> str:
             time.sleep(0.02)
 
 
+def _unsafe(check: Callable[[Path], None], path: Path) -> None:
+    try:
+        check(path)
+    except UnsafeFile as exc:
+        raise StoreError(str(exc)) from None
+
+
 def _lenient(data: bytes) -> str:
     """Text as the connection returns it: a value that is not valid UTF-8 (which a host tool can
     store) decodes with surrogate escapes, for validation to name, instead of failing the whole
@@ -132,7 +88,7 @@ class SqliteStore(SqlStore):
 
     def __init__(self, path: Path, busy_timeout_ms: int = 5000) -> None:
         super().__init__()
-        self.path = path
+        self.path, self.where = path, str(path)
         self.busy_timeout_ms = busy_timeout_ms
         self.conn = self._connect()
         self._blobs = 0  # incremental-blob handles opened on this connection
@@ -197,8 +153,7 @@ class SqliteStore(SqlStore):
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StoreError(f"{path.parent}: cannot create directory: {exc.strerror}") from None
-        _check_file(path)
-        _group_writable(path)
+        _unsafe(group_writable, path)
         store = cls(path, busy_timeout_ms)
         try:
             # One write transaction (BEGIN IMMEDIATE) that looks at the schema afresh: an `init`
@@ -206,13 +161,8 @@ class SqliteStore(SqlStore):
             # finds the work done, never "duplicate column name".
             with store._tx("initialise") as c:
                 c.execute(schema.OUTBOX_DDL)
-                columns = store._outbox_columns()
-                missing = [col for col in REQUIRED_COLUMNS if col not in columns]
-                if missing:
-                    raise StoreError(f"{path}: table outbox lacks columns {', '.join(missing)}")
-                for column in ARTIFACT_COLUMNS:
-                    if column not in columns:
-                        c.execute(f"ALTER TABLE outbox ADD COLUMN {column} TEXT")
+                for column in store._columns_to_add(store._outbox_columns(), creating=True):
+                    c.execute(f"ALTER TABLE outbox ADD COLUMN {column} TEXT")
                 schema.apply_migrations(c)
             store._check_trigger()  # a re-created outbox table gets its intake trigger back
         except BaseException:
@@ -226,7 +176,7 @@ class SqliteStore(SqlStore):
         if not path.exists() and not path.is_symlink():
             hint = "" if path.parent.is_dir() else f" (and no directory {path.parent})"
             raise StoreError(f"{path}: no outbox database here{hint}; run `mgh-reporter init`")
-        _check_file(path)
+        _unsafe(refuse_special, path)
         store = cls(path, busy_timeout_ms)
         try:
             store._validate(writable)
@@ -242,18 +192,9 @@ class SqliteStore(SqlStore):
             columns = store._outbox_columns()
             if not columns:
                 raise StoreError(f"{path}: not an mgh-reporter outbox (no outbox table); run init")
-            missing = [c for c in OUTBOX_COLUMNS if c not in columns]
-            if missing:
-                raise StoreError(
-                    f"{path}: table outbox lacks columns {', '.join(missing)} "
-                    "(run `mgh-reporter init` to add them)",
-                    needs_init=True,
-                )
+            store._columns_to_add(columns, creating=False)
             if schema.pending_migrations(store.conn):
-                raise StoreError(
-                    f"{path}: delivery tables missing or old; run `mgh-reporter init`",
-                    needs_init=True,
-                )
+                raise store._outdated()
             if writable:
                 store.conn.execute("BEGIN IMMEDIATE")
                 store.conn.execute("ROLLBACK")
@@ -426,33 +367,6 @@ class SqliteStore(SqlStore):
                 places[r["row_id"]] = r["seq"]
         return NewRows(sorted(contents.values(), key=lambda row: row.id), len(queued) >= limit,
                        [r["seq"] for r in (*queued, *tail)], places)
-
-    # -- what a shared outbox needs (one process owns an SQLite file: the instance lock) ---
-    def _leased(self, ids: Sequence[int], token: str, ends: float) -> None:
-        """Nothing to remember: no other process can take a lease over."""
-
-    def _ended(self, outcomes: Sequence[TaskOutcome]) -> None:
-        """Nothing to forget."""
-
-    def hold(self, task_id: int, lease: str, need_seconds: float, lease_seconds: float) -> bool:
-        """Always held: one process owns an SQLite outbox (the instance lock), and a relay
-        claims again only after every call of its last pass has returned."""
-        return True
-
-    def claim_stream(self, stream: str, seconds: float) -> bool:
-        """Always ours: no other process delivers from this file."""
-        return True
-
-    def heartbeat(self, me: Replica) -> list[Replica]:
-        """Only this process delivers; nothing is stored."""
-        return [me]
-
-    def replicas(self) -> list[Replica]:
-        """No heartbeat rows on SQLite (`status` finds the one daemon by its lock)."""
-        return []
-
-    def leave(self, replica_id: str) -> None:
-        """Nothing stored, nothing to drop."""
 
     def checkpoint(self, mode: str = "PASSIVE", busy_ms: int | None = None) -> bool:
         """Fold the WAL back into the database so the -wal file stays small; True when every
