@@ -26,10 +26,8 @@ from reporter.cli_base import (
     open_store,
 )
 from reporter.cli_dead_letters import dead_letters
-from reporter.config import Config
-from reporter.outbox import Outbox
+from reporter.cli_writers import WRITERS
 from reporter.process import EXIT, hold_signals, stop_on_signals
-from reporter.rows import ATTRIBUTE_TYPES, STATUSES
 
 if TYPE_CHECKING:
 
@@ -114,91 +112,6 @@ def drain(ctx: click.Context, timeout: float, as_json: bool) -> None:
     sys.exit(drain_outbox(cfg, timeout, as_json))
 
 
-def _writer(cfg: Config) -> Outbox:
-    return Outbox(cfg.outbox.url or cfg.outbox.path, cfg.outbox.busy_timeout_ms)
-
-
-@cli.command()
-@click.argument("task")
-@click.option("--status", required=True, type=click.Choice(STATUSES), help="Task status.")
-@click.option("--percent", type=int, help="Progress, 0..100.")
-@click.option("--detail", help="Status detail (one line, <= 2,500 characters).")
-@click.option(
-    "--next-update-seconds", type=int, help="When the next update comes (default from config)."
-)
-@click.option("--stream", help="Progress update stream (default from config).")
-@click.pass_context
-@guarded
-def notify(
-    ctx: click.Context,
-    task: str,
-    status: str,
-    percent: int | None,
-    detail: str | None,
-    next_update_seconds: int | None,
-    stream: str | None,
-) -> None:
-    """Queue a task_state row (becomes NotifyMigrationTaskState)."""
-    row = _writer(existing_outbox(ctx)).task_state(
-        task,
-        status,
-        percent=percent,
-        detail=detail,
-        next_update_seconds=next_update_seconds,
-        stream=stream,
-    )
-    click.echo(f"queued row {row}")
-
-
-def _attribute(text: str) -> tuple[str, str]:
-    kind, sep, value = text.partition("=")
-    if not sep or kind not in ATTRIBUTE_TYPES:
-        raise click.BadParameter(
-            f"{text!r}: expected TYPE=VALUE with TYPE one of {', '.join(ATTRIBUTE_TYPES)}",
-            param_hint="--attribute",
-        )
-    return kind, value
-
-
-@cli.command("put-attributes")
-@click.argument("task")
-@click.option(
-    "--attribute",
-    "attributes",
-    multiple=True,
-    required=True,
-    metavar="TYPE=VALUE",
-    help="Repeatable; the full list (it replaces what the Hub has).",
-)
-@click.option("--stream", help="Progress update stream (default from config).")
-@click.pass_context
-@guarded
-def put_attributes(
-    ctx: click.Context, task: str, attributes: tuple[str, ...], stream: str | None
-) -> None:
-    """Queue a resource_attributes row (becomes PutResourceAttributes)."""
-    pairs = [_attribute(a) for a in attributes]
-    row = _writer(existing_outbox(ctx)).resource_attributes(task, pairs, stream=stream)
-    click.echo(f"queued row {row}")
-
-
-@cli.command("associate-artifact")
-@click.argument("task")
-@click.argument("arn")
-@click.option("--description", help="Up to 500 characters, one line.")
-@click.option("--stream", help="Progress update stream (default from config).")
-@click.pass_context
-@guarded
-def associate_artifact(
-    ctx: click.Context, task: str, arn: str, description: str | None, stream: str | None
-) -> None:
-    """Queue a created_artifact row (becomes AssociateCreatedArtifact)."""
-    row = _writer(existing_outbox(ctx)).created_artifact(
-        task, arn, description=description, stream=stream
-    )
-    click.echo(f"queued row {row}")
-
-
 @cli.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @click.option(
@@ -250,7 +163,8 @@ def status(ctx: click.Context, as_json: bool, watch: bool, every: float) -> None
 
 
 TASKS_LEGEND = (
-    "mapped: the Hub matched the task to a discovered server (its configuration id), NO: still "
+    "mapped: the Hub matched the task to a discovered server (its configuration id), manual: "
+    "mapped by discovered_resource rows, NO: still "
     "unmapped after [mapping] unmapped_after_seconds, checking: not known yet.  promise: ok, "
     "lapsing (the next update is due soon), STALE (the promised NextUpdateSeconds has passed), "
     "- (finished, or no state sent yet)."
@@ -291,6 +205,8 @@ def tasks(ctx: click.Context, stream: str | None, as_json: bool) -> None:
         mapped = {
             True: esc(e["configuration_id"] or "yes"), False: "[red]NO[/]", None: "checking"
         }[e["mapped"]]
+        if e["discovered_resources"]:
+            mapped = esc("manual: " + ", ".join(e["discovered_resources"]))
         promise = {"stale": "[red]STALE[/]", "lapsing": "[yellow]lapsing[/]"}.get(
             e["promise"] or "", e["promise"] or "-"
         )
@@ -372,6 +288,8 @@ def demo(task_count: int) -> None:
 
 
 cli.add_command(dead_letters)
+for _command in WRITERS:
+    cli.add_command(_command)
 
 
 def main() -> None:

@@ -1,5 +1,6 @@
-"""One task's calls: its stream, the import first, then one ordered lane per kind (states,
-attribute lists, artifacts) with repair, and the outcome to record (no SQL)."""
+"""One task's calls: its stream, the import first, then its ordered lanes (states, attribute
+lists, artifacts and their removal, manual mappings and their removal) with repair, and the
+outcome to record (no SQL)."""
 
 from __future__ import annotations
 
@@ -152,11 +153,12 @@ class Courier:
             task.attributes_floor,
             task.associated,
             task.order(),
+            task.resources,
         )
         out.superseded = plan.superseded
         out.rejected += plan.rejected
         now = self._clock()
-        due = [r for r in plan.send if (task.lane(r.kind).retry_at or 0.0) <= now]
+        due = [r for r in plan.send if (task.lane(r.kind.lane).retry_at or 0.0) <= now]
         if not due or self._stop.is_set():
             return delivery
         failed: dict[rows.Kind, LaneFailure] = {}
@@ -199,7 +201,7 @@ class Courier:
         log = self._log.bind(stream=task.stream, task=task.task)
         while queue:
             request = queue[0]
-            if request.kind in failed:
+            if request.kind.lane in failed:
                 queue.popleft()
                 continue
             if self._stop.is_set():
@@ -240,7 +242,7 @@ class Courier:
                     self._fail_all(queue, failed, failure, operation, request)
                     return
                 else:
-                    failed[request.kind] = LaneFailure(failure, operation, request.row_id)
+                    failed[request.kind.lane] = LaneFailure(failure, operation, request.row_id)
                     queue.popleft()
                 continue
             delivery.calls.append(None)
@@ -258,9 +260,9 @@ class Courier:
     ) -> None:
         """Charge the row whose call was tried; the other lanes wait without a charge."""
         for request in queue:
-            if request.kind not in failed:
+            if request.kind.lane not in failed:
                 tried = request.row_id if request is head else -1
-                failed[request.kind] = LaneFailure(failure, operation, tried)
+                failed[request.kind.lane] = LaneFailure(failure, operation, tried)
 
     def _settle(
         self,
@@ -275,7 +277,7 @@ class Courier:
         """
         out, now = delivery.outcome, self._clock()
         progressed = any(result is None for result in delivery.calls)
-        for kind in sorted({r.kind for r in due}):
+        for kind in sorted({r.kind.lane for r in due}):
             if kind not in failed:
                 out.lanes.append(LaneResult(kind, 0, None))
                 continue
@@ -328,5 +330,11 @@ class Courier:
         elif isinstance(request, rows.AttributesUpdate):
             out.attributes_row, out.attributes_seq = request.row_id, seq
             out.map_check_at = self._clock() + self._config.mapping.check_after_seconds
-        else:
+        elif isinstance(request, rows.ArtifactAssociation):
             out.artifacts.append(request.arn)
+        elif isinstance(request, rows.ArtifactRemoval):
+            out.artifacts_removed.append(request.arn)
+        elif isinstance(request, rows.ResourceAssociation):
+            out.resources.append(request.configuration_id)
+        else:
+            out.resources_removed.append(request.configuration_id)

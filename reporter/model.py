@@ -138,7 +138,8 @@ class ClaimedTask:
     state_floor: int | None = None  # insertion place of the state the Hub has
     attributes_floor: int | None = None  # ... and of its attribute list
     rows: list[ClaimedRow] = field(default_factory=list)  # in insertion order
-    associated: set[str] = field(default_factory=set)
+    associated: set[str] = field(default_factory=set)  # artifact ARNs the Hub has from us
+    resources: set[str] = field(default_factory=set)  # ... and manual mappings' ConfigurationIds
     lanes: dict[Kind, LaneState] = field(default_factory=dict)
     last_update_time: float | None = None  # the UpdateDateTime the Hub has (epoch seconds)
 
@@ -208,7 +209,10 @@ class TaskOutcome:
     attributes_row: int | None = None
     attributes_seq: int | None = None
     map_check_at: float | None = None
-    artifacts: list[str] = field(default_factory=list)
+    artifacts: list[str] = field(default_factory=list)  # associated
+    artifacts_removed: list[str] = field(default_factory=list)
+    resources: list[str] = field(default_factory=list)  # manual mappings made
+    resources_removed: list[str] = field(default_factory=list)
     lanes: list[LaneResult] = field(default_factory=list)
     error: str | None = None
 
@@ -313,6 +317,7 @@ class TaskRecord:
     configuration_id: str | None = None
     artifacts: tuple[str, ...] = ()
     last_error: str | None = None
+    resources: tuple[str, ...] = ()  # manual mappings (ConfigurationIds) the Hub has from us
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,7 @@
     box.resource_attributes("vm-042", [("IPV4_ADDRESS", "10.0.0.42"), ("FQDN", "db1.corp")])
     box.resource_attributes("vm-042", [{"Type": "IPV4_ADDRESS", "Value": "10.0.0.42"}])
     box.created_artifact("vm-042", "arn:aws:ec2:us-east-1:123456789012:instance/i-0abc")
+    box.discovered_resource("vm-042", "d-server-0123456789abcd")  # a manual mapping
 
 Every method validates against the contract's limits first and raises `ValueError` naming the
 field and the rule, so a bad update fails in the tool, not later in a dead letter. A PostgreSQL
@@ -92,6 +93,10 @@ class Outbox:
                 # timeout. Only then (nothing was written) is trying again safe.
                 if busy and attempt < BUSY_RETRIES:
                     continue
+                if "has no column named" in str(exc):  # a table older than the kind
+                    raise StoreError(
+                        f"{self.path}: {exc}; run `mgh-reporter init` to add the column"
+                    ) from None
                 if "no such table" in str(exc):
                     raise StoreError(
                         f"{self.path}: not an mgh-reporter outbox (no outbox table); run init"
@@ -162,6 +167,36 @@ class Outbox:
                 "artifact_description": description,
             }
         )
+
+    def created_artifact_removed(self, task: str, arn: str, *, stream: str | None = None) -> int:
+        """Queue a DisassociateCreatedArtifact (after an association of the same ARN, in row
+        order); returns the row id."""
+        return self._insert({
+            "kind": rows.Kind.CREATED_ARTIFACT_REMOVED.value, "migration_task_name": task,
+            "progress_update_stream": stream, "artifact_name": arn,
+        })
+
+    def discovered_resource(
+        self, task: str, configuration_id: str, *, description: str | None = None,
+        stream: str | None = None,
+    ) -> int:
+        """Queue an AssociateDiscoveredResource: map the task to a server of the discovery
+        repository by hand (its ConfigurationId); returns the row id."""
+        return self._insert({
+            "kind": rows.Kind.DISCOVERED_RESOURCE.value, "migration_task_name": task,
+            "progress_update_stream": stream, "configuration_id": configuration_id,
+            "resource_description": description,
+        })
+
+    def discovered_resource_removed(
+        self, task: str, configuration_id: str, *, stream: str | None = None
+    ) -> int:
+        """Queue a DisassociateDiscoveredResource (undoes a manual mapping); returns the row
+        id."""
+        return self._insert({
+            "kind": rows.Kind.DISCOVERED_RESOURCE_REMOVED.value, "migration_task_name": task,
+            "progress_update_stream": stream, "configuration_id": configuration_id,
+        })
 
 
 ATTRIBUTE_SHAPE = 'each attribute is a (Type, Value) pair or a {"Type": ..., "Value": ...} dict'

@@ -8,8 +8,20 @@ import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from enum import StrEnum
 from typing import Any, NamedTuple
+
+from reporter.calls import (
+    ArtifactAssociation,
+    ArtifactRemoval,
+    AttributesUpdate,
+    Keyed,
+    Kind,
+    Request,
+    ResourceAssociation,
+    ResourceRemoval,
+    StateUpdate,
+    key_of,
+)
 
 __all__ = [
     "ATTRIBUTE_TYPES",
@@ -20,12 +32,15 @@ __all__ = [
     "STATUSES",
     "TERMINAL_STATUSES",
     "ArtifactAssociation",
+    "ArtifactRemoval",
     "AttributesUpdate",
     "Kind",
     "OutboxRow",
     "Plan",
     "Problem",
     "Request",
+    "ResourceAssociation",
+    "ResourceRemoval",
     "StateUpdate",
     "Verdict",
     "check_stream",
@@ -33,6 +48,7 @@ __all__ = [
     "clip",
     "epoch_of",
     "judge",
+    "key_of",
     "not_before",
     "parse_timestamp",
     "plan_task",
@@ -66,7 +82,8 @@ MAX_STATUS_DETAIL = 2500
 # A task's state goes to the Hub at most this often: rows written in between wait and coalesce
 # into the newest (a tool reporting 1,000 times a second costs a handful of calls, not 1,000).
 STATE_SPACING_SECONDS = 0.25
-MAX_ARTIFACT_DESCRIPTION = 500
+MAX_DESCRIPTION = 500  # CreatedArtifact's and DiscoveredResource's Description
+MAX_ID_CHARS = 1600  # an artifact's ARN, a ConfigurationId
 MAX_ATTRIBUTES = 100
 MAX_NEXT_UPDATE_SECONDS = 2_147_483_647  # the Hub's Integer
 EARLIEST_UPDATE = datetime(2000, 1, 1, tzinfo=UTC)
@@ -82,14 +99,6 @@ MAX_REASON_CHARS = 600
 _JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
 _JSON_BRACKETS = re.compile(r"[\[\]{}]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
-
-
-class Kind(StrEnum):
-    """The three kinds of outbox row."""
-
-    TASK_STATE = "task_state"
-    RESOURCE_ATTRIBUTES = "resource_attributes"
-    CREATED_ARTIFACT = "created_artifact"
 
 
 @dataclass(frozen=True)
@@ -133,6 +142,8 @@ class OutboxRow:
     created_at: Any = None
     artifact_name: Any = None
     artifact_description: Any = None
+    configuration_id: Any = None
+    resource_description: Any = None
     # Columns the store left unread because they exceed MAX_COLUMN_BYTES: (name, bytes).
     oversize: tuple[tuple[str, int], ...] = ()
 
@@ -141,87 +152,6 @@ class OutboxRow:
         """Build from a `sqlite3.Row`-like mapping, ignoring columns we do not know."""
         names = cls.__dataclass_fields__
         return cls(**{k: data[k] for k in data if k in names})
-
-
-@dataclass(frozen=True)
-class StateUpdate:
-    """A `NotifyMigrationTaskState` call."""
-
-    row_id: int
-    stream: str
-    task: str
-    status: str
-    detail: str | None
-    percent: int | None
-    update_time: datetime
-    next_update_seconds: int
-
-    operation = "NotifyMigrationTaskState"
-    kind = Kind.TASK_STATE
-
-    def params(self) -> dict[str, Any]:
-        """boto3 keyword arguments."""
-        task: dict[str, Any] = {"Status": self.status}
-        if self.detail is not None:
-            task["StatusDetail"] = self.detail
-        if self.percent is not None:
-            task["ProgressPercent"] = self.percent
-        return {
-            "ProgressUpdateStream": self.stream,
-            "MigrationTaskName": self.task,
-            "Task": task,
-            "UpdateDateTime": self.update_time,
-            "NextUpdateSeconds": self.next_update_seconds,
-        }
-
-
-@dataclass(frozen=True)
-class AttributesUpdate:
-    """A `PutResourceAttributes` call (replaces the task's attributes at the Hub)."""
-
-    row_id: int
-    stream: str
-    task: str
-    attributes: tuple[tuple[str, str], ...]
-
-    operation = "PutResourceAttributes"
-    kind = Kind.RESOURCE_ATTRIBUTES
-
-    def params(self) -> dict[str, Any]:
-        """boto3 keyword arguments."""
-        return {
-            "ProgressUpdateStream": self.stream,
-            "MigrationTaskName": self.task,
-            "ResourceAttributeList": [{"Type": t, "Value": v} for t, v in self.attributes],
-        }
-
-
-@dataclass(frozen=True)
-class ArtifactAssociation:
-    """An `AssociateCreatedArtifact` call."""
-
-    row_id: int
-    stream: str
-    task: str
-    arn: str
-    description: str | None
-
-    operation = "AssociateCreatedArtifact"
-    kind = Kind.CREATED_ARTIFACT
-
-    def params(self) -> dict[str, Any]:
-        """boto3 keyword arguments."""
-        artifact: dict[str, Any] = {"Name": self.arn}
-        if self.description is not None:
-            artifact["Description"] = self.description
-        return {
-            "ProgressUpdateStream": self.stream,
-            "MigrationTaskName": self.task,
-            "CreatedArtifact": artifact,
-        }
-
-
-Request = StateUpdate | AttributesUpdate | ArtifactAssociation
 
 
 def check_stream(value: Any) -> Problem | None:
@@ -397,25 +327,55 @@ def json_depth(text: str) -> int:
     return deepest
 
 
-def _artifact(row: OutboxRow, stream: str, task: str) -> ArtifactAssociation | Problem:
-    arn = row.artifact_name
-    if not isinstance(arn, str) or not 1 <= len(arn) <= 1600:
-        return Problem("artifact_name", "is required: an ARN of 1-1600 characters")
+def _arn(arn: Any) -> str | Problem:
+    if not isinstance(arn, str) or not 1 <= len(arn) <= MAX_ID_CHARS:
+        return Problem("artifact_name", f"is required: an ARN of 1-{MAX_ID_CHARS} characters")
     if not ARN_RE.fullmatch(arn):
         return Problem(
             "artifact_name",
             f"must be an ARN like arn:aws:ec2:us-east-1:123456789012:instance/i-0abc (got {arn!r})",
         )
-    description = row.artifact_description
-    if description is not None:
-        if not isinstance(description, str) or len(description) > MAX_ARTIFACT_DESCRIPTION:
-            return Problem(
-                "artifact_description",
-                f"must be text of at most {MAX_ARTIFACT_DESCRIPTION} characters",
-            )
-        if LINE_BREAKS.search(description):
-            return Problem("artifact_description", "must be a single line")
+    return arn
+
+
+def _description(value: Any, name: str) -> str | Problem | None:
+    """An optional Description (CreatedArtifact, DiscoveredResource): one line, <= 500 chars."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > MAX_DESCRIPTION:
+        return Problem(name, f"must be text of at most {MAX_DESCRIPTION} characters")
+    if LINE_BREAKS.search(value):
+        return Problem(name, "must be a single line")
+    return value
+
+
+def _artifact(row: OutboxRow, stream: str, task: str) -> ArtifactAssociation | Problem:
+    arn = _arn(row.artifact_name)
+    if isinstance(arn, Problem):
+        return arn
+    description = _description(row.artifact_description, "artifact_description")
+    if isinstance(description, Problem):
+        return description
     return ArtifactAssociation(row.id, stream, task, arn, description)
+
+
+def _resource(
+    row: OutboxRow, stream: str, task: str
+) -> ResourceAssociation | ResourceRemoval | Problem:
+    """A manual mapping or its removal: ConfigurationId is 1-1600 characters on one line
+    (the model's `^.{1,1600}$`)."""
+    cid = row.configuration_id
+    if not isinstance(cid, str) or not 1 <= len(cid) <= MAX_ID_CHARS:
+        return Problem("configuration_id",
+                       f"is required: a discovered resource's id of 1-{MAX_ID_CHARS} characters")
+    if LINE_BREAKS.search(cid):
+        return Problem("configuration_id", "must be a single line")
+    if row.kind == Kind.DISCOVERED_RESOURCE_REMOVED:
+        return ResourceRemoval(row.id, stream, task, cid)
+    description = _description(row.resource_description, "resource_description")
+    if isinstance(description, Problem):
+        return description
+    return ResourceAssociation(row.id, stream, task, cid, description)
 
 
 def stream_of(row: OutboxRow, default_stream: str) -> Any:
@@ -445,6 +405,11 @@ def to_request(
         )
     if row.kind == Kind.CREATED_ARTIFACT:
         return _artifact(row, stream, task)
+    if row.kind == Kind.CREATED_ARTIFACT_REMOVED:
+        arn = _arn(row.artifact_name)
+        return arn if isinstance(arn, Problem) else ArtifactRemoval(row.id, stream, task, arn)
+    if row.kind in (Kind.DISCOVERED_RESOURCE, Kind.DISCOVERED_RESOURCE_REMOVED):
+        return _resource(row, stream, task)
     return Problem("kind", f"must be one of {', '.join(k.value for k in Kind)} (got {row.kind!r})")
 
 
@@ -459,6 +424,8 @@ _TEXT_COLUMNS = (
     "created_at",
     "artifact_name",
     "artifact_description",
+    "configuration_id",
+    "resource_description",
 )
 
 
@@ -526,33 +493,36 @@ def plan_task(
     attributes_floor: int | None,
     associated: frozenset[str] | set[str],
     order: Mapping[int, int] | None = None,
+    resources: frozenset[str] | set[str] = frozenset(),
 ) -> Plan:
-    """Coalesce one task's pending rows: newest valid state and attributes, each new ARN once.
+    """Coalesce one task's pending rows: the newest valid state and attribute list, and per
+    ARN (or ConfigurationId) the newest association or removal.
 
     Rows are (row id, request); "newer" is insertion order: `order` maps a row id to its place
     in it (row ids themselves when None, true while ids only grow). A state or attribute row
     older than the one already sent (its place: `state_floor`, `attributes_floor`) is
-    superseded, never sent, so the Hub never sees an older state after a newer one.
+    superseded, never sent, so the Hub never sees an older state after a newer one. An
+    association the Hub already has from us (`associated` ARNs, `resources` ids) is not made
+    again; a removal is always sent (the Hub's removal is idempotent).
     """
     def place(row_id: int) -> int:
         return order[row_id] if order is not None else row_id
 
     plan = Plan()
     newest: dict[type, Request] = {}
-    artifacts: dict[str, ArtifactAssociation] = {}
+    keyed: dict[tuple[Kind, str], Keyed] = {}
     ordered: Sequence[tuple[int, Request | Problem]] = sorted(pending, key=lambda p: place(p[0]))
     for row_id, item in ordered:
         if isinstance(item, Problem):
             plan.rejected.append(Verdict(row_id, item.reason))
-        elif isinstance(item, ArtifactAssociation):
-            if item.arn in associated:
-                plan.superseded.append(Verdict(row_id, "artifact already associated"))
-            elif item.arn in artifacts:
-                earlier = artifacts[item.arn].row_id
-                plan.superseded.append(Verdict(earlier, "repeated by a later row"))
-                artifacts[item.arn] = item
-            else:
-                artifacts[item.arn] = item
+        elif isinstance(item, Keyed):
+            slot = (item.kind.lane, key_of(item))
+            earlier = keyed.get(slot)
+            if earlier is not None:
+                same = type(earlier) is type(item)
+                why = "repeated by a later row" if same else f"superseded by row {row_id}"
+                plan.superseded.append(Verdict(earlier.row_id, why))
+            keyed[slot] = item
         else:
             previous = newest.get(type(item))
             if previous is not None:
@@ -566,6 +536,12 @@ def plan_task(
             plan.superseded.append(Verdict(item.row_id, f"older than the {what} already sent"))
         else:
             plan.send.append(item)
-    plan.send.extend(artifacts.values())
+    for (lane, key), keyed_item in keyed.items():
+        has = associated if lane is Kind.CREATED_ARTIFACT else resources
+        if isinstance(keyed_item, ArtifactAssociation | ResourceAssociation) and key in has:
+            what = "artifact" if lane is Kind.CREATED_ARTIFACT else "discovered resource"
+            plan.superseded.append(Verdict(keyed_item.row_id, f"{what} already associated"))
+        else:
+            plan.send.append(keyed_item)
     plan.send.sort(key=lambda r: place(r.row_id))
     return plan

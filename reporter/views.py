@@ -74,8 +74,9 @@ def task_entries(rows: Iterable[TaskRecord], now: float, config: Config) -> list
                 "update_date_time": iso(r.update_time),
                 "sent_at": iso(r.sent_at),
                 "pending": r.pending,
-                "mapped": r.mapped,
+                "mapped": True if r.resources else r.mapped,  # a manual mapping counts
                 "configuration_id": r.configuration_id,
+                "discovered_resources": list(r.resources),  # manual (discovered_resource rows)
                 "artifacts": list(r.artifacts),
                 "stale": promise == "stale",
                 "promise": promise,

@@ -44,8 +44,8 @@ class Operations:
         return {}
 
     def _op_ListProgressUpdateStreams(self, p: dict[str, Any]) -> dict[str, Any]:
-        names = sorted(self.state.streams)
-        return {"ProgressUpdateStreamSummaryList": [{"ProgressUpdateStreamName": n} for n in names]}
+        names = [{"ProgressUpdateStreamName": n} for n in sorted(self.state.streams)]
+        return _page(names, p, "ProgressUpdateStreamSummaryList", 100)
 
     def _op_ImportMigrationTask(self, p: dict[str, Any]) -> dict[str, Any]:
         tasks = self._stream(p["ProgressUpdateStream"])
@@ -92,18 +92,24 @@ class Operations:
         return {}
 
     def _op_ListCreatedArtifacts(self, p: dict[str, Any]) -> dict[str, Any]:
-        task = self._task(p)
         items = [
             {"Name": name, **({"Description": d} if d is not None else {})}
-            for name, d in task.artifacts.items()
+            for name, d in self._task(p).artifacts.items()
         ]
-        start = int(p.get("NextToken") or 0)
-        size = p.get("MaxResults", 10)
-        page = items[start : start + size]
-        result: dict[str, Any] = {"CreatedArtifactList": page}
-        if start + size < len(items):
-            result["NextToken"] = str(start + size)
-        return result
+        return _page(items, p, "CreatedArtifactList", 10)
+
+    def _op_AssociateDiscoveredResource(self, p: dict[str, Any]) -> dict[str, Any]:
+        task = self._task(p)
+        resource = p["DiscoveredResource"]
+        task.discovered[resource["ConfigurationId"]] = resource.get("Description")
+        return {}
+
+    def _op_DisassociateDiscoveredResource(self, p: dict[str, Any]) -> dict[str, Any]:
+        task = self._task(p)
+        task.discovered.pop(p["ConfigurationId"], None)
+        if task.mapped_to == p["ConfigurationId"]:
+            task.mapped_to = None
+        return {}
 
     def _op_DescribeMigrationTask(self, p: dict[str, Any]) -> dict[str, Any]:
         task = self._task(p)
@@ -119,19 +125,21 @@ class Operations:
 
     def _op_ListMigrationTasks(self, p: dict[str, Any]) -> dict[str, Any]:
         summaries = []
-        for stream, tasks in self.state.streams.items():
-            for task in tasks.values():
+        resource = p.get("ResourceName")
+        for stream in sorted(self.state.streams):
+            for task in self.state.streams[stream].values():
+                if resource is not None and resource not in self._resources(task):
+                    continue
                 summary: dict[str, Any] = {
                     "ProgressUpdateStream": stream,
                     "MigrationTaskName": task.name,
                 }
                 if task.updates:
                     last = task.updates[-1]
-                    summary["Status"] = last["Task"]["Status"]
-                    if "ProgressPercent" in last["Task"]:
-                        summary["ProgressPercent"] = last["Task"]["ProgressPercent"]
+                    summary.update({k: v for k, v in last["Task"].items()})
+                    summary["UpdateDateTime"] = last["UpdateDateTime"]
                 summaries.append(summary)
-        return {"MigrationTaskSummaryList": summaries}
+        return _page(summaries, p, "MigrationTaskSummaryList", 100)
 
     def _op_ListDiscoveredResources(self, p: dict[str, Any]) -> dict[str, Any]:
         task = self._task(p)
@@ -151,7 +159,29 @@ class Operations:
                     new_id = f"d-server-{len(state.servers) + 1:012x}"
                     state.servers.append(Server(new_id, usable, "added by Migration Hub"))
                     task.mapped_to = new_id
-        resources = []
+        resources = [
+            {"ConfigurationId": c, **({"Description": d} if d is not None else {})}
+            for c, d in self._resources(task).items()
+        ]
+        return _page(resources, p, "DiscoveredResourceList", 10)
+
+    @staticmethod
+    def _resources(task: TaskRecord) -> dict[str, str | None]:
+        """The manual associations, then the auto-mapping (when it is not one of them)."""
+        found = dict(task.discovered)
         if task.mapped_to is not None:
-            resources.append({"ConfigurationId": task.mapped_to})
-        return {"DiscoveredResourceList": resources}
+            found.setdefault(task.mapped_to, None)
+        return found
+
+
+def _page(items: list[dict[str, Any]], p: dict[str, Any], key: str, most: int) -> dict[str, Any]:
+    """One page of a list read: MaxResults items (at most `most`, the model's bound and the
+    default) from where NextToken says; NextToken again while more remain."""
+    token = p.get("NextToken") or "0"
+    if not token.isdigit() or int(token) > len(items):
+        raise ServiceError("InvalidInputException", f"invalid NextToken {token!r}")
+    start, size = int(token), int(p.get("MaxResults") or most)
+    result: dict[str, Any] = {key: items[start : start + size]}
+    if start + size < len(items):
+        result["NextToken"] = str(start + size)
+    return result

@@ -123,10 +123,16 @@ class _Handler(BaseHTTPRequestHandler):
                     emulator.state.home_region = data.get("region")
                 elif what == "server":
                     emulator.state.add_server(**data)
+                elif what == "delete-stream":
+                    emulator.state.delete_stream(data["stream"])
+                elif what == "lose-task":
+                    emulator.state.lose_task(data["stream"], data["task"])
+                elif what == "change-task":
+                    emulator.state.change_task(**data)
                 else:
                     self._reply(404, {"message": f"unknown control {what}"})
                     return
-        except (ValueError, TypeError) as exc:
+        except (ValueError, TypeError, KeyError) as exc:
             self._reply(400, {"message": str(exc)})
             return
         self._reply(200, {"ok": True})

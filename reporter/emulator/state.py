@@ -57,7 +57,8 @@ class TaskRecord:
     attributes: list[dict[str, str]] = field(default_factory=list)
     attributes_at: float | None = None
     artifacts: dict[str, str | None] = field(default_factory=dict)
-    mapped_to: str | None = None
+    mapped_to: str | None = None  # the auto-mapping
+    discovered: dict[str, str | None] = field(default_factory=dict)  # manual: id -> description
 
 
 @dataclass
@@ -111,6 +112,47 @@ class HubState:
         """A task's record (KeyError when unknown)."""
         return self.streams[stream][task]
 
+    # -- the Hub changed behind the reporter's back (an administrator, another tool, a loss) --
+    def delete_stream(self, stream: str) -> None:
+        """DeleteProgressUpdateStream by someone else: the stream and its tasks are gone."""
+        with self.lock:
+            self.streams.pop(stream)
+
+    def lose_task(self, stream: str, task: str) -> None:
+        """The Hub no longer has this task (its stream stays)."""
+        with self.lock:
+            self.streams[stream].pop(task)
+
+    def change_task(
+        self,
+        stream: str,
+        task: str,
+        task_fields: dict[str, Any] | None = None,
+        update_date_time: float | None = None,
+        attributes: list[dict[str, str]] | None = None,
+        artifacts: list[str] | None = None,
+        discovered: list[str] | None = None,
+    ) -> None:
+        """Another client's writes to a task: a state update (`task_fields` merged over the
+        last one's Status/StatusDetail/ProgressPercent, at `update_date_time`, epoch seconds),
+        a new attribute list, its artifacts or manual associations replaced by these."""
+        with self.lock:
+            record = self.streams[stream][task]
+            if task_fields is not None or update_date_time is not None:
+                last = record.updates[-1] if record.updates else None
+                fields = {**(last["Task"] if last else {}), **(task_fields or {})}
+                fields = {k: v for k, v in fields.items() if v is not None}
+                when = update_date_time if update_date_time is not None else (
+                    last["UpdateDateTime"] if last else 0.0)
+                record.updates.append({"Task": fields, "UpdateDateTime": when,
+                                       "NextUpdateSeconds": 0, "ReceivedAt": None})
+            if attributes is not None:
+                record.attributes = list(attributes)
+            if artifacts is not None:
+                record.artifacts = {a: record.artifacts.get(a) for a in artifacts}
+            if discovered is not None:
+                record.discovered = {c: record.discovered.get(c) for c in discovered}
+
     def op_count(self, operation: str) -> int:
         """How many requests of this operation arrived (any outcome)."""
         with self.lock:
@@ -128,6 +170,7 @@ class HubState:
                         "attributes": t.attributes,
                         "artifacts": sorted(t.artifacts),
                         "mapped_to": t.mapped_to,
+                        "discovered": sorted(t.discovered),
                     }
                     for t in tasks.values()
                 }

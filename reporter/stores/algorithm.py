@@ -233,7 +233,8 @@ class SqlStore(ABC):
                 {"now": now, "rid": str(rid), "tid": tid, "kind": kind, "seq": place[rid]}
                 for (tid, kind), rid in sorted(newest.items())
             ])
-            lanes = {(ids[(i.stream, i.task)], i.kind) for i in items if not i.rejected}
+            lanes = {(ids[(i.stream, i.task)], Kind(i.kind).lane.value) for i in items
+                     if not i.rejected}
             self._many(c, "schedule_lane", [
                 {"now": now, "id": tid, "kind": kind, "spacing": STATE_SPACING_SECONDS}
                 for tid, kind in sorted(lanes)
@@ -262,6 +263,7 @@ class SqlStore(ABC):
             rows = self._all(c, "pending_rows", ids)
             contents = self._contents(c, [r["id"] for r in rows])
             artifacts = self._all(c, "artifacts_of", ids)
+            resources = self._all(c, "resources_of", ids)
             lanes = self._all(c, "lanes_of", ids)
         claimed = {
             t["id"]: ClaimedTask(t["id"], t["stream"], t["task"], token, bool(t["imported"]),
@@ -275,6 +277,8 @@ class SqlStore(ABC):
                 r["id"], r["seq"], r["attempts"], r["created_at"], contents.get(r["id"])))
         for a in artifacts:
             claimed[a["task_id"]].associated.add(a["arn"])
+        for m in resources:
+            claimed[m["task_id"]].resources.add(m["configuration_id"])
         for lane in lanes:
             if lane["kind"] in Kind.__members__.values():
                 claimed[lane["task_id"]].lanes[Kind(lane["kind"])] = LaneState(
@@ -319,8 +323,10 @@ class SqlStore(ABC):
                                      for v in o.superseded])
         self._many(c, "rejected", [{"now": now, "reason": v.reason, "id": v.row}
                                    for v in o.rejected])
-        self._many(c, "artifact", [{"id": o.task_id, "arn": arn, "now": now}
-                                   for arn in o.artifacts])
+        for name, items in (("artifact", o.artifacts), ("artifact_removed", o.artifacts_removed)):
+            self._many(c, name, [{"id": o.task_id, "arn": arn, "now": now} for arn in items])
+        for name, items in (("resource", o.resources), ("resource_removed", o.resources_removed)):
+            self._many(c, name, [{"id": o.task_id, "cid": cid, "now": now} for cid in items])
         if o.imported:
             c.execute(self.sql("imported"), {"id": o.task_id})
         if o.state is not None:
@@ -470,6 +476,7 @@ class SqlStore(ABC):
                 mapped=None if r["mapped"] is None else bool(r["mapped"]),
                 configuration_id=r["configuration_id"],
                 artifacts=tuple(_json_list(r["artifacts"])), last_error=r["last_error"],
+                resources=tuple(_json_list(r["resources"])),
             )
             for r in rows
         ]

@@ -57,7 +57,7 @@ _TRANSIENT = (
 DIALECT = Dialect(
     prefix=f"{S}.", greatest="greatest", least="least", lock=" FOR UPDATE",
     skip=" FOR UPDATE SKIP LOCKED", now=NOW,
-    arns="(SELECT coalesce(json_agg(arn ORDER BY arn), '[]') FROM {artifacts} a"
+    listing="(SELECT coalesce(json_agg({column} ORDER BY {column}), '[]') FROM {table} a"
     " WHERE a.task_id = t.id)",
     named=postgres_named, any_of=lambda name: f"= ANY(:{name})", array=list,
     overrides={
@@ -82,6 +82,7 @@ def connect_kwargs() -> dict[str, Any]:
 _TEXT = (
     "kind", "migration_task_name", "progress_update_stream", "status", "status_detail",
     "update_date_time", "resource_attributes", "artifact_name", "artifact_description",
+    "configuration_id", "resource_description",
 )
 _NAMES = ("kind", "migration_task_name", "progress_update_stream")
 _ROW = ", ".join(

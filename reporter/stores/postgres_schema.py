@@ -41,7 +41,9 @@ CREATE TABLE IF NOT EXISTS {outbox} (
   resource_attributes    text,
   created_at             timestamptz NOT NULL DEFAULT pg_catalog.now(),
   artifact_name          text,
-  artifact_description   text
+  artifact_description   text,
+  configuration_id       text,
+  resource_description   text
 )
 """
 
@@ -181,6 +183,17 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             f"CREATE INDEX rows_dropped ON {SCHEMA}.rows(finished_at) WHERE state = {DROPPED}",
         ],
     ),
+    (
+        "0003_manual_mapping",
+        [
+            f"""CREATE TABLE {SCHEMA}.resources (
+                task_id bigint NOT NULL REFERENCES {SCHEMA}.tasks(id),
+                configuration_id text NOT NULL,
+                associated_at double precision NOT NULL,
+                PRIMARY KEY (task_id, configuration_id)
+            )""",
+        ],
+    ),
 ]
 
 
@@ -189,7 +202,8 @@ TABLE_NEEDS: dict[str, tuple[str, ...]] = {
     "outbox": ("SELECT", "DELETE"),
     **{
         f"{SCHEMA}.{t}": ("SELECT", "INSERT", "UPDATE", "DELETE")
-        for t in ("tasks", "rows", "inbox", "lanes", "gate", "streams", "artifacts", "replicas")
+        for t in ("tasks", "rows", "inbox", "lanes", "gate", "streams", "artifacts", "resources",
+                  "replicas")
     },
 }
 

@@ -30,8 +30,8 @@ __all__ = ["SqliteStore"]
 
 DIALECT = Dialect(
     prefix="mgh_", greatest="max", least="min", lock="", skip="", now=":now",
-    arns="(SELECT json_group_array(arn) FROM (SELECT arn FROM {artifacts}"
-    " WHERE task_id = t.id ORDER BY arn))",
+    listing="(SELECT json_group_array({column}) FROM (SELECT {column} FROM {table}"
+    " WHERE task_id = t.id ORDER BY {column}))",
     named=lambda text: text, any_of=sqlite_any, array=json.dumps,
     overrides={
         "waiting": "SELECT count(*) AS waiting, min(o.created_at) AS first FROM mgh_inbox i"

@@ -39,7 +39,9 @@ CREATE TABLE IF NOT EXISTS outbox (
   resource_attributes    TEXT,
   created_at             TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ','now')),
   artifact_name          TEXT,
-  artifact_description   TEXT
+  artifact_description   TEXT,
+  configuration_id       TEXT,
+  resource_description   TEXT
 )
 """
 
@@ -264,4 +266,18 @@ def _dropped_rows(db: Any) -> None:
     _execute(
         db,
         f"CREATE INDEX mgh_rows_dropped ON mgh_rows(finished_at) WHERE state = {DROPPED}",
+    )
+
+
+@migration("0006_manual_mapping")
+def _manual_mapping(db: Any) -> None:
+    # The manual mappings (discovered_resource rows) the Hub has from us, like mgh_artifacts.
+    _execute(
+        db,
+        """CREATE TABLE mgh_resources (
+            task_id INTEGER NOT NULL REFERENCES mgh_tasks(id),
+            configuration_id TEXT NOT NULL,
+            associated_at REAL NOT NULL,
+            PRIMARY KEY (task_id, configuration_id)
+        )""",
     )

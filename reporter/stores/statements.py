@@ -13,7 +13,7 @@ from reporter.model import GateState, RowState
 from reporter.rows import Kind
 
 __all__ = [
-    "ARTIFACT_COLUMNS",
+    "ADDED_COLUMNS",
     "GATE_COLUMNS",
     "OUTBOX_COLUMNS",
     "REQUIRED_COLUMNS",
@@ -39,9 +39,10 @@ REQUIRED_COLUMNS = (
     "resource_attributes",
     "created_at",
 )
-ARTIFACT_COLUMNS = ("artifact_name", "artifact_description")
-OUTBOX_COLUMNS = REQUIRED_COLUMNS + ARTIFACT_COLUMNS
-TABLES = ("tasks", "rows", "inbox", "lanes", "gate", "streams", "artifacts")
+ADDED_COLUMNS = (  # created_artifact's (§1), then the manual mapping's (§7)
+    "artifact_name", "artifact_description", "configuration_id", "resource_description")
+OUTBOX_COLUMNS = REQUIRED_COLUMNS + ADDED_COLUMNS
+TABLES = ("tasks", "rows", "inbox", "lanes", "gate", "streams", "artifacts", "resources")
 GATE_COLUMNS = tuple(f.name for f in fields(GateState))
 
 
@@ -52,6 +53,9 @@ def literals() -> tuple[str, ...]:
 
 PENDING, SENT, SUPERSEDED, REJECTED, DROPPED = literals()
 STATE = f"'{Kind.TASK_STATE.value}'"
+# The lane a row's kind travels in (Kind.lane, in SQL): a removal shares its association's.
+LANE_OF = "CASE kind {} ELSE kind END".format(
+    " ".join(f"WHEN '{k.value}' THEN '{k.lane.value}'" for k in Kind if k.lane is not k))
 
 # When a lane with waiting rows may send: not before now, its retry time, nor (the state lane)
 # STATE_SPACING_SECONDS after the task's last state was sent.
@@ -84,6 +88,7 @@ STATEMENTS: dict[str, str] = {
     "pending_rows": "SELECT task_id, id, created_at, attempts, seq FROM {rows}"
     f" WHERE state = {PENDING} AND task_id = ANY(:ids) ORDER BY seq",
     "artifacts_of": "SELECT task_id, arn FROM {artifacts} WHERE task_id = ANY(:ids)",
+    "resources_of": "SELECT task_id, configuration_id FROM {resources} WHERE task_id = ANY(:ids)",
     "lanes_of": "SELECT task_id, kind, attempts, retry_at FROM {lanes} WHERE task_id = ANY(:ids)",
     # a lease: due at its end, under a token that record and release must present
     "claim": "UPDATE {tasks} SET due_at = {now} + :lease, lease_token = :token WHERE id IN"
@@ -103,6 +108,10 @@ STATEMENTS: dict[str, str] = {
     "attempted": "UPDATE {rows} SET attempts = attempts + 1 WHERE id = :id",
     "artifact": "INSERT INTO {artifacts}(task_id, arn, associated_at) VALUES (:id, :arn, :now)"
     " ON CONFLICT DO NOTHING",
+    "artifact_removed": "DELETE FROM {artifacts} WHERE task_id = :id AND arn = :arn",
+    "resource": "INSERT INTO {resources}(task_id, configuration_id, associated_at)"
+    " VALUES (:id, :cid, :now) ON CONFLICT DO NOTHING",
+    "resource_removed": "DELETE FROM {resources} WHERE task_id = :id AND configuration_id = :cid",
     "imported": "UPDATE {tasks} SET imported = TRUE WHERE id = :id",
     "state": "UPDATE {tasks} SET last_state_row = :row, last_state_seq = :seq, status = :status,"
     " percent = :percent, detail = :detail, update_time = :update_time,"
@@ -122,7 +131,8 @@ STATEMENTS: dict[str, str] = {
     " (SELECT last_error FROM {lanes} WHERE task_id = :id AND last_error IS NOT NULL LIMIT 1)),"
     " due_at = (SELECT min({greatest}(coalesce(l.retry_at, 0), :now,"
     f" CASE WHEN k.kind = {STATE} THEN coalesce(sent_at, 0) + :spacing ELSE 0 END))"
-    f" FROM (SELECT DISTINCT kind FROM {{rows}} WHERE task_id = :id AND state = {PENDING}) AS k"
+    f" FROM (SELECT DISTINCT {LANE_OF} AS kind FROM {{rows}} WHERE task_id = :id"
+    f" AND state = {PENDING}) AS k"
     " LEFT JOIN {lanes} l ON l.task_id = :id AND l.kind = k.kind)"
     " WHERE id = :id AND lease_token = :lease",
     "streams": "SELECT stream FROM {streams} WHERE created_at IS NOT NULL",
@@ -137,7 +147,7 @@ STATEMENTS: dict[str, str] = {
     "requeue": f"UPDATE {{rows}} SET state = {PENDING}, attempts = 0, reason = NULL,"
     f" finished_at = NULL WHERE id = :rid AND state = {REJECTED}",
     "requeue_lane": "DELETE FROM {lanes} WHERE (task_id, kind) ="
-    " (SELECT task_id, kind FROM {rows} WHERE id = :rid)",
+    f" (SELECT task_id, {LANE_OF} FROM {{rows}} WHERE id = :rid)",
     "requeue_task": "UPDATE {tasks} SET due_at = {least}(coalesce(due_at, :now), :now)"
     " WHERE id = (SELECT task_id FROM {rows} WHERE id = :rid)",
     "rereject": "UPDATE {rows} SET reason = :reason, finished_at = :now WHERE id = :rid",
@@ -158,7 +168,8 @@ STATEMENTS: dict[str, str] = {
     "finished_rejected": f"SELECT count(*) AS n FROM {{rows}} WHERE state = {REJECTED}"
     " AND finished_at >= :since",
     "tasks": f"SELECT t.*, (SELECT count(*) FROM {{rows}} r WHERE r.task_id = t.id AND r.state ="
-    f" {PENDING}) AS pending, {{arns}} AS artifacts FROM {{tasks}} t {{only}}"
+    f" {PENDING}) AS pending, {{arns}} AS artifacts, {{cids}} AS resources FROM {{tasks}} t"
+    " {only}"
     " ORDER BY t.stream, t.task",
     "prunable": "SELECT id FROM (SELECT id FROM {rows} WHERE state IN"
     f" ({SENT}, {SUPERSEDED}) AND finished_at < :before LIMIT :chunk{{skip}}) AS delivered"
@@ -191,7 +202,7 @@ class Dialect:
     lock: str  # appended to a SELECT whose rows are about to change ("" on SQLite)
     skip: str  # ... and one that leaves rows another replica holds ("" on SQLite)
     now: str  # the clock leases are judged by, in SQL (SQLite: bound as :now)
-    arns: str  # a task's artifact ARNs as a sorted JSON array (t is the task)
+    listing: str  # a task's {column}s of {table} as a sorted JSON array (t is the task)
     named: Callable[[str], str]  # `:name` parameters to the driver's style
     any_of: Callable[[str], str]  # `= ANY(:list)` to the engine's membership test
     array: Callable[[Sequence[Any]], Any]  # a list parameter as the driver binds it
@@ -202,7 +213,9 @@ class Dialect:
         names = {t: f"{self.prefix}{t}" for t in TABLES}
         text = template.format(
             **names, outbox=outbox, greatest=self.greatest, least=self.least, lock=self.lock,
-            skip=self.skip, now=self.now, arns=self.arns.format(**names), rejected=REJECTED,
+            skip=self.skip, now=self.now, rejected=REJECTED,
+            arns=self.listing.format(table=names["artifacts"], column="arn"),
+            cids=self.listing.format(table=names["resources"], column="configuration_id"),
             only="{only}", before="{before}")
         return self.named(_ANY.sub(lambda m: self.any_of(m.group(1)), text))
 

@@ -1,0 +1,196 @@
+"""The Migration Hub calls outbox rows become, and the kinds and lanes of rows (pure)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+__all__ = [
+    "ArtifactAssociation",
+    "ArtifactRemoval",
+    "AttributesUpdate",
+    "Keyed",
+    "Kind",
+    "Request",
+    "ResourceAssociation",
+    "ResourceRemoval",
+    "StateUpdate",
+    "key_of",
+]
+
+
+class Kind(StrEnum):
+    """The kinds of outbox row (CONTRACT §1 and §7)."""
+
+    TASK_STATE = "task_state"
+    RESOURCE_ATTRIBUTES = "resource_attributes"
+    CREATED_ARTIFACT = "created_artifact"
+    CREATED_ARTIFACT_REMOVED = "created_artifact_removed"
+    DISCOVERED_RESOURCE = "discovered_resource"
+    DISCOVERED_RESOURCE_REMOVED = "discovered_resource_removed"
+
+    @property
+    def lane(self) -> Kind:
+        """The ordered lane rows of this kind travel in: an association and its removal share
+        one, so they reach the Hub in row order (a failing lane holds back only itself)."""
+        return _LANES.get(self, self)
+
+
+_LANES = {
+    Kind.CREATED_ARTIFACT_REMOVED: Kind.CREATED_ARTIFACT,
+    Kind.DISCOVERED_RESOURCE_REMOVED: Kind.DISCOVERED_RESOURCE,
+}
+
+
+
+@dataclass(frozen=True)
+class StateUpdate:
+    """A `NotifyMigrationTaskState` call."""
+
+    row_id: int
+    stream: str
+    task: str
+    status: str
+    detail: str | None
+    percent: int | None
+    update_time: datetime
+    next_update_seconds: int
+
+    operation = "NotifyMigrationTaskState"
+    kind = Kind.TASK_STATE
+
+    def params(self) -> dict[str, Any]:
+        """boto3 keyword arguments."""
+        task: dict[str, Any] = {"Status": self.status}
+        if self.detail is not None:
+            task["StatusDetail"] = self.detail
+        if self.percent is not None:
+            task["ProgressPercent"] = self.percent
+        return {
+            "ProgressUpdateStream": self.stream,
+            "MigrationTaskName": self.task,
+            "Task": task,
+            "UpdateDateTime": self.update_time,
+            "NextUpdateSeconds": self.next_update_seconds,
+        }
+
+
+@dataclass(frozen=True)
+class AttributesUpdate:
+    """A `PutResourceAttributes` call (replaces the task's attributes at the Hub)."""
+
+    row_id: int
+    stream: str
+    task: str
+    attributes: tuple[tuple[str, str], ...]
+
+    operation = "PutResourceAttributes"
+    kind = Kind.RESOURCE_ATTRIBUTES
+
+    def params(self) -> dict[str, Any]:
+        """boto3 keyword arguments."""
+        return {
+            "ProgressUpdateStream": self.stream,
+            "MigrationTaskName": self.task,
+            "ResourceAttributeList": [{"Type": t, "Value": v} for t, v in self.attributes],
+        }
+
+
+@dataclass(frozen=True)
+class ArtifactAssociation:
+    """An `AssociateCreatedArtifact` call."""
+
+    row_id: int
+    stream: str
+    task: str
+    arn: str
+    description: str | None
+
+    operation = "AssociateCreatedArtifact"
+    kind = Kind.CREATED_ARTIFACT
+
+    def params(self) -> dict[str, Any]:
+        """boto3 keyword arguments."""
+        artifact: dict[str, Any] = {"Name": self.arn}
+        if self.description is not None:
+            artifact["Description"] = self.description
+        return {
+            "ProgressUpdateStream": self.stream,
+            "MigrationTaskName": self.task,
+            "CreatedArtifact": artifact,
+        }
+
+
+@dataclass(frozen=True)
+class ArtifactRemoval:
+    """A `DisassociateCreatedArtifact` call."""
+
+    row_id: int
+    stream: str
+    task: str
+    arn: str
+
+    operation = "DisassociateCreatedArtifact"
+    kind = Kind.CREATED_ARTIFACT_REMOVED
+
+    def params(self) -> dict[str, Any]:
+        """boto3 keyword arguments."""
+        return {"ProgressUpdateStream": self.stream, "MigrationTaskName": self.task,
+                "CreatedArtifactName": self.arn}
+
+
+@dataclass(frozen=True)
+class ResourceAssociation:
+    """An `AssociateDiscoveredResource` call (a manual mapping)."""
+
+    row_id: int
+    stream: str
+    task: str
+    configuration_id: str
+    description: str | None
+
+    operation = "AssociateDiscoveredResource"
+    kind = Kind.DISCOVERED_RESOURCE
+
+    def params(self) -> dict[str, Any]:
+        """boto3 keyword arguments."""
+        resource: dict[str, Any] = {"ConfigurationId": self.configuration_id}
+        if self.description is not None:
+            resource["Description"] = self.description
+        return {"ProgressUpdateStream": self.stream, "MigrationTaskName": self.task,
+                "DiscoveredResource": resource}
+
+
+@dataclass(frozen=True)
+class ResourceRemoval:
+    """A `DisassociateDiscoveredResource` call (undoes a manual mapping)."""
+
+    row_id: int
+    stream: str
+    task: str
+    configuration_id: str
+
+    operation = "DisassociateDiscoveredResource"
+    kind = Kind.DISCOVERED_RESOURCE_REMOVED
+
+    def params(self) -> dict[str, Any]:
+        """boto3 keyword arguments."""
+        return {"ProgressUpdateStream": self.stream, "MigrationTaskName": self.task,
+                "ConfigurationId": self.configuration_id}
+
+
+Request = (
+    StateUpdate | AttributesUpdate | ArtifactAssociation | ArtifactRemoval | ResourceAssociation
+    | ResourceRemoval
+)
+# The keyed lanes: each call sets or clears one thing (an ARN, a ConfigurationId) of the task.
+Keyed = ArtifactAssociation | ArtifactRemoval | ResourceAssociation | ResourceRemoval
+
+
+def key_of(request: Keyed) -> str:
+    """What a keyed call sets or clears: its ARN or its ConfigurationId."""
+    if isinstance(request, ArtifactAssociation | ArtifactRemoval):
+        return request.arn
+    return request.configuration_id
