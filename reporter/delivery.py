@@ -329,12 +329,13 @@ class Courier:
             )
         elif isinstance(request, rows.AttributesUpdate):
             out.attributes_row, out.attributes_seq = request.row_id, seq
+            out.attributes = request.attributes
             out.map_check_at = self._clock() + self._config.mapping.check_after_seconds
         elif isinstance(request, rows.ArtifactAssociation):
-            out.artifacts.append(request.arn)
+            out.artifacts.append((request.arn, request.description))
         elif isinstance(request, rows.ArtifactRemoval):
             out.artifacts_removed.append(request.arn)
         elif isinstance(request, rows.ResourceAssociation):
-            out.resources.append(request.configuration_id)
+            out.resources.append((request.configuration_id, request.description))
         else:
             out.resources_removed.append(request.configuration_id)

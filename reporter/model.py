@@ -209,9 +209,10 @@ class TaskOutcome:
     attributes_row: int | None = None
     attributes_seq: int | None = None
     map_check_at: float | None = None
-    artifacts: list[str] = field(default_factory=list)  # associated
+    attributes: tuple[tuple[str, str], ...] | None = None  # the list sent (attributes_row)
+    artifacts: list[tuple[str, str | None]] = field(default_factory=list)  # (ARN, description)
     artifacts_removed: list[str] = field(default_factory=list)
-    resources: list[str] = field(default_factory=list)  # manual mappings made
+    resources: list[tuple[str, str | None]] = field(default_factory=list)  # (id, description)
     resources_removed: list[str] = field(default_factory=list)
     lanes: list[LaneResult] = field(default_factory=list)
     error: str | None = None
@@ -318,6 +319,7 @@ class TaskRecord:
     artifacts: tuple[str, ...] = ()
     last_error: str | None = None
     resources: tuple[str, ...] = ()  # manual mappings (ConfigurationIds) the Hub has from us
+    attributes: tuple[tuple[str, str], ...] | None = None  # the list last sent (None: unknown)
 
 
 @dataclass(frozen=True)

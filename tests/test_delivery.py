@@ -112,7 +112,7 @@ def test_import_first_then_rows_in_row_order_across_kinds():
     out = d.outcome
     assert out.sent == [1, 3, 4] and out.superseded == [(2, "superseded by row 4")]
     assert out.imported and out.state is not None and out.state.row == 4
-    assert out.attributes_row == 1 and out.artifacts == [ARN]
+    assert out.attributes_row == 1 and out.artifacts == [(ARN, None)]
     assert {lane.kind: lane.attempts for lane in out.lanes} == dict.fromkeys(
         (Kind.TASK_STATE, Kind.RESOURCE_ATTRIBUTES, Kind.CREATED_ARTIFACT), 0)
     assert d.calls == [None] * 4 and not d.failed

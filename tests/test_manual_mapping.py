@@ -122,7 +122,7 @@ def test_an_association_and_its_removal_keep_their_order_through_a_failure():
     assert hub.calls == [("AssociateCreatedArtifact", 1), ("AssociateDiscoveredResource", 3),
                          ("DisassociateDiscoveredResource", 4)]
     out = delivery.outcome
-    assert out.sent == [3, 4] and out.resources == ["d-1"] and out.resources_removed == ["d-2"]
+    assert out.sent == [3, 4] and out.resources == [("d-1", None)] and out.resources_removed == ["d-2"]
     lanes = {lane.kind: lane.attempts for lane in out.lanes}
     assert lanes == {Kind.CREATED_ARTIFACT: 1, Kind.DISCOVERED_RESOURCE: 0}
 

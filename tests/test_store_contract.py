@@ -162,7 +162,7 @@ def test_record_stores_the_state_the_hub_has_and_ends_the_lease(engine: Engine,
     seq = claimed.row(rid).seq
     state = SentState(rid, seq, "IN_PROGRESS", 10, "copying", 1_700_000_000.0, 60)
     store.record([TaskOutcome(claimed.id, claimed.lease, sent=[rid], imported=True, state=state,
-                              artifacts=["arn:b", "arn:a"])])
+                              artifacts=[("arn:b", None), ("arn:a", "d")])])
     (task,) = store.tasks()
     assert (task.stream, task.task, task.status, task.percent, task.detail) == (
         "S", "t", "IN_PROGRESS", 10, "copying")

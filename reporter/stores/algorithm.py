@@ -323,10 +323,14 @@ class SqlStore(ABC):
                                      for v in o.superseded])
         self._many(c, "rejected", [{"now": now, "reason": v.reason, "id": v.row}
                                    for v in o.rejected])
-        for name, items in (("artifact", o.artifacts), ("artifact_removed", o.artifacts_removed)):
-            self._many(c, name, [{"id": o.task_id, "arn": arn, "now": now} for arn in items])
-        for name, items in (("resource", o.resources), ("resource_removed", o.resources_removed)):
-            self._many(c, name, [{"id": o.task_id, "cid": cid, "now": now} for cid in items])
+        self._many(c, "artifact", [{"id": o.task_id, "arn": arn, "description": d, "now": now}
+                                   for arn, d in o.artifacts])
+        self._many(c, "artifact_removed", [{"id": o.task_id, "arn": arn}
+                                           for arn in o.artifacts_removed])
+        self._many(c, "resource", [{"id": o.task_id, "cid": cid, "description": d, "now": now}
+                                   for cid, d in o.resources])
+        self._many(c, "resource_removed", [{"id": o.task_id, "cid": cid}
+                                           for cid in o.resources_removed])
         if o.imported:
             c.execute(self.sql("imported"), {"id": o.task_id})
         if o.state is not None:
@@ -338,6 +342,7 @@ class SqlStore(ABC):
         if o.attributes_row is not None:
             c.execute(self.sql("attributes"), {
                 "row": o.attributes_row, "seq": o.attributes_seq, "now": now,
+                "attributes": None if o.attributes is None else json.dumps(o.attributes),
                 "check_at": o.map_check_at, "id": o.task_id})
         if not held:
             return
@@ -477,6 +482,8 @@ class SqlStore(ABC):
                 configuration_id=r["configuration_id"],
                 artifacts=tuple(_json_list(r["artifacts"])), last_error=r["last_error"],
                 resources=tuple(_json_list(r["resources"])),
+                attributes=None if r["attributes"] is None
+                else tuple((str(t), str(v)) for t, v in json.loads(r["attributes"])),
             )
             for r in rows
         ]

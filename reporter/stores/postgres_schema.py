@@ -184,14 +184,20 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
         ],
     ),
     (
-        "0003_manual_mapping",
+        "0003_truth_to_the_hub",
         [
             f"""CREATE TABLE {SCHEMA}.resources (
                 task_id bigint NOT NULL REFERENCES {SCHEMA}.tasks(id),
                 configuration_id text NOT NULL,
+                description text,
                 associated_at double precision NOT NULL,
                 PRIMARY KEY (task_id, configuration_id)
             )""",
+            f"ALTER TABLE {SCHEMA}.artifacts ADD COLUMN description text",
+            f"ALTER TABLE {SCHEMA}.tasks ADD COLUMN attributes text",
+            f"ALTER TABLE {SCHEMA}.tasks ADD COLUMN verify_at double precision",
+            f"ALTER TABLE {SCHEMA}.tasks ADD COLUMN resend boolean NOT NULL DEFAULT false",
+            f"CREATE INDEX tasks_verify ON {SCHEMA}.tasks(verify_at) WHERE verify_at IS NOT NULL",
         ],
     ),
 ]

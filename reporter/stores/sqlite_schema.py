@@ -269,15 +269,23 @@ def _dropped_rows(db: Any) -> None:
     )
 
 
-@migration("0006_manual_mapping")
-def _manual_mapping(db: Any) -> None:
-    # The manual mappings (discovered_resource rows) the Hub has from us, like mgh_artifacts.
+@migration("0006_truth_to_the_hub")
+def _truth_to_the_hub(db: Any) -> None:
+    # The manual mappings the Hub has from us (like mgh_artifacts), the descriptions and the
+    # attribute list as sent (what `verify` compares and a repair sends again), and the repair
+    # schedule: when a task's Hub view is read next, and whether it must be sent again.
     _execute(
         db,
         """CREATE TABLE mgh_resources (
             task_id INTEGER NOT NULL REFERENCES mgh_tasks(id),
             configuration_id TEXT NOT NULL,
+            description TEXT,
             associated_at REAL NOT NULL,
             PRIMARY KEY (task_id, configuration_id)
         )""",
+        "ALTER TABLE mgh_artifacts ADD COLUMN description TEXT",
+        "ALTER TABLE mgh_tasks ADD COLUMN attributes TEXT",
+        "ALTER TABLE mgh_tasks ADD COLUMN verify_at REAL",
+        "ALTER TABLE mgh_tasks ADD COLUMN resend INTEGER NOT NULL DEFAULT 0",
+        "CREATE INDEX mgh_tasks_verify ON mgh_tasks(verify_at) WHERE verify_at IS NOT NULL",
     )

@@ -106,11 +106,11 @@ STATEMENTS: dict[str, str] = {
     "rejected": f"UPDATE {{rows}} SET state = {REJECTED}, finished_at = :now, reason = :reason"
     f" WHERE id = :id AND state = {PENDING}",
     "attempted": "UPDATE {rows} SET attempts = attempts + 1 WHERE id = :id",
-    "artifact": "INSERT INTO {artifacts}(task_id, arn, associated_at) VALUES (:id, :arn, :now)"
-    " ON CONFLICT DO NOTHING",
+    "artifact": "INSERT INTO {artifacts}(task_id, arn, description, associated_at)"
+    " VALUES (:id, :arn, :description, :now) ON CONFLICT DO NOTHING",
     "artifact_removed": "DELETE FROM {artifacts} WHERE task_id = :id AND arn = :arn",
-    "resource": "INSERT INTO {resources}(task_id, configuration_id, associated_at)"
-    " VALUES (:id, :cid, :now) ON CONFLICT DO NOTHING",
+    "resource": "INSERT INTO {resources}(task_id, configuration_id, description, associated_at)"
+    " VALUES (:id, :cid, :description, :now) ON CONFLICT DO NOTHING",
     "resource_removed": "DELETE FROM {resources} WHERE task_id = :id AND configuration_id = :cid",
     "imported": "UPDATE {tasks} SET imported = TRUE WHERE id = :id",
     "state": "UPDATE {tasks} SET last_state_row = :row, last_state_seq = :seq, status = :status,"
@@ -118,7 +118,8 @@ STATEMENTS: dict[str, str] = {
     " next_update_seconds = :next_update_seconds, sent_at = :now WHERE id = :id"
     " AND (last_state_seq IS NULL OR last_state_seq < :seq)",
     "attributes": "UPDATE {tasks} SET last_attributes_row = :row, last_attributes_seq = :seq,"
-    " attributes_at = :now, mapped = NULL, configuration_id = NULL, map_check_at = :check_at,"
+    " attributes = :attributes, attributes_at = :now, mapped = NULL, configuration_id = NULL,"
+    " map_check_at = :check_at,"
     " map_checks = 0, unmapped_reported = FALSE WHERE id = :id"
     " AND (last_attributes_seq IS NULL OR last_attributes_seq < :seq)",
     "lane_healthy": "DELETE FROM {lanes} WHERE task_id = :id AND kind = :kind",
