@@ -227,6 +227,25 @@ def tasks(ctx: click.Context, stream: str | None, as_json: bool) -> None:
 
 
 @cli.command()
+@click.option("--stream", help="Only this stream.")
+@click.option("--task", help="Only this task.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+@guarded
+def verify(ctx: click.Context, stream: str | None, task: str | None, as_json: bool) -> None:
+    """Read back what Migration Hub shows for each delivered task; exit 6 if any differs.
+
+    Compares field by field with what was last sent: status, progress_percent, status_detail,
+    update_date_time, resource_attributes (as a set), artifact_name and the manual mapping's
+    configuration_id. One line per task that differs or is missing at the Hub, then a summary.
+    Read-only; paced under [publish] max_requests_per_second (a share of it beside replicas).
+    Exit 0 all match, 6 some task differs or is missing, 4 blocked, 1 error."""
+    from reporter.verify import verify as run_verify
+
+    sys.exit(run_verify(existing_outbox(ctx, logging=True), stream, task, as_json))
+
+
+@cli.command()
 @click.pass_context
 @guarded
 def check(ctx: click.Context) -> None:

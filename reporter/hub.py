@@ -289,6 +289,20 @@ class Hub:
         )
         return [str(r["ConfigurationId"]) for r in result.get("DiscoveredResourceList", [])]
 
+    def pages(
+        self, operation: str, params: dict[str, Any], key: str, size: int
+    ) -> Iterator[dict[str, Any]]:
+        """Every item of a list read (`key` of each page), following NextToken page by page
+        with MaxResults `size`."""
+        token: str | None = None
+        while True:
+            page = self.call(operation, {**params, "MaxResults": size,
+                                         **({"NextToken": token} if token else {})})
+            yield from page.get(key) or []
+            token = page.get("NextToken")
+            if not token:
+                return
+
     def dry_run(self, operation: str, params: dict[str, Any]) -> Failure:
         """Probe permission for one write: the DryRunOperation/UnauthorizedOperation failure."""
         try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from reporter.emulator.state import HubState, Server, TaskRecord, matchable
-from reporter.emulator.validator import ATTRIBUTE_FORMATS, ServiceError, ipv6
+from reporter.emulator.validator import ATTRIBUTE_FORMATS, VM_FIELDS, ServiceError, ipv6
 
 __all__ = ["Operations"]
 
@@ -76,7 +76,10 @@ class Operations:
                     "InvalidInputException", f"Invalid value {value!r} for attribute type {kind}"
                 )
         task = self._task(p)
-        task.attributes = list(p["ResourceAttributeList"])
+        given = list(p["ResourceAttributeList"])
+        managed = any(a["Type"] == "VM_MANAGER_ID" for a in given)
+        # The service discards the VM fields of a list without VM_MANAGER_ID.
+        task.attributes = [a for a in given if managed or a["Type"] not in VM_FIELDS]
         task.attributes_at = self.clock()
         task.mapped_to = None
         return {}

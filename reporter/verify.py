@@ -1,0 +1,168 @@
+"""`verify`: read back what Migration Hub shows for every task the outbox has delivered and
+report, field by field, where it differs from what was last sent (CONTRACT §7: exit 0 all
+match, 6 some task differs or is missing, 4 blocked, 1 error). Read-only, paced under the
+configured rate (a share of it beside replicas), reads only (`mgh:Describe*`, `mgh:List*`)."""
+
+from __future__ import annotations
+
+import json
+import random
+import threading
+import time
+from collections.abc import Callable, Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import structlog
+
+from reporter.config import Config
+from reporter.errors import HubError, Outcome
+from reporter.hub import Hub
+from reporter.hubview import Difference, compare, delivered, read_view
+from reporter.limiter import AdaptiveLimiter, RateLimiter
+from reporter.model import TaskRecord
+from reporter.process import EXIT
+from reporter.replicas import Membership
+from reporter.retry import Backoff
+
+__all__ = ["Checked", "Verifier", "verify"]
+
+READ_TRIES = 4  # a read that keeps failing transiently (after the SDK's own retries)
+
+
+@dataclass
+class Checked:
+    """One task verified: its differences (empty: the Hub shows what we sent), or why it could
+    not be read."""
+
+    record: TaskRecord
+    problems: list[Difference] = field(default_factory=list)
+    error: str | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        """One entry of `verify --json`'s `tasks` list."""
+        entry: dict[str, Any] = {"stream": self.record.stream, "task": self.record.task,
+                                 "ok": not self.problems and self.error is None,
+                                 "problems": [p.to_json() for p in self.problems]}
+        if self.error is not None:
+            entry["error"] = self.error
+        return entry
+
+
+class Verifier:
+    """Reads tasks' Hub views `workers` at a time (the Hub adapter's rate cap and concurrency
+    limiter pace them) and compares each with what was last sent."""
+
+    def __init__(self, hub: Hub, workers: int, pause: Callable[[float], Any] = time.sleep,
+                 backoff: Backoff | None = None) -> None:
+        self._hub = hub
+        self._workers = max(1, workers)
+        self._pause = pause
+        self._backoff = backoff or Backoff(0.5, 5.0)
+        self._rng = random.Random()
+        self._blocked = threading.Event()
+
+    def streams(self) -> set[str]:
+        """The streams the Hub has (ListProgressUpdateStreams, every page)."""
+        return {s["ProgressUpdateStreamName"] for s in self._hub.pages(
+            "ListProgressUpdateStreams", {}, "ProgressUpdateStreamSummaryList", 100)}
+
+    def check(self, records: Iterable[TaskRecord]) -> Iterator[Checked]:
+        """Each task's result, in the order given; a blocking failure (credentials, home
+        Region) stops the run and raises its HubError."""
+        streams = self.streams()
+        with ThreadPoolExecutor(self._workers, thread_name_prefix="verify") as pool:
+            try:
+                yield from pool.map(lambda r: self._one(r, streams), records)
+            except BaseException:
+                pool.shutdown(wait=True, cancel_futures=True)
+                raise
+
+    def _one(self, record: TaskRecord, streams: set[str]) -> Checked:
+        if record.stream not in streams:
+            return Checked(record, compare(record, None, f"stream {record.stream} not found"))
+        for attempt in range(1, READ_TRIES + 1):
+            if self._blocked.is_set():
+                return Checked(record, error="stopped: delivery is blocked")
+            try:
+                return Checked(record, compare(record, read_view(self._hub, record)))
+            except HubError as err:
+                if err.failure.outcome is Outcome.BLOCKED:
+                    self._blocked.set()
+                    raise
+                if err.failure.outcome is not Outcome.TRANSIENT or attempt == READ_TRIES:
+                    return Checked(record, error=f"{err.operation}: {err.failure}")
+                self._pause(self._backoff.delay(attempt, self._rng, err.failure.retry_after))
+        raise AssertionError("unreachable")
+
+
+def verify(config: Config, stream: str | None, task: str | None, as_json: bool) -> int:
+    """The `verify` command: check, print (lines or JSON), return the exit code."""
+    log = structlog.get_logger("reporter.verify")
+    started = time.monotonic()
+    calls = [0]
+
+    def count(operation: str, outcome: str, seconds: float) -> None:
+        calls[0] += 1
+
+    publish = config.publish
+    store = config.outbox.engine.open_view()
+    try:
+        records = [r for r in store.tasks(stream) if delivered(r)
+                   and (task is None or r.task == task)]
+        membership = Membership(store, "verify", publish.interval_seconds,
+                                publish.max_requests_per_second)
+        budget = membership.beat()  # beside replicas: a share of the account's rate
+        rate = budget.rate if budget is not None else publish.max_requests_per_second
+        if budget is not None and budget.ready_at > store.clock():
+            time.sleep(budget.ready_at - store.clock())
+        hub = Hub(config.aws, config.hub.region, observer=count,
+                  limiter=AdaptiveLimiter(publish.concurrency, publish.max_concurrency),
+                  rate=RateLimiter(rate) if rate else None)
+        try:
+            hub.resolve_region()
+            results = list(Verifier(hub, publish.concurrency).check(records))
+        except HubError as err:
+            if err.failure.outcome is not Outcome.BLOCKED:
+                raise
+            log.error("verify_blocked", error_code=err.failure.code, reason=err.failure.message)
+            print(f"verify blocked: {err.failure.message}")
+            return EXIT["blocked"]
+        finally:
+            membership.leave()
+    finally:
+        store.close()
+    return _report(results, calls[0], time.monotonic() - started, as_json)
+
+
+def _report(results: list[Checked], calls: int, seconds: float, as_json: bool) -> int:
+    differ = [c for c in results if c.problems and c.problems[0].field != "task"]
+    missing = [c for c in results if c.problems and c.problems[0].field == "task"]
+    failed = [c for c in results if c.error is not None]
+    summary = {"checked": len(results), "matching": len(results) - len(differ) - len(missing)
+               - len(failed), "differing": len(differ), "missing": len(missing),
+               "unreadable": len(failed), "calls": calls, "seconds": round(seconds, 3)}
+    code = EXIT["differs"] if differ or missing else EXIT["error"] if failed else EXIT["ok"]
+    structlog.get_logger("reporter.verify").info("verify_finished", **summary)
+    if as_json:
+        print(json.dumps({**summary, "tasks": [c.to_json() for c in results]}))
+        return code
+    for c in results:
+        where = f"{c.record.stream}/{c.record.task}"
+        if c.error is not None:
+            print(f"{where}: could not be read: {c.error}")
+        elif c.problems and c.problems[0].field == "task":
+            print(f"{where}: missing at the Hub ({c.problems[0].hub})")
+        elif c.problems:
+            print(f"{where}: " + "; ".join(
+                f"{p.field} sent {_shown(p.sent)}, the Hub shows {_shown(p.hub)}"
+                for p in c.problems))
+    print(f"verified {summary['checked']} tasks in {seconds:.1f} s ({calls} calls):"
+          f" {summary['matching']} match, {len(differ)} differ, {len(missing)} missing at the Hub"
+          + (f", {len(failed)} could not be read" if failed else ""))
+    return code
+
+
+def _shown(value: Any) -> str:
+    return json.dumps(value) if not isinstance(value, str) else repr(value)

@@ -1,0 +1,173 @@
+"""`verify`: the Hub's view read back (DescribeMigrationTask and every page of the lists) and
+compared field by field with what was last sent; the emulator made to lie behind our back."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from reporter.emulator import Emulator
+from reporter.emulator.state import TaskRecord as HubTask
+from reporter.hubview import Difference, HubView, compare, kept_by_hub
+from reporter.model import TaskRecord
+
+from .engines import Engine
+from .helpers import Cli
+
+ARN = "arn:aws:ec2:us-west-2:123456789012:instance/i-0aaa"
+WHEN = 1_800_000_000.0
+READS = {"DescribeMigrationTask", "ListCreatedArtifacts", "ListDiscoveredResources",
+         "ListProgressUpdateStreams", "GetHomeRegion"}
+
+
+def _record(**values: object) -> TaskRecord:
+    base: dict[str, object] = {"stream": "S", "task": "t1", "status": "IN_PROGRESS",
+                               "percent": 40, "detail": "copying", "update_time": WHEN + 0.7,
+                               "attributes": (("IPV4_ADDRESS", "10.0.0.1"), ("FQDN", "a.b"))}
+    return TaskRecord(**{**base, **values})  # type: ignore[arg-type]
+
+
+def _view(**values: object) -> HubView:
+    base: dict[str, object] = {"status": "IN_PROGRESS", "percent": 40, "detail": "copying",
+                               "update_time": WHEN,
+                               "attributes": frozenset({("FQDN", "a.b"), ("IPV4_ADDRESS",
+                                                                          "10.0.0.1")})}
+    return HubView(**{**base, **values})  # type: ignore[arg-type]
+
+
+def test_compare_names_each_field_that_differs():
+    """Each field compared on its own; the attribute list as a set; UpdateDateTime within a
+    millisecond; a task the Hub lacks is the `task` field."""
+    assert compare(_record(), _view()) == []
+    assert compare(_record(), _view(status="COMPLETED", percent=None)) == [
+        Difference("status", "IN_PROGRESS", "COMPLETED"),
+        Difference("progress_percent", 40, None)]
+    assert compare(_record(), _view(detail=None, update_time=WHEN + 60)) == [
+        Difference("status_detail", "copying", None),
+        Difference("update_date_time", "2027-01-15T08:00:00Z", "2027-01-15T08:01:00Z")]
+    problems = compare(_record(), _view(attributes=frozenset({("FQDN", "a.b")})))
+    assert [p.field for p in problems] == ["resource_attributes"]
+    assert problems[0].sent == [{"Type": "FQDN", "Value": "a.b"},
+                                {"Type": "IPV4_ADDRESS", "Value": "10.0.0.1"}]
+    assert compare(_record(), None, "stream S not found") == [
+        Difference("task", "t1", "stream S not found")]
+
+
+def test_compare_follows_the_hubs_own_rules():
+    """VM fields without VM_MANAGER_ID are discarded by the Hub (never a difference); another
+    tool's artifacts and the auto-mapping are not differences; ours missing are."""
+    vm = (("VM_NAME", "db"), ("FQDN", "a.b"))
+    assert kept_by_hub(vm) == frozenset({("FQDN", "a.b")})
+    assert kept_by_hub((("VM_MANAGER_ID", "vc"),) + vm) == frozenset(
+        {("VM_MANAGER_ID", "vc"), ("VM_NAME", "db"), ("FQDN", "a.b")})
+    assert compare(_record(attributes=vm), _view(attributes=frozenset({("FQDN", "a.b")}))) == []
+    record = _record(artifacts=(ARN,), resources=("d-1",))
+    view = _view(artifacts=frozenset({ARN, "arn:aws:ec2:us-west-2:123456789012:image/ami-1"}),
+                 resources=frozenset({"d-1", "d-auto"}))
+    assert compare(record, view) == []
+    assert [p.field for p in compare(record, _view(artifacts=frozenset(),
+                                                   resources=frozenset({"d-auto"})))] == [
+        "artifact_name", "configuration_id"]
+    assert compare(_record(status=None, attributes=None), _view(status="COMPLETED")) == []
+
+
+def _deliver(cli: Cli, tasks: int = 6) -> None:
+    assert cli("init").returncode == 0
+    for i in range(tasks):
+        stream = ["--stream", "Other"] if i == 4 else []
+        assert cli("put-attributes", f"t{i}", "--attribute", "IPV4_ADDRESS=10.0.0.1",
+                   "--attribute", f"FQDN=t{i}.example", *stream).returncode == 0
+        assert cli("notify", f"t{i}", "--status", "IN_PROGRESS", "--percent", "40",
+                   "--detail", "copying", *stream).returncode == 0
+    assert cli("associate-artifact", "t3", ARN).returncode == 0
+    assert cli("drain").returncode == 0
+
+
+def test_verify_finds_what_the_hub_lost_or_changed(cli: Cli, emulator: Emulator):
+    """A changed status, a changed percent, a missing attribute, a missing artifact, a deleted
+    stream and a lost task: each named with what we sent and what the Hub shows; exit 6. The
+    run only reads."""
+    _deliver(cli)
+    ok = cli("verify")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    assert "verified 6 tasks" in ok.stdout and "6 match" in ok.stdout
+    hub = emulator.state
+    hub.change_task("ToolA", "t0", {"Status": "COMPLETED"})
+    hub.change_task("ToolA", "t1", {"ProgressPercent": 90})
+    hub.change_task("ToolA", "t2", attributes=[{"Type": "IPV4_ADDRESS", "Value": "10.0.0.1"}])
+    hub.change_task("ToolA", "t3", artifacts=[])
+    hub.delete_stream("Other")
+    hub.lose_task("ToolA", "t5")
+    before = len(hub.calls)
+    result = cli("verify", "--json")
+    assert result.returncode == 6, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert (report["checked"], report["matching"], report["differing"], report["missing"]) == (
+        6, 0, 4, 2)
+    problems = {t["task"]: t["problems"] for t in report["tasks"]}
+    assert problems["t0"] == [{"field": "status", "sent": "IN_PROGRESS", "hub": "COMPLETED"}]
+    assert problems["t1"] == [{"field": "progress_percent", "sent": 40, "hub": 90}]
+    assert [p["field"] for p in problems["t2"]] == ["resource_attributes"]
+    assert problems["t3"] == [{"field": "artifact_name", "sent": [ARN], "hub": []}]
+    assert problems["t4"] == [{"field": "task", "sent": "t4", "hub": "stream Other not found"}]
+    assert problems["t5"] == [{"field": "task", "sent": "t5", "hub": "not found"}]
+    assert {c["operation"] for c in hub.calls[before:]} <= READS
+    lines = cli("verify", "--stream", "ToolA", "--task", "t1")
+    assert lines.returncode == 6
+    assert "ToolA/t1: progress_percent sent 40, the Hub shows 90" in lines.stdout
+    assert "verified 1 tasks" in lines.stdout
+
+
+def test_verify_reads_every_page(cli: Cli, emulator: Emulator):
+    """More streams than one ListProgressUpdateStreams page holds and more artifacts than one
+    ListCreatedArtifacts page: every page is read, and everything matches."""
+    assert cli("init").returncode == 0
+    arns = [f"arn:aws:ec2:us-west-2:123456789012:instance/i-{n:04d}" for n in range(23)]
+    for arn in arns:
+        assert cli("associate-artifact", "t1", arn).returncode == 0
+    assert cli("drain").returncode == 0
+    for n in range(120):  # other tools' streams, ahead of ours in name order
+        emulator.state.streams[f"A-other-{n:03d}"] = {"x": HubTask("x")}
+    before = len(emulator.state.calls)
+    result = cli("verify", "--json")
+    assert result.returncode == 0, result.stdout + result.stderr
+    calls = [c["operation"] for c in emulator.state.calls[before:]]
+    assert calls.count("ListProgressUpdateStreams") == 2
+    assert calls.count("ListCreatedArtifacts") == 3
+    emulator.state.change_task("ToolA", "t1", artifacts=arns[:-1])  # the last page's last item
+    report = json.loads(cli("verify", "--json").stdout)
+    assert report["tasks"][0]["problems"][0]["field"] == "artifact_name"
+
+
+def test_verify_blocked_and_paced(cli: Cli, emulator: Emulator,
+                                  make_config: Callable[..., Path]):
+    """No home Region: exit 4 with the reason. A rate cap paces the reads (a lower bound on
+    the time, which no slow machine can break)."""
+    _deliver(cli)
+    paced = make_config("paced.toml", publish={"max_requests_per_second": 4.0})
+    result = cli("verify", "--json", config=paced)
+    report = json.loads(result.stdout)
+    assert result.returncode == 0 and report["calls"] >= 8
+    assert report["seconds"] >= (report["calls"] - 4) / 4.0 - 0.2
+    emulator.state.home_region = None
+    blocked = cli("verify")
+    assert blocked.returncode == 4 and "home Region is not set" in blocked.stdout
+
+
+def test_verify_shows_a_manual_mapping_on_both_engines(engine: Engine, engine_cli: Cli,
+                                                       emulator: Emulator):
+    """A delivered discovered_resource is compared (ConfigurationId among the Hub's); an
+    auto-mapping beside it is never a difference; its loss is."""
+    assert engine_cli("init").returncode == 0
+    engine.insert(kind="discovered_resource", migration_task_name="t1",
+                  configuration_id="d-server-000000000007")
+    engine.insert(kind="task_state", migration_task_name="t1", status="IN_PROGRESS")
+    assert engine_cli("drain", "--timeout", "30").returncode == 0
+    emulator.state.task("ToolA", "t1").mapped_to = "d-auto"
+    assert engine_cli("verify").returncode == 0
+    emulator.state.change_task("ToolA", "t1", discovered=[])
+    result = engine_cli("verify", "--json")
+    assert result.returncode == 6
+    assert json.loads(result.stdout)["tasks"][0]["problems"] == [
+        {"field": "configuration_id", "sent": ["d-server-000000000007"], "hub": ["d-auto"]}]
