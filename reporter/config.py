@@ -28,6 +28,7 @@ __all__ = [
     "MetricsConfig",
     "OutboxConfig",
     "PublishConfig",
+    "VerifyConfig",
     "config_path",
     "fence_seconds",
     "load",
@@ -110,6 +111,14 @@ class MappingConfig:
 
 
 @dataclass(frozen=True)
+class VerifyConfig:
+    """`[verify]`: the daemon's repair rounds (0: off). Every `every_seconds` it reads back the
+    next few delivered tasks and repairs what the Hub lost."""
+
+    every_seconds: float = 0.0
+
+
+@dataclass(frozen=True)
 class LogConfig:
     """`[log]`: level and format of the event log."""
 
@@ -155,6 +164,7 @@ class Config:
     hub: HubConfig = field(default_factory=HubConfig)
     publish: PublishConfig = field(default_factory=PublishConfig)
     mapping: MappingConfig = field(default_factory=MappingConfig)
+    verify: VerifyConfig = field(default_factory=VerifyConfig)
     log: LogConfig = field(default_factory=LogConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     aws: AwsConfig = field(default_factory=AwsConfig)
@@ -268,6 +278,9 @@ _RULES: dict[str, dict[str, tuple[tuple[type, ...], Check | None]]] = {
         "unmapped_after_seconds": ((int, float), _non_negative),
         "max_check_interval_seconds": ((int, float), _positive),
     },
+    "verify": {
+        "every_seconds": ((int, float), _non_negative),
+    },
     "log": {
         "level": ((str,), _level),
         "format": ((str,), _one_of("json", "console")),
@@ -291,6 +304,7 @@ _SECTION_TYPES: dict[str, type] = {
     "hub": HubConfig,
     "publish": PublishConfig,
     "mapping": MappingConfig,
+    "verify": VerifyConfig,
     "log": LogConfig,
     "metrics": MetricsConfig,
     "aws": AwsConfig,

@@ -14,7 +14,7 @@ from typing import NamedTuple, Protocol
 
 import structlog
 
-from reporter import rows
+from reporter import repair, rows
 from reporter.conditions import Conditions
 from reporter.config import Config
 from reporter.errors import Failure, FenceLost, HubError, Outcome
@@ -78,6 +78,7 @@ class Delivery:
     calls: list[CallResult] = field(default_factory=list)
     blocked: Failure | None = None
     lease_lost: bool = False
+    again_sent: set[int] = field(default_factory=set)  # a repair's calls that went through
 
     @property
     def failed(self) -> bool:
@@ -158,16 +159,19 @@ class Courier:
         out.superseded = plan.superseded
         out.rejected += plan.rejected
         now = self._clock()
-        due = [r for r in plan.send if (task.lane(r.kind.lane).retry_at or 0.0) <= now]
-        if not due or self._stop.is_set():
+        again = repair.resend_requests(task, plan.send)
+        due = [r for r in again + plan.send if (task.lane(r.kind.lane).retry_at or 0.0) <= now]
+        if self._stop.is_set() or not (due or task.resend):
             return delivery
         failed: dict[rows.Kind, LaneFailure] = {}
         if stream_failure is not None:  # made on behalf of the first due row, like the import
-            self._fail_all(deque(due), failed, stream_failure, "CreateProgressUpdateStream", due[0])
+            _fail_all(deque(due), failed, stream_failure, "CreateProgressUpdateStream", due[0])
         else:
             self._fenced_lanes(task, deque(due), delivery, failed)
         if delivery.blocked is None and not delivery.lease_lost:
             self._settle(task, due, failed, delivery)
+        if task.resend is not None and not self._stop.is_set():
+            repair.settle(task, again, delivery, self._clock() + self._backoff.base, self._log)
         return delivery
 
     def _fenced_lanes(
@@ -199,6 +203,9 @@ class Courier:
         out = delivery.outcome
         imported, repaired = task.imported, False
         log = self._log.bind(stream=task.stream, task=task.task)
+        if not queue and not imported:  # a repair with nothing to send again: the import
+            repair.import_alone(self._hub, task, delivery)
+            return
         while queue:
             request = queue[0]
             if request.kind.lane in failed:
@@ -218,7 +225,7 @@ class Courier:
             except HubError as err:
                 failure = err.failure
                 delivery.calls.append(failure)
-                if failure.outcome is Outcome.REJECTED:
+                if failure.outcome is Outcome.REJECTED and request.row_id > 0:
                     reason = f"the Hub refused {err.operation}: {failure}"
                     out.rejected.append(Verdict(request.row_id, reason))
                     self._conditions.rejected(
@@ -233,13 +240,13 @@ class Courier:
                         delivery.calls.append(None)
                     except HubError as again:
                         delivery.calls.append(again.failure)
-                        self._fail_all(queue, failed, again.failure, again.operation, request)
+                        _fail_all(queue, failed, again.failure, again.operation, request)
                         return
                 elif failure.outcome is Outcome.BLOCKED:
                     delivery.blocked = failure
                     return
                 elif operation == IMPORT:  # the import comes first: every lane waits for it
-                    self._fail_all(queue, failed, failure, operation, request)
+                    _fail_all(queue, failed, failure, operation, request)
                     return
                 else:
                     failed[request.kind.lane] = LaneFailure(failure, operation, request.row_id)
@@ -247,22 +254,10 @@ class Courier:
                 continue
             delivery.calls.append(None)
             queue.popleft()
+            if request.row_id < 0:
+                delivery.again_sent.add(request.row_id)
             self._sent(out, request, task)
             log.debug("row_sent", row=request.row_id, operation=request.operation)
-
-    @staticmethod
-    def _fail_all(
-        queue: deque[rows.Request],
-        failed: dict[rows.Kind, LaneFailure],
-        failure: Failure,
-        operation: str,
-        head: rows.Request,
-    ) -> None:
-        """Charge the row whose call was tried; the other lanes wait without a charge."""
-        for request in queue:
-            if request.kind.lane not in failed:
-                tried = request.row_id if request is head else -1
-                failed[request.kind.lane] = LaneFailure(failure, operation, tried)
 
     def _settle(
         self,
@@ -315,6 +310,8 @@ class Courier:
                 out.lanes.append(LaneResult(kind, attempts, now + delay, str(failure)[:500]))
 
     def _sent(self, out: TaskOutcome, request: rows.Request, task: ClaimedTask) -> None:
+        if request.row_id < 0:
+            return  # a repair's call: what it sends is on record already
         out.sent.append(request.row_id)
         seq = task.row(request.row_id).seq
         if isinstance(request, rows.StateUpdate):
@@ -339,3 +336,17 @@ class Courier:
             out.resources.append((request.configuration_id, request.description))
         else:
             out.resources_removed.append(request.configuration_id)
+
+
+def _fail_all(
+    queue: deque[rows.Request],
+    failed: dict[rows.Kind, LaneFailure],
+    failure: Failure,
+    operation: str,
+    head: rows.Request,
+) -> None:
+    """Charge the row whose call was tried; the other lanes wait without a charge."""
+    for request in queue:
+        if request.kind.lane not in failed:
+            tried = request.row_id if request is head else -1
+            failed[request.kind.lane] = LaneFailure(failure, operation, tried)

@@ -52,6 +52,7 @@ class LiveState:
     last_success: float | None = None
     last_error: str | None = None
     wal_bytes: int | None = None
+    hub_differs: int = 0  # tasks whose Hub view differs from what was sent (repair rounds)
 
 
 def stale_after(interval_seconds: float) -> float:

@@ -73,6 +73,7 @@ class LiveWriter:
             last_success=relay.last_success_at,
             last_error=relay.last_failure,
             wal_bytes=wal,
+            hub_differs=len(parts.relay.repairs.differing),
         )
         unchanged = replace(state, heartbeat=0.0) == self._last
         if unchanged and time.monotonic() - self._written < LIVE_REFRESH_SECONDS:

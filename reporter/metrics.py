@@ -83,6 +83,16 @@ class Metrics:
             "Size of the outbox's -wal file (grows while a long-lived reader blocks checkpoints)",
             registry=r,
         )
+        self.hub_differs = Gauge(
+            "mgh_reporter_hub_differs",
+            "Tasks whose Hub view differs from what was last sent (repair rounds, [verify])",
+            registry=r,
+        )
+        self.repaired = Counter(
+            "mgh_reporter_hub_repaired",
+            "Tasks the Hub had lost (or was behind on) brought back to their newest state",
+            registry=r,
+        )
         self._oldest_created: float | None = None
         self.oldest.set_function(self._oldest_age)
 

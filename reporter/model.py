@@ -30,6 +30,7 @@ __all__ = [
     "NewRows",
     "OutboxStore",
     "Replica",
+    "Resend",
     "RowCounts",
     "RowState",
     "SentState",
@@ -126,6 +127,17 @@ class ClaimedRow:
     content: OutboxRow | None
 
 
+@dataclass(frozen=True)
+class Resend:
+    """What a repair sends again (the Hub lost the task or its stream, or is behind us): the
+    newest state, attribute list, artifacts and manual mappings the Hub had from us."""
+
+    state: SentState | None
+    attributes: tuple[tuple[str, str], ...] | None
+    artifacts: tuple[tuple[str, str | None], ...] = ()  # (ARN, description)
+    resources: tuple[tuple[str, str | None], ...] = ()  # (ConfigurationId, description)
+
+
 @dataclass
 class ClaimedTask:
     """A task leased for one pass, with its waiting rows and what the Hub already has."""
@@ -142,6 +154,7 @@ class ClaimedTask:
     resources: set[str] = field(default_factory=set)  # ... and manual mappings' ConfigurationIds
     lanes: dict[Kind, LaneState] = field(default_factory=dict)
     last_update_time: float | None = None  # the UpdateDateTime the Hub has (epoch seconds)
+    resend: Resend | None = None  # a repair: send this again after importing the task
 
     @property
     def leased(self) -> Lease:
@@ -216,6 +229,8 @@ class TaskOutcome:
     resources_removed: list[str] = field(default_factory=list)
     lanes: list[LaneResult] = field(default_factory=list)
     error: str | None = None
+    resent: bool = False  # a repair's calls all went through
+    retry_at: float | None = None  # a repair that failed part-way: when to try again
 
 
 @dataclass(frozen=True)
@@ -320,6 +335,7 @@ class TaskRecord:
     last_error: str | None = None
     resources: tuple[str, ...] = ()  # manual mappings (ConfigurationIds) the Hub has from us
     attributes: tuple[tuple[str, str], ...] | None = None  # the list last sent (None: unknown)
+    task_id: int = 0  # the store's id of the task
 
 
 @dataclass(frozen=True)
@@ -404,6 +420,13 @@ class OutboxStore(Protocol):
         """This process stops delivering: drop its heartbeat row."""
 
     # mapping
+    def due_verifications(self, limit: int) -> list[TaskRecord]:
+        """The imported tasks read back longest ago (a repair round's next few)."""
+
+    def mark_resend(self, task_ids: Sequence[int]) -> None:
+        """The Hub lost these tasks or is behind us: import them and send their newest state,
+        attribute list, artifacts and manual mappings again, as soon as possible."""
+
     def due_mapping_checks(self, limit: int) -> list[MappingCheck]:
         """Tasks whose auto-mapping should be checked now."""
 

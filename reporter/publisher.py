@@ -125,6 +125,7 @@ class Publisher:
                 until = time.monotonic() + BACKLOG_SECONDS
                 while True:
                     result = relay.run_once()
+                    service.metrics.repaired.inc(result.repaired)
                     self.busy = self.busy or result.busy
                     health.ok()
                     if result.busy or result.blocked:

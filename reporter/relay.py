@@ -22,6 +22,7 @@ from reporter.hub import Hub
 from reporter.intake import Intake
 from reporter.mapping import MappingChecker
 from reporter.model import ClaimedTask, OutboxStore
+from reporter.repair import RepairRounds
 
 __all__ = ["STREAM_WAIT_SECONDS", "PassResult", "Relay", "RelayStatus"]
 
@@ -41,6 +42,7 @@ class PassResult:
     superseded: int = 0
     failed: int = 0
     calls: int = 0  # Hub calls made (answered or failed)
+    repaired: int = 0  # tasks a repair brought back to their newest state
     blocked: Failure | None = None
 
     @property
@@ -88,6 +90,7 @@ class Relay:
             conditions=self.conditions,
         )
         self.mapping = MappingChecker(store, hub, config.mapping, self.stop, self.clock)
+        self.repairs = RepairRounds(store, hub, config.verify, self.stop, self.clock)
         self.intake = Intake(store, config, self._progress, self.conditions)
         self._pool = ThreadPoolExecutor(config.publish.max_concurrency, thread_name_prefix="hub")
         self._streams = store.streams()
@@ -141,7 +144,7 @@ class Relay:
     def run_once(self) -> PassResult:
         """One pass: take new rows in; if the gate admits, claim due tasks (one while probing an
         outage), deliver them concurrently, record the outcomes and let the gate learn from
-        every call; then run the mapping checks that are due."""
+        every call; then run the mapping checks and the repair round that are due."""
         self._rebase_after_a_step()
         now = self.clock()
         result = PassResult(ingested=self.intake.run(now), rejected_at_intake=self.intake.rejected)
@@ -156,7 +159,9 @@ class Relay:
                 self._deliver(tasks, result)
             if result.blocked is None:
                 self.mapping.run()
-        self._wakeup = self.store.next_wakeup()
+                self.repairs.run()
+        self._wakeup = min((t for t in (self.store.next_wakeup(), self.repairs.next_at)
+                            if t is not None), default=None)
         if self._wakeup is not None:
             self._wakeup = max(self._wakeup, self.gate.hold_until, self.hold_until)
         self.conditions.tick()
@@ -225,6 +230,7 @@ class Relay:
             result.rejected += len(d.outcome.rejected)
             result.superseded += len(d.outcome.superseded)
             result.failed += d.failed
+            result.repaired += d.outcome.resent
             result.blocked = result.blocked or d.blocked
         self.store.record([d.outcome for d in deliveries])
         calls = streams.calls + [c for d in deliveries for c in d.calls]

@@ -167,6 +167,8 @@ def lines(report: views.StatusReport, cfg: Config) -> list[str]:
     out.append(
         f"  tasks        {report.tasks}: {report.stale_tasks} stale, "
         f"{report.lapsing_tasks} lapsing, {report.unmapped_tasks} unmapped"
+        + (f", [yellow]{report.hub_differs} differ at the Hub[/] → mgh-reporter verify"
+           if report.hub_differs else "")
     )
     for stream, counts in sorted(report.streams.items()):
         out.append(

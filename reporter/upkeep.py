@@ -53,6 +53,7 @@ class Upkeep:
         m.blocked.set(1 if relay.blocked else 0)
         m.backoff.set(1 if relay.braking else 0)
         m.concurrency.set(service.parts.limiter.limit)
+        m.hub_differs.set(len(service.parts.relay.repairs.differing))
         if relay.last_success_at:
             m.last_success.set(relay.last_success_at)
         if tasks:

@@ -193,6 +193,7 @@ class StatusReport:
     unmapped_tasks: int
     streams: dict[str, Any]
     replicas: list[dict[str, Any]] | None = None
+    hub_differs: int = 0  # tasks whose Hub view differs (the running daemon's repair rounds)
 
     def to_json(self) -> dict[str, Any]:
         """The `status --json` document."""
@@ -254,4 +255,5 @@ def status_report(
         lapsing_tasks=sum(s["lapsing"] for s in streams.values()),
         unmapped_tasks=health["unmapped"] if health else 0,
         streams=streams,
+        hub_differs=state.hub_differs if live_word and state is not None else 0,
     )

@@ -59,7 +59,7 @@ def test_compare_follows_the_hubs_own_rules():
     tool's artifacts and the auto-mapping are not differences; ours missing are."""
     vm = (("VM_NAME", "db"), ("FQDN", "a.b"))
     assert kept_by_hub(vm) == frozenset({("FQDN", "a.b")})
-    assert kept_by_hub((("VM_MANAGER_ID", "vc"),) + vm) == frozenset(
+    assert kept_by_hub((("VM_MANAGER_ID", "vc"), *vm)) == frozenset(
         {("VM_MANAGER_ID", "vc"), ("VM_NAME", "db"), ("FQDN", "a.b")})
     assert compare(_record(attributes=vm), _view(attributes=frozenset({("FQDN", "a.b")}))) == []
     record = _record(artifacts=(ARN,), resources=("d-1",))

@@ -28,8 +28,10 @@ from reporter.model import (
     MappingCheck,
     NewRows,
     Replica,
+    Resend,
     RowCounts,
     RowState,
+    SentState,
     StoreError,
     TaskOutcome,
     TaskRecord,
@@ -271,6 +273,7 @@ class SqlStore(ABC):
                                  last_update_time=t["update_time"])
             for t in tasks
         }
+        repairs = {t["id"]: t for t in tasks if t["resend"]}
         self._leased(list(claimed), token, started + lease_seconds)
         for r in rows:  # in insertion order; content None: deleted by the tool after intake
             claimed[r["task_id"]].rows.append(ClaimedRow(
@@ -279,6 +282,16 @@ class SqlStore(ABC):
             claimed[a["task_id"]].associated.add(a["arn"])
         for m in resources:
             claimed[m["task_id"]].resources.add(m["configuration_id"])
+        for tid, t in repairs.items():
+            state = None if t["status"] is None else SentState(
+                -1, -1, t["status"], t["percent"], t["detail"], float(t["update_time"]),
+                int(t["next_update_seconds"]))
+            claimed[tid].resend = Resend(
+                state, _pairs(t["attributes"]),
+                tuple(sorted((a["arn"], a["description"]) for a in artifacts
+                             if a["task_id"] == tid)),
+                tuple(sorted((m["configuration_id"], m["description"]) for m in resources
+                             if m["task_id"] == tid)))
         for lane in lanes:
             if lane["kind"] in Kind.__members__.values():
                 claimed[lane["task_id"]].lanes[Kind(lane["kind"])] = LaneState(
@@ -332,7 +345,9 @@ class SqlStore(ABC):
         self._many(c, "resource_removed", [{"id": o.task_id, "cid": cid}
                                            for cid in o.resources_removed])
         if o.imported:
-            c.execute(self.sql("imported"), {"id": o.task_id})
+            c.execute(self.sql("imported"), {"id": o.task_id, "now": now})
+        if o.resent:
+            c.execute(self.sql("resent"), {"id": o.task_id})
         if o.state is not None:
             s = o.state
             c.execute(self.sql("state"), {
@@ -356,6 +371,8 @@ class SqlStore(ABC):
                                              "retry_at": lane.retry_at, "error": lane.error})
         c.execute(self.sql("reschedule"), {"id": o.task_id, "now": now, "lease": o.lease,
                                            "error": o.error, "spacing": STATE_SPACING_SECONDS})
+        if o.retry_at is not None:
+            c.execute(self.sql("resend_due"), {"id": o.task_id, "retry_at": o.retry_at})
 
     def mark_stream_created(self, stream: str) -> None:
         """Remember that the Hub has this stream."""
@@ -384,6 +401,21 @@ class SqlStore(ABC):
                 "mapped": mapped, "configuration_id": configuration_id,
                 "next_check_at": next_check_at, "unmapped_reported": unmapped_reported,
                 "id": task_id})
+
+    # -- repair -------------------------------------------------------------------------------
+    def due_verifications(self, limit: int) -> list[TaskRecord]:
+        """The imported tasks read back longest ago; each moves to the back of the round."""
+        with self._tx("read tasks to verify") as c:
+            ids = [int(r["id"]) for r in self._all(c, "due_verifications",
+                                                   {"now": self.clock(), "limit": limit})]
+        return self._task_records(ids=ids) if ids else []
+
+    def mark_resend(self, task_ids: Sequence[int]) -> None:
+        """Import these tasks again and send their newest state and the rest, soon."""
+        if task_ids:
+            with self._tx("mark tasks for repair") as c:
+                c.execute(self.sql("mark_resend"), {"now": self.clock(),
+                                                    "ids": self._array(task_ids)})
 
     # -- dead letters -----------------------------------------------------------------------
     def dead_letters(self, ids: Sequence[int] | None = None) -> list[DeadLetter]:
@@ -469,9 +501,18 @@ class SqlStore(ABC):
 
     def tasks(self, stream: str | None = None) -> list[TaskRecord]:
         """One record per task: last state sent, pending count, mapping, artifacts (sorted)."""
-        only = self.dialect.named("WHERE t.stream = :stream") if stream else ""
+        return self._task_records(stream=stream)
+
+    def _task_records(self, stream: str | None = None,
+                      ids: Sequence[int] | None = None) -> list[TaskRecord]:
+        only = ""
+        if stream:
+            only = self.dialect.named("WHERE t.stream = :stream")
+        elif ids is not None:
+            only = "WHERE t.id " + self.dialect.named(self.dialect.any_of("ids"))
         with self._tx("read tasks", write=False) as c:
-            rows = c.execute(self.sql("tasks", only=only), {"stream": stream}).fetchall()
+            rows = c.execute(self.sql("tasks", only=only),
+                             {"stream": stream, "ids": self._array(ids or [])}).fetchall()
         return [
             TaskRecord(
                 stream=r["stream"], task=r["task"], status=r["status"], percent=r["percent"],
@@ -482,8 +523,7 @@ class SqlStore(ABC):
                 configuration_id=r["configuration_id"],
                 artifacts=tuple(_json_list(r["artifacts"])), last_error=r["last_error"],
                 resources=tuple(_json_list(r["resources"])),
-                attributes=None if r["attributes"] is None
-                else tuple((str(t), str(v)) for t, v in json.loads(r["attributes"])),
+                attributes=_pairs(r["attributes"]), task_id=int(r["id"]),
             )
             for r in rows
         ]
@@ -509,3 +549,8 @@ def _json_list(value: Any) -> Iterator[str]:
     """A JSON array as the driver returns it (text on SQLite, a list on PostgreSQL)."""
     items = value if isinstance(value, list) else json.loads(value or "[]")
     return (str(i) for i in items)
+
+
+def _pairs(value: str | None) -> tuple[tuple[str, str], ...] | None:
+    """An attribute list as stored (JSON pairs), or None when none was recorded."""
+    return None if value is None else tuple((str(t), str(v)) for t, v in json.loads(value))

@@ -198,6 +198,7 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             f"ALTER TABLE {SCHEMA}.tasks ADD COLUMN verify_at double precision",
             f"ALTER TABLE {SCHEMA}.tasks ADD COLUMN resend boolean NOT NULL DEFAULT false",
             f"CREATE INDEX tasks_verify ON {SCHEMA}.tasks(verify_at) WHERE verify_at IS NOT NULL",
+            f"UPDATE {SCHEMA}.tasks SET verify_at = 0 WHERE imported",
         ],
     ),
 ]

@@ -288,4 +288,5 @@ def _truth_to_the_hub(db: Any) -> None:
         "ALTER TABLE mgh_tasks ADD COLUMN verify_at REAL",
         "ALTER TABLE mgh_tasks ADD COLUMN resend INTEGER NOT NULL DEFAULT 0",
         "CREATE INDEX mgh_tasks_verify ON mgh_tasks(verify_at) WHERE verify_at IS NOT NULL",
+        "UPDATE mgh_tasks SET verify_at = 0 WHERE imported = 1",
     )

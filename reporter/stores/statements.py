@@ -87,14 +87,16 @@ STATEMENTS: dict[str, str] = {
     " (SELECT min(map_check_at) FROM {tasks} WHERE map_check_at IS NOT NULL) AS checks",
     "pending_rows": "SELECT task_id, id, created_at, attempts, seq FROM {rows}"
     f" WHERE state = {PENDING} AND task_id = ANY(:ids) ORDER BY seq",
-    "artifacts_of": "SELECT task_id, arn FROM {artifacts} WHERE task_id = ANY(:ids)",
-    "resources_of": "SELECT task_id, configuration_id FROM {resources} WHERE task_id = ANY(:ids)",
+    "artifacts_of": "SELECT task_id, arn, description FROM {artifacts} WHERE task_id = ANY(:ids)",
+    "resources_of": "SELECT task_id, configuration_id, description FROM {resources}"
+    " WHERE task_id = ANY(:ids)",
     "lanes_of": "SELECT task_id, kind, attempts, retry_at FROM {lanes} WHERE task_id = ANY(:ids)",
     # a lease: due at its end, under a token that record and release must present
     "claim": "UPDATE {tasks} SET due_at = {now} + :lease, lease_token = :token WHERE id IN"
     " (SELECT id FROM {tasks} WHERE due_at IS NOT NULL AND due_at <= {now} ORDER BY due_at"
     " LIMIT :limit{skip}) RETURNING id, stream, task, imported, last_state_seq,"
-    " last_attributes_seq, update_time",
+    " last_attributes_seq, update_time, resend, status, percent, detail, next_update_seconds,"
+    " attributes",
     "release": "UPDATE {tasks} SET due_at = :due, lease_token = NULL WHERE id = :id"
     " AND lease_token = :lease",
     "lease_tokens": "SELECT id, lease_token FROM {tasks} WHERE id = ANY(:ids) ORDER BY id{lock}",
@@ -112,7 +114,20 @@ STATEMENTS: dict[str, str] = {
     "resource": "INSERT INTO {resources}(task_id, configuration_id, description, associated_at)"
     " VALUES (:id, :cid, :description, :now) ON CONFLICT DO NOTHING",
     "resource_removed": "DELETE FROM {resources} WHERE task_id = :id AND configuration_id = :cid",
-    "imported": "UPDATE {tasks} SET imported = TRUE WHERE id = :id",
+    # imported: the Hub has the task, so repair rounds read it back from now on
+    "imported": "UPDATE {tasks} SET imported = TRUE, verify_at = coalesce(verify_at, :now)"
+    " WHERE id = :id",
+    "resent": "UPDATE {tasks} SET resend = FALSE WHERE id = :id",
+    # a repair that failed part-way is due again at its lanes' retry (no row may be waiting)
+    "resend_due": "UPDATE {tasks} SET due_at = :retry_at WHERE id = :id AND resend"
+    " AND lease_token IS NULL AND due_at IS NULL",
+    # repair: the Hub lost the task (or its stream): import it and send its newest state again
+    "mark_resend": "UPDATE {tasks} SET resend = TRUE, imported = FALSE,"
+    " due_at = {least}(coalesce(due_at, :now), :now) WHERE id = ANY(:ids)",
+    # repair rounds take the tasks read back longest ago (round-robin over the imported ones)
+    "due_verifications": "UPDATE {tasks} SET verify_at = :now WHERE id IN (SELECT id"
+    " FROM {tasks} WHERE verify_at IS NOT NULL ORDER BY verify_at LIMIT :limit{skip})"
+    " RETURNING id",
     "state": "UPDATE {tasks} SET last_state_row = :row, last_state_seq = :seq, status = :status,"
     " percent = :percent, detail = :detail, update_time = :update_time,"
     " next_update_seconds = :next_update_seconds, sent_at = :now WHERE id = :id"

@@ -1,0 +1,122 @@
+"""Repair in the daemon (`[verify] every_seconds`): a stream or task the Hub lost comes back at
+its newest state without any older one; a Hub behind us is brought up to date; a newer update
+someone else wrote is reported (`hub_differs`), never overwritten."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from reporter import rows
+from reporter.emulator import Emulator
+from reporter.model import ClaimedTask, Resend, SentState
+from reporter.repair import resend_requests
+
+from .helpers import Cli, start_daemon, status_json, wait_for
+
+ARN = "arn:aws:ec2:us-west-2:123456789012:instance/i-0aaa"
+SENT = SentState(-1, -1, "IN_PROGRESS", 90, "copying", 1_800_000_000.0, 300)
+
+
+def test_a_repair_sends_again_only_what_no_waiting_row_replaces():
+    """The stored state and attribute list go again unless a waiting row replaces them (that
+    newer row is sent instead: never an older state after a newer one); an artifact a waiting
+    row removes is not associated again; the calls carry negative row ids, first."""
+    task = ClaimedTask(1, "S", "t1", "lease", resend=Resend(
+        SENT, (("FQDN", "a.b"),), ((ARN, "vm"), ("arn:aws:ec2:us-west-2:123456789012:image/x",
+                                                None)), (("d-1", None),)))
+    calls = resend_requests(task, [])
+    assert [(c.row_id, c.operation) for c in calls] == [
+        (-1, "NotifyMigrationTaskState"), (-2, "PutResourceAttributes"),
+        (-3, "AssociateCreatedArtifact"), (-4, "AssociateCreatedArtifact"),
+        (-5, "AssociateDiscoveredResource")]
+    assert isinstance(calls[0], rows.StateUpdate) and calls[0].percent == 90
+    assert calls[0].update_time == datetime.fromtimestamp(SENT.update_time, UTC)
+    newer = rows.StateUpdate(9, "S", "t1", "COMPLETED", None, 100,
+                             datetime.fromtimestamp(SENT.update_time + 60, UTC), 0)
+    removal = rows.ArtifactRemoval(10, "S", "t1", ARN)
+    kept = resend_requests(task, [newer, removal])
+    assert [c.operation for c in kept] == ["PutResourceAttributes", "AssociateCreatedArtifact",
+                                          "AssociateDiscoveredResource"]
+    assert ARN not in [getattr(c, "arn", None) for c in kept]
+    assert resend_requests(ClaimedTask(1, "S", "t1", "lease"), []) == []
+
+
+def _deliver(cli: Cli) -> None:
+    assert cli("init").returncode == 0
+    for task in ("t1", "t2", "t3"):
+        assert cli("put-attributes", task, "--attribute", "IPV4_ADDRESS=10.0.0.7").returncode == 0
+        for percent in ("10", "50", "90"):
+            assert cli("notify", task, "--status", "IN_PROGRESS", "--percent",
+                       percent).returncode == 0
+    assert cli("associate-artifact", "t1", ARN, "--description", "target").returncode == 0
+    assert cli("drain").returncode == 0
+
+
+def _percents(emulator: Emulator, task: str) -> list[Any]:
+    return [u["Task"].get("ProgressPercent")
+            for u in emulator.state.updates().get("ToolA", {}).get(task, [])]
+
+
+def test_the_daemon_repairs_a_deleted_stream_and_a_lost_task(
+    cli: Cli, emulator: Emulator, make_config: Callable[..., Path]
+):
+    """With repair rounds on, a stream deleted behind our back is created again and each of
+    its tasks imported and sent its newest state, attributes and artifacts, with no older
+    state; a task the Hub lost alone likewise; `verify` then finds nothing wrong."""
+    _deliver(cli)
+    config = make_config("repair.toml", verify={"every_seconds": 0.2})
+    daemon = start_daemon(config)
+    try:
+        emulator.state.delete_stream("ToolA")
+        wait_for(lambda: all(_percents(emulator, t) == [90] for t in ("t1", "t2", "t3")),
+                 timeout=30)
+        hub = emulator.state.task("ToolA", "t1")
+        wait_for(lambda: hub.artifacts == {ARN: "target"}, timeout=10)
+        assert hub.attributes == [{"Type": "IPV4_ADDRESS", "Value": "10.0.0.7"}]
+        emulator.state.lose_task("ToolA", "t2")
+        wait_for(lambda: _percents(emulator, "t2") == [90], timeout=30)
+        assert cli("verify").returncode == 0
+    finally:
+        daemon.terminate()
+        _, err = daemon.communicate(timeout=10)
+    repaired = [json.loads(line) for line in err.splitlines()
+                if '"hub_repaired"' in line]
+    assert {(e["stream"], e["task"]) for e in repaired} == {
+        ("ToolA", "t1"), ("ToolA", "t2"), ("ToolA", "t3")}
+    assert len(repaired) == 4  # t2 twice: with its stream, then alone
+
+
+def test_a_newer_update_by_another_client_is_reported_not_overwritten(
+    cli: Cli, emulator: Emulator, make_config: Callable[..., Path]
+):
+    """Someone else's later update: `hub_differs` (log, status), no call for that task; a Hub
+    behind us (an older update written over ours) is sent our newest state again."""
+    _deliver(cli)
+    later = datetime.now(UTC).timestamp() + 3600
+    emulator.state.change_task("ToolA", "t1", {"Status": "COMPLETED", "ProgressPercent": 100},
+                               update_date_time=later)
+    emulator.state.change_task("ToolA", "t3", {"ProgressPercent": 5},
+                               update_date_time=later - 7200)
+    config = make_config("repair.toml", verify={"every_seconds": 0.2})
+    daemon = start_daemon(config)
+    try:
+        wait_for(lambda: _percents(emulator, "t3")[-1] == 90, timeout=30)
+        wait_for(lambda: status_json(cli, 0)["hub_differs"] >= 1, timeout=30)
+        calls_before = len(emulator.state.calls)
+        wait_for(lambda: sum(c["operation"] == "DescribeMigrationTask"
+                             for c in emulator.state.calls[calls_before:]) >= 6, timeout=30)
+        assert "1 differ at the Hub" in cli("status").stdout
+    finally:
+        daemon.terminate()
+        _, err = daemon.communicate(timeout=10)
+    assert _percents(emulator, "t1") == [90, 100]  # ours never sent over theirs
+    differs = [json.loads(line) for line in err.splitlines() if '"hub_differs"' in line]
+    assert [(e["task"], e["fields"]) for e in differs if e["task"] == "t1"] == [
+        ("t1", ["status", "progress_percent", "update_date_time"])]
+    result = cli("verify", "--json")
+    assert result.returncode == 6
+    assert [t["task"] for t in json.loads(result.stdout)["tasks"] if not t["ok"]] == ["t1"]
