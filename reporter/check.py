@@ -7,7 +7,7 @@ from pathlib import Path
 
 from reporter import config as config_mod
 from reporter.errors import HubError, Outcome
-from reporter.hub import CALL_OPERATIONS, Hub
+from reporter.hub import CALL_OPERATIONS, OPTIONAL_OPERATIONS, READ_OPERATIONS, Hub
 from reporter.model import OutboxStore, StoreError
 
 __all__ = ["run_checks"]
@@ -30,6 +30,17 @@ def _probe_params(operation: str, stream: str) -> dict[str, object]:
         }
     if operation == "PutResourceAttributes":
         return {**base, "ResourceAttributeList": [{"Type": "FQDN", "Value": "check.invalid"}]}
+    if operation == "AssociateDiscoveredResource":
+        return {**base, "DiscoveredResource": {"ConfigurationId": "d-server-mghreportercheck"}}
+    if operation == "DisassociateDiscoveredResource":
+        return {**base, "ConfigurationId": "d-server-mghreportercheck"}
+    if operation == "DisassociateCreatedArtifact":
+        return {**base, "CreatedArtifactName":
+                "arn:aws:ec2:us-east-1:123456789012:instance/i-0mghreportercheck"}
+    if operation == "ListProgressUpdateStreams":
+        return {"MaxResults": 1}
+    if operation in ("ListCreatedArtifacts", "ListDiscoveredResources"):
+        return {**base, "MaxResults": 1}
     if operation == "AssociateCreatedArtifact":
         return {
             **base,
@@ -75,6 +86,9 @@ def run_checks(path: Path, say: Callable[[str], None]) -> int:
     def fail(step: str, detail: str, code: int) -> int:
         say(f"[FAIL] {step:<12} {detail}")
         return code
+
+    def warn(step: str, detail: str) -> None:
+        say(f"[warn] {step:<12} {detail}")
 
     try:
         cfg = config_mod.load(path)
@@ -126,17 +140,24 @@ def run_checks(path: Path, say: Callable[[str], None]) -> int:
             )
         else:
             return fail("permission", f"mgh:{operation} probe failed: {failure}", 1)
-    try:
-        hub.discovered_resources(stream, PROBE_TASK)
-        ok("permission", "mgh:ListDiscoveredResources")
-    except HubError as err:
-        if err.failure.outcome is Outcome.BLOCKED:
-            return fail(
-                "permission",
-                "mgh:ListDiscoveredResources is not allowed: grant IAM "
-                "action mgh:ListDiscoveredResources",
-                4,
-            )
-        ok("permission", "mgh:ListDiscoveredResources")
+    for operation in OPTIONAL_OPERATIONS:
+        failure = hub.dry_run(operation, _probe_params(operation, stream))
+        if failure.code == "DryRunOperation":
+            ok("permission", f"mgh:{operation}")
+        else:
+            warn("permission", f"mgh:{operation} is not allowed ({failure.code}): needed only"
+                 " for rows of the manual-mapping and undo kinds")
+    needed = cfg.verify.every_seconds > 0  # the repair rounds read; else only `verify` does
+    for operation in READ_OPERATIONS:
+        try:
+            hub.call(operation, _probe_params(operation, stream))
+        except HubError as err:
+            if err.failure.outcome is Outcome.BLOCKED:
+                if operation == "ListDiscoveredResources" or needed:
+                    return fail("permission", f"mgh:{operation} is not allowed: grant IAM"
+                                f" action mgh:{operation}", 4)
+                warn("permission", f"mgh:{operation} is not allowed: `verify` needs it")
+                continue
+        ok("permission", f"mgh:{operation}")
     say("all checks passed; nothing was changed at the Hub")
     return 0

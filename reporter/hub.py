@@ -31,7 +31,8 @@ from reporter.limiter import AdaptiveLimiter, RateLimiter
 from reporter.rows import Request
 from reporter.secrets import remember
 
-__all__ = ["CALL_OPERATIONS", "Hub", "HubError", "Observer"]
+__all__ = [
+    "CALL_OPERATIONS", "OPTIONAL_OPERATIONS", "READ_OPERATIONS", "Hub", "HubError", "Observer"]
 
 # Every write the daemon makes (for `check` probes and the IAM policy).
 CALL_OPERATIONS = (
@@ -40,6 +41,19 @@ CALL_OPERATIONS = (
     "NotifyMigrationTaskState",
     "PutResourceAttributes",
     "AssociateCreatedArtifact",
+)
+# Writes only the manual-mapping and undo kinds need (`check` warns when they are not allowed).
+OPTIONAL_OPERATIONS = (
+    "AssociateDiscoveredResource",
+    "DisassociateDiscoveredResource",
+    "DisassociateCreatedArtifact",
+)
+# Reads: auto-mapping checks, `verify` and the repair rounds (mgh:Describe*, mgh:List*).
+READ_OPERATIONS = (
+    "ListDiscoveredResources",
+    "DescribeMigrationTask",
+    "ListCreatedArtifacts",
+    "ListProgressUpdateStreams",
 )
 FALLBACK_REGION = "us-west-2"
 # The proxy variables botocore reads (through urllib's getproxies), upper and lower case.

@@ -115,7 +115,7 @@ def test_shell_writers_reject_bad_input(cli: Cli, args: list[str], needle: str, 
 
 
 def test_host_created_table_is_accepted(cli: Cli, emulator: Emulator, outbox_path: Path):
-    """A table the host created with the contract DDL works; init adds the artifact columns."""
+    """A table the host created with the contract DDL works; init adds the later columns."""
     conn = sqlite3.connect(outbox_path)
     conn.executescript(CONTRACT_DDL)
     conn.execute("INSERT INTO outbox(kind, migration_task_name, status) VALUES "
@@ -126,7 +126,8 @@ def test_host_created_table_is_accepted(cli: Cli, emulator: Emulator, outbox_pat
     assert cli("init").returncode == 0
     assert cli("init").returncode == 0  # idempotent
     columns = [r[1] for r in sqlite3.connect(outbox_path).execute("PRAGMA table_info(outbox)")]
-    assert columns[-2:] == ["artifact_name", "artifact_description"]
+    assert columns[-4:] == ["artifact_name", "artifact_description", "configuration_id",
+                            "resource_description"]
     assert cli("drain").returncode == 0
     assert emulator.state.task("ToolA", "old-1").updates[-1]["Task"]["Status"] == "IN_PROGRESS"
 

@@ -171,3 +171,25 @@ def test_verify_shows_a_manual_mapping_on_both_engines(engine: Engine, engine_cl
     assert result.returncode == 6
     assert json.loads(result.stdout)["tasks"][0]["problems"] == [
         {"field": "configuration_id", "sent": ["d-server-000000000007"], "hub": ["d-auto"]}]
+
+
+def test_check_probes_the_reads_and_the_new_writes(cli: Cli, emulator: Emulator,
+                                                   make_config: Callable[..., Path]):
+    """`check` proves the reads `verify` needs and the manual-mapping writes: a missing one is
+    a warning, unless the repair rounds are on (then a read is required: exit 4)."""
+    assert cli("init").returncode == 0
+    result = cli("check")
+    assert result.returncode == 0, result.stdout
+    for action in ("DescribeMigrationTask", "ListCreatedArtifacts", "ListProgressUpdateStreams",
+                   "AssociateDiscoveredResource", "DisassociateDiscoveredResource",
+                   "DisassociateCreatedArtifact"):
+        assert f"[ ok ] permission   mgh:{action}" in result.stdout
+    emulator.state.faults.update(deny={"DescribeMigrationTask", "AssociateDiscoveredResource"})
+    warned = cli("check")
+    assert warned.returncode == 0, warned.stdout
+    assert "[warn] permission   mgh:DescribeMigrationTask is not allowed" in warned.stdout
+    assert "[warn] permission   mgh:AssociateDiscoveredResource is not allowed" in warned.stdout
+    repairing = make_config("repair.toml", verify={"every_seconds": 60})
+    failed = cli("check", config=repairing)
+    assert failed.returncode == 4
+    assert "[FAIL] permission   mgh:DescribeMigrationTask is not allowed" in failed.stdout
