@@ -19,7 +19,7 @@ __all__ = ["FIGURES", "ORDER", "load", "problems", "table", "update", "verdicts"
 
 ORDER = [
     "drain", "coalesce", "idle", "memory", "latency", "wakeup", "budget", "impact", "scale",
-    "profile", "faults", "writer", "pg-drain", "pg-latency",
+    "profile", "faults", "writer", "pg-drain", "pg-latency", "verify", "idle-repair",
 ]
 
 

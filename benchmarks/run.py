@@ -42,13 +42,14 @@ SIZES: dict[str, dict[str, Any]] = {
         "drain_tasks": 600, "cli_sample": 20, "coalesce": (100, 100), "idle_seconds": 60.0,
         "memory": (2000, 100), "latency_seconds": 30.0, "impact_seconds": 8.0,
         "scale": (1000, 10000, 100000), "profile_tasks": 5000, "faults": (60, 5, 5),
-        "writer_runs": 20, "pg_tasks": 10000,
+        "writer_runs": 20, "pg_tasks": 10000, "verify_tasks": 10000,
+        "idle_repair": (1000, 10.0, 120.0),
     },
     "smoke": {
         "drain_tasks": 30, "cli_sample": 1, "coalesce": (10, 10), "idle_seconds": 2.0,
         "memory": (50, 10), "latency_seconds": 3.0, "impact_seconds": 1.0,
         "scale": (100, 300), "profile_tasks": 100, "faults": (10, 2, 1), "writer_runs": 3,
-        "pg_tasks": 200,
+        "pg_tasks": 200, "verify_tasks": 100, "idle_repair": (20, 1.0, 3.0),
     },
 }
 
@@ -378,6 +379,79 @@ def verdict_idle(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
     return [(f"{r['cpu_percent']:.3f}% of a core over {r['seconds']:.0f} s at the default "
              f"interval (schedstat), {r['hub_calls']} Hub calls after start-up",
              "<= 0.1%, no Hub call", r["cpu_percent"] <= 0.1 and r["hub_calls"] == 0)]
+
+
+def scenario_verify(size: dict[str, Any]) -> dict[str, Any]:
+    """`verify` over N delivered tasks (a state and an attribute list each): Hub calls,
+    seconds, CPU and peak RSS; then one task changed at the Hub, which it must find."""
+    tasks = size["verify_tasks"]
+    with emulator_process() as hub:
+        box = make_outbox(hub)
+        insert_states(box.db, [(f"v{t:05d}", "IN_PROGRESS", 40, "copying") for t in range(tasks)])
+        drain(box, hub)
+        before = hub.calls()
+        clean = run_measured(box.cmd("verify"), hub.env)
+        calls = hub.calls() - before
+        hub._request("change-task", {"stream": STREAM, "task": "v00007",
+                                     "task_fields": {"ProgressPercent": 99}})
+        found = subprocess.run(box.cmd("verify", "--json"), env=hub.env, capture_output=True,
+                               text=True)
+        differing = [t["task"] for t in json.loads(found.stdout)["tasks"] if not t["ok"]]
+    return {"tasks": tasks, "exit_code": clean.code, "calls": calls, "seconds": clean.wall,
+            "cpu_seconds": clean.cpu, "peak_mb": clean.peak_mb,
+            "calls_per_second": calls / clean.wall, "changed_exit_code": found.returncode,
+            "changed_found": differing}
+
+
+def verdict_verify(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(figure, target, met) of `verify`."""
+    return [(f"{r['tasks']:,} tasks read back in {r['seconds']:.1f} s with {r['calls']:,} Hub "
+             f"calls ({r['calls_per_second']:,.0f}/s), peak RSS {r['peak_mb']:.1f} MiB; one "
+             f"changed task found (exit {r['changed_exit_code']})",
+             "one read per task (+2), <= 55 MiB, the change found",
+             r["exit_code"] == 0 and r["calls"] <= r["tasks"] + 2 and r["peak_mb"] <= 55
+             and r["changed_exit_code"] == 6 and r["changed_found"] == ["v00007"])]
+
+
+def scenario_idle_repair(size: dict[str, Any]) -> dict[str, Any]:
+    """`run` with repair rounds on (`[verify] every_seconds`) over N delivered tasks and nothing
+    new to send: CPU used and Hub calls per second over the window after start-up."""
+    tasks, every, seconds = size["idle_repair"]
+    with emulator_process() as hub:
+        box = make_outbox(hub)
+        box.config.write_text(box.config.read_text() + f"[verify]\nevery_seconds = {every}\n")
+        insert_states(box.db, [(f"r{t:05d}", "IN_PROGRESS", 40, "copying") for t in range(tasks)])
+        drain(box, hub)
+        proc = subprocess.Popen(box.cmd("run"), env=hub.env, stderr=subprocess.DEVNULL)
+        try:
+            wait_until(lambda: hub.operations().get("DescribeMigrationTask", 0) >= 5, 60,
+                       "the first repair round")
+            time.sleep(2.0)
+            before, started, calls_before = threads_cpu_ns(proc.pid), time.monotonic(), hub.calls()
+            time.sleep(seconds)
+            used, elapsed = (threads_cpu_ns(proc.pid) - before) / 1e9, time.monotonic() - started
+            calls = hub.calls() - calls_before
+            ops = hub.operations()
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=20)
+    return {"tasks": tasks, "every_seconds": every, "seconds": elapsed, "cpu_seconds": used,
+            "cpu_percent": 100 * used / elapsed, "hub_calls": calls,
+            "calls_per_second": calls / elapsed,
+            "calls_per_second_per_1000_tasks": 1000 * calls / elapsed / tasks,
+            "writes": sum(v for k, v in ops.items() if k in (
+                "NotifyMigrationTaskState", "PutResourceAttributes", "ImportMigrationTask",
+                "CreateProgressUpdateStream")) - 2 * tasks - 1}
+
+
+def verdict_idle_repair(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(figure, target, met) of `idle-repair`."""
+    return [(f"{r['cpu_percent']:.3f}% of a core, {r['calls_per_second']:.2f} Hub calls/s "
+             f"({r['calls_per_second_per_1000_tasks']:.2f}/s per 1,000 tasks) with repair "
+             f"rounds every {r['every_seconds']:g} s over {r['tasks']:,} tasks, "
+             f"{r['writes']} writes", "<= 0.5%, < 1 call/s per 1,000 tasks, no write",
+             r["cpu_percent"] <= 0.5 and r["calls_per_second_per_1000_tasks"] < 1
+             and r["writes"] == 0)]
 
 
 def vm_hwm_mb(pid: int) -> float:

@@ -9,7 +9,7 @@ and `release` must present).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import NamedTuple, Protocol
@@ -420,6 +420,9 @@ class OutboxStore(Protocol):
         """This process stops delivering: drop its heartbeat row."""
 
     # mapping
+    def task_pages(self, stream: str | None = None, size: int = 500) -> Iterator[TaskRecord]:
+        """Every task (of `stream`) in id order, read a page at a time."""
+
     def due_verifications(self, limit: int) -> list[TaskRecord]:
         """The imported tasks read back longest ago (a repair round's next few)."""
 

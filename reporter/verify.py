@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 import threading
 import time
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,9 +74,15 @@ class Verifier:
         """Each task's result, in the order given; a blocking failure (credentials, home
         Region) stops the run and raises its HubError."""
         streams = self.streams()
+        window: deque[Future[Checked]] = deque()  # bounded: memory stays flat however many
         with ThreadPoolExecutor(self._workers, thread_name_prefix="verify") as pool:
             try:
-                yield from pool.map(lambda r: self._one(r, streams), records)
+                for record in records:
+                    window.append(pool.submit(self._one, record, streams))
+                    if len(window) >= 2 * self._workers:
+                        yield window.popleft().result()
+                while window:
+                    yield window.popleft().result()
             except BaseException:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
@@ -109,8 +117,8 @@ def verify(config: Config, stream: str | None, task: str | None, as_json: bool) 
     publish = config.publish
     store = config.outbox.engine.open_view()
     try:
-        records = [r for r in store.tasks(stream) if delivered(r)
-                   and (task is None or r.task == task)]
+        records = (r for r in store.task_pages(stream) if delivered(r)
+                   and (task is None or r.task == task))
         membership = Membership(store, "verify", publish.interval_seconds,
                                 publish.max_requests_per_second)
         budget = membership.beat()  # beside replicas: a share of the account's rate
@@ -122,7 +130,8 @@ def verify(config: Config, stream: str | None, task: str | None, as_json: bool) 
                   rate=RateLimiter(rate) if rate else None)
         try:
             hub.resolve_region()
-            results = list(Verifier(hub, publish.concurrency).check(records))
+            checked = Verifier(hub, publish.concurrency).check(records)
+            return _report(checked, calls, started, as_json)
         except HubError as err:
             if err.failure.outcome is not Outcome.BLOCKED:
                 raise
@@ -133,35 +142,48 @@ def verify(config: Config, stream: str | None, task: str | None, as_json: bool) 
             membership.leave()
     finally:
         store.close()
-    return _report(results, calls[0], time.monotonic() - started, as_json)
 
 
-def _report(results: list[Checked], calls: int, seconds: float, as_json: bool) -> int:
-    differ = [c for c in results if c.problems and c.problems[0].field != "task"]
-    missing = [c for c in results if c.problems and c.problems[0].field == "task"]
-    failed = [c for c in results if c.error is not None]
-    summary = {"checked": len(results), "matching": len(results) - len(differ) - len(missing)
-               - len(failed), "differing": len(differ), "missing": len(missing),
-               "unreadable": len(failed), "calls": calls, "seconds": round(seconds, 3)}
-    code = EXIT["differs"] if differ or missing else EXIT["error"] if failed else EXIT["ok"]
+def _report(checked: Iterator[Checked], calls: list[int], started: float,
+            as_json: bool) -> int:
+    """Print as results come (matching tasks are counted, never kept): a line per task that
+    differs, is missing or could not be read, then the summary; with `as_json` one object
+    whose `tasks` list is written entry by entry."""
+    counts = {"checked": 0, "matching": 0, "differing": 0, "missing": 0, "unreadable": 0}
+    if as_json:
+        sys.stdout.write('{"tasks": [')
+    for c in checked:
+        counts["checked"] += 1
+        kind = ("unreadable" if c.error is not None else "matching" if not c.problems
+                else "missing" if c.problems[0].field == "task" else "differing")
+        counts[kind] += 1
+        if as_json:
+            sys.stdout.write(("" if counts["checked"] == 1 else ", ") + json.dumps(c.to_json()))
+        elif kind != "matching":
+            print(_line(c))
+    seconds = time.monotonic() - started
+    summary = {**counts, "calls": calls[0], "seconds": round(seconds, 3)}
     structlog.get_logger("reporter.verify").info("verify_finished", **summary)
     if as_json:
-        print(json.dumps({**summary, "tasks": [c.to_json() for c in results]}))
-        return code
-    for c in results:
-        where = f"{c.record.stream}/{c.record.task}"
-        if c.error is not None:
-            print(f"{where}: could not be read: {c.error}")
-        elif c.problems and c.problems[0].field == "task":
-            print(f"{where}: missing at the Hub ({c.problems[0].hub})")
-        elif c.problems:
-            print(f"{where}: " + "; ".join(
-                f"{p.field} sent {_shown(p.sent)}, the Hub shows {_shown(p.hub)}"
-                for p in c.problems))
-    print(f"verified {summary['checked']} tasks in {seconds:.1f} s ({calls} calls):"
-          f" {summary['matching']} match, {len(differ)} differ, {len(missing)} missing at the Hub"
-          + (f", {len(failed)} could not be read" if failed else ""))
-    return code
+        sys.stdout.write("], " + json.dumps(summary)[1:] + "\n")
+    else:
+        print(f"verified {counts['checked']} tasks in {seconds:.1f} s ({calls[0]} calls):"
+              f" {counts['matching']} match, {counts['differing']} differ, {counts['missing']}"
+              " missing at the Hub" + (f", {counts['unreadable']} could not be read"
+                                       if counts["unreadable"] else ""))
+    if counts["differing"] or counts["missing"]:
+        return EXIT["differs"]
+    return EXIT["error"] if counts["unreadable"] else EXIT["ok"]
+
+
+def _line(c: Checked) -> str:
+    where = f"{c.record.stream}/{c.record.task}"
+    if c.error is not None:
+        return f"{where}: could not be read: {c.error}"
+    if c.problems[0].field == "task":
+        return f"{where}: missing at the Hub ({c.problems[0].hub})"
+    return f"{where}: " + "; ".join(
+        f"{p.field} sent {_shown(p.sent)}, the Hub shows {_shown(p.hub)}" for p in c.problems)
 
 
 def _shown(value: Any) -> str:

@@ -138,15 +138,21 @@ def test_new_kinds_end_to_end_on_both_engines(engine: Engine, engine_cli: Cli, e
                  ("associate-resource", "t1", "d-server-000000000002")):
         result = engine_cli(*args)
         assert result.returncode == 0 and "queued row" in result.stdout, result.stderr
-    bad = engine.insert(kind="discovered_resource", migration_task_name="t1",
-                        configuration_id="x" * 1601)
+    bad = [engine.insert(kind="discovered_resource", migration_task_name="t1",
+                         configuration_id="x" * 1601),
+           engine.insert(kind="discovered_resource_removed", migration_task_name="t1"),
+           engine.insert(kind="created_artifact_removed", migration_task_name="t1",
+                         artifact_name="i-0abc")]
     assert engine_cli("drain", "--timeout", "30").returncode == 5
     hub = emulator.state.task("ToolA", "t1")
     assert sorted(hub.artifacts) == sorted([ARN, ARN2])
     assert hub.discovered == {"d-server-000000000001": "db", "d-server-000000000002": None}
     letters = json.loads(engine_cli("dead-letters", "list", "--json").stdout)
-    assert [(d["id"], d["kind"]) for d in letters] == [(bad, "discovered_resource")]
-    assert letters[0]["reason"].startswith("configuration_id: ")
+    assert [(d["id"], d["kind"]) for d in letters] == list(zip(bad, [
+        "discovered_resource", "discovered_resource_removed", "created_artifact_removed"],
+        strict=True))
+    assert [d["reason"].split(":")[0] for d in letters] == [
+        "configuration_id", "configuration_id", "artifact_name"]
     task = json.loads(engine_cli("tasks", "--json").stdout)[0]
     assert task["discovered_resources"] == ["d-server-000000000001", "d-server-000000000002"]
     assert task["mapped"] is True

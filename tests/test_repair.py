@@ -15,6 +15,7 @@ from reporter.emulator import Emulator
 from reporter.model import ClaimedTask, Resend, SentState
 from reporter.repair import resend_requests
 
+from .engines import Engine
 from .helpers import Cli, start_daemon, status_json, wait_for
 
 ARN = "arn:aws:ec2:us-west-2:123456789012:instance/i-0aaa"
@@ -120,3 +121,29 @@ def test_a_newer_update_by_another_client_is_reported_not_overwritten(
     result = cli("verify", "--json")
     assert result.returncode == 6
     assert [t["task"] for t in json.loads(result.stdout)["tasks"] if not t["ok"]] == ["t1"]
+
+
+def test_repair_on_both_engines(engine: Engine, engine_cli: Cli, emulator: Emulator,
+                                engine_config: Callable[..., Path]):
+    """The repair round's SQL (round-robin, the resend mark, the claim that carries it) on each
+    engine: a deleted stream's task comes back at its newest state, attributes and mapping."""
+    assert engine_cli("init").returncode == 0
+    engine.insert(kind="resource_attributes", migration_task_name="t1",
+                  resource_attributes='[{"Type": "FQDN", "Value": "t1.example"}]')
+    engine.insert(kind="discovered_resource", migration_task_name="t1",
+                  configuration_id="d-server-000000000009", resource_description="by hand")
+    for percent in (10, 60):
+        engine.insert(kind="task_state", migration_task_name="t1", status="IN_PROGRESS",
+                      progress_percent=percent)
+    assert engine_cli("drain", "--timeout", "30").returncode == 0
+    daemon = start_daemon(engine_config("repair.toml", verify={"every_seconds": 0.2}))
+    try:
+        emulator.state.delete_stream("ToolA")
+        wait_for(lambda: _percents(emulator, "t1") == [60], timeout=30)
+        hub = emulator.state.task("ToolA", "t1")
+        wait_for(lambda: hub.discovered == {"d-server-000000000009": "by hand"}, timeout=10)
+        assert hub.attributes == [{"Type": "FQDN", "Value": "t1.example"}]
+    finally:
+        daemon.terminate()
+        daemon.communicate(timeout=10)
+    assert engine_cli("verify").returncode == 0

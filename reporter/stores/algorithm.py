@@ -503,16 +503,30 @@ class SqlStore(ABC):
         """One record per task: last state sent, pending count, mapping, artifacts (sorted)."""
         return self._task_records(stream=stream)
 
-    def _task_records(self, stream: str | None = None,
-                      ids: Sequence[int] | None = None) -> list[TaskRecord]:
-        only = ""
-        if stream:
-            only = self.dialect.named("WHERE t.stream = :stream")
-        elif ids is not None:
-            only = "WHERE t.id " + self.dialect.named(self.dialect.any_of("ids"))
+    def task_pages(self, stream: str | None = None, size: int = 500) -> Iterator[TaskRecord]:
+        """Every task (of `stream`), read `size` at a time in id order: memory stays flat
+        however many there are (`verify`)."""
+        after = 0
+        while True:
+            page = self._task_records(stream=stream, after=after, limit=size)
+            yield from page
+            if len(page) < size:
+                return
+            after = page[-1].task_id
+
+    def _task_records(self, stream: str | None = None, ids: Sequence[int] | None = None,
+                      after: int | None = None, limit: int = 0) -> list[TaskRecord]:
+        where = ["t.stream = :stream"] if stream else []
+        if ids is not None:
+            where.append("t.id " + self.dialect.any_of("ids"))
+        if after is not None:
+            where.append("t.id > :after")
+        only = self.dialect.named(f"WHERE {' AND '.join(where)}") if where else ""
+        order = "ORDER BY t.id LIMIT :limit" if after is not None else "ORDER BY t.stream, t.task"
         with self._tx("read tasks", write=False) as c:
-            rows = c.execute(self.sql("tasks", only=only),
-                             {"stream": stream, "ids": self._array(ids or [])}).fetchall()
+            rows = c.execute(self.sql("tasks", only=only, order=self.dialect.named(order)),
+                             {"stream": stream, "ids": self._array(ids or []), "after": after,
+                              "limit": limit}).fetchall()
         return [
             TaskRecord(
                 stream=r["stream"], task=r["task"], status=r["status"], percent=r["percent"],

@@ -185,8 +185,7 @@ STATEMENTS: dict[str, str] = {
     " AND finished_at >= :since",
     "tasks": f"SELECT t.*, (SELECT count(*) FROM {{rows}} r WHERE r.task_id = t.id AND r.state ="
     f" {PENDING}) AS pending, {{arns}} AS artifacts, {{cids}} AS resources FROM {{tasks}} t"
-    " {only}"
-    " ORDER BY t.stream, t.task",
+    " {only} {order}",
     "prunable": "SELECT id FROM (SELECT id FROM {rows} WHERE state IN"
     f" ({SENT}, {SUPERSEDED}) AND finished_at < :before LIMIT :chunk{{skip}}) AS delivered"
     f" UNION ALL SELECT id FROM (SELECT id FROM {{rows}} WHERE state = {DROPPED}"
@@ -232,7 +231,7 @@ class Dialect:
             skip=self.skip, now=self.now, rejected=REJECTED,
             arns=self.listing.format(table=names["artifacts"], column="arn"),
             cids=self.listing.format(table=names["resources"], column="configuration_id"),
-            only="{only}", before="{before}")
+            only="{only}", before="{before}", order="{order}")
         return self.named(_ANY.sub(lambda m: self.any_of(m.group(1)), text))
 
 
