@@ -126,6 +126,13 @@ FIGURES: dict[str, Callable[[dict[str, Any]], str]] = {
     "faults_median": lambda r: f"{r['faults']['median']:.1f} s",
     "pg_speedup": lambda r: f"{r['pg-drain']['speedup']:.2f}x",
     "pg_latency_p99": lambda r: f"{r['pg-latency']['p99']:.2f} s",
+    "verify_tasks": lambda r: f"{r['verify']['tasks']:,}",
+    "verify_seconds": lambda r: f"{r['verify']['seconds']:.0f} s",
+    "verify_calls": lambda r: f"{r['verify']['calls']:,}",
+    "verify_peak": lambda r: f"{r['verify']['peak_mb']:.1f} MiB",
+    "repair_idle_cpu": lambda r: f"{r['idle-repair']['cpu_percent']:.2f}%",
+    "repair_calls": lambda r: f"{r['idle-repair']['calls_per_second_per_1000_tasks']:.2f}",
+    "repair_every": lambda r: f"{r['idle-repair']['every_seconds']:g} s",
 }
 
 _MARK = re.compile(r"<!--fig:([\w-]+)-->(.*?)<!--/fig-->", re.S)
