@@ -279,3 +279,67 @@ def test_a_sent_attribute_list_schedules_a_mapping_check(engine: Engine, store: 
     assert task.mapped is True and task.configuration_id == "d-server-0123456789abcd"
     assert store.next_wakeup() is None
     assert store.claim_due(10, LEASE) == []
+
+
+def _delivered(engine: Engine, store: OutboxStore, *tasks: str) -> dict[str, Any]:
+    """Each task delivered: imported, a state and an attribute list sent, one artifact and
+    one manual mapping associated."""
+    ids = _rows(engine, *[(t, "IN_PROGRESS") for t in tasks])
+    _take_in(store)
+    claimed = _claim(store)
+    outcomes = []
+    for rid, task in zip(ids, tasks, strict=True):
+        c = claimed[task]
+        outcomes.append(TaskOutcome(
+            c.id, c.lease, sent=[rid], imported=True,
+            state=SentState(rid, c.row(rid).seq, "IN_PROGRESS", 40, "copying",
+                            1_700_000_000.0 + rid, 300),
+            attributes_row=rid, attributes_seq=c.row(rid).seq,
+            attributes=(("FQDN", f"{task}.example"),), artifacts=[(f"arn:{task}", "vm")],
+            resources=[(f"d-{task}", "by hand")]))
+    store.record(outcomes)
+    return claimed
+
+
+def test_repair_rounds_go_round_robin_and_a_repair_rides_on_the_next_claim(
+        engine: Engine, store: OutboxStore):
+    """Rounds take the imported tasks read back longest ago; a task marked for repair is due
+    at once and claimed with what it last sent (state, attributes, artifacts and mappings
+    with their descriptions) and not imported; a repair done clears the mark, one that failed
+    is due again at its retry time."""
+    first = _delivered(engine, store, "a", "b", "c")
+    assert {t.task for t in store.due_verifications(2)} == {"a", "b"}
+    third = {t.task: t for t in store.due_verifications(2)}["c"]  # then c, the oldest
+    assert third.attributes == (("FQDN", "c.example"),) and third.resources == ("d-c",)
+    assert store.claim_due(10, LEASE) == []
+    store.mark_resend([first["b"].id])
+    (claimed,) = store.claim_due(10, LEASE)
+    assert claimed.task == "b" and not claimed.imported and claimed.resend is not None
+    again = claimed.resend
+    assert again.state is not None and again.state.percent == 40
+    assert again.attributes == (("FQDN", "b.example"),)
+    assert again.artifacts == (("arn:b", "vm"),) and again.resources == (("d-b", "by hand"),)
+    retry_at = store.clock() + 3600
+    store.record([TaskOutcome(claimed.id, claimed.lease, imported=True, retry_at=retry_at,
+                              lanes=[LaneResult(Kind.TASK_STATE, 1, retry_at, "Throttling")])])
+    wake = store.next_wakeup()
+    assert store.claim_due(10, LEASE) == [] and wake is not None and abs(wake - retry_at) < 1
+    store.mark_resend([claimed.id])  # due now again (a round asked for it)
+    (claimed,) = store.claim_due(10, LEASE)
+    store.record([TaskOutcome(claimed.id, claimed.lease, imported=True, resent=True)])
+    assert store.claim_due(10, LEASE) == [] and store.next_wakeup() is None
+
+
+def test_a_repair_asked_for_during_a_lease_waits_for_it(engine: Engine, store: OutboxStore):
+    """Marking a leased task never breaks its lease (nobody else may claim it meanwhile); the
+    lease's outcome makes the repair due."""
+    _delivered(engine, store, "a")
+    _rows(engine, ("a", "COMPLETED"))
+    _take_in(store)
+    time.sleep(STATE_SPACING_SECONDS)
+    (leased,) = store.claim_due(10, LEASE)
+    store.mark_resend([leased.id])
+    assert store.claim_due(10, LEASE) == []
+    store.record([TaskOutcome(leased.id, leased.lease, sent=[leased.rows[0].id])])
+    (claimed,) = store.claim_due(10, LEASE)
+    assert claimed.resend is not None and not claimed.imported

@@ -370,9 +370,8 @@ class SqlStore(ABC):
                 c.execute(self.sql("lane"), {**params, "attempts": lane.attempts,
                                              "retry_at": lane.retry_at, "error": lane.error})
         c.execute(self.sql("reschedule"), {"id": o.task_id, "now": now, "lease": o.lease,
-                                           "error": o.error, "spacing": STATE_SPACING_SECONDS})
-        if o.retry_at is not None:
-            c.execute(self.sql("resend_due"), {"id": o.task_id, "retry_at": o.retry_at})
+                                           "error": o.error, "spacing": STATE_SPACING_SECONDS,
+                                           "retry_at": o.retry_at})
 
     def mark_stream_created(self, stream: str) -> None:
         """Remember that the Hub has this stream."""

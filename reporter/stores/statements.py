@@ -118,12 +118,11 @@ STATEMENTS: dict[str, str] = {
     "imported": "UPDATE {tasks} SET imported = TRUE, verify_at = coalesce(verify_at, :now)"
     " WHERE id = :id",
     "resent": "UPDATE {tasks} SET resend = FALSE WHERE id = :id",
-    # a repair that failed part-way is due again at its lanes' retry (no row may be waiting)
-    "resend_due": "UPDATE {tasks} SET due_at = :retry_at WHERE id = :id AND resend"
-    " AND lease_token IS NULL AND due_at IS NULL",
     # repair: the Hub lost the task (or its stream): import it and send its newest state again
-    "mark_resend": "UPDATE {tasks} SET resend = TRUE, imported = FALSE,"
-    " due_at = {least}(coalesce(due_at, :now), :now) WHERE id = ANY(:ids)",
+    # (due now, unless leased: the lease's outcome makes it due, see reschedule)
+    "mark_resend": "UPDATE {tasks} SET resend = TRUE, imported = FALSE, due_at = CASE WHEN"
+    " lease_token IS NULL THEN {least}(coalesce(due_at, :now), :now) ELSE due_at END"
+    " WHERE id = ANY(:ids)",
     # repair rounds take the tasks read back longest ago (round-robin over the imported ones)
     "due_verifications": "UPDATE {tasks} SET verify_at = :now WHERE id IN (SELECT id"
     " FROM {tasks} WHERE verify_at IS NOT NULL ORDER BY verify_at LIMIT :limit{skip})"
@@ -145,11 +144,13 @@ STATEMENTS: dict[str, str] = {
     # Due again when the earliest lane with waiting rows may send; the lease ends here.
     "reschedule": "UPDATE {tasks} SET lease_token = NULL, last_error = coalesce(:error,"
     " (SELECT last_error FROM {lanes} WHERE task_id = :id AND last_error IS NOT NULL LIMIT 1)),"
-    " due_at = (SELECT min({greatest}(coalesce(l.retry_at, 0), :now,"
+    " due_at = coalesce((SELECT min({greatest}(coalesce(l.retry_at, 0), :now,"
     f" CASE WHEN k.kind = {STATE} THEN coalesce(sent_at, 0) + :spacing ELSE 0 END))"
     f" FROM (SELECT DISTINCT {LANE_OF} AS kind FROM {{rows}} WHERE task_id = :id"
     f" AND state = {PENDING}) AS k"
-    " LEFT JOIN {lanes} l ON l.task_id = :id AND l.kind = k.kind)"
+    " LEFT JOIN {lanes} l ON l.task_id = :id AND l.kind = k.kind),"
+    # a repair still to do (it failed part-way, or was asked for during this lease)
+    " CASE WHEN resend THEN coalesce(:retry_at, :now) END)"
     " WHERE id = :id AND lease_token = :lease",
     "streams": "SELECT stream FROM {streams} WHERE created_at IS NOT NULL",
     "record_mapping": "UPDATE {tasks} SET mapped = :mapped, configuration_id = :configuration_id,"
