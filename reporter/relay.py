@@ -159,7 +159,8 @@ class Relay:
                 self._deliver(tasks, result)
             if result.blocked is None:
                 self.mapping.run()
-                self.repairs.run()
+                if not admission.probe:  # never while probing an outage
+                    self.repairs.run()
         self._wakeup = min((t for t in (self.store.next_wakeup(), self.repairs.next_at)
                             if t is not None), default=None)
         if self._wakeup is not None:
