@@ -150,8 +150,8 @@ class ClaimedTask:
     state_floor: int | None = None  # insertion place of the state the Hub has
     attributes_floor: int | None = None  # ... and of its attribute list
     rows: list[ClaimedRow] = field(default_factory=list)  # in insertion order
-    associated: set[str] = field(default_factory=set)  # artifact ARNs the Hub has from us
-    resources: set[str] = field(default_factory=set)  # ... and manual mappings' ConfigurationIds
+    associated: frozenset[str] = frozenset()  # artifact ARNs the Hub has from us
+    resources: frozenset[str] = frozenset()  # ... and manual mappings' ConfigurationIds
     lanes: dict[Kind, LaneState] = field(default_factory=dict)
     last_update_time: float | None = None  # the UpdateDateTime the Hub has (epoch seconds)
     resend: Resend | None = None  # a repair: send this again after importing the task

@@ -17,7 +17,7 @@ from reporter import rows
 from reporter.config import VerifyConfig
 from reporter.errors import HubError, Outcome
 from reporter.hub import Hub
-from reporter.hubview import compare, read_view, seconds
+from reporter.hubview import compare, delivered, read_view, seconds
 from reporter.model import ClaimedTask, OutboxStore, TaskRecord
 
 if TYPE_CHECKING:
@@ -59,7 +59,8 @@ class RepairRounds:
             again: set[int] = set()
             for record in records:
                 if record.stream not in streams:  # the stream is gone: every task of it
-                    again |= {t.task_id for t in self._store.tasks(record.stream)}
+                    again |= {t.task_id for t in self._store.tasks(record.stream)
+                              if delivered(t)}
                     continue
                 try:
                     view = read_view(self._hub, record)
@@ -91,7 +92,10 @@ class RepairRounds:
                               hint="`mgh-reporter verify` shows it; sent again only when ours"
                               " is newer than the Hub's")
         ours = record.update_time
-        return ours is not None and (hub_time is None or seconds(ours) > seconds(hub_time))
+        if ours is not None and (hub_time is None or seconds(ours) > seconds(hub_time)):
+            self.differing.pop(record.task_id, None)  # ours is sent again: being repaired
+            return True
+        return False
 
 
 def resend_requests(task: ClaimedTask, planned: list[rows.Request]) -> list[rows.Request]:

@@ -110,9 +110,11 @@ def verify(config: Config, stream: str | None, task: str | None, as_json: bool) 
     log = structlog.get_logger("reporter.verify")
     started = time.monotonic()
     calls = [0]
+    counting = threading.Lock()
 
     def count(operation: str, outcome: str, seconds: float) -> None:
-        calls[0] += 1
+        with counting:  # called from the reading threads
+            calls[0] += 1
 
     publish = config.publish
     store = config.outbox.engine.open_view()
@@ -133,10 +135,14 @@ def verify(config: Config, stream: str | None, task: str | None, as_json: bool) 
             checked = Verifier(hub, publish.concurrency).check(records)
             return _report(checked, calls, started, as_json)
         except HubError as err:
-            if err.failure.outcome is not Outcome.BLOCKED:
-                raise
-            log.error("verify_blocked", error_code=err.failure.code, reason=err.failure.message)
-            print(f"verify blocked: {err.failure.message}")
+            blocked = err.failure.outcome is Outcome.BLOCKED
+            log.error("verify_blocked" if blocked else "verify_failed", operation=err.operation,
+                      error_code=err.failure.code, reason=err.failure.message)
+            if not blocked:
+                print(f"verify failed: {err.operation}: {err.failure}", file=sys.stderr)
+                return EXIT["error"]
+            if not as_json:
+                print(f"verify blocked: {err.failure.message}")
             return EXIT["blocked"]
         finally:
             membership.leave()
@@ -152,15 +158,22 @@ def _report(checked: Iterator[Checked], calls: list[int], started: float,
     counts = {"checked": 0, "matching": 0, "differing": 0, "missing": 0, "unreadable": 0}
     if as_json:
         sys.stdout.write('{"tasks": [')
-    for c in checked:
-        counts["checked"] += 1
-        kind = ("unreadable" if c.error is not None else "matching" if not c.problems
-                else "missing" if c.problems[0].field == "task" else "differing")
-        counts[kind] += 1
+    try:
+        for c in checked:
+            counts["checked"] += 1
+            kind = ("unreadable" if c.error is not None else "matching" if not c.problems
+                    else "missing" if c.problems[0].field == "task" else "differing")
+            counts[kind] += 1
+            if as_json:
+                sys.stdout.write(("" if counts["checked"] == 1 else ", ")
+                                 + json.dumps(c.to_json()))
+            elif kind != "matching":
+                print(_line(c))
+    except HubError as err:  # blocked part-way (credentials expired): the JSON still closes
         if as_json:
-            sys.stdout.write(("" if counts["checked"] == 1 else ", ") + json.dumps(c.to_json()))
-        elif kind != "matching":
-            print(_line(c))
+            sys.stdout.write("], " + json.dumps({**counts, "calls": calls[0], "blocked":
+                                                 err.failure.message})[1:] + "\n")
+        raise
     seconds = time.monotonic() - started
     summary = {**counts, "calls": calls[0], "seconds": round(seconds, 3)}
     structlog.get_logger("reporter.verify").info("verify_finished", **summary)

@@ -193,3 +193,20 @@ def test_check_probes_the_reads_and_the_new_writes(cli: Cli, emulator: Emulator,
     failed = cli("check", config=repairing)
     assert failed.returncode == 4
     assert "[FAIL] permission   mgh:DescribeMigrationTask is not allowed" in failed.stdout
+
+
+def test_verify_says_what_failed_and_keeps_its_json_whole(cli: Cli, emulator: Emulator):
+    """A Hub that keeps failing: exit 1 with the operation and the error, no traceback. A
+    permission lost part-way: exit 4, and `--json` still prints one whole object that says
+    so."""
+    _deliver(cli, tasks=2)
+    emulator.state.faults.update(fail_operations={"ListProgressUpdateStreams"})
+    failed = cli("verify")
+    assert failed.returncode == 1, failed.stderr
+    assert "verify failed: ListProgressUpdateStreams" in failed.stderr
+    assert "Traceback" not in failed.stderr
+    emulator.state.faults.update(fail_operations=set(), deny={"DescribeMigrationTask"})
+    blocked = cli("verify", "--json")
+    assert blocked.returncode == 4, blocked.stderr
+    report = json.loads(blocked.stdout)
+    assert report["tasks"] == [] and "DescribeMigrationTask" in report["blocked"]

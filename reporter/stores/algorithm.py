@@ -267,22 +267,30 @@ class SqlStore(ABC):
             artifacts = self._all(c, "artifacts_of", ids)
             resources = self._all(c, "resources_of", ids)
             lanes = self._all(c, "lanes_of", ids)
+            repairs = [t["id"] for t in tasks if t["resend"]]
+            resends = self._all(c, "resends_of", {"ids": self._array(repairs)}) if repairs else []
         claimed = {
             t["id"]: ClaimedTask(t["id"], t["stream"], t["task"], token, bool(t["imported"]),
                                  t["last_state_seq"], t["last_attributes_seq"],
                                  last_update_time=t["update_time"])
             for t in tasks
         }
-        repairs = {t["id"]: t for t in tasks if t["resend"]}
         self._leased(list(claimed), token, started + lease_seconds)
         for r in rows:  # in insertion order; content None: deleted by the tool after intake
             claimed[r["task_id"]].rows.append(ClaimedRow(
                 r["id"], r["seq"], r["attempts"], r["created_at"], contents.get(r["id"])))
+        arns: dict[int, set[str]] = {}  # most tasks have none: they keep the shared empty set
         for a in artifacts:
-            claimed[a["task_id"]].associated.add(a["arn"])
+            arns.setdefault(a["task_id"], set()).add(a["arn"])
+        cids: dict[int, set[str]] = {}
         for m in resources:
-            claimed[m["task_id"]].resources.add(m["configuration_id"])
-        for tid, t in repairs.items():
+            cids.setdefault(m["task_id"], set()).add(m["configuration_id"])
+        for tid, found in arns.items():
+            claimed[tid].associated = frozenset(found)
+        for tid, found in cids.items():
+            claimed[tid].resources = frozenset(found)
+        for t in resends:
+            tid = t["id"]
             state = None if t["status"] is None else SentState(
                 -1, -1, t["status"], t["percent"], t["detail"], float(t["update_time"]),
                 int(t["next_update_seconds"]))

@@ -44,6 +44,9 @@ _ROW_COLUMNS = tuple(f.name for f in fields(OutboxRow) if f.name != "oversize")
 _NAME_PREFIX_BYTES = 1024
 _NAMES = ("kind", "migration_task_name", "progress_update_stream")
 _CHUNK = 5000
+# The page cache per connection, in KiB (SQLite's default is 2,000): the OS page cache holds
+# the file anyway, and the daemon's memory budget (55 MiB at peak) has no room for more.
+CACHE_KIB = 1024
 BLOB_RECYCLE = 2_000  # blob handles per connection before it is swapped (see _recycle)
 
 
@@ -113,6 +116,7 @@ class SqliteStore(SqlStore):
             conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
             mode = _wal_mode(conn, busy_timeout_ms / 1000)
             conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{path}: cannot open as an SQLite database: {exc}") from None
         if mode != "wal":

@@ -95,8 +95,9 @@ STATEMENTS: dict[str, str] = {
     "claim": "UPDATE {tasks} SET due_at = {now} + :lease, lease_token = :token WHERE id IN"
     " (SELECT id FROM {tasks} WHERE due_at IS NOT NULL AND due_at <= {now} ORDER BY due_at"
     " LIMIT :limit{skip}) RETURNING id, stream, task, imported, last_state_seq,"
-    " last_attributes_seq, update_time, resend, status, percent, detail, next_update_seconds,"
-    " attributes",
+    " last_attributes_seq, update_time, resend",
+    "resends_of": "SELECT id, status, percent, detail, update_time, next_update_seconds,"
+    " attributes FROM {tasks} WHERE id = ANY(:ids)",
     "release": "UPDATE {tasks} SET due_at = :due, lease_token = NULL WHERE id = :id"
     " AND lease_token = :lease",
     "lease_tokens": "SELECT id, lease_token FROM {tasks} WHERE id = ANY(:ids) ORDER BY id{lock}",
