@@ -14,10 +14,10 @@ import click
 
 from reporter import config as config_mod
 from reporter.config import Config, ConfigError
-from reporter.model import StoreError
 from reporter.outbox import OutboxValueError
 from reporter.process import EXIT, LockError
 from reporter.secrets import scrub
+from reporter.storeerror import StoreError
 
 if TYPE_CHECKING:
     from rich.console import Console

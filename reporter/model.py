@@ -15,6 +15,7 @@ from enum import StrEnum
 from typing import NamedTuple, Protocol
 
 from reporter.rows import Kind, OutboxRow, Verdict
+from reporter.storeerror import StoreError
 
 __all__ = [
     "Backlog",
@@ -39,31 +40,6 @@ __all__ = [
     "TaskRecord",
     "tail_size",
 ]
-
-
-class StoreError(Exception):
-    """The outbox file cannot be used; the message says which file and why.
-
-    `busy` is True when the only problem was the write lock staying taken past the busy
-    timeout (other writers): transient, the next pass tries again. `needs_init` is True for a
-    valid outbox table without (current) delivery tables: `init` would make it usable.
-    `damaged` is True when the file cannot be trusted (SQLITE_CORRUPT, SQLITE_NOTADB): nothing
-    may be written or checkpointed into it any more.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        busy: bool = False,
-        needs_init: bool = False,
-        cause: str | None = None,
-        damaged: bool = False,
-    ) -> None:
-        super().__init__(message)
-        self.busy = busy
-        self.needs_init = needs_init
-        self.damaged = damaged
-        self.cause = cause or message  # the engine's own words (one event per distinct cause)
 
 
 class RowState(StrEnum):

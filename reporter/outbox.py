@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from reporter import rows
-from reporter.model import StoreError
+from reporter.storeerror import StoreError
 from reporter.stores import is_url, require_libpq
 
 __all__ = ["Outbox", "OutboxValueError"]

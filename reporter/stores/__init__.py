@@ -9,9 +9,12 @@ import contextlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from reporter.model import OutboxStore, StoreError
+from reporter.storeerror import StoreError
+
+if TYPE_CHECKING:
+    from reporter.model import OutboxStore
 
 __all__ = ["LIBPQ_HINT", "Engine", "Wakeups", "is_url", "require_libpq"]
 
