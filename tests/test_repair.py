@@ -80,6 +80,7 @@ def test_the_daemon_repairs_a_deleted_stream_and_a_lost_task(
         assert hub.attributes == [{"Type": "IPV4_ADDRESS", "Value": "10.0.0.7"}]
         emulator.state.lose_task("ToolA", "t2")
         wait_for(lambda: _percents(emulator, "t2") == [90], timeout=30)
+        wait_for(lambda: emulator.state.task("ToolA", "t2").attributes, timeout=10)
         assert cli("verify").returncode == 0
     finally:
         daemon.terminate()
