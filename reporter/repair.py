@@ -42,7 +42,6 @@ class RepairRounds:
         self._log = structlog.get_logger("reporter.repair")
         self.next_at: float | None = clock() if self._every > 0 else None
         self.differing: dict[int, tuple[str, ...]] = {}  # task id -> fields that differ
-        self.marked = 0  # tasks marked for repair since start
 
     def run(self) -> None:
         """One round when it is due (a blocked Hub ends it; other failures skip a task)."""
@@ -75,7 +74,6 @@ class RepairRounds:
             return  # the Hub is unusable for now; the next round tries again
         if again:
             self._store.mark_resend(sorted(again))
-            self.marked += len(again)
             self._log.info("hub_repair_started", tasks=len(again))
 
     def _differs(self, record: TaskRecord, problems: list[Any], hub_time: float | None) -> bool:
