@@ -57,10 +57,18 @@ class StoreHealth:
 
     def usable(self) -> bool:
         """Before a pass: False while the file is damaged or lost (a replaced outbox is
-        reopened; its old -wal is no damage)."""
-        if self.damaged or self._outbox_lost():
+        reopened; its old -wal is no damage). The -wal is looked at before the file: a tool
+        removing the outbox and then its -wal between the two looks must read as the outbox
+        lost, never as a damaged one (which only a restart ends)."""
+        if self.damaged:
             return False
-        return not self.distrust(self.service.parts.store.damage())
+        store = self.service.parts.store
+        damage = store.damage()
+        if self._outbox_lost():
+            return False
+        if self.service.parts.store is not store:  # reopened: the new file is the one to judge
+            damage = self.service.parts.store.damage()
+        return not self.distrust(damage)
 
     def distrust(self, problem: str | None) -> bool:
         """The outbox cannot be trusted any more (said once, loudly): unusable until a restart;

@@ -84,6 +84,20 @@ def start_daemon(config: Path, env: dict[str, str] | None = None,
     )
 
 
+def stop_daemon(proc: subprocess.Popen[str], log: Path | None = None,
+                timeout: float = 10.0) -> None:
+    """SIGTERM, then a clean exit (0) within `timeout`; otherwise the failure shows the end of
+    the daemon's log (`log`, or its piped stderr), which says why."""
+    proc.terminate()
+    code = proc.wait(timeout=timeout)
+    if code != 0:
+        if log is not None:
+            text = log.read_text(errors="replace")
+        else:
+            text = proc.stderr.read() if proc.stderr is not None else "(stderr not kept)"
+        raise AssertionError(f"the daemon exited {code}; its log ends:\n{text[-6000:]}")
+
+
 def http_get(url: str) -> tuple[int, str]:
     """GET on loopback: (status, body); (0, "") while nothing answers (not listening yet, or a
     connection the server closed)."""

@@ -14,7 +14,7 @@ import pytest
 
 from reporter.emulator import Emulator
 
-from .helpers import Cli, fill, insert, pending, start_daemon, status_json, wait_for
+from .helpers import Cli, fill, insert, pending, start_daemon, status_json, stop_daemon, wait_for
 
 
 @pytest.mark.parametrize("kind", ["html", "truncated", "proxy502"])
@@ -118,5 +118,4 @@ def test_a_persisting_garbled_path_shows_its_true_cause_in_status(
         wait_for(lambda: pending(outbox_path) == 0)
         wait_for(lambda: last_error() == "")
     finally:
-        proc.terminate()
-        assert proc.wait(timeout=10) == 0
+        stop_daemon(proc)

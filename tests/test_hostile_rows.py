@@ -18,7 +18,7 @@ from reporter.emulator import Emulator
 from reporter.rows import MAX_COLUMN_BYTES, MAX_JSON_DEPTH, OutboxRow, Problem
 
 from .engines import Engine
-from .helpers import Cli, attrs, start_daemon, wait_for
+from .helpers import Cli, attrs, start_daemon, stop_daemon, wait_for
 
 NOW = 1_800_000_000.0
 CREATED = "2027-01-15T08:00:00.000Z"
@@ -194,8 +194,7 @@ def test_the_daemon_stays_under_64_mib_with_50_mb_values(engine: Engine, engine_
         print(f"peak RSS {engine.name}: {peak:.1f} MiB")
         assert peak <= 64, f"peak RSS {peak:.1f} MiB"
     finally:
-        proc.terminate()
-        assert proc.wait(timeout=15) == 0
+        stop_daemon(proc, timeout=15)
 
 
 def test_the_sizing_connection_is_recycled_and_never_onto_a_replaced_file(

@@ -13,7 +13,7 @@ from reporter import config as config_mod
 from reporter.emulator import Emulator
 from reporter.metrics import MAX_CONNECTIONS, REQUEST_TIMEOUT_SECONDS, Metrics, MetricsServer
 
-from .helpers import Cli, http_get, start_daemon, wait_for
+from .helpers import Cli, http_get, start_daemon, stop_daemon, wait_for
 
 
 def _free_port(family: socket.AddressFamily = socket.AF_INET, host: str = "127.0.0.1") -> int:
@@ -97,11 +97,12 @@ def test_the_daemons_memory_stays_flat_under_1000_idle_connections(
                      timeout=REQUEST_TIMEOUT_SECONDS + 10)
         print("RSS (MiB) before and under each of 2 floods of 1,000 idle connections:",
               [round(r / 1024, 1) for r in rss])
-        # The first flood starts the handler threads (their stacks); later floods add nothing.
-        assert (rss[1] - rss[0]) / 1024 < 6 and (max(rss[2:]) - rss[1]) / 1024 < 1.5, rss
+        # The first flood starts the handler threads (their stacks and malloc arenas: ~6.5 MiB
+        # on Python 3.13, where an uncapped server's 1,000 threads would cost 30 MiB or more);
+        # later floods add nothing.
+        assert (rss[1] - rss[0]) / 1024 < 12 and (max(rss[2:]) - rss[1]) / 1024 < 1.5, rss
     finally:
-        proc.terminate()
-        assert proc.wait(timeout=15) == 0
+        stop_daemon(proc, timeout=15)
 
 
 def test_an_ipv6_loopback_listen_address_works(cli: Cli, emulator: Emulator, make_config: Any):
@@ -117,5 +118,4 @@ def test_an_ipv6_loopback_listen_address_works(cli: Cli, emulator: Emulator, mak
         wait_for(lambda: http_get(f"http://[::1]:{port}/healthz")[0] == 200, timeout=30)
         assert "mgh_reporter_pending_rows" in http_get(f"http://[::1]:{port}/metrics")[1]
     finally:
-        proc.terminate()
-        assert proc.wait(timeout=15) == 0
+        stop_daemon(proc, timeout=15)

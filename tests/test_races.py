@@ -14,7 +14,7 @@ from typing import Any
 
 from reporter.emulator import Emulator
 
-from .helpers import ROOT, Cli, child_env, fill, pending, start_daemon, wait_for
+from .helpers import ROOT, Cli, child_env, fill, pending, start_daemon, stop_daemon, wait_for
 
 
 def _inits(config: Path, count: int) -> list[subprocess.CompletedProcess[str]]:
@@ -58,8 +58,7 @@ def test_init_beside_a_daemon_reopening_a_recreated_outbox(
         fill(outbox_path, 2, 1)
         wait_for(lambda: pending(outbox_path) == 0, timeout=30)
     finally:
-        proc.terminate()
-        assert proc.wait(timeout=15) == 0
+        stop_daemon(proc, timeout=15)
         err.close()
 
 

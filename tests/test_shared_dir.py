@@ -26,7 +26,7 @@ from reporter import live
 from reporter.emulator import Emulator
 from reporter.files import UnsafeFile, private_dir
 
-from .helpers import Cli, start_daemon
+from .helpers import Cli, start_daemon, stop_daemon
 
 GROUP, SERVICE, TOOL = "mgh-share-t", "mgh-svc-t", "mgh-tool-t"
 
@@ -170,8 +170,7 @@ def test_live_state_in_a_shared_directory_is_met_as_hostile(
         assert not path.is_symlink()
         assert victim.read_text() == "do not touch\n"
     finally:
-        proc.terminate()
-        assert proc.wait(timeout=15) == 0
+        stop_daemon(proc, timeout=15)
     forged = {"health": "ok", "cause": None, "heartbeat": time.time(), "pid": 1,
               "outbox": "x", "interval_seconds": 2.0}
     path.unlink()

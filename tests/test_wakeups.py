@@ -21,7 +21,7 @@ from reporter.emulator import Emulator
 from reporter.rows import STATE_SPACING_SECONDS
 from reporter.stores.sqlite_wake import Waker
 
-from .helpers import Cli, insert, pending, start_daemon, wait_for
+from .helpers import Cli, insert, pending, start_daemon, stop_daemon, wait_for
 
 # Far longer than any wait below: a row published within it was not published by the schedule.
 SLOW = {"publish": {"interval_seconds": 60.0}}
@@ -61,8 +61,7 @@ def _start(config: Path, log: Path) -> Any:
 
 
 def _stop(proc: Any, err: Any) -> None:
-    proc.terminate()
-    assert proc.wait(timeout=15) == 0
+    stop_daemon(proc, timeout=15)
     err.close()
 
 
