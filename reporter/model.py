@@ -473,6 +473,10 @@ class OutboxStore(Protocol):
     def file_problem(self) -> str | None:
         """Why the store no longer reaches the outbox its config names (deleted, replaced)."""
 
+    def disown(self) -> str | None:
+        """The outbox at its path is no longer the file we have open: remove the companion
+        files of ours still at that path. None once none is left, else why one cannot go."""
+
 
 def tail_size(batch: int) -> int:
     """Behind a backlog, each intake batch also takes this many of the newest queued rows: a

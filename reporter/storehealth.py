@@ -52,6 +52,7 @@ class StoreHealth:
         self._busy_since: float | None = None  # monotonic: when transient failures began
         self._failed_at = 0.0  # monotonic: the last failure (see ok)
         self._lost = False
+        self._left: str | None = None  # why a file of ours stays at a lost outbox's path
         self._wal_warned = False
         self._next_wal_check = 0.0
 
@@ -119,13 +120,21 @@ class StoreHealth:
         """Each pass (one stat): is the open file still the outbox at its path? If it was deleted
         or replaced, say so once, stop writing to it, and reopen once a valid outbox is back (the
         waker wakes us when the directory changes)."""
-        problem = self.service.parts.store.file_problem()
+        store = self.service.parts.store
+        problem = store.file_problem()
         if problem is None:
             return False
         if not self._lost:  # one loud event per loss, however it changes until it is back
             self._lost = True
             self.log.error("outbox_lost", error=problem, hint=OUTBOX_LOST_HINT)
         self.problem = problem
+        left = store.disown()  # our -wal must not meet the new file, ours or anyone's
+        if left is not None:
+            if left != self._left:
+                self.log.error("outbox_files_left", error=left)
+            self._left = self.problem = left
+            return True
+        self._left = None
         return not self._reopen()
 
     def _reopen(self) -> bool:

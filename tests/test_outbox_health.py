@@ -234,6 +234,93 @@ def test_an_outbox_replaced_by_a_tool_is_taken_up(
             stop_daemon(proc, log)
 
 
+def _dump(path: Path) -> str:
+    """The whole database as SQL text (its schema and every row), and its integrity check."""
+    conn = sqlite3.connect(path, timeout=5)
+    try:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        return "\n".join(conn.iterdump())
+    finally:
+        conn.close()
+
+
+def _delivered_then_frames_in_the_wal(outbox_path: Path, emulator: Emulator) -> None:
+    """Twenty tasks delivered: the daemon's -wal now holds frames of the old file's pages, which
+    no new file at this path may ever read as its own."""
+    fill(outbox_path, 20, 1)
+    wait_for(lambda: pending(outbox_path) == 0, timeout=30)
+    assert emulator.state.streams["ToolA"]["t19"] is not None
+    assert Path(f"{outbox_path}-wal").stat().st_size > 0
+
+
+def test_a_replaced_outbox_is_never_read_through_the_old_files_wal(
+    cli: Cli, emulator: Emulator, config_path: Path, outbox_path: Path, tmp_path: Path
+):
+    """SQLite pairs a database with whatever -wal sits at its path: a tool renaming a new file
+    over the outbox while the daemon holds the old one's -wal would have the new file read (and,
+    at a checkpoint, overwritten with) the old file's pages, its own rows never seen. The daemon
+    removes its -wal and -shm from the path before anything opens the new file there."""
+    assert cli("init").returncode == 0
+    log = tmp_path / "daemon.log"
+    with log.open("w") as err:
+        proc = start_daemon(config_path, stderr=err)
+        try:
+            _delivered_then_frames_in_the_wal(outbox_path, emulator)
+            wal = Path(f"{outbox_path}-wal")
+            before = wal.stat()
+            new = tmp_path / "new.db"
+            conn = sqlite3.connect(new)
+            conn.executescript(CONTRACT_DDL)
+            conn.execute("CREATE TABLE tool_marker(made_by TEXT)")  # the new file's own page 1
+            conn.execute("INSERT INTO outbox(kind, migration_task_name, status)"
+                         " VALUES ('task_state', 'again', 'IN_PROGRESS')")
+            conn.commit()
+            conn.close()
+            os.replace(new, outbox_path)
+            wait_for(lambda: any(e["event"] == "outbox_reopened" for e in _events(log)),
+                     timeout=15)
+            after = wal.stat()  # the -wal at the path now: the new file's own, never the old
+            assert (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino)
+            wait_for(lambda: emulator.state.streams["ToolA"].get("again") is not None)
+            insert(outbox_path, kind="task_state", migration_task_name="later",
+                   status="COMPLETED")
+            wait_for(lambda: emulator.state.streams["ToolA"].get("later") is not None)
+            dump = _dump(outbox_path)
+            assert "'again'" in dump and "'later'" in dump and "tool_marker" in dump
+            assert "'t0'" not in dump and "'t19'" not in dump
+            assert not any(e["event"] == "outbox_damaged" for e in _events(log))
+        finally:
+            stop_daemon(proc, log)
+
+
+def test_an_outbox_deleted_without_its_wal_gives_init_a_clean_file(
+    cli: Cli, emulator: Emulator, config_path: Path, outbox_path: Path, tmp_path: Path
+):
+    """`rm outbox.db` alone leaves the daemon's -wal and -shm at the path: `init` would make a
+    new file that reads the deleted one's pages through them (its old tasks back, as if
+    undelivered) and writes them into itself. The daemon removes them once it sees the loss."""
+    assert cli("init").returncode == 0
+    log = tmp_path / "daemon.log"
+    with log.open("w") as err:
+        proc = start_daemon(config_path, stderr=err)
+        try:
+            _delivered_then_frames_in_the_wal(outbox_path, emulator)
+            outbox_path.unlink()
+            wait_for(lambda: any(e["event"] == "outbox_lost" for e in _events(log)), timeout=15)
+            wait_for(lambda: not Path(f"{outbox_path}-wal").exists()
+                     and not Path(f"{outbox_path}-shm").exists(), timeout=15)
+            assert cli("init").returncode == 0
+            insert(outbox_path, kind="task_state", migration_task_name="fresh",
+                   status="COMPLETED")
+            wait_for(lambda: emulator.state.streams["ToolA"].get("fresh") is not None)
+            dump = _dump(outbox_path)
+            assert "'fresh'" in dump and "'t0'" not in dump and "'t19'" not in dump
+            assert len(emulator.state.task("ToolA", "t0").updates) == 1  # never sent again
+            assert not any(e["event"] == "outbox_damaged" for e in _events(log))
+        finally:
+            stop_daemon(proc, log)
+
+
 @pytest.mark.parametrize("after", ["file_problem", "damage"])
 def test_an_outbox_removed_between_the_daemons_two_looks_is_lost_never_damaged(
     after: str, aws_env: dict[str, str], cli: Cli, config_path: Path, outbox_path: Path,

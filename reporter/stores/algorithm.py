@@ -129,6 +129,10 @@ class SqlStore(ABC):
         """Why our file is no longer the outbox at its path (deleted or replaced), or None."""
         return None
 
+    def disown(self) -> str | None:
+        """Remove our companion files left at a lost outbox's path (None: done, or none)."""
+        return None
+
     # -- opening -----------------------------------------------------------------------------
     def _columns_to_add(self, columns: Sequence[str], creating: bool) -> list[str]:
         """The outbox table's columns judged: `init` (`creating`) refuses a table without the

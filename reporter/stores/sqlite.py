@@ -101,6 +101,7 @@ class SqliteStore(SqlStore):
         except OSError as exc:
             raise StoreError(f"{path}: cannot stat: {exc.strerror}") from None
         self._identity = (st.st_dev, st.st_ino)
+        self._wal: tuple[int, int] | None = None  # our -wal's (device, inode), once seen
 
     def _connect(self) -> sqlite3.Connection:
         path, busy_timeout_ms = self.path, self.busy_timeout_ms
@@ -405,28 +406,72 @@ class SqliteStore(SqlStore):
     def damage(self) -> str | None:
         """The -wal file this connection writes, deleted or replaced by another file under us
         (a tool's `rm`, a restore): our frames and everyone else's would no longer meet, and a
-        checkpoint from us would overwrite the database with a stale log."""
+        checkpoint from us would overwrite the database with a stale log. Only our own -wal
+        counts (known by its inode once seen): a connection to a file we have since left (a
+        replaced outbox) may hold its old -wal a moment longer."""
         wal = f"{self.path}-wal"
+        held = self._held(wal)
+        try:
+            st = os.stat(wal)
+            there: tuple[int, int] | None = (st.st_dev, st.st_ino)
+        except OSError:
+            there = None
+        if self._wal is None and (False, there) in held:
+            self._wal = there  # the -wal at the path, open here: ours
+        for deleted, ident in held:
+            if self._wal not in (None, ident):
+                continue  # a file we have left, not ours
+            if deleted:
+                return (f"{wal}: the outbox's write-ahead log was deleted while the daemon had it"
+                        " open")
+            if there is not None and ident != there:
+                return f"{wal}: the outbox's write-ahead log was replaced by another file"
+        return None
+
+    def disown(self) -> str | None:
+        """Our -wal and -shm stay at the outbox's path after its file was deleted or replaced
+        (SQLite leaves them: the path is no longer ours). Whatever opens a new file there (our
+        reopening, `init`, a tool) would pair it with them and read our old file's pages as its
+        own, and a checkpoint would write them into it: remove them while they are still the
+        files we hold open."""
+        for suffix in ("-wal", "-shm"):
+            name = f"{self.path}{suffix}"
+            ours = {ident for deleted, ident in self._held(name) if not deleted}
+            try:
+                st = os.lstat(name)
+            except OSError:
+                continue  # gone already (or unreadable: then not judged ours)
+            if (st.st_dev, st.st_ino) not in ours:
+                continue  # a new outbox's own file
+            try:
+                os.unlink(name)
+            except FileNotFoundError:
+                continue
+            except OSError as exc:
+                return (f"{name}: cannot remove the lost outbox's {suffix[1:]} file "
+                        f"({exc.strerror}); remove it before anything opens the new outbox, or "
+                        "it reads the old file's pages")
+        return None
+
+    @staticmethod
+    def _held(name: str) -> list[tuple[bool, tuple[int, int]]]:
+        """Each descriptor of this process open on `name` (or on a deleted file of that name):
+        (deleted, its (device, inode))."""
         try:
             fds = os.listdir("/proc/self/fd")
         except OSError:
-            return None  # no /proc: not judged
+            return []  # no /proc: not judged
+        held = []
         for fd in fds:
             try:
                 target = os.readlink(f"/proc/self/fd/{fd}")
+                if target not in (name, f"{name} (deleted)"):
+                    continue
+                st = os.fstat(int(fd))
             except OSError:
                 continue
-            if target == f"{wal} (deleted)":
-                return (f"{wal}: the outbox's write-ahead log was deleted while the daemon had it"
-                        " open")
-            if target == wal:
-                try:
-                    ours, theirs = os.fstat(int(fd)), os.stat(wal)
-                except OSError:
-                    continue
-                if (ours.st_dev, ours.st_ino) != (theirs.st_dev, theirs.st_ino):
-                    return f"{wal}: the outbox's write-ahead log was replaced by another file"
-        return None
+            held.append((target != name, (st.st_dev, st.st_ino)))
+        return held
 
     def integrity(self) -> str | None:
         """`PRAGMA quick_check` (every page and index, no table scan against its index)."""
