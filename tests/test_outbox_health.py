@@ -321,6 +321,64 @@ def test_an_outbox_deleted_without_its_wal_gives_init_a_clean_file(
             stop_daemon(proc, log)
 
 
+def _immutable(directory: Path, on: bool) -> None:
+    """`chattr +i`/`-i`: nothing in the directory can be removed, not even by root."""
+    subprocess.run(["chattr", "+i" if on else "-i", str(directory)], check=True,
+                   capture_output=True)
+
+
+def _chattr_works(tmp_path: Path) -> bool:
+    probe = tmp_path / "probe"
+    probe.mkdir()
+    try:
+        _immutable(probe, True)
+    except (OSError, subprocess.CalledProcessError):
+        return False
+    _immutable(probe, False)
+    return True
+
+
+def test_a_lost_outboxs_files_that_cannot_be_removed_are_named_and_block_the_reopening(
+    cli: Cli, emulator: Emulator, config_path: Path, outbox_path: Path, tmp_path: Path
+):
+    """When the daemon cannot remove its -wal from a lost outbox's path (an immutable or
+    read-only directory), it says which file and why (`outbox_files_left`, `status`), opens no
+    new file there meanwhile, and carries on by itself once the file can go."""
+    if not _chattr_works(tmp_path):
+        pytest.skip("chattr +i is not supported on this filesystem")
+    assert cli("init").returncode == 0
+    log = tmp_path / "daemon.log"
+    with log.open("w") as err:
+        proc = start_daemon(config_path, stderr=err)
+        try:
+            _delivered_then_frames_in_the_wal(outbox_path, emulator)
+            proc.send_signal(signal.SIGSTOP)  # the file goes, and its directory freezes, at once
+            try:
+                outbox_path.unlink()
+                _immutable(outbox_path.parent, True)
+            finally:
+                proc.send_signal(signal.SIGCONT)
+            wait_for(lambda: any(e["event"] == "outbox_files_left" for e in _events(log)),
+                     timeout=15)
+            left = next(e for e in _events(log) if e["event"] == "outbox_files_left")
+            assert f"{outbox_path}-" in left["error"] and "cannot remove" in left["error"]
+            code, report = _status(cli, config_path)
+            assert code == 1 and "cannot remove" in (report["daemon"]["cause"] or "")
+            assert Path(f"{outbox_path}-wal").exists()
+            _immutable(outbox_path.parent, False)
+            wait_for(lambda: not Path(f"{outbox_path}-wal").exists()
+                     and not Path(f"{outbox_path}-shm").exists(), timeout=15)
+            assert cli("init").returncode == 0
+            insert(outbox_path, kind="task_state", migration_task_name="fresh",
+                   status="COMPLETED")
+            wait_for(lambda: emulator.state.streams["ToolA"].get("fresh") is not None)
+            assert "'t0'" not in _dump(outbox_path)
+            assert sum(e["event"] == "outbox_files_left" for e in _events(log)) == 1
+        finally:
+            _immutable(outbox_path.parent, False)
+            stop_daemon(proc, log)
+
+
 @pytest.mark.parametrize("after", ["file_problem", "damage"])
 def test_an_outbox_removed_between_the_daemons_two_looks_is_lost_never_damaged(
     after: str, aws_env: dict[str, str], cli: Cli, config_path: Path, outbox_path: Path,
