@@ -13,6 +13,7 @@ import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,26 @@ def _events(log: Path) -> list[dict[str, Any]]:
 def _status(cli: Cli, config: Path) -> tuple[int, dict[str, Any]]:
     result = cli("status", "--json", config=config)
     return result.returncode, json.loads(result.stdout)
+
+
+def _seen(log: Path, event: str) -> int:
+    """How many `event` lines the daemon has logged."""
+    return sum(e["event"] == event for e in _events(log))
+
+
+@contextmanager
+def _running(cli: Cli, config: Path, tmp_path: Path) -> Iterator[tuple[Any, Path]]:
+    """`init`, then the daemon as a real process logging to a file, once it has started; at
+    the end SIGTERM and a clean exit (else the failure shows its log)."""
+    assert cli("init", config=config).returncode == 0
+    log = tmp_path / "daemon.log"
+    with log.open("w") as err:
+        proc = start_daemon(config, stderr=err)
+        try:
+            wait_for(lambda: _seen(log, "started"))
+            yield proc, log
+        finally:
+            stop_daemon(proc, log)
 
 
 # -- the live state ---------------------------------------------------------------------------
@@ -150,29 +171,21 @@ def test_disk_full_is_reported_once_and_delivery_resumes(
     # the daemon can still say what is wrong.
     config = make_config("full.toml", outbox={"path": str(outbox)},
                          metrics={"listen": f"127.0.0.1:{port}"})
-    assert cli("init", config=config).returncode == 0
-    log = tmp_path / "daemon.log"
-    with log.open("w") as err:
-        proc = start_daemon(config, stderr=err)
-        try:
-            wait_for(lambda: any(e["event"] == "started" for e in _events(log)))
-            proc.send_signal(signal.SIGSTOP)  # the disk fills while the daemon has its files open
-            fill(outbox, 200, 1)
-            filler = _fill_disk(small_disk)
-            proc.send_signal(signal.SIGCONT)
-            wait_for(lambda: any(e["event"] == "store_error" for e in _events(log)))
-            wait_for(lambda: _healthz(port) == 503)
-            code, report = _status(cli, config)
-            assert code == 1, report
-            assert "full" in (report["outbox_unusable"] or "")
-            assert proc.poll() is None
-            filler.unlink()
-            wait_for(lambda: pending(outbox) == 0, timeout=30)
-            wait_for(lambda: _healthz(port) == 200, timeout=45)  # a quiet spell ends it
-            errors = [e for e in _events(log) if e["event"] == "store_error"]
-            assert len(errors) == 1, errors
-        finally:
-            stop_daemon(proc, log)
+    with _running(cli, config, tmp_path) as (proc, log):
+        proc.send_signal(signal.SIGSTOP)  # the disk fills while the daemon has its files open
+        fill(outbox, 200, 1)
+        filler = _fill_disk(small_disk)
+        proc.send_signal(signal.SIGCONT)
+        wait_for(lambda: _seen(log, "store_error"))
+        wait_for(lambda: _healthz(port) == 503)
+        code, report = _status(cli, config)
+        assert code == 1, report
+        assert "full" in (report["outbox_unusable"] or "")
+        assert proc.poll() is None
+        filler.unlink()
+        wait_for(lambda: pending(outbox) == 0, timeout=30)
+        wait_for(lambda: _healthz(port) == 200, timeout=45)  # a quiet spell ends it
+        assert _seen(log, "store_error") == 1
     for t in range(200):
         assert len(emulator.state.task("ToolA", f"t{t}").updates) == 1
 
@@ -183,27 +196,34 @@ def test_a_deleted_outbox_is_noticed_and_a_new_one_is_taken_up(
 ):
     """`rm` of the outbox under `run`: one loud `outbox_lost` event, `status` exits 1 and health
     says why; after `init` makes a new one, the daemon reopens it and delivers its rows."""
-    assert cli("init").returncode == 0
-    log = tmp_path / "daemon.log"
-    with log.open("w") as err:
-        proc = start_daemon(config_path, stderr=err)
-        try:
-            wait_for(lambda: any(e["event"] == "started" for e in _events(log)))
-            for suffix in ("", "-wal", "-shm"):
-                Path(f"{outbox_path}{suffix}").unlink(missing_ok=True)
-            wait_for(lambda: any(e["event"] == "outbox_lost" for e in _events(log)), timeout=15)
-            lost = next(e for e in _events(log) if e["event"] == "outbox_lost")
-            assert "deleted" in lost["error"] and "init" in lost["hint"]
-            code, _ = _status(cli, config_path)
-            assert code == 1
-            assert cli("init").returncode == 0
-            insert(outbox_path, kind="task_state", migration_task_name="fresh", status="COMPLETED")
-            wait_for(lambda: any(e["event"] == "outbox_reopened" for e in _events(log)),
-                     timeout=15)
-            wait_for(lambda: emulator.state.streams.get("ToolA", {}).get("fresh") is not None)
-            assert sum(e["event"] == "outbox_lost" for e in _events(log)) == 1
-        finally:
-            stop_daemon(proc, log)
+    with _running(cli, config_path, tmp_path) as (_, log):
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{outbox_path}{suffix}").unlink(missing_ok=True)
+        wait_for(lambda: _seen(log, "outbox_lost"), timeout=15)
+        lost = next(e for e in _events(log) if e["event"] == "outbox_lost")
+        assert "deleted" in lost["error"] and "init" in lost["hint"]
+        code, _ = _status(cli, config_path)
+        assert code == 1
+        assert cli("init").returncode == 0
+        insert(outbox_path, kind="task_state", migration_task_name="fresh", status="COMPLETED")
+        wait_for(lambda: _seen(log, "outbox_reopened"), timeout=15)
+        wait_for(lambda: emulator.state.streams.get("ToolA", {}).get("fresh") is not None)
+        assert _seen(log, "outbox_lost") == 1
+
+
+def _replace_as_a_tool(outbox: Path, task: str, marker: bool = False) -> None:
+    """A tool re-creates the outbox: a new file (its own DDL and one row; with `marker`, a
+    table of its own too) renamed over the old one."""
+    new = outbox.with_name("new.db")
+    conn = sqlite3.connect(new)
+    conn.executescript(CONTRACT_DDL)
+    if marker:
+        conn.execute("CREATE TABLE tool_marker(made_by TEXT)")  # the new file's own page 1
+    conn.execute("INSERT INTO outbox(kind, migration_task_name, status)"
+                 " VALUES ('task_state', ?, 'IN_PROGRESS')", (task,))
+    conn.commit()
+    conn.close()
+    os.replace(new, outbox)
 
 
 def test_an_outbox_replaced_by_a_tool_is_taken_up(
@@ -211,27 +231,12 @@ def test_an_outbox_replaced_by_a_tool_is_taken_up(
 ):
     """A tool re-creates the outbox (a new file renamed over the old one, its own DDL): the
     daemon says it was replaced, prepares the new file, and delivers the tool's new rows."""
-    assert cli("init").returncode == 0
-    log = tmp_path / "daemon.log"
-    with log.open("w") as err:
-        proc = start_daemon(config_path, stderr=err)
-        try:
-            wait_for(lambda: any(e["event"] == "started" for e in _events(log)))
-            new = tmp_path / "new.db"
-            conn = sqlite3.connect(new)
-            conn.executescript(CONTRACT_DDL)
-            conn.execute("INSERT INTO outbox(kind, migration_task_name, status)"
-                         " VALUES ('task_state', 'again', 'IN_PROGRESS')")
-            conn.commit()
-            conn.close()
-            os.replace(new, outbox_path)
-            wait_for(lambda: any(e["event"] == "outbox_reopened" for e in _events(log)),
-                     timeout=15)
-            lost = next(e for e in _events(log) if e["event"] == "outbox_lost")
-            assert "replaced" in lost["error"]
-            wait_for(lambda: emulator.state.streams.get("ToolA", {}).get("again") is not None)
-        finally:
-            stop_daemon(proc, log)
+    with _running(cli, config_path, tmp_path) as (_, log):
+        _replace_as_a_tool(outbox_path, "again")
+        wait_for(lambda: _seen(log, "outbox_reopened"), timeout=15)
+        lost = next(e for e in _events(log) if e["event"] == "outbox_lost")
+        assert "replaced" in lost["error"]
+        wait_for(lambda: emulator.state.streams.get("ToolA", {}).get("again") is not None)
 
 
 def _dump(path: Path) -> str:
@@ -260,37 +265,21 @@ def test_a_replaced_outbox_is_never_read_through_the_old_files_wal(
     over the outbox while the daemon holds the old one's -wal would have the new file read (and,
     at a checkpoint, overwritten with) the old file's pages, its own rows never seen. The daemon
     removes its -wal and -shm from the path before anything opens the new file there."""
-    assert cli("init").returncode == 0
-    log = tmp_path / "daemon.log"
-    with log.open("w") as err:
-        proc = start_daemon(config_path, stderr=err)
-        try:
-            _delivered_then_frames_in_the_wal(outbox_path, emulator)
-            wal = Path(f"{outbox_path}-wal")
-            before = wal.stat()
-            new = tmp_path / "new.db"
-            conn = sqlite3.connect(new)
-            conn.executescript(CONTRACT_DDL)
-            conn.execute("CREATE TABLE tool_marker(made_by TEXT)")  # the new file's own page 1
-            conn.execute("INSERT INTO outbox(kind, migration_task_name, status)"
-                         " VALUES ('task_state', 'again', 'IN_PROGRESS')")
-            conn.commit()
-            conn.close()
-            os.replace(new, outbox_path)
-            wait_for(lambda: any(e["event"] == "outbox_reopened" for e in _events(log)),
-                     timeout=15)
-            after = wal.stat()  # the -wal at the path now: the new file's own, never the old
-            assert (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino)
-            wait_for(lambda: emulator.state.streams["ToolA"].get("again") is not None)
-            insert(outbox_path, kind="task_state", migration_task_name="later",
-                   status="COMPLETED")
-            wait_for(lambda: emulator.state.streams["ToolA"].get("later") is not None)
-            dump = _dump(outbox_path)
-            assert "'again'" in dump and "'later'" in dump and "tool_marker" in dump
-            assert "'t0'" not in dump and "'t19'" not in dump
-            assert not any(e["event"] == "outbox_damaged" for e in _events(log))
-        finally:
-            stop_daemon(proc, log)
+    with _running(cli, config_path, tmp_path) as (_, log):
+        _delivered_then_frames_in_the_wal(outbox_path, emulator)
+        wal = Path(f"{outbox_path}-wal")
+        before = wal.stat()
+        _replace_as_a_tool(outbox_path, "again", marker=True)
+        wait_for(lambda: _seen(log, "outbox_reopened"), timeout=15)
+        after = wal.stat()  # the -wal at the path now: the new file's own, never the old
+        assert (after.st_dev, after.st_ino) != (before.st_dev, before.st_ino)
+        wait_for(lambda: emulator.state.streams["ToolA"].get("again") is not None)
+        insert(outbox_path, kind="task_state", migration_task_name="later", status="COMPLETED")
+        wait_for(lambda: emulator.state.streams["ToolA"].get("later") is not None)
+        dump = _dump(outbox_path)
+        assert "'again'" in dump and "'later'" in dump and "tool_marker" in dump
+        assert "'t0'" not in dump and "'t19'" not in dump
+        assert not _seen(log, "outbox_damaged")
 
 
 def test_an_outbox_deleted_without_its_wal_gives_init_a_clean_file(
@@ -299,26 +288,28 @@ def test_an_outbox_deleted_without_its_wal_gives_init_a_clean_file(
     """`rm outbox.db` alone leaves the daemon's -wal and -shm at the path: `init` would make a
     new file that reads the deleted one's pages through them (its old tasks back, as if
     undelivered) and writes them into itself. The daemon removes them once it sees the loss."""
+    with _running(cli, config_path, tmp_path) as (_, log):
+        _delivered_then_frames_in_the_wal(outbox_path, emulator)
+        outbox_path.unlink()
+        wait_for(lambda: _seen(log, "outbox_lost"), timeout=15)
+        wait_for(lambda: _companions_gone(outbox_path), timeout=15)
+        _init_gives_a_clean_file(cli, emulator, outbox_path)
+        assert not _seen(log, "outbox_damaged")
+
+
+def _companions_gone(outbox: Path) -> bool:
+    return not Path(f"{outbox}-wal").exists() and not Path(f"{outbox}-shm").exists()
+
+
+def _init_gives_a_clean_file(cli: Cli, emulator: Emulator, outbox: Path) -> None:
+    """`init` at the lost outbox's path: a new file holding none of the old one's rows, whose
+    own rows the daemon takes up and delivers."""
     assert cli("init").returncode == 0
-    log = tmp_path / "daemon.log"
-    with log.open("w") as err:
-        proc = start_daemon(config_path, stderr=err)
-        try:
-            _delivered_then_frames_in_the_wal(outbox_path, emulator)
-            outbox_path.unlink()
-            wait_for(lambda: any(e["event"] == "outbox_lost" for e in _events(log)), timeout=15)
-            wait_for(lambda: not Path(f"{outbox_path}-wal").exists()
-                     and not Path(f"{outbox_path}-shm").exists(), timeout=15)
-            assert cli("init").returncode == 0
-            insert(outbox_path, kind="task_state", migration_task_name="fresh",
-                   status="COMPLETED")
-            wait_for(lambda: emulator.state.streams["ToolA"].get("fresh") is not None)
-            dump = _dump(outbox_path)
-            assert "'fresh'" in dump and "'t0'" not in dump and "'t19'" not in dump
-            assert len(emulator.state.task("ToolA", "t0").updates) == 1  # never sent again
-            assert not any(e["event"] == "outbox_damaged" for e in _events(log))
-        finally:
-            stop_daemon(proc, log)
+    insert(outbox, kind="task_state", migration_task_name="fresh", status="COMPLETED")
+    wait_for(lambda: emulator.state.streams["ToolA"].get("fresh") is not None)
+    dump = _dump(outbox)
+    assert "'fresh'" in dump and "'t0'" not in dump and "'t19'" not in dump
+    assert len(emulator.state.task("ToolA", "t0").updates) == 1  # never sent again
 
 
 def _immutable(directory: Path, on: bool) -> None:
@@ -346,10 +337,7 @@ def test_a_lost_outboxs_files_that_cannot_be_removed_are_named_and_block_the_reo
     new file there meanwhile, and carries on by itself once the file can go."""
     if not _chattr_works(tmp_path):
         pytest.skip("chattr +i is not supported on this filesystem")
-    assert cli("init").returncode == 0
-    log = tmp_path / "daemon.log"
-    with log.open("w") as err:
-        proc = start_daemon(config_path, stderr=err)
+    with _running(cli, config_path, tmp_path) as (proc, log):
         try:
             _delivered_then_frames_in_the_wal(outbox_path, emulator)
             proc.send_signal(signal.SIGSTOP)  # the file goes, and its directory freezes, at once
@@ -358,25 +346,17 @@ def test_a_lost_outboxs_files_that_cannot_be_removed_are_named_and_block_the_reo
                 _immutable(outbox_path.parent, True)
             finally:
                 proc.send_signal(signal.SIGCONT)
-            wait_for(lambda: any(e["event"] == "outbox_files_left" for e in _events(log)),
-                     timeout=15)
+            wait_for(lambda: _seen(log, "outbox_files_left"), timeout=15)
             left = next(e for e in _events(log) if e["event"] == "outbox_files_left")
             assert f"{outbox_path}-" in left["error"] and "cannot remove" in left["error"]
             code, report = _status(cli, config_path)
             assert code == 1 and "cannot remove" in (report["daemon"]["cause"] or "")
             assert Path(f"{outbox_path}-wal").exists()
-            _immutable(outbox_path.parent, False)
-            wait_for(lambda: not Path(f"{outbox_path}-wal").exists()
-                     and not Path(f"{outbox_path}-shm").exists(), timeout=15)
-            assert cli("init").returncode == 0
-            insert(outbox_path, kind="task_state", migration_task_name="fresh",
-                   status="COMPLETED")
-            wait_for(lambda: emulator.state.streams["ToolA"].get("fresh") is not None)
-            assert "'t0'" not in _dump(outbox_path)
-            assert sum(e["event"] == "outbox_files_left" for e in _events(log)) == 1
         finally:
             _immutable(outbox_path.parent, False)
-            stop_daemon(proc, log)
+        wait_for(lambda: _companions_gone(outbox_path), timeout=15)
+        _init_gives_a_clean_file(cli, emulator, outbox_path)
+        assert _seen(log, "outbox_files_left") == 1
 
 
 @pytest.mark.parametrize("after", ["file_problem", "damage"])
@@ -429,13 +409,9 @@ def test_a_long_reader_grows_the_wal_which_is_truncated_once_it_ends(
     port = _free_port()
     config = make_config("wal.toml", outbox={"wal_warning_bytes": 1_000_000},
                          metrics={"listen": f"127.0.0.1:{port}"})
-    assert cli("init", config=config).returncode == 0
-    log = tmp_path / "daemon.log"
-    reader = sqlite3.connect(outbox_path, isolation_level=None)
-    with log.open("w") as err:
-        proc = start_daemon(config, stderr=err)
+    with _running(cli, config, tmp_path) as (_, log):
+        reader = sqlite3.connect(outbox_path, isolation_level=None)
         try:
-            wait_for(lambda: any(e["event"] == "started" for e in _events(log)))
             reader.execute("BEGIN")
             reader.execute("SELECT count(*) FROM outbox").fetchone()  # holds its snapshot
             detail = "x" * 2000
@@ -456,12 +432,11 @@ def test_a_long_reader_grows_the_wal_which_is_truncated_once_it_ends(
             metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
             assert "mgh_reporter_outbox_wal_bytes" in metrics
             # The live state (status) can be written before the log line: wait for it too.
-            wait_for(lambda: any(e["event"] == "wal_growing" for e in _events(log)), timeout=10)
+            wait_for(lambda: _seen(log, "wal_growing"), timeout=10)
             reader.execute("ROLLBACK")
             wait_for(lambda: wal.stat().st_size == 0, timeout=20)
             # The event is written just after the truncation the test saw: wait for it too.
-            wait_for(lambda: any(e["event"] == "wal_truncated" for e in _events(log)), timeout=10)
+            wait_for(lambda: _seen(log, "wal_truncated"), timeout=10)
             assert _status(cli, config)[1]["warnings"] == []
         finally:
             reader.close()
-            stop_daemon(proc, log)
