@@ -19,9 +19,10 @@ from reporter.conditions import Conditions
 from reporter.config import Config
 from reporter.errors import Failure, FenceLost, HubError, Outcome
 from reporter.gate import CallResult
-from reporter.model import ClaimedTask, LaneResult, SentState, TaskOutcome
+from reporter.model import ClaimedTask, HubTask, LaneResult, SentState, TaskOutcome
 from reporter.retry import Backoff, give_up_reason
 from reporter.rows import Verdict
+from reporter.views import iso
 
 __all__ = [
     "CALM_ATTEMPTS",
@@ -53,6 +54,9 @@ class HubCalls(Protocol):
 
     def import_task(self, stream: str, task: str) -> None:
         """ImportMigrationTask."""
+
+    def described(self, stream: str, task: str) -> HubTask | None:
+        """DescribeMigrationTask's state of the task (None: the Hub has no such task)."""
 
     def send(self, request: rows.Request) -> None:
         """The call a validated row becomes."""
@@ -159,39 +163,95 @@ class Courier:
         out.superseded = plan.superseded
         out.rejected += plan.rejected
         now = self._clock()
-        again = repair.resend_requests(task, plan.send)
-        due = [r for r in again + plan.send if (task.lane(r.kind.lane).retry_at or 0.0) <= now]
-        if self._stop.is_set() or not (due or task.resend):
+        send = [r for r in plan.send if (task.lane(r.kind.lane).retry_at or 0.0) <= now]
+        repairing = task.resend is not None and (
+            task.lane(rows.Kind.TASK_STATE).retry_at or 0.0) <= now
+        if self._stop.is_set() or not (send or repairing):
             return delivery
         failed: dict[rows.Kind, LaneFailure] = {}
         if stream_failure is not None:  # made on behalf of the first due row, like the import
-            _fail_all(deque(due), failed, stream_failure, "CreateProgressUpdateStream", due[0])
-        else:
-            self._fenced_lanes(task, deque(due), delivery, failed)
-        if delivery.blocked is None and not delivery.lease_lost:
-            self._settle(task, due, failed, delivery)
-        if task.resend is not None and not self._stop.is_set():
-            repair.settle(task, again, delivery, self._clock() + self._backoff.base, self._log)
-        return delivery
-
-    def _fenced_lanes(
-        self,
-        task: ClaimedTask,
-        queue: deque[rows.Request],
-        delivery: Delivery,
-        failed: dict[rows.Kind, LaneFailure],
-    ) -> None:
-        """The task's calls, each made only while its lease holds (checked right before the
-        request goes out); once it is lost, no further call for the task."""
+            if send:
+                _fail_all(deque(send), failed, stream_failure, "CreateProgressUpdateStream",
+                          send[0])
+            else:
+                failed[rows.Kind.TASK_STATE] = LaneFailure(
+                    stream_failure, "CreateProgressUpdateStream", -1)
+            self._settle(task, send, failed, delivery)
+            if repairing:
+                repair.settle(task, repair.RepairPlan([], False, [], None), False, delivery,
+                              now + self._backoff.base, self._log)
+            return delivery
         with self._hub.fenced(lambda: self._fence(task)):
             try:
-                self._run_lanes(task, queue, delivery, failed)
+                self._fenced(task, plan.send, send, repairing, delivery, failed)
             except FenceLost as lost:
                 delivery.lease_lost = True
                 self._log.warning(
                     "lease_lost", stream=task.stream, task=task.task, operation=str(lost),
                     hint="another replica holds this task now; no further call from here",
                 )
+        return delivery
+
+    def _fenced(
+        self,
+        task: ClaimedTask,
+        planned: list[rows.Request],
+        send: list[rows.Request],
+        repairing: bool,
+        delivery: Delivery,
+        failed: dict[rows.Kind, LaneFailure],
+    ) -> None:
+        """The task's calls, each made only while its lease holds (checked right before the
+        request goes out); once it is lost (FenceLost), no further call for the task. A repair
+        first reads the Hub's state of the task, then sends again what it lacks before any
+        waiting row."""
+        fix = repair.RepairPlan([], False, [], None)
+        now = self._clock()
+        if repairing:
+            try:
+                found = self._hub.described(task.stream, task.task)
+                delivery.calls.append(None)
+            except HubError as err:
+                delivery.calls.append(err.failure)
+                if err.failure.outcome is Outcome.BLOCKED:
+                    delivery.blocked = err.failure
+                    return
+                # every lane waits for the read, as for the import; no row is charged
+                failed[rows.Kind.TASK_STATE] = LaneFailure(err.failure, err.operation, -1)
+                _fail_all(deque(send), failed, err.failure, err.operation, None)
+                self._settle(task, send, failed, delivery)
+                repair.settle(task, fix, False, delivery, now + self._backoff.base, self._log)
+                return
+            fix = repair.plan_repair(task, planned, found, found is not None)
+            if found is not None:
+                delivery.outcome.imported = True
+            self._report_newer(task, fix)
+            gone = {v.row for v in fix.superseded}
+            delivery.outcome.superseded += fix.superseded
+            send = [r for r in send if r.row_id not in gone]
+        again = [r for r in fix.calls if (task.lane(r.kind.lane).retry_at or 0.0) <= now]
+        due = again + send
+        if due or fix.import_first:
+            self._run_lanes(task, deque(due), delivery, failed,
+                            imported=task.imported and not fix.import_first)
+        if delivery.blocked is None and not delivery.lease_lost:
+            self._settle(task, due, failed, delivery)
+        if repairing and not self._stop.is_set():
+            repair.settle(task, fix, len(again) == len(fix.calls), delivery,
+                          self._clock() + self._backoff.base, self._log)
+
+    def _report_newer(self, task: ClaimedTask, fix: repair.RepairPlan) -> None:
+        """A state someone else wrote later than ours: reported, never overwritten."""
+        hub = fix.newer_at_hub
+        if hub is None:
+            return
+        ours = task.resend.state if task.resend is not None else None
+        self._log.warning(
+            "hub_differs", stream=task.stream, task=task.task, fields=["update_date_time"],
+            hub_status=hub.status, hub_percent=hub.percent, hub_update_time=iso(hub.update_time),
+            our_update_time=iso(ours.update_time if ours else None),
+            superseded=[v.row for v in fix.superseded],
+            hint="the Hub holds a newer state than ours (another client's): not sent again")
 
     def _run_lanes(
         self,
@@ -199,9 +259,10 @@ class Courier:
         queue: deque[rows.Request],
         delivery: Delivery,
         failed: dict[rows.Kind, LaneFailure],
+        imported: bool,
     ) -> None:
         out = delivery.outcome
-        imported, repaired = task.imported, False
+        repaired = False
         log = self._log.bind(stream=task.stream, task=task.task)
         if not queue and not imported:  # a repair with nothing to send again: the import
             repair.import_alone(self._hub, task, delivery)
@@ -234,6 +295,8 @@ class Courier:
                     queue.popleft()
                 elif failure.outcome is Outcome.REPAIR and not repaired:
                     repaired, imported = True, False
+                    # the task (or its stream) is gone: once imported again, restore it whole
+                    out.lost = out.lost or operation != IMPORT
                     log.info("repairing", operation=err.operation, error=str(failure))
                     try:
                         self._hub.create_stream(task.stream)
@@ -272,7 +335,7 @@ class Courier:
         """
         out, now = delivery.outcome, self._clock()
         progressed = any(result is None for result in delivery.calls)
-        for kind in sorted({r.kind.lane for r in due}):
+        for kind in sorted({r.kind.lane for r in due} | set(failed)):
             if kind not in failed:
                 out.lanes.append(LaneResult(kind, 0, None))
                 continue
@@ -343,7 +406,7 @@ def _fail_all(
     failed: dict[rows.Kind, LaneFailure],
     failure: Failure,
     operation: str,
-    head: rows.Request,
+    head: rows.Request | None,
 ) -> None:
     """Charge the row whose call was tried; the other lanes wait without a charge."""
     for request in queue:

@@ -10,6 +10,7 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from typing import Any
 
 import boto3
@@ -28,6 +29,7 @@ from reporter.errors import (
     classify,
 )
 from reporter.limiter import AdaptiveLimiter, RateLimiter
+from reporter.model import HubTask
 from reporter.rows import Request
 from reporter.secrets import remember
 
@@ -294,6 +296,21 @@ class Hub:
     def send(self, request: Request) -> None:
         """The call a validated row becomes."""
         self.call(request.operation, request.params())
+
+    def described(self, stream: str, task: str) -> HubTask | None:
+        """The task's current state (DescribeMigrationTask); None: the Hub has no such task or
+        stream."""
+        try:
+            found = self.call("DescribeMigrationTask", {
+                "ProgressUpdateStream": stream, "MigrationTaskName": task}).get("MigrationTask")
+        except HubError as err:
+            if err.failure.code == "ResourceNotFoundException":
+                return None
+            raise
+        state = (found or {}).get("Task") or {}
+        when = (found or {}).get("UpdateDateTime")
+        return HubTask(state.get("Status"), state.get("ProgressPercent"),
+                       when.timestamp() if isinstance(when, datetime) else None)
 
     def discovered_resources(self, stream: str, task: str) -> list[str]:
         """ConfigurationIds the task is mapped to (ListDiscoveredResources)."""

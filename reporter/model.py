@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
+from enum import IntEnum, StrEnum
 from typing import NamedTuple, Protocol
 
 from reporter.rows import Kind, OutboxRow, Verdict
@@ -23,6 +23,7 @@ __all__ = [
     "ClaimedTask",
     "DeadLetter",
     "GateState",
+    "HubTask",
     "Ingested",
     "LaneResult",
     "LaneState",
@@ -32,6 +33,7 @@ __all__ = [
     "OutboxStore",
     "Replica",
     "Resend",
+    "ResendScope",
     "RowCounts",
     "RowState",
     "SentState",
@@ -103,6 +105,16 @@ class ClaimedRow:
     content: OutboxRow | None
 
 
+class ResendScope(IntEnum):
+    """What a repair sends again (the tasks table's `resend`): nothing; the newest state only
+    (the Hub is behind us on a task it still has); everything (the Hub lost the task or its
+    stream: state, attribute list, artifacts and manual mappings)."""
+
+    NONE = 0
+    STATE = 1
+    WHOLE = 2
+
+
 @dataclass(frozen=True)
 class Resend:
     """What a repair sends again (the Hub lost the task or its stream, or is behind us): the
@@ -112,6 +124,16 @@ class Resend:
     attributes: tuple[tuple[str, str], ...] | None
     artifacts: tuple[tuple[str, str | None], ...] = ()  # (ARN, description)
     resources: tuple[tuple[str, str | None], ...] = ()  # (ConfigurationId, description)
+    scope: ResendScope = ResendScope.WHOLE
+
+
+class HubTask(NamedTuple):
+    """A task's current state as DescribeMigrationTask shows it (read before a repair sends a
+    state again, so a newer update by someone else is never overwritten)."""
+
+    status: str | None
+    percent: int | None
+    update_time: float | None  # epoch seconds; None: the Hub has no state for the task
 
 
 @dataclass
@@ -206,6 +228,7 @@ class TaskOutcome:
     lanes: list[LaneResult] = field(default_factory=list)
     error: str | None = None
     resent: bool = False  # a repair's calls all went through
+    lost: bool = False  # a call found the task (or its stream) gone: restore it whole
     retry_at: float | None = None  # a repair that failed part-way: when to try again
 
 
@@ -402,9 +425,10 @@ class OutboxStore(Protocol):
     def due_verifications(self, limit: int) -> list[TaskRecord]:
         """The imported tasks read back longest ago (a repair round's next few)."""
 
-    def mark_resend(self, task_ids: Sequence[int]) -> None:
-        """The Hub lost these tasks or is behind us: import them and send their newest state,
-        attribute list, artifacts and manual mappings again, as soon as possible."""
+    def mark_resend(self, task_ids: Sequence[int], scope: ResendScope) -> None:
+        """The Hub lost these tasks (WHOLE: import them and send their newest state, attribute
+        list, artifacts and manual mappings again) or is behind us (STATE: our newest state
+        again), as soon as possible; a task already marked keeps the wider scope."""
 
     def due_mapping_checks(self, limit: int) -> list[MappingCheck]:
         """Tasks whose auto-mapping should be checked now."""

@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import structlog
 
@@ -18,12 +18,15 @@ from reporter.config import VerifyConfig
 from reporter.errors import HubError, Outcome
 from reporter.hub import Hub
 from reporter.hubview import compare, delivered, read_view, seconds
-from reporter.model import ClaimedTask, OutboxStore, TaskRecord
+from reporter.model import ClaimedTask, HubTask, OutboxStore, ResendScope, TaskRecord
+from reporter.rows import Verdict
+from reporter.views import iso
 
 if TYPE_CHECKING:
     from reporter.delivery import Delivery, HubCalls
 
-__all__ = ["TASKS_PER_ROUND", "RepairRounds", "import_alone", "resend_requests", "settle"]
+__all__ = ["TASKS_PER_ROUND", "RepairPlan", "RepairRounds", "import_alone", "plan_repair",
+           "settle"]
 
 TASKS_PER_ROUND = 5  # tasks read back per round: "a few at a time"
 
@@ -55,11 +58,12 @@ class RepairRounds:
         try:
             streams = {s["ProgressUpdateStreamName"] for s in self._hub.pages(
                 "ListProgressUpdateStreams", {}, "ProgressUpdateStreamSummaryList", 100)}
-            again: set[int] = set()
+            lost: set[int] = set()
+            behind: set[int] = set()
             for record in records:
                 if record.stream not in streams:  # the stream is gone: every task of it
-                    again |= {t.task_id for t in self._store.tasks(record.stream)
-                              if delivered(t)}
+                    lost |= {t.task_id for t in self._store.tasks(record.stream)
+                             if delivered(t)}
                     continue
                 try:
                     view = read_view(self._hub, record)
@@ -67,14 +71,16 @@ class RepairRounds:
                     if err.failure.outcome is Outcome.BLOCKED:
                         raise
                     continue
-                if view is None or self._differs(record, compare(record, view),
-                                                 view.update_time):
-                    again.add(record.task_id)
+                if view is None:
+                    lost.add(record.task_id)
+                elif self._differs(record, compare(record, view), view.update_time):
+                    behind.add(record.task_id)
         except HubError:
             return  # the Hub is unusable for now; the next round tries again
-        if again:
-            self._store.mark_resend(sorted(again))
-            self._log.info("hub_repair_started", tasks=len(again))
+        for marked, scope in ((lost, ResendScope.WHOLE), (behind - lost, ResendScope.STATE)):
+            if marked:
+                self._store.mark_resend(sorted(marked), scope)
+                self._log.info("hub_repair_started", tasks=len(marked), scope=scope.name.lower())
 
     def _differs(self, record: TaskRecord, problems: list[Any], hub_time: float | None) -> bool:
         """Report a difference once (until it changes or clears); True when our newest state
@@ -96,32 +102,60 @@ class RepairRounds:
         return False
 
 
-def resend_requests(task: ClaimedTask, planned: list[rows.Request]) -> list[rows.Request]:
-    """A repair's calls, before the task's waiting rows (they are older than any of those):
-    its newest state and attribute list unless a waiting row replaces them, its artifacts and
-    manual mappings unless a waiting row removes them. Their row ids are negative (-1, -2...):
-    nothing of the outbox is charged or recorded for them."""
+class RepairPlan(NamedTuple):
+    """What one repair try does, decided from the Hub's current state of the task (read just
+    before): the calls sent again (negative row ids), whether the task must be imported first,
+    waiting state rows older than the Hub's state (superseded, never sent), and the Hub's
+    state when it is newer than ours (reported, never overwritten)."""
+
+    calls: list[rows.Request]
+    import_first: bool
+    superseded: list[Verdict]
+    newer_at_hub: HubTask | None
+
+
+def plan_repair(task: ClaimedTask, planned: list[rows.Request], hub: HubTask | None,
+                found: bool) -> RepairPlan:
+    """A repair's calls, before the task's waiting rows (they are older than any of those).
+
+    `found` False: the Hub lacks the task (or its stream), so it is imported and sent
+    everything again. Else the newest state is sent again only when ours is newer than the
+    Hub's (to the second, as the Hub keeps it); a later state (someone else's) is never
+    overwritten, and waiting state rows older than it are superseded. The attribute list,
+    artifacts and manual mappings carry no date at the Hub: they go again only to a task that
+    was lost (scope WHOLE), unless a waiting row replaces or removes them."""
     again = task.resend
     if again is None:
-        return []
-    kinds = {type(r) for r in planned}
-    removed = {(r.kind.lane, rows.key_of(r)) for r in planned
-               if isinstance(r, rows.ArtifactRemoval | rows.ResourceRemoval)}
+        return RepairPlan([], False, [], None)
+    hub_time = None if hub is None or hub.update_time is None else seconds(hub.update_time)
+    ours = again.state
+    newer = hub if hub_time is not None and (ours is None or hub_time > seconds(
+        ours.update_time)) else None
+    superseded = [Verdict(r.row_id, f"the Hub holds a newer state (dated {iso(hub_time)}) than"
+                          " this row's: an older state is never sent after a newer one")
+                  for r in planned if isinstance(r, rows.StateUpdate) and hub_time is not None
+                  and seconds(r.update_time.timestamp()) < hub_time]
+    gone = {v.row for v in superseded}
+    kinds = {type(r) for r in planned if r.row_id not in gone}
     calls: list[rows.Request] = []
-    s = again.state
-    if s is not None and rows.StateUpdate not in kinds:
-        calls.append(rows.StateUpdate(0, task.stream, task.task, s.status, s.detail, s.percent,
-                                      datetime.fromtimestamp(s.update_time, UTC),
-                                      s.next_update_seconds))
-    if again.attributes and rows.AttributesUpdate not in kinds:
-        calls.append(rows.AttributesUpdate(0, task.stream, task.task, again.attributes))
-    calls += [rows.ArtifactAssociation(0, task.stream, task.task, arn, description)
-              for arn, description in again.artifacts
-              if (rows.Kind.CREATED_ARTIFACT, arn) not in removed]
-    calls += [rows.ResourceAssociation(0, task.stream, task.task, cid, description)
-              for cid, description in again.resources
-              if (rows.Kind.DISCOVERED_RESOURCE, cid) not in removed]
-    return [replace(call, row_id=-n) for n, call in enumerate(calls, start=1)]
+    if (ours is not None and rows.StateUpdate not in kinds
+            and (hub_time is None or seconds(ours.update_time) > hub_time)):
+        calls.append(rows.StateUpdate(0, task.stream, task.task, ours.status, ours.detail,
+                                      ours.percent, datetime.fromtimestamp(ours.update_time, UTC),
+                                      ours.next_update_seconds))
+    if not found or again.scope is ResendScope.WHOLE:
+        removed = {(r.kind.lane, rows.key_of(r)) for r in planned
+                   if isinstance(r, rows.ArtifactRemoval | rows.ResourceRemoval)}
+        if again.attributes and rows.AttributesUpdate not in kinds:
+            calls.append(rows.AttributesUpdate(0, task.stream, task.task, again.attributes))
+        calls += [rows.ArtifactAssociation(0, task.stream, task.task, arn, description)
+                  for arn, description in again.artifacts
+                  if (rows.Kind.CREATED_ARTIFACT, arn) not in removed]
+        calls += [rows.ResourceAssociation(0, task.stream, task.task, cid, description)
+                  for cid, description in again.resources
+                  if (rows.Kind.DISCOVERED_RESOURCE, cid) not in removed]
+    return RepairPlan([replace(call, row_id=-n) for n, call in enumerate(calls, start=1)],
+                      not found, superseded, newer)
 
 
 def import_alone(hub: HubCalls, task: ClaimedTask, delivery: Delivery) -> None:
@@ -146,18 +180,24 @@ def import_alone(hub: HubCalls, task: ClaimedTask, delivery: Delivery) -> None:
             return
 
 
-def settle(task: ClaimedTask, again: list[rows.Request], delivery: Delivery, fallback: float,
-           log: Any) -> None:
-    """A repair is done when the import and every call it sends again went through (logged
-    once, `hub_repaired`); else it is due again at its lanes' retry time (or `fallback`)."""
+def settle(task: ClaimedTask, plan: RepairPlan, complete: bool, delivery: Delivery,
+           fallback: float, log: Any) -> None:
+    """A repair is done once the Hub has the task (found by the read, or imported now or in an
+    earlier try) and every call it sends again went through in this try (`complete`: none was
+    held back by its lane's backoff): the flag is cleared, and `hub_repaired` logged when this
+    try sent something. Else it is due again at its lanes' retry time (or `fallback`)."""
     out = delivery.outcome
-    if delivery.blocked is not None or delivery.lease_lost:
+    if delivery.blocked is not None or delivery.lease_lost or out.lost:
         return
-    if out.imported and {r.row_id for r in again} <= delivery.again_sent:
+    has_task = not plan.import_first or out.imported
+    if has_task and complete and {r.row_id for r in plan.calls} <= delivery.again_sent:
         out.resent = True
-        log.warning("hub_repaired", stream=task.stream, task=task.task, calls=len(again) + 1,
-                    hint="the Hub had lost the task (or its stream) or was behind us: imported"
-                    " and sent its newest state again")
+        if plan.calls or plan.import_first:
+            log.warning("hub_repaired", stream=task.stream, task=task.task,
+                        calls=len(plan.calls) + int(plan.import_first),
+                        operations=sorted({r.operation for r in plan.calls}),
+                        hint="the Hub had lost the task (or its stream) or was behind us: sent"
+                        " again what it lacked")
         return
     retries = [lane.retry_at for lane in out.lanes if lane.retry_at is not None]
     out.retry_at = min(retries) if retries else fallback

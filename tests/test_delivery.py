@@ -24,7 +24,15 @@ from reporter.delivery import CALM_ATTEMPTS, Courier
 from reporter.emulator import Emulator
 from reporter.errors import Failure, HubError, Outcome
 from reporter.hub import Hub
-from reporter.model import ClaimedRow, ClaimedTask, LaneState
+from reporter.model import (
+    ClaimedRow,
+    ClaimedTask,
+    HubTask,
+    LaneState,
+    Resend,
+    ResendScope,
+    SentState,
+)
 from reporter.relay import Relay
 from reporter.rows import Kind, OutboxRow
 from reporter.stores.sqlite import SqliteStore
@@ -42,9 +50,11 @@ REFUSED = Failure(Outcome.REJECTED, "InvalidInputException", "bad value")
 class FakeHub:
     """A scripted Hub: per operation, a queue of failures (None = success); records every call."""
 
-    def __init__(self, script: dict[str, list[Failure | None]] | None = None) -> None:
+    def __init__(self, script: dict[str, list[Failure | None]] | None = None,
+                 described: HubTask | None = None) -> None:
         self.script: dict[str, list[Failure | None]] = defaultdict(list, script or {})
         self.calls: list[tuple[str, int | None]] = []
+        self.hub_task = described  # what DescribeMigrationTask shows (None: no such task)
 
     def _call(self, operation: str, row: int | None = None) -> None:
         self.calls.append((operation, row))
@@ -61,6 +71,10 @@ class FakeHub:
 
     def send(self, request: rows.Request) -> None:
         self._call(request.operation, request.row_id)
+
+    def described(self, stream: str, task: str) -> HubTask | None:
+        self._call("DescribeMigrationTask")
+        return self.hub_task
 
     @contextlib.contextmanager
     def fenced(self, check: Callable[[], bool]) -> Iterator[None]:
@@ -228,6 +242,76 @@ def test_stream_lost_at_the_hub_is_repaired_once():
     hub = FakeHub({"NotifyMigrationTaskState": [NOT_FOUND, NOT_FOUND]})
     d = _courier(hub).deliver(_task(_state(1), imported=True))
     assert d.outcome.sent == [] and d.outcome.lanes[0].attempts == 1
+
+
+def test_a_task_found_lost_by_a_normal_send_is_marked_to_be_restored_whole():
+    """A state that finds the task gone re-imports it and goes on; the outcome says `lost`, so
+    the store marks the task for a whole repair (attribute list, artifacts, mappings)."""
+    hub = FakeHub({"NotifyMigrationTaskState": [NOT_FOUND]})
+    d = _courier(hub).deliver(_task(_state(1), imported=True))
+    assert d.outcome.lost and d.outcome.sent == [1] and not d.outcome.resent
+    hub = FakeHub({"ImportMigrationTask": [NOT_FOUND]})  # a new task whose stream is gone
+    d = _courier(hub).deliver(_task(_state(1)))
+    assert not d.outcome.lost and d.outcome.sent == [1]
+
+
+def _repairing(scope: ResendScope = ResendScope.WHOLE, imported: bool = False,
+               lanes: dict[Kind, LaneState] | None = None, *outbox: OutboxRow) -> ClaimedTask:
+    task = _task(*outbox, imported=imported, lanes=lanes)
+    task.resend = Resend(SentState(-1, -1, "IN_PROGRESS", 90, None, NOW - 100, 300),
+                         (("FQDN", "a.example"),), ((ARN, "vm"),), (), scope)
+    return task
+
+
+def test_a_repair_interrupted_by_a_throttle_finishes_on_its_next_try():
+    """Try 1: the Hub lacks the task; imported, state sent, the attribute list throttled: not
+    done, due at its lane's retry time. Try 2 (imported now): the read finds our state there,
+    so only what it lacks goes (no state again); done (`resent`), never again."""
+    hub = FakeHub({"PutResourceAttributes": [THROTTLED]})
+    d = _courier(hub).deliver(_repairing())
+    assert hub.calls == [("DescribeMigrationTask", None), ("ImportMigrationTask", None),
+                         ("NotifyMigrationTaskState", -1), ("PutResourceAttributes", -2),
+                         ("AssociateCreatedArtifact", -3)]
+    out = d.outcome
+    assert out.imported and not out.resent and out.sent == [] and out.failed_rows == []
+    lane = {lane.kind: lane for lane in out.lanes}[Kind.RESOURCE_ATTRIBUTES]
+    assert lane.attempts == 1 and lane.retry_at is not None and out.retry_at == lane.retry_at
+    hub = FakeHub(described=HubTask("IN_PROGRESS", 90, NOW - 100))
+    d = _courier(hub).deliver(_repairing(imported=True, lanes={
+        Kind.RESOURCE_ATTRIBUTES: LaneState(1, NOW - 1)}))
+    assert hub.calls == [("DescribeMigrationTask", None), ("PutResourceAttributes", -1),
+                         ("AssociateCreatedArtifact", -2)]
+    assert d.outcome.resent and d.outcome.retry_at is None
+
+
+def test_a_repair_waits_for_its_lanes_backoff_and_a_failed_read_backs_off():
+    """A repair call whose lane is still backing off is not made and the repair is not done;
+    a failing read (the first call of a try) charges the state lane, no row."""
+    hub = FakeHub(described=HubTask("IN_PROGRESS", 90, NOW - 100))
+    d = _courier(hub).deliver(_repairing(imported=True, lanes={
+        Kind.RESOURCE_ATTRIBUTES: LaneState(2, NOW + 30)}))
+    assert ("PutResourceAttributes", -1) not in hub.calls and not d.outcome.resent
+    hub = FakeHub({"DescribeMigrationTask": [THROTTLED]})
+    d = _courier(hub).deliver(_repairing(ResendScope.STATE, True, None, _state(5)))
+    assert hub.calls == [("DescribeMigrationTask", None)]
+    lanes = {lane.kind: lane for lane in d.outcome.lanes}
+    assert lanes[Kind.TASK_STATE].attempts == 1 and d.outcome.failed_rows == []
+    assert not d.outcome.resent and d.outcome.retry_at == lanes[Kind.TASK_STATE].retry_at
+    hub = FakeHub()  # a state lane backing off: no read at all, the waiting row waits too
+    d = _courier(hub).deliver(_repairing(ResendScope.STATE, True, {
+        Kind.TASK_STATE: LaneState(1, NOW + 30)}))
+    assert hub.calls == []
+
+
+def test_a_repair_never_overwrites_a_newer_state_and_ends():
+    """The Hub shows a state dated after ours (someone else's): no state goes, a waiting older
+    row is superseded, and the repair is done (reported, not retried)."""
+    hub = FakeHub(described=HubTask("COMPLETED", 100, NOW))
+    old = OutboxRow(7, "task_state", "t1", status="IN_PROGRESS",
+                    update_date_time="2027-01-15T07:59:00Z", created_at="2027-01-15T08:00:00Z")
+    d = _courier(hub).deliver(_repairing(ResendScope.STATE, True, None, old))
+    assert hub.calls == [("DescribeMigrationTask", None)]
+    assert [v.row for v in d.outcome.superseded] == [7] and d.outcome.resent
 
 
 def test_refused_rows_are_rejected_and_their_lane_goes_on():

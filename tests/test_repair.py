@@ -5,15 +5,18 @@ someone else wrote is reported (`hub_differs`), never overwritten."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from reporter import rows
 from reporter.emulator import Emulator
-from reporter.model import ClaimedTask, Resend, SentState
-from reporter.repair import resend_requests
+from reporter.model import ClaimedTask, HubTask, Resend, ResendScope, SentState
+from reporter.repair import plan_repair
 
 from .engines import Engine
 from .helpers import Cli, start_daemon, status_json, wait_for
@@ -22,28 +25,72 @@ ARN = "arn:aws:ec2:us-west-2:123456789012:instance/i-0aaa"
 SENT = SentState(-1, -1, "IN_PROGRESS", 90, "copying", 1_800_000_000.0, 300)
 
 
-def test_a_repair_sends_again_only_what_no_waiting_row_replaces():
-    """The stored state and attribute list go again unless a waiting row replaces them (that
-    newer row is sent instead: never an older state after a newer one); an artifact a waiting
-    row removes is not associated again; the calls carry negative row ids, first."""
-    task = ClaimedTask(1, "S", "t1", "lease", resend=Resend(
+def _repair(scope: ResendScope = ResendScope.WHOLE) -> ClaimedTask:
+    return ClaimedTask(1, "S", "t1", "lease", resend=Resend(
         SENT, (("FQDN", "a.b"),), ((ARN, "vm"), ("arn:aws:ec2:us-west-2:123456789012:image/x",
-                                                None)), (("d-1", None),)))
-    calls = resend_requests(task, [])
-    assert [(c.row_id, c.operation) for c in calls] == [
+                                                None)), (("d-1", None),), scope))
+
+
+def _at(epoch: float, status: str = "IN_PROGRESS") -> HubTask:
+    return HubTask(status, 50, epoch)
+
+
+def test_a_lost_task_is_sent_everything_again_except_what_a_waiting_row_replaces():
+    """The Hub lacks the task: import it, then the stored state and attribute list go again
+    unless a waiting row replaces them (that newer row is sent instead), and the artifacts and
+    mappings unless a waiting row removes them; negative row ids, first."""
+    fix = plan_repair(_repair(), [], None, found=False)
+    assert fix.import_first and fix.newer_at_hub is None and fix.superseded == []
+    assert [(c.row_id, c.operation) for c in fix.calls] == [
         (-1, "NotifyMigrationTaskState"), (-2, "PutResourceAttributes"),
         (-3, "AssociateCreatedArtifact"), (-4, "AssociateCreatedArtifact"),
         (-5, "AssociateDiscoveredResource")]
-    assert isinstance(calls[0], rows.StateUpdate) and calls[0].percent == 90
-    assert calls[0].update_time == datetime.fromtimestamp(SENT.update_time, UTC)
+    state = fix.calls[0]
+    assert isinstance(state, rows.StateUpdate) and state.percent == 90
+    assert state.update_time == datetime.fromtimestamp(SENT.update_time, UTC)
     newer = rows.StateUpdate(9, "S", "t1", "COMPLETED", None, 100,
                              datetime.fromtimestamp(SENT.update_time + 60, UTC), 0)
     removal = rows.ArtifactRemoval(10, "S", "t1", ARN)
-    kept = resend_requests(task, [newer, removal])
+    kept = plan_repair(_repair(), [newer, removal], None, found=False).calls
     assert [c.operation for c in kept] == ["PutResourceAttributes", "AssociateCreatedArtifact",
                                           "AssociateDiscoveredResource"]
     assert ARN not in [getattr(c, "arn", None) for c in kept]
-    assert resend_requests(ClaimedTask(1, "S", "t1", "lease"), []) == []
+    assert plan_repair(ClaimedTask(1, "S", "t1", "lease"), [], None, False).calls == []
+
+
+@pytest.mark.parametrize("scope", list(ResendScope)[1:])
+def test_a_newer_state_at_the_hub_is_never_overwritten(scope: ResendScope):
+    """Someone else's state dated later than ours: no state goes again, and a waiting state row
+    older than it is superseded (a newer one still goes); it is reported (newer_at_hub)."""
+    later = SENT.update_time + 5
+    older = rows.StateUpdate(9, "S", "t1", "IN_PROGRESS", None, 95,
+                             datetime.fromtimestamp(later - 1, UTC), 0)
+    newest = rows.StateUpdate(10, "S", "t1", "COMPLETED", None, 100,
+                              datetime.fromtimestamp(later + 1, UTC), 0)
+    fix = plan_repair(_repair(scope), [older], _at(later, "COMPLETED"), found=True)
+    assert "NotifyMigrationTaskState" not in [c.operation for c in fix.calls]
+    assert [v.row for v in fix.superseded] == [9] and "newer state" in fix.superseded[0].reason
+    assert fix.newer_at_hub == _at(later, "COMPLETED") and not fix.import_first
+    fix = plan_repair(_repair(scope), [older, newest], _at(later), found=True)
+    assert [v.row for v in fix.superseded] == [9]  # row 10 is newer than the Hub: it goes
+    assert "NotifyMigrationTaskState" not in [c.operation for c in fix.calls]
+
+
+def test_a_living_task_gets_only_a_newer_state_and_a_lost_one_everything():
+    """A task the Hub still has (scope STATE): our state again when it is newer than the Hub's
+    to the second, nothing when the Hub has it (the same second); the attribute list,
+    artifacts and mappings (no date at the Hub) only to a task that was lost (WHOLE)."""
+    behind = plan_repair(_repair(ResendScope.STATE), [], _at(SENT.update_time - 60), True)
+    assert [c.operation for c in behind.calls] == ["NotifyMigrationTaskState"]
+    assert behind.newer_at_hub is None and not behind.import_first
+    same_second = plan_repair(_repair(ResendScope.STATE), [], _at(SENT.update_time + 0.9), True)
+    assert same_second.calls == [] and same_second.newer_at_hub is None
+    no_state = plan_repair(_repair(ResendScope.STATE), [], HubTask(None, None, None), True)
+    assert [c.operation for c in no_state.calls] == ["NotifyMigrationTaskState"]
+    reimported = plan_repair(_repair(ResendScope.WHOLE), [], _at(SENT.update_time), True)
+    assert [c.operation for c in reimported.calls] == [
+        "PutResourceAttributes", "AssociateCreatedArtifact", "AssociateCreatedArtifact",
+        "AssociateDiscoveredResource"]
 
 
 def _deliver(cli: Cli) -> None:
@@ -148,3 +195,59 @@ def test_repair_on_both_engines(engine: Engine, engine_cli: Cli, emulator: Emula
         daemon.terminate()
         daemon.communicate(timeout=10)
     assert engine_cli("verify").returncode == 0
+
+
+def _writes_since(emulator: Emulator, start: int) -> list[str]:
+    reads = ("Describe", "List", "GetHomeRegion")
+    return [c["operation"] for c in emulator.state.calls[start:]
+            if not c["operation"].startswith(reads)]
+
+
+def test_a_repair_interrupted_by_a_throttle_finishes_and_goes_quiet(
+    cli: Cli, emulator: Emulator, make_config: Callable[..., Path]
+):
+    """A lost task is re-imported and its attribute list throttled once: the next try sends
+    what the Hub still lacks, the repair ends (`hub_repaired` once) and the daemon then makes
+    no write at all while nothing changes (it used to resend for ever)."""
+    _deliver(cli)
+    daemon = start_daemon(make_config("repair.toml", verify={"every_seconds": 0.2}))
+    try:
+        emulator.state.faults.update(throttle_next={"PutResourceAttributes": 1,
+                                                    "AssociateCreatedArtifact": 1})
+        emulator.state.lose_task("ToolA", "t1")
+        wait_for(lambda: "t1" in emulator.state.streams["ToolA"]
+                 and emulator.state.task("ToolA", "t1").attributes
+                 and emulator.state.task("ToolA", "t1").artifacts, timeout=30)
+        assert not emulator.state.faults.throttle_next  # both throttles were met
+        time.sleep(1.0)  # the last outcome recorded
+        start = len(emulator.state.calls)
+        time.sleep(3.0)  # 15 repair rounds
+        assert _writes_since(emulator, start) == []
+        assert _percents(emulator, "t1") == [90]
+    finally:
+        daemon.terminate()
+        _, err = daemon.communicate(timeout=10)
+    repaired = [json.loads(line) for line in err.splitlines() if '"hub_repaired"' in line]
+    assert [e["task"] for e in repaired] == ["t1"], err[-3000:]
+    assert cli("verify").returncode == 0
+
+
+def test_a_task_found_lost_by_a_normal_send_is_restored_whole(
+    cli: Cli, emulator: Emulator, make_config: Callable[..., Path]
+):
+    """Repair rounds off: the tool's next state finds the task gone; the daemon imports it,
+    sends that state, then its attribute list and artifact too, and `verify` agrees."""
+    _deliver(cli)
+    daemon = start_daemon(make_config("lost.toml"))
+    try:
+        emulator.state.lose_task("ToolA", "t1")
+        assert cli("notify", "t1", "--status", "COMPLETED", "--percent", "100").returncode == 0
+        wait_for(lambda: "t1" in emulator.state.streams["ToolA"]
+                 and emulator.state.task("ToolA", "t1").artifacts == {ARN: "target"}, timeout=30)
+        hub = emulator.state.task("ToolA", "t1")
+        assert hub.attributes == [{"Type": "IPV4_ADDRESS", "Value": "10.0.0.7"}]
+        assert _percents(emulator, "t1") == [100]
+        wait_for(lambda: cli("verify").returncode == 0, timeout=10)
+    finally:
+        daemon.terminate()
+        daemon.communicate(timeout=10)

@@ -18,6 +18,7 @@ from reporter.model import (
     LaneResult,
     Lease,
     OutboxStore,
+    ResendScope,
     RowState,
     SentState,
     TaskOutcome,
@@ -312,9 +313,11 @@ def test_repair_rounds_go_round_robin_and_a_repair_rides_on_the_next_claim(
     third = {t.task: t for t in store.due_verifications(2)}["c"]  # then c, the oldest
     assert third.attributes == (("FQDN", "c.example"),) and third.resources == ("d-c",)
     assert store.claim_due(10, LEASE) == []
-    store.mark_resend([first["b"].id])
+    store.mark_resend([first["b"].id], ResendScope.WHOLE)
+    store.mark_resend([first["b"].id], ResendScope.STATE)  # the wider scope is kept
     (claimed,) = store.claim_due(10, LEASE)
     assert claimed.task == "b" and not claimed.imported and claimed.resend is not None
+    assert claimed.resend.scope is ResendScope.WHOLE
     again = claimed.resend
     assert again.state is not None and again.state.percent == 40
     assert again.attributes == (("FQDN", "b.example"),)
@@ -324,8 +327,20 @@ def test_repair_rounds_go_round_robin_and_a_repair_rides_on_the_next_claim(
                               lanes=[LaneResult(Kind.TASK_STATE, 1, retry_at, "Throttling")])])
     wake = store.next_wakeup()
     assert store.claim_due(10, LEASE) == [] and wake is not None and abs(wake - retry_at) < 1
-    store.mark_resend([claimed.id])  # due now again (a round asked for it)
+    store.mark_resend([claimed.id], ResendScope.STATE)  # due now again (a round asked for it)
     (claimed,) = store.claim_due(10, LEASE)
+    assert claimed.imported and claimed.resend is not None  # the Hub behind: still imported
+    assert claimed.resend.scope is ResendScope.WHOLE  # ... but the earlier loss is not forgotten
+    store.record([TaskOutcome(claimed.id, claimed.lease, imported=True, resent=True)])
+    assert store.claim_due(10, LEASE) == [] and store.next_wakeup() is None
+    store.mark_resend([first["a"].id], ResendScope.STATE)  # behind only: stays imported
+    (claimed,) = store.claim_due(10, LEASE)
+    assert claimed.imported and claimed.resend is not None
+    assert claimed.resend.scope is ResendScope.STATE
+    # a call found the task gone meanwhile: once imported again, it is restored whole
+    store.record([TaskOutcome(claimed.id, claimed.lease, imported=True, lost=True)])
+    (claimed,) = store.claim_due(10, LEASE)
+    assert claimed.resend is not None and claimed.resend.scope is ResendScope.WHOLE
     store.record([TaskOutcome(claimed.id, claimed.lease, imported=True, resent=True)])
     assert store.claim_due(10, LEASE) == [] and store.next_wakeup() is None
 
@@ -338,7 +353,7 @@ def test_a_repair_asked_for_during_a_lease_waits_for_it(engine: Engine, store: O
     _take_in(store)
     time.sleep(STATE_SPACING_SECONDS)
     (leased,) = store.claim_due(10, LEASE)
-    store.mark_resend([leased.id])
+    store.mark_resend([leased.id], ResendScope.WHOLE)
     assert store.claim_due(10, LEASE) == []
     store.record([TaskOutcome(leased.id, leased.lease, sent=[leased.rows[0].id])])
     (claimed,) = store.claim_due(10, LEASE)

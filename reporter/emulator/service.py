@@ -302,6 +302,13 @@ class Emulator:
             raise ServiceError("ServiceUnavailableException", "service unavailable", 503)
         if faults.drop and rng.random() < faults.drop:
             raise _Drop()
+        if faults.throttle_next.get(operation, 0) > 0:
+            faults.throttle_next[operation] -= 1
+            if not faults.throttle_next[operation]:
+                del faults.throttle_next[operation]
+            raise ServiceError(
+                "ThrottlingException", "Rate exceeded", 400, RetryAfterSeconds=faults.retry_after
+            )
         if faults.throttle and rng.random() < faults.throttle:
             raise ServiceError(
                 "ThrottlingException", "Rate exceeded", 400, RetryAfterSeconds=faults.retry_after

@@ -29,6 +29,9 @@ class Faults:
     deny: set[str] = field(default_factory=set)  # operation names, or "*"
     invalid: set[str] = field(default_factory=set)  # operations answered InvalidInputException
     fail_operations: set[str] = field(default_factory=set)  # operations answered 503, always
+    # the next N calls of each named operation are throttled (then it is removed): a transient
+    # failure exactly where a test wants one
+    throttle_next: dict[str, int] = field(default_factory=dict)
     # A hostile network path, per request with probability `garble`: "html" (a proxy's 200 page),
     # "truncated" (200 with JSON cut short), "proxy502" (a proxy's HTML 502), "hang" (accepted,
     # never answered until the emulator stops or `hang_seconds` pass). The Hub never sees it.
@@ -45,6 +48,8 @@ class Faults:
             if key == "garble_kind" and value not in GARBLE_KINDS:
                 raise ValueError(f"garble_kind must be one of {', '.join(GARBLE_KINDS)}")
             sets = ("deny", "invalid", "fail_operations", "garble_only")
+            if key == "throttle_next":
+                value = {str(k): int(v) for k, v in dict(value).items()}
             setattr(self, key, set(value) if key in sets else value)
 
 

@@ -29,6 +29,7 @@ from reporter.model import (
     NewRows,
     Replica,
     Resend,
+    ResendScope,
     RowCounts,
     RowState,
     SentState,
@@ -303,7 +304,8 @@ class SqlStore(ABC):
                 tuple(sorted((a["arn"], a["description"]) for a in artifacts
                              if a["task_id"] == tid)),
                 tuple(sorted((m["configuration_id"], m["description"]) for m in resources
-                             if m["task_id"] == tid)))
+                             if m["task_id"] == tid)),
+                ResendScope(int(next(x["resend"] for x in tasks if x["id"] == tid))))
         for lane in lanes:
             if lane["kind"] in Kind.__members__.values():
                 claimed[lane["task_id"]].lanes[Kind(lane["kind"])] = LaneState(
@@ -360,6 +362,8 @@ class SqlStore(ABC):
             c.execute(self.sql("imported"), {"id": o.task_id, "now": now})
         if o.resent:
             c.execute(self.sql("resent"), {"id": o.task_id})
+        if o.lost:
+            c.execute(self.sql("lost"), {"id": o.task_id})
         if o.state is not None:
             s = o.state
             c.execute(self.sql("state"), {
@@ -421,11 +425,12 @@ class SqlStore(ABC):
                                                    {"now": self.clock(), "limit": limit})]
         return self._task_records(ids=ids) if ids else []
 
-    def mark_resend(self, task_ids: Sequence[int]) -> None:
-        """Import these tasks again and send their newest state and the rest, soon."""
+    def mark_resend(self, task_ids: Sequence[int], scope: ResendScope) -> None:
+        """Send these tasks' newest state again (STATE), or import them and send it with the
+        rest again (WHOLE), soon; a task already marked keeps the wider scope."""
         if task_ids:
             with self._tx("mark tasks for repair") as c:
-                c.execute(self.sql("mark_resend"), {"now": self.clock(),
+                c.execute(self.sql("mark_resend"), {"now": self.clock(), "scope": int(scope),
                                                     "ids": self._array(task_ids)})
 
     # -- dead letters -----------------------------------------------------------------------

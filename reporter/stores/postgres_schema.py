@@ -201,6 +201,17 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             f"UPDATE {SCHEMA}.tasks SET verify_at = 0 WHERE imported",
         ],
     ),
+    (
+        "0004_repair_scope",
+        [
+            # what a repair sends again: 0 nothing, 1 the newest state, 2 everything (a lost
+            # task); a task marked by an older version was marked as lost
+            f"ALTER TABLE {SCHEMA}.tasks ALTER COLUMN resend DROP DEFAULT",
+            f"ALTER TABLE {SCHEMA}.tasks ALTER COLUMN resend TYPE smallint"
+            " USING CASE WHEN resend THEN 2 ELSE 0 END",
+            f"ALTER TABLE {SCHEMA}.tasks ALTER COLUMN resend SET DEFAULT 0",
+        ],
+    ),
 ]
 
 

@@ -290,3 +290,10 @@ def _truth_to_the_hub(db: Any) -> None:
         "CREATE INDEX mgh_tasks_verify ON mgh_tasks(verify_at) WHERE verify_at IS NOT NULL",
         "UPDATE mgh_tasks SET verify_at = 0 WHERE imported = 1",
     )
+
+
+@migration("0007_repair_scope")
+def _repair_scope(db: Any) -> None:
+    # `resend` says what a repair sends again: 0 nothing, 1 the newest state (the Hub is behind
+    # us), 2 everything (the Hub lost the task). An older version marked only lost tasks.
+    _execute(db, "UPDATE mgh_tasks SET resend = 2 WHERE resend <> 0")

@@ -118,10 +118,13 @@ STATEMENTS: dict[str, str] = {
     # imported: the Hub has the task, so repair rounds read it back from now on
     "imported": "UPDATE {tasks} SET imported = TRUE, verify_at = coalesce(verify_at, :now)"
     " WHERE id = :id",
-    "resent": "UPDATE {tasks} SET resend = FALSE WHERE id = :id",
+    "resent": "UPDATE {tasks} SET resend = 0 WHERE id = :id",
+    # a call found the task (or its stream) gone: after the import, restore it whole
+    "lost": "UPDATE {tasks} SET resend = 2 WHERE id = :id",
     # repair: the Hub lost the task (or its stream): import it and send its newest state again
     # (due now, unless leased: the lease's outcome makes it due, see reschedule)
-    "mark_resend": "UPDATE {tasks} SET resend = TRUE, imported = FALSE, due_at = CASE WHEN"
+    "mark_resend": "UPDATE {tasks} SET resend = {greatest}(resend, :scope), imported = CASE"
+    " WHEN :scope = 2 THEN FALSE ELSE imported END, due_at = CASE WHEN"
     " lease_token IS NULL THEN {least}(coalesce(due_at, :now), :now) ELSE due_at END"
     " WHERE id = ANY(:ids)",
     # repair rounds take the tasks read back longest ago (round-robin over the imported ones)
@@ -151,7 +154,7 @@ STATEMENTS: dict[str, str] = {
     f" AND state = {PENDING}) AS k"
     " LEFT JOIN {lanes} l ON l.task_id = :id AND l.kind = k.kind),"
     # a repair still to do (it failed part-way, or was asked for during this lease)
-    " CASE WHEN resend THEN coalesce(:retry_at, :now) END)"
+    " CASE WHEN resend <> 0 THEN coalesce(:retry_at, :now) END)"
     " WHERE id = :id AND lease_token = :lease",
     "streams": "SELECT stream FROM {streams} WHERE created_at IS NOT NULL",
     "record_mapping": "UPDATE {tasks} SET mapped = :mapped, configuration_id = :configuration_id,"
