@@ -12,6 +12,7 @@ from typing import Protocol
 
 import structlog
 
+from reporter.conditions import Conditions
 from reporter.config import PublishConfig
 from reporter.errors import Failure, HubError, Outcome
 from reporter.model import GateState
@@ -89,6 +90,7 @@ class Gate:
         save: Callable[[GateState], None] = lambda state: None,
         rng: random.Random | None = None,
         clock: Callable[[], float] | None = None,
+        conditions: Conditions | None = None,
     ) -> None:
         # A fresh start (a new process, a reload) re-checks a saved block at once: the cause may
         # have been fixed while nobody was asking (a row waits no longer than the first pass).
@@ -104,6 +106,7 @@ class Gate:
         )
         self._window: deque[tuple[float, bool]] = deque(maxlen=OUTAGE_WINDOW_CALLS)
         self._last_failure: str | None = None
+        self._conditions = conditions
         self._log = structlog.get_logger("reporter.gate")
 
     # -- read-only view -----------------------------------------------------------------------
@@ -140,6 +143,12 @@ class Gate:
             holds.append(s.region_retry_at)
         return max(holds)
 
+    @property
+    def recheck_time(self) -> float:
+        """While blocked: when the next look at the cause may be made (its recheck, and the
+        backoff of a home-Region lookup that failed on the way)."""
+        return max(self._state.recheck_at, self._state.region_retry_at)
+
     def rebase(self, delta: float) -> None:
         """The wall clock stepped by `delta`: the block's recheck, the lookup's retry and the
         outage brake stay as far away as they were; so does the window of recent calls."""
@@ -162,8 +171,8 @@ class Gate:
         if blocked is not None and now < s.recheck_at:
             return Blocked(blocked)
         if blocked is not None or self._region.region is None:
-            if blocked is None and now < s.region_retry_at:
-                return Hold(s.region_retry_at)
+            if now < s.region_retry_at:  # a lookup failed: the next one waits its backoff
+                return Blocked(blocked) if blocked is not None else Hold(s.region_retry_at)
             lookup = self._look_up_region(now)
             if lookup is not None:
                 return lookup
@@ -182,16 +191,21 @@ class Gate:
             attempts = self._state.region_attempts + 1
             delay = self._lookup_backoff.delay(attempts, self._rng, err.failure.retry_after)
             self._update(region_attempts=attempts, region_retry_at=now + delay)
-            self._log.warning(
-                "home_region_unavailable",
-                operation="GetHomeRegion",
-                attempt=attempts,
-                error_code=err.failure.code,
-                error=err.failure.message,
-                delay=round(delay, 3),
-            )
+            if self._conditions is not None:  # one condition, as for every other call
+                self._conditions.failed(err.failure, "GetHomeRegion", delay, attempt=attempts)
+            else:
+                self._log.warning(
+                    "home_region_unavailable",
+                    operation="GetHomeRegion",
+                    attempt=attempts,
+                    error_code=err.failure.code,
+                    error=err.failure.message,
+                    delay=round(delay, 3),
+                )
             return Hold(now + delay)
         self._last_failure = None
+        if self._conditions is not None:
+            self._conditions.succeeded()
         previous = self.blocked
         if previous is not None:
             self._log.info("delivery_resumed", previous_error_code=previous.code)

@@ -80,9 +80,10 @@ class Relay:
         self.clock = clock or (lambda: time.time())  # looked up per call: freezegun-able
         self.stop = stop or threading.Event()
         rng = rng or random.Random()
-        self.gate = Gate(store.load_gate(), hub, config.publish, store.save_gate, rng, self.clock)
-        need, lease = fence_seconds(config), config.outbox.lease_seconds
         self.conditions = Conditions(config.log.summary_seconds, self.clock)
+        self.gate = Gate(store.load_gate(), hub, config.publish, store.save_gate, rng, self.clock,
+                         self.conditions)
+        need, lease = fence_seconds(config), config.outbox.lease_seconds
         self.summaries = True  # a `delivered` line per period (`drain` shows progress instead)
         self.courier = Courier(
             hub, config, self.stop, self.clock, rng,
@@ -134,7 +135,7 @@ class Relay:
             return False
         now = self.clock()
         if self.gate.blocked is not None:
-            return now < self.gate.state.recheck_at
+            return now < self.gate.recheck_time
         return self._wakeup is None or now < self._wakeup
 
     def invalidate(self) -> None:

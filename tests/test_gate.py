@@ -261,3 +261,57 @@ def test_region_lookup_backoff_end_to_end(aws_env: dict[str, str], emulator: Emu
         assert relay.gate.state.region_attempts == 0
         relay.close()
         store.close()
+
+
+def test_a_saved_block_is_rechecked_once_then_lookups_back_off():
+    """A restart rechecks a saved block at once; a lookup that then fails transiently (the Hub
+    is down) waits its backoff like any lookup: no lookup per pass (it used to look up on
+    every admission while the block stood)."""
+    state = GateState(blocked_code="HomeRegionNotSet", blocked_reason="home Region not set",
+                      blocked_since=NOW - 100, recheck_at=NOW + 3600)
+    regions = Regions(DOWN, DOWN, None)
+    gate = _gate(state, regions, backoff_base_seconds=5.0, backoff_max_seconds=60.0)
+    assert isinstance(gate.admit(NOW), Hold) and regions.lookups == 1
+    retry = gate.state.region_retry_at
+    assert retry > NOW and gate.recheck_time == retry
+    for moment in (NOW, NOW + 0.1, retry - 0.01):
+        assert isinstance(gate.admit(moment), Blocked)
+    assert regions.lookups == 1
+    assert isinstance(gate.admit(retry), Hold) and regions.lookups == 2
+    assert gate.state.region_attempts == 2 and gate.state.region_retry_at > retry
+    assert gate.admit(gate.state.region_retry_at) == Open() and regions.lookups == 3
+    assert gate.blocked is None and gate.state.region_attempts == 0
+
+
+def test_after_a_block_a_failing_config_service_is_looked_up_no_more_than_ever(
+        aws_env: dict[str, str], emulator: Emulator, tmp_path: Path):
+    """Over real HTTP, an outbox whose saved gate is blocked against a config service that
+    fails: passes in one instant make one lookup, the relay is quiet until the lookup's retry
+    time, and the lookups follow the backoff as when it was never blocked."""
+    path = tmp_path / "o.db"
+    SqliteStore.create(path).close()
+    insert(path, kind="task_state", migration_task_name="t1", status="IN_PROGRESS")
+    cfg = config_mod.parse({"hub": {"progress_update_stream": "S"}, "outbox": {"path": str(path)},
+                            "publish": {"backoff_base_seconds": 2.0}})
+    with freeze_time(row_clock(path)) as frozen:
+        store = SqliteStore.open(path)
+        store.clock = clock = frozen_clock(frozen)
+        store.save_gate(GateState(blocked_code="HomeRegionNotSet", blocked_reason="not set",
+                                  blocked_since=time.time() - 60, recheck_at=time.time() + 600))
+        emulator.state.faults.update(outage=True)
+        relay = Relay(store, Hub(cfg.aws), cfg, clock=clock, rng=random.Random(3))
+        lookups = []
+        for _ in range(6):
+            for _ in range(10):
+                relay.run_once()
+            lookups.append(emulator.state.op_count("GetHomeRegion"))
+            relay.quiet()  # the first look sees the passes' own commits
+            assert relay.quiet()
+            frozen.tick(relay.gate.recheck_time - time.time() + 0.001)
+        assert lookups == [1, 2, 3, 4, 5, 6]
+        emulator.state.faults.update(outage=False)
+        relay.run_once()
+        relay.run_once()
+        assert emulator.state.task("S", "t1").updates
+        relay.close()
+        store.close()

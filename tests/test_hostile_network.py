@@ -29,7 +29,8 @@ def test_garbled_answers_are_transient_never_delivered_never_blocked(
     result = cli("drain", "--timeout", "2")
     assert result.returncode == 3, result.stderr[-2000:]
     events = [json.loads(line) for line in result.stderr.splitlines() if line.startswith("{")]
-    lookups = [e for e in events if e["event"] == "home_region_unavailable"]
+    lookups = [e for e in events if e["event"] == "condition_started"
+               and e["operation"] == "GetHomeRegion"]
     assert lookups, result.stderr[-2000:]
     expected = "GarbledResponse" if kind != "proxy502" else "502"
     assert expected in lookups[0]["error_code"]
