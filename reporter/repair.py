@@ -86,7 +86,11 @@ class RepairRounds:
         """Report a difference once (until it changes or clears); True when our newest state
         is newer than the Hub's, so sending it again overwrites nothing newer."""
         fields = tuple(p.field for p in problems)
-        if not fields:
+        ours = record.update_time
+        hub_newer = hub_time is not None and (ours is None or seconds(hub_time) > seconds(ours))
+        if not fields or (hub_newer and record.pending):
+            # a task with rows waiting may be in flight: a newer Hub state may be our own send
+            # whose outcome is not recorded yet (another replica, a database that came back)
             self.differing.pop(record.task_id, None)
             return False
         if self.differing.get(record.task_id) != fields:
@@ -95,7 +99,6 @@ class RepairRounds:
                               fields=list(fields), problems=[p.to_json() for p in problems],
                               hint="`mgh-reporter verify` shows it; sent again only when ours"
                               " is newer than the Hub's")
-        ours = record.update_time
         if ours is not None and (hub_time is None or seconds(ours) > seconds(hub_time)):
             self.differing.pop(record.task_id, None)  # ours is sent again: being repaired
             return True
@@ -129,8 +132,12 @@ def plan_repair(task: ClaimedTask, planned: list[rows.Request], hub: HubTask | N
         return RepairPlan([], False, [], None)
     hub_time = None if hub is None or hub.update_time is None else seconds(hub.update_time)
     ours = again.state
-    newer = hub if hub_time is not None and (ours is None or hub_time > seconds(
-        ours.update_time)) else None
+    # a waiting row as new as the Hub's state may be the one that put it there (a send whose
+    # outcome was not recorded: a replica that lost its database): then it is not someone else's
+    ours_waiting = any(isinstance(r, rows.StateUpdate) and hub_time is not None
+                       and seconds(r.update_time.timestamp()) >= hub_time for r in planned)
+    newer = hub if hub_time is not None and not ours_waiting and (
+        ours is None or hub_time > seconds(ours.update_time)) else None
     superseded = [Verdict(r.row_id, f"the Hub holds a newer state (dated {iso(hub_time)}) than"
                           " this row's: an older state is never sent after a newer one")
                   for r in planned if isinstance(r, rows.StateUpdate) and hub_time is not None

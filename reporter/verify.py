@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 
@@ -30,7 +30,8 @@ from reporter.retry import Backoff
 
 __all__ = ["Checked", "Verifier", "verify"]
 
-READ_TRIES = 4  # a read that keeps failing transiently (after the SDK's own retries)
+T = TypeVar("T")
+READ_TRIES = 6  # a read that keeps failing transiently (after the SDK's own retries)
 
 
 @dataclass
@@ -67,8 +68,20 @@ class Verifier:
 
     def streams(self) -> set[str]:
         """The streams the Hub has (ListProgressUpdateStreams, every page)."""
-        return {s["ProgressUpdateStreamName"] for s in self._hub.pages(
-            "ListProgressUpdateStreams", {}, "ProgressUpdateStreamSummaryList", 100)}
+        return self.retrying(lambda: {s["ProgressUpdateStreamName"] for s in self._hub.pages(
+            "ListProgressUpdateStreams", {}, "ProgressUpdateStreamSummaryList", 100)})
+
+    def retrying(self, read: Callable[[], T]) -> T:
+        """One read, tried again with backoff while it fails transiently (throttling, 5xx,
+        timeouts): READ_TRIES in all, then its HubError is raised."""
+        for attempt in range(1, READ_TRIES + 1):
+            try:
+                return read()
+            except HubError as err:
+                if err.failure.outcome is not Outcome.TRANSIENT or attempt == READ_TRIES:
+                    raise
+                self._pause(self._backoff.delay(attempt, self._rng, err.failure.retry_after))
+        raise AssertionError("unreachable")
 
     def check(self, records: Iterable[TaskRecord]) -> Iterator[Checked]:
         """Each task's result, in the order given; a blocking failure (credentials, home
@@ -131,8 +144,9 @@ def verify(config: Config, stream: str | None, task: str | None, as_json: bool) 
                   limiter=AdaptiveLimiter(publish.concurrency, publish.max_concurrency),
                   rate=RateLimiter(rate) if rate else None)
         try:
-            hub.resolve_region()
-            checked = Verifier(hub, publish.concurrency).check(records)
+            verifier = Verifier(hub, publish.concurrency)
+            verifier.retrying(hub.resolve_region)
+            checked = verifier.check(records)
             return _report(checked, calls, started, as_json)
         except HubError as err:
             blocked = err.failure.outcome is Outcome.BLOCKED

@@ -210,3 +210,14 @@ def test_verify_says_what_failed_and_keeps_its_json_whole(cli: Cli, emulator: Em
     assert blocked.returncode == 4, blocked.stderr
     report = json.loads(blocked.stdout)
     assert report["tasks"] == [] and "DescribeMigrationTask" in report["blocked"]
+
+
+def test_verify_rides_out_throttling_of_every_read(cli: Cli, emulator: Emulator):
+    """Throttled reads (the home Region, the stream list, a task) are tried again with
+    backoff: the run still exits 0 (a single throttled call used to be exit 1)."""
+    _deliver(cli, tasks=2)
+    emulator.state.faults.update(throttle_next={
+        "GetHomeRegion": 3, "ListProgressUpdateStreams": 3, "DescribeMigrationTask": 3})
+    result = cli("verify")
+    assert result.returncode == 0, result.stdout + result.stderr[-2000:]
+    assert not emulator.state.faults.throttle_next  # every throttle was met
