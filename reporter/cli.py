@@ -20,6 +20,7 @@ from reporter.cli_base import (
     config_file,
     console,
     existing_outbox,
+    fail,
     guarded,
     load_config,
     logging_config,
@@ -278,7 +279,11 @@ def emulator(host: str, port: int, home_region: str, map_delay: float) -> None:
     from reporter.emulator import Emulator
 
     region = None if home_region.lower() == "none" else home_region
-    em = Emulator(host, port, home_region=region, map_delay=map_delay).start()
+    try:
+        em = Emulator(host, port, home_region=region, map_delay=map_delay).start()
+    except OSError as exc:
+        fail(f"cannot listen on {host}:{port}: {exc.strerror or exc}; choose another with"
+             " --port (0: any free port)")
     click.echo(f"Migration Hub emulator on {em.url} (home Region: {region or 'not set'})")
     click.echo(f"  export AWS_ENDPOINT_URL_MIGRATION_HUB={em.url}")
     click.echo(f"  export AWS_ENDPOINT_URL_MIGRATIONHUB_CONFIG={em.url}")

@@ -29,7 +29,9 @@ from reporter.upkeep import MAINTENANCE_SECONDS
 if TYPE_CHECKING:
     from reporter.daemon import Service
 
-__all__ = ["RESTART_ONLY", "Supervisor", "restart_only_changes"]
+__all__ = ["LISTEN_RETRY_SECONDS", "RESTART_ONLY", "Supervisor", "restart_only_changes"]
+
+LISTEN_RETRY_SECONDS = 10.0  # a listener that could not bind is tried again this often
 
 # Settings a reload refuses to change (the running config stays): moving the outbox or the stream
 # under a running daemon would split one history in two; the Hub client is built once.
@@ -50,6 +52,7 @@ class Supervisor:
         self.log = structlog.get_logger("reporter.daemon")
         self.notifier = sdnotify.SystemdNotifier()
         self.server: MetricsServer | None = None
+        self.listen_problem: str | None = None  # the listener could not bind (why)
         self.signal_fd: int | None = None  # wakes the main loop (signals, `shutdown`)
 
     def status(self, pending: int) -> None:
@@ -60,15 +63,42 @@ class Supervisor:
             text = f"BLOCKED ({blocked.code}); pending {pending}"
         self.notifier.notify(f"STATUS={text}")
 
-    def start_metrics(self) -> None:
-        """(Re)start the metrics server on the configured address."""
+    def start_metrics(self, at_start: bool = False) -> None:
+        """(Re)start the metrics server on the configured address. A port another program
+        holds is one line naming it and the key: at start in a terminal, the run ends there
+        (ConfigError, exit 1); under systemd (where exiting would be a restart loop) and on a
+        reload, delivery goes on without the listener, which is tried again every
+        LISTEN_RETRY_SECONDS until it binds."""
         if self.server is not None:
             self.server.stop()
             self.server = None
         address = self.service.config.metrics.address
-        if address is not None:
+        if address is None:
+            self.listen_problem = None
+            return
+        try:
             self.server = MetricsServer(address, self.service.metrics, self.service.health)
-            self.server.start()
+        except OSError as exc:
+            where = self.service.config_path or "the config file"
+            problem = (f"cannot listen on {address[0]}:{address[1]} for /metrics and /healthz:"
+                       f" {exc.strerror or exc}; change [metrics] listen in {where} (\"\" turns"
+                       " the listener off) or free the port")
+            if at_start and not os.environ.get("NOTIFY_SOCKET"):
+                raise ConfigError(problem) from None
+            if problem != self.listen_problem:
+                self.log.error("metrics_listen_failed", error=problem,
+                               retry_in=LISTEN_RETRY_SECONDS)
+            self.listen_problem = problem
+            return
+        if self.listen_problem is not None:
+            self.log.info("metrics_listening", listen=f"{address[0]}:{address[1]}")
+        self.listen_problem = None
+        self.server.start()
+
+    def retry_metrics(self) -> None:
+        """The scheduler's job: bind the listener that could not bind before."""
+        if self.listen_problem is not None and self.server is None:
+            self.start_metrics()
 
     def reload(self) -> bool:
         """SIGHUP: re-read the config file and apply it between passes. An invalid file, or one
@@ -115,13 +145,15 @@ class Supervisor:
         signal's wake-up byte ends the select) or the next watchdog ping is due."""
         service = self.service
         config = service.config
-        self.start_metrics()
+        self.start_metrics(at_start=True)
         scheduler = BackgroundScheduler(
             executors={"default": JobExecutor(1)},
             job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": None},
         )
         scheduler.add_job(service.upkeep.maintain, "interval", seconds=MAINTENANCE_SECONDS,
                           id="maintain", next_run_time=datetime.now().astimezone())
+        scheduler.add_job(self.retry_metrics, "interval", seconds=LISTEN_RETRY_SECONDS,
+                          id="listen")
         watchdog_usec = int(os.environ.get("WATCHDOG_USEC", "0") or 0)
         watchdog = watchdog_usec / 1e6 if watchdog_usec else 0.0
         scheduler.start()

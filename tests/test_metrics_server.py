@@ -119,3 +119,61 @@ def test_an_ipv6_loopback_listen_address_works(cli: Cli, emulator: Emulator, mak
         assert "mgh_reporter_pending_rows" in http_get(f"http://[::1]:{port}/metrics")[1]
     finally:
         stop_daemon(proc, timeout=15)
+
+
+def _held_port() -> tuple[socket.socket, int]:
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen()
+    return holder, int(holder.getsockname()[1])
+
+
+def test_a_busy_port_is_one_line_naming_the_port_and_what_to_change(
+    cli: Cli, make_config: Any, outbox_path: Path
+):
+    """`emulator --port` and `[metrics] listen` on a port another program holds: exit 1 with
+    one line that names the port and the flag or key to change; no traceback."""
+    holder, port = _held_port()
+    with holder:
+        result = cli("emulator", "--port", str(port), timeout=20)
+        assert result.returncode == 1
+        assert result.stderr.splitlines() == [
+            f"mgh-reporter: cannot listen on 127.0.0.1:{port}: Address already in use;"
+            " choose another with --port (0: any free port)"]
+        config = make_config("busy.toml", metrics={"listen": f"127.0.0.1:{port}"})
+        assert cli("init", config=config).returncode == 0
+        run = cli("run", config=config, timeout=30)
+        assert run.returncode == 1 and "Traceback" not in run.stderr
+        lines = [line for line in run.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1, run.stderr  # structlog's lines go to stderr too: none here
+        assert f"127.0.0.1:{port}" in lines[0] and "[metrics] listen" in lines[0]
+        assert str(config) in lines[0]
+
+
+def test_under_systemd_a_busy_port_keeps_delivering_and_binds_once_free(
+    cli: Cli, make_config: Any, outbox_path: Path, emulator: Emulator, tmp_path: Path
+):
+    """Under systemd an exit would be a restart loop: the daemon delivers without the listener
+    (one error line, not one per try) and serves /healthz once the port is free."""
+    holder, port = _held_port()
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify.sock"))
+    config = make_config("busy.toml", metrics={"listen": f"127.0.0.1:{port}"})
+    assert cli("init", config=config).returncode == 0
+    log = tmp_path / "daemon.log"
+    with log.open("w") as err, notify:
+        daemon = start_daemon(config, env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock")},
+                              stderr=err)
+        try:
+            assert b"READY=1" in notify.recv(4096)
+            assert cli("notify", "t1", "--status", "IN_PROGRESS", config=config).returncode == 0
+            wait_for(lambda: "t1" in emulator.state.streams.get("ToolA", {}), timeout=20)
+        finally:
+            holder.close()
+        try:
+            wait_for(lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200,
+                     timeout=30, interval=0.5)
+        finally:
+            stop_daemon(daemon, log)
+    failed = [line for line in log.read_text().splitlines() if "metrics_listen_failed" in line]
+    assert len(failed) == 1 and f"127.0.0.1:{port}" in failed[0]
