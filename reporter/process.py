@@ -81,13 +81,39 @@ def lock_holder(outbox: Path) -> int | None:
     except (OSError, UnsafeFile):
         return None
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    except BlockingIOError:
+        held = _flock_held(os.fstat(fd))
+        if held is None:  # no /proc/locks: probe (a moment's shared lock)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                held = False
+            except BlockingIOError:
+                held = True
+        if not held:
+            return None
         text = os.pread(fd, 64, 0).decode(errors="replace").strip()
         return int(text) if text.isdigit() else -1
     finally:
         os.close(fd)
-    return None
+
+
+def _flock_held(st: os.stat_result) -> bool | None:
+    """Whether some process holds an exclusive flock on this file, from /proc/locks (no lock of
+    ours is taken: a probe's shared lock could make a `run` starting that instant refuse);
+    None when /proc/locks cannot be read."""
+    try:
+        with open("/proc/locks", encoding="ascii", errors="replace") as locks:
+            table = locks.read()
+    except OSError:
+        return None
+    device = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}:{st.st_ino}"
+    for line in table.splitlines():
+        parts = line.split()
+        if "->" in parts:  # a waiter, not a holder
+            continue
+        if len(parts) >= 6 and parts[1] == "FLOCK" and parts[3] == "WRITE" \
+                and parts[5] == device:
+            return True
+    return False
 
 
 M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)

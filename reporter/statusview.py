@@ -128,8 +128,10 @@ def lines(report: views.StatusReport, cfg: Config) -> list[str]:
     out.append(f"mgh-reporter  {esc(cfg.outbox.where)}")
     out.append(f"  state        {headline}")
     beat = ""
-    if pid and daemon and daemon["running"]:
+    if pid and daemon and daemon["running"] and daemon["live_state"]:
         beat = f", heartbeat {daemon['heartbeat_age_seconds']:.0f}s ago"
+    elif daemon and daemon["running"]:
+        beat = ", holding the outbox (no live state)"
     if report.replicas is not None:
         live_ones = report.replicas
         out.append(f"  replicas     {len(live_ones)} live")

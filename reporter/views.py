@@ -110,6 +110,21 @@ def daemon_view(
     `stale_after`: hung, frozen or killed) or "not running" (a fresh word from a process that no
     longer holds the outbox: killed moments ago). `daemon_pid` is the outbox lock's holder
     (SQLite), or the state's own pid where there is no lock (PostgreSQL)."""
+    if daemon_pid is not None and (state is None or state.pid != daemon_pid):
+        # a process holds the outbox but its live state is not where we look (no runtime
+        # directory: a chroot, `runuser` without systemd, another live_state_path)
+        return {
+            "pid": daemon_pid if daemon_pid > 0 else None,
+            "state": "running",
+            "running": True,
+            "health": None,
+            "cause": None,
+            "heartbeat": None,
+            "heartbeat_age_seconds": None,
+            "stale": False,
+            "last_error": None,
+            "live_state": False,
+        }
     if state is None:
         return None
     age = max(0.0, now - state.heartbeat)
@@ -127,6 +142,7 @@ def daemon_view(
         "heartbeat_age_seconds": round(age, 1),
         "stale": word == "hung",
         "last_error": state.last_error,
+        "live_state": True,
     }
 
 
@@ -139,6 +155,14 @@ def _problems(
             f"the outbox's write-ahead log is {wal_bytes / 2**20:.1f} MiB (over "
             f"{wal_warning_bytes / 2**20:.0f} MiB): a long-lived read transaction on the outbox "
             "holds checkpoints back; it shrinks once that reader ends"
+        )
+    if daemon is not None and not daemon["live_state"]:
+        who = f"pid {daemon['pid']}" if daemon["pid"] else "its pid unknown"
+        warnings.append(
+            f"a daemon ({who}) holds the outbox and delivers, but its live state is not where"
+            " this status looks (it has no runtime directory: no systemd, $XDG_RUNTIME_DIR"
+            " unset): set [outbox] live_state_path in the config both read, or see its log and"
+            " /healthz"
         )
     if daemon is not None and daemon["state"] == "hung":
         warnings.append(

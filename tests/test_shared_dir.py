@@ -14,6 +14,7 @@ import pwd
 import shutil
 import stat
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -26,7 +27,7 @@ from reporter import live
 from reporter.emulator import Emulator
 from reporter.files import UnsafeFile, private_dir
 
-from .helpers import Cli, start_daemon, stop_daemon
+from .helpers import Cli, start_daemon, stop_daemon, wait_for
 
 GROUP, SERVICE, TOOL = "mgh-share-t", "mgh-svc-t", "mgh-tool-t"
 
@@ -225,3 +226,36 @@ def test_the_default_live_state_is_never_in_the_shared_directory_nor_tmp(
     monkeypatch.setenv("RUNTIME_DIRECTORY", str(open_dir))
     with pytest.raises(UnsafeFile, match="writable by group or others"):
         live.daemon_path(None, "x")
+
+
+def test_status_finds_a_daemon_that_has_no_runtime_directory(
+    cli: Cli, emulator: Emulator, shared: Path, make_config: Any, users: dict[str, int]
+):
+    """`runuser -u <service> -- mgh-reporter run` without systemd (no $RUNTIME_DIRECTORY, no
+    $XDG_RUNTIME_DIR): the daemon writes no live state, yet `status` finds it by the outbox
+    it holds, says it is delivering and never tells the operator to start another one."""
+    config = shared.parent / "service.toml"
+    shutil.copy(make_config("service.toml", outbox={"path": str(shared / "outbox.db")}), config)
+    config.chmod(0o644)
+    assert cli("init", config=config).returncode == 0
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("XDG_RUNTIME_DIR", "RUNTIME_DIRECTORY", "NOTIFY_SOCKET")}
+    daemon = subprocess.Popen(
+        ["runuser", "-u", SERVICE, "--", sys.executable, "-m", "reporter", "--config",
+         str(config), "run"], env=env, cwd=Path(__file__).resolve().parent.parent,
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        assert cli("notify", "t1", "--status", "IN_PROGRESS", config=config).returncode == 0
+        wait_for(lambda: "t1" in emulator.state.streams.get("ToolA", {}), timeout=30)
+        report = json.loads(cli("status", "--json", config=config).stdout)
+        assert report["daemon_state"] == "running" and report["daemon"]["live_state"] is False
+        assert report["daemon_pid"] == daemon.pid or report["daemon_pid"] > 0
+        assert any("live_state_path" in w for w in report["warnings"])
+        human = cli("status", config=config).stdout
+        assert "not running" not in human and "delivering" in human, human
+    finally:
+        daemon.terminate()
+        _, err = daemon.communicate(timeout=15)
+    # runuser passes SIGTERM on and reports its own end: the daemon's clean stop is in its log
+    assert '"clean": true' in err, err[-2000:]
+    assert "live_state_unavailable" in err
