@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import threading
 from pathlib import Path
+from typing import Any
 
 import structlog
 
@@ -101,15 +102,45 @@ def _wait_for_store(config: Config) -> bool:
     log = structlog.get_logger("reporter.daemon")
     stop, reload = threading.Event(), threading.Event()
     delay = 0.5
+    refused: str | None = None
     while True:
         try:
             config.outbox.engine.open().close()
             return True
         except StoreError as exc:
-            if not exc.busy:
+            if exc.needs_init:
+                refused = _upgrade(config, log, refused)
+                if refused is None:
+                    continue
+                delay = max(delay, 5.0)
+            elif not exc.busy:
                 raise
-            log.warning("store_unreachable", error=str(exc), retry_in=delay)
+            else:
+                log.warning("store_unreachable", error=str(exc), retry_in=delay)
         with stop_on_signals(stop, reload):  # a SIGHUP here changes nothing: config is fresh
             if stop.wait(delay):
                 return False
         delay = min(30.0, delay * 2)
+
+
+def _upgrade(config: Config, log: Any, refused: str | None) -> str | None:
+    """An outbox made by an older version (a package upgrade): migrate it as `init` would, so
+    delivery goes on without a person. None when done; else why not (a PostgreSQL role that
+    may not change the schema), logged once as a blocked cause naming `init`. An SQLite file
+    that is missing is never made here (`init` does that, and a misspelt path must not become
+    a new outbox)."""
+    engine = config.outbox.engine
+    if not engine.postgres and not engine.path.exists():
+        raise StoreError(engine.missing() or f"no outbox at {engine.path}")
+    try:
+        engine.create().close()
+    except StoreError as exc:
+        if exc.busy:
+            return refused or "busy"
+        reason = (f"the outbox needs an upgrade this role may not make ({exc}): run"
+                  " `mgh-reporter init` as the outbox's owner; delivery starts once it is done")
+        if reason != refused:
+            log.error("outbox_upgrade_refused", error=str(exc), hint=reason)
+        return reason
+    log.info("outbox_upgraded", outbox=config.outbox.where)
+    return None

@@ -15,8 +15,12 @@ from reporter.model import TaskRecord
 from reporter.views import iso
 
 __all__ = [
+    "NOT_RECORDED",
     "Difference", "HubView", "compare", "delivered", "kept_by_hub", "read_view", "seconds"]
 
+# What we sent is unknown (an attribute list delivered by a version that kept no copy, its row
+# gone): never "matches"; not a difference at the Hub either (repair rounds leave it alone).
+NOT_RECORDED = "not recorded"
 # The service discards VM fields from a list without VM_MANAGER_ID (PutResourceAttributes).
 VM_FIELDS = frozenset({"VM_MANAGED_OBJECT_REFERENCE", "VM_NAME", "VM_PATH"})
 # The SDK sends UpdateDateTime as whole epoch seconds (botocore's JSON timestamps): it is
@@ -79,7 +83,10 @@ def compare(record: TaskRecord, view: HubView | None, missing: str = "") -> list
         ):
             found.append(Difference("update_date_time", iso(seconds(record.update_time)),
                                     iso(view.update_time)))
-    if record.attributes is not None and kept_by_hub(record.attributes) != view.attributes:
+    if record.attributes is None and record.attributes_sent:  # sent by a version that kept
+        found.append(Difference("resource_attributes", NOT_RECORDED,  # no copy: unknown
+                                _pairs(view.attributes)))
+    elif record.attributes is not None and kept_by_hub(record.attributes) != view.attributes:
         found.append(Difference("resource_attributes", _pairs(kept_by_hub(record.attributes)),
                                 _pairs(view.attributes)))
     if view.artifacts is not None and not set(record.artifacts) <= view.artifacts:

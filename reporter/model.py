@@ -335,6 +335,7 @@ class TaskRecord:
     resources: tuple[str, ...] = ()  # manual mappings (ConfigurationIds) the Hub has from us
     attributes: tuple[tuple[str, str], ...] | None = None  # the list last sent (None: unknown)
     task_id: int = 0  # the store's id of the task
+    attributes_sent: bool = False  # an attribute list was delivered (recorded or not)
 
 
 @dataclass(frozen=True)

@@ -17,7 +17,7 @@ from reporter import rows
 from reporter.config import VerifyConfig
 from reporter.errors import HubError, Outcome
 from reporter.hub import Hub
-from reporter.hubview import compare, delivered, read_view, seconds
+from reporter.hubview import NOT_RECORDED, compare, delivered, read_view, seconds
 from reporter.model import ClaimedTask, HubTask, OutboxStore, ResendScope, TaskRecord
 from reporter.rows import Verdict
 from reporter.views import iso
@@ -85,6 +85,7 @@ class RepairRounds:
     def _differs(self, record: TaskRecord, problems: list[Any], hub_time: float | None) -> bool:
         """Report a difference once (until it changes or clears); True when our newest state
         is newer than the Hub's, so sending it again overwrites nothing newer."""
+        problems = [p for p in problems if p.sent != NOT_RECORDED]  # unknown, not a difference
         fields = tuple(p.field for p in problems)
         ours = record.update_time
         hub_newer = hub_time is not None and (ours is None or seconds(hub_time) > seconds(ours))

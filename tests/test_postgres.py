@@ -26,7 +26,7 @@ from reporter.model import Ingested, SentState, TaskOutcome
 from reporter.stores.postgres import PostgresStore
 
 from .engines import PG_AWS, PG_OUTBOX, PgServer, pg_insert
-from .helpers import FAST, ROOT, child_env, toml_text
+from .helpers import FAST, ROOT, child_env, start_daemon, stop_daemon, toml_text, wait_for
 
 README = ROOT / "README.md"
 
@@ -427,3 +427,36 @@ def test_the_tool_role_cannot_choose_ids(pg_server: PgServer, pg_url: str):
                           " VALUE VALUES (1001, 'task_state', 't2')"):
             with psycopg.connect(tool) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute(statement)
+
+
+def test_a_reporter_role_that_may_not_upgrade_waits_for_init(
+        pg_server: PgServer, pg_url: str, tmp_path: Path, emulator: Emulator,
+        aws_env: dict[str, str]):
+    """A package upgrade brings a migration the README's reporter role may not apply: `run`
+    neither exits nor loops; it logs once that `init` must run as the owner, and delivers
+    as soon as the owner has run it."""
+    with _readme_roles(pg_url) as database:
+        with psycopg.connect(pg_url, autocommit=True) as conn:  # as before 0004_repair_scope
+            conn.execute("DELETE FROM mgh_reporter.migrations WHERE name = '0004_repair_scope'")
+            conn.execute("ALTER TABLE mgh_reporter.tasks ALTER COLUMN resend DROP DEFAULT")
+            conn.execute("ALTER TABLE mgh_reporter.tasks ALTER COLUMN resend TYPE boolean"
+                         " USING resend <> 0")
+            conn.execute("ALTER TABLE mgh_reporter.tasks ALTER COLUMN resend SET DEFAULT false")
+        reporter = pg_server.url(database, "mgh_reporter_role", "reporter-secret")
+        tool = pg_server.url(database, "mgh_tool", "tool-secret")
+        config = _write_config(tmp_path, reporter)
+        pg_insert(tool, kind="task_state", migration_task_name="t1", status="IN_PROGRESS")
+        log = tmp_path / "daemon.log"
+        with log.open("w") as err:
+            daemon = start_daemon(config, env=aws_env, stderr=err)
+            try:
+                wait_for(lambda: "outbox_upgrade_refused" in log.read_text(), timeout=30)
+                time.sleep(6)  # past one retry: still one line, still running
+                assert daemon.poll() is None
+                assert log.read_text().count("outbox_upgrade_refused") == 1
+                assert "mgh-reporter init" in log.read_text()
+                owner = _write_config(tmp_path, pg_url, name="owner.toml")
+                assert _cli(owner, "init", env=aws_env).returncode == 0
+                wait_for(lambda: "t1" in emulator.state.streams.get("ToolA", {}), timeout=30)
+            finally:
+                stop_daemon(daemon, log)

@@ -554,6 +554,7 @@ class SqlStore(ABC):
                 artifacts=tuple(_json_list(r["artifacts"])), last_error=r["last_error"],
                 resources=tuple(_json_list(r["resources"])),
                 attributes=_pairs(r["attributes"]), task_id=int(r["id"]),
+                attributes_sent=r["last_attributes_row"] is not None,
             )
             for r in rows
         ]

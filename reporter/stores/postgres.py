@@ -294,7 +294,10 @@ class PostgresStore(SqlStore):
                 if name in applied:
                     continue
                 for statement in statements:
-                    c.execute(statement)
+                    if callable(statement):
+                        statement(c, store._outbox)
+                    else:
+                        c.execute(statement)
                 c.execute(f"INSERT INTO {S}.migrations(name) VALUES (%s)", (name,))
                 log.info("migration_applied", migration=name)
             for statement in pgschema.trigger_ddl(store._outbox):

@@ -3,9 +3,11 @@ schema `mgh_reporter`, their versioned migrations, and the privileges `check` pr
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from reporter.stores.statements import literals
+from reporter.stores.upgrade import recover_sent
 
 if TYPE_CHECKING:
     from reporter.stores.postgres import PostgresStore
@@ -75,8 +77,11 @@ def trigger_ddl(outbox: str) -> list[str]:
     ]
 
 
-# (name, statements), applied in order, each in one transaction with its record.
-MIGRATIONS: list[tuple[str, list[str]]] = [
+# A step of a migration: a statement, or a routine given the cursor and the outbox table's name.
+Step = str | Callable[[Any, str], None]
+
+# (name, steps), applied in order, each in one transaction with its record.
+MIGRATIONS: list[tuple[str, list[Step]]] = [
     (
         "0001_delivery_tables",
         [
@@ -210,9 +215,20 @@ MIGRATIONS: list[tuple[str, list[str]]] = [
             f"ALTER TABLE {SCHEMA}.tasks ALTER COLUMN resend TYPE smallint"
             " USING CASE WHEN resend THEN 2 ELSE 0 END",
             f"ALTER TABLE {SCHEMA}.tasks ALTER COLUMN resend SET DEFAULT 0",
+            lambda c, outbox: _recover_sent(c, outbox),
         ],
     ),
 ]
+
+
+def _recover_sent(c: Any, outbox: str) -> None:
+    """The attribute lists and artifact descriptions an older version sent but did not keep."""
+
+    def query(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        c.execute(sql.replace("?", "%s"), params)
+        return [tuple(r.values()) for r in c.fetchall()] if c.description else []
+
+    recover_sent(query, f"{SCHEMA}.tasks", f"{SCHEMA}.rows", outbox, f"{SCHEMA}.artifacts")
 
 
 # What `check` proves: the daemon's privileges on the outbox and on its own tables.

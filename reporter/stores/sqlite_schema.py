@@ -4,7 +4,7 @@ and the intake trigger."""
 from __future__ import annotations
 
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from reporter.stores.statements import (
@@ -13,6 +13,7 @@ from reporter.stores.statements import (
     REQUIRED_COLUMNS,
     literals,
 )
+from reporter.stores.upgrade import recover_sent
 
 __all__ = [
     "GATE_COLUMNS",
@@ -297,3 +298,9 @@ def _repair_scope(db: Any) -> None:
     # `resend` says what a repair sends again: 0 nothing, 1 the newest state (the Hub is behind
     # us), 2 everything (the Hub lost the task). An older version marked only lost tasks.
     _execute(db, "UPDATE mgh_tasks SET resend = 2 WHERE resend <> 0")
+    # what verify compares and a repair sends again, recovered from the rows still present
+
+    def query(sql: str, params: Sequence[Any]) -> list[tuple[Any, ...]]:
+        return [tuple(r) for r in db.conn.execute(sql, params).fetchall()]
+
+    recover_sent(query, "mgh_tasks", "mgh_rows", "outbox", "mgh_artifacts")
