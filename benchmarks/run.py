@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -90,6 +91,19 @@ class EmulatorProcess:
     def last_states(self) -> dict[str, dict[str, Any]]:
         tasks = self._request("state")["streams"].get(STREAM, {})
         return {name: t["last"] for name, t in tasks.items() if t["last"]}
+
+    def tasks(self) -> dict[str, dict[str, Any]]:
+        """Each task of the stream as the Hub holds it (last update, attribute list, ...)."""
+        return dict(self._request("state")["streams"].get(STREAM, {}))
+
+    def control(self, what: str, body: dict[str, Any]) -> bool:
+        """Change the Hub behind the daemon's back (`lose-task`, `delete-stream`,
+        `change-task`, `home-region`); False when the emulator refused (no such task)."""
+        try:
+            self._request(what, body)
+        except urllib.error.HTTPError:
+            return False
+        return True
 
 
 @contextmanager

@@ -9,15 +9,25 @@ Writers insert bursts and steady rows over hundreds of tasks (states, attribute 
 and then a row the Hub would refuse) into a real outbox; the emulator (its own process)
 cycles through fault windows (throttling with 5xx, latency, a full outage, a hostile network);
 the daemon (`mgh-reporter run`, a real process) is killed with SIGKILL at random moments and
-restarted, and sent SIGHUP now and then. With --postgres, two replicas share a PostgreSQL
-outbox and a random one of them is killed each time. At the end the faults stop and the
-daemon finishes.
+restarted, and sent SIGHUP now and then. The Hub itself changes behind the daemon's back
+(repair rounds are on): a delivered task is lost, the stream is deleted once, another client
+writes a newer state to a task (which the tools then leave alone), and the account's home
+Region is unset for a few seconds, then set again. With --postgres, two replicas share a
+PostgreSQL outbox and a random one of them is killed each time. At the end the faults stop
+and the daemon finishes.
 
 The oracle, checked from the files and the Hub's own record:
 - every row written is sent, superseded or rejected with a reason (nothing pending, nothing
   forgotten), and exactly the rows written invalid are rejected;
 - each task's last state at the Hub equals its last valid row;
+- each task's attribute list at the Hub is its last one (a lost task restored whole);
 - no task's UpdateDateTime ever went backwards at the Hub;
+- no update of ours followed another client's newer one (never overwritten);
+- a task whose Hub state is another client's newer one was reported (`hub_differs`), and
+  `verify` finds no other difference;
+- in a quiet window at the end (nothing to send) the daemon makes no Hub write at all;
+- GetHomeRegion calls stay within a budget: one per process start, one per blocked recheck
+  (plus the calls in flight when the block came), one per backoff base second otherwise;
 - within each daemon lifetime past its warm-up, RSS stays within 10%.
 Prints one JSON document of figures; exits 1 when any check fails.
 """
@@ -40,7 +50,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from run import EmulatorProcess, backlog, emulator_process, make_outbox
+from run import STREAM, EmulatorProcess, backlog, emulator_process, make_outbox
 
 TASKS = 300
 WINDOWS: list[dict[str, Any]] = [
@@ -53,6 +63,13 @@ WINDOWS: list[dict[str, Any]] = [
 ]
 CLEAR = {"throttle": 0.0, "server_error": 0.0, "latency": 0.0, "outage": False, "garble": 0.0}
 WARMUP_SECONDS = 10.0
+REPAIR_EVERY = 0.5  # [verify] every_seconds: rounds of 5 tasks, all 300 read within a minute
+BLOCKED_RECHECK = 3.0  # [publish] blocked_recheck_seconds
+BLOCKED_SECONDS = 6.0  # how long the home Region stays unset
+BACKOFF_BASE = 0.5  # [publish] backoff_base_seconds
+MAX_CONCURRENCY = 8  # [publish] max_concurrency: calls in flight when a block comes
+QUIET_SECONDS = 5.0
+READS = ("Describe", "List", "GetHomeRegion")
 
 
 INSERT = ("INSERT INTO outbox(kind, migration_task_name, status, progress_percent, status_detail,"
@@ -112,25 +129,32 @@ class Writers:
         self.lock = threading.Lock()
         self.step: dict[str, int] = {}  # per task: the last valid state's percent/step
         self.last: dict[str, tuple[int, str]] = {}  # per task: (percent, detail) of last valid
+        self.attributes: dict[str, str] = {}  # per task: the address of its last attribute list
+        self.frozen: set[str] = set()  # tasks another client took over: no more rows for them
         self.invalid = 0
         self.rows = 0
         self.errors: list[str] = []
         self.clock = datetime.now(UTC)
 
-    def _rows(self, count: int) -> tuple[list[tuple[Any, ...]], dict[str, tuple[int, str]]]:
-        """`count` rows and the last valid state they leave each task at (not yet remembered:
-        only a committed write counts)."""
+    def _rows(self, count: int) -> tuple[list[tuple[Any, ...]], dict[str, tuple[int, str]],
+                                         dict[str, str]]:
+        """`count` rows and the last valid state and attribute list they leave each task at
+        (not yet remembered: only a committed write counts)."""
         out: list[tuple[Any, ...]] = []
         last: dict[str, tuple[int, str]] = {}
+        addresses: dict[str, str] = {}
         for _ in range(count):
             task = f"s{self.rng.randrange(TASKS)}"
+            if task in self.frozen:
+                continue
             if self.rng.random() < 0.02:  # a row the Hub would refuse: rejected, never sent
                 out.append(("task_state", task, "IN_PROGRESS", 150, "bad percent", None, None))
                 continue
             if self.rng.random() < 0.1:
-                attrs = json.dumps([{"Type": "IPV4_ADDRESS",
-                                     "Value": f"10.0.{self.rng.randrange(256)}.1"}])
+                address = f"10.0.{self.rng.randrange(256)}.1"
+                attrs = json.dumps([{"Type": "IPV4_ADDRESS", "Value": address}])
                 out.append(("resource_attributes", task, None, None, None, None, attrs))
+                addresses[task] = address
                 continue
             step = self.step.get(task, 0) + 1
             self.step[task] = step
@@ -139,13 +163,15 @@ class Writers:
             out.append(("task_state", task, "IN_PROGRESS", step % 101, detail,
                         self.clock.isoformat().replace("+00:00", "Z"), None))
             last[task] = (step % 101, detail)
-        return out, last
+        return out, last, addresses
 
     def _write(self, count: int) -> None:
         """One transaction of `count` rows. The lock spans making and committing them, so the
         writers' commit order is the order rows were made in (the order the daemon keeps)."""
         with self.lock:
-            rows, last = self._rows(count)
+            rows, last, addresses = self._rows(count)
+            if not rows:
+                return
             for attempt in range(5):
                 try:
                     self.box.insert(rows)
@@ -157,6 +183,7 @@ class Writers:
                 self.rows += len(rows)
                 self.invalid += sum(1 for r in rows if r[3] == 150)
                 self.last.update(last)
+                self.attributes.update(addresses)
                 return
 
     def run_steady(self) -> None:
@@ -166,6 +193,73 @@ class Writers:
     def run_bursts(self) -> None:
         while not self.stop.wait(self.rng.uniform(1.0, 4.0)):
             self._write(self.rng.randrange(50, 400))
+
+
+class HubEvents:
+    """The Hub changed behind the daemon's back, one event at a time: a delivered task lost,
+    the stream deleted, another client's newer state on a task the tools then leave alone, the
+    home Region unset for BLOCKED_SECONDS."""
+
+    def __init__(self, hub: EmulatorProcess, box: Target, writers: Writers,
+                 rng: random.Random) -> None:
+        self.hub, self.box, self.writers, self.rng = hub, box, writers, rng
+        self.lost = self.streams_deleted = self.blocked_windows = 0
+        self.foreign: set[str] = set()
+        self.unblock_at: float | None = None
+
+    def tick(self, now: float) -> None:
+        """Set the home Region again once its window is over."""
+        if self.unblock_at is not None and now >= self.unblock_at:
+            self.hub.control("home-region", {"region": "us-west-2"})
+            self.unblock_at = None
+
+    def plan(self, seconds: float) -> list[tuple[float, str]]:
+        """Every run has each kind of event (a longer run more of them), in a random order,
+        spread evenly between 5 s and 10 s before the end: (offset, kind)."""
+        per_minute = ["lose", "lose", "foreign", "foreign", "stream", "block"]
+        kinds = per_minute * max(1, int(seconds // 60))
+        self.rng.shuffle(kinds)
+        span = max(1.0, seconds - 15.0)
+        return [(5.0 + span * i / len(kinds), kind) for i, kind in enumerate(kinds)]
+
+    def happen(self, now: float, kind: str) -> None:
+        """One event of `kind` (a block waits for the one before it to end)."""
+        delivered = sorted(set(self.hub.last_states()) - self.writers.frozen)
+        if kind == "stream":
+            if self.hub.control("delete-stream", {"stream": STREAM}):
+                self.streams_deleted += 1
+        elif kind == "block" and self.unblock_at is None:
+            self.hub.control("home-region", {"region": None})
+            self.blocked_windows += 1
+            self.unblock_at = now + BLOCKED_SECONDS
+        elif kind == "foreign" and delivered:
+            self._foreign(self.rng.choice(delivered))
+        elif kind == "lose" and delivered and self.hub.control(
+                "lose-task", {"stream": STREAM, "task": self.rng.choice(delivered)}):
+            self.lost += 1
+
+    def _foreign(self, task: str) -> None:
+        """Another client's state dated an hour ahead, once nothing of ours for the task is in
+        flight (its rows delivered, no repair under way): anything of ours after it would be an
+        overwrite."""
+        self.writers.frozen.add(task)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            busy = self.box.query(
+                "SELECT (SELECT count(*) FROM outbox o LEFT JOIN mgh_rows r ON r.id = o.id"
+                f" WHERE o.migration_task_name = '{task}' AND (r.id IS NULL OR r.state ="
+                f" 'pending')) + (SELECT count(*) FROM mgh_tasks WHERE task = '{task}'"
+                " AND resend <> 0)")[0][0]
+            if not busy:
+                break
+            time.sleep(0.1)
+        else:
+            return
+        if self.hub.control("change-task", {
+                "stream": STREAM, "task": task, "update_date_time": time.time() + 3600,
+                "task_fields": {"Status": "COMPLETED", "ProgressPercent": 100,
+                                "StatusDetail": "by another tool"}}):
+            self.foreign.add(task)
 
 
 def rss_mb(pid: int) -> float | None:
@@ -220,7 +314,50 @@ class Daemon:
         return self.proc.wait(timeout=30)
 
 
-def oracle(box: Target, hub: EmulatorProcess, writers: Writers) -> dict[str, Any]:
+def foreign_now(hub: EmulatorProcess) -> set[str]:
+    """Tasks whose newest state at the Hub is another client's."""
+    return {name for name, last in hub.last_states().items() if last.get("ReceivedAt") is None}
+
+
+def hub_lags(hub: EmulatorProcess, writers: Writers) -> tuple[list[str], list[str]]:
+    """Tasks (not another client's now) whose Hub state is not their last valid row, and
+    tasks whose Hub attribute list is not their last one."""
+    tasks = hub.tasks()
+    last = {name: (t["last"] or {}).get("Task", {}) for name, t in tasks.items()}
+    foreign = foreign_now(hub)
+    wrong_last = sorted(
+        task for task, (percent, detail) in writers.last.items()
+        if task not in foreign and ((last.get(task) or {}).get("StatusDetail") != detail
+                                    or last[task].get("ProgressPercent") != percent))
+    wrong_attributes = sorted(
+        task for task, address in writers.attributes.items()
+        if (tasks.get(task) or {}).get("attributes") != [
+            {"Type": "IPV4_ADDRESS", "Value": address}])
+    return wrong_last, wrong_attributes
+
+
+def reported_differs(log: Path) -> set[str]:
+    """Tasks the daemon logged `hub_differs` for."""
+    found = set()
+    for line in log.read_text(errors="replace").splitlines():
+        if '"hub_differs"' in line:
+            try:
+                found.add(str(json.loads(line).get("task")))
+            except ValueError:
+                continue
+    return found
+
+
+def settled(box: Target, hub: EmulatorProcess, writers: Writers, log: Path) -> bool:
+    """Nothing left to send, the Hub at every task's last rows, every task another client
+    holds reported."""
+    if box.backlog():
+        return False
+    wrong_last, wrong_attributes = hub_lags(hub, writers)
+    return not wrong_last and not wrong_attributes and foreign_now(hub) <= reported_differs(log)
+
+
+def oracle(box: Target, hub: EmulatorProcess, writers: Writers, log: Path) -> dict[str, Any]:
     """Every check of the module docstring; each figure with its verdict."""
     outbox = box.query("SELECT count(*) FROM outbox")[0][0]
     states = dict(box.query("SELECT state, count(*) FROM mgh_rows GROUP BY state"))
@@ -233,16 +370,18 @@ def oracle(box: Target, hub: EmulatorProcess, writers: Writers) -> dict[str, Any
     wrong_rejects = box.query(
         "SELECT count(*) FROM mgh_rows r JOIN outbox o ON o.id = r.id WHERE r.state = 'rejected'"
         " AND coalesce(o.progress_percent, -1) != 150")[0][0]
-    last = {name: t["Task"] for name, t in hub.last_states().items()}
-    wrong_last = sorted(
-        task for task, (percent, detail) in writers.last.items()
-        if (last.get(task) or {}).get("StatusDetail") != detail
-        or last[task].get("ProgressPercent") != percent
-    )
-    backwards = 0
+    wrong_last, wrong_attributes = hub_lags(hub, writers)
+    foreign = foreign_now(hub)
+    reported = reported_differs(log)
+    backwards = overwritten = 0
     for updates in hub.updates().values():
         times = [u["UpdateDateTime"] for u in updates]
         backwards += sum(1 for a, b in itertools.pairwise(times) if b < a)
+        for i, theirs in enumerate(updates):  # another client's (ReceivedAt: None)
+            if theirs.get("ReceivedAt") is None:
+                overwritten += sum(1 for ours in updates[i + 1:]
+                                   if ours.get("ReceivedAt") is not None
+                                   and ours["UpdateDateTime"] < theirs["UpdateDateTime"])
     return {
         "rows_written": writers.rows,
         "outbox_rows": outbox,
@@ -255,7 +394,12 @@ def oracle(box: Target, hub: EmulatorProcess, writers: Writers) -> dict[str, Any
         "valid_rows_rejected": wrong_rejects,
         "tasks_not_at_last_state": len(wrong_last),
         "examples_not_at_last_state": wrong_last[:5],
+        "tasks_not_at_last_attributes": len(wrong_attributes),
+        "examples_not_at_last_attributes": wrong_attributes[:5],
         "update_time_went_backwards": backwards,
+        "foreign_updates_overwritten": overwritten,
+        "tasks_foreign_at_end": len(foreign),
+        "foreign_not_reported": sorted(foreign - reported),
         "writer_errors": len(writers.errors),
     }
 
@@ -302,14 +446,18 @@ def soak(seconds: float, rng: random.Random, server: PgServer | None) -> int:
     """Run the soak; print the figures and the checks; 0 when every check passed."""
     with emulator_process() as hub:
         made = make_outbox(hub, interval=0.5, backoff_max_seconds=5.0,
-                           outage_backoff_max_seconds=5.0,
+                           outage_backoff_max_seconds=5.0, backoff_base_seconds=BACKOFF_BASE,
+                           blocked_recheck_seconds=BLOCKED_RECHECK,
+                           max_concurrency=MAX_CONCURRENCY,
                            **({"url": server.url} if server else {}))
         with made.config.open("a") as config:
-            config.write("[aws]\nread_timeout_seconds = 5\nconnect_timeout_seconds = 2\n")
+            config.write("[aws]\nread_timeout_seconds = 5\nconnect_timeout_seconds = 2\n"
+                         f"[verify]\nevery_seconds = {REPAIR_EVERY}\n")
         box = Target(url=server.url) if server else Target(db=made.db)
         log = made.dir / "daemon.log"
         daemons = [Daemon(made.cmd("run"), hub.env, log) for _ in range(2 if server else 1)]
         writers = Writers(box, rng)
+        events = HubEvents(hub, box, writers, rng)
         for d in daemons:
             d.start()
         threads = [threading.Thread(target=writers.run_steady, daemon=True),
@@ -318,9 +466,13 @@ def soak(seconds: float, rng: random.Random, server: PgServer | None) -> int:
             thread.start()
         started = time.monotonic()
         next_window = next_kill = next_reload = started
+        plan = events.plan(seconds)
         windows = 0
         while time.monotonic() - started < seconds:
             now = time.monotonic()
+            events.tick(now)
+            while plan and now - started >= plan[0][0]:
+                events.happen(now, plan.pop(0)[1])
             if now >= next_window:
                 hub.faults(**{**CLEAR, **rng.choice(WINDOWS)})
                 windows += 1
@@ -340,14 +492,31 @@ def soak(seconds: float, rng: random.Random, server: PgServer | None) -> int:
         for thread in threads:
             thread.join()
         hub.faults(**CLEAR)
+        events.tick(float("inf"))  # the home Region set again
         settle_started = time.monotonic()
-        while box.backlog() and time.monotonic() - settle_started < 180:
+        while time.monotonic() - settle_started < 180 and not settled(box, hub, writers, log):
             for d in daemons:
                 d.sample()
             time.sleep(0.5)
         settle = time.monotonic() - settle_started
+        before = hub.operations()
+        time.sleep(QUIET_SECONDS)  # nothing to send: no Hub write at all
+        after = hub.operations()
+        quiet_writes = {op: n - before.get(op, 0) for op, n in after.items()
+                        if not op.startswith(READS) and n != before.get(op, 0)}
+        verified = subprocess.run([*made.cmd("verify"), "--json"], env=hub.env,
+                                  capture_output=True, text=True, timeout=300)
         code = max(d.stop() for d in daemons)
-        result = oracle(box, hub, writers)
+        result = oracle(box, hub, writers, log)
+        foreign_now_at_end = foreign_now(hub)
+        differing = {t["task"] for t in json.loads(verified.stdout or "{}").get("tasks", [])
+                     if not t["ok"]}
+        lookups = after.get("GetHomeRegion", 0)
+    starts = len(daemons) + sum(d.kills for d in daemons)
+    budget = (starts + 2  # each process's first lookup, init's and verify's
+              + len(daemons) * events.blocked_windows * (
+                  int(BLOCKED_SECONDS / BLOCKED_RECHECK) + 2 + MAX_CONCURRENCY)
+              + int(seconds / BACKOFF_BASE / 4))  # lookups retried after transient failures
     lifetimes = [s for d in daemons for s in d.lifetimes]
     growth = [max(s) / s[0] - 1 for s in lifetimes if len(s) >= 8]
     kills, reloads = sum(d.kills for d in daemons), sum(d.reloads for d in daemons)
@@ -358,6 +527,12 @@ def soak(seconds: float, rng: random.Random, server: PgServer | None) -> int:
         "lifetimes_measured": len(growth),
         "max_rss_growth_after_warmup": round(max(growth, default=0.0), 4),
         "peak_rss_mb": round(max((max(s) for s in lifetimes if s), default=0.0), 1),
+        "tasks_lost_at_hub": events.lost, "streams_deleted": events.streams_deleted,
+        "foreign_updates": len(events.foreign), "blocked_windows": events.blocked_windows,
+        "hub_events_planned": len(events.plan(seconds)),
+        "quiet_window_writes": quiet_writes, "verify_exit": verified.returncode,
+        "verify_differing_not_foreign": sorted(differing - foreign_now_at_end),
+        "get_home_region_calls": lookups, "get_home_region_budget": budget,
     })
     checks = {
         "nothing pending or untracked": result["pending"] == 0 and result["untracked_rows"] == 0,
@@ -365,7 +540,13 @@ def soak(seconds: float, rng: random.Random, server: PgServer | None) -> int:
             result["rejected"] == result["invalid_written"]
             and result["valid_rows_rejected"] == 0 and result["rejected_without_reason"] == 0),
         "every task at its last valid row": result["tasks_not_at_last_state"] == 0,
+        "every task at its last attribute list": result["tasks_not_at_last_attributes"] == 0,
         "UpdateDateTime never went backwards": result["update_time_went_backwards"] == 0,
+        "never over another client's newer update": result["foreign_updates_overwritten"] == 0,
+        "every difference at the Hub reported": not result["foreign_not_reported"]
+        and not result["verify_differing_not_foreign"] and verified.returncode in (0, 6),
+        "no Hub write in the quiet window": not quiet_writes,
+        "GetHomeRegion within its budget": lookups <= budget,
         "RSS within 10% after warm-up": result["max_rss_growth_after_warmup"] <= 0.10,
         "clean final stop": code == 0,
     }

@@ -6,9 +6,11 @@ metadata read with `rpm -qp` (no RPM distribution can be booted here)."""
 
 from __future__ import annotations
 
+import io
 import re
 import shutil
 import subprocess
+import tarfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +35,8 @@ pytestmark = pytest.mark.deploy
 
 VERSION = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(),
                     re.MULTILINE).group(1)  # type: ignore[union-attr]
-OLD_VERSION = "0.1.9"
+OLD_VERSION = "0.1.9"  # release 0.2.0's tree, built at a lower version for the upgrade
+RELEASE_0_2_0 = "3b35377"  # the commit the CHANGELOG dates 0.2.0
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
     "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
@@ -53,12 +56,16 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     work = tmp_path_factory.mktemp("release")
     out = work / "dist"
     release(out)
-    old_tree = work / "old-tree"
-    shutil.copytree(ROOT, old_tree, ignore=shutil.ignore_patterns(
-        ".git", "build", "dist", "*.egg-info", "__pycache__", ".mypy_cache", ".ruff_cache",
-        ".pytest_cache", "benchmarks"))
+    old_tree = work / "old-tree"  # release 0.2.0's tree: a real schema change lies between
+    old_tree.mkdir()
+    archive = subprocess.run(["git", "archive", RELEASE_0_2_0], cwd=ROOT, capture_output=True,
+                             check=False)
+    assert archive.returncode == 0, (f"cannot read release 0.2.0 ({RELEASE_0_2_0}) from git:"
+                                     f" {archive.stderr.decode()} (a shallow clone?)")
+    with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
+        tar.extractall(old_tree, filter="data")
     pyproject = old_tree / "pyproject.toml"
-    pyproject.write_text(pyproject.read_text().replace(f'version = "{VERSION}"',
+    pyproject.write_text(pyproject.read_text().replace('version = "0.2.0"',
                                                        f'version = "{OLD_VERSION}"'))
     changelog = old_tree / "CHANGELOG.md"
     changelog.write_text(changelog.read_text().replace(
@@ -334,6 +341,9 @@ def test_deb_under_systemd(suite: str, dist: Path, hub: Emulator):
         wait_for(lambda: box.pending() == 0, timeout=90)
         assert {"pending-1", "pending-2"} <= set(hub.state.updates()[stream])
         assert box.starts() == before + 1  # restarted once
+        # 0.2.0's outbox lacked this version's tables: the new daemon migrated it itself
+        assert '"event": "outbox_upgraded"' in box.sh("journalctl -u mgh-reporter -o cat"
+                                                      " --no-pager")
 
         # Remove: stopped, outbox and config kept; a tool INSERTs meanwhile, as tools do.
         box.sh("dpkg -r mgh-reporter")
