@@ -214,20 +214,24 @@ class HubEvents:
             self.unblock_at = None
 
     def plan(self, seconds: float) -> list[tuple[float, str]]:
-        """Every run has each kind of event (a longer run more of them), in a random order,
-        spread evenly between 5 s and 10 s before the end: (offset, kind)."""
-        per_minute = ["lose", "lose", "foreign", "foreign", "stream", "block"]
+        """Every run has each kind of event (a longer run more of them): the stream deleted,
+        then the rest in a random order, spread evenly between 5 s and 10 s before the end:
+        (offset, kind)."""
+        per_minute = ["lose", "lose", "foreign", "foreign", "block"]
         kinds = per_minute * max(1, int(seconds // 60))
         self.rng.shuffle(kinds)
+        kinds.insert(0, "stream")  # first: a deletion later would erase the foreign states
         span = max(1.0, seconds - 15.0)
         return [(5.0 + span * i / len(kinds), kind) for i, kind in enumerate(kinds)]
 
-    def happen(self, now: float, kind: str) -> None:
-        """One event of `kind` (a block waits for the one before it to end)."""
+    def happen(self, now: float, kind: str) -> bool:
+        """One event of `kind` (a block waits for the one before it to end); False when the
+        stream to delete is not there yet (tried again later)."""
         delivered = sorted(set(self.hub.last_states()) - self.writers.frozen)
         if kind == "stream":
-            if self.hub.control("delete-stream", {"stream": STREAM}):
-                self.streams_deleted += 1
+            if not self.hub.control("delete-stream", {"stream": STREAM}):
+                return False
+            self.streams_deleted += 1
         elif kind == "block" and self.unblock_at is None:
             self.hub.control("home-region", {"region": None})
             self.blocked_windows += 1
@@ -237,6 +241,7 @@ class HubEvents:
         elif kind == "lose" and delivered and self.hub.control(
                 "lose-task", {"stream": STREAM, "task": self.rng.choice(delivered)}):
             self.lost += 1
+        return True
 
     def _foreign(self, task: str) -> None:
         """Another client's state dated an hour ahead, once nothing of ours for the task is in
@@ -472,7 +477,10 @@ def soak(seconds: float, rng: random.Random, server: PgServer | None) -> int:
             now = time.monotonic()
             events.tick(now)
             while plan and now - started >= plan[0][0]:
-                events.happen(now, plan.pop(0)[1])
+                offset, kind = plan.pop(0)
+                if not events.happen(now, kind):
+                    plan.insert(0, (offset + 2.0, kind))
+                    break
             if now >= next_window:
                 hub.faults(**{**CLEAR, **rng.choice(WINDOWS)})
                 windows += 1

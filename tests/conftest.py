@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import os
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +19,45 @@ from reporter.emulator import Emulator
 
 from .engines import PG_OUTBOX, Engine, PgServer
 from .helpers import FAST, ROOT, Cli, child_env, toml_text
+
+
+def _children() -> dict[int, str]:
+    """This process's live children (pid -> command line), from /proc (zombies excluded: a
+    child that exited is no process left behind)."""
+    me, found = os.getpid(), {}
+    for entry in os.scandir("/proc"):
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry.name}/stat").read_text().rsplit(")", 1)[1].split()
+            if int(fields[1]) != me or fields[0] == "Z":
+                continue
+            command = Path(f"/proc/{entry.name}/cmdline").read_bytes()
+        except (OSError, ValueError, IndexError):
+            continue
+        found[int(entry.name)] = command.replace(b"\0", b" ").decode(errors="replace").strip()
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_process_left_behind() -> Iterator[None]:
+    """A test ends with every process it started ended (a daemon, `status --watch`, an
+    emulator): one still running 3 s after the test is killed and the test fails, naming it.
+    The session's PostgreSQL server is the session's, not a test's."""
+    before = set(_children())
+    yield
+    deadline = time.monotonic() + 3.0
+    while True:
+        left = {pid: command for pid, command in _children().items()
+                if pid not in before and "postgres" not in command}
+        if not left or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    for pid in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    if left:
+        pytest.fail(f"the test left processes running (killed now): {left}")
 
 
 @pytest.fixture(autouse=True)

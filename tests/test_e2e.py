@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -314,6 +315,10 @@ def test_demo_runs_and_its_closing_hint_works(tmp_path: Path):
     hint = result.stdout.split("in a shell (no AWS account):\n", 1)[1].split("\nFor AWS")[0]
     lines = [line.strip() for line in hint.splitlines()]
     assert lines[0] == "mgh-reporter emulator --port 4566 &" and len(lines) >= 6
+    with socket.socket() as probe:  # a free port, not 4566 (another run may hold it)
+        probe.bind(("127.0.0.1", 0))
+        port = str(probe.getsockname()[1])
+    lines = [line.replace("4566", port) for line in lines]
     script = "set -e\ntrap 'kill %1 2>/dev/null' EXIT\n" + "\n".join(lines) + "\n"
     env = {k: v for k, v in child_env().items() if not k.startswith("AWS_")}
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"

@@ -161,16 +161,17 @@ def test_under_systemd_a_busy_port_keeps_delivering_and_binds_once_free(
     config = make_config("busy.toml", metrics={"listen": f"127.0.0.1:{port}"})
     assert cli("init", config=config).returncode == 0
     log = tmp_path / "daemon.log"
-    with log.open("w") as err, notify:
+    with log.open("w") as err, notify, holder:
         daemon = start_daemon(config, env={"NOTIFY_SOCKET": str(tmp_path / "notify.sock")},
                               stderr=err)
         try:
-            assert b"READY=1" in notify.recv(4096)
+            notify.settimeout(30)
+            messages = b""
+            while b"READY=1" not in messages:  # STATUS= lines may come first
+                messages += notify.recv(4096) + b"\n"
             assert cli("notify", "t1", "--status", "IN_PROGRESS", config=config).returncode == 0
             wait_for(lambda: "t1" in emulator.state.streams.get("ToolA", {}), timeout=20)
-        finally:
-            holder.close()
-        try:
+            holder.close()  # the port is free now
             wait_for(lambda: http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200,
                      timeout=30, interval=0.5)
         finally:
