@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import gzip
+import hashlib
 import json
 import os
 import threading
@@ -30,7 +31,7 @@ from reporter.errors import (
 )
 from reporter.limiter import AdaptiveLimiter, RateLimiter
 from reporter.model import HubTask
-from reporter.rows import Request
+from reporter.rows import Request, json_depth
 from reporter.secrets import remember
 
 __all__ = [
@@ -63,19 +64,29 @@ PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "AL
                    "all_proxy")
 
 Observer = Callable[[str, str, float], None]  # (operation, outcome, seconds)
+# A Hub reply is at most a page of 100 summaries (a few hundred KB); anything past these bounds
+# is not the Hub's, and a list read that would go on past them is ended as an error.
+MAX_BODY_BYTES = 4 * 1024 * 1024
+MAX_BODY_DEPTH = 16
+MAX_PAGES = 1000  # pages of one list read
+MAX_ITEMS = 100_000  # items of one list read
 
 
 def _check_body(response_dict: dict[str, Any], **_: Any) -> None:
-    """botocore `before-parse` hook: a 2xx answer must be a JSON object, else it did not come
-    from the Hub (a proxy's page, a truncated body) and must not count as delivered."""
+    """botocore `before-parse` hook: a 2xx answer must be a JSON object of a sane size and
+    depth, else it did not come from the Hub (a proxy's page, a truncated body, a hostile
+    reply) and must not count as delivered, nor reach the recursive parser."""
     status = int(response_dict.get("status_code") or 0)
     if not 200 <= status < 300:
         return
     body = response_dict.get("body") or b""
-    try:
-        parsed = json.loads(body)
-    except ValueError:
-        parsed = None
+    parsed: Any = None
+    if len(body) <= MAX_BODY_BYTES and json_depth(
+            bytes(body).decode("utf-8", "replace")) <= MAX_BODY_DEPTH:
+        try:
+            parsed = json.loads(body)
+        except ValueError:
+            parsed = None
     if not isinstance(parsed, dict):
         headers = response_dict.get("headers") or {}
         raise GarbledResponse(status, str(headers.get("content-type", "")), bytes(body))
@@ -326,13 +337,28 @@ class Hub:
         """Every item of a list read (`key` of each page), following NextToken page by page
         with MaxResults `size`."""
         token: str | None = None
+        seen: set[str] = set()
+        pages = items = 0
         while True:
             page = self.call(operation, {**params, "MaxResults": size,
                                          **({"NextToken": token} if token else {})})
-            yield from page.get(key) or []
+            found = page.get(key) or []
+            pages, items = pages + 1, items + len(found)
+            if pages > MAX_PAGES or items > MAX_ITEMS:
+                raise HubError(Failure(Outcome.REJECTED, "EndlessPages",
+                                       f"{operation} went on past {MAX_PAGES} pages or"
+                                       f" {MAX_ITEMS} items: read ended"), operation)
+            yield from found
             token = page.get("NextToken")
             if not token:
                 return
+            digest = hashlib.sha256(str(token).encode()).hexdigest()  # a token may be large
+            if digest in seen:
+                raise HubError(Failure(Outcome.REJECTED, "RepeatedNextToken",
+                                       f"{operation} returned a NextToken it had returned"
+                                       " before: read ended (it would never finish)"),
+                               operation)
+            seen.add(digest)
 
     def dry_run(self, operation: str, params: dict[str, Any]) -> Failure:
         """Probe permission for one write: the DryRunOperation/UnauthorizedOperation failure."""

@@ -4,11 +4,15 @@ compared field by field with what was last sent; the emulator made to lie behind
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from reporter.emulator import Emulator
 from reporter.emulator.state import TaskRecord as HubTask
+from reporter.hub import MAX_PAGES
 from reporter.hubview import Difference, HubView, compare, kept_by_hub
 from reporter.model import TaskRecord
 
@@ -221,3 +225,34 @@ def test_verify_rides_out_throttling_of_every_read(cli: Cli, emulator: Emulator)
     result = cli("verify")
     assert result.returncode == 0, result.stdout + result.stderr[-2000:]
     assert not emulator.state.faults.throttle_next  # every throttle was met
+
+
+@pytest.mark.parametrize("pages", ["repeat", "endless"])
+def test_a_list_that_never_ends_ends_the_read(cli: Cli, emulator: Emulator, pages: str):
+    """A reply whose NextToken repeats, or never stops coming: the read ends as an error
+    naming why (a bounded number of pages), and `verify` exits 1 instead of looping."""
+    _deliver(cli, tasks=2)
+    emulator.state.faults.update(pages=pages)
+    started = time.monotonic()
+    result = cli("verify", timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr[-2000:]
+    code = "RepeatedNextToken" if pages == "repeat" else "EndlessPages"
+    assert f"verify failed: ListProgressUpdateStreams: {code}" in result.stderr
+    assert "Traceback" not in result.stderr
+    lists = emulator.state.op_count("ListProgressUpdateStreams")
+    assert lists <= (2 if pages == "repeat" else MAX_PAGES + 1)
+    assert time.monotonic() - started < 100
+
+
+@pytest.mark.parametrize("kind", ["deep", "huge"])
+def test_a_hostile_body_is_refused_before_parsing(cli: Cli, emulator: Emulator, kind: str):
+    """A 2xx JSON body nested 100,000 deep or of 8 MiB never reaches the recursive parser:
+    each read is a garbled answer, tried again, then the task is unreadable (exit 1)."""
+    _deliver(cli, tasks=1)
+    emulator.state.faults.update(garble=1.0, garble_kind=kind,
+                                 garble_only={"DescribeMigrationTask"})
+    result = cli("verify", "--json", timeout=120)
+    assert result.returncode == 1, result.stdout + result.stderr[-2000:]
+    tasks = json.loads(result.stdout)["tasks"]
+    assert tasks and all("GarbledResponse" in t["error"] for t in tasks)
+    assert "Traceback" not in result.stderr

@@ -105,6 +105,10 @@ class _Handler(BaseHTTPRequestHandler):
             "html": (200, PROXY_PAGE, "text/html"),
             "truncated": (200, b'{"HomeRegion": "us-we', "application/x-amz-json-1.1"),
             "proxy502": (502, PROXY_PAGE, "text/html"),
+            "deep": (200, b'{"a": ' * 100_000 + b"1" + b"}" * 100_000,
+                     "application/x-amz-json-1.1"),
+            "huge": (200, b'{"HomeRegion": "' + b"a" * (8 << 20) + b'"}',
+                     "application/x-amz-json-1.1"),
         }[kind]
         self.send_response(status)
         self.send_header("Content-Type", content_type)
@@ -136,6 +140,17 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(400, {"message": str(exc)})
             return
         self._reply(200, {"ok": True})
+
+
+def _hostile_pages(result: dict[str, Any], kind: str, params: dict[str, Any]) -> dict[str, Any]:
+    """A list reply that never ends (the `pages` fault): "repeat" hands back the token it was
+    given (or "0"), "endless" always a new one, past the last item too."""
+    if not kind or not any(isinstance(v, list) for v in result.values()):
+        return result
+    given = str(params.get("NextToken") or "0")  # the first page each time, whatever it says
+    if kind == "repeat":
+        return {**result, "NextToken": given}
+    return {**result, "NextToken": f"{given}x"}
 
 
 def _caller_of(authorization: str) -> str | None:
@@ -273,7 +288,10 @@ class Emulator:
                 op_model = model.operation_model(operation)
                 if op_model.input_shape is not None:
                     self.validator.check(op_model.input_shape, params, "")
-                result = self._dispatch(prefix, operation, region, params, op_model)
+                pages = state.faults.pages
+                asked = {k: v for k, v in params.items() if k != "NextToken"} if pages else params
+                result = self._dispatch(prefix, operation, region, asked, op_model)
+                result = _hostile_pages(result, pages, params)
             record["status"] = 200
             return 200, result, None
         except _Drop:

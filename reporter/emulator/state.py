@@ -12,7 +12,7 @@ from reporter.emulator.validator import CASE_FOLDED, VM_FIELDS
 
 __all__ = ["GARBLE_KINDS", "Faults", "HubState", "Server", "TaskRecord", "matchable"]
 
-GARBLE_KINDS = ("html", "truncated", "proxy502", "hang")
+GARBLE_KINDS = ("html", "truncated", "proxy502", "hang", "deep", "huge")
 
 
 @dataclass
@@ -34,11 +34,15 @@ class Faults:
     throttle_next: dict[str, int] = field(default_factory=dict)
     # A hostile network path, per request with probability `garble`: "html" (a proxy's 200 page),
     # "truncated" (200 with JSON cut short), "proxy502" (a proxy's HTML 502), "hang" (accepted,
-    # never answered until the emulator stops or `hang_seconds` pass). The Hub never sees it.
+    # never answered until the emulator stops or `hang_seconds` pass), "deep" (200, JSON nested
+    # 100,000 levels), "huge" (200, 8 MiB of JSON). The Hub never sees it.
     garble: float = 0.0
     garble_kind: str = "html"
     garble_only: set[str] = field(default_factory=set)  # operations to garble (empty: all)
     hang_seconds: float = 60.0
+    # list replies that never end: "repeat" (the same NextToken again), "endless" (a new one
+    # each time, past the last item too); "" answers as the Hub does
+    pages: str = ""
 
     def update(self, **values: Any) -> None:
         """Change several faults at once (unknown names raise)."""
