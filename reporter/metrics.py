@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -111,12 +112,18 @@ class Metrics:
         self.dead_letters.set(backlog.dead_letters)
 
 
-# The listener is bounded whoever connects (another local user, a port scanner): at most
-# MAX_CONNECTIONS are served at once, each on a thread of its own; one more is closed at once;
-# a connection must send its request within REQUEST_TIMEOUT_SECONDS and is closed after one
-# response (no keep-alive), so idle connections cost no thread and no memory.
+# The listener answers whatever other clients do (another local user, a port scanner): at most
+# MAX_CONNECTIONS are served at once, each on a thread of its own; a connection has
+# REQUEST_DEADLINE_SECONDS for its whole request and answer, however slowly it trickles in (a
+# per-read timeout alone lets one byte every 1.5 s hold a slot for ever), and is closed after
+# one response (no keep-alive). With every slot taken, a new connection makes the oldest one
+# past EVICT_AFTER_SECONDS give way (a scrape takes milliseconds; only a slow client is that
+# old), and waits up to SLOT_WAIT_SECONDS for its slot; else it is closed at once.
 MAX_CONNECTIONS = 8
-REQUEST_TIMEOUT_SECONDS = 2.0
+REQUEST_TIMEOUT_SECONDS = 2.0  # per read
+REQUEST_DEADLINE_SECONDS = 2.0  # per connection, from accept to the last byte of the answer
+EVICT_AFTER_SECONDS = 0.25
+SLOT_WAIT_SECONDS = 0.5
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -164,31 +171,79 @@ class MetricsServer(ThreadingHTTPServer):
         super().__init__(address, _Handler)
         self.metrics, self.health = metrics, health
         self._slots = threading.BoundedSemaphore(MAX_CONNECTIONS)
+        self._active: dict[Any, float] = {}  # connection -> when it was accepted
+        self._active_lock = threading.Lock()
+        self._stopping = threading.Event()
         self._thread = threading.Thread(target=self.serve_forever, daemon=True, name="metrics")
+        self._reaper = threading.Thread(target=self._reap, daemon=True, name="metrics-deadline")
 
     def process_request(self, request: Any, client_address: Any) -> None:
-        """A thread per connection while a slot is free; otherwise the connection is closed at
-        once (the scraper retries; an attacker's flood costs nothing)."""
+        """A thread per connection while a slot is free; with none free, the oldest slow
+        connection gives way; failing that the new one is closed at once (the scraper retries;
+        an attacker's flood costs nothing)."""
         if not self._slots.acquire(blocking=False):
-            self.shutdown_request(request)
-            return
+            self._evict_oldest()
+            if not self._slots.acquire(timeout=SLOT_WAIT_SECONDS):
+                self.shutdown_request(request)
+                return
+        with self._active_lock:
+            self._active[request] = time.monotonic()
         try:
             super().process_request(request, client_address)
         except BaseException:
-            self._slots.release()
+            self._done(request)
             raise
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
         finally:
-            self._slots.release()
+            self._done(request)
+
+    def _done(self, request: Any) -> None:
+        with self._active_lock:
+            self._active.pop(request, None)
+        self._slots.release()
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client dropped (by us at its deadline, or by itself) is no event."""
+
+    def oldest_age(self) -> float:
+        """Seconds the oldest connection being served has been open (0: none)."""
+        with self._active_lock:
+            began = min(self._active.values(), default=None)
+        return 0.0 if began is None else time.monotonic() - began
+
+    def _evict_oldest(self) -> None:
+        now = time.monotonic()
+        with self._active_lock:
+            oldest = min(self._active.items(), key=lambda item: item[1], default=None)
+        if oldest is not None and now - oldest[1] > EVICT_AFTER_SECONDS:
+            _hang_up(oldest[0])
+
+    def _reap(self) -> None:
+        """Close every connection past its deadline (its handler then ends, freeing the slot)."""
+        while not self._stopping.wait(0.1):
+            now = time.monotonic()
+            with self._active_lock:
+                late = [c for c, began in self._active.items()
+                        if now - began > REQUEST_DEADLINE_SECONDS]
+            for connection in late:
+                _hang_up(connection)
 
     def start(self) -> None:
         """Serve in the background."""
         self._thread.start()
+        self._reaper.start()
 
     def stop(self) -> None:
         """Stop serving and close the socket."""
+        self._stopping.set()
         self.shutdown()
         self.server_close()
+
+
+def _hang_up(connection: Any) -> None:
+    """End a connection from another thread: its handler's next read or write fails."""
+    with contextlib.suppress(OSError):
+        connection.shutdown(socket.SHUT_RDWR)

@@ -11,7 +11,13 @@ from typing import Any
 
 from reporter import config as config_mod
 from reporter.emulator import Emulator
-from reporter.metrics import MAX_CONNECTIONS, REQUEST_TIMEOUT_SECONDS, Metrics, MetricsServer
+from reporter.metrics import (
+    MAX_CONNECTIONS,
+    REQUEST_DEADLINE_SECONDS,
+    REQUEST_TIMEOUT_SECONDS,
+    Metrics,
+    MetricsServer,
+)
 
 from .helpers import Cli, http_get, start_daemon, stop_daemon, wait_for
 
@@ -178,3 +184,44 @@ def test_under_systemd_a_busy_port_keeps_delivering_and_binds_once_free(
             stop_daemon(daemon, log)
     failed = [line for line in log.read_text().splitlines() if "metrics_listen_failed" in line]
     assert len(failed) == 1 and f"127.0.0.1:{port}" in failed[0]
+
+
+def test_drip_feeding_clients_never_silence_healthz():
+    """12 connections each sending one byte of a request every 1.5 s (the per-read timeout
+    never fires) and reconnecting when dropped: /healthz still answers within 1 s, every time,
+    and no connection lives past the request deadline."""
+    server = MetricsServer(("127.0.0.1", 0), Metrics(), lambda: None)
+    server.start()
+    port = server.server_address[1]
+    stop = threading.Event()
+
+    def drip() -> None:
+        while not stop.is_set():
+            try:
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                    for byte in b"GET /healthz HTTP/1.0\r\nX-Slow: " + b"a" * 1000:
+                        s.sendall(bytes([byte]))
+                        if stop.wait(1.5):
+                            break
+            except OSError:
+                pass  # dropped by the server: the attacker just comes back
+
+    drippers = [threading.Thread(target=drip, daemon=True) for _ in range(12)]
+    ages = []
+    try:
+        for thread in drippers:
+            thread.start()
+        time.sleep(1.0)  # every slot taken
+        for _ in range(8):
+            began = time.monotonic()
+            assert http_get(f"http://127.0.0.1:{port}/healthz")[0] == 200
+            assert time.monotonic() - began < 1.0
+            for _ in range(5):
+                ages.append(server.oldest_age())
+                time.sleep(0.1)
+    finally:
+        stop.set()
+        for thread in drippers:
+            thread.join(timeout=5)
+        server.stop()
+    assert max(ages) < REQUEST_DEADLINE_SECONDS + 0.5  # nobody holds a slot past its deadline
