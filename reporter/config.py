@@ -14,7 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from reporter import rows
-from reporter.secrets import redact_url, remember, scrub
+from reporter.secrets import raw_in_userinfo, redact_url, remember, scrub
 from reporter.stores import Engine
 
 __all__ = [
@@ -211,14 +211,22 @@ def _listen(v: Any) -> str | None:
     return None
 
 
+PERCENT_ENCODE = ("its user:password part holds a raw '/', '@', '#' or '?' (not shown):"
+                  " percent-encode them (%2F, %40, %23, %3F)")
+
+
 def _pg_url(v: Any) -> str | None:
     if not re.match(r"^postgres(ql)?://", str(v)):
         return "must be a PostgreSQL URL (postgresql://user@host:5432/dbname?sslmode=require)"
+    if raw_in_userinfo(str(v)):
+        return PERCENT_ENCODE
     return None
 
 
 def _proxy(v: Any) -> str | None:
     rule = 'must be a proxy URL such as "http://proxy.example.com:3128" (http or https)'
+    if raw_in_userinfo(str(v)):
+        return PERCENT_ENCODE
     try:
         parts = urlsplit(v)
         port = parts.port
@@ -317,7 +325,9 @@ def _type_name(types: tuple[type, ...]) -> str:
 
 
 def _fail(where: str, section: str, key: str, value: Any, rule: str) -> ConfigError:
-    shown = redact_url(value) if isinstance(value, str) else value
+    if rule == PERCENT_ENCODE:  # no part of such a value can be shown safely
+        return ConfigError(f"{where}: [{section}] {key}: {rule}")
+    shown = redact_url(value) if isinstance(value, str) and "://" in value else value
     return ConfigError(scrub(f"{where}: [{section}] {key} = {shown!r}: {rule}"))
 
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import re
 import threading
-from urllib.parse import unquote
+from urllib.parse import unquote, urlsplit
 
-__all__ = ["redact_url", "remember", "scrub", "url_secrets"]
+__all__ = ["raw_in_userinfo", "redact_url", "remember", "scrub", "url_secrets"]
 
 _USERINFO = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*://([^@/?#]*)@")
 _PARAMS = re.compile(r"[?&](?:ssl)?password=([^&#]*)", re.IGNORECASE)
@@ -42,8 +42,32 @@ def scrub(text: str) -> str:
     return text
 
 
+def raw_in_userinfo(url: str) -> bool:
+    """True when the user:password part (everything between `://` and the last `@`) holds a
+    raw `/`, `@`, `#` or `?`: a parser would end the part there and read the rest of the
+    password as host, port or database, and libpq would then print it."""
+    rest = url.split("://", 1)[1] if "://" in url else ""
+    at = rest.rfind("@")
+    return at >= 0 and any(c in rest[:at] for c in "/@#?")
+
+
 def redact_url(url: str) -> str:
-    """The URL with its secrets replaced by ***, for logs and messages."""
-    for secret in sorted(url_secrets(url), key=len, reverse=True):
-        url = url.replace(secret, "***")
-    return url
+    """What may be shown of a URL: its scheme, user, host, port and database (or path), and
+    nothing else (no password, no query: a query may hold `password=`). A URL that does not
+    parse cleanly shows only its scheme."""
+    scheme = url.split("://", 1)[0] if "://" in url else ""
+    if not re.fullmatch(r"[A-Za-z][A-Za-z0-9+.\-]*", scheme):
+        return "(a URL that does not parse)"
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return f"{scheme}://(not shown: it does not parse)"
+    if raw_in_userinfo(url):
+        return f"{scheme}://(not shown: its user:password part is not percent-encoded)"
+    user = f"{parts.username}@" if parts.username else ""
+    host = parts.hostname or ""
+    if ":" in host:
+        host = f"[{host}]"
+    shown = f"{scheme}://{user}{host}{f':{port}' if port else ''}{parts.path}"
+    return scrub(shown)

@@ -3,8 +3,10 @@ rows inserted the way host tools do, and polling."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -87,9 +89,17 @@ def start_daemon(config: Path, env: dict[str, str] | None = None,
 def stop_daemon(proc: subprocess.Popen[str], log: Path | None = None,
                 timeout: float = 10.0) -> None:
     """SIGTERM, then a clean exit (0) within `timeout`; otherwise the failure shows the end of
-    the daemon's log (`log`, or its piped stderr), which says why."""
+    the daemon's log (`log`, or its piped stderr), which says why. A daemon a test left
+    SIGSTOPped (it failed before its SIGCONT) is continued first, or SIGTERM would wait."""
+    with contextlib.suppress(ProcessLookupError):
+        proc.send_signal(signal.SIGCONT)
     proc.terminate()
-    code = proc.wait(timeout=timeout)
+    try:
+        code = proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+        raise
     if code != 0:
         if log is not None:
             text = log.read_text(errors="replace")

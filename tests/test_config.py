@@ -98,3 +98,47 @@ def test_example_config_is_valid_and_documents_every_key():
     for section, key in config.documented_keys():
         assert f"[{section}]" in text
         assert re.search(rf"^#? ?{key} = ", text, re.M), f"[{section}] {key} not documented"
+
+
+RAW_PASSWORDS = ["Zq/x9KvJ", "Zq@x9KvJ", "Zq#x9KvJ", "Zq?x9KvJ", "Z/q@x#9?KvJ"]
+
+
+def _pieces(secret: str) -> set[str]:
+    """Every 3-character run of the secret: no part of it may be shown."""
+    return {secret[i:i + 3] for i in range(len(secret) - 2)}
+
+
+@pytest.mark.parametrize("password", RAW_PASSWORDS)
+@pytest.mark.parametrize("section,key,url", [
+    ("outbox", "url", "postgresql://reporter:{}@db.example:5432/migrations"),
+    ("aws", "proxy", "http://proxyuser:{}@proxy.example:3128"),
+])
+def test_a_url_whose_password_is_not_percent_encoded_is_refused_unseen(
+        section: str, key: str, url: str, password: str):
+    """A raw / @ # ? in the user:password part: refused when the config is read, naming the
+    key and asking to percent-encode, echoing no part of the value (a parser would read the
+    rest of the password as host, port or database, and print it)."""
+    data: dict[str, dict[str, object]] = {"hub": {"progress_update_stream": "S"},
+                                          section: {key: url.format(password)}}
+    with pytest.raises(ConfigError) as caught:
+        parse(data)
+    message = str(caught.value)
+    assert f"[{section}] {key}" in message and "percent-encode" in message
+    assert not {p for p in _pieces(password) if p in message}, message
+    assert "proxy.example" not in message and "db.example" not in message
+
+
+@pytest.mark.parametrize("encoded,decoded", [
+    ("p%25w%3Ad%20x%C3%A9q", "p%w:d xéq"),  # % : space and non-ASCII, percent-encoded
+    ("s%2Fl%40a%23s%3Fh", "s/l@a#s?h"),  # the refused characters, encoded as asked
+])
+def test_a_percent_encoded_password_is_accepted_and_never_shown(encoded: str, decoded: str):
+    """Encoded as asked, the URL is accepted; what is shown of it (`where`, the live state's
+    `outbox`) is scheme, user, host, port and database only."""
+    cfg = parse({"hub": {"progress_update_stream": "S"},
+                 "outbox": {"url": f"postgresql://rep:{encoded}@db.example:6432/migrations"
+                                   f"?password={encoded}&sslmode=require"},
+                 "aws": {"proxy": f"http://u:{encoded}@proxy.example:3128"}})
+    assert cfg.outbox.where == "postgresql://rep@db.example:6432/migrations"
+    assert encoded not in cfg.outbox.where and decoded not in cfg.outbox.where
+    assert config.redact_url(cfg.aws.proxy or "") == "http://u@proxy.example:3128"

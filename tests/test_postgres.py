@@ -330,6 +330,10 @@ def test_a_stream_is_claimed_by_one_replica_at_a_time(pg_url: str):
     ("postgressql://rep:TypoSecret@127.0.0.1:1/db", "TypoSecret"),
     ("postgresql://rep@127.0.0.1:1/db?sslpassword=SslSecret&connect_timeout=1", "SslSecret"),
     ("postgresql://rep@127.0.0.1:1/db?password=Param%53ecret&connect_timeout=1", "ParamSecret"),
+    # % : space and non-ASCII, percent-encoded as the config asks
+    ("postgresql://rep:p%25w%3AdS%20x%C3%A9Q@127.0.0.1:1/db?connect_timeout=1", "p%w:dS xéQ"),
+    ("postgresql://rep:p%25w%3AdS%20x%C3%A9Q@127.0.0.1:1/db?connect_timeout=1",
+     "p%25w%3AdS%20x%C3%A9Q"),
 ])
 def test_a_malformed_url_never_shows_its_password(tmp_path: Path, aws_env: dict[str, str],
                                                   url: str, secret: str):
