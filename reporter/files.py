@@ -91,6 +91,52 @@ def open_regular(
     return fd, created
 
 
+def probe(path: Path, what: str = "outbox") -> int:
+    """Open `path` ourselves before a library opens it by name: never through a symlink, never
+    blocking on a FIFO, and only a regular file (UnsafeFile otherwise). The descriptor stays
+    open while the library opens the name, so `opened_as` can tell whether the library got the
+    same file. Returns the descriptor (the caller closes it). It is an O_PATH descriptor:
+    closing it never drops the POSIX locks SQLite holds on the file (closing any ordinary
+    descriptor of a file drops all of the process's locks on it)."""
+    try:
+        fd = os.open(path, os.O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError as exc:
+        raise UnsafeFile(f"{path}: cannot open the {what}: {exc.strerror}") from None
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
+        os.close(fd)
+        raise UnsafeFile(f"{path}: the {what} is {_kind(st.st_mode)}; refusing it")
+    return fd
+
+
+def opened_as(path: Path, probed: int, resolved: str) -> None:
+    """After a library opened `path` by name (SQLite, which follows symlinks): the file it
+    resolved (`resolved`, e.g. SQLite's database_list) must be the name we probed, and some
+    other descriptor of this process must be the very file we probed (same device and inode),
+    else a swap between our look and its open gave it another file: UnsafeFile, before it
+    writes anything."""
+    target = os.path.join(os.path.realpath(path.parent), path.name)
+    if resolved and resolved != target:
+        raise UnsafeFile(f"{path}: the outbox became a link to another file while it was being"
+                         " opened (another user swapped it); refusing it")
+    want = os.fstat(probed)
+    try:
+        fds = [int(n) for n in os.listdir("/proc/self/fd")]
+    except OSError:
+        return  # no /proc: the resolved name's check stands alone
+    for fd in fds:
+        if fd == probed:
+            continue
+        try:
+            st = os.fstat(fd)
+        except OSError:
+            continue  # closed meanwhile (another thread's descriptor)
+        if (st.st_dev, st.st_ino) == (want.st_dev, want.st_ino):
+            return
+    raise UnsafeFile(f"{path}: the outbox was swapped for another file while it was being"
+                     " opened (another user's doing); refusing it")
+
+
 def trusted_owners(*directories: Path) -> set[int]:
     """Who may own a file we read or reuse: root, us, and the owners of these directories (the
     outbox's directory belongs to the service user; a group member cannot be its owner)."""

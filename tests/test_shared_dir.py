@@ -16,6 +16,7 @@ import stat
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -259,3 +260,86 @@ def test_status_finds_a_daemon_that_has_no_runtime_directory(
     # runuser passes SIGTERM on and reports its own end: the daemon's clean stop is in its log
     assert '"clean": true' in err, err[-2000:]
     assert "live_state_unavailable" in err
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """renameat2(RENAME_EXCHANGE): the two names swap atomically (the attacker's tool)."""
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.renameat2(-100, bytes(a), -100, bytes(b), 2) != 0:  # AT_FDCWD, RENAME_EXCHANGE
+        raise OSError(ctypes.get_errno(), "renameat2")
+
+
+def test_a_symlink_swapped_in_while_opening_is_never_followed(tmp_path: Path):
+    """A thread swaps the outbox with a symlink to an empty root-owned 0600 file, atomically
+    and without pause, while the outbox is opened 2,000 times the way `status`, `init` and
+    `dead-letters` open it: every open gets the outbox or a clean refusal, and the victim is
+    never touched (before nofollow and the descriptor check, an empty victim became an SQLite
+    database)."""
+    from reporter.model import StoreError
+    from reporter.stores.sqlite import SqliteStore
+
+    outbox = tmp_path / "outbox.db"
+    SqliteStore.create(outbox).close()
+    victim = tmp_path / "victim"
+    victim.touch(mode=0o600)
+    swap = tmp_path / "swap"
+    swap.symlink_to(victim)
+    stop = threading.Event()
+    swaps = [0]
+
+    def attacker() -> None:
+        while not stop.is_set():
+            _exchange(outbox, swap)
+            swaps[0] += 1
+
+    thread = threading.Thread(target=attacker, daemon=True)
+    thread.start()
+    opened = refused = 0
+    try:
+        for attempt in range(2000):
+            try:
+                store = (SqliteStore.create(outbox) if attempt % 4 == 0
+                         else SqliteStore.open(outbox, writable=attempt % 2 == 0))
+            except StoreError:
+                refused += 1
+                continue
+            store.close()
+            opened += 1
+    finally:
+        stop.set()
+        thread.join(timeout=10)
+    assert swaps[0] > 1000 and opened > 0 and refused > 0  # the race really ran
+    assert victim.stat().st_size == 0 and stat.S_IMODE(victim.stat().st_mode) == 0o600
+    if outbox.is_symlink():
+        _exchange(outbox, swap)
+    SqliteStore.open(outbox).close()  # the outbox itself is intact
+
+
+@pytest.mark.swaps
+def test_the_symlink_swap_race_against_root_commands_is_never_won(
+        cli: Cli, shared: Path, shared_config: Path, tmp_path: Path):
+    """The attack as it was made: a tool user in the group swaps the outbox with a symlink to
+    a root-owned 0600 file in a loop (renameat2 exchange) while root runs `status`, `init` and
+    `dead-letters list`, 300 runs in all: the victim is never touched, and every run either
+    works on the outbox or refuses, naming it."""
+    assert cli("init", config=shared_config).returncode == 0
+    victim = _victim(tmp_path)
+    outbox, swap = shared / "outbox.db", shared / "swap"
+    as_tool("ln", "-s", str(victim), str(swap))
+    attacker = subprocess.Popen(
+        ["runuser", "-u", TOOL, "--", sys.executable, "-c",
+         "import ctypes, sys\nlibc = ctypes.CDLL(None)\n"
+         "while True:\n    libc.renameat2(-100, sys.argv[1].encode(), -100,"
+         " sys.argv[2].encode(), 2)\n", str(outbox), str(swap)])
+    try:
+        for run in range(300):
+            command = (("status", "--json"), ("init",), ("dead-letters", "list"))[run % 3]
+            done = cli(*command, config=shared_config, timeout=60)
+            assert "Traceback" not in done.stderr, done.stderr
+    finally:
+        attacker.kill()
+        attacker.wait()
+    assert victim.read_text() == "do not touch\n"
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o600

@@ -4,6 +4,7 @@ checkpoints and damage)."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import sqlite3
@@ -16,7 +17,7 @@ from typing import Any
 
 import structlog
 
-from reporter.files import UnsafeFile, group_writable, refuse_special
+from reporter.files import UnsafeFile, group_writable, opened_as, probe, refuse_special
 from reporter.model import NewRows, StoreError, tail_size
 from reporter.rows import MAX_COLUMN_BYTES, OutboxRow
 from reporter.stores import sqlite_schema as schema
@@ -77,6 +78,13 @@ def _unsafe(check: Callable[[Path], None], path: Path) -> None:
         raise StoreError(str(exc)) from None
 
 
+def _unsafe_call(check: Callable[[Path], int], path: Path) -> int:
+    try:
+        return check(path)
+    except UnsafeFile as exc:
+        raise StoreError(str(exc)) from None
+
+
 def _lenient(data: bytes) -> str:
     """Text as the connection returns it: a value that is not valid UTF-8 (which a host tool can
     store) decodes with surrogate escapes, for validation to name, instead of failing the whole
@@ -105,24 +113,54 @@ class SqliteStore(SqlStore):
 
     def _connect(self) -> sqlite3.Connection:
         path, busy_timeout_ms = self.path, self.busy_timeout_ms
+        # SQLite opens by name and follows symlinks (Python cannot ask for nofollow): we open
+        # the file ourselves first (no symlink, no FIFO, a regular file), keep that descriptor
+        # while SQLite opens the name, and check SQLite got that very file before anything is
+        # written (a swap in between is refused, never written to).
+        for companion in ("-wal", "-shm"):
+            _unsafe(functools.partial(refuse_special, what=f"outbox's {companion} file"),
+                    Path(f"{path}{companion}"))
+        probed = _unsafe_call(probe, path)
         try:
-            conn = sqlite3.connect(
-                str(path),
-                timeout=busy_timeout_ms / 1000,
-                isolation_level=None,
-                check_same_thread=False,
-            )
-            conn.row_factory = sqlite3.Row
-            conn.text_factory = _lenient
-            conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_ms)}")
+            conn = self._open_checked(path, probed)
+        finally:
+            os.close(probed)
+        try:
             mode = _wal_mode(conn, busy_timeout_ms / 1000)
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
         except sqlite3.DatabaseError as exc:
+            conn.close()
             raise StoreError(f"{path}: cannot open as an SQLite database: {exc}") from None
+        except BaseException:
+            conn.close()
+            raise
         if mode != "wal":
             conn.close()
             raise StoreError(f"{path}: cannot switch to WAL mode (journal_mode is {mode})")
+        return conn
+
+    def _open_checked(self, path: Path, probed: int) -> sqlite3.Connection:
+        """SQLite's connection to `path`, once it has read the file and shown it is the one we
+        probed; nothing is written before that."""
+        try:
+            conn = sqlite3.connect(str(path), timeout=self.busy_timeout_ms / 1000,
+                                   isolation_level=None, check_same_thread=False)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"{path}: cannot open as an SQLite database: {exc}") from None
+        try:
+            conn.row_factory = sqlite3.Row
+            conn.text_factory = _lenient
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            resolved = next((str(r["file"]) for r in conn.execute("PRAGMA database_list")
+                             if r["name"] == "main"), "")  # the file is open from here
+            _unsafe(lambda p: opened_as(p, probed, resolved), path)
+        except sqlite3.DatabaseError as exc:
+            conn.close()
+            raise StoreError(f"{path}: cannot open as an SQLite database: {exc}") from None
+        except BaseException:
+            conn.close()
+            raise
         return conn
 
     def clock(self) -> float:
