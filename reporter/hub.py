@@ -16,6 +16,7 @@ from typing import Any
 
 import boto3
 import botocore.session
+import structlog
 from botocore.config import Config as BotoConfig
 from botocore.loaders import JSONFileLoader, Loader
 
@@ -32,6 +33,7 @@ from reporter.errors import (
 from reporter.limiter import AdaptiveLimiter, RateLimiter
 from reporter.model import HubTask
 from reporter.rows import Request, json_depth
+from reporter.sdkfiles import NOTHING, ignored_files
 from reporter.secrets import remember
 
 __all__ = [
@@ -107,6 +109,16 @@ class PlainJSONFileLoader(JSONFileLoader):
         return None
 
 
+_warned: set[str] = set()
+
+
+def _warn_once(key: str, event: str, **fields: Any) -> None:
+    """One warning per process for each ignored file (clients are made more than once)."""
+    if key not in _warned:
+        _warned.add(key)
+        structlog.get_logger("reporter.hub").warning(event, **fields)
+
+
 def _snake(operation: str) -> str:
     return "".join("_" + c.lower() if c.isupper() else c for c in operation).lstrip("_")
 
@@ -165,6 +177,14 @@ class Hub:
         endpoint variables as usual); it lives only until the Hub client exists."""
         if self._session is None:
             core = botocore.session.Session()
+            for ignored in ignored_files():  # a file a tool user could plant is never read
+                core.set_config_variable(ignored.variable, NOTHING)
+                _warn_once(ignored.path, "sdk_file_ignored", path=ignored.path,
+                           reason=ignored.reason,
+                           hint="a file another user could write is never read as the SDK's"
+                           " configuration (its credential_process would run as us): keep"
+                           " AWS files in a directory only root or this user can write, or"
+                           " name one with AWS_CONFIG_FILE / AWS_SHARED_CREDENTIALS_FILE")
             paths = (core.get_config_variable("data_path") or "").split(os.pathsep)
             loader = Loader(
                 extra_search_paths=[os.path.expanduser(p) for p in paths if p],

@@ -343,3 +343,37 @@ def test_the_symlink_swap_race_against_root_commands_is_never_won(
         attacker.wait()
     assert victim.read_text() == "do not touch\n"
     assert stat.S_IMODE(victim.stat().st_mode) == 0o600
+
+
+def test_a_planted_sdk_config_in_a_shared_home_is_never_read(
+        cli: Cli, emulator: Emulator, shared: Path, make_config: Any, tmp_path: Path):
+    """The service's HOME is the shared directory (as packages before 0.3 made it) and a tool
+    user plants `.aws/config` (a credential_process, an endpoint) and `.aws/credentials` (its
+    own keys): run as the service user (`runuser`, as the README says) and as root with that
+    HOME (`sudo -E`), neither file is read: the process never runs, the planted key never
+    signs a call, and the daemon says which file it ignored and why."""
+    config = shared.parent / "service.toml"
+    shutil.copy(make_config("service.toml", outbox={"path": str(shared / "outbox.db")}), config)
+    config.chmod(0o644)
+    assert cli("init", config=config).returncode == 0
+    marker = Path(tempfile.gettempdir()) / f"mgh-pwned-{os.getpid()}-{time.monotonic_ns()}"
+    as_tool("mkdir", str(shared / ".aws"))
+    as_tool("sh", "-c", f"printf '[default]\\ncredential_process = /bin/sh -c \"id > {marker};"
+            f" cat /dev/null\"\\nendpoint_url = http://127.0.0.9:9\\n' > {shared}/.aws/config")
+    as_tool("sh", "-c", "printf '[default]\\naws_access_key_id = AKIAPLANTEDPLANTED01\\n"
+            f"aws_secret_access_key = planted\\n' > {shared}/.aws/credentials")
+    assert cli("notify", "t1", "--status", "IN_PROGRESS", config=config).returncode == 0
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith("AWS_ACCESS_KEY") and not k.startswith("AWS_SECRET")}
+    env.update({"HOME": str(shared), **emulator.environment()})
+    env.pop("AWS_SHARED_CREDENTIALS_FILE", None)
+    env.pop("AWS_CONFIG_FILE", None)
+    for runner in (["runuser", "-u", SERVICE, "--", "env", f"HOME={shared}"], []):
+        done = subprocess.run([*runner, sys.executable, "-m", "reporter", "--config",
+                               str(config), "drain", "--timeout", "3"], env=env,
+                              capture_output=True, text=True, timeout=60,
+                              cwd=Path(__file__).resolve().parent.parent)
+        assert done.returncode == 4, done.stderr[-2000:]  # no credentials: blocked
+        assert "sdk_file_ignored" in done.stderr and f"{shared}/.aws/config" in done.stderr
+        assert not marker.exists(), marker.read_text()
+    assert "AKIAPLANTEDPLANTED01" not in {c.get("caller") for c in emulator.state.calls}

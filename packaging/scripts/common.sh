@@ -4,6 +4,8 @@
 set -e
 APP=/usr/lib/mgh-reporter
 UNIT=mgh-reporter.service
+STATE_DIR=/var/lib/mgh-reporter  # the shared outbox directory
+HOME_DIR=/var/lib/mgh-reporter-home  # the service user's private home
 
 # systemd is running as PID 1 (installed is not enough: containers, chroots, image builds).
 booted() { [ -d /run/systemd/system ]; }
@@ -22,8 +24,46 @@ SYSUSERS
     fi
     getent group mgh-reporter >/dev/null 2>&1 || groupadd --system mgh-reporter
     getent passwd mgh-reporter >/dev/null 2>&1 || useradd --system --gid mgh-reporter \
-        --home-dir /var/lib/mgh-reporter --no-create-home --shell /usr/sbin/nologin \
+        --home-dir "$HOME_DIR" --no-create-home --shell /usr/sbin/nologin \
         --comment "mgh-reporter daemon" mgh-reporter
+}
+
+# Before 0.3 the user's home was the shared outbox directory, where any tool user in the group
+# could plant ~/.aws/config (a credential_process runs as the service): move the home to its
+# private directory, and with it an .aws directory only the service user or root could have
+# written (anything else is left where it is, and said).
+# usermod refuses while a process of the user runs: a running service is stopped for it and
+# started again (HOME_MOVED_STARTED=1 then: the upgrade's restart is done).
+HOME_MOVED_STARTED=
+move_home() {
+    home=$(getent passwd mgh-reporter | cut -d: -f6)
+    [ "$home" = "$STATE_DIR" ] || return 0
+    was_running=
+    if booted && systemctl is-active --quiet "$UNIT"; then
+        systemctl stop "$UNIT" || true
+        was_running=1
+    fi
+    if usermod -d "$HOME_DIR" mgh-reporter; then
+        echo "mgh-reporter: the service user's home is now $HOME_DIR (not the shared $STATE_DIR)"
+    else
+        echo "mgh-reporter: could not move the service user's home out of $STATE_DIR (a process" \
+             "of mgh-reporter runs?): stop it, then: usermod -d $HOME_DIR mgh-reporter" >&2
+    fi
+    if [ -d "$STATE_DIR/.aws" ] && [ ! -L "$STATE_DIR/.aws" ] && [ ! -e "$HOME_DIR/.aws" ]; then
+        strangers=$(find "$STATE_DIR/.aws" ! -user mgh-reporter ! -user root 2>/dev/null | head -1)
+        if [ -z "$strangers" ]; then
+            mv "$STATE_DIR/.aws" "$HOME_DIR/.aws"
+            echo "mgh-reporter: moved $STATE_DIR/.aws to $HOME_DIR/.aws"
+        else
+            echo "mgh-reporter: NOT moved $STATE_DIR/.aws: $strangers belongs to another user;" \
+                 "check it, then move what is yours to $HOME_DIR/.aws by hand" >&2
+        fi
+    fi
+    if [ -n "$was_running" ]; then
+        systemctl daemon-reload || true
+        systemctl start "$UNIT" || true
+        HOME_MOVED_STARTED=1
+    fi
 }
 
 # The shared outbox directory (setgid, group-writable): systemd-tmpfiles where it exists (the
@@ -31,8 +71,10 @@ SYSUSERS
 make_state_dir() {
     if command -v systemd-tmpfiles >/dev/null 2>&1; then
         systemd-tmpfiles --create /usr/lib/tmpfiles.d/mgh-reporter.conf
-    elif [ ! -d /var/lib/mgh-reporter ]; then
-        install -d -m 2770 -o mgh-reporter -g mgh-reporter /var/lib/mgh-reporter
+    else
+        [ -d "$STATE_DIR" ] || install -d -m 3770 -o mgh-reporter -g mgh-reporter "$STATE_DIR"
+        chmod +t "$STATE_DIR"  # an upgrade from before 0.3: sticky now
+        [ -d "$HOME_DIR" ] || install -d -m 0700 -o mgh-reporter -g mgh-reporter "$HOME_DIR"
     fi
 }
 

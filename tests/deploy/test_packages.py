@@ -209,14 +209,16 @@ def test_deb_offline_on_bare_debian(suite: str, dist: Path, hub: Emulator):
            image, "sleep", "infinity")
     try:
         python = SUITES[suite]
-        stats = sh(name, "stat -c '%a %U:%G %n' /var/lib/mgh-reporter /etc/mgh-reporter "
+        stats = sh(name, "stat -c '%a %U:%G %n' /var/lib/mgh-reporter /var/lib/mgh-reporter-home"
+                         " /etc/mgh-reporter "
                          "/etc/mgh-reporter/config.toml; readlink -f /usr/lib/mgh-reporter/python3;"
                          " getent passwd mgh-reporter")
-        assert "2770 mgh-reporter:mgh-reporter /var/lib/mgh-reporter" in stats
+        assert "3770 mgh-reporter:mgh-reporter /var/lib/mgh-reporter\n" in stats  # sticky
+        assert "700 mgh-reporter:mgh-reporter /var/lib/mgh-reporter-home" in stats
         assert "750 root:mgh-reporter /etc/mgh-reporter\n" in stats
         assert "640 root:mgh-reporter /etc/mgh-reporter/config.toml" in stats
         assert f"/usr/bin/python{python}\n" in stats
-        assert ":/var/lib/mgh-reporter:/usr/sbin/nologin" in stats
+        assert ":/var/lib/mgh-reporter-home:/usr/sbin/nologin" in stats  # never the shared dir
         assert sh(name, "find /usr/lib/mgh-reporter/reporter/__pycache__ -name "
                         f"'cli.cpython-{python.replace('.', '')}.pyc'").strip()
         stream = f"Bare-{suite}"
@@ -341,6 +343,9 @@ def test_deb_under_systemd(suite: str, dist: Path, hub: Emulator):
         wait_for(lambda: box.pending() == 0, timeout=90)
         assert {"pending-1", "pending-2"} <= set(hub.state.updates()[stream])
         assert box.starts() == before + 1  # restarted once
+        # 0.2.0 made the shared directory the service user's home: moved, and made sticky
+        moved = box.sh("getent passwd mgh-reporter; stat -c '%a' /var/lib/mgh-reporter")
+        assert ":/var/lib/mgh-reporter-home:" in moved and "\n3770" in moved, moved
         # 0.2.0's outbox lacked this version's tables: the new daemon migrated it itself
         assert '"event": "outbox_upgraded"' in box.sh("journalctl -u mgh-reporter -o cat"
                                                       " --no-pager")
