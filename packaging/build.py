@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import io
 import json
 import os
 import re
@@ -23,6 +24,7 @@ import sysconfig
 import tempfile
 import time
 import tomllib
+import zipfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,7 +188,27 @@ def build_pyz(site: Path, out: Path, version: str, epoch: str) -> Path:
          "--output-file", str(pyz), "--python", "/usr/bin/env python3", "--compressed",
          "--compile-pyc", "--reproducible", "--root", "~/.cache/mgh-reporter"],
         env={**quiet_pip_env(offline=True), "SOURCE_DATE_EPOCH": epoch})
+    guard_main(pyz)
     return pyz
+
+
+def guard_main(pyz: Path) -> None:
+    """Put packaging/pyz_guard.py before shiv's own __main__.py in the archive (same order,
+    dates and compression for every other member: the build stays reproducible): the cache it
+    extracts into is checked before anything is imported from it."""
+    raw = pyz.read_bytes()
+    with zipfile.ZipFile(io.BytesIO(raw)) as old:
+        members = [(info, old.read(info)) for info in old.infolist()]
+        start = raw.index(b"PK\x03\x04")  # the shebang line comes first
+    guard = (HERE / "pyz_guard.py").read_text()
+    out = io.BytesIO()
+    out.write(raw[:start])
+    with zipfile.ZipFile(out, "w") as new:
+        for info, data in members:
+            if info.filename == "__main__.py":
+                data = (guard + "\n\n# shiv's bootstrap\n" + data.decode()).encode()
+            new.writestr(info, data, compress_type=info.compress_type)
+    pyz.write_bytes(out.getvalue())
 
 
 def _script(hook: Path) -> str:

@@ -10,6 +10,7 @@ import sqlite3
 import subprocess
 import sys
 import tempfile
+import zipfile
 from pathlib import Path
 
 import click
@@ -174,3 +175,57 @@ def test_shell_writers_load_only_what_an_insert_needs(cli: Cli, config_path: Pat
         result = json.loads(done.stdout.strip().splitlines()[-1])
         assert result == {"code": None, "loaded": []} or result == {"code": 0, "loaded": []}, (
             args, result, done.stderr[-1000:])
+
+
+def _tiny_pyz(tmp_path: Path) -> Path:
+    """A real shiv app (one module that prints `ran`) with the release's guard put in front of
+    shiv's bootstrap, as packaging/build.py does to mgh-reporter's."""
+    sys.path.insert(0, str(ROOT / "packaging"))
+    try:
+        from build import guard_main
+    finally:
+        sys.path.pop(0)
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "tiny.py").write_text("def main():\n    print('ran')\n")
+    pyz = tmp_path / "tiny.pyz"
+    shiv = Path(sys.executable).parent / "shiv"
+    subprocess.run([str(shiv), "--site-packages", str(site), "-e", "tiny:main", "-o", str(pyz),
+                    "--python", sys.executable, "--root", "~/.cache/tiny", "--reproducible"],
+                   check=True, capture_output=True, env=child_env({"SOURCE_DATE_EPOCH": "315532800"}))
+    guard_main(pyz)
+    return pyz
+
+
+def test_the_pyz_never_imports_from_a_cache_another_user_can_write(tmp_path: Path):
+    """shiv reuses an extraction it finds under a predictable name and imports its `.pth`
+    files: run as root with a cache another user can write, or that another user owns, the
+    app refuses (naming it) and a planted `.pth` never runs; a private cache is made 0700 and
+    used."""
+    pyz = _tiny_pyz(tmp_path)
+    with zipfile.ZipFile(pyz) as archive:
+        env = json.loads(archive.read("environment.json"))
+    marker = tmp_path / "pwned"
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o2777)  # as a shared or mis-set cache directory
+    planted = shared / f"tiny.pyz_{env['build_id']}" / "site-packages"
+    planted.mkdir(parents=True)
+    (planted / "evil.pth").write_text(f"import os; open({str(marker)!r}, 'w').write('ran')\n")
+    (planted / "tiny.py").write_text("def main():\n    print('planted')\n")
+    run = subprocess.run([sys.executable, str(pyz)], capture_output=True, text=True,
+                         env=child_env({"SHIV_ROOT": str(shared)}), timeout=60)
+    assert run.returncode == 1 and "refusing to run from the cache" in run.stderr
+    assert str(shared) in run.stderr and "Traceback" not in run.stderr
+    assert not marker.exists()
+    stranger = tmp_path / "stranger"
+    stranger.mkdir(mode=0o700)
+    os.chown(stranger, 65534, 65534)  # nobody's (run as root: not ours)
+    run = subprocess.run([sys.executable, str(pyz)], capture_output=True, text=True,
+                         env=child_env({"SHIV_ROOT": str(stranger)}), timeout=60)
+    assert run.returncode == 1 and "belongs to uid 65534" in run.stderr
+    private = tmp_path / "home" / ".cache" / "tiny"
+    run = subprocess.run([sys.executable, str(pyz)], capture_output=True, text=True,
+                         env=child_env({"SHIV_ROOT": str(private)}), timeout=60)
+    assert run.returncode == 0 and run.stdout.strip() == "ran", run.stderr
+    assert oct(private.stat().st_mode & 0o777) == "0o700"
