@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -26,7 +27,11 @@ ARN = "arn:aws:ec2:us-west-2:123456789012:instance/i-0aaa"
 
 @pytest.fixture(scope="module")
 def release_0_2_0(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """0.2.0's `reporter` package, from git (the test fails, saying why, without history)."""
+    """0.2.0's `reporter` package, from git. A checkout without git (the source tree copied into
+    the Python 3.13 and 3.14 containers) skips, saying so; in a clone, no history fails."""
+    if not (ROOT / ".git").exists() or shutil.which("git") is None:
+        pytest.skip("release 0.2.0 comes from git history: this tree is a copy without it"
+                    " (the main run, in a clone, runs this test)")
     archive = subprocess.run(["git", "archive", RELEASE_0_2_0, "reporter"], cwd=ROOT,
                              capture_output=True, check=False)
     assert archive.returncode == 0, (
