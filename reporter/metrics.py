@@ -181,11 +181,12 @@ class MetricsServer(ThreadingHTTPServer):
         """A thread per connection while a slot is free; with none free, the oldest slow
         connection gives way; failing that the new one is closed at once (the scraper retries;
         an attacker's flood costs nothing)."""
-        if not self._slots.acquire(blocking=False):
-            self._evict_oldest()
-            if not self._slots.acquire(timeout=SLOT_WAIT_SECONDS):
-                self.shutdown_request(request)
-                return
+        # with no slot free, wait only when one is about to be (a slow connection was just
+        # evicted: its handler ends within milliseconds); a flood of fresh ones is closed at once
+        if not self._slots.acquire(blocking=False) and (
+                not self._evict_oldest() or not self._slots.acquire(timeout=SLOT_WAIT_SECONDS)):
+            self.shutdown_request(request)
+            return
         with self._active_lock:
             self._active[request] = time.monotonic()
         try:
@@ -214,12 +215,15 @@ class MetricsServer(ThreadingHTTPServer):
             began = min(self._active.values(), default=None)
         return 0.0 if began is None else time.monotonic() - began
 
-    def _evict_oldest(self) -> None:
+    def _evict_oldest(self) -> bool:
+        """Hang up on the oldest connection when it is past EVICT_AFTER_SECONDS (True)."""
         now = time.monotonic()
         with self._active_lock:
             oldest = min(self._active.items(), key=lambda item: item[1], default=None)
-        if oldest is not None and now - oldest[1] > EVICT_AFTER_SECONDS:
-            _hang_up(oldest[0])
+        if oldest is None or now - oldest[1] <= EVICT_AFTER_SECONDS:
+            return False
+        _hang_up(oldest[0])
+        return True
 
     def _reap(self) -> None:
         """Close every connection past its deadline (its handler then ends, freeing the slot)."""
