@@ -12,7 +12,8 @@ import pytest
 
 from reporter.emulator import Emulator
 from reporter.emulator.state import TaskRecord as HubTask
-from reporter.hub import MAX_PAGES
+from reporter.errors import GarbledResponse
+from reporter.hub import MAX_PAGES, _check_body
 from reporter.hubview import Difference, HubView, compare, kept_by_hub
 from reporter.model import TaskRecord
 
@@ -244,12 +245,21 @@ def test_a_list_that_never_ends_ends_the_read(cli: Cli, emulator: Emulator, page
     assert time.monotonic() - started < 100
 
 
-@pytest.mark.parametrize("kind", ["deep", "huge"])
-def test_a_hostile_body_is_refused_before_parsing(cli: Cli, emulator: Emulator, kind: str):
-    """A 2xx JSON body nested 100,000 deep or of 8 MiB never reaches the recursive parser:
-    each read is a garbled answer, tried again, then the task is unreadable (exit 1)."""
+@pytest.mark.parametrize("body", [b'{"a": ' * 100_000 + b"1" + b"}" * 100_000,
+                                  b'{"HomeRegion": "' + b"a" * (8 << 20) + b'"}'])
+def test_a_deep_or_huge_body_is_garbled_before_the_parser(body: bytes):
+    """botocore's before-parse hook: a 2xx body nested 100,000 deep, or of 8 MiB, is a garbled
+    answer (a transient failure), never handed to the recursive parser."""
+    with pytest.raises(GarbledResponse):
+        _check_body({"status_code": 200, "body": body, "headers": {}})
+    _check_body({"status_code": 200, "body": b'{"HomeRegion": "us-west-2"}', "headers": {}})
+
+
+def test_a_hostile_body_is_refused_before_parsing(cli: Cli, emulator: Emulator):
+    """Over HTTP, a 2xx JSON body nested 100,000 deep for every task read: each read is a
+    garbled answer, tried again, then the task is unreadable (exit 1), no traceback."""
     _deliver(cli, tasks=1)
-    emulator.state.faults.update(garble=1.0, garble_kind=kind,
+    emulator.state.faults.update(garble=1.0, garble_kind="deep",
                                  garble_only={"DescribeMigrationTask"})
     result = cli("verify", "--json", timeout=120)
     assert result.returncode == 1, result.stdout + result.stderr[-2000:]
