@@ -332,7 +332,9 @@ def test_deb_under_systemd(suite: str, dist: Path, hub: Emulator):
         notify("pending-2")
         before = box.starts()
         pid = box.prop("MainPID")
-        upgraded = box.sh(f"dpkg -i /dist/{DEB} 2>&1")
+        # 0.2.0 shipped another config.toml and the test edited it: dpkg would ask; unattended
+        # upgrades keep the edited one, as --force-confold says
+        upgraded = box.sh(f"dpkg --force-confold -i /dist/{DEB} 2>&1")
         assert "installed, not started" not in upgraded, upgraded
         assert box.prop("ActiveState") == "active" and box.prop("MainPID") != pid
         assert box.sh("mgh-reporter --version").strip() == f"mgh-reporter, version {VERSION}"
