@@ -251,3 +251,31 @@ def test_a_task_found_lost_by_a_normal_send_is_restored_whole(
     finally:
         daemon.terminate()
         daemon.communicate(timeout=10)
+
+
+def test_a_newer_hub_state_of_a_task_with_rows_waiting_is_no_difference():
+    """Right after a database comes back, replica A reads a task whose newest state replica B
+    sent but could not record yet (its row still pending): not `hub_differs`, not marked;
+    once nothing waits, the same view is reported (once) and never sent over."""
+    import threading
+
+    from reporter.config import VerifyConfig
+    from reporter.hubview import Difference
+    from reporter.model import TaskRecord
+    from reporter.repair import RepairRounds
+
+    rounds = RepairRounds(None, None, VerifyConfig(1.0), threading.Event(),  # type: ignore[arg-type]
+                          lambda: 0.0)
+    ours = 1_800_000_000.0
+    waiting = TaskRecord("S", "t1", status="IN_PROGRESS", percent=40, update_time=ours,
+                         pending=1, task_id=7)
+    problems = [Difference("progress_percent", 40, 90),
+                Difference("update_date_time", "ours", "theirs")]
+    assert rounds._differs(waiting, problems, ours + 5) is False
+    assert rounds.differing == {}
+    settled = TaskRecord("S", "t1", status="IN_PROGRESS", percent=40, update_time=ours,
+                         pending=0, task_id=7)
+    assert rounds._differs(settled, problems, ours + 5) is False  # theirs is newer: reported
+    assert rounds.differing == {7: ("progress_percent", "update_date_time")}
+    behind = rounds._differs(settled, problems, ours - 60)  # the Hub behind us: sent again
+    assert behind is True and rounds.differing == {}
