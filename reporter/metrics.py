@@ -114,14 +114,15 @@ class Metrics:
 
 # The listener answers whatever other clients do (another local user, a port scanner): at most
 # MAX_CONNECTIONS are served at once, each on a thread of its own; a connection has
-# REQUEST_DEADLINE_SECONDS for its whole request and answer, however slowly it trickles in (a
-# per-read timeout alone lets one byte every 1.5 s hold a slot for ever), and is closed after
-# one response (no keep-alive). With every slot taken, a new connection makes the oldest one
-# past EVICT_AFTER_SECONDS give way (a scrape takes milliseconds; only a slow client is that
-# old), and waits up to SLOT_WAIT_SECONDS for its slot; else it is closed at once.
+# REQUEST_DEADLINE_SECONDS to send its whole request, however slowly it trickles in (a
+# per-read timeout alone lets one byte every 1.5 s hold a slot for ever); our answer is not cut
+# short; it is closed after one response (no keep-alive). With every slot taken, a new
+# connection makes the oldest one still sending its request past EVICT_AFTER_SECONDS give way
+# (only a slow client is that old), and waits up to SLOT_WAIT_SECONDS for the slot; a flood of
+# fresh connections is closed at once.
 MAX_CONNECTIONS = 8
 REQUEST_TIMEOUT_SECONDS = 2.0  # per read
-REQUEST_DEADLINE_SECONDS = 2.0  # per connection, from accept to the last byte of the answer
+REQUEST_DEADLINE_SECONDS = 2.0  # per connection, from accept to the end of its request
 EVICT_AFTER_SECONDS = 0.25
 SLOT_WAIT_SECONDS = 0.5
 
@@ -142,6 +143,7 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self) -> None:
+        self.server.answering(self.connection)  # the request is in: the deadline is met
         path = self.path.split("?")[0]
         if path == "/metrics":
             self._send(200, generate_latest(self.server.metrics.registry), CONTENT_TYPE_LATEST)
@@ -206,13 +208,20 @@ class MetricsServer(ThreadingHTTPServer):
             self._active.pop(request, None)
         self._slots.release()
 
+    def answering(self, connection: Any) -> None:
+        """The whole request has arrived: what is left is our answer, which no deadline cuts
+        short (a busy daemon may take its time) and which is never evicted."""
+        with self._active_lock:
+            if connection in self._active:
+                self._active[connection] = float("inf")
+
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client dropped (by us at its deadline, or by itself) is no event."""
 
     def oldest_age(self) -> float:
         """Seconds the oldest connection being served has been open (0: none)."""
         with self._active_lock:
-            began = min(self._active.values(), default=None)
+            began = min((t for t in self._active.values() if t != float("inf")), default=None)
         return 0.0 if began is None else time.monotonic() - began
 
     def _evict_oldest(self) -> bool:
