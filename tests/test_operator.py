@@ -328,8 +328,12 @@ def test_status_watch_refreshes_in_place_on_a_terminal(
     base = [sys.executable, "-m", "reporter", "--config", str(config)]
     assert subprocess.run([*base, "init"], env=env).returncode == 0
     master, slave = pty.openpty()
+    # Ctrl-C as a terminal sends it: with SIGINT's default action, whatever this test was started
+    # from (a shell's background job ignores SIGINT, and its children inherit that: the command
+    # then slept on, the failure seen on a loaded machine)
     proc = subprocess.Popen([*base, "status", "--watch", "--every", "0.3"], env=env,
-                            stdin=slave, stdout=slave, stderr=slave)
+                            stdin=slave, stdout=slave, stderr=slave,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     os.close(slave)
     screen = b""
     deadline = time.monotonic() + 30
@@ -346,13 +350,13 @@ def test_status_watch_refreshes_in_place_on_a_terminal(
         proc.send_signal(signal.SIGINT)
         # keep reading while it ends: its last redraw must not block on a full terminal
         # (a busy machine's slow reader filled it: the exit then took longer than 10 s)
-        ended = time.monotonic() + 20
+        ended = time.monotonic() + 30
         while proc.poll() is None and time.monotonic() < ended:
             if select.select([master], [], [], 0.2)[0]:
                 try:
                     screen += os.read(master, 65536)
-                except OSError:  # the terminal's other end is closed: it has exited
-                    break
+                except OSError:  # it closed the terminal: it is exiting (slowly when busy)
+                    time.sleep(0.2)
         assert proc.wait(timeout=5) == 0
     finally:
         if proc.poll() is None:  # a failure above must not leave `status --watch` running
