@@ -12,6 +12,7 @@ import json
 import os
 import pwd
 import shutil
+import signal
 import stat
 import subprocess
 import sys
@@ -332,15 +333,17 @@ def test_the_symlink_swap_race_against_root_commands_is_never_won(
         ["runuser", "-u", TOOL, "--", sys.executable, "-c",
          "import ctypes, sys\nlibc = ctypes.CDLL(None)\n"
          "while True:\n    libc.renameat2(-100, sys.argv[1].encode(), -100,"
-         " sys.argv[2].encode(), 2)\n", str(outbox), str(swap)])
+         " sys.argv[2].encode(), 2)\n", str(outbox), str(swap)], start_new_session=True)
     try:
         for run in range(300):
             command = (("status", "--json"), ("init",), ("dead-letters", "list"))[run % 3]
             done = cli(*command, config=shared_config, timeout=60)
             assert "Traceback" not in done.stderr, done.stderr
-    finally:
-        attacker.kill()
+    finally:  # runuser's child too: the whole session, and anything left of the tool user's
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(attacker.pid, signal.SIGKILL)
         attacker.wait()
+        subprocess.run(["pkill", "-KILL", "-u", TOOL], check=False)
     assert victim.read_text() == "do not touch\n"
     assert stat.S_IMODE(victim.stat().st_mode) == 0o600
 
