@@ -78,6 +78,19 @@ def _unsafe(check: Callable[[Path], None], path: Path) -> None:
         raise StoreError(str(exc)) from None
 
 
+@contextmanager
+def _closed_on_failure(conn: sqlite3.Connection, path: Path) -> Iterator[None]:
+    """A connection being set up is closed if any step fails (an SQLite error named)."""
+    try:
+        yield
+    except sqlite3.DatabaseError as exc:
+        conn.close()
+        raise StoreError(f"{path}: cannot open as an SQLite database: {exc}") from None
+    except BaseException:
+        conn.close()
+        raise
+
+
 def _unsafe_call(check: Callable[[Path], int], path: Path) -> int:
     try:
         return check(path)
@@ -125,16 +138,10 @@ class SqliteStore(SqlStore):
             conn = self._open_checked(path, probed)
         finally:
             os.close(probed)
-        try:
+        with _closed_on_failure(conn, path):
             mode = _wal_mode(conn, busy_timeout_ms / 1000)
             conn.execute("PRAGMA synchronous = NORMAL")
             conn.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise StoreError(f"{path}: cannot open as an SQLite database: {exc}") from None
-        except BaseException:
-            conn.close()
-            raise
         if mode != "wal":
             conn.close()
             raise StoreError(f"{path}: cannot switch to WAL mode (journal_mode is {mode})")
@@ -148,19 +155,13 @@ class SqliteStore(SqlStore):
                                    isolation_level=None, check_same_thread=False)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"{path}: cannot open as an SQLite database: {exc}") from None
-        try:
+        with _closed_on_failure(conn, path):
             conn.row_factory = sqlite3.Row
             conn.text_factory = _lenient
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
             resolved = next((str(r["file"]) for r in conn.execute("PRAGMA database_list")
                              if r["name"] == "main"), "")  # the file is open from here
             _unsafe(lambda p: opened_as(p, probed, resolved), path)
-        except sqlite3.DatabaseError as exc:
-            conn.close()
-            raise StoreError(f"{path}: cannot open as an SQLite database: {exc}") from None
-        except BaseException:
-            conn.close()
-            raise
         return conn
 
     def clock(self) -> float:
