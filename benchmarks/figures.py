@@ -20,6 +20,7 @@ __all__ = ["FIGURES", "ORDER", "load", "problems", "table", "update", "verdicts"
 ORDER = [
     "drain", "coalesce", "idle", "memory", "latency", "wakeup", "budget", "impact", "scale",
     "profile", "faults", "writer", "pg-drain", "pg-latency", "verify", "idle-repair",
+    "hostile-memory",
 ]
 
 
@@ -106,6 +107,7 @@ FIGURES: dict[str, Callable[[dict[str, Any]], str]] = {
     "cli_per_update": lambda r: f"{r['drain']['cli_seconds_per_update']:.2f} s",
     "idle_cpu": lambda r: f"{r['idle']['cpu_percent']:.2f}%",
     "run_peak": lambda r: f"{r['memory']['run_peak_mb']:.0f} MiB",
+    "hostile_peak": lambda r: f"{r['hostile-memory']['peak_mb']:.0f} MiB",
     "memory_ratio": lambda r: f"{r['memory']['ratio']:.2f}x",
     "memory_rows": lambda r: f"{r['memory']['large_rows']:,}",
     "latency_p99": lambda r: f"{r['latency']['p99']:.2f} s",

@@ -13,6 +13,7 @@ as real processes, and prints one JSON line of figures. The parent prints them s
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import multiprocessing as mp
 import os
@@ -44,13 +45,14 @@ SIZES: dict[str, dict[str, Any]] = {
         "memory": (2000, 100), "latency_seconds": 30.0, "impact_seconds": 8.0,
         "scale": (1000, 10000, 100000), "profile_tasks": 5000, "faults": (60, 5, 5),
         "writer_runs": 20, "pg_tasks": 10000, "verify_tasks": 10000,
-        "idle_repair": (1000, 10.0, 120.0),
+        "idle_repair": (1000, 10.0, 120.0), "hostile_rows": 150,
     },
     "smoke": {
         "drain_tasks": 30, "cli_sample": 1, "coalesce": (10, 10), "idle_seconds": 2.0,
         "memory": (50, 10), "latency_seconds": 3.0, "impact_seconds": 1.0,
         "scale": (100, 300), "profile_tasks": 100, "faults": (10, 2, 1), "writer_runs": 3,
         "pg_tasks": 200, "verify_tasks": 100, "idle_repair": (20, 1.0, 3.0),
+        "hostile_rows": 6,
     },
 }
 
@@ -513,6 +515,80 @@ def verdict_memory(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
              f"`run` through the {r['large_rows']} rows {r['run_peak_mb']:.1f} MiB",
              "<= 1.1x, both <= 55 MiB",
              r["ratio"] <= 1.1 and max(r["large_peak_mb"], r["run_peak_mb"]) <= 55)]
+
+
+# The outbox's text columns a tool can fill (11 of them), and the batches of rows no tool should
+# write but any can: each column just under the 1 MiB column bound (the row far over the 1 MiB
+# row bound: read as sizes only; dead letters), one column just under the row bound (read whole;
+# delivered, the detail clipped to the Hub's 2,500 characters), and 11 columns that together
+# stay just under it (read whole, 11 values each; dead letters).
+WIDE_COLUMNS = ("kind", "migration_task_name", "progress_update_stream", "status",
+                "status_detail", "update_date_time", "resource_attributes", "artifact_name",
+                "artifact_description", "configuration_id", "resource_description")
+MIB = 1024 * 1024
+# name -> (row i's values, drain's exit code: 5 when every row is a dead letter)
+HOSTILE_BATCHES: dict[str, tuple[Callable[[int], dict[str, str]], int]] = {
+    "wide": (lambda i: {c: f"{i:08d}{c}".ljust(MIB - 1, "x") for c in WIDE_COLUMNS}, 5),
+    "tall": (lambda i: {"kind": "task_state", "migration_task_name": f"t{i}",
+                        "status": "IN_PROGRESS", "status_detail": "d" * (MIB - 200)}, 0),
+    "spread": (lambda i: {c: f"{i:08d}{c}".ljust(MIB // 11 - 64, "y") for c in WIDE_COLUMNS},
+               5),
+}
+
+
+def insert_hostile(db: Path, rows: int, make: Callable[[int], dict[str, str]]) -> None:
+    """`rows` rows of `make(i)`, a few at a time (each transaction holds no more than ~24 MiB
+    of values, so the benchmark itself stays small)."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        for start in range(0, rows, 2):
+            conn.execute("BEGIN IMMEDIATE")
+            for i in range(start, min(rows, start + 2)):
+                values = make(i)
+                conn.execute(f"INSERT INTO outbox({', '.join(values)})"
+                             f" VALUES ({', '.join('?' * len(values))})", list(values.values()))
+            conn.execute("COMMIT")
+    finally:
+        conn.close()
+
+
+def scenario_hostile_memory(size: dict[str, Any]) -> dict[str, Any]:
+    """Peak RSS of `drain` and of `run` over each hostile batch, read in batches bounded in bytes
+    (CONTRACT §1: 1 MiB per column and per row); `run`'s once it has no backlog left."""
+    rows = size["hostile_rows"]
+    out: dict[str, Any] = {"rows": rows}
+    for name, (make, code) in HOSTILE_BATCHES.items():
+        with emulator_process() as hub:
+            box = make_outbox(hub)
+            insert_hostile(box.db, rows, make)
+            out[f"{name}_mb"] = box.db.stat().st_size / MIB
+            ran = run_measured(box.cmd("drain", "--timeout", "3600"), hub.env)
+            if ran.code != code:
+                raise SystemExit(f"drain over {name} rows exited {ran.code}, not {code}")
+            out[f"{name}_drain_peak_mb"], out[f"{name}_drain_seconds"] = ran.peak_mb, ran.wall
+            shutil.rmtree(box.dir, ignore_errors=True)
+        with emulator_process() as hub:
+            box = make_outbox(hub)
+            insert_hostile(box.db, rows, make)
+            proc = subprocess.Popen(box.cmd("run"), env=hub.env, stderr=subprocess.DEVNULL)
+            try:
+                wait_until(functools.partial(lambda db: backlog(db) == 0, box.db), 1800,
+                           f"run through the {name} rows")
+                out[f"{name}_run_peak_mb"] = vm_hwm_mb(proc.pid)
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                proc.wait(timeout=20)
+        shutil.rmtree(box.dir, ignore_errors=True)
+    out["peak_mb"] = max(v for k, v in out.items() if k.endswith("_peak_mb"))
+    return out
+
+
+def verdict_hostile_memory(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(figure, target, met) of `hostile-memory`."""
+    return [(f"{r['rows']} rows {name} ({r[f'{name}_mb']:,.0f} MiB of outbox): drain "
+             f"{r[f'{name}_drain_peak_mb']:.1f} MiB, run {r[f'{name}_run_peak_mb']:.1f} MiB",
+             "both < 80 MiB", max(r[f"{name}_drain_peak_mb"], r[f"{name}_run_peak_mb"]) < 80)
+            for name in HOSTILE_BATCHES]
 
 
 def scenario_budget(size: dict[str, Any]) -> dict[str, Any]:

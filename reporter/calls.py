@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import json
+from dataclasses import asdict, dataclass, fields
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -17,6 +18,8 @@ __all__ = [
     "ResourceAssociation",
     "ResourceRemoval",
     "StateUpdate",
+    "decode",
+    "encode",
     "key_of",
 ]
 
@@ -57,6 +60,9 @@ class StateUpdate:
     percent: int | None
     update_time: datetime
     next_update_seconds: int
+    # update_time is the row's created_at (the tool left update_date_time NULL): a time of
+    # the writer's clock, which `not_before` may move forward
+    stamped: bool = False
 
     operation = "NotifyMigrationTaskState"
     kind = Kind.TASK_STATE
@@ -194,3 +200,33 @@ def key_of(request: Keyed) -> str:
     if isinstance(request, ArtifactAssociation | ArtifactRemoval):
         return request.arn
     return request.configuration_id
+
+
+_TYPES: dict[str, type[Request]] = {
+    t.kind.value: t for t in (StateUpdate, AttributesUpdate, ArtifactAssociation,
+                              ArtifactRemoval, ResourceAssociation, ResourceRemoval)
+}
+
+
+def encode(request: Request) -> str:
+    """A judged request as the JSON intake stores and delivery sends from (`decode`)."""
+    data = asdict(request)
+    if isinstance(request, StateUpdate):
+        data["update_time"] = request.update_time.isoformat()
+    return json.dumps({"kind": request.kind.value, **data}, ensure_ascii=False,
+                      separators=(",", ":"))
+
+
+def decode(text: str) -> Request:
+    """The request `encode` stored (ValueError when the text is not one)."""
+    try:
+        data = json.loads(text)
+        cls = _TYPES[data.pop("kind")]
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        if cls is StateUpdate:
+            values["update_time"] = datetime.fromisoformat(values["update_time"])
+        if cls is AttributesUpdate:
+            values["attributes"] = tuple((t, v) for t, v in values["attributes"])
+        return cls(**values)
+    except (TypeError, KeyError, AttributeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not a stored request ({type(exc).__name__}: {exc})"[:300]) from exc

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from reporter import rows
+from reporter.calls import encode
 from reporter.config import HubConfig
 from reporter.delivery import MISSING_ROW
 from reporter.model import OutboxStore
@@ -34,7 +35,7 @@ def requeue_dead_letters(
     letters = {d.id: d for d in store.dead_letters(ids)}
     present = [i for i, d in letters.items() if d.present]
     contents = {r.id: r for r in store.outbox_rows(present)} if present else {}
-    valid: list[int] = []
+    valid: list[tuple[int, str]] = []
     invalid: list[Verdict] = []
     for rid, letter in letters.items():
         row = contents.get(rid)
@@ -45,9 +46,9 @@ def requeue_dead_letters(
         if isinstance(checked, rows.Problem):
             invalid.append(Verdict(rid, checked.reason))
         else:
-            valid.append(rid)
+            valid.append((rid, encode(checked)))
     store.requeue(valid, invalid)
-    return Requeued(valid, invalid, sorted(set(ids or ()) - set(letters)))
+    return Requeued([rid for rid, _ in valid], invalid, sorted(set(ids or ()) - set(letters)))
 
 
 _AGE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")

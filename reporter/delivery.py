@@ -148,12 +148,8 @@ class Courier:
         out = TaskOutcome(task.id, task.lease)
         delivery = Delivery(out)
         out.rejected = [Verdict(rid, MISSING_ROW) for rid in task.missing]
-        nus = self._config.hub.next_update_seconds
         plan = rows.plan_task(
-            [
-                (r.id, rows.not_before(rows.judge(r, task.stream, nus), r, task.last_update_time))
-                for r in task.contents
-            ],
+            [(r.row_id, rows.not_before(r, task.last_update_time)) for r in task.requests],
             task.state_floor,
             task.attributes_floor,
             task.associated,

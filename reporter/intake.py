@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 
 from reporter import rows
+from reporter.calls import encode
 from reporter.conditions import Conditions
 from reporter.config import Config
 from reporter.model import Ingested, OutboxStore
@@ -72,4 +73,5 @@ class Intake:
             rows.epoch_of(row.created_at, now),
             rejected,
             supersedes=isinstance(checked, rows.StateUpdate | rows.AttributesUpdate),
+            request=None if isinstance(checked, rows.Problem) else encode(checked),
         )

@@ -14,10 +14,11 @@ from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from typing import NamedTuple, Protocol
 
-from reporter.rows import Kind, OutboxRow, Verdict
+from reporter.rows import Kind, OutboxRow, Request, Verdict
 from reporter.storeerror import StoreError
 
 __all__ = [
+    "INTAKE_BATCH_BYTES",
     "Backlog",
     "ClaimedRow",
     "ClaimedTask",
@@ -40,6 +41,7 @@ __all__ = [
     "StoreError",
     "TaskOutcome",
     "TaskRecord",
+    "fitting",
     "tail_size",
 ]
 
@@ -65,6 +67,7 @@ class Ingested:
     created_at: float
     rejected: str | None = None
     supersedes: bool = False
+    request: str | None = None  # what delivery sends: the judged request (calls.encode)
 
 
 @dataclass(frozen=True)
@@ -95,14 +98,14 @@ class Lease(NamedTuple):
 @dataclass(frozen=True)
 class ClaimedRow:
     """A waiting row as claimed: its place in insertion order (`seq`: what "newer" means, as
-    outbox ids may be reused), its attempts and when it was written, and its outbox content
-    (None: the tool deleted the row after intake)."""
+    outbox ids may be reused), its attempts and when it was written, and the request intake
+    judged it to be (None: the tool deleted the row from the outbox after intake)."""
 
     id: int
     seq: int
     attempts: int
     created_at: float
-    content: OutboxRow | None
+    request: Request | None
 
 
 class ResendScope(IntEnum):
@@ -168,14 +171,14 @@ class ClaimedTask:
         return next(r for r in self.rows if r.id == row_id)
 
     @property
-    def contents(self) -> list[OutboxRow]:
-        """The outbox content of the rows still in the outbox."""
-        return [r.content for r in self.rows if r.content is not None]
+    def requests(self) -> list[Request]:
+        """The judged requests of the rows still in the outbox."""
+        return [r.request for r in self.rows if r.request is not None]
 
     @property
     def missing(self) -> list[int]:
         """Rows the tool deleted from the outbox after intake."""
-        return [r.id for r in self.rows if r.content is None]
+        return [r.id for r in self.rows if r.request is None]
 
     def order(self) -> dict[int, int]:
         """Row id to insertion place, for coalescing."""
@@ -456,8 +459,9 @@ class OutboxStore(Protocol):
         `rejected_before` when given): they leave the dead letters and are pruned with the
         delivered rows. Returns the ids dropped."""
 
-    def requeue(self, valid: Sequence[int], invalid: Sequence[Verdict]) -> None:
-        """Put dead letters back in line (valid) or reject them again with a new reason."""
+    def requeue(self, valid: Sequence[tuple[int, str]], invalid: Sequence[Verdict]) -> None:
+        """Put dead letters back in line (valid: with the request each is now judged to be, as
+        `calls.encode` writes it) or reject them again with a new reason."""
 
     # views and maintenance
     def backlog(self) -> Backlog:
@@ -501,6 +505,21 @@ class OutboxStore(Protocol):
     def disown(self) -> str | None:
         """The outbox at its path is no longer the file we have open: remove the companion
         files of ours still at that path. None once none is left, else why one cannot go."""
+
+
+# An intake batch reads at most this many bytes of outbox values (and at least one row), so a
+# batch of rows near the 1 MiB bounds costs what a few of them cost, not what 500 do.
+INTAKE_BATCH_BYTES = 4 * 1024 * 1024
+
+
+def fitting(costs: Sequence[int], budget: int = INTAKE_BATCH_BYTES) -> int:
+    """How many of `costs`, taken in order, fit in `budget` (always at least one, when any)."""
+    spent = 0
+    for taken, cost in enumerate(costs):
+        spent += cost
+        if spent > budget and taken:
+            return taken
+    return len(costs)
 
 
 def tail_size(batch: int) -> int:

@@ -28,7 +28,9 @@ __all__ = [
     "MAX_COLUMN_BYTES",
     "MAX_JSON_DEPTH",
     "MAX_NAME_CHARS",
+    "MAX_ROW_BYTES",
     "REGION_RE",
+    "SMALL_VALUE_BYTES",
     "STATUSES",
     "TERMINAL_STATUSES",
     "ArtifactAssociation",
@@ -54,6 +56,7 @@ __all__ = [
     "plan_task",
     "stream_of",
     "to_request",
+    "unread",
 ]
 
 STATUSES = ("NOT_STARTED", "IN_PROGRESS", "FAILED", "COMPLETED")
@@ -88,9 +91,14 @@ MAX_ATTRIBUTES = 100
 MAX_NEXT_UPDATE_SECONDS = 2_147_483_647  # the Hub's Integer
 EARLIEST_UPDATE = datetime(2000, 1, 1, tzinfo=UTC)
 FUTURE_SLACK_SECONDS = 24 * 3600  # update_date_time may run at most this far ahead of intake
-# Bounds of our own (CONTRACT §1): a column over this many bytes is a dead letter, measured by
-# the store without reading the value; JSON nested deeper than this is refused before parsing.
+# Bounds of our own: a column over MAX_COLUMN_BYTES, or a row whose text and BLOB columns total
+# over MAX_ROW_BYTES, is a dead letter, measured by the store without reading the values (so no
+# row can make us hold more than this of it); JSON nested deeper than this is refused before
+# parsing.
 MAX_COLUMN_BYTES = 1024 * 1024
+MAX_ROW_BYTES = 1024 * 1024
+# Of a row over MAX_ROW_BYTES, only values up to this size are read (to name its task).
+SMALL_VALUE_BYTES = 1024
 MAX_JSON_DEPTH = 32
 # What a reason, a log field or a shown value may carry of a row's text.
 MAX_SHOWN_CHARS = 200
@@ -144,8 +152,11 @@ class OutboxRow:
     artifact_description: Any = None
     configuration_id: Any = None
     resource_description: Any = None
-    # Columns the store left unread because they exceed MAX_COLUMN_BYTES: (name, bytes).
+    # Columns the store left unread because they exceed MAX_COLUMN_BYTES, or because the row
+    # exceeds MAX_ROW_BYTES: (name, bytes).
     oversize: tuple[tuple[str, int], ...] = ()
+    # The bytes of the row's text and BLOB columns, as the store measured them (0: not measured)
+    row_bytes: int = 0
 
     @classmethod
     def from_mapping(cls, data: dict[str, Any]) -> OutboxRow:
@@ -253,7 +264,8 @@ def _state(
         return Problem(name, f"must not be earlier than 2000-01-01T00:00:00Z (got {when_text!r})")
     if now is not None and when.timestamp() > now + FUTURE_SLACK_SECONDS:
         return Problem(name, f"must not be more than 24 h in the future (got {when_text!r})")
-    return StateUpdate(row.id, stream, task, row.status, detail, percent, when, nus)
+    return StateUpdate(row.id, stream, task, row.status, detail, percent, when, nus,
+                       stamped=row.update_date_time is None)
 
 
 def _attribute(index: int, item: Any) -> tuple[str, str] | Problem:
@@ -429,12 +441,31 @@ _TEXT_COLUMNS = (
 )
 
 
+def unread(sizes: Mapping[str, int]) -> tuple[tuple[str, int], ...]:
+    """The values of a row (text and BLOB column: bytes) a store must leave unread: any over
+    MAX_COLUMN_BYTES and, of a row over MAX_ROW_BYTES in all, any over SMALL_VALUE_BYTES."""
+    whole = sum(sizes.values()) > MAX_ROW_BYTES
+    return tuple(
+        (name, size) for name, size in sizes.items()
+        if size > MAX_COLUMN_BYTES or (whole and size > SMALL_VALUE_BYTES)
+    )
+
+
 def _unreadable(row: OutboxRow) -> Problem | None:
     """The contract's bounds checked before anything else: no column over MAX_COLUMN_BYTES,
-    no text that is not valid UTF-8 (the store decodes it with surrogate escapes)."""
+    no row over MAX_ROW_BYTES in all, no text that is not valid UTF-8 (the store decodes it
+    with surrogate escapes)."""
     for name, size in row.oversize:
+        if size > MAX_COLUMN_BYTES:
+            return Problem(
+                name, f"is {size:,} bytes; a column may hold at most {MAX_COLUMN_BYTES:,} (1 MiB)"
+            )
+    if row.row_bytes > MAX_ROW_BYTES or row.oversize:
+        largest = max(row.oversize, key=lambda item: item[1], default=None)
+        biggest = f" (the largest: {largest[0]}, {largest[1]:,} bytes)" if largest else ""
         return Problem(
-            name, f"is {size:,} bytes; a column may hold at most {MAX_COLUMN_BYTES:,} (1 MiB)"
+            "row", f"its columns total {row.row_bytes:,} bytes{biggest}; a row may hold at most"
+            f" {MAX_ROW_BYTES:,} (1 MiB) in all"
         )
     for name in _TEXT_COLUMNS:
         value = getattr(row, name)
@@ -456,13 +487,13 @@ def judge(
         return Problem("row", f"cannot be judged ({type(exc).__name__}: {clip(exc)})")
 
 
-def not_before(checked: Request | Problem, row: OutboxRow, last: float | None) -> Request | Problem:
+def not_before(checked: Request, last: float | None) -> Request:
     """A task's UpdateDateTime never goes backwards at the Hub: a state row that left
     `update_date_time` NULL (its time is its `created_at`, stamped by the writer's clock, which
     may have stepped back) gets the later of that and the time last sent."""
     if (
         isinstance(checked, StateUpdate)
-        and row.update_date_time is None
+        and checked.stamped
         and last is not None
         and checked.update_time.timestamp() < last
     ):

@@ -18,6 +18,8 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
+from reporter.rows import OutboxRow, Problem, Request, judge
+
 ROOT = Path(__file__).resolve().parent.parent
 
 def readme_sql(marker: str) -> str:
@@ -196,3 +198,10 @@ def fill(path: Path, tasks: int, rounds: int) -> None:
 def attrs(*pairs: tuple[str, str]) -> str:
     """The resource_attributes JSON of (Type, Value) pairs."""
     return json.dumps([{"Type": t, "Value": v} for t, v in pairs])
+
+
+def judged(row: OutboxRow, stream: str = "S", next_update_seconds: int = 3600) -> Request:
+    """A valid outbox row as intake judges it (what a claim carries to delivery)."""
+    checked = judge(row, stream, next_update_seconds)
+    assert not isinstance(checked, Problem), checked
+    return checked

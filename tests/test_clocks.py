@@ -57,14 +57,16 @@ def test_a_time_left_null_never_goes_before_the_time_last_sent():
                          created_at="2026-01-01T10:00:00Z")
     checked = rows.judge(row, "S", 3600)
     later = datetime(2026, 1, 1, 11, tzinfo=UTC).timestamp()
-    moved = rows.not_before(checked, row, later)
+    assert isinstance(checked, rows.StateUpdate)
+    moved = rows.not_before(checked, later)
     assert isinstance(moved, rows.StateUpdate) and moved.update_time.timestamp() == later
-    assert rows.not_before(checked, row, later - 7200) == checked
+    assert rows.not_before(checked, later - 7200) == checked
     explicit = rows.OutboxRow(1, "task_state", "t", status="IN_PROGRESS",
                               created_at="2026-01-01T10:00:00Z",
                               update_date_time="2026-01-01T10:00:00Z")
     checked = rows.judge(explicit, "S", 3600)
-    assert rows.not_before(checked, explicit, later) == checked
+    assert isinstance(checked, rows.StateUpdate)
+    assert rows.not_before(checked, later) == checked
 
 
 def test_a_step_back_of_an_hour_does_not_hold_waiting_rows(aws_env: dict[str, str],

@@ -37,7 +37,7 @@ from reporter.relay import Relay
 from reporter.rows import Kind, OutboxRow
 from reporter.stores.sqlite import SqliteStore
 
-from .helpers import frozen_clock, insert, row_clock
+from .helpers import frozen_clock, insert, judged, row_clock
 
 NOW = 1_800_000_000.0
 THROTTLED = Failure(Outcome.TRANSIENT, "ThrottlingException", "slow down", retry_after=None)
@@ -104,7 +104,7 @@ def _artifact(rid: int, arn: str) -> OutboxRow:
 def _task(*outbox: OutboxRow, imported: bool = False,
           lanes: dict[Kind, LaneState] | None = None, attempts: int = 0) -> ClaimedTask:
     return ClaimedTask(1, "S", "t1", "lease-1", imported=imported,
-                       rows=[ClaimedRow(r.id, r.id, attempts, NOW - 10, r) for r in outbox],
+                       rows=[ClaimedRow(r.id, r.id, attempts, NOW - 10, judged(r)) for r in outbox],
                        lanes=lanes or {})
 
 

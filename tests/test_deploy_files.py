@@ -38,11 +38,13 @@ def test_manifests_validate_strictly_against_current_kubernetes():
         kubernetes_validate.validate(doc, version, strict=True)  # raises on any error
 
 
-def test_the_pod_is_a_64_mib_native_sidecar_with_cheap_probes():
+def test_the_pod_is_a_memory_bounded_native_sidecar_with_cheap_probes():
     pod = next(d for d in _documents() if d["kind"] == "Pod")["spec"]
     (reporter,) = pod["initContainers"]
     assert reporter["restartPolicy"] == "Always"  # a native sidecar
-    assert reporter["resources"]["limits"]["memory"] == "64Mi"
+    # above the 80 MiB the daemon is measured to stay under (benchmarks: hostile-memory)
+    assert reporter["resources"]["limits"]["memory"] == "96Mi"
+    assert reporter["resources"]["requests"]["memory"] == "64Mi"
     assert pod["securityContext"]["runAsNonRoot"] is True
     assert pod["securityContext"]["fsGroup"] == 10001
     assert reporter["securityContext"]["runAsUser"] == 10001

@@ -105,12 +105,16 @@ def _hostile_rows(engine: Engine) -> None:
                   update_date_time="9999-12-31T23:59:59-14:00")
     engine.insert(kind="task_state", migration_task_name="big", status="IN_PROGRESS",
                   status_detail="d" * (MAX_COLUMN_BYTES + 1))
+    # every column under 1 MiB, the row over it: read as sizes, never as values
+    engine.insert(kind="task_state", migration_task_name="wide", status="IN_PROGRESS",
+                  status_detail="d" * 700_000, artifact_description="a" * 700_000)
 
 
 def test_hostile_rows_are_dead_letters_and_good_rows_go_out(engine: Engine, engine_cli: Cli,
                                                              emulator: Emulator):
-    """On both engines: a 1,500-deep JSON, a date past datetime's range and a column over
-    1 MiB are dead letters naming the field; the good rows around them are delivered."""
+    """On both engines: a 1,500-deep JSON, a date past datetime's range, a column over 1 MiB
+    and a row whose columns total over 1 MiB are dead letters naming the field (or the row and
+    its largest column); the good rows around them are delivered."""
     assert engine_cli("init").returncode == 0
     engine.insert(kind="task_state", migration_task_name="good-1", status="IN_PROGRESS",
                   progress_percent=10)
@@ -122,11 +126,14 @@ def test_hostile_rows_are_dead_letters_and_good_rows_go_out(engine: Engine, engi
     assert emulator.state.task("ToolA", "good-1").updates[-1]["Task"]["ProgressPercent"] == 10
     assert emulator.state.task("ToolA", "good-2").updates[-1]["Task"]["Status"] == "COMPLETED"
     letters = {d["task"]: d for d in json.loads(engine_cli("dead-letters", "list", "--json").stdout)}
-    assert set(letters) == {"deep", "future", "big"}
+    assert set(letters) == {"deep", "future", "big", "wide"}
     assert "resource_attributes" in letters["deep"]["reason"]
     assert "update_date_time" in letters["future"]["reason"]
     assert "status_detail" in letters["big"]["reason"]
     assert "1,048,577 bytes" in letters["big"]["reason"]
+    wide = letters["wide"]["reason"]
+    assert "row" in wide and "its columns total 1,400,0" in wide and "1,048,576 (1 MiB) in all" in wide
+    assert "the largest: " in wide and "700,000 bytes" in wide
     assert all(len(d["reason"]) < 700 for d in letters.values())
 
 

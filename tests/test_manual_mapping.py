@@ -22,7 +22,7 @@ from reporter.outbox import Outbox, OutboxValueError
 from reporter.rows import Kind, OutboxRow
 
 from .engines import Engine
-from .helpers import CONTRACT_DDL, Cli, insert
+from .helpers import CONTRACT_DDL, Cli, insert, judged
 from .test_delivery import FakeHub
 
 ARN = "arn:aws:ec2:us-west-2:123456789012:instance/i-0aaa"
@@ -117,7 +117,7 @@ def test_an_association_and_its_removal_keep_their_order_through_a_failure():
               _row(3, "discovered_resource", configuration_id="d-1"),
               _row(4, "discovered_resource_removed", configuration_id="d-2")]
     task = ClaimedTask(1, "S", "t1", "lease", imported=True,
-                       rows=[ClaimedRow(r.id, r.id, 0, NOW - 5, r) for r in outbox])
+                       rows=[ClaimedRow(r.id, r.id, 0, NOW - 5, judged(r)) for r in outbox])
     delivery = courier.deliver(task)
     assert hub.calls == [("AssociateCreatedArtifact", 1), ("AssociateDiscoveredResource", 3),
                          ("DisassociateDiscoveredResource", 4)]

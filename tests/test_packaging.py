@@ -33,13 +33,17 @@ def unit_for_this_machine(tmp_path: Path) -> Path:
 
 
 def test_unit_has_the_contract_settings():
-    """Type=notify, WatchdogSec, Restart=on-failure, a stop timeout above the 10 s graceful stop."""
+    """Type=notify, WatchdogSec, Restart=on-failure, a stop timeout above the 10 s graceful stop,
+    a memory bound."""
     text = UNIT.read_text()
     for line in ("Type=notify", "Restart=on-failure", "StateDirectory=mgh-reporter", "UMask=0007"):
         assert re.search(rf"^{re.escape(line)}$", text, re.M), line
     assert int(re.search(r"^WatchdogSec=(\d+)", text, re.M).group(1)) >= 10  # type: ignore[union-attr]
     assert int(re.search(r"^TimeoutStopSec=(\d+)", text, re.M).group(1)) > 10  # type: ignore[union-attr]
     assert "StartLimitBurst=" in text
+    # a bound on memory, above the 80 MiB the daemon is measured to stay under
+    assert re.search(r"^MemoryMax=(\d+)M$", text, re.M)
+    assert int(re.search(r"^MemoryMax=(\d+)M$", text, re.M).group(1)) >= 80  # type: ignore[union-attr]
 
 
 @pytest.mark.skipif(ANALYZE is None, reason="systemd-analyze not installed")

@@ -19,6 +19,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from reporter import config as config_mod
+from reporter.calls import encode
 from reporter.config import ConfigError, load
 from reporter.emulator import Emulator
 from reporter.intake import Intake
@@ -26,7 +27,16 @@ from reporter.model import Ingested, SentState, TaskOutcome
 from reporter.stores.postgres import PostgresStore
 
 from .engines import PG_AWS, PG_OUTBOX, PgServer, pg_insert
-from .helpers import FAST, ROOT, child_env, start_daemon, stop_daemon, toml_text, wait_for
+from .helpers import (
+    FAST,
+    ROOT,
+    child_env,
+    judged,
+    start_daemon,
+    stop_daemon,
+    toml_text,
+    wait_for,
+)
 
 README = ROOT / "README.md"
 
@@ -68,7 +78,7 @@ def _cli(config: Path, *args: str, env: dict[str, str] | None = None,
 
 def _judged(rows: list[Any], now: float) -> list[Ingested]:
     return [Ingested(r.id, "ToolA", str(r.migration_task_name), str(r.kind), now,
-                     supersedes=True) for r in rows]
+                     supersedes=True, request=encode(judged(r, "ToolA"))) for r in rows]
 
 
 def _state_rows(url: str, tasks: int, start: int = 0) -> None:

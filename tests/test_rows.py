@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from reporter import rows
+from reporter import calls, rows
 from reporter.rows import OutboxRow, Problem, plan_task, to_request
 
 NOW = "2026-11-25T10:00:00.000Z"
@@ -278,3 +278,35 @@ def test_plan_skips_artifacts_already_associated():
                                created_at=NOW, artifact_name=ARN), "Tool", 1)
     plan = plan_task([(6, art)], None, None, {ARN})
     assert plan.send == [] and plan.superseded[0][0] == 6
+
+
+@pytest.mark.parametrize("row", [
+    state(status_detail="copying ✓ \U0001f680", progress_percent=40, next_update_seconds=60),
+    state(update_date_time="2026-11-25T10:00:00.123+02:00"),
+    attrs([{"Type": "IPV4_ADDRESS", "Value": "10.0.0.1"}, {"Type": "FQDN", "Value": "a.b"}]),
+    OutboxRow(id=3, kind="created_artifact", migration_task_name="vm-1",
+              artifact_name="arn:aws:ec2:us-east-1:123456789012:instance/i-1",
+              artifact_description="the copy"),
+    OutboxRow(id=4, kind="created_artifact_removed", migration_task_name="vm-1",
+              artifact_name="arn:aws:ec2:us-east-1:123456789012:instance/i-1"),
+    OutboxRow(id=5, kind="discovered_resource", migration_task_name="vm-1",
+              configuration_id="d-server-0123456789abc", resource_description=None),
+    OutboxRow(id=6, kind="discovered_resource_removed", migration_task_name="vm-1",
+              configuration_id="d-server-0123456789abc"),
+], ids=lambda row: str(row.kind))
+def test_a_judged_request_round_trips_through_its_stored_form(row: OutboxRow):
+    """What intake stores is what delivery sends: every kind, every field, the time zone."""
+    checked = rows.judge(row, "S", 3600)
+    assert not isinstance(checked, Problem), checked
+    assert calls.decode(calls.encode(checked)) == checked
+    assert calls.decode(calls.encode(checked)).params() == checked.params()
+
+
+@pytest.mark.parametrize("text", ["", "null", "[1]", '{"not": 1}', '{"kind": "nope"}',
+                                  '{"kind": "task_state", "row_id": 1}',
+                                  '{"kind": "task_state", "row_id": 1, "stream": "S",'
+                                  ' "task": "t", "status": "X", "detail": null, "percent": null,'
+                                  ' "update_time": "yesterday", "next_update_seconds": 1}'])
+def test_a_stored_request_that_does_not_read_back_is_a_value_error(text: str):
+    with pytest.raises(ValueError, match=r"not a stored request|Invalid isoformat"):
+        calls.decode(text)

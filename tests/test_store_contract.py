@@ -7,12 +7,15 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from reporter.calls import StateUpdate, encode
 from reporter.model import (
+    INTAKE_BATCH_BYTES,
     GateState,
     Ingested,
     LaneResult,
@@ -23,10 +26,11 @@ from reporter.model import (
     SentState,
     TaskOutcome,
 )
-from reporter.rows import STATE_SPACING_SECONDS, Kind, Verdict
+from reporter.rows import MAX_ROW_BYTES, STATE_SPACING_SECONDS, Kind, Verdict
 from reporter.stores import Engine as Outbox
 
 from .engines import Engine
+from .helpers import judged
 
 LEASE = 30.0
 
@@ -52,7 +56,8 @@ def _take_in(store: OutboxStore, stream: str = "S", rejected: dict[int, str] | N
     rejected = rejected or {}
     store.ingest(batch, [
         Ingested(row.id, stream, str(row.migration_task_name), str(row.kind),
-                 store.clock(), rejected.get(row.id), supersedes and row.id not in rejected)
+                 store.clock(), rejected.get(row.id), supersedes and row.id not in rejected,
+                 None if row.id in rejected else encode(judged(row, stream)))
         for row in batch.rows
     ])
     return [row.id for row in batch.rows]
@@ -97,11 +102,64 @@ def test_a_backlog_is_read_in_bounded_batches(engine: Engine, store: OutboxStore
     assert len(seen) == 7 and store.backlog().queued == 7
 
 
+def test_an_intake_batch_reads_at_most_a_byte_budget(engine: Engine, store: OutboxStore):
+    """Rows near the 1 MiB row bound are read a few at a time: one batch never holds more than
+    INTAKE_BATCH_BYTES of values (plus one row), whatever its row limit; every row gets in."""
+    big = 900_000
+    ids = [engine.insert(kind="task_state", migration_task_name=f"t{i}", status="IN_PROGRESS",
+                         status_detail=chr(97 + i) * big) for i in range(12)]
+    seen: list[int] = []
+    while True:
+        batch = store.fetch_new(100)
+        held = sum(len(r.status_detail or "") for r in batch.rows)
+        assert held <= INTAKE_BATCH_BYTES + big
+        if batch.rows and len(seen) + len(batch.rows) < len(ids):
+            assert batch.more and len(batch.rows) < len(ids)
+        store.ingest(batch, [Ingested(r.id, "S", str(r.migration_task_name), "task_state",
+                                      store.clock(), None, True, encode(judged(r)))
+                             for r in batch.rows])
+        if not batch.rows:
+            break
+        seen += [r.id for r in batch.rows]
+    assert sorted(seen) == ids and store.backlog().queued == 12
+
+
+def test_a_row_over_the_row_bound_is_read_as_sizes_only(engine: Engine, store: OutboxStore):
+    """Columns each under 1 MiB that total over it: the batch holds their sizes, not their
+    values (only those up to SMALL_VALUE_BYTES, which name the task)."""
+    rid = engine.insert(kind="task_state", migration_task_name="wide", status="IN_PROGRESS",
+                        status_detail="d" * 600_000, artifact_description="a" * 600_000)
+    (row,) = store.fetch_new(10).rows
+    assert row.id == rid and row.migration_task_name == "wide" and row.status == "IN_PROGRESS"
+    assert row.status_detail is None and row.artifact_description is None
+    assert dict(row.oversize) == {"status_detail": 600_000, "artifact_description": 600_000}
+    assert row.row_bytes > MAX_ROW_BYTES
+
+
+def test_a_pending_row_with_no_stored_request_is_judged_again(engine: Engine,
+                                                              store: OutboxStore):
+    """A row taken in by an older version (no stored request), or whose stored request does not
+    read back, goes back to intake, keeps its place among its task's rows and is claimed once
+    judged again."""
+    first, second = _rows(engine, ("t", "IN_PROGRESS"), ("u", "IN_PROGRESS"))
+    _take_in(store, supersedes=False)
+    engine.execute("UPDATE mgh_reporter.rows SET request = NULL WHERE id = ?", first)
+    engine.execute("UPDATE mgh_reporter.rows SET request = '{\"not\": 1}' WHERE id = ?",
+                   second)
+    claimed = _claim(store)
+    assert all(t.requests == [] and t.missing == [] for t in claimed.values())
+    store.release([t.leased for t in claimed.values()], store.clock())
+    assert sorted(_take_in(store)) == [first, second]
+    again = _claim(store)
+    assert [r.row_id for r in again["t"].requests] == [first]
+    assert [r.row_id for r in again["u"].requests] == [second]
+
+
 def test_a_newer_row_supersedes_the_older_one_of_its_lane(engine: Engine, store: OutboxStore):
     old, new = _rows(engine, ("t", "IN_PROGRESS"), ("t", "COMPLETED"))
     _take_in(store)
     claimed = _claim(store)["t"]
-    assert [r.id for r in claimed.contents] == [new] and claimed.missing == []
+    assert [r.row_id for r in claimed.requests] == [new] and claimed.missing == []
     counts = store.counts()
     # the superseded row's lane has not reached the Hub: it still counts as pending
     assert (counts.pending, counts.superseded, counts.sent) == (2, 0, 0)
@@ -143,7 +201,7 @@ def test_claims_come_in_due_order_with_rows_in_insertion_order_and_hold_a_lease(
     store.release([held.leased], store.clock() - 1)
     again = store.claim_due(10, LEASE)
     assert [t.task for t in again] == ["first"] and again[0].lease != held.lease
-    assert [r.status for r in again[0].contents] == ["IN_PROGRESS"]
+    assert [r.status for r in again[0].requests] == ["IN_PROGRESS"]
 
 
 def test_a_deleted_outbox_row_is_claimed_as_missing(engine: Engine, store: OutboxStore):
@@ -151,7 +209,7 @@ def test_a_deleted_outbox_row_is_claimed_as_missing(engine: Engine, store: Outbo
     _take_in(store)
     engine.execute("DELETE FROM outbox WHERE id = ?", rid)
     claimed = _claim(store)["t"]
-    assert claimed.contents == [] and claimed.missing == [rid]
+    assert claimed.requests == [] and claimed.missing == [rid]
     assert claimed.row(rid).attempts == 0
 
 
@@ -221,9 +279,12 @@ def test_requeue_and_drop_dead_letters(engine: Engine, store: OutboxStore):
     a, b, c = _rows(engine, ("t", "X"), ("u", "Y"), ("v", "Z"))
     _take_in(store, rejected={a: "bad a", b: "bad b", c: "bad c"})
     assert store.claim_due(10, LEASE) == []
-    store.requeue([a], [Verdict(b, "still bad")])
+    fixed = StateUpdate(a, "S", "t", "IN_PROGRESS", None, None,
+                        datetime(2026, 1, 1, tzinfo=UTC), 3600)
+    store.requeue([(a, encode(fixed))], [Verdict(b, "still bad")])
     assert [(d.id, d.reason) for d in store.dead_letters()] == [(b, "still bad"), (c, "bad c")]
-    assert set(_claim(store)) == {"t"}
+    claimed = _claim(store)
+    assert set(claimed) == {"t"} and claimed["t"].requests == [fixed]
     assert store.drop([c], None) == [c]
     assert store.drop(None, rejected_before=store.clock() - 3600) == []
     assert store.drop(None, None) == [b]

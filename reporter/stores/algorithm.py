@@ -16,6 +16,7 @@ from typing import Any
 
 import structlog
 
+from reporter.calls import Request, decode
 from reporter.model import (
     Backlog,
     ClaimedRow,
@@ -229,7 +230,8 @@ class SqlStore(ABC):
                 {"id": i.row_id, "seq": place[i.row_id], "task_id": ids[(i.stream, i.task)],
                  "kind": i.kind, "state": RowState.REJECTED.value if i.rejected
                  else RowState.PENDING.value, "created_at": i.created_at,
-                 "finished_at": now if i.rejected else None, "reason": i.rejected}
+                 "finished_at": now if i.rejected else None, "reason": i.rejected,
+                 "request": None if i.rejected else i.request}
                 for i in items
             ])
             newest: dict[tuple[int, str], int] = {}
@@ -268,7 +270,10 @@ class SqlStore(ABC):
                 return []
             ids = {"ids": self._array([t["id"] for t in tasks])}
             rows = self._all(c, "pending_rows", ids)
-            contents = self._contents(c, [r["id"] for r in rows])
+            judged, unjudged = _requests(rows)
+            if unjudged:
+                c.execute(self.sql("unjudged_to_inbox"), {"ids": self._array(unjudged)})
+                c.execute(self.sql("unjudged_forget"), {"ids": self._array(unjudged)})
             artifacts = self._all(c, "artifacts_of", ids)
             resources = self._all(c, "resources_of", ids)
             lanes = self._all(c, "lanes_of", ids)
@@ -281,9 +286,11 @@ class SqlStore(ABC):
             for t in tasks
         }
         self._leased(list(claimed), token, started + lease_seconds)
-        for r in rows:  # in insertion order; content None: deleted by the tool after intake
+        for r in rows:  # in insertion order; request None: deleted by the tool after intake
+            if r["present"] and r["id"] not in judged:
+                continue  # back to intake
             claimed[r["task_id"]].rows.append(ClaimedRow(
-                r["id"], r["seq"], r["attempts"], r["created_at"], contents.get(r["id"])))
+                r["id"], r["seq"], r["attempts"], r["created_at"], judged.get(r["id"])))
         arns: dict[int, set[str]] = {}  # most tasks have none: they keep the shared empty set
         for a in artifacts:
             arns.setdefault(a["task_id"], set()).add(a["arn"])
@@ -460,12 +467,14 @@ class SqlStore(ABC):
                 "before": rejected_before}).fetchall()
         return sorted(int(r["id"]) for r in rows)
 
-    def requeue(self, valid: Sequence[int], invalid: Sequence[Verdict]) -> None:
-        """Put dead letters back in line (valid) or reject them again with a new reason."""
+    def requeue(self, valid: Sequence[tuple[int, str]], invalid: Sequence[Verdict]) -> None:
+        """Put dead letters back in line (valid: with the request each is judged to be now) or
+        reject them again with a new reason."""
         now = self.clock()
         with self._tx("requeue dead letters") as c:
             for name in ("requeue", "requeue_lane", "requeue_task"):
-                self._many(c, name, [{"rid": rid, "now": now} for rid in valid])
+                self._many(c, name, [{"rid": rid, "now": now, "request": request}
+                                     for rid, request in valid])
             self._many(c, "rereject", [{"reason": v.reason, "now": now, "rid": v.row}
                                        for v in invalid])
 
@@ -585,3 +594,22 @@ def _json_list(value: Any) -> Iterator[str]:
 def _pairs(value: str | None) -> tuple[tuple[str, str], ...] | None:
     """An attribute list as stored (JSON pairs), or None when none was recorded."""
     return None if value is None else tuple((str(t), str(v)) for t, v in json.loads(value))
+
+
+def _requests(rows: Sequence[Any]) -> tuple[dict[int, Request], list[int]]:
+    """A claim's stored requests by row id, and the rows still in the outbox that have none
+    intake stored (taken in by an older version) or none that reads back (another hand wrote
+    it): those go back to intake, which judges them again."""
+    judged: dict[int, Request] = {}
+    unjudged: list[int] = []
+    for r in rows:
+        if not r["present"]:
+            continue
+        if r["request"] is not None:
+            try:
+                judged[r["id"]] = decode(r["request"])
+                continue
+            except ValueError:
+                pass
+        unjudged.append(r["id"])
+    return judged, unjudged

@@ -18,16 +18,19 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from reporter.model import NewRows, Replica, StoreError, TaskOutcome, tail_size
-from reporter.rows import MAX_COLUMN_BYTES, OutboxRow
+from reporter.model import NewRows, Replica, StoreError, TaskOutcome, fitting, tail_size
+from reporter.rows import (
+    MAX_COLUMN_BYTES,
+    MAX_ROW_BYTES,
+    SMALL_VALUE_BYTES,
+    OutboxRow,
+    unread,
+)
 from reporter.secrets import redact_url, remember, scrub
 from reporter.stores import postgres_schema as pgschema
 from reporter.stores.algorithm import SqlStore
 from reporter.stores.postgres_schema import SCHEMA
-from reporter.stores.statements import (
-    Dialect,
-    postgres_named,
-)
+from reporter.stores.statements import STATEMENTS, Dialect, postgres_named
 
 __all__ = ["PostgresStore", "connect_kwargs", "first_line"]
 
@@ -61,6 +64,8 @@ DIALECT = Dialect(
     " WHERE a.task_id = t.id)",
     named=postgres_named, any_of=lambda name: f"= ANY(:{name})", array=list,
     overrides={
+        "unjudged_to_inbox": STATEMENTS["unjudged_to_inbox"].replace(
+            "(seq, row_id)", "(seq, row_id) OVERRIDING SYSTEM VALUE"),
         "waiting": f"SELECT (SELECT count(*) FROM {S}.inbox) AS waiting,"
         f" (SELECT extract(epoch from min(o.created_at))::float8 FROM {S}.inbox i"
         " JOIN {outbox} o ON o.id = i.row_id) AS first",
@@ -77,23 +82,38 @@ def connect_kwargs() -> dict[str, Any]:
     return {"application_name": "mgh-reporter", "connect_timeout": 10}
 
 
-# The outbox columns, read without ever fetching a value over MAX_COLUMN_BYTES: octet_length()
-# of a TOASTed value reads its header, not the value; an oversize name yields only its start.
+# The outbox columns, read without fetching a value `unread` leaves out (over MAX_COLUMN_BYTES,
+# or not small in a row over MAX_ROW_BYTES): octet_length() of a TOASTed value reads its header,
+# not the value; such a name yields only its start.
 _TEXT = (
     "kind", "migration_task_name", "progress_update_stream", "status", "status_detail",
     "update_date_time", "resource_attributes", "artifact_name", "artifact_description",
     "configuration_id", "resource_description",
 )
 _NAMES = ("kind", "migration_task_name", "progress_update_stream")
+_SIZES = ", ".join(f"pg_catalog.octet_length(o.{n}) AS _bytes_{n}" for n in _TEXT)
+_TOTAL = " + ".join(f"coalesce(pg_catalog.octet_length(o.{n}), 0)" for n in _TEXT)
 _ROW = ", ".join(
-    ["o.id", "o.progress_percent", "o.next_update_seconds", "o.created_at"]
+    ["o.id", "o.progress_percent", "o.next_update_seconds", "o.created_at", _SIZES]
     + [
         f"CASE WHEN pg_catalog.octet_length(o.{n}) > {MAX_COLUMN_BYTES}"
-        f" THEN {f'pg_catalog.left(o.{n}, 256)' if n in _NAMES else 'NULL'} ELSE o.{n} END AS {n},"
-        f" pg_catalog.octet_length(o.{n}) AS _bytes_{n}"
+        f" OR (({_TOTAL}) > {MAX_ROW_BYTES}"
+        f" AND pg_catalog.octet_length(o.{n}) > {SMALL_VALUE_BYTES})"
+        f" THEN {f'pg_catalog.left(o.{n}, 256)' if n in _NAMES else 'NULL'} ELSE o.{n} END AS {n}"
         for n in _TEXT
     ]
 )
+
+
+def _sizes(r: dict[str, Any]) -> dict[str, int]:
+    """The measured bytes of a row's non-NULL text values (its `_bytes_` columns)."""
+    return {n: int(r[f"_bytes_{n}"]) for n in _TEXT if r.get(f"_bytes_{n}") is not None}
+
+
+def _cost(r: dict[str, Any]) -> int:
+    """The bytes reading a row costs (what `unread` leaves out costs nothing)."""
+    sizes = _sizes(r)
+    return sum(sizes.values()) - sum(size for _, size in unread(sizes))
 
 
 def _row(r: dict[str, Any]) -> OutboxRow:
@@ -101,13 +121,12 @@ def _row(r: dict[str, Any]) -> OutboxRow:
     created = data.get("created_at")
     if isinstance(created, datetime):
         data["created_at"] = created.isoformat()
-    big = tuple(
-        (n, int(r[f"_bytes_{n}"])) for n in _TEXT if (r.get(f"_bytes_{n}") or 0) > MAX_COLUMN_BYTES
-    )
+    sizes = _sizes(r)
+    big = unread(sizes)
     for name, _ in big:
         if name in _NAMES:
             data[name] = f"{data[name]}…"
-    return OutboxRow.from_mapping({**data, "oversize": big})
+    return OutboxRow.from_mapping({**data, "oversize": big, "row_bytes": sum(sizes.values())})
 
 
 class PostgresStore(SqlStore):
@@ -400,32 +419,36 @@ class PostgresStore(SqlStore):
     # -- intake ------------------------------------------------------------------------------
     def fetch_new(self, limit: int) -> NewRows:
         """Rows queued by the intake trigger, in insertion order, locked so that no other
-        replica takes them in at the same time (`SKIP LOCKED`); the transaction stays open
-        until `ingest` dequeues them with the judged rows."""
+        replica takes them in at the same time (`SKIP LOCKED`); sized first, so a batch reads at
+        most INTAKE_BATCH_BYTES of values; the transaction stays open until `ingest` dequeues
+        them with the judged rows."""
         with self._tx("read outbox", keep_open=True) as c:
             query = (
-                f"SELECT i.seq AS _seq, i.row_id AS _row_id, {_ROW} FROM {S}.inbox i"
-                f" LEFT JOIN {self._outbox} o ON o.id = i.row_id ORDER BY i.seq {{}} LIMIT %s"
-                " FOR UPDATE OF i SKIP LOCKED"
+                f"SELECT i.seq AS _seq, i.row_id AS _row_id, o.id IS NOT NULL AS _present,"
+                f" {_SIZES} FROM {S}.inbox i LEFT JOIN {self._outbox} o ON o.id = i.row_id"
+                " ORDER BY i.seq {} LIMIT %s FOR UPDATE OF i SKIP LOCKED"
             )
             c.execute(query.format("ASC"), (limit,))
-            rows = c.fetchall()
-            if len(rows) >= limit:  # a backlog: the newest rows come in now too (tail_size)
-                head = {r["_seq"] for r in rows}
+            entries = c.fetchall()
+            full = len(entries) >= limit
+            if full:  # a backlog: the newest rows come in now too (tail_size)
+                head = {r["_seq"] for r in entries}
                 c.execute(query.format("DESC"), (tail_size(limit),))
-                rows += [r for r in c.fetchall() if r["_seq"] not in head]
-                rows.sort(key=lambda r: r["_seq"])
+                entries += [r for r in c.fetchall() if r["_seq"] not in head]
+            taken = entries[:fitting([_cost(r) for r in entries])]
             self._intake_open = True
-        latest: dict[int, OutboxRow] = {}
+            contents = self._contents(
+                c, sorted({r["_row_id"] for r in taken if r["_present"]}))
         places: dict[int, int] = {}
-        for r in rows:
-            if r["id"] is not None:  # None: deleted by the tool before we saw it
-                latest[r["id"]] = _row(r)
-                places[r["id"]] = r["_seq"]
-        return NewRows(sorted(latest.values(), key=lambda row: row.id), len(rows) >= limit,
-                       [r["_seq"] for r in rows], places)
+        for r in sorted(taken, key=lambda r: r["_seq"]):
+            if r["_row_id"] in contents:  # absent: deleted by the tool before we saw it
+                places[r["_row_id"]] = r["_seq"]
+        return NewRows(sorted(contents.values(), key=lambda row: row.id),
+                       full or len(taken) < len(entries), [r["_seq"] for r in taken], places)
 
     def _contents(self, c: Any, ids: Sequence[int]) -> dict[int, OutboxRow]:
+        if not ids:
+            return {}
         c.execute(f"SELECT {_ROW} FROM {self._outbox} o WHERE o.id = ANY(%s)", (list(ids),))
         return {r["id"]: _row(r) for r in c.fetchall()}
 

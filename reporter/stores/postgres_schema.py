@@ -218,6 +218,12 @@ MIGRATIONS: list[tuple[str, list[Step]]] = [
             lambda c, outbox: _recover_sent(c, outbox),
         ],
     ),
+    (
+        # delivery sends what intake judged; rows taken in by an older version (request NULL)
+        # go back to intake at their task's next claim
+        "0005_judged_requests",
+        [f"ALTER TABLE {SCHEMA}.rows ADD COLUMN request text"],
+    ),
 ]
 
 

@@ -18,8 +18,8 @@ from typing import Any
 import structlog
 
 from reporter.files import UnsafeFile, group_writable, opened_as, probe, refuse_special
-from reporter.model import NewRows, StoreError, tail_size
-from reporter.rows import MAX_COLUMN_BYTES, OutboxRow
+from reporter.model import NewRows, StoreError, fitting, tail_size
+from reporter.rows import OutboxRow, unread
 from reporter.stores import sqlite_schema as schema
 from reporter.stores.algorithm import SqlStore
 from reporter.stores.statements import (
@@ -40,7 +40,7 @@ DIALECT = Dialect(
     },
 )
 # The outbox columns a row is read with (those of OutboxRow that the table has).
-_ROW_COLUMNS = tuple(f.name for f in fields(OutboxRow) if f.name != "oversize")
+_ROW_COLUMNS = tuple(f.name for f in fields(OutboxRow) if f.name not in ("oversize", "row_bytes"))
 # An oversize name is still shown: this much of its start is read (never the whole value).
 _NAME_PREFIX_BYTES = 1024
 _NAMES = ("kind", "migration_task_name", "progress_update_stream")
@@ -96,6 +96,13 @@ def _unsafe_call(check: Callable[[Path], int], path: Path) -> int:
         return check(path)
     except UnsafeFile as exc:
         raise StoreError(str(exc)) from None
+
+
+def _cost(sizes: dict[str, int] | None) -> int:
+    """The bytes reading a measured row costs (the values `unread` leaves out cost nothing)."""
+    if not sizes:
+        return 0
+    return sum(sizes.values()) - sum(size for _, size in unread(sizes))
 
 
 def _lenient(data: bytes) -> str:
@@ -286,50 +293,76 @@ class SqliteStore(SqlStore):
     def _contents(self, c: Any, ids: Sequence[int]) -> dict[int, OutboxRow]:
         return self._read_rows(ids)
 
-    def _read_rows(self, ids: Sequence[int]) -> dict[int, OutboxRow]:
+    def _read_rows(
+        self, ids: Sequence[int], sizes: dict[int, dict[str, int]] | None = None
+    ) -> dict[int, OutboxRow]:
         """Outbox rows by id, inside the caller's transaction, never reading a value over
-        MAX_COLUMN_BYTES: each text or BLOB value is sized through an incremental-blob handle
-        (its header, not its content: SQLite 3.40's length() reads all of a text) and one that is
-        too large is left out, named in `oversize` (of a name, only its start is read)."""
+        MAX_COLUMN_BYTES nor any but the small values of a row over MAX_ROW_BYTES (sized by
+        `_measure`, or given its `sizes`): a value left unread is named in `oversize` (of a
+        name, only its start is read)."""
         if len(ids) > _CHUNK:  # SQLite's limit on bound variables
             found: dict[int, OutboxRow] = {}
             for start in range(0, len(ids), _CHUNK):
-                found.update(self._read_rows(ids[start : start + _CHUNK]))
+                found.update(self._read_rows(ids[start : start + _CHUNK], sizes))
             return found
         if not ids:
             return {}
         c = self.conn
-        columns = [name for name in _ROW_COLUMNS if name in set(self._outbox_columns())]
-        marks = _marks(len(ids))
-        types = c.execute(
-            f"SELECT id, {', '.join(f'typeof({n})' for n in columns)} FROM outbox"
-            f" WHERE id IN ({marks})",
-            list(ids),
-        ).fetchall()
-        oversize: dict[int, list[tuple[str, int]]] = {}
-        for r in types:
-            for name, kind in zip(columns, tuple(r)[1:], strict=True):
-                if kind in ("text", "blob"):
-                    size = self._value_bytes(r[0], name)
-                    if size > MAX_COLUMN_BYTES:
-                        oversize.setdefault(r[0], []).append((name, size))
-        plain = [r[0] for r in types if r[0] not in oversize]
+        columns = self._columns()
+        sizes = sizes if sizes is not None else self._measure(ids)
+        oversize = {rid: unread(measured) for rid, measured in sizes.items()}
+        plain = [rid for rid in ids if rid in sizes and not oversize[rid]]
         found = {}
         if plain:
             for r in c.execute(
                 f"SELECT {', '.join(columns)} FROM outbox WHERE id IN ({_marks(len(plain))})",
                 plain,
             ):
-                found[r["id"]] = OutboxRow.from_mapping(dict(r))
-        for rid, big in oversize.items():
+                found[r["id"]] = OutboxRow.from_mapping(
+                    {**dict(r), "row_bytes": sum(sizes[r["id"]].values())})
+        for rid in ids:
+            big = oversize.get(rid)
+            if not big:
+                continue
             skip = {name for name, _ in big}
             keep = [n for n in columns if n not in skip]
             row = c.execute(f"SELECT {', '.join(keep)} FROM outbox WHERE id = ?", (rid,)).fetchone()
-            data: dict[str, Any] = dict(row) if row is not None else {"id": rid}
+            if row is None:
+                continue  # deleted since it was measured
+            data: dict[str, Any] = dict(row)
             for name in skip & set(_NAMES):
                 data[name] = self._value_prefix(rid, name)
-            found[rid] = OutboxRow.from_mapping({**data, "oversize": tuple(big)})
+            found[rid] = OutboxRow.from_mapping(
+                {**data, "oversize": big, "row_bytes": sum(sizes[rid].values())})
         return found
+
+    def _measure(self, ids: Sequence[int]) -> dict[int, dict[str, int]]:
+        """The bytes of each text and BLOB value of some outbox rows (by id; a row that is gone
+        is absent), without reading the values: each is sized through an incremental-blob
+        handle (its header, not its content: SQLite 3.40's length() reads all of a text)."""
+        if len(ids) > _CHUNK:
+            found: dict[int, dict[str, int]] = {}
+            for start in range(0, len(ids), _CHUNK):
+                found.update(self._measure(ids[start : start + _CHUNK]))
+            return found
+        if not ids:
+            return {}
+        columns = self._columns()
+        types = self.conn.execute(
+            f"SELECT id, {', '.join(f'typeof({n})' for n in columns)} FROM outbox"
+            f" WHERE id IN ({_marks(len(ids))})",
+            list(ids),
+        ).fetchall()
+        return {
+            r[0]: {name: self._value_bytes(r[0], name)
+                   for name, kind in zip(columns, tuple(r)[1:], strict=True)
+                   if kind in ("text", "blob")}
+            for r in types
+        }
+
+    def _columns(self) -> list[str]:
+        present = set(self._outbox_columns())
+        return [name for name in _ROW_COLUMNS if name in present]
 
     def _value_bytes(self, rid: int, column: str) -> int:
         self._blobs += 1
@@ -402,15 +435,19 @@ class SqliteStore(SqlStore):
                 tail = c.execute(
                     query.format("DESC"), (queued[-1]["seq"], tail_size(limit))
                 ).fetchall()
+            entries = [*queued, *tail]
+            sizes = self._measure(sorted({r["row_id"] for r in entries if r["present"]}))
+            taken = entries[:fitting([_cost(sizes.get(r["row_id"])) for r in entries])]
             contents = self._read_rows(
-                sorted({r["row_id"] for r in (*queued, *tail) if r["present"]})
+                sorted({r["row_id"] for r in taken if r["row_id"] in sizes}), sizes
             )
         places = {}
-        for r in sorted((*queued, *tail), key=lambda r: r["seq"]):
+        for r in sorted(taken, key=lambda r: r["seq"]):
             if r["row_id"] in contents:  # absent: deleted by the tool before we saw it
                 places[r["row_id"]] = r["seq"]
-        return NewRows(sorted(contents.values(), key=lambda row: row.id), len(queued) >= limit,
-                       [r["seq"] for r in (*queued, *tail)], places)
+        more = len(queued) >= limit or len(taken) < len(entries)
+        return NewRows(sorted(contents.values(), key=lambda row: row.id), more,
+                       [r["seq"] for r in taken], places)
 
     def checkpoint(self, mode: str = "PASSIVE", busy_ms: int | None = None) -> bool:
         """Fold the WAL back into the database so the -wal file stays small; True when every

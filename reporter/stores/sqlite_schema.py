@@ -304,3 +304,11 @@ def _repair_scope(db: Any) -> None:
         return [tuple(r) for r in db.conn.execute(sql, params).fetchall()]
 
     recover_sent(query, "mgh_tasks", "mgh_rows", "outbox", "mgh_artifacts")
+
+
+@migration("0008_judged_requests")
+def _judged_requests(db: Any) -> None:
+    # Delivery sends what intake judged (the request as JSON), never the outbox row again. Rows
+    # an older version took in have none: the next claim of their task hands them back to intake
+    # (under their place in the queue), which judges them as it judges new rows.
+    _execute(db, "ALTER TABLE mgh_rows ADD COLUMN request TEXT")

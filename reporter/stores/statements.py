@@ -76,8 +76,9 @@ STATEMENTS: dict[str, str] = {
     "add_task": "INSERT INTO {tasks}(stream, task) VALUES (:stream, :task) ON CONFLICT DO NOTHING",
     "task_ids": "SELECT id, stream, task FROM {tasks} WHERE stream = ANY(:streams)"
     " AND task = ANY(:tasks)",
-    "add_row": "INSERT INTO {rows}(id, seq, task_id, kind, state, created_at, finished_at, reason)"
-    " VALUES (:id, :seq, :task_id, :kind, :state, :created_at, :finished_at, :reason)",
+    "add_row": "INSERT INTO {rows}(id, seq, task_id, kind, state, created_at, finished_at, reason,"
+    " request) VALUES (:id, :seq, :task_id, :kind, :state, :created_at, :finished_at, :reason,"
+    " :request)",
     "supersede": f"UPDATE {{rows}} SET state = {SUPERSEDED}, finished_at = :now,"
     " reason = 'superseded by row ' || :rid WHERE task_id = :tid AND kind = :kind"
     f" AND state = {PENDING} AND seq < :seq",
@@ -85,8 +86,15 @@ STATEMENTS: dict[str, str] = {
     f" AND lease_token IS NULL AND (due_at IS NULL OR due_at > {_LANE_DUE})",
     "next_wakeup": "SELECT (SELECT min(due_at) FROM {tasks} WHERE due_at IS NOT NULL) AS due,"
     " (SELECT min(map_check_at) FROM {tasks} WHERE map_check_at IS NOT NULL) AS checks",
-    "pending_rows": "SELECT task_id, id, created_at, attempts, seq FROM {rows}"
-    f" WHERE state = {PENDING} AND task_id = ANY(:ids) ORDER BY seq",
+    # a claim's rows: the request intake judged, and whether the tool left the row in the outbox
+    "pending_rows": "SELECT r.task_id, r.id, r.created_at, r.attempts, r.seq, r.request,"
+    " o.id IS NOT NULL AS present FROM {rows} r LEFT JOIN {outbox} o ON o.id = r.id"
+    f" WHERE r.state = {PENDING} AND r.task_id = ANY(:ids) ORDER BY r.seq",
+    # rows with no request to send (an older version took them in) go back to intake, at their
+    # place in the queue
+    "unjudged_to_inbox": "INSERT INTO {inbox}(seq, row_id) SELECT seq, id FROM {rows}"
+    f" WHERE id = ANY(:ids) AND state = {PENDING}",
+    "unjudged_forget": f"DELETE FROM {{rows}} WHERE id = ANY(:ids) AND state = {PENDING}",
     "artifacts_of": "SELECT task_id, arn, description FROM {artifacts} WHERE task_id = ANY(:ids)",
     "resources_of": "SELECT task_id, configuration_id, description FROM {resources}"
     " WHERE task_id = ANY(:ids)",
@@ -166,7 +174,7 @@ STATEMENTS: dict[str, str] = {
     "drop": f"UPDATE {{rows}} SET state = {DROPPED}, finished_at = :now WHERE state = {REJECTED}"
     " {only} {before} RETURNING id",
     "requeue": f"UPDATE {{rows}} SET state = {PENDING}, attempts = 0, reason = NULL,"
-    f" finished_at = NULL WHERE id = :rid AND state = {REJECTED}",
+    f" finished_at = NULL, request = :request WHERE id = :rid AND state = {REJECTED}",
     "requeue_lane": "DELETE FROM {lanes} WHERE (task_id, kind) ="
     f" (SELECT task_id, {LANE_OF} FROM {{rows}} WHERE id = :rid)",
     "requeue_task": "UPDATE {tasks} SET due_at = {least}(coalesce(due_at, :now), :now)"

@@ -135,6 +135,7 @@ def test_started_under_systemd_with_every_hardening_line(machine: Machine, hub: 
         assert line in unit
     assert machine.prop("MemoryDenyWriteExecute") == "yes"
     assert machine.prop("ProtectSystem") == "strict"
+    assert machine.prop("MemoryMax") == str(128 * 1024 * 1024)  # in force, not just written
     status = machine.sh("systemctl status mgh-reporter --no-pager", check=False)
     assert "Status:" in status, status
 
