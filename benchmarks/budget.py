@@ -33,8 +33,7 @@ def stage(name: str) -> None:
 def main() -> None:
     config_path = Path(sys.argv[1])
     stage("interpreter")
-    import reporter.cli  # noqa: F401  (click, the contract's models, the writer)
-    from reporter.process import one_malloc_arena
+    from reporter.daemon.signals import one_malloc_arena
 
     one_malloc_arena()  # as `run` does first thing
 
@@ -45,7 +44,7 @@ def main() -> None:
     cfg = config.load(config_path)
     logs.configure("warning", "json")
     stage("logging: structlog (and asyncio it imports)")
-    from reporter.daemon import Service
+    from reporter.daemon.service import Service
 
     stage("daemon imports: boto3/botocore/urllib3, APScheduler, prometheus-client")
     service = Service(cfg, config_path)

@@ -15,7 +15,6 @@ from urllib.parse import urlsplit
 
 from reporter import rows
 from reporter.secrets import raw_in_userinfo, redact_url, remember, scrub
-from reporter.stores import Engine
 
 __all__ = [
     "DEFAULT_CONFIG_PATH",
@@ -59,14 +58,9 @@ class OutboxConfig:
     unreachable_after_seconds: float = 30.0
 
     @property
-    def engine(self) -> Engine:
-        """The storage engine these settings name (the one place that decides by `url`)."""
-        return Engine(self.path, self.url, self.busy_timeout_ms)
-
-    @property
     def postgres(self) -> bool:
         """True when the outbox is a PostgreSQL database (`url`), not an SQLite file."""
-        return self.engine.postgres
+        return self.url is not None
 
     @property
     def where(self) -> str:

@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from reporter import rows
-from reporter.storeerror import StoreError
 from reporter.stores import is_url, require_libpq
+from reporter.stores.errors import StoreError
 
 __all__ = ["Outbox", "OutboxValueError"]
 

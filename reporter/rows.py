@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from reporter.calls import (
+from reporter.hub.requests import (
     ArtifactAssociation,
     ArtifactRemoval,
     AttributesUpdate,
@@ -20,6 +20,7 @@ from reporter.calls import (
     ResourceAssociation,
     ResourceRemoval,
     StateUpdate,
+    json_depth,
     key_of,
 )
 
@@ -104,8 +105,6 @@ MAX_JSON_DEPTH = 32
 MAX_SHOWN_CHARS = 200
 MAX_NAME_CHARS = 256  # a task name's own limit: what a rejected row's task is named by
 MAX_REASON_CHARS = 600
-_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
-_JSON_BRACKETS = re.compile(r"[\[\]{}]")
 _SURROGATE = re.compile("[\ud800-\udfff]")
 
 
@@ -327,16 +326,6 @@ def parse_attributes(text: Any) -> tuple[tuple[str, str], ...] | Problem:
             return checked
         pairs.append(checked)
     return tuple(pairs)
-
-
-def json_depth(text: str) -> int:
-    """How deeply JSON text nests arrays and objects, counted without parsing it (brackets
-    inside strings do not count), so hostile nesting never reaches the recursive parser."""
-    depth = deepest = 0
-    for bracket in _JSON_BRACKETS.finditer(_JSON_STRING.sub('""', text)):
-        depth += 1 if bracket.group() in "[{" else -1
-        deepest = max(deepest, depth)
-    return deepest
 
 
 def _arn(arn: Any) -> str | Problem:

@@ -11,10 +11,10 @@ from pathlib import Path
 
 from reporter import config as config_mod
 from reporter import rows
-from reporter.clockstep import StepWatch
+from reporter.delivery.clockstep import StepWatch
+from reporter.delivery.relay import Relay
 from reporter.emulator import Emulator
-from reporter.hub import Hub
-from reporter.relay import Relay
+from reporter.hub.client import Hub
 from reporter.stores.sqlite import SqliteStore
 
 from .helpers import Cli, insert, row_clock

@@ -16,12 +16,12 @@ from typing import Any
 
 import pytest
 
-import reporter.intake as intake_mod
+import reporter.delivery.intake as intake_mod
 from reporter import config as config_mod
+from reporter.delivery.relay import Relay
 from reporter.emulator import Emulator
-from reporter.hub import Hub, HubError
-from reporter.limiter import AdaptiveLimiter
-from reporter.relay import Relay
+from reporter.hub.client import Hub, HubError
+from reporter.hub.limiter import AdaptiveLimiter
 from reporter.stores.sqlite import SqliteStore
 
 from .helpers import Cli, fill, pending, start_daemon, wait_for

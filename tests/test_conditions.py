@@ -6,10 +6,10 @@ from __future__ import annotations
 import pytest
 from botocore import exceptions as bx
 
-from reporter.conditions import REJECTIONS_PER_WINDOW, ConditionTracker
-from reporter.deadletters import parse_age
-from reporter.errors import Failure, GarbledResponse, Outcome, classify
-from reporter.progress import DrainTally, summary_line
+from reporter.cli.dead_letter_actions import parse_age
+from reporter.cli.drain_tally import DrainTally, summary_line
+from reporter.delivery.conditions import REJECTIONS_PER_WINDOW, ConditionTracker
+from reporter.hub.errors import Failure, GarbledResponse, Outcome, classify
 
 THROTTLED = Failure(Outcome.TRANSIENT, "ThrottlingException", "Rate exceeded")
 UNAVAILABLE = Failure(Outcome.TRANSIENT, "ServiceUnavailableException", "try later")
@@ -147,7 +147,7 @@ def test_drain_tally_pace_eta_and_summary():
 
 
 def test_activity_is_one_line_per_period_and_none_when_idle():
-    from reporter.conditions import ActivityTracker
+    from reporter.delivery.conditions import ActivityTracker
 
     a = ActivityTracker(summary_seconds=10)
     assert a.add(0.0, sent=3) == []

@@ -236,7 +236,7 @@ def test_due_times_are_judged_on_the_stores_clock(aws_env: dict[str, str], confi
     from types import SimpleNamespace
 
     from reporter import config as config_mod
-    from reporter.daemon import Service
+    from reporter.daemon.service import Service
 
     assert cli("init").returncode == 0
     service = Service(config_mod.load(config_path), config_path)
@@ -258,7 +258,7 @@ def test_a_failing_pass_is_logged_retried_and_turns_health_503(
     """A pass that raises (a bug, not a row) is caught: logged once as `pass_failed`, health
     names it (so /healthz is 503), and the next good pass clears it."""
     from reporter import config as config_mod
-    from reporter.daemon import Service
+    from reporter.daemon.service import Service
 
     assert cli("init").returncode == 0
     service = Service(config_mod.load(config_path), config_path)
@@ -283,8 +283,9 @@ def test_a_recurring_store_error_is_one_condition_not_a_flap(
     """Failures that recur between good passes (an immutable file's checkpoints, a disk that
     keeps filling) keep health unhealthy throughout; it clears once a quiet spell has passed."""
     from reporter import config as config_mod
-    from reporter import daemon, storehealth
-    from reporter.model import StoreError
+    from reporter.daemon import service as daemon
+    from reporter.daemon import store_health as storehealth
+    from reporter.stores.contract import StoreError
 
     monkeypatch.setattr(storehealth, "STORE_HOLD_SECONDS", 0.5)
     assert cli("init").returncode == 0

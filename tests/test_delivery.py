@@ -20,21 +20,20 @@ from freezegun import freeze_time
 from reporter import config as config_mod
 from reporter import rows
 from reporter.config import Config
-from reporter.delivery import CALM_ATTEMPTS, Courier
+from reporter.delivery.courier import CALM_ATTEMPTS, Courier
+from reporter.delivery.relay import Relay
 from reporter.emulator import Emulator
-from reporter.errors import Failure, HubError, Outcome
-from reporter.hub import Hub
-from reporter.model import (
+from reporter.hub.client import Hub, HubTask
+from reporter.hub.errors import Failure, HubError, Outcome
+from reporter.rows import Kind, OutboxRow
+from reporter.stores.contract import (
     ClaimedRow,
     ClaimedTask,
-    HubTask,
     LaneState,
     Resend,
     ResendScope,
     SentState,
 )
-from reporter.relay import Relay
-from reporter.rows import Kind, OutboxRow
 from reporter.stores.sqlite import SqliteStore
 
 from .helpers import frozen_clock, insert, judged, row_clock

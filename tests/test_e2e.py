@@ -16,8 +16,8 @@ import pytest
 
 from reporter.config import AwsConfig
 from reporter.emulator import Emulator
-from reporter.errors import Outcome
-from reporter.hub import Hub, HubError
+from reporter.hub.client import Hub, HubError
+from reporter.hub.errors import Outcome
 from reporter.outbox import Outbox
 
 from .helpers import CONTRACT_DDL, ROOT, Cli, child_env, insert, status_json

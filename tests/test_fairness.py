@@ -9,11 +9,12 @@ from typing import Any
 import pytest
 
 from reporter import config as config_mod
-from reporter import intake
+from reporter.delivery import intake
+from reporter.delivery.relay import Relay
 from reporter.emulator import Emulator
-from reporter.hub import Hub
-from reporter.relay import Relay
+from reporter.hub.client import Hub
 from reporter.rows import STATE_SPACING_SECONDS
+from reporter.stores import Engine as Outbox
 
 from .engines import Engine
 
@@ -22,7 +23,7 @@ def _relay(engine: Engine, **publish: Any) -> Relay:
     cfg = config_mod.parse({"hub": {"progress_update_stream": "S"},
                             "outbox": {**engine.outbox, "batch_size": 100},
                             "publish": publish, **engine.extra})
-    return Relay(cfg.outbox.engine.open(), Hub(cfg.aws), cfg)
+    return Relay(Outbox.of(cfg.outbox).open(), Hub(cfg.aws), cfg)
 
 
 def _updates(emulator: Emulator, task: str) -> bool:

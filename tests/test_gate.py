@@ -11,12 +11,12 @@ from freezegun import freeze_time
 
 from reporter import config as config_mod
 from reporter.config import PublishConfig
+from reporter.delivery.gate import OUTAGE_MIN_CALLS, Blocked, CallResult, Gate, Hold, Open
+from reporter.delivery.relay import Relay
 from reporter.emulator import Emulator
-from reporter.errors import Failure, HubError, Outcome
-from reporter.gate import OUTAGE_MIN_CALLS, Blocked, CallResult, Gate, Hold, Open
-from reporter.hub import Hub
-from reporter.model import GateState
-from reporter.relay import Relay
+from reporter.hub.client import Hub
+from reporter.hub.errors import Failure, HubError, Outcome
+from reporter.stores.contract import GateState
 from reporter.stores.sqlite import SqliteStore
 
 from .helpers import frozen_clock, insert, row_clock

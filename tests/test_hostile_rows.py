@@ -15,6 +15,7 @@ import pytest
 
 from reporter import rows
 from reporter.emulator import Emulator
+from reporter.hub.requests import json_depth
 from reporter.rows import MAX_COLUMN_BYTES, MAX_JSON_DEPTH, OutboxRow, Problem
 
 from .engines import Engine
@@ -60,8 +61,8 @@ def test_a_hostile_row_is_a_problem_naming_its_field(values: dict[str, Any], fie
 
 def test_json_depth_counts_only_brackets_outside_strings():
     """Brackets inside JSON strings (escaped quotes included) never count as nesting."""
-    assert rows.json_depth('[{"Type": "FQDN", "Value": "[[[[\\"{{{{"}]') == 2
-    assert rows.json_depth(_nested(MAX_JSON_DEPTH)) == MAX_JSON_DEPTH
+    assert json_depth('[{"Type": "FQDN", "Value": "[[[[\\"{{{{"}]') == 2
+    assert json_depth(_nested(MAX_JSON_DEPTH)) == MAX_JSON_DEPTH
     ok = rows.judge(_row(kind="resource_attributes",
                          resource_attributes=attrs(("VM_NAME", 'a[b]{c}"x'))), "S", 3600, NOW)
     assert isinstance(ok, rows.AttributesUpdate)

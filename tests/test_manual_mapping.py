@@ -14,12 +14,12 @@ import pytest
 
 from reporter import config as config_mod
 from reporter import rows
-from reporter.delivery import Courier
+from reporter.delivery.courier import Courier
 from reporter.emulator import Emulator
-from reporter.errors import Failure, Outcome
-from reporter.model import ClaimedRow, ClaimedTask
+from reporter.hub.errors import Failure, Outcome
 from reporter.outbox import Outbox, OutboxValueError
 from reporter.rows import Kind, OutboxRow
+from reporter.stores.contract import ClaimedRow, ClaimedTask
 
 from .engines import Engine
 from .helpers import CONTRACT_DDL, Cli, insert, judged

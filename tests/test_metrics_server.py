@@ -10,14 +10,14 @@ from pathlib import Path
 from typing import Any
 
 from reporter import config as config_mod
-from reporter.emulator import Emulator
-from reporter.metrics import (
+from reporter.daemon.metrics import (
     MAX_CONNECTIONS,
     REQUEST_DEADLINE_SECONDS,
     REQUEST_TIMEOUT_SECONDS,
     Metrics,
     MetricsServer,
 )
+from reporter.emulator import Emulator
 
 from .helpers import Cli, http_get, start_daemon, stop_daemon, wait_for
 

@@ -20,7 +20,8 @@ from typing import Any
 
 import pytest
 
-from reporter import live, views
+from reporter import live
+from reporter import report as views
 from reporter.emulator import Emulator
 from reporter.live import LiveState
 
@@ -369,7 +370,7 @@ def test_an_outbox_removed_between_the_daemons_two_looks_is_lost_never_damaged(
     -wal judged before the deleted file) reads as the outbox lost, which `init` ends, never as
     damage, which only a restart ends. The `rm` is landed right after either look."""
     from reporter import config as config_mod
-    from reporter import daemon
+    from reporter.daemon import service as daemon
 
     assert cli("init").returncode == 0
     service = daemon.Service(config_mod.load(config_path), config_path)

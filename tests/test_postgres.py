@@ -19,11 +19,11 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict
 
 from reporter import config as config_mod
-from reporter.calls import encode
 from reporter.config import ConfigError, load
+from reporter.delivery.intake import Intake
 from reporter.emulator import Emulator
-from reporter.intake import Intake
-from reporter.model import Ingested, SentState, TaskOutcome
+from reporter.hub.requests import encode
+from reporter.stores.contract import Ingested, SentState, TaskOutcome
 from reporter.stores.postgres import PostgresStore
 
 from .engines import PG_AWS, PG_OUTBOX, PgServer, pg_insert
@@ -113,7 +113,7 @@ def test_lease_must_outlast_the_fence(tmp_path: Path):
 def test_password_never_appears_in_messages():
     cfg = _config("postgresql://rep:hunter2@127.0.0.1:1/db?password=hunter2&sslmode=require")
     assert "hunter2" not in cfg.outbox.where
-    from reporter.model import StoreError
+    from reporter.stores.contract import StoreError
 
     with pytest.raises(StoreError) as caught:
         PostgresStore.open("postgresql://rep:hunter2@127.0.0.1:1/db?connect_timeout=1")

@@ -17,7 +17,7 @@ import structlog
 
 from reporter import logs
 from reporter.emulator import Emulator
-from reporter.process import lock_holder
+from reporter.stores.lock import lock_holder
 
 from .helpers import ROOT, Cli, child_env, fill, insert, pending, start_daemon, wait_for
 

@@ -14,9 +14,10 @@ from typing import Any
 import pytest
 
 from reporter import rows
+from reporter.delivery.repair_plan import plan_repair
 from reporter.emulator import Emulator
-from reporter.model import ClaimedTask, HubTask, Resend, ResendScope, SentState
-from reporter.repair import plan_repair
+from reporter.hub.client import HubTask
+from reporter.stores.contract import ClaimedTask, Resend, ResendScope, SentState
 
 from .engines import Engine
 from .helpers import Cli, start_daemon, status_json, wait_for
@@ -260,9 +261,9 @@ def test_a_newer_hub_state_of_a_task_with_rows_waiting_is_no_difference():
     import threading
 
     from reporter.config import VerifyConfig
-    from reporter.hubview import Difference
-    from reporter.model import TaskRecord
-    from reporter.repair import RepairRounds
+    from reporter.delivery.compare import Difference
+    from reporter.delivery.repair import RepairRounds
+    from reporter.stores.contract import TaskRecord
 
     rounds = RepairRounds(None, None, VerifyConfig(1.0), threading.Event(),  # type: ignore[arg-type]
                           lambda: 0.0)

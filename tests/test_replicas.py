@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from reporter.model import Replica
-from reporter.replicas import HEARTBEAT_MIN_SECONDS, SEEN_SLACK_SECONDS, heartbeat_every, share
+from reporter.delivery.replicas import (
+    HEARTBEAT_MIN_SECONDS,
+    SEEN_SLACK_SECONDS,
+    heartbeat_every,
+    share,
+)
+from reporter.stores.contract import Replica
 
 
 def _r(name: str, rate: float, beat: float, every: float = 5.0, started: float = 0.0) -> Replica:

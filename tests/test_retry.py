@@ -8,8 +8,8 @@ import time
 
 import pytest
 
-from reporter.limiter import AdaptiveLimiter, RateLimiter, aimd
-from reporter.retry import Backoff, give_up_reason
+from reporter.delivery.retry import Backoff, give_up_reason
+from reporter.hub.limiter import AdaptiveLimiter, RateLimiter, aimd
 
 
 @pytest.mark.parametrize("attempt", [1, 2, 3, 5, 8, 12, 40])

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from reporter import calls, rows
+from reporter import rows
+from reporter.hub import requests as calls
 from reporter.rows import OutboxRow, Problem, plan_task, to_request
 
 NOW = "2026-11-25T10:00:00.000Z"

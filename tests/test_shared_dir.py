@@ -278,7 +278,7 @@ def test_a_symlink_swapped_in_while_opening_is_never_followed(tmp_path: Path):
     `dead-letters` open it: every open gets the outbox or a clean refusal, and the victim is
     never touched (before nofollow and the descriptor check, an empty victim became an SQLite
     database)."""
-    from reporter.model import StoreError
+    from reporter.stores.contract import StoreError
     from reporter.stores.sqlite import SqliteStore
 
     outbox = tmp_path / "outbox.db"

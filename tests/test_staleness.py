@@ -10,7 +10,7 @@ import pytest
 from freezegun import freeze_time
 
 from reporter.emulator import Emulator
-from reporter.views import promise_state
+from reporter.report import promise_state
 
 from .helpers import Cli
 

@@ -13,11 +13,11 @@ from pathlib import Path
 import pytest
 
 from reporter import config as config_mod
+from reporter.delivery.relay import Relay
 from reporter.emulator import Emulator
-from reporter.hub import Hub
-from reporter.model import Ingested, NewRows, StoreError
+from reporter.hub.client import Hub
 from reporter.outbox import BUSY_RETRIES, Outbox
-from reporter.relay import Relay
+from reporter.stores.contract import Ingested, NewRows, StoreError
 from reporter.stores.sqlite import SqliteStore
 
 from .helpers import Cli

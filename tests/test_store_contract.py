@@ -13,8 +13,10 @@ from typing import Any
 
 import pytest
 
-from reporter.calls import StateUpdate, encode
-from reporter.model import (
+from reporter.hub.requests import StateUpdate, encode
+from reporter.rows import MAX_ROW_BYTES, STATE_SPACING_SECONDS, Kind, Verdict
+from reporter.stores import Engine as Outbox
+from reporter.stores.contract import (
     INTAKE_BATCH_BYTES,
     GateState,
     Ingested,
@@ -26,8 +28,6 @@ from reporter.model import (
     SentState,
     TaskOutcome,
 )
-from reporter.rows import MAX_ROW_BYTES, STATE_SPACING_SECONDS, Kind, Verdict
-from reporter.stores import Engine as Outbox
 
 from .engines import Engine
 from .helpers import judged

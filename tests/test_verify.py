@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
+from reporter.delivery.compare import Difference, compare
 from reporter.emulator import Emulator
 from reporter.emulator.state import TaskRecord as HubTask
-from reporter.errors import GarbledResponse
-from reporter.hub import MAX_PAGES, _check_body
-from reporter.hubview import Difference, HubView, compare, kept_by_hub
-from reporter.model import TaskRecord
+from reporter.hub.client import MAX_PAGES, _check_body
+from reporter.hub.errors import GarbledResponse
+from reporter.hub.view import HubView, kept_by_hub
+from reporter.stores.contract import TaskRecord
 
 from .engines import Engine
 from .helpers import Cli

@@ -11,10 +11,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
-from reporter.storeerror import StoreError
+from reporter.stores.errors import StoreError
 
 if TYPE_CHECKING:
-    from reporter.model import OutboxStore
+    from reporter.config import OutboxConfig
+    from reporter.stores.contract import OutboxStore
 
 __all__ = ["LIBPQ_HINT", "Engine", "Wakeups", "is_url", "require_libpq"]
 
@@ -61,6 +62,12 @@ class Engine:
     path: Path
     url: str | None = None
     busy_timeout_ms: int = 5000
+
+    @classmethod
+    def of(cls, outbox: OutboxConfig) -> Engine:
+        """The engine `[outbox]` names: `url` a PostgreSQL database, else the SQLite file at
+        `path`."""
+        return cls(outbox.path, outbox.url, outbox.busy_timeout_ms)
 
     @property
     def postgres(self) -> bool:
@@ -126,10 +133,22 @@ class Engine:
         if self.postgres:
             yield
             return
-        from reporter.process import outbox_lock
+        from reporter.stores.lock import outbox_lock
 
         with outbox_lock(self.path):
             yield
+
+    def privileges(self, store: OutboxStore) -> dict[str, list[str]] | None:
+        """PostgreSQL: per table, the privileges the daemon's role needs and lacks (empty
+        lists: all present), and under `inserters` the roles that may INSERT into the outbox
+        (the tools). None for an SQLite file: its access is the file's mode and group."""
+        if self.url is None:
+            return None
+        from reporter.stores.postgres import PostgresStore
+
+        if not isinstance(store, PostgresStore):
+            raise TypeError(f"not this engine's store: {type(store).__name__}")
+        return store.privileges()
 
     def wakeups(self, on_change: Callable[[], None]) -> Wakeups:
         """inotify on the outbox's directory, or LISTEN on the database."""

@@ -16,8 +16,9 @@ from typing import Any
 
 import structlog
 
-from reporter.calls import Request, decode
-from reporter.model import (
+from reporter.hub.requests import Request, decode
+from reporter.rows import STATE_SPACING_SECONDS, Kind, OutboxRow, Verdict, epoch_of
+from reporter.stores.contract import (
     Backlog,
     ClaimedRow,
     ClaimedTask,
@@ -39,7 +40,6 @@ from reporter.model import (
     TaskRecord,
     WorkLeft,
 )
-from reporter.rows import STATE_SPACING_SECONDS, Kind, OutboxRow, Verdict, epoch_of
 from reporter.stores.statements import (
     GATE_COLUMNS,
     OUTBOX_COLUMNS,

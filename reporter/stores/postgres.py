@@ -18,7 +18,6 @@ from psycopg import errors as pgerrors
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from reporter.model import NewRows, Replica, StoreError, TaskOutcome, fitting, tail_size
 from reporter.rows import (
     MAX_COLUMN_BYTES,
     MAX_ROW_BYTES,
@@ -29,6 +28,7 @@ from reporter.rows import (
 from reporter.secrets import redact_url, remember, scrub
 from reporter.stores import postgres_schema as pgschema
 from reporter.stores.algorithm import SqlStore
+from reporter.stores.contract import NewRows, Replica, StoreError, TaskOutcome, fitting, tail_size
 from reporter.stores.postgres_schema import SCHEMA
 from reporter.stores.statements import STATEMENTS, Dialect, postgres_named
 
@@ -552,6 +552,37 @@ class PostgresStore(SqlStore):
         """The local wall clock stepped; the database's did not: stored times stay, the local
         estimate of the database's clock is corrected."""
         self._offset -= delta
+
+
+    def privileges(self) -> dict[str, list[str]]:
+        """Per table, the privileges the daemon needs and lacks (empty lists: all present);
+        `inserters` lists the roles that may INSERT into the outbox (the tools)."""
+        missing: dict[str, list[str]] = {}
+        with self._tx("check privileges") as c:
+            for table, needs in pgschema.TABLE_NEEDS.items():
+                lacking = []
+                for priv in needs:
+                    c.execute(
+                        "SELECT has_table_privilege(current_user, to_regclass(%s::text), %s)"
+                        " AS ok",
+                        (self._outbox if table == "outbox" else table, priv),
+                    )
+                    row = c.fetchone()
+                    if not (row and row["ok"]):
+                        lacking.append(priv)
+                missing[table] = lacking
+            c.execute(  # the owner, and every grantee of INSERT, on the table or on columns
+                "SELECT DISTINCT CASE WHEN g.grantee = 0 THEN 'PUBLIC'"
+                " ELSE g.grantee::regrole::text END AS r FROM ("
+                " SELECT (aclexplode(coalesce(c.relacl, acldefault('r', c.relowner)))).*"
+                f" FROM pg_class c WHERE c.oid = to_regclass({self._outbox_lit}::text)"
+                " UNION ALL SELECT (aclexplode(a.attacl)).* FROM pg_attribute a"
+                f" WHERE a.attrelid = to_regclass({self._outbox_lit}::text)"
+                " AND a.attacl IS NOT NULL) g WHERE g.privilege_type = 'INSERT' ORDER BY 1"
+            )
+            inserters = [row["r"] for row in c.fetchall()]
+            missing["inserters"] = inserters
+        return missing
 
 
 def first_line(exc: BaseException) -> str:

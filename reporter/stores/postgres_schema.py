@@ -4,13 +4,10 @@ schema `mgh_reporter`, their versioned migrations, and the privileges `check` pr
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from reporter.stores.statements import literals
 from reporter.stores.upgrade import recover_sent
-
-if TYPE_CHECKING:
-    from reporter.stores.postgres import PostgresStore
 
 __all__ = [
     "CHANNEL",
@@ -19,7 +16,6 @@ __all__ = [
     "TABLE_NEEDS",
     "TRIGGER",
     "outbox_ddl",
-    "privileges",
     "trigger_ddl",
 ]
 
@@ -246,34 +242,3 @@ TABLE_NEEDS: dict[str, tuple[str, ...]] = {
                   "replicas")
     },
 }
-
-
-def privileges(store: PostgresStore) -> dict[str, list[str]]:
-    """Per table, the privileges the daemon needs and lacks (empty lists: all present);
-    `inserters` lists the roles that may INSERT into the outbox (the tools)."""
-    missing: dict[str, list[str]] = {}
-    with store._tx("check privileges") as c:
-        for table, needs in TABLE_NEEDS.items():
-            lacking = []
-            for priv in needs:
-                c.execute(
-                    "SELECT has_table_privilege(current_user, to_regclass(%s::text), %s)"
-                    " AS ok",
-                    (store._outbox if table == "outbox" else table, priv),
-                )
-                row = c.fetchone()
-                if not (row and row["ok"]):
-                    lacking.append(priv)
-            missing[table] = lacking
-        c.execute(  # the owner, and every grantee of INSERT, on the table or on columns
-            "SELECT DISTINCT CASE WHEN g.grantee = 0 THEN 'PUBLIC'"
-            " ELSE g.grantee::regrole::text END AS r FROM ("
-            " SELECT (aclexplode(coalesce(c.relacl, acldefault('r', c.relowner)))).*"
-            f" FROM pg_class c WHERE c.oid = to_regclass({store._outbox_lit}::text)"
-            " UNION ALL SELECT (aclexplode(a.attacl)).* FROM pg_attribute a"
-            f" WHERE a.attrelid = to_regclass({store._outbox_lit}::text)"
-            " AND a.attacl IS NOT NULL) g WHERE g.privilege_type = 'INSERT' ORDER BY 1"
-        )
-        inserters = [row["r"] for row in c.fetchall()]
-        missing["inserters"] = inserters
-    return missing

@@ -18,10 +18,10 @@ from typing import Any
 import structlog
 
 from reporter.files import UnsafeFile, group_writable, opened_as, probe, refuse_special
-from reporter.model import NewRows, StoreError, fitting, tail_size
 from reporter.rows import OutboxRow, unread
 from reporter.stores import sqlite_schema as schema
 from reporter.stores.algorithm import SqlStore
+from reporter.stores.contract import NewRows, StoreError, fitting, tail_size
 from reporter.stores.statements import (
     Dialect,
     sqlite_any,

@@ -9,8 +9,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from reporter.model import GateState, RowState
 from reporter.rows import Kind
+from reporter.stores.contract import GateState, RowState
 
 __all__ = [
     "ADDED_COLUMNS",

@@ -9,8 +9,8 @@ import json
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from reporter.model import RowState
 from reporter.rows import Problem, parse_attributes
+from reporter.stores.contract import RowState
 
 __all__ = ["Query", "recover_sent"]
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from reporter.metrics import Metrics
+from reporter.daemon.metrics import Metrics
 
 pytestmark = pytest.mark.deploy
 

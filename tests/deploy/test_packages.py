@@ -146,7 +146,7 @@ def test_build_writes_every_artifact_and_their_sums(dist: Path):
                        ("./usr/share/man/man1/mgh-reporter.1.gz", "-rw-r--r-- root/root"),
                        ("./usr/share/man/man1/mgh-reporter-dead-letters-drop.1.gz",
                         "-rw-r--r-- root/root"),
-                       ("./usr/lib/mgh-reporter/reporter/cli.py", "-rw-r--r-- root/root"),
+                       ("./usr/lib/mgh-reporter/reporter/cli/__init__.py", "-rw-r--r-- root/root"),
                        ("./usr/lib/mgh-reporter/botocore/data/mgh/2017-05-31/service-2.json.gz",
                         "-rw-r--r-- root/root")):
         assert any(line.startswith(mode) and line.endswith(" " + path)

@@ -1,0 +1,182 @@
+"""`status`: the report gathered from the outbox and the daemon's live state, and its lines for
+people, once or refreshed in place (`--watch`)."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import TYPE_CHECKING, Any
+
+from rich.markup import escape
+
+from reporter import live
+from reporter import report as views
+from reporter.config import Config
+from reporter.files import trusted_owners
+from reporter.stores import Engine
+from reporter.stores.contract import StoreError
+from reporter.stores.lock import lock_holder
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+__all__ = ["esc", "gather", "lines", "nobody_speaks_for", "watch"]
+
+
+def esc(text: object) -> str:
+    """Text from the outbox, the Hub or the config, shown literally by rich (`[hub]` in a
+    reason is not markup)."""
+    return escape(str(text))
+
+
+def _live_state(cfg: Config) -> live.LiveState | None:
+    owners = None if cfg.outbox.postgres else trusted_owners(cfg.outbox.path.parent)
+    return live.read_freshest(
+        live.candidates(cfg.outbox.live_state_path, cfg.outbox.where), owners
+    )
+
+
+def nobody_speaks_for(cfg: Config) -> bool:
+    """True when an SQLite outbox is missing and no daemon's live state speaks for it."""
+    if cfg.outbox.postgres or cfg.outbox.path.exists():
+        return False
+    state = _live_state(cfg)
+    return state is None or state.health == "stopped"
+
+
+def gather(cfg: Config) -> views.StatusReport:
+    """The `status --json` document, read now."""
+    now = time.time()
+    state = _live_state(cfg)
+    counts = gate = health = None
+    error = None
+    replicas: list[Any] = []
+
+    try:
+        store = Engine.of(cfg.outbox).open_view()
+        try:
+            health = views.task_health(store.tasks(), now, cfg)
+            counts, gate = store.counts(), store.load_gate()
+            wal = store.wal_bytes()
+            replicas = store.replicas()
+            now = store.clock()
+        finally:
+            store.close()
+    except StoreError as exc:
+        error, wal = str(exc), 0
+    report = views.status_report(
+        counts,
+        gate,
+        health,
+        (state.pid if state else None) if cfg.outbox.postgres else lock_holder(cfg.outbox.path),
+        state,
+        now,
+        (wal, cfg.outbox.wal_warning_bytes),
+        error,
+        wall_now=time.time(),
+    )
+    if cfg.outbox.postgres:
+        report.replicas = [views.replica_view(r, now) for r in replicas]
+    return report
+
+
+def watch(cfg: Config, as_json: bool, every: float, console: Console) -> None:
+    """Refresh until Ctrl-C: in place on a terminal, else one report after another."""
+    from rich.console import Group
+    from rich.live import Live
+    from rich.text import Text
+
+    def render() -> Group:
+        report = gather(cfg)
+        shown = [Text.from_markup(line) for line in lines(report, cfg)]
+        stamp = time.strftime("%H:%M:%S")
+        return Group(*shown, Text(f"  every {every:g}s, last {stamp}; Ctrl-C to stop", "dim"))
+
+    try:
+        if as_json:
+            while True:
+                print(json.dumps(gather(cfg).to_json()), flush=True)
+                time.sleep(every)
+        elif console.is_terminal:
+            with Live(render(), console=console, auto_refresh=False, screen=False) as view:
+                while True:
+                    time.sleep(every)
+                    view.update(render(), refresh=True)
+        else:
+            while True:
+                console.print(render())
+                console.print()
+                time.sleep(every)
+    except KeyboardInterrupt:
+        return
+
+
+def lines(report: views.StatusReport, cfg: Config) -> list[str]:
+    """The human report, one rich-markup line each."""
+    out: list[str] = []
+    if report.outbox_unusable:
+        headline = f"[bold red]OUTBOX UNUSABLE[/]: {esc(report.outbox_unusable)}"
+    elif report.blocked:
+        headline = f"[bold red]BLOCKED[/] since {report.blocked_since}: {esc(report.blocked)}"
+    elif report.daemon_state == "hung":
+        headline = "[bold red]HUNG[/]: the daemon stopped ticking without stopping cleanly"
+    elif report.daemon_state != "running":
+        headline = "[bold]not running[/]: nothing is delivering (start `mgh-reporter run`)"
+    elif report.outage_backoff:
+        headline = "[bold yellow]BACKING OFF[/]: every call is failing; probing at a slow pace"
+    else:
+        headline = "[bold green]delivering[/]"
+    pid, daemon = report.daemon_pid, report.daemon
+    out.append(f"mgh-reporter  {esc(cfg.outbox.where)}")
+    out.append(f"  state        {headline}")
+    beat = ""
+    if pid and daemon and daemon["running"] and daemon["live_state"]:
+        beat = f", heartbeat {daemon['heartbeat_age_seconds']:.0f}s ago"
+    elif daemon and daemon["running"]:
+        beat = ", holding the outbox (no live state)"
+    if report.replicas is not None:
+        live_ones = report.replicas
+        out.append(f"  replicas     {len(live_ones)} live")
+        for r in live_ones:
+            out.append(
+                f"    {esc(r['host'])} pid {r['pid']} ({r['role']}), heartbeat"
+                f" {r['heartbeat_age_seconds']:.0f}s ago, up {r['up_seconds']:.0f}s"
+            )
+    else:
+        out.append(f"  daemon       {'pid ' + str(pid) + beat if pid else 'not running'}")
+    if daemon and daemon["running"] and daemon["last_error"]:
+        out.append(f"  last error   {esc(daemon['last_error'])}")
+    for warning in report.warnings:
+        out.append(f"  [bold yellow]warning[/]      {esc(warning)}")
+    out.append(f"  home region  {report.home_region or 'unknown yet'}")
+    if report.pending is None:
+        out.append("  backlog      unknown: the outbox cannot be read")
+        return out
+    oldest = report.oldest_pending_seconds
+    out.append(
+        f"  backlog      {report.pending} pending"
+        + (f", oldest {oldest:.0f}s" if oldest is not None else "")
+    )
+    out.append(
+        f"  delivered    {report.delivered} ({report.sent} sent, "
+        f"{report.superseded} superseded)   last success {report.last_success or 'never'}"
+    )
+    dead = report.dead_letters
+    dropped = report.dropped
+    out.append(
+        f"  dead letters {dead}"
+        + ("  → mgh-reporter dead-letters list" if dead else "")
+        + (f"   ({dropped} dropped, kept until pruned)" if dropped else "")
+    )
+    out.append(
+        f"  tasks        {report.tasks}: {report.stale_tasks} stale, "
+        f"{report.lapsing_tasks} lapsing, {report.unmapped_tasks} unmapped"
+        + (f", [yellow]{report.hub_differs} differ at the Hub[/] → mgh-reporter verify"
+           if report.hub_differs else "")
+    )
+    for stream, counts in sorted(report.streams.items()):
+        out.append(
+            f"    {esc(stream)}: {counts['tasks']} tasks, {counts['stale']} stale, "
+            f"{counts['lapsing']} lapsing"
+        )
+    return out

@@ -1,0 +1,247 @@
+"""The Migration Hub calls outbox rows become, and the kinds and lanes of rows (pure)."""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass, fields
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+__all__ = [
+    "ArtifactAssociation",
+    "ArtifactRemoval",
+    "AttributesUpdate",
+    "Keyed",
+    "Kind",
+    "Request",
+    "ResourceAssociation",
+    "ResourceRemoval",
+    "StateUpdate",
+    "decode",
+    "encode",
+    "key_of",
+]
+
+
+class Kind(StrEnum):
+    """The kinds of outbox row (CONTRACT §1 and §7)."""
+
+    TASK_STATE = "task_state"
+    RESOURCE_ATTRIBUTES = "resource_attributes"
+    CREATED_ARTIFACT = "created_artifact"
+    CREATED_ARTIFACT_REMOVED = "created_artifact_removed"
+    DISCOVERED_RESOURCE = "discovered_resource"
+    DISCOVERED_RESOURCE_REMOVED = "discovered_resource_removed"
+
+    @property
+    def lane(self) -> Kind:
+        """The ordered lane rows of this kind travel in: an association and its removal share
+        one, so they reach the Hub in row order (a failing lane holds back only itself)."""
+        return _LANES.get(self, self)
+
+
+_LANES = {
+    Kind.CREATED_ARTIFACT_REMOVED: Kind.CREATED_ARTIFACT,
+    Kind.DISCOVERED_RESOURCE_REMOVED: Kind.DISCOVERED_RESOURCE,
+}
+
+
+
+@dataclass(frozen=True)
+class StateUpdate:
+    """A `NotifyMigrationTaskState` call."""
+
+    row_id: int
+    stream: str
+    task: str
+    status: str
+    detail: str | None
+    percent: int | None
+    update_time: datetime
+    next_update_seconds: int
+    # update_time is the row's created_at (the tool left update_date_time NULL): a time of
+    # the writer's clock, which `not_before` may move forward
+    stamped: bool = False
+
+    operation = "NotifyMigrationTaskState"
+    kind = Kind.TASK_STATE
+
+    def params(self) -> dict[str, Any]:
+        """boto3 keyword arguments."""
+        task: dict[str, Any] = {"Status": self.status}
+        if self.detail is not None:
+            task["StatusDetail"] = self.detail
+        if self.percent is not None:
+            task["ProgressPercent"] = self.percent
+        return {
+            "ProgressUpdateStream": self.stream,
+            "MigrationTaskName": self.task,
+            "Task": task,
+            "UpdateDateTime": self.update_time,
+            "NextUpdateSeconds": self.next_update_seconds,
+        }
+
+
+@dataclass(frozen=True)
+class AttributesUpdate:
+    """A `PutResourceAttributes` call (replaces the task's attributes at the Hub)."""
+
+    row_id: int
+    stream: str
+    task: str
+    attributes: tuple[tuple[str, str], ...]
+
+    operation = "PutResourceAttributes"
+    kind = Kind.RESOURCE_ATTRIBUTES
+
+    def params(self) -> dict[str, Any]:
+        """boto3 keyword arguments."""
+        return {
+            "ProgressUpdateStream": self.stream,
+            "MigrationTaskName": self.task,
+            "ResourceAttributeList": [{"Type": t, "Value": v} for t, v in self.attributes],
+        }
+
+
+@dataclass(frozen=True)
+class ArtifactAssociation:
+    """An `AssociateCreatedArtifact` call."""
+
+    row_id: int
+    stream: str
+    task: str
+    arn: str
+    description: str | None
+
+    operation = "AssociateCreatedArtifact"
+    kind = Kind.CREATED_ARTIFACT
+
+    def params(self) -> dict[str, Any]:
+        """boto3 keyword arguments."""
+        artifact: dict[str, Any] = {"Name": self.arn}
+        if self.description is not None:
+            artifact["Description"] = self.description
+        return {
+            "ProgressUpdateStream": self.stream,
+            "MigrationTaskName": self.task,
+            "CreatedArtifact": artifact,
+        }
+
+
+@dataclass(frozen=True)
+class ArtifactRemoval:
+    """A `DisassociateCreatedArtifact` call."""
+
+    row_id: int
+    stream: str
+    task: str
+    arn: str
+
+    operation = "DisassociateCreatedArtifact"
+    kind = Kind.CREATED_ARTIFACT_REMOVED
+
+    def params(self) -> dict[str, Any]:
+        """boto3 keyword arguments."""
+        return {"ProgressUpdateStream": self.stream, "MigrationTaskName": self.task,
+                "CreatedArtifactName": self.arn}
+
+
+@dataclass(frozen=True)
+class ResourceAssociation:
+    """An `AssociateDiscoveredResource` call (a manual mapping)."""
+
+    row_id: int
+    stream: str
+    task: str
+    configuration_id: str
+    description: str | None
+
+    operation = "AssociateDiscoveredResource"
+    kind = Kind.DISCOVERED_RESOURCE
+
+    def params(self) -> dict[str, Any]:
+        """boto3 keyword arguments."""
+        resource: dict[str, Any] = {"ConfigurationId": self.configuration_id}
+        if self.description is not None:
+            resource["Description"] = self.description
+        return {"ProgressUpdateStream": self.stream, "MigrationTaskName": self.task,
+                "DiscoveredResource": resource}
+
+
+@dataclass(frozen=True)
+class ResourceRemoval:
+    """A `DisassociateDiscoveredResource` call (undoes a manual mapping)."""
+
+    row_id: int
+    stream: str
+    task: str
+    configuration_id: str
+
+    operation = "DisassociateDiscoveredResource"
+    kind = Kind.DISCOVERED_RESOURCE_REMOVED
+
+    def params(self) -> dict[str, Any]:
+        """boto3 keyword arguments."""
+        return {"ProgressUpdateStream": self.stream, "MigrationTaskName": self.task,
+                "ConfigurationId": self.configuration_id}
+
+
+Request = (
+    StateUpdate | AttributesUpdate | ArtifactAssociation | ArtifactRemoval | ResourceAssociation
+    | ResourceRemoval
+)
+# The keyed lanes: each call sets or clears one thing (an ARN, a ConfigurationId) of the task.
+Keyed = ArtifactAssociation | ArtifactRemoval | ResourceAssociation | ResourceRemoval
+
+
+def key_of(request: Keyed) -> str:
+    """What a keyed call sets or clears: its ARN or its ConfigurationId."""
+    if isinstance(request, ArtifactAssociation | ArtifactRemoval):
+        return request.arn
+    return request.configuration_id
+
+
+_TYPES: dict[str, type[Request]] = {
+    t.kind.value: t for t in (StateUpdate, AttributesUpdate, ArtifactAssociation,
+                              ArtifactRemoval, ResourceAssociation, ResourceRemoval)
+}
+
+
+def encode(request: Request) -> str:
+    """A judged request as the JSON intake stores and delivery sends from (`decode`)."""
+    data = asdict(request)
+    if isinstance(request, StateUpdate):
+        data["update_time"] = request.update_time.isoformat()
+    return json.dumps({"kind": request.kind.value, **data}, ensure_ascii=False,
+                      separators=(",", ":"))
+
+
+def decode(text: str) -> Request:
+    """The request `encode` stored (ValueError when the text is not one)."""
+    try:
+        data = json.loads(text)
+        cls = _TYPES[data.pop("kind")]
+        values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
+        if cls is StateUpdate:
+            values["update_time"] = datetime.fromisoformat(values["update_time"])
+        if cls is AttributesUpdate:
+            values["attributes"] = tuple((t, v) for t, v in values["attributes"])
+        return cls(**values)
+    except (TypeError, KeyError, AttributeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"not a stored request ({type(exc).__name__}: {exc})"[:300]) from exc
+
+
+_JSON_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_JSON_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def json_depth(text: str) -> int:
+    """How deeply JSON text nests arrays and objects, counted without parsing it (brackets
+    inside strings do not count), so hostile nesting never reaches the recursive parser."""
+    depth = deepest = 0
+    for bracket in _JSON_BRACKETS.finditer(_JSON_STRING.sub('""', text)):
+        depth += 1 if bracket.group() in "[{" else -1
+        deepest = max(deepest, depth)
+    return deepest
