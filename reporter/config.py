@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from reporter import rows
+from reporter.hub_requests import REGION_RE, stream_problem
 from reporter.secrets import raw_in_userinfo, redact_url, remember, scrub
 
 __all__ = [
@@ -182,13 +182,8 @@ def _one_of(*choices: str) -> Check:
     return check
 
 
-def _stream(v: Any) -> str | None:
-    problem = rows.check_stream(v)
-    return problem.rule if problem else None
-
-
 def _region(v: Any) -> str | None:
-    if v == "auto" or rows.REGION_RE.fullmatch(v):
+    if v == "auto" or REGION_RE.fullmatch(v):
         return None
     return 'must be "auto" or a region name such as "us-west-2"'
 
@@ -254,7 +249,7 @@ _RULES: dict[str, dict[str, tuple[tuple[type, ...], Check | None]]] = {
         "unreachable_after_seconds": ((int, float), _positive),
     },
     "hub": {
-        "progress_update_stream": ((str,), _stream),
+        "progress_update_stream": ((str,), stream_problem),
         "region": ((str,), _region),
         "next_update_seconds": ((int,), _non_negative),
         "stale_warning_seconds": ((int,), _non_negative),

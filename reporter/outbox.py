@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from reporter import rows
+from reporter.hub_requests import Kind
 from reporter.stores import is_url, require_libpq
 from reporter.stores.errors import StoreError
 
@@ -123,7 +124,7 @@ class Outbox:
         )
         return self._insert(
             {
-                "kind": rows.Kind.TASK_STATE.value,
+                "kind": Kind.TASK_STATE.value,
                 "migration_task_name": task,
                 "progress_update_stream": stream,
                 "status": status,
@@ -147,7 +148,7 @@ class Outbox:
         payload = json.dumps([_attribute(i, a) for i, a in enumerate(attributes)])
         return self._insert(
             {
-                "kind": rows.Kind.RESOURCE_ATTRIBUTES.value,
+                "kind": Kind.RESOURCE_ATTRIBUTES.value,
                 "migration_task_name": task,
                 "progress_update_stream": stream,
                 "resource_attributes": payload,
@@ -160,7 +161,7 @@ class Outbox:
         """Queue an AssociateCreatedArtifact; returns the row id."""
         return self._insert(
             {
-                "kind": rows.Kind.CREATED_ARTIFACT.value,
+                "kind": Kind.CREATED_ARTIFACT.value,
                 "migration_task_name": task,
                 "progress_update_stream": stream,
                 "artifact_name": arn,
@@ -172,7 +173,7 @@ class Outbox:
         """Queue a DisassociateCreatedArtifact (after an association of the same ARN, in row
         order); returns the row id."""
         return self._insert({
-            "kind": rows.Kind.CREATED_ARTIFACT_REMOVED.value, "migration_task_name": task,
+            "kind": Kind.CREATED_ARTIFACT_REMOVED.value, "migration_task_name": task,
             "progress_update_stream": stream, "artifact_name": arn,
         })
 
@@ -183,7 +184,7 @@ class Outbox:
         """Queue an AssociateDiscoveredResource: map the task to a server of the discovery
         repository by hand (its ConfigurationId); returns the row id."""
         return self._insert({
-            "kind": rows.Kind.DISCOVERED_RESOURCE.value, "migration_task_name": task,
+            "kind": Kind.DISCOVERED_RESOURCE.value, "migration_task_name": task,
             "progress_update_stream": stream, "configuration_id": configuration_id,
             "resource_description": description,
         })
@@ -194,7 +195,7 @@ class Outbox:
         """Queue a DisassociateDiscoveredResource (undoes a manual mapping); returns the row
         id."""
         return self._insert({
-            "kind": rows.Kind.DISCOVERED_RESOURCE_REMOVED.value, "migration_task_name": task,
+            "kind": Kind.DISCOVERED_RESOURCE_REMOVED.value, "migration_task_name": task,
             "progress_update_stream": stream, "configuration_id": configuration_id,
         })
 

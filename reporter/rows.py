@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
-from reporter.hub.requests import (
+from reporter.hub_requests import (
     ArtifactAssociation,
     ArtifactRemoval,
     AttributesUpdate,
@@ -22,6 +22,7 @@ from reporter.hub.requests import (
     StateUpdate,
     json_depth,
     key_of,
+    stream_problem,
 )
 
 __all__ = [
@@ -30,28 +31,18 @@ __all__ = [
     "MAX_JSON_DEPTH",
     "MAX_NAME_CHARS",
     "MAX_ROW_BYTES",
-    "REGION_RE",
     "SMALL_VALUE_BYTES",
     "STATUSES",
     "TERMINAL_STATUSES",
-    "ArtifactAssociation",
-    "ArtifactRemoval",
-    "AttributesUpdate",
-    "Kind",
     "OutboxRow",
     "Plan",
     "Problem",
-    "Request",
-    "ResourceAssociation",
-    "ResourceRemoval",
-    "StateUpdate",
     "Verdict",
     "check_stream",
     "check_task",
     "clip",
     "epoch_of",
     "judge",
-    "key_of",
     "not_before",
     "parse_timestamp",
     "plan_task",
@@ -74,11 +65,9 @@ ATTRIBUTE_TYPES = (
     "BIOS_ID",
     "MOTHERBOARD_SERIAL_NUMBER",
 )
-REGION_RE = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
 MAC_RE = re.compile(r"^([0-9A-Fa-f]{2}[:-]){5}([0-9A-Fa-f]{2})$")
 IPV4_RE = re.compile(r"^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$")
 ARN_RE = re.compile(r"arn:[a-z-]+:[a-z0-9-]+:(?:[a-z0-9-]+|):(?:[0-9]{12}|):.*")
-STREAM_FORBIDDEN = re.compile(r"[/:|\x00-\x1f]")
 FQDN_FORBIDDEN = re.compile(r"[<>{}\\/?,=\x00-\x1f\x7f]")
 # Java's "." (the service's patterns) stops at these line terminators.
 LINE_BREAKS = re.compile(r"\r\n|[\n\r\x85\u2028\u2029]")
@@ -165,14 +154,9 @@ class OutboxRow:
 
 
 def check_stream(value: Any) -> Problem | None:
-    """The ProgressUpdateStream rules: 1–50 chars, no `/ : |` nor control characters."""
-    if not isinstance(value, str):
-        return Problem("progress_update_stream", "must be text")
-    if not 1 <= len(value) <= 50:
-        return Problem("progress_update_stream", f"must be 1-50 characters (got {len(value)})")
-    if STREAM_FORBIDDEN.search(value):
-        return Problem("progress_update_stream", "must not contain / : | or control characters")
-    return None
+    """The ProgressUpdateStream rules (`stream_problem`), as a row's Problem."""
+    problem = stream_problem(value)
+    return None if problem is None else Problem("progress_update_stream", problem)
 
 
 def check_task(value: Any) -> Problem | None:

@@ -18,7 +18,8 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-from reporter.rows import OutboxRow, Problem, Request, judge
+from reporter.hub_requests import Request
+from reporter.rows import OutboxRow, Problem, judge
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -15,6 +15,7 @@ from reporter.delivery.clockstep import StepWatch
 from reporter.delivery.relay import Relay
 from reporter.emulator import Emulator
 from reporter.hub.client import Hub
+from reporter.hub_requests import StateUpdate
 from reporter.stores.sqlite import SqliteStore
 
 from .helpers import Cli, insert, row_clock
@@ -57,15 +58,15 @@ def test_a_time_left_null_never_goes_before_the_time_last_sent():
                          created_at="2026-01-01T10:00:00Z")
     checked = rows.judge(row, "S", 3600)
     later = datetime(2026, 1, 1, 11, tzinfo=UTC).timestamp()
-    assert isinstance(checked, rows.StateUpdate)
+    assert isinstance(checked, StateUpdate)
     moved = rows.not_before(checked, later)
-    assert isinstance(moved, rows.StateUpdate) and moved.update_time.timestamp() == later
+    assert isinstance(moved, StateUpdate) and moved.update_time.timestamp() == later
     assert rows.not_before(checked, later - 7200) == checked
     explicit = rows.OutboxRow(1, "task_state", "t", status="IN_PROGRESS",
                               created_at="2026-01-01T10:00:00Z",
                               update_date_time="2026-01-01T10:00:00Z")
     checked = rows.judge(explicit, "S", 3600)
-    assert isinstance(checked, rows.StateUpdate)
+    assert isinstance(checked, StateUpdate)
     assert rows.not_before(checked, later) == checked
 
 

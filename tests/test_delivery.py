@@ -18,14 +18,14 @@ import pytest
 from freezegun import freeze_time
 
 from reporter import config as config_mod
-from reporter import rows
 from reporter.config import Config
 from reporter.delivery.courier import CALM_ATTEMPTS, Courier
 from reporter.delivery.relay import Relay
 from reporter.emulator import Emulator
 from reporter.hub.client import Hub, HubTask
 from reporter.hub.errors import Failure, HubError, Outcome
-from reporter.rows import Kind, OutboxRow
+from reporter.hub_requests import Kind, Request
+from reporter.rows import OutboxRow
 from reporter.stores.contract import (
     ClaimedRow,
     ClaimedTask,
@@ -68,7 +68,7 @@ class FakeHub:
     def import_task(self, stream: str, task: str) -> None:
         self._call("ImportMigrationTask")
 
-    def send(self, request: rows.Request) -> None:
+    def send(self, request: Request) -> None:
         self._call(request.operation, request.row_id)
 
     def described(self, stream: str, task: str) -> HubTask | None:

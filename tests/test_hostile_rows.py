@@ -15,7 +15,7 @@ import pytest
 
 from reporter import rows
 from reporter.emulator import Emulator
-from reporter.hub.requests import json_depth
+from reporter.hub_requests import AttributesUpdate, json_depth
 from reporter.rows import MAX_COLUMN_BYTES, MAX_JSON_DEPTH, OutboxRow, Problem
 
 from .engines import Engine
@@ -65,7 +65,7 @@ def test_json_depth_counts_only_brackets_outside_strings():
     assert json_depth(_nested(MAX_JSON_DEPTH)) == MAX_JSON_DEPTH
     ok = rows.judge(_row(kind="resource_attributes",
                          resource_attributes=attrs(("VM_NAME", 'a[b]{c}"x'))), "S", 3600, NOW)
-    assert isinstance(ok, rows.AttributesUpdate)
+    assert isinstance(ok, AttributesUpdate)
 
 
 def test_judging_never_raises_on_random_garbage():

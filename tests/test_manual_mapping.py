@@ -17,8 +17,9 @@ from reporter import rows
 from reporter.delivery.courier import Courier
 from reporter.emulator import Emulator
 from reporter.hub.errors import Failure, Outcome
+from reporter.hub_requests import ArtifactRemoval, Kind, ResourceAssociation, ResourceRemoval
 from reporter.outbox import Outbox, OutboxValueError
-from reporter.rows import Kind, OutboxRow
+from reporter.rows import OutboxRow
 from reporter.stores.contract import ClaimedRow, ClaimedTask
 
 from .engines import Engine
@@ -68,15 +69,15 @@ def test_the_new_kinds_become_their_calls():
     """Each row becomes the call the model names, with its parameters."""
     assoc = rows.judge(_row(1, "discovered_resource", configuration_id="d-1",
                             resource_description="by hand"), "S", 0)
-    assert isinstance(assoc, rows.ResourceAssociation)
+    assert isinstance(assoc, ResourceAssociation)
     assert assoc.params() == {"ProgressUpdateStream": "S", "MigrationTaskName": "t1",
                               "DiscoveredResource": {"ConfigurationId": "d-1",
                                                      "Description": "by hand"}}
     removal = rows.judge(_row(2, "discovered_resource_removed", configuration_id="d-1"), "S", 0)
-    assert isinstance(removal, rows.ResourceRemoval)
+    assert isinstance(removal, ResourceRemoval)
     assert removal.params()["ConfigurationId"] == "d-1"
     undo = rows.judge(_row(3, "created_artifact_removed", artifact_name=ARN), "S", 0)
-    assert isinstance(undo, rows.ArtifactRemoval)
+    assert isinstance(undo, ArtifactRemoval)
     assert undo.params()["CreatedArtifactName"] == ARN
     assert {k.lane for k in Kind} == {Kind.TASK_STATE, Kind.RESOURCE_ATTRIBUTES,
                                       Kind.CREATED_ARTIFACT, Kind.DISCOVERED_RESOURCE}

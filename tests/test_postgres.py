@@ -22,7 +22,7 @@ from reporter import config as config_mod
 from reporter.config import ConfigError, load
 from reporter.delivery.intake import Intake
 from reporter.emulator import Emulator
-from reporter.hub.requests import encode
+from reporter.hub_requests import encode
 from reporter.stores.contract import Ingested, SentState, TaskOutcome
 from reporter.stores.postgres import PostgresStore
 

@@ -13,10 +13,10 @@ from typing import Any
 
 import pytest
 
-from reporter import rows
 from reporter.delivery.repair_plan import plan_repair
 from reporter.emulator import Emulator
 from reporter.hub.client import HubTask
+from reporter.hub_requests import ArtifactRemoval, StateUpdate
 from reporter.stores.contract import ClaimedTask, Resend, ResendScope, SentState
 
 from .engines import Engine
@@ -47,11 +47,11 @@ def test_a_lost_task_is_sent_everything_again_except_what_a_waiting_row_replaces
         (-3, "AssociateCreatedArtifact"), (-4, "AssociateCreatedArtifact"),
         (-5, "AssociateDiscoveredResource")]
     state = fix.calls[0]
-    assert isinstance(state, rows.StateUpdate) and state.percent == 90
+    assert isinstance(state, StateUpdate) and state.percent == 90
     assert state.update_time == datetime.fromtimestamp(SENT.update_time, UTC)
-    newer = rows.StateUpdate(9, "S", "t1", "COMPLETED", None, 100,
+    newer = StateUpdate(9, "S", "t1", "COMPLETED", None, 100,
                              datetime.fromtimestamp(SENT.update_time + 60, UTC), 0)
-    removal = rows.ArtifactRemoval(10, "S", "t1", ARN)
+    removal = ArtifactRemoval(10, "S", "t1", ARN)
     kept = plan_repair(_repair(), [newer, removal], None, found=False).calls
     assert [c.operation for c in kept] == ["PutResourceAttributes", "AssociateCreatedArtifact",
                                           "AssociateDiscoveredResource"]
@@ -64,9 +64,9 @@ def test_a_newer_state_at_the_hub_is_never_overwritten(scope: ResendScope):
     """Someone else's state dated later than ours: no state goes again, and a waiting state row
     older than it is superseded (a newer one still goes); it is reported (newer_at_hub)."""
     later = SENT.update_time + 5
-    older = rows.StateUpdate(9, "S", "t1", "IN_PROGRESS", None, 95,
+    older = StateUpdate(9, "S", "t1", "IN_PROGRESS", None, 95,
                              datetime.fromtimestamp(later - 1, UTC), 0)
-    newest = rows.StateUpdate(10, "S", "t1", "COMPLETED", None, 100,
+    newest = StateUpdate(10, "S", "t1", "COMPLETED", None, 100,
                               datetime.fromtimestamp(later + 1, UTC), 0)
     fix = plan_repair(_repair(scope), [older], _at(later, "COMPLETED"), found=True)
     assert "NotifyMigrationTaskState" not in [c.operation for c in fix.calls]

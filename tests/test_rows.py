@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from reporter import rows
-from reporter.hub import requests as calls
+from reporter import hub_requests, rows
+from reporter.hub_requests import ArtifactAssociation, AttributesUpdate, Request, StateUpdate
 from reporter.rows import OutboxRow, Problem, plan_task, to_request
 
 NOW = "2026-11-25T10:00:00.000Z"
@@ -40,7 +40,7 @@ def problem(row: OutboxRow) -> Problem:
 def test_state_row_uses_defaults():
     """A minimal task_state row gets the config stream, NextUpdateSeconds and created_at time."""
     req = to_request(state(), "Tool", 3600)
-    assert isinstance(req, rows.StateUpdate)
+    assert isinstance(req, StateUpdate)
     assert req.params() == {
         "ProgressUpdateStream": "Tool", "MigrationTaskName": "vm-1",
         "Task": {"Status": "IN_PROGRESS"},
@@ -53,7 +53,7 @@ def test_state_row_explicit_values_win():
     req = to_request(state(progress_update_stream="Other", progress_percent=40, status_detail="x",
                            next_update_seconds=0, update_date_time="2026-01-02T03:04:05+02:00"),
                      "Tool", 3600)
-    assert isinstance(req, rows.StateUpdate)
+    assert isinstance(req, StateUpdate)
     p = req.params()
     assert p["ProgressUpdateStream"] == "Other"
     assert p["Task"] == {"Status": "IN_PROGRESS", "StatusDetail": "x", "ProgressPercent": 40}
@@ -110,14 +110,14 @@ def test_state_row_rejections_name_field_and_rule(field: str, value: Any, rule: 
 def test_percent_bounds_accepted(percent: Any):
     """0 and 100 (and an integral REAL) are valid percentages."""
     req = to_request(state(progress_percent=percent), "Tool", 1)
-    assert isinstance(req, rows.StateUpdate)
+    assert isinstance(req, StateUpdate)
     assert req.percent == int(percent)
 
 
 def test_status_detail_is_normalised_not_rejected():
     """Line breaks become spaces and text over 2,500 characters is cut."""
     req = to_request(state(status_detail="a\r\nb\nc\rd\u2028e" + "x" * 3000), "Tool", 1)
-    assert isinstance(req, rows.StateUpdate)
+    assert isinstance(req, StateUpdate)
     assert req.detail is not None and req.detail.startswith("a b c d e")
     assert len(req.detail) == 2500
 
@@ -147,7 +147,7 @@ def test_the_bounds_themselves_are_accepted():
     for overrides in ({"update_date_time": "2027-01-16T08:00:00Z"},
                       {"update_date_time": "2000-01-01T00:00:00Z"},
                       {"next_update_seconds": 2_147_483_647}):
-        assert isinstance(to_request(state(**overrides), "Tool", 1, EPOCH_NOW), rows.StateUpdate)
+        assert isinstance(to_request(state(**overrides), "Tool", 1, EPOCH_NOW), StateUpdate)
 
 
 def test_created_at_fallback_must_parse():
@@ -195,7 +195,7 @@ def test_attributes_valid_list():
         {"Type": "BIOS_ID", "Value": "b"}, {"Type": "MOTHERBOARD_SERIAL_NUMBER", "Value": "m"},
     ]
     req = to_request(attrs(items), "Tool", 1)
-    assert isinstance(req, rows.AttributesUpdate)
+    assert isinstance(req, AttributesUpdate)
     assert req.params()["ResourceAttributeList"] == items
 
 
@@ -222,7 +222,7 @@ def test_artifact_valid():
     row = OutboxRow(id=3, kind="created_artifact", migration_task_name="vm-1", created_at=NOW,
                     artifact_name=ARN, artifact_description="d" * 500)
     req = to_request(row, "Tool", 1)
-    assert isinstance(req, rows.ArtifactAssociation)
+    assert isinstance(req, ArtifactAssociation)
     assert req.params()["CreatedArtifact"] == {"Name": ARN, "Description": "d" * 500}
 
 
@@ -239,7 +239,7 @@ def test_newer_means_inserted_later_not_a_larger_id():
     assert plan.send == [] and plan.superseded == [(2, "older than the state already sent")]
 
 
-def _req(row_id: int, **kw: Any) -> rows.Request:
+def _req(row_id: int, **kw: Any) -> Request:
     result = to_request(state(id=row_id, **kw), "Tool", 1)
     assert not isinstance(result, Problem)
     return result
@@ -299,8 +299,8 @@ def test_a_judged_request_round_trips_through_its_stored_form(row: OutboxRow):
     """What intake stores is what delivery sends: every kind, every field, the time zone."""
     checked = rows.judge(row, "S", 3600)
     assert not isinstance(checked, Problem), checked
-    assert calls.decode(calls.encode(checked)) == checked
-    assert calls.decode(calls.encode(checked)).params() == checked.params()
+    assert hub_requests.decode(hub_requests.encode(checked)) == checked
+    assert hub_requests.decode(hub_requests.encode(checked)).params() == checked.params()
 
 
 @pytest.mark.parametrize("text", ["", "null", "[1]", '{"not": 1}', '{"kind": "nope"}',
@@ -310,4 +310,4 @@ def test_a_judged_request_round_trips_through_its_stored_form(row: OutboxRow):
                                   ' "update_time": "yesterday", "next_update_seconds": 1}'])
 def test_a_stored_request_that_does_not_read_back_is_a_value_error(text: str):
     with pytest.raises(ValueError, match=r"not a stored request|Invalid isoformat"):
-        calls.decode(text)
+        hub_requests.decode(text)

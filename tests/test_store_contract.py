@@ -13,8 +13,8 @@ from typing import Any
 
 import pytest
 
-from reporter.hub.requests import StateUpdate, encode
-from reporter.rows import MAX_ROW_BYTES, STATE_SPACING_SECONDS, Kind, Verdict
+from reporter.hub_requests import Kind, StateUpdate, encode
+from reporter.rows import MAX_ROW_BYTES, STATE_SPACING_SECONDS, Verdict
 from reporter.stores import Engine as Outbox
 from reporter.stores.contract import (
     INTAKE_BATCH_BYTES,

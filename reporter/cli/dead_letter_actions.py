@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from reporter import rows
 from reporter.config import HubConfig
 from reporter.delivery.courier import MISSING_ROW
-from reporter.hub.requests import encode
+from reporter.hub_requests import encode
 from reporter.rows import Verdict
 from reporter.stores.contract import OutboxStore
 

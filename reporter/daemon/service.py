@@ -35,7 +35,7 @@ class Service:
     def __init__(self, config: Config, config_path: Path | None = None) -> None:
         stop = threading.Event()
         metrics = Metrics()
-        self.shared = shared = Shared(config, config_path, build(config, stop, metrics), metrics,
+        self.shared = shared = Shared(config, config_path, build(config, stop, metrics.observe_call), metrics,
                                       stop)
         self.store_health = StoreHealth(shared, on_reopen=lambda: self.supervisor.rearm())
         self.live = LiveWriter(shared, self.store_health)

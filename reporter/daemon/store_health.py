@@ -142,13 +142,13 @@ class StoreHealth:
         if not config.outbox.path.exists():
             return False
         try:
-            parts = build(config, shared.stop, shared.metrics)
+            parts = build(config, shared.stop, shared.metrics.observe_call)
         except StoreError as exc:
             if not exc.needs_init:
                 return False
             try:
                 Engine.of(config.outbox).create().close()
-                parts = build(config, shared.stop, shared.metrics)
+                parts = build(config, shared.stop, shared.metrics.observe_call)
             except StoreError:
                 return False
         old, shared.parts = shared.parts, parts

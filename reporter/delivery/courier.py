@@ -23,6 +23,15 @@ from reporter.delivery.retry import Backoff, give_up_reason
 from reporter.hub.client import HubTask
 from reporter.hub.errors import Failure, FenceLost, HubError, Outcome
 from reporter.hub.view import iso
+from reporter.hub_requests import (
+    ArtifactAssociation,
+    ArtifactRemoval,
+    AttributesUpdate,
+    Kind,
+    Request,
+    ResourceAssociation,
+    StateUpdate,
+)
 from reporter.rows import Verdict
 from reporter.stores.contract import ClaimedTask, LaneResult, SentState, TaskOutcome
 
@@ -60,7 +69,7 @@ class HubCalls(Protocol):
     def described(self, stream: str, task: str) -> HubTask | None:
         """DescribeMigrationTask's state of the task (None: the Hub has no such task)."""
 
-    def send(self, request: rows.Request) -> None:
+    def send(self, request: Request) -> None:
         """The call a validated row becomes."""
 
     def fenced(self, check: Callable[[], bool]) -> AbstractContextManager[None]:
@@ -163,16 +172,16 @@ class Courier:
         now = self._clock()
         send = [r for r in plan.send if (task.lane(r.kind.lane).retry_at or 0.0) <= now]
         repairing = task.resend is not None and (
-            task.lane(rows.Kind.TASK_STATE).retry_at or 0.0) <= now
+            task.lane(Kind.TASK_STATE).retry_at or 0.0) <= now
         if self._stop.is_set() or not (send or repairing):
             return delivery
-        failed: dict[rows.Kind, LaneFailure] = {}
+        failed: dict[Kind, LaneFailure] = {}
         if stream_failure is not None:  # made on behalf of the first due row, like the import
             if send:
                 _fail_all(deque(send), failed, stream_failure, "CreateProgressUpdateStream",
                           send[0])
             else:
-                failed[rows.Kind.TASK_STATE] = LaneFailure(
+                failed[Kind.TASK_STATE] = LaneFailure(
                     stream_failure, "CreateProgressUpdateStream", -1)
             self._settle(task, send, failed, delivery)
             if repairing:
@@ -193,11 +202,11 @@ class Courier:
     def _fenced(
         self,
         task: ClaimedTask,
-        planned: list[rows.Request],
-        send: list[rows.Request],
+        planned: list[Request],
+        send: list[Request],
         repairing: bool,
         delivery: Delivery,
-        failed: dict[rows.Kind, LaneFailure],
+        failed: dict[Kind, LaneFailure],
     ) -> None:
         """The task's calls, each made only while its lease holds (checked right before the
         request goes out); once it is lost (FenceLost), no further call for the task. A repair
@@ -215,7 +224,7 @@ class Courier:
                     delivery.blocked = err.failure
                     return
                 # every lane waits for the read, as for the import; no row is charged
-                failed[rows.Kind.TASK_STATE] = LaneFailure(err.failure, err.operation, -1)
+                failed[Kind.TASK_STATE] = LaneFailure(err.failure, err.operation, -1)
                 _fail_all(deque(send), failed, err.failure, err.operation, None)
                 self._settle(task, send, failed, delivery)
                 self._settle_repair(task, fix, False, delivery, now + self._backoff.base)
@@ -254,9 +263,9 @@ class Courier:
     def _run_lanes(
         self,
         task: ClaimedTask,
-        queue: deque[rows.Request],
+        queue: deque[Request],
         delivery: Delivery,
-        failed: dict[rows.Kind, LaneFailure],
+        failed: dict[Kind, LaneFailure],
         imported: bool,
     ) -> None:
         out = delivery.outcome
@@ -373,8 +382,8 @@ class Courier:
     def _settle(
         self,
         task: ClaimedTask,
-        due: list[rows.Request],
-        failed: dict[rows.Kind, LaneFailure],
+        due: list[Request],
+        failed: dict[Kind, LaneFailure],
         delivery: Delivery,
     ) -> None:
         """Each tried lane's new retry state; give up a row only if its own call kept failing.
@@ -420,12 +429,12 @@ class Courier:
             else:
                 out.lanes.append(LaneResult(kind, attempts, now + delay, str(failure)[:500]))
 
-    def _sent(self, out: TaskOutcome, request: rows.Request, task: ClaimedTask) -> None:
+    def _sent(self, out: TaskOutcome, request: Request, task: ClaimedTask) -> None:
         if request.row_id < 0:
             return  # a repair's call: what it sends is on record already
         out.sent.append(request.row_id)
         seq = task.row(request.row_id).seq
-        if isinstance(request, rows.StateUpdate):
+        if isinstance(request, StateUpdate):
             out.state = SentState(
                 request.row_id,
                 seq,
@@ -435,26 +444,26 @@ class Courier:
                 request.update_time.timestamp(),
                 request.next_update_seconds,
             )
-        elif isinstance(request, rows.AttributesUpdate):
+        elif isinstance(request, AttributesUpdate):
             out.attributes_row, out.attributes_seq = request.row_id, seq
             out.attributes = request.attributes
             out.map_check_at = self._clock() + self._config.mapping.check_after_seconds
-        elif isinstance(request, rows.ArtifactAssociation):
+        elif isinstance(request, ArtifactAssociation):
             out.artifacts.append((request.arn, request.description))
-        elif isinstance(request, rows.ArtifactRemoval):
+        elif isinstance(request, ArtifactRemoval):
             out.artifacts_removed.append(request.arn)
-        elif isinstance(request, rows.ResourceAssociation):
+        elif isinstance(request, ResourceAssociation):
             out.resources.append((request.configuration_id, request.description))
         else:
             out.resources_removed.append(request.configuration_id)
 
 
 def _fail_all(
-    queue: deque[rows.Request],
-    failed: dict[rows.Kind, LaneFailure],
+    queue: deque[Request],
+    failed: dict[Kind, LaneFailure],
     failure: Failure,
     operation: str,
-    head: rows.Request | None,
+    head: Request | None,
 ) -> None:
     """Charge the row whose call was tried; the other lanes wait without a charge."""
     for request in queue:

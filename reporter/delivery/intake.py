@@ -9,7 +9,7 @@ from collections.abc import Callable
 from reporter import rows
 from reporter.config import Config
 from reporter.delivery.conditions import Conditions
-from reporter.hub.requests import encode
+from reporter.hub_requests import AttributesUpdate, StateUpdate, encode
 from reporter.stores.contract import Ingested, OutboxStore
 
 __all__ = ["INTAKE_SECONDS", "Intake"]
@@ -72,6 +72,6 @@ class Intake:
             rows.clip(row.kind, rows.MAX_NAME_CHARS),
             rows.epoch_of(row.created_at, now),
             rejected,
-            supersedes=isinstance(checked, rows.StateUpdate | rows.AttributesUpdate),
+            supersedes=isinstance(checked, StateUpdate | AttributesUpdate),
             request=None if isinstance(checked, rows.Problem) else encode(checked),
         )

@@ -7,10 +7,9 @@ import threading
 from dataclasses import dataclass
 
 from reporter.config import Config, PublishConfig
-from reporter.daemon.metrics import Metrics
 from reporter.delivery.relay import Relay
 from reporter.delivery.replicas import Budget, Membership
-from reporter.hub.client import Hub
+from reporter.hub.client import Hub, Observer
 from reporter.hub.limiter import AdaptiveLimiter, RateLimiter
 from reporter.stores import Engine
 from reporter.stores.contract import OutboxStore
@@ -48,16 +47,17 @@ def rate_limiter(publish: PublishConfig) -> RateLimiter | None:
 
 
 def build(
-    config: Config, stop: threading.Event, metrics: Metrics | None, role: str = "run"
+    config: Config, stop: threading.Event, observer: Observer | None, role: str = "run"
 ) -> Parts:
-    """Open the outbox and wire a relay to the Hub."""
+    """Open the outbox and wire a relay to the Hub (`observer` sees every Hub call: the
+    daemon's metrics)."""
     publish = config.publish
     store = Engine.of(config.outbox).open()
     limiter = AdaptiveLimiter(publish.concurrency, publish.max_concurrency)
     hub = Hub(
         config.aws,
         config.hub.region,
-        observer=metrics.observe_call if metrics else None,
+        observer=observer,
         limiter=limiter,
         rate=rate_limiter(publish),
     )

@@ -8,9 +8,19 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import NamedTuple
 
-from reporter import rows
 from reporter.hub.client import HubTask
 from reporter.hub.view import iso, seconds
+from reporter.hub_requests import (
+    ArtifactAssociation,
+    ArtifactRemoval,
+    AttributesUpdate,
+    Kind,
+    Request,
+    ResourceAssociation,
+    ResourceRemoval,
+    StateUpdate,
+    key_of,
+)
 from reporter.rows import Verdict
 from reporter.stores.contract import ClaimedTask, ResendScope
 
@@ -23,13 +33,13 @@ class RepairPlan(NamedTuple):
     waiting state rows older than the Hub's state (superseded, never sent), and the Hub's
     state when it is newer than ours (reported, never overwritten)."""
 
-    calls: list[rows.Request]
+    calls: list[Request]
     import_first: bool
     superseded: list[Verdict]
     newer_at_hub: HubTask | None
 
 
-def plan_repair(task: ClaimedTask, planned: list[rows.Request], hub: HubTask | None,
+def plan_repair(task: ClaimedTask, planned: list[Request], hub: HubTask | None,
                 found: bool) -> RepairPlan:
     """A repair's calls, before the task's waiting rows (they are older than any of those).
 
@@ -46,33 +56,33 @@ def plan_repair(task: ClaimedTask, planned: list[rows.Request], hub: HubTask | N
     ours = again.state
     # a waiting row as new as the Hub's state may be the one that put it there (a send whose
     # outcome was not recorded: a replica that lost its database): then it is not someone else's
-    ours_waiting = any(isinstance(r, rows.StateUpdate) and hub_time is not None
+    ours_waiting = any(isinstance(r, StateUpdate) and hub_time is not None
                        and seconds(r.update_time.timestamp()) >= hub_time for r in planned)
     newer = hub if hub_time is not None and not ours_waiting and (
         ours is None or hub_time > seconds(ours.update_time)) else None
     superseded = [Verdict(r.row_id, f"the Hub holds a newer state (dated {iso(hub_time)}) than"
                           " this row's: an older state is never sent after a newer one")
-                  for r in planned if isinstance(r, rows.StateUpdate) and hub_time is not None
+                  for r in planned if isinstance(r, StateUpdate) and hub_time is not None
                   and seconds(r.update_time.timestamp()) < hub_time]
     gone = {v.row for v in superseded}
     kinds = {type(r) for r in planned if r.row_id not in gone}
-    calls: list[rows.Request] = []
-    if (ours is not None and rows.StateUpdate not in kinds
+    calls: list[Request] = []
+    if (ours is not None and StateUpdate not in kinds
             and (hub_time is None or seconds(ours.update_time) > hub_time)):
-        calls.append(rows.StateUpdate(0, task.stream, task.task, ours.status, ours.detail,
+        calls.append(StateUpdate(0, task.stream, task.task, ours.status, ours.detail,
                                       ours.percent, datetime.fromtimestamp(ours.update_time, UTC),
                                       ours.next_update_seconds))
     if not found or again.scope is ResendScope.WHOLE:
-        removed = {(r.kind.lane, rows.key_of(r)) for r in planned
-                   if isinstance(r, rows.ArtifactRemoval | rows.ResourceRemoval)}
-        if again.attributes and rows.AttributesUpdate not in kinds:
-            calls.append(rows.AttributesUpdate(0, task.stream, task.task, again.attributes))
-        calls += [rows.ArtifactAssociation(0, task.stream, task.task, arn, description)
+        removed = {(r.kind.lane, key_of(r)) for r in planned
+                   if isinstance(r, ArtifactRemoval | ResourceRemoval)}
+        if again.attributes and AttributesUpdate not in kinds:
+            calls.append(AttributesUpdate(0, task.stream, task.task, again.attributes))
+        calls += [ArtifactAssociation(0, task.stream, task.task, arn, description)
                   for arn, description in again.artifacts
-                  if (rows.Kind.CREATED_ARTIFACT, arn) not in removed]
-        calls += [rows.ResourceAssociation(0, task.stream, task.task, cid, description)
+                  if (Kind.CREATED_ARTIFACT, arn) not in removed]
+        calls += [ResourceAssociation(0, task.stream, task.task, cid, description)
                   for cid, description in again.resources
-                  if (rows.Kind.DISCOVERED_RESOURCE, cid) not in removed]
+                  if (Kind.DISCOVERED_RESOURCE, cid) not in removed]
     return RepairPlan([replace(call, row_id=-n) for n, call in enumerate(calls, start=1)],
                       not found, superseded, newer)
 

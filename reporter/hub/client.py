@@ -31,7 +31,7 @@ from reporter.hub.errors import (
     classify,
 )
 from reporter.hub.limiter import AdaptiveLimiter, RateLimiter
-from reporter.hub.requests import Request, json_depth
+from reporter.hub_requests import Request, json_depth
 from reporter.sdkfiles import NOTHING, ignored_files
 from reporter.secrets import remember
 

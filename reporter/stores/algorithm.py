@@ -16,8 +16,8 @@ from typing import Any
 
 import structlog
 
-from reporter.hub.requests import Request, decode
-from reporter.rows import STATE_SPACING_SECONDS, Kind, OutboxRow, Verdict, epoch_of
+from reporter.hub_requests import Kind, Request, decode
+from reporter.rows import STATE_SPACING_SECONDS, OutboxRow, Verdict, epoch_of
 from reporter.stores.contract import (
     Backlog,
     ClaimedRow,

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from typing import NamedTuple, Protocol
 
-from reporter.rows import Kind, OutboxRow, Request, Verdict
+from reporter.hub_requests import Kind, Request
+from reporter.rows import OutboxRow, Verdict
 from reporter.stores.errors import StoreError
 
 __all__ = [
@@ -66,7 +67,7 @@ class Ingested:
     created_at: float
     rejected: str | None = None
     supersedes: bool = False
-    request: str | None = None  # what delivery sends: the judged request (calls.encode)
+    request: str | None = None  # what delivery sends: the judged request (hub_requests.encode)
 
 
 @dataclass(frozen=True)
@@ -451,7 +452,7 @@ class OutboxStore(Protocol):
 
     def requeue(self, valid: Sequence[tuple[int, str]], invalid: Sequence[Verdict]) -> None:
         """Put dead letters back in line (valid: with the request each is now judged to be, as
-        `calls.encode` writes it) or reject them again with a new reason."""
+        `hub_requests.encode` writes it) or reject them again with a new reason."""
 
     # views and maintenance
     def backlog(self) -> Backlog:

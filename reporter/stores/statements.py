@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from typing import Any
 
-from reporter.rows import Kind
+from reporter.hub_requests import Kind
 from reporter.stores.contract import GateState, RowState
 
 __all__ = [

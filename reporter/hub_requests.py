@@ -1,4 +1,6 @@
-"""The Migration Hub calls outbox rows become, and the kinds and lanes of rows (pure)."""
+"""The Migration Hub requests outbox rows become (one type per operation, stored by intake as
+JSON), the kinds and lanes of rows, and the Hub's own rules for names a config also uses: the
+stream's and the Region's (pure; rows, config, the stores and the Hub adapter build on it)."""
 
 from __future__ import annotations
 
@@ -245,3 +247,19 @@ def json_depth(text: str) -> int:
         depth += 1 if bracket.group() in "[{" else -1
         deepest = max(deepest, depth)
     return deepest
+
+
+# The ProgressUpdateStream rules (botocore's model: 1-50 characters, pattern [^/:|\000-\037]+).
+STREAM_FORBIDDEN = re.compile(r"[/:|\x00-\x1f]")
+REGION_RE = re.compile(r"[a-z]{2}(-[a-z]+)+-\d{1,2}")
+
+
+def stream_problem(value: object) -> str | None:
+    """Why `value` cannot name a ProgressUpdateStream (None: it can)."""
+    if not isinstance(value, str):
+        return "must be text"
+    if not 1 <= len(value) <= 50:
+        return f"must be 1-50 characters (got {len(value)})"
+    if STREAM_FORBIDDEN.search(value):
+        return "must not contain / : | or control characters"
+    return None
