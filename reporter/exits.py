@@ -1,4 +1,4 @@
-"""The exit codes every command uses (CONTRACT §4)."""
+"""The exit codes every command uses (README: Commands)."""
 
 from __future__ import annotations
 

@@ -28,7 +28,7 @@ __all__ = [
 
 
 class Kind(StrEnum):
-    """The kinds of outbox row (CONTRACT §1 and §7)."""
+    """The kinds of outbox row (README: The outbox contract)."""
 
     TASK_STATE = "task_state"
     RESOURCE_ATTRIBUTES = "resource_attributes"

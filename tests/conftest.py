@@ -96,26 +96,46 @@ def aws_env(emulator: Emulator, monkeypatch: pytest.MonkeyPatch) -> dict[str, st
 
 
 
+def _write_config(path: Path, outbox: dict[str, Any], stream: str,
+                  sections: dict[str, dict[str, Any]],
+                  extra: dict[str, dict[str, Any]] | None = None) -> Path:
+    """A test config: fast timings, JSON logs at info, then `extra` and `sections` merged in
+    (a section's keys override)."""
+    merged: dict[str, dict[str, Any]] = {
+        "outbox": {**FAST["outbox"], **outbox},
+        "hub": {"progress_update_stream": stream},
+        "publish": dict(FAST["publish"]),
+        "mapping": dict(FAST["mapping"]),
+        "log": {"level": "info", "format": "json"},
+        **(extra or {}),
+    }
+    for section, values in sections.items():
+        merged.setdefault(section, {}).update(values)
+    path.write_text(toml_text(merged))
+    return path
+
+
+def _runner(default: Path) -> Cli:
+    """`mgh-reporter --config CONFIG ARGS` as a real process (CONFIG: `default` unless given)."""
+
+    def run(*args: str, config: Path | None = None, timeout: float = 60,
+            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+        cmd = [sys.executable, "-m", "reporter", "--config", str(config or default), *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                              env=child_env(env), cwd=ROOT)
+
+    return run
+
+
 @pytest.fixture
 def make_config(tmp_path: Path) -> Callable[..., Path]:
     """Write a config (fast test timings, overridable per section) and return its path."""
 
     def make(name: str = "config.toml", stream: str = "ToolA", **sections: dict[str, Any]) -> Path:
-        merged: dict[str, dict[str, Any]] = {
-            "outbox": {"path": str(tmp_path / "outbox.db"), **FAST["outbox"]},
-            "hub": {"progress_update_stream": stream},
-            "publish": dict(FAST["publish"]),
-            "mapping": dict(FAST["mapping"]),
-            "log": {"level": "info", "format": "json"},
-        }
-        for section, values in sections.items():
-            merged.setdefault(section, {}).update(values)
-        path = tmp_path / name
-        path.write_text(toml_text(merged))
-        return path
+        return _write_config(tmp_path / name, {"path": str(tmp_path / "outbox.db")}, stream,
+                             sections)
 
     return make
-
 
 
 @pytest.fixture
@@ -135,14 +155,7 @@ def outbox_path(tmp_path: Path) -> Path:
 @pytest.fixture
 def cli(aws_env: dict[str, str], config_path: Path) -> Cli:
     """Run `mgh-reporter --config <test config> ARGS` as a real process."""
-
-    def run(*args: str, config: Path | None = None, timeout: float = 60,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        cmd = [sys.executable, "-m", "reporter", "--config", str(config or config_path), *args]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              env=child_env(env), cwd=ROOT)
-
-    return run
+    return _runner(config_path)
 
 
 @pytest.fixture(scope="session")
@@ -179,19 +192,7 @@ def engine_config(engine: Engine, tmp_path: Path) -> Callable[..., Path]:
     """Write a config for the engine under test (fast timings; sections overridable)."""
 
     def make(name: str = "engine.toml", **sections: dict[str, Any]) -> Path:
-        merged: dict[str, dict[str, Any]] = {
-            "outbox": {**FAST["outbox"], **engine.outbox},
-            "hub": {"progress_update_stream": "ToolA"},
-            "publish": dict(FAST["publish"]),
-            "mapping": dict(FAST["mapping"]),
-            "log": {"level": "info", "format": "json"},
-            **engine.extra,
-        }
-        for section, values in sections.items():
-            merged.setdefault(section, {}).update(values)
-        path = tmp_path / name
-        path.write_text(toml_text(merged))
-        return path
+        return _write_config(tmp_path / name, engine.outbox, "ToolA", sections, engine.extra)
 
     return make
 
@@ -199,12 +200,4 @@ def engine_config(engine: Engine, tmp_path: Path) -> Callable[..., Path]:
 @pytest.fixture
 def engine_cli(aws_env: dict[str, str], engine_config: Callable[..., Path]) -> Cli:
     """`mgh-reporter --config <engine config> ARGS` as a real process."""
-    default = engine_config()
-
-    def run(*args: str, config: Path | None = None, timeout: float = 60,
-            env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
-        cmd = [sys.executable, "-m", "reporter", "--config", str(config or default), *args]
-        return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                              env=child_env(env), cwd=ROOT)
-
-    return run
+    return _runner(engine_config())

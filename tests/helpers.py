@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -18,8 +19,9 @@ from datetime import UTC
 from pathlib import Path
 from typing import Any
 
-from reporter.hub_requests import Request
+from reporter.hub_requests import Request, encode
 from reporter.rows import OutboxRow, Problem, judge
+from reporter.stores.contract import Ingested, OutboxStore, TakenIn
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -206,3 +208,44 @@ def judged(row: OutboxRow, stream: str = "S", next_update_seconds: int = 3600) -
     checked = judge(row, stream, next_update_seconds)
     assert not isinstance(checked, Problem), checked
     return checked
+
+
+def take_in(store: OutboxStore, limit: int = 100, stream: str = "S",
+            rejected: dict[int, str] | None = None, supersedes: bool = True,
+            judged_request: bool = True) -> tuple[list[OutboxRow], TakenIn]:
+    """One `take_in` as intake makes it: every row judged valid (those of `rejected` refused
+    with that reason); the rows the store handed the judge, and what it reported."""
+    rejected = rejected or {}
+    seen: list[OutboxRow] = []
+
+    def decide(row: OutboxRow) -> Ingested:
+        seen.append(row)
+        refused = rejected.get(row.id)
+        return Ingested(row.id, stream, str(row.migration_task_name), str(row.kind),
+                        store.clock(), refused, supersedes and refused is None,
+                        encode(judged(row, stream)) if refused is None and judged_request
+                        else None)
+
+    taken = store.take_in(limit, decide)
+    return seen, taken
+
+
+def free_port(family: socket.AddressFamily = socket.AF_INET, host: str = "127.0.0.1") -> int:
+    """A TCP port free on loopback at this moment (the kernel's choice)."""
+    with socket.socket(family) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def log_events(source: Path | str, strict: bool = False) -> list[dict[str, Any]]:
+    """The JSON log events in a log file or a captured stderr. From a file the daemon may still
+    be writing, a last line without its newline is left for next time. `strict`: every
+    non-blank line must be JSON (a line that is not fails the test); else lines that do not
+    start with `{` (a traceback, a warning) are skipped."""
+    text = source.read_text() if isinstance(source, Path) else source
+    lines = text.splitlines()
+    if isinstance(source, Path) and text and not text.endswith("\n"):
+        lines = lines[:-1]
+    if strict:
+        return [json.loads(line) for line in lines if line.strip()]
+    return [json.loads(line) for line in lines if line.startswith("{")]

@@ -15,14 +15,14 @@ THROTTLED = Failure(Outcome.TRANSIENT, "ThrottlingException", "Rate exceeded")
 UNAVAILABLE = Failure(Outcome.TRANSIENT, "ServiceUnavailableException", "try later")
 
 
-def _events(lines: list) -> list[str]:
+def _names(lines: list) -> list[str]:
     return [line.event for line in lines]
 
 
 def test_a_condition_starts_once_summarises_per_window_and_clears():
     t = ConditionTracker(summary_seconds=10)
     first = t.failed(0.0, THROTTLED, "NotifyMigrationTaskState", 1.5, task="a", attempt=1)
-    assert _events(first) == ["condition_started"]
+    assert _names(first) == ["condition_started"]
     assert first[0].level == "warning"
     assert first[0].fields["task"] == "a" and first[0].fields["error_code"] == "ThrottlingException"
     quiet = []
@@ -30,7 +30,7 @@ def test_a_condition_starts_once_summarises_per_window_and_clears():
         quiet += t.failed(i * 0.1, THROTTLED, "ImportMigrationTask", i * 0.01)
     assert quiet == []
     summary = t.failed(10.0, THROTTLED, "NotifyMigrationTaskState", 0.2)
-    assert _events(summary) == ["condition_ongoing"]
+    assert _names(summary) == ["condition_ongoing"]
     fields = summary[0].fields
     assert fields["failures"] == 99 and fields["failures_total"] == 100
     assert fields["operations"] == {"ImportMigrationTask": 99}  # the first was in the start
@@ -38,9 +38,9 @@ def test_a_condition_starts_once_summarises_per_window_and_clears():
     t.succeeded(10.5)
     assert t.tick(15.0) == []  # recovered, but not quiet for a whole window yet
     cleared = t.tick(20.0)
-    assert _events(cleared) == ["condition_cleared"]
+    assert _names(cleared) == ["condition_cleared"]
     assert cleared[0].fields["failures"] == 101 and t.active == []
-    assert _events(t.failed(21.0, THROTTLED, "X", 1.0)) == ["condition_started"]  # anew
+    assert _names(t.failed(21.0, THROTTLED, "X", 1.0)) == ["condition_started"]  # anew
 
 
 def test_a_condition_without_a_success_never_clears_and_says_so_at_exit():
@@ -49,7 +49,7 @@ def test_a_condition_without_a_success_never_clears_and_says_so_at_exit():
     assert t.tick(100.0) == []  # nothing new since the start: no empty summary
     t.failed(101.0, UNAVAILABLE, "NotifyMigrationTaskState", 2.0)
     end = t.finish(102.0)
-    assert _events(end) == ["condition_ongoing"] and end[0].fields["ongoing_at_exit"]
+    assert _names(end) == ["condition_ongoing"] and end[0].fields["ongoing_at_exit"]
     assert end[0].fields["condition"] == "server_errors"
 
 
@@ -58,13 +58,13 @@ def test_a_recovered_condition_clears_at_exit():
     t.failed(0.0, THROTTLED, "A", 1.0)
     t.failed(1.0, THROTTLED, "A", 1.0)
     t.succeeded(2.0)
-    assert _events(t.finish(3.0)) == ["condition_ongoing", "condition_cleared"]
+    assert _names(t.finish(3.0)) == ["condition_ongoing", "condition_cleared"]
 
 
 def test_kinds_are_separate_conditions():
     t = ConditionTracker(summary_seconds=60)
-    assert _events(t.failed(0.0, THROTTLED, "A", 1.0)) == ["condition_started"]
-    assert _events(t.failed(0.1, UNAVAILABLE, "A", 1.0)) == ["condition_started"]
+    assert _names(t.failed(0.0, THROTTLED, "A", 1.0)) == ["condition_started"]
+    assert _names(t.failed(0.1, UNAVAILABLE, "A", 1.0)) == ["condition_started"]
     assert t.active == ["server_errors", "throttling"]
 
 
@@ -73,12 +73,12 @@ def test_rejections_are_logged_up_to_a_burst_then_counted():
     lines = []
     for i in range(REJECTIONS_PER_WINDOW + 30):
         lines += t.rejected(i * 0.01, f"status: must be one of ... (got {i})", {"row": i})
-    assert _events(lines) == ["row_rejected"] * REJECTIONS_PER_WINDOW
+    assert _names(lines) == ["row_rejected"] * REJECTIONS_PER_WINDOW
     assert lines[0].fields == {"row": 0, "reason": "status: must be one of ... (got 0)"}
     folded = t.tick(10.0)
-    assert _events(folded) == ["rows_rejected"]
+    assert _names(folded) == ["rows_rejected"]
     assert folded[0].fields["rows"] == 30 and folded[0].fields["by_rule"] == {"status": 30}
-    assert _events(t.rejected(10.5, "x: y", {})) == ["row_rejected"]  # a new window
+    assert _names(t.rejected(10.5, "x: y", {})) == ["row_rejected"]  # a new window
 
 
 @pytest.mark.parametrize(

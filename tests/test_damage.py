@@ -16,8 +16,7 @@ from typing import Any
 
 from reporter.emulator import Emulator
 
-from .helpers import Cli, fill, http_get, start_daemon, wait_for
-from .test_outbox_health import _free_port
+from .helpers import Cli, fill, free_port, http_get, start_daemon, wait_for
 
 
 def _readable(path: Path) -> tuple[str, int]:
@@ -35,7 +34,7 @@ def test_a_deleted_wal_makes_the_outbox_unusable_and_a_stop_keeps_it_readable(
     """A tool keeps writing; the -wal is deleted under the daemon: /healthz 503 names the
     write-ahead log, `status` exits 1; SIGTERM ends the daemon (exit 1) without a checkpoint or
     a close that would write a stale log into the file: it opens and checks sound after."""
-    port = _free_port()
+    port = free_port()
     config = make_config("wal.toml", metrics={"listen": f"127.0.0.1:{port}"})
     assert cli("init", config=config).returncode == 0
     log = tmp_path / "daemon.log"
@@ -116,7 +115,7 @@ def test_garbage_in_pages_is_found_at_start_and_the_file_is_left_alone(
 ):
     """Pages of garbage where the daemon would not read in a pass: `PRAGMA quick_check` at start
     finds them; /healthz 503 says "damaged", and the daemon writes nothing into the file."""
-    port = _free_port()
+    port = free_port()
     config = make_config("bad.toml", metrics={"listen": f"127.0.0.1:{port}"})
     assert cli("init", config=config).returncode == 0
     fill(outbox_path, 300, 3)

@@ -223,15 +223,15 @@ def test_the_sizing_connection_is_recycled_and_never_onto_a_replaced_file(
     store = SqliteStore.open(path)
     try:
         first = store.conn
-        store.fetch_new(40)  # 40 rows x 4 text columns: 160 handles
+        store._read_new(40)  # a read, nothing taken in: 40 rows x 4 text columns, 160 handles
         assert store.conn is first and store._blobs >= 150
-        store.fetch_new(40)  # swapped first, then counted afresh
+        store._read_new(40)  # swapped first, then counted afresh
         assert store.conn is not first and store._blobs == 160
         second = store.conn
         store._blobs = 10**6
         path.rename(tmp_path / "moved.db")
         SqliteStore.create(path).close()
-        store.fetch_new(40)
+        store._read_new(40)
         assert store.conn is second  # still the file it had open
     finally:
         store.close()

@@ -19,13 +19,7 @@ from reporter.daemon.metrics import (
 )
 from reporter.emulator import Emulator
 
-from .helpers import Cli, http_get, start_daemon, stop_daemon, wait_for
-
-
-def _free_port(family: socket.AddressFamily = socket.AF_INET, host: str = "127.0.0.1") -> int:
-    with socket.socket(family) as s:
-        s.bind((host, 0))
-        return int(s.getsockname()[1])
+from .helpers import Cli, free_port, http_get, start_daemon, stop_daemon, wait_for
 
 
 def _idle(host: str, port: int, count: int) -> list[socket.socket]:
@@ -76,7 +70,7 @@ def test_the_daemons_memory_stays_flat_under_1000_idle_connections(
     """The running daemon, flooded with 1,000 idle connections twice over: RSS flat from
     one flood to the next (the cap's threads are all it costs), /healthz answering after
     each."""
-    port = _free_port()
+    port = free_port()
     config = make_config("m.toml", metrics={"listen": f"127.0.0.1:{port}"})
     assert cli("init", config=config).returncode == 0
     proc = start_daemon(config)
@@ -113,7 +107,7 @@ def test_the_daemons_memory_stays_flat_under_1000_idle_connections(
 
 def test_an_ipv6_loopback_listen_address_works(cli: Cli, emulator: Emulator, make_config: Any):
     """`listen = "[::1]:PORT"` passes validation and is served over IPv6."""
-    port = _free_port(socket.AF_INET6, "::1")
+    port = free_port(socket.AF_INET6, "::1")
     listen = f"[::1]:{port}"
     parsed = config_mod.parse({"hub": {"progress_update_stream": "S"}, "metrics": {"listen": listen}})
     assert parsed.metrics.address == ("::1", port)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import sqlite3
 import time
 from pathlib import Path
@@ -15,13 +14,7 @@ import pytest
 from reporter.emulator import Emulator
 from reporter.logs import redact
 
-from .helpers import Cli, http_get, start_daemon, wait_for
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
+from .helpers import Cli, free_port, http_get, start_daemon, wait_for
 
 
 def metric(text: str, name: str) -> float:

@@ -20,7 +20,7 @@ import pytest
 from reporter.emulator import Emulator
 from reporter.outbox import Outbox, OutboxValueError
 
-from .helpers import Cli, insert
+from .helpers import Cli, insert, log_events
 
 THROTTLE_TASKS = 1500
 
@@ -34,10 +34,6 @@ def _bulk(outbox: Path, tasks: int, prefix: str = "task") -> None:
             [(f"{prefix}-{i:05d}",) for i in range(tasks)],
         )
     conn.close()
-
-
-def _events(stderr: str) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in stderr.splitlines() if line.startswith("{")]
 
 
 def test_a_throttled_drain_logs_conditions_not_calls(
@@ -59,7 +55,7 @@ def test_a_throttled_drain_logs_conditions_not_calls(
     )
     assert throttled > 200  # the condition really happened, many times over
     lines = result.stderr.splitlines()
-    events = _events(result.stderr)
+    events = log_events(result.stderr)
     assert len(events) == len(lines)  # every stderr line is one JSON event
     names = [e["event"] for e in events]
     assert "call_failed" not in names
@@ -97,7 +93,7 @@ def test_condition_clears_with_one_line_and_debug_keeps_every_call(
     emulator.state.faults.update(fail_operations={"NotifyMigrationTaskState"})
     result = cli("drain", "--timeout", "1.5", config=config)
     assert result.returncode == 3
-    events = _events(result.stderr)
+    events = log_events(result.stderr)
     assert sum(e["event"] == "call_failed" for e in events) >= 20
     start = [e for e in events if e["event"] == "condition_started"]
     assert [e["condition"] for e in start] == ["server_errors"]
@@ -107,7 +103,7 @@ def test_condition_clears_with_one_line_and_debug_keeps_every_call(
     result = cli("drain", "--timeout", "30", config=config)
     assert result.returncode == 0, result.stderr[-2000:]
     # A fresh process: nothing active at its start, nothing failed, so no condition lines.
-    assert not [e for e in _events(result.stderr) if e["event"].startswith("condition_")]
+    assert not [e for e in log_events(result.stderr) if e["event"].startswith("condition_")]
 
 
 def test_drain_summary_line_and_json(
@@ -203,7 +199,7 @@ def test_dead_letters_drop(cli: Cli, emulator: Emulator, make_config: Any, outbo
     assert unknown.returncode == 1 and "not dead letters: 999" in unknown.stderr
     dropped = cli("dead-letters", "drop", str(ids[0]), "--yes", config=config)
     assert dropped.returncode == 0 and "dropped 1 dead letters" in dropped.stdout
-    logged = [e for e in _events(dropped.stderr) if e["event"] == "dead_letters_dropped"]
+    logged = [e for e in log_events(dropped.stderr) if e["event"] == "dead_letters_dropped"]
     assert logged and logged[0]["ids"] == [ids[0]] and logged[0]["rows"] == 1
 
     none_old = cli("dead-letters", "drop", "--older-than", "1h", "--yes", config=config)
@@ -424,9 +420,9 @@ def test_the_daemon_says_what_it_delivered_once_per_period(
     try:
         _bulk(outbox_path, 50)
         wait_for(lambda: any(e["event"] == "delivered"
-                             for e in _events(log.read_text())), timeout=30)
+                             for e in log_events(log.read_text())), timeout=30)
         time.sleep(2.5)
-        events = _events(log.read_text())
+        events = log_events(log.read_text())
     finally:
         proc.terminate()
         proc.wait(timeout=15)

@@ -8,7 +8,6 @@ import contextlib
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import urllib.error
@@ -29,7 +28,9 @@ from .helpers import (
     CONTRACT_DDL,
     Cli,
     fill,
+    free_port,
     insert,
+    log_events,
     pending,
     start_daemon,
     stop_daemon,
@@ -37,12 +38,6 @@ from .helpers import (
 )
 
 NOW = 1_800_000_000.0
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def _healthz(port: int) -> int:
@@ -53,10 +48,6 @@ def _healthz(port: int) -> int:
         return int(err.code)
 
 
-def _events(log: Path) -> list[dict[str, Any]]:
-    return [json.loads(line) for line in log.read_text().splitlines() if line.startswith("{")]
-
-
 def _status(cli: Cli, config: Path) -> tuple[int, dict[str, Any]]:
     result = cli("status", "--json", config=config)
     return result.returncode, json.loads(result.stdout)
@@ -64,7 +55,7 @@ def _status(cli: Cli, config: Path) -> tuple[int, dict[str, Any]]:
 
 def _seen(log: Path, event: str) -> int:
     """How many `event` lines the daemon has logged."""
-    return sum(e["event"] == event for e in _events(log))
+    return sum(e["event"] == event for e in log_events(log))
 
 
 @contextmanager
@@ -167,7 +158,7 @@ def test_disk_full_is_reported_once_and_delivery_resumes(
     naming the cause; the daemon keeps running; once space is freed every row is delivered
     once."""
     outbox = small_disk / "outbox.db"
-    port = _free_port()
+    port = free_port()
     # The live state's default place (the runtime directory) is off the full filesystem, so
     # the daemon can still say what is wrong.
     config = make_config("full.toml", outbox={"path": str(outbox)},
@@ -201,7 +192,7 @@ def test_a_deleted_outbox_is_noticed_and_a_new_one_is_taken_up(
         for suffix in ("", "-wal", "-shm"):
             Path(f"{outbox_path}{suffix}").unlink(missing_ok=True)
         wait_for(lambda: _seen(log, "outbox_lost"), timeout=15)
-        lost = next(e for e in _events(log) if e["event"] == "outbox_lost")
+        lost = next(e for e in log_events(log) if e["event"] == "outbox_lost")
         assert "deleted" in lost["error"] and "init" in lost["hint"]
         code, _ = _status(cli, config_path)
         assert code == 1
@@ -235,7 +226,7 @@ def test_an_outbox_replaced_by_a_tool_is_taken_up(
     with _running(cli, config_path, tmp_path) as (_, log):
         _replace_as_a_tool(outbox_path, "again")
         wait_for(lambda: _seen(log, "outbox_reopened"), timeout=15)
-        lost = next(e for e in _events(log) if e["event"] == "outbox_lost")
+        lost = next(e for e in log_events(log) if e["event"] == "outbox_lost")
         assert "replaced" in lost["error"]
         wait_for(lambda: emulator.state.streams.get("ToolA", {}).get("again") is not None)
 
@@ -348,7 +339,7 @@ def test_a_lost_outboxs_files_that_cannot_be_removed_are_named_and_block_the_reo
             finally:
                 proc.send_signal(signal.SIGCONT)
             wait_for(lambda: _seen(log, "outbox_files_left"), timeout=15)
-            left = next(e for e in _events(log) if e["event"] == "outbox_files_left")
+            left = next(e for e in log_events(log) if e["event"] == "outbox_files_left")
             assert f"{outbox_path}-" in left["error"] and "cannot remove" in left["error"]
             code, report = _status(cli, config_path)
             assert code == 1 and "cannot remove" in (report["daemon"]["cause"] or "")
@@ -407,7 +398,7 @@ def test_a_long_reader_grows_the_wal_which_is_truncated_once_it_ends(
 ):
     """While a reader holds a snapshot the WAL grows: the metric-backed `status` warning says so;
     once the reader ends the daemon truncates the WAL back, and delivery never stopped."""
-    port = _free_port()
+    port = free_port()
     config = make_config("wal.toml", outbox={"wal_warning_bytes": 1_000_000},
                          metrics={"listen": f"127.0.0.1:{port}"})
     with _running(cli, config, tmp_path) as (_, log):

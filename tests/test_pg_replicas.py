@@ -21,7 +21,7 @@ import pytest
 from reporter.emulator import Emulator
 
 from .engines import PgServer, pg_insert
-from .helpers import ROOT, child_env, wait_for
+from .helpers import ROOT, child_env, free_port, wait_for
 from .test_postgres import _cli, _state_rows, _write_config
 
 pytestmark = [pytest.mark.replicas, pytest.mark.timeout(240)]
@@ -69,12 +69,6 @@ def _calls(emulator: Emulator, caller: str, since: float = 0.0) -> list[dict[str
     with emulator.state.lock:
         return [c for c in emulator.state.calls if c.get("caller") == _key(caller)
                 and c["time"] >= since]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _health(port: int) -> int:
@@ -281,7 +275,7 @@ def test_a_lost_connection_is_transient_and_an_outage_turns_health_red(
     server = PgServer()  # its own server: this test stops it
     try:
         url = server.database()
-        port = _free_port()
+        port = free_port()
         config = _write_config(tmp_path, url, outbox={"unreachable_after_seconds": 1.0},
                                metrics={"listen": f"127.0.0.1:{port}"})
         assert _cli(config, "init").returncode == 0

@@ -22,8 +22,7 @@ from reporter import config as config_mod
 from reporter.config import ConfigError, load
 from reporter.delivery.intake import Intake
 from reporter.emulator import Emulator
-from reporter.hub_requests import encode
-from reporter.stores.contract import Ingested, SentState, TaskOutcome
+from reporter.stores.contract import SentState, TaskOutcome
 from reporter.stores.postgres import PostgresStore
 
 from .engines import PG_AWS, PG_OUTBOX, PgServer, pg_insert
@@ -31,9 +30,9 @@ from .helpers import (
     FAST,
     ROOT,
     child_env,
-    judged,
     start_daemon,
     stop_daemon,
+    take_in,
     toml_text,
     wait_for,
 )
@@ -76,9 +75,9 @@ def _cli(config: Path, *args: str, env: dict[str, str] | None = None,
     )
 
 
-def _judged(rows: list[Any], now: float) -> list[Ingested]:
-    return [Ingested(r.id, "ToolA", str(r.migration_task_name), str(r.kind), now,
-                     supersedes=True, request=encode(judged(r, "ToolA"))) for r in rows]
+def _take_in(store: PostgresStore, limit: int) -> list[Any]:
+    """One intake of valid rows of stream ToolA; the rows taken in."""
+    return take_in(store, limit, "ToolA")[0]
 
 
 def _state_rows(url: str, tasks: int, start: int = 0) -> None:
@@ -130,9 +129,7 @@ def test_init_is_idempotent_accepts_a_tool_created_table_and_queues_its_rows(pg_
     PostgresStore.create(pg_url).close()
     store = PostgresStore.open(pg_url)
     try:
-        new = store.fetch_new(10)
-        assert [r.migration_task_name for r in new.rows] == ["early"]
-        store.ingest(new, _judged(new.rows, store.clock()))
+        assert [r.migration_task_name for r in _take_in(store, 10)] == ["early"]
         assert store.backlog().pending == 1
     finally:
         store.close()
@@ -258,15 +255,12 @@ def test_a_row_whose_id_commits_late_is_still_taken_in(pg_url: str):
     slow.execute("INSERT INTO outbox(kind, migration_task_name, status)"
                  " VALUES ('task_state', 'slow', 'IN_PROGRESS')")
     fast = pg_insert(pg_url, kind="task_state", migration_task_name="fast", status="COMPLETED")
-    first = store.fetch_new(10)
-    assert [r.id for r in first.rows] == [fast]
-    store.ingest(first, _judged(first.rows, store.clock()))
+    assert [r.id for r in _take_in(store, 10)] == [fast]
     slow.commit()
     slow.close()
-    second = store.fetch_new(10)
-    assert [r.migration_task_name for r in second.rows] == ["slow"]
-    assert second.rows[0].id < fast
-    store.ingest(second, _judged(second.rows, store.clock()))
+    second = _take_in(store, 10)
+    assert [r.migration_task_name for r in second] == ["slow"]
+    assert second[0].id < fast
     assert store.backlog().pending == 2
     store.close()
 
@@ -276,8 +270,7 @@ def _ingested_store(url: str, tasks: int) -> PostgresStore:
     PostgresStore.create(url).close()
     _state_rows(url, tasks)
     store = PostgresStore.open(url)
-    new = store.fetch_new(1000)
-    store.ingest(new, _judged(new.rows, store.clock()))
+    _take_in(store, 1000)
     return store
 
 

@@ -19,16 +19,11 @@ from reporter import logs
 from reporter.emulator import Emulator
 from reporter.stores.lock import lock_holder
 
-from .helpers import ROOT, Cli, child_env, fill, insert, pending, start_daemon, wait_for
-
-
-def _events(log: Path) -> list[dict[str, Any]]:
-    lines = [line for line in log.read_text().splitlines() if line.strip()]
-    return [json.loads(line) for line in lines]  # every line must be JSON
+from .helpers import ROOT, Cli, child_env, fill, insert, log_events, pending, start_daemon, wait_for
 
 
 def _names(log: Path) -> list[str]:
-    return [e["event"] for e in _events(log)]
+    return [e["event"] for e in log_events(log, strict=True)]
 
 
 def test_sighup_applies_a_new_config_without_losing_anything(
@@ -77,7 +72,7 @@ def test_an_invalid_file_keeps_the_running_config(
             config.write_text(good.replace("interval_seconds = 0.2", "interval_seconds = -1"))
             proc.send_signal(signal.SIGHUP)
             wait_for(lambda: "reload_failed" in _names(log))
-            failed = next(e for e in _events(log) if e["event"] == "reload_failed")
+            failed = next(e for e in log_events(log, strict=True) if e["event"] == "reload_failed")
             assert "[publish] interval_seconds = -1: must be > 0" in failed["error"]
             fill(outbox_path, 3, 1)
             wait_for(lambda: pending(outbox_path) == 0)
@@ -103,7 +98,7 @@ def test_moving_the_outbox_or_the_stream_is_refused(
             config.write_text(text.replace('"ToolA"', '"ToolB"').replace('"info"', '"debug"'))
             proc.send_signal(signal.SIGHUP)
             wait_for(lambda: "reload_refused" in _names(log))
-            refused = next(e for e in _events(log) if e["event"] == "reload_refused")
+            refused = next(e for e in log_events(log, strict=True) if e["event"] == "reload_refused")
             assert refused["changed"] == ["[outbox] path", "[hub] progress_update_stream"]
             fill(outbox_path, 2, 1)
             wait_for(lambda: pending(outbox_path) == 0)

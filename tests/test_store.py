@@ -17,10 +17,10 @@ from reporter.delivery.relay import Relay
 from reporter.emulator import Emulator
 from reporter.hub.client import Hub
 from reporter.outbox import BUSY_RETRIES, Outbox
-from reporter.stores.contract import Ingested, NewRows, StoreError
+from reporter.stores.contract import StoreError
 from reporter.stores.sqlite import SqliteStore
 
-from .helpers import Cli
+from .helpers import Cli, take_in
 
 
 def test_missing_corrupt_foreign_and_incomplete_files(tmp_path: Path):
@@ -70,10 +70,10 @@ def test_read_only_database_refused_even_as_root(tmp_path: Path):
     path = tmp_path / "o.db"
     SqliteStore.create(path).close()
     store = SqliteStore.open(path)
+    _insert(store, kind="task_state", migration_task_name="t", status="IN_PROGRESS")
     store.conn.execute("PRAGMA query_only = ON")
     with pytest.raises(StoreError, match="cannot ingest rows"):
-        store.ingest(NewRows([], False, [1], {1: 1}),
-                     [Ingested(1, "S", "t", "task_state", time.time())])
+        take_in(store, 10)
 
 
 def test_disk_full_is_a_store_error(tmp_path: Path):
@@ -136,10 +136,8 @@ def test_prune_deletes_only_delivered_rows_past_retention(tmp_path: Path):
     store = SqliteStore.create(tmp_path / "o.db")
     ids = [_insert(store, kind="task_state", migration_task_name=f"t{i}", status="IN_PROGRESS")
            for i in range(4)]
-    batch = store.fetch_new(10)
-    assert [r.id for r in batch.rows] == ids
-    store.ingest(batch, [Ingested(i, "S", f"t{n}", "task_state", 0.0,
-                           rejected="bad" if n == 3 else None) for n, i in enumerate(ids)])
+    seen, _ = take_in(store, 10, rejected={ids[3]: "bad"})
+    assert [r.id for r in seen] == ids
     store.conn.execute("UPDATE mgh_rows SET state='sent', finished_at=100 WHERE id IN (?, ?)",
                        (ids[0], ids[1]))
     store.conn.execute("UPDATE mgh_rows SET finished_at=200 WHERE id = ?", (ids[1],))

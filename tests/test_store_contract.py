@@ -7,19 +7,17 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from reporter.hub_requests import Kind, StateUpdate, encode
+from reporter.hub_requests import Kind
 from reporter.rows import MAX_ROW_BYTES, STATE_SPACING_SECONDS, Verdict
 from reporter.stores import Engine as Outbox
 from reporter.stores.contract import (
     INTAKE_BATCH_BYTES,
     GateState,
-    Ingested,
     LaneResult,
     Lease,
     OutboxStore,
@@ -30,7 +28,7 @@ from reporter.stores.contract import (
 )
 
 from .engines import Engine
-from .helpers import judged
+from .helpers import take_in
 
 LEASE = 30.0
 
@@ -52,15 +50,8 @@ def _rows(engine: Engine, *specs: tuple[str, str]) -> list[int]:
 def _take_in(store: OutboxStore, stream: str = "S", rejected: dict[int, str] | None = None,
              supersedes: bool = True) -> list[int]:
     """One intake: every queued row judged (those of `rejected` refused); the ids taken in."""
-    batch = store.fetch_new(100)
-    rejected = rejected or {}
-    store.ingest(batch, [
-        Ingested(row.id, stream, str(row.migration_task_name), str(row.kind),
-                 store.clock(), rejected.get(row.id), supersedes and row.id not in rejected,
-                 None if row.id in rejected else encode(judged(row, stream)))
-        for row in batch.rows
-    ])
-    return [row.id for row in batch.rows]
+    seen, _ = take_in(store, 100, stream, rejected, supersedes)
+    return [row.id for row in seen]
 
 
 def _claim(store: OutboxStore, limit: int = 10) -> dict[str, Any]:
@@ -70,15 +61,11 @@ def _claim(store: OutboxStore, limit: int = 10) -> dict[str, Any]:
 def test_intake_takes_each_row_in_once_in_insertion_order(engine: Engine, store: OutboxStore):
     ids = _rows(engine, ("b", "IN_PROGRESS"), ("a", "IN_PROGRESS"), ("c", "FAILED"))
     assert store.backlog().waiting == 3
-    batch = store.fetch_new(100)
-    assert [r.id for r in batch.rows] == ids and not batch.more
-    assert [r.migration_task_name for r in batch.rows] == ["b", "a", "c"]
-    assert batch.rows[2].status == "FAILED" and batch.rows[0].progress_percent == 10
-    store.ingest(batch, [Ingested(r.id, "S", str(r.migration_task_name), "task_state",
-                                  store.clock()) for r in batch.rows])
-    empty = store.fetch_new(100)
-    assert empty.rows == []
-    store.ingest(empty, [])
+    seen, taken = take_in(store, 100, judged_request=False)
+    assert [r.id for r in seen] == ids and taken == (3, False)
+    assert [r.migration_task_name for r in seen] == ["b", "a", "c"]
+    assert seen[2].status == "FAILED" and seen[0].progress_percent == 10
+    assert take_in(store, 100) == ([], (0, False))
     backlog = store.backlog()
     assert (backlog.waiting, backlog.queued, backlog.dead_letters) == (0, 3, 0)
     assert store.work_left().tasks == 3
@@ -86,19 +73,15 @@ def test_intake_takes_each_row_in_once_in_insertion_order(engine: Engine, store:
 
 def test_a_backlog_is_read_in_bounded_batches(engine: Engine, store: OutboxStore):
     _rows(engine, *[(f"t{i}", "IN_PROGRESS") for i in range(7)])
-    first = store.fetch_new(3)
-    assert first.more and 3 <= len(first.rows) < 7
-    store.ingest(first, [Ingested(r.id, "S", str(r.migration_task_name), "task_state",
-                                  store.clock()) for r in first.rows])
-    seen = {r.id for r in first.rows}
+    first, taken = take_in(store, 3)
+    assert taken.more and 3 <= len(first) < 7 and taken.taken == len(first)
+    seen = {r.id for r in first}
     while True:
-        batch = store.fetch_new(3)
-        store.ingest(batch, [Ingested(r.id, "S", str(r.migration_task_name), "task_state",
-                                      store.clock()) for r in batch.rows])
-        if not batch.rows:
+        batch, _ = take_in(store, 3)
+        if not batch:
             break
-        assert not seen & {r.id for r in batch.rows}
-        seen |= {r.id for r in batch.rows}
+        assert not seen & {r.id for r in batch}
+        seen |= {r.id for r in batch}
     assert len(seen) == 7 and store.backlog().queued == 7
 
 
@@ -110,17 +93,14 @@ def test_an_intake_batch_reads_at_most_a_byte_budget(engine: Engine, store: Outb
                          status_detail=chr(97 + i) * big) for i in range(12)]
     seen: list[int] = []
     while True:
-        batch = store.fetch_new(100)
-        held = sum(len(r.status_detail or "") for r in batch.rows)
+        batch, taken = take_in(store, 100)
+        held = sum(len(r.status_detail or "") for r in batch)
         assert held <= INTAKE_BATCH_BYTES + big
-        if batch.rows and len(seen) + len(batch.rows) < len(ids):
-            assert batch.more and len(batch.rows) < len(ids)
-        store.ingest(batch, [Ingested(r.id, "S", str(r.migration_task_name), "task_state",
-                                      store.clock(), None, True, encode(judged(r)))
-                             for r in batch.rows])
-        if not batch.rows:
+        if batch and len(seen) + len(batch) < len(ids):
+            assert taken.more and len(batch) < len(ids)
+        if not batch:
             break
-        seen += [r.id for r in batch.rows]
+        seen += [r.id for r in batch]
     assert sorted(seen) == ids and store.backlog().queued == 12
 
 
@@ -129,7 +109,7 @@ def test_a_row_over_the_row_bound_is_read_as_sizes_only(engine: Engine, store: O
     values (only those up to SMALL_VALUE_BYTES, which name the task)."""
     rid = engine.insert(kind="task_state", migration_task_name="wide", status="IN_PROGRESS",
                         status_detail="d" * 600_000, artifact_description="a" * 600_000)
-    (row,) = store.fetch_new(10).rows
+    (row,), _ = take_in(store, 10, rejected={rid: "too big"})
     assert row.id == rid and row.migration_task_name == "wide" and row.status == "IN_PROGRESS"
     assert row.status_detail is None and row.artifact_description is None
     assert dict(row.oversize) == {"status_detail": 600_000, "artifact_description": 600_000}
@@ -276,20 +256,29 @@ def test_record_never_moves_a_row_backwards(engine: Engine, store: OutboxStore):
 
 
 def test_requeue_and_drop_dead_letters(engine: Engine, store: OutboxStore):
-    a, b, c = _rows(engine, ("t", "X"), ("u", "Y"), ("v", "Z"))
-    _take_in(store, rejected={a: "bad a", b: "bad b", c: "bad c"})
+    """A dead letter handed back goes to intake in its old place in line and is judged
+    again there (a row fixed meanwhile goes out, one still bad is a dead letter again); one
+    whose outbox row is gone stays a dead letter."""
+    a, b, c, d = _rows(engine, ("t", "X"), ("u", "Y"), ("v", "Z"), ("w", "W"))
+    _take_in(store, rejected={a: "bad a", b: "bad b", c: "bad c", d: "bad d"})
     assert store.claim_due(10, LEASE) == []
-    fixed = StateUpdate(a, "S", "t", "IN_PROGRESS", None, None,
-                        datetime(2026, 1, 1, tzinfo=UTC), 3600)
-    store.requeue([(a, encode(fixed))], [Verdict(b, "still bad")])
-    assert [(d.id, d.reason) for d in store.dead_letters()] == [(b, "still bad"), (c, "bad c")]
+    seqs = dict(engine.query("SELECT id, seq FROM mgh_reporter.rows"))
+    engine.execute("UPDATE outbox SET status = 'IN_PROGRESS' WHERE id = ?", a)
+    engine.execute("DELETE FROM outbox WHERE id = ?", d)
+    assert store.requeue([a, b, d]) == [a, b]
+    assert store.backlog().waiting == 2
+    assert [x.id for x in store.dead_letters()] == [c, d]
+    _take_in(store, rejected={b: "still bad"})
+    assert dict(engine.query("SELECT id, seq FROM mgh_reporter.rows")) == seqs
+    assert [(x.id, x.reason) for x in store.dead_letters()] == [
+        (b, "still bad"), (c, "bad c"), (d, "bad d")]
     claimed = _claim(store)
-    assert set(claimed) == {"t"} and claimed["t"].requests == [fixed]
+    assert set(claimed) == {"t"} and [r.status for r in claimed["t"].requests] == ["IN_PROGRESS"]
     assert store.drop([c], None) == [c]
     assert store.drop(None, rejected_before=store.clock() - 3600) == []
-    assert store.drop(None, None) == [b]
+    assert store.drop(None, None) == [b, d]
     counts = store.counts()
-    assert (counts.dead_letters, counts.dropped, counts.pending) == (0, 2, 1)
+    assert (counts.dead_letters, counts.dropped, counts.pending) == (0, 3, 1)
     assert store.dead_letters([b]) == []
 
 

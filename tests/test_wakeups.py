@@ -5,7 +5,6 @@ takes over and says so once."""
 
 from __future__ import annotations
 
-import json
 import math
 import sqlite3
 import sys
@@ -21,17 +20,10 @@ from reporter.emulator import Emulator
 from reporter.rows import STATE_SPACING_SECONDS
 from reporter.stores.sqlite_wake import Waker
 
-from .helpers import Cli, insert, pending, start_daemon, stop_daemon, wait_for
+from .helpers import Cli, insert, log_events, pending, start_daemon, stop_daemon, wait_for
 
 # Far longer than any wait below: a row published within it was not published by the schedule.
 SLOW = {"publish": {"interval_seconds": 60.0}}
-
-
-def _events(log: Path) -> list[dict[str, Any]]:
-    """The daemon's events so far (a line it is still writing is left for next time)."""
-    text = log.read_text()
-    lines = text.splitlines() if text.endswith("\n") else text.splitlines()[:-1]
-    return [json.loads(line) for line in lines if line.strip()]
 
 
 def _delivered(emulator: Emulator, task: str) -> list[dict[str, Any]]:
@@ -56,7 +48,7 @@ def daemon_log(tmp_path: Path) -> Path:
 def _start(config: Path, log: Path) -> Any:
     err = log.open("w")
     proc = start_daemon(config, stderr=err)
-    wait_for(lambda: any(e["event"] == "started" for e in _events(log)))
+    wait_for(lambda: any(e["event"] == "started" for e in log_events(log)))
     return proc, err
 
 
@@ -80,7 +72,7 @@ def test_a_committed_row_is_published_at_once_not_at_the_next_interval(
             row = insert(outbox_path, kind="task_state", migration_task_name=f"w{n}",
                          status="IN_PROGRESS", progress_percent=n)
             wait_for(lambda row=row: _sent(outbox_path, row), timeout=5)
-        assert [e.get("mode") for e in _events(daemon_log) if e["event"] == "wakeups"] == [
+        assert [e.get("mode") for e in log_events(daemon_log) if e["event"] == "wakeups"] == [
             "inotify"]
     finally:
         _stop(proc, err)
@@ -100,10 +92,10 @@ def test_own_commits_and_checkpoints_do_not_keep_it_busy(
         wait_for(lambda: _sent(outbox_path, row), timeout=5)
         time.sleep(0.5)
         calls = len(emulator.state.calls)
-        passes = sum(e["event"] == "pass" for e in _events(daemon_log))
+        passes = sum(e["event"] == "pass" for e in log_events(daemon_log))
         time.sleep(2.0)
         assert len(emulator.state.calls) == calls
-        assert sum(e["event"] == "pass" for e in _events(daemon_log)) == passes
+        assert sum(e["event"] == "pass" for e in log_events(daemon_log)) == passes
     finally:
         _stop(proc, err)
 
@@ -156,7 +148,7 @@ def test_rows_are_still_noticed_after_the_outbox_is_replaced(
         for suffix in ("", "-wal", "-shm"):
             Path(f"{outbox_path}{suffix}").unlink(missing_ok=True)
         assert cli("init", config=config).returncode == 0
-        wait_for(lambda: any(e["event"] == "outbox_reopened" for e in _events(daemon_log)),
+        wait_for(lambda: any(e["event"] == "outbox_reopened" for e in log_events(daemon_log)),
                  timeout=20)
         row = insert(outbox_path, kind="task_state", migration_task_name="after",
                      status="COMPLETED")

@@ -1,6 +1,6 @@
-"""Dead letters put back in line (rows valid now are requeued, the rest rejected again with
-their current reason) or dropped by a person; the ages `--older-than` takes (no SQL: the store
-does the writing)."""
+"""Dead letters handed back to intake by a person (intake judges them again: valid rows go out,
+the rest are dead letters again with their current reason) or dropped; the ages
+`--older-than` takes (no SQL: the store does the writing)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,9 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from reporter import rows
-from reporter.config import HubConfig
+from reporter.config import Config
 from reporter.delivery.courier import MISSING_ROW
-from reporter.hub_requests import encode
+from reporter.delivery.intake import Intake
 from reporter.rows import Verdict
 from reporter.stores.contract import OutboxStore
 
@@ -29,26 +28,20 @@ class Requeued:
 
 
 def requeue_dead_letters(
-    store: OutboxStore, hub: HubConfig, ids: Sequence[int] | None
+    store: OutboxStore, config: Config, ids: Sequence[int] | None
 ) -> Requeued:
-    """Put dead letters back in line (all of them when `ids` is None)."""
+    """Hand dead letters (all of them when `ids` is None) back to intake and let it judge them
+    at once (the daemon's intake may get there first: the store takes each row in once);
+    what intake rejected again is reported with its reason. A dead letter whose outbox row
+    is gone stays one."""
     letters = {d.id: d for d in store.dead_letters(ids)}
-    present = [i for i, d in letters.items() if d.present]
-    contents = {r.id: r for r in store.outbox_rows(present)} if present else {}
-    valid: list[tuple[int, str]] = []
-    invalid: list[Verdict] = []
-    for rid, letter in letters.items():
-        row = contents.get(rid)
-        if row is None:
-            invalid.append(Verdict(rid, MISSING_ROW))
-            continue
-        checked = rows.judge(row, letter.stream, hub.next_update_seconds, time.time())
-        if isinstance(checked, rows.Problem):
-            invalid.append(Verdict(rid, checked.reason))
-        else:
-            valid.append((rid, encode(checked)))
-    store.requeue(valid, invalid)
-    return Requeued([rid for rid, _ in valid], invalid, sorted(set(ids or ()) - set(letters)))
+    back = store.requeue(sorted(letters))
+    Intake(store, config, on_progress=lambda: None).run(time.time())
+    again = {d.id: d.reason for d in store.dead_letters(back)} if back else {}
+    invalid = [Verdict(rid, again[rid]) for rid in back if rid in again]
+    invalid += [Verdict(rid, MISSING_ROW) for rid in sorted(set(letters) - set(back))]
+    return Requeued([rid for rid in back if rid not in again], sorted(invalid),
+                    sorted(set(ids or ()) - set(letters)))
 
 
 _AGE = re.compile(r"(\d+(?:\.\d+)?)\s*([smhdw])")

@@ -80,7 +80,7 @@ def dead_retry(ctx: click.Context, ids: tuple[int, ...], retry_all: bool) -> Non
     cfg = existing_outbox(ctx)
     store = open_store(cfg, writable=True)
     try:
-        result = requeue_dead_letters(store, cfg.hub, None if retry_all else list(ids))
+        result = requeue_dead_letters(store, cfg, None if retry_all else list(ids))
     finally:
         store.close()
     click.echo(f"requeued {len(result.requeued)} rows")

@@ -1,5 +1,5 @@
 """`verify`: read back what Migration Hub shows for every task the outbox has delivered and
-report, field by field, where it differs from what was last sent (CONTRACT §7: exit 0 all
+report, field by field, where it differs from what was last sent (README: Verifying what the Hub shows; exit 0 all
 match, 6 some task differs or is missing, 4 blocked, 1 error). Read-only, paced under the
 configured rate (a share of it beside replicas), reads only (`mgh:Describe*`, `mgh:List*`)."""
 

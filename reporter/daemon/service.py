@@ -35,8 +35,8 @@ class Service:
     def __init__(self, config: Config, config_path: Path | None = None) -> None:
         stop = threading.Event()
         metrics = Metrics()
-        self.shared = shared = Shared(config, config_path, build(config, stop, metrics.observe_call), metrics,
-                                      stop)
+        parts = build(config, stop, metrics.observe_call)
+        self.shared = shared = Shared(config, config_path, parts, metrics, stop)
         self.store_health = StoreHealth(shared, on_reopen=lambda: self.supervisor.rearm())
         self.live = LiveWriter(shared, self.store_health)
         self.upkeep = Upkeep(shared, self.store_health, self.live,

@@ -24,7 +24,7 @@ class Difference(NamedTuple):
     hub: Any
 
     def to_json(self) -> dict[str, Any]:
-        """CONTRACT §7's problem object."""
+        """The problem object `verify --json` prints (README: Verifying what the Hub shows)."""
         return {"field": self.field, "sent": self.sent, "hub": self.hub}
 
 

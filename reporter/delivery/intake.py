@@ -1,5 +1,6 @@
-"""Intake: every new outbox row is validated once and taken into delivery state, a batch per
-transaction, for a bounded time per pass (no SQL: the store does the writing)."""
+"""Intake: every new outbox row is judged once (`rows.judge`, the one judge) and taken into
+delivery state with the request it becomes, a batch per store call, for a bounded time per pass
+(no SQL: the store reads and writes)."""
 
 from __future__ import annotations
 
@@ -42,11 +43,10 @@ class Intake:
         total = 0
         self.behind, self.rejected = False, 0
         while True:
-            new = self._store.fetch_new(batch)
-            self._store.ingest(new, [self._judge(row, now) for row in new.rows])
-            total += len(new.rows)
+            taken = self._store.take_in(batch, lambda row: self._judge(row, now))
+            total += taken.taken
             self._on_progress()
-            if not new.more:
+            if not taken.more:
                 return total
             if time.monotonic() >= until:
                 self.behind = True

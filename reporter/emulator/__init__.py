@@ -1,4 +1,4 @@
-"""The emulator (CONTRACT: `mgh-reporter emulator`): a local Migration Hub that validates like
+"""The emulator (`mgh-reporter emulator`; README: The emulator): a local Migration Hub that validates like
 the real service, for trying things out and for every test. `service` serves it, `validator`
 checks requests, `operations` answers them over `state`."""
 

@@ -9,7 +9,7 @@ import json
 import time
 import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import astuple, fields
 from typing import Any
@@ -17,7 +17,7 @@ from typing import Any
 import structlog
 
 from reporter.hub_requests import Kind, Request, decode
-from reporter.rows import STATE_SPACING_SECONDS, OutboxRow, Verdict, epoch_of
+from reporter.rows import STATE_SPACING_SECONDS, OutboxRow, epoch_of
 from reporter.stores.contract import (
     Backlog,
     ClaimedRow,
@@ -36,9 +36,11 @@ from reporter.stores.contract import (
     RowState,
     SentState,
     StoreError,
+    TakenIn,
     TaskOutcome,
     TaskRecord,
     WorkLeft,
+    tail_size,
 )
 from reporter.stores.statements import (
     GATE_COLUMNS,
@@ -72,10 +74,6 @@ class SqlStore(ABC):
     ) -> AbstractContextManager[Any]:
         """One transaction (`write`), or reads (that share one `snapshot` when asked); yields
         something with execute(sql, params) and executemany."""
-
-    @abstractmethod
-    def _intake(self) -> AbstractContextManager[Any]:
-        """The transaction that dequeues what `fetch_new` read."""
 
     @abstractmethod
     def _contents(self, c: Any, ids: Sequence[int]) -> dict[int, OutboxRow]:
@@ -202,52 +200,75 @@ class SqlStore(ABC):
             c.execute(self.sql("save_gate"), dict(zip(GATE_COLUMNS, astuple(state), strict=True)))
 
     # -- intake -----------------------------------------------------------------------------
-    def ingest(self, batch: NewRows, items: Sequence[Ingested]) -> None:
-        """Dequeue the batch `fetch_new` read and take its judged rows into delivery state, in
-        one transaction. A task becomes due when a new row arrives unless that row's lane is
-        backing off; a leased task keeps its lease. A reused row id replaces what we remembered
-        under it (that earlier row is gone from the outbox); a newer row of a lane that
-        supersedes supersedes the older rows still waiting."""
+    @abstractmethod
+    def take_in(self, limit: int, judge: Callable[[OutboxRow], Ingested]) -> TakenIn:
+        """Intake (OutboxStore.take_in): the engine reads the batch its own way, then
+        `_ingest` writes it."""
+
+    def _inbox(self, c: Any, limit: int, sizes: str = "", hold: str = "") -> list[Any]:
+        """The intake queue's next `limit` entries and, behind a backlog, its newest
+        (tail_size): a task written now is taken in within a pass, not after the backlog."""
+        head = self._all_sql(c, self.sql("inbox", order="ASC", sizes=sizes, hold=hold),
+                             {"after": 0, "limit": limit})
+        if len(head) < limit:
+            return head
+        tail = self._all_sql(c, self.sql("inbox", order="DESC", sizes=sizes, hold=hold),
+                             {"after": head[-1]["seq"], "limit": tail_size(limit)})
+        return [*head, *tail]
+
+    def _all_sql(self, c: Any, sql: str, params: Mapping[str, Any]) -> list[Any]:
+        return list(c.execute(sql, params).fetchall())
+
+    def _ingest(self, c: Any, batch: NewRows, items: Sequence[Ingested]) -> int:
+        """Dequeue a batch read from the intake queue and take its judged rows into delivery
+        state, in the caller's transaction; only the entries still queued count (another
+        process may have taken some in since the read). A task becomes due when a new row
+        arrives unless that row's lane is backing off; a leased task keeps its lease. A reused
+        row id replaces what we remembered under it (that earlier row is gone from the
+        outbox); a newer row of a lane that supersedes supersedes the older rows still
+        waiting. Returns how many rows were taken in."""
         now = self.clock()
-        with self._intake() as c:
-            if batch.seqs:
-                c.execute(self.sql("dequeue"), {"seqs": self._array(batch.seqs)})
-            if not items:
-                return
-            row_ids = self._array([i.row_id for i in items])
-            reused = self._all(c, "forget_reused", {"ids": row_ids})
-            if reused:
-                structlog.get_logger("reporter.stores").info(
-                    "row_id_reused", rows=len(reused),
-                    earlier_pending=sum(r["state"] == RowState.PENDING for r in reused))
-            keys = sorted({(i.stream, i.task) for i in items})
-            self._many(c, "add_task", [{"stream": s, "task": t} for s, t in keys])
-            found = self._all(c, "task_ids", {"streams": self._array(sorted({s for s, _ in keys})),
-                                              "tasks": self._array(sorted({t for _, t in keys}))})
-            ids = {(r["stream"], r["task"]): int(r["id"]) for r in found}
-            place = batch.places
-            self._many(c, "add_row", [
-                {"id": i.row_id, "seq": place[i.row_id], "task_id": ids[(i.stream, i.task)],
-                 "kind": i.kind, "state": RowState.REJECTED.value if i.rejected
-                 else RowState.PENDING.value, "created_at": i.created_at,
-                 "finished_at": now if i.rejected else None, "reason": i.rejected,
-                 "request": None if i.rejected else i.request}
-                for i in items
-            ])
-            newest: dict[tuple[int, str], int] = {}
-            for i in sorted(items, key=lambda i: place[i.row_id]):
-                if i.supersedes:
-                    newest[(ids[(i.stream, i.task)], i.kind)] = i.row_id
-            self._many(c, "supersede", [
-                {"now": now, "rid": str(rid), "tid": tid, "kind": kind, "seq": place[rid]}
-                for (tid, kind), rid in sorted(newest.items())
-            ])
-            lanes = {(ids[(i.stream, i.task)], Kind(i.kind).lane.value) for i in items
-                     if not i.rejected}
-            self._many(c, "schedule_lane", [
-                {"now": now, "id": tid, "kind": kind, "spacing": STATE_SPACING_SECONDS}
-                for tid, kind in sorted(lanes)
-            ])
+        if batch.seqs:
+            still = {int(r["seq"]) for r in self._all(c, "dequeue",
+                                                       {"seqs": self._array(batch.seqs)})}
+            items = [i for i in items if batch.places[i.row_id] in still]
+        if not items:
+            return 0
+        row_ids = self._array([i.row_id for i in items])
+        reused = self._all(c, "forget_reused", {"ids": row_ids})
+        if reused:
+            structlog.get_logger("reporter.stores").info(
+                "row_id_reused", rows=len(reused),
+                earlier_pending=sum(r["state"] == RowState.PENDING for r in reused))
+        keys = sorted({(i.stream, i.task) for i in items})
+        self._many(c, "add_task", [{"stream": s, "task": t} for s, t in keys])
+        found = self._all(c, "task_ids", {"streams": self._array(sorted({s for s, _ in keys})),
+                                          "tasks": self._array(sorted({t for _, t in keys}))})
+        ids = {(r["stream"], r["task"]): int(r["id"]) for r in found}
+        place = batch.places
+        self._many(c, "add_row", [
+            {"id": i.row_id, "seq": place[i.row_id], "task_id": ids[(i.stream, i.task)],
+             "kind": i.kind, "state": RowState.REJECTED.value if i.rejected
+             else RowState.PENDING.value, "created_at": i.created_at,
+             "finished_at": now if i.rejected else None, "reason": i.rejected,
+             "request": None if i.rejected else i.request}
+            for i in items
+        ])
+        newest: dict[tuple[int, str], int] = {}
+        for i in sorted(items, key=lambda i: place[i.row_id]):
+            if i.supersedes:
+                newest[(ids[(i.stream, i.task)], i.kind)] = i.row_id
+        self._many(c, "supersede", [
+            {"now": now, "rid": str(rid), "tid": tid, "kind": kind, "seq": place[rid]}
+            for (tid, kind), rid in sorted(newest.items())
+        ])
+        lanes = {(ids[(i.stream, i.task)], Kind(i.kind).lane.value) for i in items
+                 if not i.rejected}
+        self._many(c, "schedule_lane", [
+            {"now": now, "id": tid, "kind": kind, "spacing": STATE_SPACING_SECONDS}
+            for tid, kind in sorted(lanes)
+        ])
+        return len(items)
 
     # -- claims -------------------------------------------------------------------------------
     def next_wakeup(self) -> float | None:
@@ -467,16 +488,19 @@ class SqlStore(ABC):
                 "before": rejected_before}).fetchall()
         return sorted(int(r["id"]) for r in rows)
 
-    def requeue(self, valid: Sequence[tuple[int, str]], invalid: Sequence[Verdict]) -> None:
-        """Put dead letters back in line (valid: with the request each is judged to be now) or
-        reject them again with a new reason."""
-        now = self.clock()
+    def requeue(self, ids: Sequence[int] | None) -> list[int]:
+        """Hand dead letters (of `ids`, or all) back to intake in their old place in line, their
+        lane's backoff forgotten; the next `take_in` judges them again."""
+        if ids is None:
+            ids = [d.id for d in self.dead_letters()]
+        if not ids:
+            return []
         with self._tx("requeue dead letters") as c:
-            for name in ("requeue", "requeue_lane", "requeue_task"):
-                self._many(c, name, [{"rid": rid, "now": now, "request": request}
-                                     for rid, request in valid])
-            self._many(c, "rereject", [{"reason": v.reason, "now": now, "rid": v.row}
-                                       for v in invalid])
+            chosen = {"ids": self._array(list(ids))}
+            c.execute(self.sql("requeue_lane"), chosen)
+            back = sorted(int(r["row_id"]) for r in self._all(c, "requeue", chosen))
+            c.execute(self.sql("requeue_forget"), {"ids": self._array(back)})
+        return back
 
     # -- views --------------------------------------------------------------------------------
     def backlog(self) -> Backlog:

@@ -9,7 +9,7 @@ and `release` must present).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import IntEnum, StrEnum
 from typing import NamedTuple, Protocol
@@ -39,6 +39,7 @@ __all__ = [
     "RowState",
     "SentState",
     "StoreError",
+    "TakenIn",
     "TaskOutcome",
     "TaskRecord",
     "fitting",
@@ -68,6 +69,13 @@ class Ingested:
     rejected: str | None = None
     supersedes: bool = False
     request: str | None = None  # what delivery sends: the judged request (hub_requests.encode)
+
+
+class TakenIn(NamedTuple):
+    """What one `take_in` did: how many rows it took in, and whether others wait behind."""
+
+    taken: int
+    more: bool
 
 
 @dataclass(frozen=True)
@@ -367,13 +375,11 @@ class OutboxStore(Protocol):
         """Persist the gate's record."""
 
     # intake
-    def fetch_new(self, limit: int) -> NewRows:
-        """Up to `limit` outbox rows not yet taken in, in insertion order (never by id alone:
-        ids may be reused or commit out of order)."""
-
-    def ingest(self, batch: NewRows, items: Sequence[Ingested]) -> None:
-        """Take a fetched batch (its rows as judged) into delivery state, so `fetch_new` never
-        returns those rows again (call it even when the batch was empty)."""
+    def take_in(self, limit: int, judge: Callable[[OutboxRow], Ingested]) -> TakenIn:
+        """Intake, one verb that owns its transaction: up to `limit` outbox rows not yet taken
+        in (in insertion order, never by id alone: ids may be reused or commit out of order;
+        at most INTAKE_BATCH_BYTES of values), each judged by `judge`, taken into delivery
+        state. A row is taken in once, whoever else takes rows in meanwhile."""
 
     # claims and outcomes
     def next_wakeup(self) -> float | None:
@@ -450,9 +456,10 @@ class OutboxStore(Protocol):
         `rejected_before` when given): they leave the dead letters and are pruned with the
         delivered rows. Returns the ids dropped."""
 
-    def requeue(self, valid: Sequence[tuple[int, str]], invalid: Sequence[Verdict]) -> None:
-        """Put dead letters back in line (valid: with the request each is now judged to be, as
-        `hub_requests.encode` writes it) or reject them again with a new reason."""
+    def requeue(self, ids: Sequence[int] | None) -> list[int]:
+        """Hand dead letters (those of `ids`, or all) back to intake, in their old place in
+        line: the next `take_in` judges them again. Returns the ids handed back (a dead letter
+        whose outbox row is gone stays one)."""
 
     # views and maintenance
     def backlog(self) -> Backlog:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager, suppress
 from datetime import datetime
 from typing import Any
@@ -28,7 +28,15 @@ from reporter.rows import (
 from reporter.secrets import redact_url, remember, scrub
 from reporter.stores import postgres_schema as pgschema
 from reporter.stores.algorithm import SqlStore
-from reporter.stores.contract import NewRows, Replica, StoreError, TaskOutcome, fitting, tail_size
+from reporter.stores.contract import (
+    Ingested,
+    NewRows,
+    Replica,
+    StoreError,
+    TakenIn,
+    TaskOutcome,
+    fitting,
+)
 from reporter.stores.postgres_schema import SCHEMA
 from reporter.stores.statements import STATEMENTS, Dialect, postgres_named
 
@@ -64,8 +72,8 @@ DIALECT = Dialect(
     " WHERE a.task_id = t.id)",
     named=postgres_named, any_of=lambda name: f"= ANY(:{name})", array=list,
     overrides={
-        "unjudged_to_inbox": STATEMENTS["unjudged_to_inbox"].replace(
-            "(seq, row_id)", "(seq, row_id) OVERRIDING SYSTEM VALUE"),
+        **{name: STATEMENTS[name].replace("(seq, row_id)", "(seq, row_id) OVERRIDING SYSTEM VALUE")
+           for name in ("unjudged_to_inbox", "requeue")},
         "waiting": f"SELECT (SELECT count(*) FROM {S}.inbox) AS waiting,"
         f" (SELECT extract(epoch from min(o.created_at))::float8 FROM {S}.inbox i"
         " JOIN {outbox} o ON o.id = i.row_id) AS first",
@@ -146,7 +154,6 @@ class PostgresStore(SqlStore):
         self._failures = 0
         self._retry_at = 0.0
         self._last_error = ""
-        self._intake_open = False
         self._lease_ends: dict[tuple[int, str], float] = {}  # monotonic, never later than the db's
         self._instance = uuid.uuid4().hex[:12]  # who claims a stream's creation
         # The outbox, qualified (set at connect: the session's search_path is pg_catalog alone).
@@ -191,7 +198,6 @@ class PostgresStore(SqlStore):
         if self._failures:
             structlog.get_logger("reporter.stores").info("database_reconnected", outbox=self.where)
         self._failures, self._conn = 0, conn
-        self._intake_open = False
         return conn
 
     def _pin_search_path(self, conn: psycopg.Connection[dict[str, Any]]) -> None:
@@ -235,26 +241,17 @@ class PostgresStore(SqlStore):
 
     @contextmanager
     def _tx(
-        self, doing: str, write: bool = True, snapshot: bool = False, keep_open: bool = False,
-        intake: bool = False,
+        self, doing: str, write: bool = True, snapshot: bool = False
     ) -> Iterator[psycopg.Cursor[dict[str, Any]]]:
-        """One transaction, reads or writes (committed at the end unless `keep_open`; `intake`
-        continues the one `fetch_new` left open); errors become StoreError: a lost connection
-        or a lock conflict is transient (`busy`)."""
+        """One transaction, reads or writes, committed at the end; errors become StoreError: a
+        lost connection or a lock conflict is transient (`busy`)."""
         with self._lock:
             conn = self._connection()
-            if intake and not self._intake_open:  # reconnected since: the read's locks are gone
-                raise StoreError(f"{self.where}: the intake read was lost; read again", busy=True)
-            if self._intake_open and not intake:
-                conn.rollback()  # an intake read whose write never came
-            self._intake_open = False
             try:
                 with conn.cursor() as cur:
                     yield cur
-                if not keep_open:
-                    conn.commit()
+                conn.commit()
             except psycopg.Error as exc:
-                self._intake_open = False
                 if (isinstance(exc, psycopg.OperationalError) and conn.broken) or conn.closed:
                     self._lost(exc)
                     raise StoreError(
@@ -276,17 +273,7 @@ class PostgresStore(SqlStore):
             except BaseException:
                 if not conn.closed:
                     conn.rollback()
-                self._intake_open = False
                 raise
-
-    @contextmanager
-    def _intake(self) -> Iterator[psycopg.Cursor[dict[str, Any]]]:
-        """Dequeue in the transaction whose `FOR UPDATE SKIP LOCKED` read the batch: each row
-        is taken in exactly once, by whichever replica locked it."""
-        if not self._intake_open:
-            raise StoreError(f"{self.where}: the intake read was lost; read again", busy=True)
-        with self._tx("ingest rows", intake=True) as c:
-            yield c
 
     # -- opening -----------------------------------------------------------------------------
     @classmethod
@@ -417,34 +404,25 @@ class PostgresStore(SqlStore):
         return int(row["id"]) if row else 0
 
     # -- intake ------------------------------------------------------------------------------
-    def fetch_new(self, limit: int) -> NewRows:
-        """Rows queued by the intake trigger, in insertion order, locked so that no other
-        replica takes them in at the same time (`SKIP LOCKED`); sized first, so a batch reads at
-        most INTAKE_BATCH_BYTES of values; the transaction stays open until `ingest` dequeues
-        them with the judged rows."""
-        with self._tx("read outbox", keep_open=True) as c:
-            query = (
-                f"SELECT i.seq AS _seq, i.row_id AS _row_id, o.id IS NOT NULL AS _present,"
-                f" {_SIZES} FROM {S}.inbox i LEFT JOIN {self._outbox} o ON o.id = i.row_id"
-                " ORDER BY i.seq {} LIMIT %s FOR UPDATE OF i SKIP LOCKED"
-            )
-            c.execute(query.format("ASC"), (limit,))
-            entries = c.fetchall()
-            full = len(entries) >= limit
-            if full:  # a backlog: the newest rows come in now too (tail_size)
-                head = {r["_seq"] for r in entries}
-                c.execute(query.format("DESC"), (tail_size(limit),))
-                entries += [r for r in c.fetchall() if r["_seq"] not in head]
+    def take_in(self, limit: int, judge: Callable[[OutboxRow], Ingested]) -> TakenIn:
+        """Intake in one transaction: the queue's entries locked so that no other replica
+        takes them in at the same time (`SKIP LOCKED`), sized first so a batch reads at most
+        INTAKE_BATCH_BYTES of values, judged, and written before the locks go."""
+        with self._tx("take rows in") as c:
+            entries = self._inbox(c, limit, sizes=", " + _SIZES,
+                                  hold=" FOR UPDATE OF i SKIP LOCKED")
             taken = entries[:fitting([_cost(r) for r in entries])]
-            self._intake_open = True
             contents = self._contents(
-                c, sorted({r["_row_id"] for r in taken if r["_present"]}))
-        places: dict[int, int] = {}
-        for r in sorted(taken, key=lambda r: r["_seq"]):
-            if r["_row_id"] in contents:  # absent: deleted by the tool before we saw it
-                places[r["_row_id"]] = r["_seq"]
-        return NewRows(sorted(contents.values(), key=lambda row: row.id),
-                       full or len(taken) < len(entries), [r["_seq"] for r in taken], places)
+                c, sorted({r["row_id"] for r in taken if r["present"]}))
+            places: dict[int, int] = {}
+            for r in sorted(taken, key=lambda r: r["seq"]):
+                if r["row_id"] in contents:  # absent: deleted by the tool before we saw it
+                    places[r["row_id"]] = r["seq"]
+            batch = NewRows(sorted(contents.values(), key=lambda row: row.id),
+                            len(entries) >= limit or len(taken) < len(entries),
+                            [r["seq"] for r in taken], places)
+            count = self._ingest(c, batch, [judge(row) for row in batch.rows])
+        return TakenIn(count, batch.more)
 
     def _contents(self, c: Any, ids: Sequence[int]) -> dict[int, OutboxRow]:
         if not ids:

@@ -21,7 +21,7 @@ from reporter.files import UnsafeFile, group_writable, opened_as, probe, refuse_
 from reporter.rows import OutboxRow, unread
 from reporter.stores import sqlite_schema as schema
 from reporter.stores.algorithm import SqlStore
-from reporter.stores.contract import NewRows, StoreError, fitting, tail_size
+from reporter.stores.contract import Ingested, NewRows, StoreError, TakenIn, fitting
 from reporter.stores.statements import (
     Dialect,
     sqlite_any,
@@ -287,9 +287,6 @@ class SqliteStore(SqlStore):
                 raise
             self.conn.execute("COMMIT")
 
-    def _intake(self) -> Any:
-        return self._tx("ingest rows")
-
     def _contents(self, c: Any, ids: Sequence[int]) -> dict[int, OutboxRow]:
         return self._read_rows(ids)
 
@@ -418,24 +415,24 @@ class SqliteStore(SqlStore):
             )
         self._schema_version = int(self.conn.execute("PRAGMA schema_version").fetchone()[0])
 
-    def fetch_new(self, limit: int) -> NewRows:
-        """Outbox rows queued by the intake trigger, in insertion order (bounded reads); a
-        backlog's newest rows come in now too (tail_size)."""
+    def take_in(self, limit: int, judge: Callable[[OutboxRow], Ingested]) -> TakenIn:
+        """Intake: the batch read in a snapshot (tools keep writing meanwhile), judged, then
+        written in one write transaction; an entry another process took in since the read is
+        left to it."""
+        batch = self._read_new(limit)
+        items = [judge(row) for row in batch.rows]
+        with self._tx("ingest rows") as c:
+            count = self._ingest(c, batch, items)
+        return TakenIn(count, batch.more)
+
+    def _read_new(self, limit: int) -> NewRows:
+        """Outbox rows queued by the intake trigger, in insertion order, sized before they are
+        read (blob handles) so a batch holds at most INTAKE_BATCH_BYTES of values."""
         with self._errors("read outbox"):
             self._recycle()
             self._check_trigger()
         with self._tx("read outbox", write=False, snapshot=True) as c:
-            query = (
-                "SELECT i.seq, i.row_id, o.id IS NOT NULL AS present FROM mgh_inbox i"
-                " LEFT JOIN outbox o ON o.id = i.row_id WHERE i.seq > ? ORDER BY i.seq {} LIMIT ?"
-            )
-            queued = c.execute(query.format("ASC"), (0, limit)).fetchall()
-            tail = []
-            if len(queued) >= limit:
-                tail = c.execute(
-                    query.format("DESC"), (queued[-1]["seq"], tail_size(limit))
-                ).fetchall()
-            entries = [*queued, *tail]
+            entries = self._inbox(c, limit)
             sizes = self._measure(sorted({r["row_id"] for r in entries if r["present"]}))
             taken = entries[:fitting([_cost(sizes.get(r["row_id"])) for r in entries])]
             contents = self._read_rows(
@@ -445,7 +442,7 @@ class SqliteStore(SqlStore):
         for r in sorted(taken, key=lambda r: r["seq"]):
             if r["row_id"] in contents:  # absent: deleted by the tool before we saw it
                 places[r["row_id"]] = r["seq"]
-        more = len(queued) >= limit or len(taken) < len(entries)
+        more = len(entries) >= limit or len(taken) < len(entries)
         return NewRows(sorted(contents.values(), key=lambda row: row.id), more,
                        [r["seq"] for r in taken], places)
 

@@ -25,7 +25,7 @@ __all__ = [
     "sqlite_any",
 ]
 
-# The contract's outbox columns (CONTRACT §2): those a table must have, and those init adds.
+# The contract's outbox columns (README: The outbox contract): those a table must have, and those init adds.
 REQUIRED_COLUMNS = (
     "id",
     "kind",
@@ -71,7 +71,13 @@ STATEMENTS: dict[str, str] = {
     "gate": f"SELECT {', '.join(GATE_COLUMNS)} FROM {{gate}} WHERE id = 1",
     "save_gate": f"UPDATE {{gate}} SET {', '.join(f'{n} = :{n}' for n in GATE_COLUMNS)}"
     " WHERE id = 1",
-    "dequeue": "DELETE FROM {inbox} WHERE seq = ANY(:seqs)",
+    # intake: the queue the outbox's trigger fills, read from both ends ({order}); an engine
+    # adds its value sizes ({sizes}) and its row locks ({hold}). Dequeuing says which entries
+    # were still there: another process may have taken some in meanwhile.
+    "inbox": "SELECT i.seq, i.row_id, o.id IS NOT NULL AS present{sizes} FROM {inbox} i"
+    " LEFT JOIN {outbox} o ON o.id = i.row_id WHERE i.seq > :after ORDER BY i.seq {order}"
+    " LIMIT :limit{hold}",
+    "dequeue": "DELETE FROM {inbox} WHERE seq = ANY(:seqs) RETURNING seq",
     "forget_reused": "DELETE FROM {rows} WHERE id = ANY(:ids) RETURNING state",
     "add_task": "INSERT INTO {tasks}(stream, task) VALUES (:stream, :task) ON CONFLICT DO NOTHING",
     "task_ids": "SELECT id, stream, task FROM {tasks} WHERE stream = ANY(:streams)"
@@ -173,13 +179,16 @@ STATEMENTS: dict[str, str] = {
     " LEFT JOIN {outbox} o ON o.id = r.id WHERE r.state = {rejected} {only} ORDER BY r.id",
     "drop": f"UPDATE {{rows}} SET state = {DROPPED}, finished_at = :now WHERE state = {REJECTED}"
     " {only} {before} RETURNING id",
-    "requeue": f"UPDATE {{rows}} SET state = {PENDING}, attempts = 0, reason = NULL,"
-    f" finished_at = NULL, request = :request WHERE id = :rid AND state = {REJECTED}",
-    "requeue_lane": "DELETE FROM {lanes} WHERE (task_id, kind) ="
-    f" (SELECT task_id, {LANE_OF} FROM {{rows}} WHERE id = :rid)",
-    "requeue_task": "UPDATE {tasks} SET due_at = {least}(coalesce(due_at, :now), :now)"
-    " WHERE id = (SELECT task_id FROM {rows} WHERE id = :rid)",
-    "rereject": "UPDATE {rows} SET reason = :reason, finished_at = :now WHERE id = :rid",
+    # dead letters handed back to intake, in their old place in line (their lane's backoff
+    # forgotten: a person asked for them again)
+    "requeue_lane": "DELETE FROM {lanes} WHERE (task_id, kind) IN"
+    f" (SELECT r.task_id, {LANE_OF.replace('kind', 'r.kind')} FROM {{rows}} r"
+    " JOIN {outbox} o ON o.id = r.id"
+    f" WHERE r.id = ANY(:ids) AND r.state = {REJECTED})",
+    "requeue": "INSERT INTO {inbox}(seq, row_id) SELECT r.seq, r.id FROM {rows} r"
+    f" JOIN {{outbox}} o ON o.id = r.id WHERE r.id = ANY(:ids) AND r.state = {REJECTED}"
+    " RETURNING row_id",
+    "requeue_forget": f"DELETE FROM {{rows}} WHERE id = ANY(:ids) AND state = {REJECTED}",
     "backlog": f"SELECT (SELECT count(*) FROM {{rows}} WHERE state = {PENDING}) AS queued,"
     f" (SELECT min(created_at) FROM {{rows}} WHERE state = {PENDING}) AS oldest,"
     f" (SELECT count(*) FROM {{rows}} WHERE state = {REJECTED}) AS dead",
@@ -244,7 +253,7 @@ class Dialect:
             skip=self.skip, now=self.now, rejected=REJECTED,
             arns=self.listing.format(table=names["artifacts"], column="arn"),
             cids=self.listing.format(table=names["resources"], column="configuration_id"),
-            only="{only}", before="{before}", order="{order}")
+            only="{only}", before="{before}", order="{order}", sizes="{sizes}", hold="{hold}")
         return self.named(_ANY.sub(lambda m: self.any_of(m.group(1)), text))
 
 
