@@ -1,7 +1,8 @@
 """`verify`: read back what Migration Hub shows for every task the outbox has delivered and
-report, field by field, where it differs from what was last sent (README: Verifying what the Hub shows; exit 0 all
-match, 6 some task differs or is missing, 4 blocked, 1 error). Read-only, paced under the
-configured rate (a share of it beside replicas), reads only (`mgh:Describe*`, `mgh:List*`)."""
+report, field by field, where it differs from what was last sent (README: Verifying what the
+Hub shows; exit 0 all match, 6 some task differs or is missing, 4 blocked, 1 error).
+Read-only, paced under the configured rate (a share of it beside replicas), reads only
+(`mgh:Describe*`, `mgh:List*`)."""
 
 from __future__ import annotations
 

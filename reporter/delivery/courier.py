@@ -10,12 +10,12 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import structlog
 
 from reporter import rows
-from reporter.config import Config
+from reporter.config import Config, PublishConfig
 from reporter.delivery.conditions import Conditions
 from reporter.delivery.gate import CallResult
 from reporter.delivery.repair_plan import NO_REPAIR, RepairPlan, plan_repair
@@ -185,8 +185,8 @@ class Courier:
                     stream_failure, "CreateProgressUpdateStream", -1)
             self._settle(task, send, failed, delivery)
             if repairing:
-                self._settle_repair(task, NO_REPAIR, False, delivery,
-                              now + self._backoff.base)
+                _settle_repair(task, NO_REPAIR, False, delivery, now + self._backoff.base,
+                               self._log)
             return delivery
         with self._hub.fenced(lambda: self._fence(task)):
             try:
@@ -227,12 +227,12 @@ class Courier:
                 failed[Kind.TASK_STATE] = LaneFailure(err.failure, err.operation, -1)
                 _fail_all(deque(send), failed, err.failure, err.operation, None)
                 self._settle(task, send, failed, delivery)
-                self._settle_repair(task, fix, False, delivery, now + self._backoff.base)
+                _settle_repair(task, fix, False, delivery, now + self._backoff.base, self._log)
                 return
             fix = plan_repair(task, planned, found, found is not None)
             if found is not None:
                 delivery.outcome.imported = True
-            self._report_newer(task, fix)
+            _report_newer(task, fix, self._log)
             gone = {v.row for v in fix.superseded}
             delivery.outcome.superseded += fix.superseded
             send = [r for r in send if r.row_id not in gone]
@@ -244,21 +244,8 @@ class Courier:
         if delivery.blocked is None and not delivery.lease_lost:
             self._settle(task, due, failed, delivery)
         if repairing and not self._stop.is_set():
-            self._settle_repair(task, fix, len(again) == len(fix.calls), delivery,
-                                self._clock() + self._backoff.base)
-
-    def _report_newer(self, task: ClaimedTask, fix: RepairPlan) -> None:
-        """A state someone else wrote later than ours: reported, never overwritten."""
-        hub = fix.newer_at_hub
-        if hub is None:
-            return
-        ours = task.resend.state if task.resend is not None else None
-        self._log.warning(
-            "hub_differs", stream=task.stream, task=task.task, fields=["update_date_time"],
-            hub_status=hub.status, hub_percent=hub.percent, hub_update_time=iso(hub.update_time),
-            our_update_time=iso(ours.update_time if ours else None),
-            superseded=[v.row for v in fix.superseded],
-            hint="the Hub holds a newer state than ours (another client's): not sent again")
+            _settle_repair(task, fix, len(again) == len(fix.calls), delivery,
+                           self._clock() + self._backoff.base, self._log)
 
     def _run_lanes(
         self,
@@ -323,7 +310,8 @@ class Courier:
             queue.popleft()
             if request.row_id < 0:
                 delivery.again_sent.add(request.row_id)
-            self._sent(out, request, task)
+            _note_sent(out, request, task,
+                       self._clock() + self._config.mapping.check_after_seconds)
             log.debug("row_sent", row=request.row_id, operation=request.operation)
 
     def _recreate_stream(self, task: ClaimedTask, delivery: Delivery) -> HubError | None:
@@ -355,30 +343,6 @@ class Courier:
             if self._recreate_stream(task, delivery) is not None:
                 return
 
-    def _settle_repair(self, task: ClaimedTask, plan: RepairPlan, complete: bool,
-                       delivery: Delivery, fallback: float) -> None:
-        """A repair is done once the Hub has the task (found by the read, or imported now or in
-        an earlier try) and every call it sends again went through in this try (`complete`:
-        none was held back by its lane's backoff): the flag is cleared, and `hub_repaired`
-        logged when this try sent something. Else it is due again at its lanes' retry time (or
-        `fallback`)."""
-        out = delivery.outcome
-        if delivery.blocked is not None or delivery.lease_lost or out.lost:
-            return
-        has_task = not plan.import_first or out.imported
-        if has_task and complete and {r.row_id for r in plan.calls} <= delivery.again_sent:
-            out.resent = True
-            if plan.calls or plan.import_first:
-                self._log.warning(
-                    "hub_repaired", stream=task.stream, task=task.task,
-                    calls=len(plan.calls) + int(plan.import_first),
-                    operations=sorted({r.operation for r in plan.calls}),
-                    hint="the Hub had lost the task (or its stream) or was behind us: sent"
-                    " again what it lacked")
-            return
-        retries = [lane.retry_at for lane in out.lanes if lane.retry_at is not None]
-        out.retry_at = min(retries) if retries else fallback
-
     def _settle(
         self,
         task: ClaimedTask,
@@ -386,76 +350,10 @@ class Courier:
         failed: dict[Kind, LaneFailure],
         delivery: Delivery,
     ) -> None:
-        """Each tried lane's new retry state; give up a row only if its own call kept failing.
-
-        Any successful call of the task is progress: the failing lanes count again from one.
-        """
-        out, now = delivery.outcome, self._clock()
-        progressed = any(result is None for result in delivery.calls)
-        for kind in sorted({r.kind.lane for r in due} | set(failed)):
-            if kind not in failed:
-                out.lanes.append(LaneResult(kind, 0, None))
-                continue
-            failure, operation, row_id = failed[kind]
-            attempts = 1 if progressed else task.lane(kind).attempts + 1
-            give_up = None
-            if row_id >= 0:
-                out.failed_rows.append(row_id)
-                row = task.row(row_id)
-                publish = self._config.publish
-                give_up = give_up_reason(
-                    row.attempts + 1,
-                    now - row.created_at,
-                    publish.max_attempts,
-                    publish.max_age_seconds,
-                    str(failure),
-                )
-            cap = self._calm_cap if self.calm and attempts <= CALM_ATTEMPTS else None
-            delay = self._backoff.delay(attempts, self._rng, failure.retry_after, cap)
-            out.error = out.error or str(failure)[:500]
-            self._conditions.failed(
-                failure,
-                operation,
-                delay,
-                stream=task.stream,
-                task=task.task,
-                kind=kind.value,
-                attempt=attempts,
-            )
-            if give_up is not None:
-                self._conditions.rejected(give_up, row=row_id, stream=task.stream, task=task.task)
-                out.rejected.append(Verdict(row_id, give_up))
-                out.lanes.append(LaneResult(kind, 0, None))
-            else:
-                out.lanes.append(LaneResult(kind, attempts, now + delay, str(failure)[:500]))
-
-    def _sent(self, out: TaskOutcome, request: Request, task: ClaimedTask) -> None:
-        if request.row_id < 0:
-            return  # a repair's call: what it sends is on record already
-        out.sent.append(request.row_id)
-        seq = task.row(request.row_id).seq
-        if isinstance(request, StateUpdate):
-            out.state = SentState(
-                request.row_id,
-                seq,
-                request.status,
-                request.percent,
-                request.detail,
-                request.update_time.timestamp(),
-                request.next_update_seconds,
-            )
-        elif isinstance(request, AttributesUpdate):
-            out.attributes_row, out.attributes_seq = request.row_id, seq
-            out.attributes = request.attributes
-            out.map_check_at = self._clock() + self._config.mapping.check_after_seconds
-        elif isinstance(request, ArtifactAssociation):
-            out.artifacts.append((request.arn, request.description))
-        elif isinstance(request, ArtifactRemoval):
-            out.artifacts_removed.append(request.arn)
-        elif isinstance(request, ResourceAssociation):
-            out.resources.append((request.configuration_id, request.description))
-        else:
-            out.resources_removed.append(request.configuration_id)
+        """Each tried lane's new retry state (`_settle_lanes`, under this courier's policy)."""
+        _settle_lanes(task, due, failed, delivery, self._clock(), self._backoff, self._rng,
+                      self._calm_cap if self.calm else None, self._config.publish,
+                      self._conditions)
 
 
 def _fail_all(
@@ -470,3 +368,127 @@ def _fail_all(
         if request.kind.lane not in failed:
             tried = request.row_id if request is head else -1
             failed[request.kind.lane] = LaneFailure(failure, operation, tried)
+
+
+def _note_sent(out: TaskOutcome, request: Request, task: ClaimedTask, map_check_at: float) -> None:
+    """What a call that went through puts on record (a repair's call: nothing new)."""
+    if request.row_id < 0:
+        return  # a repair's call: what it sends is on record already
+    out.sent.append(request.row_id)
+    seq = task.row(request.row_id).seq
+    if isinstance(request, StateUpdate):
+        out.state = SentState(
+            request.row_id,
+            seq,
+            request.status,
+            request.percent,
+            request.detail,
+            request.update_time.timestamp(),
+            request.next_update_seconds,
+        )
+    elif isinstance(request, AttributesUpdate):
+        out.attributes_row, out.attributes_seq = request.row_id, seq
+        out.attributes = request.attributes
+        out.map_check_at = map_check_at
+    elif isinstance(request, ArtifactAssociation):
+        out.artifacts.append((request.arn, request.description))
+    elif isinstance(request, ArtifactRemoval):
+        out.artifacts_removed.append(request.arn)
+    elif isinstance(request, ResourceAssociation):
+        out.resources.append((request.configuration_id, request.description))
+    else:
+        out.resources_removed.append(request.configuration_id)
+
+
+def _settle_repair(task: ClaimedTask, plan: RepairPlan, complete: bool, delivery: Delivery,
+               fallback: float, log: Any) -> None:
+    """A repair is done once the Hub has the task (found by the read, or imported now or in
+    an earlier try) and every call it sends again went through in this try (`complete`:
+    none was held back by its lane's backoff): the flag is cleared, and `hub_repaired`
+    logged when this try sent something. Else it is due again at its lanes' retry time (or
+    `fallback`)."""
+    out = delivery.outcome
+    if delivery.blocked is not None or delivery.lease_lost or out.lost:
+        return
+    has_task = not plan.import_first or out.imported
+    if has_task and complete and {r.row_id for r in plan.calls} <= delivery.again_sent:
+        out.resent = True
+        if plan.calls or plan.import_first:
+            log.warning(
+                "hub_repaired", stream=task.stream, task=task.task,
+                calls=len(plan.calls) + int(plan.import_first),
+                operations=sorted({r.operation for r in plan.calls}),
+                hint="the Hub had lost the task (or its stream) or was behind us: sent"
+                " again what it lacked")
+        return
+    retries = [lane.retry_at for lane in out.lanes if lane.retry_at is not None]
+    out.retry_at = min(retries) if retries else fallback
+
+
+def _report_newer(task: ClaimedTask, fix: RepairPlan, log: Any) -> None:
+    """A state someone else wrote later than ours: reported, never overwritten."""
+    hub = fix.newer_at_hub
+    if hub is None:
+        return
+    ours = task.resend.state if task.resend is not None else None
+    log.warning(
+        "hub_differs", stream=task.stream, task=task.task, fields=["update_date_time"],
+        hub_status=hub.status, hub_percent=hub.percent, hub_update_time=iso(hub.update_time),
+        our_update_time=iso(ours.update_time if ours else None),
+        superseded=[v.row for v in fix.superseded],
+        hint="the Hub holds a newer state than ours (another client's): not sent again")
+
+
+def _settle_lanes(
+    task: ClaimedTask,
+    due: list[Request],
+    failed: dict[Kind, LaneFailure],
+    delivery: Delivery,
+    now: float,
+    backoff: Backoff,
+    rng: random.Random,
+    calm_cap: float | None,
+    publish: PublishConfig,
+    conditions: Conditions,
+) -> None:
+    """Each tried lane's new retry state; give up a row only if its own call kept failing.
+
+    Any successful call of the task is progress: the failing lanes count again from one.
+    """
+    out = delivery.outcome
+    progressed = any(result is None for result in delivery.calls)
+    for kind in sorted({r.kind.lane for r in due} | set(failed)):
+        if kind not in failed:
+            out.lanes.append(LaneResult(kind, 0, None))
+            continue
+        failure, operation, row_id = failed[kind]
+        attempts = 1 if progressed else task.lane(kind).attempts + 1
+        give_up = None
+        if row_id >= 0:
+            out.failed_rows.append(row_id)
+            row = task.row(row_id)
+            give_up = give_up_reason(
+                row.attempts + 1,
+                now - row.created_at,
+                publish.max_attempts,
+                publish.max_age_seconds,
+                str(failure),
+            )
+        cap = calm_cap if attempts <= CALM_ATTEMPTS else None
+        delay = backoff.delay(attempts, rng, failure.retry_after, cap)
+        out.error = out.error or str(failure)[:500]
+        conditions.failed(
+            failure,
+            operation,
+            delay,
+            stream=task.stream,
+            task=task.task,
+            kind=kind.value,
+            attempt=attempts,
+        )
+        if give_up is not None:
+            conditions.rejected(give_up, row=row_id, stream=task.stream, task=task.task)
+            out.rejected.append(Verdict(row_id, give_up))
+            out.lanes.append(LaneResult(kind, 0, None))
+        else:
+            out.lanes.append(LaneResult(kind, attempts, now + delay, str(failure)[:500]))

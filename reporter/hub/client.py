@@ -132,6 +132,37 @@ def _snake(operation: str) -> str:
     return "".join("_" + c.lower() if c.isupper() else c for c in operation).lstrip("_")
 
 
+def sdk_session() -> boto3.session.Session:
+    """An SDK session as boto3 makes one (the credential chain, config files and endpoint
+    variables as usual), except that a config or credentials file another user could write is
+    never read, and the service models load as plain JSON."""
+    core = botocore.session.Session()
+    for ignored in ignored_files():  # a file a tool user could plant is never read
+        core.set_config_variable(ignored.variable, NOTHING)
+        _warn_once(ignored.path, "sdk_file_ignored", path=ignored.path,
+                   reason=ignored.reason,
+                   hint="a file another user could write is never read as the SDK's"
+                   " configuration (its credential_process would run as us): keep"
+                   " AWS files in a directory only root or this user can write, or"
+                   " name one with AWS_CONFIG_FILE / AWS_SHARED_CREDENTIALS_FILE")
+    paths = (core.get_config_variable("data_path") or "").split(os.pathsep)
+    loader = Loader(
+        extra_search_paths=[os.path.expanduser(p) for p in paths if p],
+        file_loader=PlainJSONFileLoader(),
+    )
+    core.register_component("data_loader", loader)
+    return boto3.session.Session(botocore_session=core)
+
+
+def _clear_loader_caches(*clients: Any) -> None:
+    """Empty the model caches of the clients' loaders and free the cycles a session leaves."""
+    for client in clients:
+        cache = getattr(getattr(client, "_loader", None), "_cache", None)
+        if isinstance(cache, dict):
+            cache.clear()
+    gc.collect()  # the session's objects form cycles: free them now, for the pass to reuse
+
+
 class Hub:
     """Migration Hub in the home Region; thread-safe (boto3 clients are, sessions are not)."""
 
@@ -182,25 +213,10 @@ class Hub:
             return self._home_client
 
     def _sdk(self) -> boto3.session.Session:
-        """The SDK session the clients are made by (the credential chain, config files and
-        endpoint variables as usual); it lives only until the Hub client exists."""
+        """The SDK session the clients are made by; it lives only until the Hub client
+        exists."""
         if self._session is None:
-            core = botocore.session.Session()
-            for ignored in ignored_files():  # a file a tool user could plant is never read
-                core.set_config_variable(ignored.variable, NOTHING)
-                _warn_once(ignored.path, "sdk_file_ignored", path=ignored.path,
-                           reason=ignored.reason,
-                           hint="a file another user could write is never read as the SDK's"
-                           " configuration (its credential_process would run as us): keep"
-                           " AWS files in a directory only root or this user can write, or"
-                           " name one with AWS_CONFIG_FILE / AWS_SHARED_CREDENTIALS_FILE")
-            paths = (core.get_config_variable("data_path") or "").split(os.pathsep)
-            loader = Loader(
-                extra_search_paths=[os.path.expanduser(p) for p in paths if p],
-                file_loader=PlainJSONFileLoader(),
-            )
-            core.register_component("data_loader", loader)
-            self._session = boto3.session.Session(botocore_session=core)
+            self._session = sdk_session()
         return self._session
 
     def _make_client(self, service: str, region: str) -> Any:
@@ -210,15 +226,11 @@ class Hub:
 
     def _let_go_of_models(self) -> None:
         """Once both clients exist, let the session go (its endpoint resolver holds the SDK's
-        whole endpoint table) and empty the loader cache the clients share (every model and table
-        parsed while building them: ~7 MB of JSON). The clients keep what they use; the loader
-        serves only paginators and waiters, which we never use, and would reload on demand."""
+        whole endpoint table) and empty the loader cache the clients share (every model and
+        table parsed while building them: ~7 MB of JSON). The clients keep what they use; the
+        loader serves only paginators and waiters, which we never use."""
         self._session = None
-        for client in (self._home_client, self._mgh):
-            cache = getattr(getattr(client, "_loader", None), "_cache", None)
-            if isinstance(cache, dict):
-                cache.clear()
-        gc.collect()  # the session's objects form cycles: free them now, for the pass to reuse
+        _clear_loader_caches(self._home_client, self._mgh)
 
     def home_region(self) -> str | None:
         """The account's home Region from GetHomeRegion (None when it is not set)."""

@@ -29,7 +29,6 @@ from reporter.stores.contract import (
     Lease,
     MappingCheck,
     NewRows,
-    Replica,
     Resend,
     ResendScope,
     RowCounts,
@@ -79,59 +78,13 @@ class SqlStore(ABC):
     def _contents(self, c: Any, ids: Sequence[int]) -> dict[int, OutboxRow]:
         """Outbox rows by id, never reading a value over MAX_COLUMN_BYTES."""
 
-    # -- what only some engines need: one process owning a file (SQLite) needs no fence,
-    # stream claims or heartbeats; a server (PostgreSQL) keeps its own log and files --------
+    @abstractmethod
     def _leased(self, ids: Sequence[int], token: str, ends: float) -> None:
-        """After a claim: its leases end no earlier than `ends` (monotonic), for `hold`."""
-        return None
+        """After a claim: its leases end no earlier than `ends` (monotonic), for the fence."""
 
+    @abstractmethod
     def _ended(self, outcomes: Sequence[TaskOutcome]) -> None:
-        """After outcomes were recorded."""
-        return None
-
-    def hold(self, task_id: int, lease: str, need_seconds: float, lease_seconds: float) -> bool:
-        """The fence: is the lease still ours for `need_seconds` (one process: always)?"""
-        return True
-
-    def claim_stream(self, stream: str, seconds: float) -> bool:
-        """Claim the creation of `stream` (one process: always ours)."""
-        return True
-
-    def heartbeat(self, me: Replica) -> list[Replica]:
-        """Record this replica's heartbeat and return the live ones (one process: itself)."""
-        return [me]
-
-    def replicas(self) -> list[Replica]:
-        """The live replicas (none recorded for one process: `status` finds it by its lock)."""
-        return []
-
-    def leave(self, replica_id: str) -> None:
-        """Forget this replica's heartbeat (a graceful stop)."""
-        return None
-
-    def checkpoint(self, mode: str = "PASSIVE", busy_ms: int | None = None) -> bool:
-        """Fold a write-ahead log of ours back; True when all of it was."""
-        return True
-
-    def wal_bytes(self) -> int:
-        """The size of a write-ahead log file of ours (0: none)."""
-        return 0
-
-    def damage(self) -> str | None:
-        """What damaged a file of ours under us (None: nothing, or no file)."""
-        return None
-
-    def integrity(self) -> str | None:
-        """What a check of our pages found wrong (None: nothing, or the server checks)."""
-        return None
-
-    def file_problem(self) -> str | None:
-        """Why our file is no longer the outbox at its path (deleted or replaced), or None."""
-        return None
-
-    def disown(self) -> str | None:
-        """Remove our companion files left at a lost outbox's path (None: done, or none)."""
-        return None
+        """After outcomes were recorded: their leases are spent."""
 
     # -- opening -----------------------------------------------------------------------------
     def _columns_to_add(self, columns: Sequence[str], creating: bool) -> list[str]:

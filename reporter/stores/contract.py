@@ -20,10 +20,13 @@ from reporter.stores.errors import StoreError
 
 __all__ = [
     "INTAKE_BATCH_BYTES",
+    "AdminStore",
     "Backlog",
     "ClaimedRow",
     "ClaimedTask",
     "DeadLetter",
+    "DeliveryStore",
+    "FileHealthStore",
     "GateState",
     "Ingested",
     "LaneResult",
@@ -33,6 +36,7 @@ __all__ = [
     "NewRows",
     "OutboxStore",
     "Replica",
+    "ReplicaStore",
     "Resend",
     "ResendScope",
     "RowCounts",
@@ -354,8 +358,10 @@ class Replica:
     role: str = "run"  # "run" or "drain"
 
 
-class OutboxStore(Protocol):
-    """The verbs the relay, gate, delivery, views and CLI use; one implementation per engine."""
+class DeliveryStore(Protocol):
+    """What delivery needs (the relay, intake, the gate, the courier, repair rounds, mapping
+    checks): intake, claims and their outcomes, the gate's record, streams, mapping and
+    repair."""
 
     def close(self) -> None:
         """Release the connection."""
@@ -367,21 +373,18 @@ class OutboxStore(Protocol):
     def data_version(self) -> int:
         """A token that changes whenever another connection commits (cheap idle check)."""
 
-    # gate
     def load_gate(self) -> GateState:
         """The gate's persisted record (defaults when none was saved)."""
 
     def save_gate(self, state: GateState) -> None:
         """Persist the gate's record."""
 
-    # intake
     def take_in(self, limit: int, judge: Callable[[OutboxRow], Ingested]) -> TakenIn:
         """Intake, one verb that owns its transaction: up to `limit` outbox rows not yet taken
         in (in insertion order, never by id alone: ids may be reused or commit out of order;
         at most INTAKE_BATCH_BYTES of values), each judged by `judge`, taken into delivery
         state. A row is taken in once, whoever else takes rows in meanwhile."""
 
-    # claims and outcomes
     def next_wakeup(self) -> float | None:
         """When the earliest task or mapping check becomes due (None: nothing scheduled)."""
 
@@ -390,11 +393,6 @@ class OutboxStore(Protocol):
 
     def release(self, leases: Sequence[Lease], due_at: float) -> None:
         """Hand leased (task id, lease) pairs back untouched, due again at `due_at`."""
-
-    def hold(self, task_id: int, lease: str, need_seconds: float, lease_seconds: float) -> bool:
-        """The fence before a Hub call: True when this lease still has at least `need_seconds`
-        left (renewing it for `lease_seconds` when less remains); False when it was lost, and
-        the caller must make no further call for the task."""
 
     def record(self, outcomes: Sequence[TaskOutcome]) -> None:
         """Record a pass's outcomes and end their leases."""
@@ -405,21 +403,6 @@ class OutboxStore(Protocol):
     def streams(self) -> set[str]:
         """Streams known to exist at the Hub."""
 
-    def claim_stream(self, stream: str, seconds: float) -> bool:
-        """True when this process should create `stream` now (no one created it, and no one
-        else is creating it); the claim lapses after `seconds`."""
-
-    # replicas
-    def heartbeat(self, me: Replica) -> list[Replica]:
-        """Say this process is alive; returns the live replicas (itself included)."""
-
-    def replicas(self) -> list[Replica]:
-        """The live replicas (heartbeat fresher than three of their promised periods)."""
-
-    def leave(self, replica_id: str) -> None:
-        """This process stops delivering: drop its heartbeat row."""
-
-    # mapping
     def task_pages(self, stream: str | None = None, size: int = 500) -> Iterator[TaskRecord]:
         """Every task (of `stream`) in id order, read a page at a time."""
 
@@ -444,7 +427,63 @@ class OutboxStore(Protocol):
     ) -> None:
         """Store the result of one ListDiscoveredResources check."""
 
-    # dead letters
+    def rebase(self, delta: float) -> None:
+        """The local wall clock stepped by `delta` seconds: keep every stored wait (due times,
+        retries, spacing, mapping checks) as far away as it was."""
+
+
+class ReplicaStore(Protocol):
+    """What several processes sharing one outbox need (PostgreSQL; one process owning an SQLite
+    file answers for itself alone): the fence, stream claims, heartbeats."""
+
+    def hold(self, task_id: int, lease: str, need_seconds: float, lease_seconds: float) -> bool:
+        """The fence before a Hub call: True when this lease still has at least `need_seconds`
+        left (renewing it for `lease_seconds` when less remains); False when it was lost, and
+        the caller must make no further call for the task."""
+
+    def claim_stream(self, stream: str, seconds: float) -> bool:
+        """True when this process should create `stream` now (no one created it, and no one
+        else is creating it); the claim lapses after `seconds`."""
+
+    def heartbeat(self, me: Replica) -> list[Replica]:
+        """Say this process is alive; returns the live replicas (itself included)."""
+
+    def replicas(self) -> list[Replica]:
+        """The live replicas (heartbeat fresher than three of their promised periods)."""
+
+    def leave(self, replica_id: str) -> None:
+        """This process stops delivering: drop its heartbeat row."""
+
+
+class FileHealthStore(Protocol):
+    """What the daemon tends of an outbox that is a file of ours (SQLite; a database server
+    keeps its own log and files, so PostgreSQL answers that all is well)."""
+
+    def checkpoint(self, mode: str = "PASSIVE", busy_ms: int | None = None) -> bool:
+        """Engine housekeeping (SQLite: fold the WAL back); True when nothing was left over."""
+
+    def wal_bytes(self) -> int:
+        """Bytes of write-ahead log not folded back (0 where the engine has no such file)."""
+
+    def damage(self) -> str | None:
+        """Why the open file can no longer be trusted (its -wal deleted or replaced under us),
+        or None; cheap enough for every pass."""
+
+    def integrity(self) -> str | None:
+        """`PRAGMA quick_check`: None when the file is sound, else what is wrong."""
+
+    def file_problem(self) -> str | None:
+        """Why the store no longer reaches the outbox its config names (deleted, replaced)."""
+
+    def disown(self) -> str | None:
+        """The outbox at its path is no longer the file we have open: remove the companion
+        files of ours still at that path. None once none is left, else why one cannot go."""
+
+
+class AdminStore(Protocol):
+    """What people and their commands read and change: dead letters, the views `status`,
+    `tasks` and the gauges show, pruning."""
+
     def dead_letters(self, ids: Sequence[int] | None = None) -> list[DeadLetter]:
         """Rejected rows (all, or those of `ids`)."""
 
@@ -461,7 +500,6 @@ class OutboxStore(Protocol):
         line: the next `take_in` judges them again. Returns the ids handed back (a dead letter
         whose outbox row is gone stays one)."""
 
-    # views and maintenance
     def backlog(self) -> Backlog:
         """Cheap totals of what is not delivered yet (the hot-path view)."""
 
@@ -480,29 +518,9 @@ class OutboxStore(Protocol):
     def prune(self, before: float, chunk: int = 2000) -> int:
         """Delete delivered rows finished before `before`; returns the count."""
 
-    def checkpoint(self, mode: str = "PASSIVE", busy_ms: int | None = None) -> bool:
-        """Engine housekeeping (SQLite: fold the WAL back); True when nothing was left over."""
 
-    def wal_bytes(self) -> int:
-        """Bytes of write-ahead log not folded back (0 where the engine has no such file)."""
-
-    def rebase(self, delta: float) -> None:
-        """The local wall clock stepped by `delta` seconds: keep every stored wait (due times,
-        retries, spacing, mapping checks) as far away as it was."""
-
-    def damage(self) -> str | None:
-        """Why the open file can no longer be trusted (its -wal deleted or replaced under us),
-        or None; cheap enough for every pass."""
-
-    def integrity(self) -> str | None:
-        """`PRAGMA quick_check`: None when the file is sound, else what is wrong."""
-
-    def file_problem(self) -> str | None:
-        """Why the store no longer reaches the outbox its config names (deleted, replaced)."""
-
-    def disown(self) -> str | None:
-        """The outbox at its path is no longer the file we have open: remove the companion
-        files of ours still at that path. None once none is left, else why one cannot go."""
+class OutboxStore(DeliveryStore, ReplicaStore, FileHealthStore, AdminStore, Protocol):
+    """The verbs the relay, gate, delivery, views and CLI use; one implementation per engine."""
 
 
 # An intake batch reads at most this many bytes of outbox values (and at least one row), so a

@@ -526,6 +526,31 @@ class PostgresStore(SqlStore):
         with self._tx("leave") as c:
             c.execute(f"DELETE FROM {S}.replicas WHERE id = %s", (replica_id,))
 
+    # -- a server keeps its own log and files: nothing of ours to tend or lose ---------------
+    def checkpoint(self, mode: str = "PASSIVE", busy_ms: int | None = None) -> bool:
+        """The server checkpoints its own log: all of it is folded back, as far as we know."""
+        return True
+
+    def wal_bytes(self) -> int:
+        """No log file of ours (the server's WAL is its administrator's)."""
+        return 0
+
+    def damage(self) -> str | None:
+        """No file of ours to be damaged under us."""
+        return None
+
+    def integrity(self) -> str | None:
+        """The server checks its own pages."""
+        return None
+
+    def file_problem(self) -> str | None:
+        """No file of ours that could be deleted or replaced."""
+        return None
+
+    def disown(self) -> str | None:
+        """No companion files of ours to remove."""
+        return None
+
     def rebase(self, delta: float) -> None:
         """The local wall clock stepped; the database's did not: stored times stay, the local
         estimate of the database's clock is corrected."""

@@ -21,7 +21,14 @@ from reporter.files import UnsafeFile, group_writable, opened_as, probe, refuse_
 from reporter.rows import OutboxRow, unread
 from reporter.stores import sqlite_schema as schema
 from reporter.stores.algorithm import SqlStore
-from reporter.stores.contract import Ingested, NewRows, StoreError, TakenIn, fitting
+from reporter.stores.contract import (
+    Ingested,
+    NewRows,
+    StoreError,
+    TakenIn,
+    fitting,
+)
+from reporter.stores.single import SingleProcess
 from reporter.stores.statements import (
     Dialect,
     sqlite_any,
@@ -112,7 +119,7 @@ def _lenient(data: bytes) -> str:
     return data.decode("utf-8", "surrogateescape")
 
 
-class SqliteStore(SqlStore):
+class SqliteStore(SingleProcess, SqlStore):
     """One connection to the outbox file; short explicit transactions."""
 
     dialect = DIALECT

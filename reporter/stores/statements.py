@@ -25,7 +25,8 @@ __all__ = [
     "sqlite_any",
 ]
 
-# The contract's outbox columns (README: The outbox contract): those a table must have, and those init adds.
+# The contract's outbox columns (README: The outbox contract): those a table must have, and
+# those init adds.
 REQUIRED_COLUMNS = (
     "id",
     "kind",
