@@ -79,6 +79,10 @@ def main() -> int:
     parser.add_argument("rev", help="the commit to compare with (e.g. 5020a86)")
     parser.add_argument("--runs", type=int, default=6, help="drains per side (default 6)")
     args = parser.parse_args()
+    # Both sides run from compiled bytecode, as an installed package does (the .deb and the
+    # wheel compile it): with PYTHONDONTWRITEBYTECODE set, each run would compile every module
+    # again and the larger tree would pay for its size at every start.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     os.chdir(tempfile.gettempdir())  # `python -m` puts the working directory first on sys.path
     start_spawner()
     other = worktree(args.rev)

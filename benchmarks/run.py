@@ -1111,6 +1111,10 @@ def main() -> int:
     parser.add_argument("--no-write", action="store_true",
                         help="do not update results.json and the READMEs (full runs do)")
     args = parser.parse_args()
+    # Measured processes run from compiled bytecode, as an installed package does: with
+    # PYTHONDONTWRITEBYTECODE set (this machine sets it), every start would compile each of
+    # the package's modules again.
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
     size = SIZES["smoke" if args.smoke else "full"]
     if args.child:
         start_spawner()

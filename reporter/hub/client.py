@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import gzip
 import hashlib
@@ -90,17 +91,20 @@ def _check_body(response_dict: dict[str, Any], **_: Any) -> None:
     status = int(response_dict.get("status_code") or 0)
     if not 200 <= status < 300:
         return
-    body = response_dict.get("body") or b""
+    body = bytes(response_dict.get("body") or b"")
     parsed: Any = None
-    if len(body) <= MAX_BODY_BYTES and json_depth(
-            bytes(body).decode("utf-8", "replace")) <= MAX_BODY_DEPTH:
+    # fewer opening brackets than the bound cannot nest past it: most replies ("{}", a page
+    # of a few summaries) are settled by two C-speed counts, not a scan of every character
+    if len(body) <= MAX_BODY_BYTES and (
+            body.count(b"[") + body.count(b"{") <= MAX_BODY_DEPTH
+            or json_depth(body.decode("utf-8", "replace")) <= MAX_BODY_DEPTH):
         try:
             parsed = json.loads(body)
         except ValueError:
             parsed = None
     if not isinstance(parsed, dict):
         headers = response_dict.get("headers") or {}
-        raise GarbledResponse(status, str(headers.get("content-type", "")), bytes(body))
+        raise GarbledResponse(status, str(headers.get("content-type", "")), body)
 
 
 class PlainJSONFileLoader(JSONFileLoader):
@@ -128,7 +132,9 @@ def _warn_once(key: str, event: str, **fields: Any) -> None:
         structlog.get_logger("reporter.hub").warning(event, **fields)
 
 
+@functools.cache
 def _snake(operation: str) -> str:
+    """A Hub operation's boto3 method name (NotifyMigrationTaskState: notify_migration_...)."""
     return "".join("_" + c.lower() if c.isupper() else c for c in operation).lstrip("_")
 
 
