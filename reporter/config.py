@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import grp
 import ipaddress
 import math
 import os
@@ -427,6 +428,19 @@ def config_path(explicit: str | os.PathLike[str] | None) -> Path:
     return Path(env) if env else DEFAULT_CONFIG_PATH
 
 
+def _group_hint(path: Path) -> str:
+    """Whom to ask, when a file is readable by its group and we are not in it."""
+    try:
+        st = path.stat()
+        group = grp.getgrgid(st.st_gid).gr_name
+    except (OSError, KeyError):
+        return ""
+    if not st.st_mode & 0o040 or st.st_gid in os.getgroups():
+        return ""
+    return (f" (it is readable by group {group}: ask an administrator to add you, e.g."
+            f" `usermod -a -G {group} $USER`, then log in again)")
+
+
 def load(path: Path) -> Config:
     """Read and validate one TOML file."""
     try:
@@ -435,6 +449,9 @@ def load(path: Path) -> Config:
         raise ConfigError(
             f"{path}: no such config file (use --config PATH or set MGH_REPORTER_CONFIG)"
         ) from None
+    except PermissionError as exc:
+        hint = _group_hint(path)
+        raise ConfigError(f"{path}: cannot read config: {exc.strerror}{hint}") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config: {exc.strerror}") from None
     try:

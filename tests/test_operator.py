@@ -59,6 +59,7 @@ def test_a_throttled_drain_logs_conditions_not_calls(
     assert len(events) == len(lines)  # every stderr line is one JSON event
     names = [e["event"] for e in events]
     assert "call_failed" not in names
+    assert "replicas" not in names  # one process, no cap: nothing an operator acts on
     assert names.count("condition_started") == 1
     started_event = next(e for e in events if e["event"] == "condition_started")
     assert started_event["condition"] == "throttling"
@@ -244,8 +245,8 @@ def test_drop_asks_on_a_terminal(
 
 def test_a_missing_outbox_names_the_init_to_run(cli: Cli, make_config: Any, tmp_path: Path):
     """status/run/drain/tasks/dead-letters on a path that was never made: exit 1 and the init
-    command (with --parents when the directory is missing too); init makes one directory,
-    a deeper tree only with --parents."""
+    command (with --parents when the directory is missing too); init makes no directory
+    without --parents: a typo in the last directory does not become a new outbox."""
     deep = tmp_path / "typo" / "deeper" / "outbox.db"
     config = make_config(outbox={"path": str(deep)})
     for args in (["status"], ["run"], ["drain"], ["tasks"], ["dead-letters", "list"],
@@ -261,7 +262,10 @@ def test_a_missing_outbox_names_the_init_to_run(cli: Cli, make_config: Any, tmp_
     config2 = make_config("c2.toml", outbox={"path": str(one_level)})
     missing = cli("status", config=config2)
     assert missing.returncode == 1 and "init --parents`" in missing.stderr
-    assert cli("init", config=config2).returncode == 0 and one_level.exists()  # one level
+    refused = cli("init", config=config2)  # one level missing: still refused
+    assert refused.returncode == 1 and "no directory" in refused.stderr
+    assert "init --parents`" in refused.stderr and not one_level.parent.exists()
+    assert cli("init", "--parents", config=config2).returncode == 0 and one_level.exists()
     one_level.unlink()
     missing = cli("status", config=config2)  # the directory exists now: plain init
     assert missing.returncode == 1 and missing.stderr.rstrip().endswith(" init`")

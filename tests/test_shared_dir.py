@@ -380,3 +380,24 @@ def test_a_planted_sdk_config_in_a_shared_home_is_never_read(
         assert "sdk_file_ignored" in done.stderr and f"{shared}/.aws/config" in done.stderr
         assert not marker.exists(), marker.read_text()
     assert "AKIAPLANTEDPLANTED01" not in {c.get("caller") for c in emulator.state.calls}
+
+
+def test_a_user_outside_the_configs_group_is_told_whom_to_ask(
+    shared: Path, make_config: Any, users: dict[str, int]
+):
+    """A config readable by its group only (root:group 0640, as the packages install it), read
+    by a user outside that group: exit 1 naming the file, the group and the command that adds
+    the user; nothing is created."""
+    config = shared.parent / "locked.toml"
+    shutil.copy(make_config("locked.toml", outbox={"path": str(shared / "outbox.db")}), config)
+    os.chown(config, 0, users["gid"])
+    config.chmod(0o640)
+    result = subprocess.run(
+        ["runuser", "-u", "nobody", "--", sys.executable, "-m", "reporter", "--config",
+         str(config), "status"], capture_output=True, text=True, timeout=60,
+        cwd=Path(__file__).resolve().parent.parent)
+    assert result.returncode == 1, result.stderr
+    assert f"{config}: cannot read config: Permission denied" in result.stderr
+    assert f"readable by group {GROUP}" in result.stderr
+    assert f"usermod -a -G {GROUP} $USER" in result.stderr
+    assert not (shared / "outbox.db").exists()

@@ -45,7 +45,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 @click.option(
     "--config",
     "config_path",
-    type=click.Path(dir_okay=False),
+    type=click.Path(dir_okay=False, readable=False),  # read by config.load: its message
     default=None,
     help="Config file (default: $MGH_REPORTER_CONFIG, then /etc/mgh-reporter/config.toml).",
 )

@@ -99,7 +99,10 @@ class Membership:
             self._joined_at = mine.heartbeat_at if mine else self._store.clock()
         budget = share(live, self.me, self._joined_at)
         if budget != self.budget or len(live) != self._count:
-            self._log.info(
+            # said at info only when it is news to an operator: replicas sharing the outbox, a
+            # rate to share or a wait; one process alone with no cap says it at debug
+            shared = len(live) > 1 or budget.rate or budget.ready_at > self._store.clock()
+            (self._log.info if shared else self._log.debug)(
                 "replicas",
                 live=len(live),
                 rate=round(budget.rate, 3) or None,

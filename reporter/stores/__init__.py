@@ -94,9 +94,9 @@ class Engine:
         return SqliteStore.open(self.path, self.busy_timeout_ms, writable=False)
 
     def create(self, parents: bool = False) -> OutboxStore:
-        """`init`: create (or upgrade) the outbox and the daemon's own tables; idempotent. The
-        outbox's directory is made when its own parent exists; a deeper missing tree only with
-        `parents` (a misspelt path must not quietly become a tree of directories)."""
+        """`init`: create (or upgrade) the outbox and the daemon's own tables; idempotent. A
+        missing directory is made only with `parents`: a misspelt last directory
+        (`/var/lib/mgh-reportr/outbox.db`) must not quietly become a new, unwatched outbox."""
         if self.url is not None:
             require_libpq()
             from reporter.stores.postgres import PostgresStore
@@ -105,10 +105,10 @@ class Engine:
         from reporter.stores.sqlite import SqliteStore
 
         directory = self.path.parent
-        if not parents and not directory.is_dir() and not directory.parent.is_dir():
+        if not parents and not directory.is_dir():
             raise StoreError(
-                f"{directory} does not exist, nor does {directory.parent}: `init --parents` "
-                "makes them (or correct [outbox] path)"
+                f"no directory {directory}: `init --parents` makes it (or correct [outbox]"
+                " path)"
             )
         return SqliteStore.create(self.path, self.busy_timeout_ms)
 
