@@ -15,6 +15,7 @@ from typing import Any
 
 from reporter.emulator import Emulator
 
+from .engines import Engine
 from .helpers import ROOT, Cli, child_env, fill, insert, start_daemon, status_json, wait_for
 
 
@@ -139,3 +140,40 @@ def test_a_graceful_stop_hands_back_what_it_did_not_start(
     assert result.returncode == 0, result.stderr[-2000:]
     assert time.monotonic() - started < 15
     assert all(emulator.state.task("ToolA", f"t{t}").updates for t in range(40))
+
+
+def test_a_tool_learns_what_became_of_each_row(engine: Engine, engine_cli: Cli,
+                                               emulator: Emulator):
+    """On both engines: `rows ID... --json` and the `outbox_fate` view a tool may SELECT say
+    of each row pending, sent, superseded or dead (with the reason) and when; a row never
+    written is unknown to `rows` and absent from the view."""
+    assert engine_cli("init").returncode == 0
+    old = engine.insert(kind="task_state", migration_task_name="t", status="IN_PROGRESS",
+                        progress_percent=10)
+    new = engine.insert(kind="task_state", migration_task_name="t", status="COMPLETED",
+                        progress_percent=100)
+    bad = engine.insert(kind="task_state", migration_task_name="u", status="BOGUS")
+    assert engine_cli("drain", "--timeout", "60").returncode == 5
+    waiting = engine.insert(kind="task_state", migration_task_name="v", status="IN_PROGRESS")
+    result = engine_cli("rows", str(old), str(new), str(bad), str(waiting), "999999", "--json")
+    assert result.returncode == 0, result.stderr
+    fates = {f["id"]: f for f in json.loads(result.stdout)}
+    assert [f["id"] for f in json.loads(result.stdout)] == [old, new, bad, waiting, 999999]
+    assert {i: f["state"] for i, f in fates.items()} == {
+        old: "superseded", new: "sent", bad: "dead", waiting: "pending", 999999: "unknown"}
+    assert fates[bad]["reason"].startswith("status") and fates[bad]["task"] == "u"
+    assert fates[new]["at"].endswith("Z") and fates[new]["stream"] == "ToolA"
+    assert fates[waiting]["at"] is None and fates[999999]["reason"] is None
+    human = engine_cli("rows", str(bad), str(new)).stdout.splitlines()
+    assert human[0].startswith(f"row {bad}: dead at ") and "status" in human[0]
+    assert human[1].startswith(f"row {new}: sent at ") and "(task t, stream ToolA)" in human[1]
+    view = {r[0]: r[1:] for r in engine.query("SELECT id, state, reason, at FROM outbox_fate")}
+    assert set(view) == {old, new, bad, waiting}
+    assert view[new][0] == "sent" and view[new][2].startswith(fates[new]["at"][:19])
+    assert view[old][0] == "superseded" and view[bad][0] == "dead" and view[waiting][0] == "pending"
+    assert view[bad][1] == fates[bad]["reason"]
+    dropped = engine_cli("dead-letters", "drop", str(bad), "--yes")
+    assert dropped.returncode == 0, dropped.stderr
+    (gone,) = json.loads(engine_cli("rows", str(bad), "--json").stdout)
+    assert gone["state"] == "dead" and gone["reason"].startswith("dropped by a person")
+    assert engine_cli("rows").returncode == 2  # IDS are required

@@ -188,6 +188,11 @@ def test_readme_grants_are_enough_for_tool_and_reporter(pg_server: PgServer, pg_
         assert _cli(config, "drain", "--timeout", "20", env=aws_env).returncode == 0
         assert emulator.state.task("ToolA", "t1").updates
         assert json.loads(_cli(config, "status", "--json").stdout)["pending"] == 0
+        with psycopg.connect(tool) as conn:  # the tool asks what became of its row
+            assert conn.execute("SELECT state, reason FROM outbox_fate").fetchall() == [
+                ("sent", None)]
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute("SELECT state FROM mgh_reporter.rows")
         with psycopg.connect(pg_url, autocommit=True) as conn:
             conn.execute("REVOKE UPDATE ON mgh_reporter.tasks FROM mgh_reporter_role")
         lacking = _cli(config, "check", env=aws_env)

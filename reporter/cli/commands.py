@@ -174,6 +174,35 @@ TASKS_LEGEND = (
 )
 
 
+@cli.command("rows")
+@click.argument("ids", nargs=-1, type=click.IntRange(min=1), required=True)
+@click.option("--json", "as_json", is_flag=True, help="A JSON list, one object per row.")
+@click.pass_context
+@guarded
+def row_fates(ctx: click.Context, ids: tuple[int, ...], as_json: bool) -> None:
+    """What became of outbox rows: pending, sent, superseded or dead (with the reason), and
+    when.
+
+    IDS are outbox row ids (what your INSERT returned). A row never written, or pruned after
+    delivery, is "unknown". Tools can also SELECT the view outbox_fate (id, state, reason, at).
+    """
+    cfg = existing_outbox(ctx)
+    store = open_store(cfg)
+    try:
+        fates = store.fates(list(ids))
+    finally:
+        store.close()
+    if as_json:
+        click.echo(json.dumps([f.to_json() for f in fates], indent=2))
+        return
+    for fate in fates:
+        shown = fate.to_json()
+        where = f" (task {fate.task}, stream {fate.stream})" if fate.task is not None else ""
+        when = f" at {shown['at']}" if shown["at"] else ""
+        why = f": {fate.reason}" if fate.reason and fate.state == "dead" else ""
+        click.echo(f"row {fate.id}: {fate.state}{when}{where}{why}")
+
+
 @cli.command(epilog=TASKS_LEGEND)
 @click.option("--stream", help="Only this stream.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")

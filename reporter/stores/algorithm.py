@@ -1,28 +1,26 @@
 """The delivery algorithm both engines share, written once over the named statements of
 `statements`: intake's bookkeeping, supersession, claims' assembly, outcomes and their state
-guards, requeue and drop, the views and pruning. An engine supplies its `Dialect`, its
-connection and transactions, and what only it has."""
+guards, mapping checks and repair marks (the people's verbs are in `admin`). An engine supplies
+its `Dialect`, its connection and transactions, and what only it has."""
 
 from __future__ import annotations
 
 import json
 import time
 import uuid
-from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager
+from abc import abstractmethod
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import astuple, fields
 from typing import Any
 
 import structlog
 
 from reporter.hub_requests import Kind, Request, decode
-from reporter.rows import STATE_SPACING_SECONDS, OutboxRow, epoch_of
+from reporter.rows import STATE_SPACING_SECONDS, OutboxRow
+from reporter.stores.admin import AdminSql, stored_pairs
 from reporter.stores.contract import (
-    Backlog,
     ClaimedRow,
     ClaimedTask,
-    DeadLetter,
     GateState,
     Ingested,
     LaneState,
@@ -31,52 +29,26 @@ from reporter.stores.contract import (
     NewRows,
     Resend,
     ResendScope,
-    RowCounts,
     RowState,
     SentState,
     StoreError,
     TakenIn,
     TaskOutcome,
     TaskRecord,
-    WorkLeft,
     tail_size,
 )
 from reporter.stores.statements import (
     GATE_COLUMNS,
     OUTBOX_COLUMNS,
     REQUIRED_COLUMNS,
-    STATEMENTS,
-    Dialect,
 )
 
 __all__ = ["SqlStore"]
 
 
-class SqlStore(ABC):
-    """`OutboxStore`'s shared algorithm over an engine's connection and dialect."""
-
-    dialect: Dialect
-    where: str  # the outbox, as messages name it
-    _outbox = "outbox"
-
-    def __init__(self) -> None:
-        self._compiled: dict[tuple[str, str], str] = {}
-
-    # -- what an engine supplies ----------------------------------------------------------
-    @abstractmethod
-    def clock(self) -> float:
-        """Now, by the clock leases are judged by."""
-
-    @abstractmethod
-    def _tx(
-        self, doing: str, write: bool = True, snapshot: bool = False
-    ) -> AbstractContextManager[Any]:
-        """One transaction (`write`), or reads (that share one `snapshot` when asked); yields
-        something with execute(sql, params) and executemany."""
-
-    @abstractmethod
-    def _contents(self, c: Any, ids: Sequence[int]) -> dict[int, OutboxRow]:
-        """Outbox rows by id, never reading a value over MAX_COLUMN_BYTES."""
+class SqlStore(AdminSql):
+    """`OutboxStore`'s shared algorithm over an engine's connection and dialect: the delivery
+    verbs here, the people's (dead letters, views, pruning) in `AdminSql`."""
 
     @abstractmethod
     def _leased(self, ids: Sequence[int], token: str, ends: float) -> None:
@@ -102,31 +74,6 @@ class SqlStore(ABC):
     def _outdated(self) -> StoreError:
         return StoreError(f"{self.where}: delivery tables missing or old; run `mgh-reporter init`",
                           needs_init=True)
-
-    # -- statements -----------------------------------------------------------------------
-    def sql(self, name: str, **parts: str) -> str:
-        """A named statement in this engine's SQL (with `{only}`-style parts filled in)."""
-        key = (name, self._outbox)
-        text = self._compiled.get(key)
-        if text is None:
-            template = self.dialect.overrides.get(name, STATEMENTS.get(name))
-            if template is None:
-                raise KeyError(name)
-            text = self._compiled[key] = self.dialect.compile(template, self._outbox)
-        return text.format(**parts) if parts else text
-
-    def _all(self, c: Any, name: str, params: Mapping[str, Any] | None = None) -> list[Any]:
-        return list(c.execute(self.sql(name), params or {}).fetchall())
-
-    def _one(self, c: Any, name: str, params: Mapping[str, Any] | None = None) -> Any:
-        return c.execute(self.sql(name), params or {}).fetchone()
-
-    def _many(self, c: Any, name: str, params: Sequence[Mapping[str, Any]]) -> None:
-        if params:
-            c.executemany(self.sql(name), params)
-
-    def _array(self, values: Sequence[Any]) -> Any:
-        return self.dialect.array(list(values))
 
     # -- the gate's record ------------------------------------------------------------------
     def load_gate(self) -> GateState:
@@ -281,7 +228,7 @@ class SqlStore(ABC):
                 -1, -1, t["status"], t["percent"], t["detail"], float(t["update_time"]),
                 int(t["next_update_seconds"]))
             claimed[tid].resend = Resend(
-                state, _pairs(t["attributes"]),
+                state, stored_pairs(t["attributes"]),
                 tuple(sorted((a["arn"], a["description"]) for a in artifacts
                              if a["task_id"] == tid)),
                 tuple(sorted((m["configuration_id"], m["description"]) for m in resources
@@ -414,163 +361,6 @@ class SqlStore(ABC):
                 c.execute(self.sql("mark_resend"), {"now": self.clock(), "scope": int(scope),
                                                     "ids": self._array(task_ids)})
 
-    # -- dead letters -----------------------------------------------------------------------
-    def dead_letters(self, ids: Sequence[int] | None = None) -> list[DeadLetter]:
-        """Rejected rows (all, or those of `ids`) with their reasons."""
-        only = "" if ids is None else self.dialect.named(self.dialect.any_of("ids"))
-        with self._tx("read dead letters", write=False) as c:
-            rows = c.execute(self.sql("dead_letters", only=f"AND r.id {only}" if only else ""),
-                             {"ids": self._array(ids or [])}).fetchall()
-        return [DeadLetter(r["id"], r["reason"] or "", r["kind"], r["stream"], r["task"],
-                           r["attempts"], r["finished_at"], bool(r["present"])) for r in rows]
-
-    def outbox_rows(self, ids: Sequence[int]) -> list[OutboxRow]:
-        """The outbox content of some rows."""
-        with self._tx("read outbox", write=False, snapshot=True) as c:
-            contents = self._contents(c, list(ids))
-        return [contents[i] for i in sorted(contents)]
-
-    def drop(self, ids: Sequence[int] | None, rejected_before: float | None) -> list[int]:
-        """Drop dead letters (of `ids` or all, rejected before `rejected_before` when given)."""
-        only = "" if ids is None else "AND id " + self.dialect.named(self.dialect.any_of("ids"))
-        before = "" if rejected_before is None else self.dialect.named(
-            "AND coalesce(finished_at, 0) < :before")
-        with self._tx("drop dead letters") as c:
-            rows = c.execute(self.sql("drop", only=only, before=before), {
-                "now": self.clock(), "ids": self._array(ids or []),
-                "before": rejected_before}).fetchall()
-        return sorted(int(r["id"]) for r in rows)
-
-    def requeue(self, ids: Sequence[int] | None) -> list[int]:
-        """Hand dead letters (of `ids`, or all) back to intake in their old place in line, their
-        lane's backoff forgotten; the next `take_in` judges them again."""
-        if ids is None:
-            ids = [d.id for d in self.dead_letters()]
-        if not ids:
-            return []
-        with self._tx("requeue dead letters") as c:
-            chosen = {"ids": self._array(list(ids))}
-            c.execute(self.sql("requeue_lane"), chosen)
-            back = sorted(int(r["row_id"]) for r in self._all(c, "requeue", chosen))
-            c.execute(self.sql("requeue_forget"), {"ids": self._array(back)})
-        return back
-
-    # -- views --------------------------------------------------------------------------------
-    def backlog(self) -> Backlog:
-        """Cheap (indexed) totals: rows not taken in, rows waiting, the oldest, dead letters."""
-        with self._tx("read backlog", write=False) as c:
-            r = self._one(c, "backlog")
-            w = self._one(c, "waiting")
-        first = w["first"]
-        if isinstance(first, str):
-            first = epoch_of(first, self.clock())
-        times = [float(t) for t in (r["oldest"], first) if t is not None]
-        return Backlog(int(w["waiting"]), int(r["queued"]), min(times) if times else None,
-                       int(r["dead"]))
-
-    def work_left(self) -> WorkLeft:
-        """Tasks with pending rows, and (task, kind) lanes backing off after a failure."""
-        with self._tx("read progress", write=False) as c:
-            r = self._one(c, "work_left")
-        return WorkLeft(int(r["tasks"]), int(r["retrying"]))
-
-    def counts(self) -> RowCounts:
-        """Row totals; a row superseded by a newer row that is still waiting counts as pending
-        (its lane's content has not reached the Hub yet)."""
-        backlog = self.backlog()
-        with self._tx("read counts", write=False) as c:
-            by_state = {r["state"]: int(r["n"]) for r in self._all(c, "by_state")}
-            overtaken = int(self._one(c, "overtaken")["n"])
-        oldest = backlog.oldest_created_at
-        return RowCounts(
-            pending=backlog.pending + overtaken,
-            sent=by_state.get(RowState.SENT.value, 0),
-            superseded=by_state.get(RowState.SUPERSEDED.value, 0) - overtaken,
-            dead_letters=backlog.dead_letters,
-            oldest_pending_seconds=None if oldest is None
-            else round(max(0.0, self.clock() - oldest), 3),
-            dropped=by_state.get(RowState.DROPPED.value, 0),
-        )
-
-    def finished_since(self, since: float) -> dict[str, int]:
-        """Rows sent, superseded or rejected at or after `since` (by anyone), by state."""
-        with self._tx("read finished rows", write=False) as c:
-            done = self._one(c, "finished", {"since": since})
-            rejected = self._one(c, "finished_rejected", {"since": since})
-        return {RowState.SENT.value: int(done["sent"] or 0),
-                RowState.SUPERSEDED.value: int(done["superseded"] or 0),
-                RowState.REJECTED.value: int(rejected["n"])}
-
-    def tasks(self, stream: str | None = None) -> list[TaskRecord]:
-        """One record per task: last state sent, pending count, mapping, artifacts (sorted)."""
-        return self._task_records(stream=stream)
-
-    def task_pages(self, stream: str | None = None, size: int = 500) -> Iterator[TaskRecord]:
-        """Every task (of `stream`), read `size` at a time in id order: memory stays flat
-        however many there are (`verify`)."""
-        after = 0
-        while True:
-            page = self._task_records(stream=stream, after=after, limit=size)
-            yield from page
-            if len(page) < size:
-                return
-            after = page[-1].task_id
-
-    def _task_records(self, stream: str | None = None, ids: Sequence[int] | None = None,
-                      after: int | None = None, limit: int = 0) -> list[TaskRecord]:
-        where = ["t.stream = :stream"] if stream else []
-        if ids is not None:
-            where.append("t.id " + self.dialect.any_of("ids"))
-        if after is not None:
-            where.append("t.id > :after")
-        only = self.dialect.named(f"WHERE {' AND '.join(where)}") if where else ""
-        order = "ORDER BY t.id LIMIT :limit" if after is not None else "ORDER BY t.stream, t.task"
-        with self._tx("read tasks", write=False) as c:
-            rows = c.execute(self.sql("tasks", only=only, order=self.dialect.named(order)),
-                             {"stream": stream, "ids": self._array(ids or []), "after": after,
-                              "limit": limit}).fetchall()
-        return [
-            TaskRecord(
-                stream=r["stream"], task=r["task"], status=r["status"], percent=r["percent"],
-                detail=r["detail"], update_time=r["update_time"],
-                next_update_seconds=r["next_update_seconds"], sent_at=r["sent_at"],
-                pending=int(r["pending"]),
-                mapped=None if r["mapped"] is None else bool(r["mapped"]),
-                configuration_id=r["configuration_id"],
-                artifacts=tuple(_json_list(r["artifacts"])), last_error=r["last_error"],
-                resources=tuple(_json_list(r["resources"])),
-                attributes=_pairs(r["attributes"]), task_id=int(r["id"]),
-                attributes_sent=r["last_attributes_row"] is not None,
-            )
-            for r in rows
-        ]
-
-    # -- maintenance --------------------------------------------------------------------------
-    def prune(self, before: float, chunk: int = 2000) -> int:
-        """Delete delivered and dropped rows finished before `before` (and their outbox rows),
-        in short transactions; returns the count."""
-        total = 0
-        while True:
-            with self._tx("prune delivered rows") as c:
-                ids = [int(r["id"]) for r in self._all(c, "prunable",
-                                                       {"before": before, "chunk": chunk})]
-                if ids:
-                    c.execute(self.sql("prune_outbox"), {"ids": self._array(ids)})
-                    c.execute(self.sql("prune_rows"), {"ids": self._array(ids)})
-            total += len(ids)
-            if len(ids) < chunk:
-                return total
-
-
-def _json_list(value: Any) -> Iterator[str]:
-    """A JSON array as the driver returns it (text on SQLite, a list on PostgreSQL)."""
-    items = value if isinstance(value, list) else json.loads(value or "[]")
-    return (str(i) for i in items)
-
-
-def _pairs(value: str | None) -> tuple[tuple[str, str], ...] | None:
-    """An attribute list as stored (JSON pairs), or None when none was recorded."""
-    return None if value is None else tuple((str(t), str(v)) for t, v in json.loads(value))
 
 
 def _requests(rows: Sequence[Any]) -> tuple[dict[int, Request], list[int]]:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
 from typing import NamedTuple, Protocol
 
@@ -19,6 +20,7 @@ from reporter.rows import OutboxRow, Verdict
 from reporter.stores.errors import StoreError
 
 __all__ = [
+    "FATES",
     "INTAKE_BATCH_BYTES",
     "AdminStore",
     "Backlog",
@@ -40,12 +42,14 @@ __all__ = [
     "Resend",
     "ResendScope",
     "RowCounts",
+    "RowFate",
     "RowState",
     "SentState",
     "StoreError",
     "TakenIn",
     "TaskOutcome",
     "TaskRecord",
+    "fate_of",
     "fitting",
     "tail_size",
 ]
@@ -307,6 +311,44 @@ class MappingCheck:
     unmapped_reported: bool
 
 
+# What became of a row, as a tool asks (`rows`, the `outbox_fate` view): its delivery state
+# in four words, whatever the daemon's finer ones.
+FATES = ("pending", "sent", "superseded", "dead")
+
+
+@dataclass(frozen=True)
+class RowFate:
+    """What became of one outbox row (`state`: one of FATES, or "unknown": never written, or
+    pruned after delivery); `at` when it was settled (epoch seconds)."""
+
+    id: int
+    state: str
+    reason: str | None = None
+    at: float | None = None
+    kind: str | None = None
+    stream: str | None = None
+    task: str | None = None
+
+    def to_json(self) -> dict[str, object]:
+        """The object `rows --json` prints (`at` as ISO-8601 UTC)."""
+        when = None if self.at is None else datetime.fromtimestamp(self.at, UTC).isoformat(
+            timespec="milliseconds").replace("+00:00", "Z")
+        return {"id": self.id, "state": self.state, "reason": self.reason, "at": when,
+                "kind": self.kind, "stream": self.stream, "task": self.task}
+
+
+def fate_of(state: str | None, reason: str | None) -> tuple[str, str | None]:
+    """A row's fate from its delivery state (None: not taken in yet) and reason."""
+    if state is None or state == RowState.PENDING:
+        return "pending", reason
+    if state == RowState.REJECTED:
+        return "dead", reason
+    if state == RowState.DROPPED:
+        return "dead", f"dropped by a person (rejected: {reason})" if reason else (
+            "dropped by a person")
+    return str(state), reason
+
+
 @dataclass(frozen=True)
 class DeadLetter:
     """A rejected row with its reason (and whether its outbox content is still there)."""
@@ -483,6 +525,9 @@ class FileHealthStore(Protocol):
 class AdminStore(Protocol):
     """What people and their commands read and change: dead letters, the views `status`,
     `tasks` and the gauges show, pruning."""
+
+    def fates(self, ids: Sequence[int]) -> list[RowFate]:
+        """What became of each of these outbox rows, in the order asked."""
 
     def dead_letters(self, ids: Sequence[int] | None = None) -> list[DeadLetter]:
         """Rejected rows (all, or those of `ids`)."""

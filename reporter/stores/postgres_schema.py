@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from reporter.stores.statements import literals
+from reporter.stores.statements import fate_view, literals
 from reporter.stores.upgrade import recover_sent
 
 __all__ = [
@@ -220,7 +220,23 @@ MIGRATIONS: list[tuple[str, list[Step]]] = [
         "0005_judged_requests",
         [f"ALTER TABLE {SCHEMA}.rows ADD COLUMN request text"],
     ),
+    (
+        # what became of each row, beside the outbox, for tools to SELECT (README: A row's
+        # fate); it reads the daemon's tables with its owner's rights, so a tool role needs
+        # SELECT on the view alone
+        "0006_outbox_fate",
+        [lambda c, outbox: c.execute(
+            f"CREATE OR REPLACE VIEW {fate_view_name(outbox)} AS " + fate_view(
+                outbox, f"{SCHEMA}.rows", "to_char(to_timestamp(r.finished_at) AT TIME ZONE"
+                " 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"))],
+    ),
 ]
+
+
+def fate_view_name(outbox: str) -> str:
+    """The `outbox_fate` view's name: in the outbox's own schema."""
+    schema, dot, _ = outbox.rpartition(".")
+    return f"{schema}{dot}outbox_fate"
 
 
 def _recover_sent(c: Any, outbox: str) -> None:

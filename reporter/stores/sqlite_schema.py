@@ -11,6 +11,7 @@ from reporter.stores.statements import (
     GATE_COLUMNS,
     OUTBOX_COLUMNS,
     REQUIRED_COLUMNS,
+    fate_view,
     literals,
 )
 from reporter.stores.upgrade import recover_sent
@@ -312,3 +313,10 @@ def _judged_requests(db: Any) -> None:
     # an older version took in have none: the next claim of their task hands them back to intake
     # (under their place in the queue), which judges them as it judges new rows.
     _execute(db, "ALTER TABLE mgh_rows ADD COLUMN request TEXT")
+
+
+@migration("0009_outbox_fate")
+def _outbox_fate(db: Any) -> None:
+    # what became of each row, for tools to SELECT (README: A row's fate)
+    _execute(db, "DROP VIEW IF EXISTS outbox_fate", "CREATE VIEW outbox_fate AS " + fate_view(
+        "outbox", "mgh_rows", "strftime('%Y-%m-%dT%H:%M:%fZ', r.finished_at, 'unixepoch')"))

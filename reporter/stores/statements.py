@@ -175,6 +175,10 @@ STATEMENTS: dict[str, str] = {
     "record_mapping": "UPDATE {tasks} SET mapped = :mapped, configuration_id = :configuration_id,"
     " map_check_at = :next_check_at, map_checks = map_checks + 1,"
     " unmapped_reported = :unmapped_reported WHERE id = :id",
+    # a row's fate: what delivery knows of it, and whether the outbox still has it
+    "fates_known": "SELECT r.id, r.state, r.reason, r.finished_at, r.kind, t.stream, t.task"
+    " FROM {rows} r JOIN {tasks} t ON t.id = r.task_id WHERE r.id = ANY(:ids)",
+    "fates_present": "SELECT o.id FROM {outbox} o WHERE o.id = ANY(:ids)",
     "dead_letters": "SELECT r.id, r.reason, r.kind, t.stream, t.task, r.attempts, r.finished_at,"
     " o.id IS NOT NULL AS present FROM {rows} r JOIN {tasks} t ON t.id = r.task_id"
     " LEFT JOIN {outbox} o ON o.id = r.id WHERE r.state = {rejected} {only} ORDER BY r.id",
@@ -266,3 +270,16 @@ def sqlite_any(name: str) -> str:
 def postgres_named(text: str) -> str:
     """`:name` to psycopg's `%(name)s` (a literal % doubled)."""
     return _PARAM.sub(r"%(\1)s", text.replace("%", "%%"))
+
+
+def fate_view(outbox: str, rows: str, iso: str) -> str:
+    """The `outbox_fate` view tools may read (README: A row's fate): each outbox row's id, its
+    fate (pending, sent, superseded or dead), the reason and when it was settled (`iso`: the
+    engine's expression for epoch seconds `r.finished_at` as ISO-8601 UTC text)."""
+    return (
+        f"SELECT o.id AS id, CASE r.state WHEN {SENT} THEN 'sent' WHEN {SUPERSEDED}"
+        f" THEN 'superseded' WHEN {REJECTED} THEN 'dead' WHEN {DROPPED} THEN 'dead'"
+        " ELSE 'pending' END AS state, r.reason AS reason,"
+        f" CASE WHEN r.finished_at IS NULL THEN NULL ELSE {iso} END AS at"
+        f" FROM {outbox} o LEFT JOIN {rows} r ON r.id = o.id"
+    )
