@@ -177,3 +177,16 @@ def test_a_tool_learns_what_became_of_each_row(engine: Engine, engine_cli: Cli,
     (gone,) = json.loads(engine_cli("rows", str(bad), "--json").stdout)
     assert gone["state"] == "dead" and gone["reason"].startswith("dropped by a person")
     assert engine_cli("rows").returncode == 2  # IDS are required
+
+
+def test_tasks_says_rows_wait_to_be_taken_in_rather_than_no_tasks(cli: Cli, outbox_path: Path):
+    """Rows written while no daemon runs: `status` counts them pending, and `tasks` says they
+    wait to be taken in, not just "no tasks yet"."""
+    assert cli("init").returncode == 0
+    for i in range(5):
+        insert(outbox_path, kind="task_state", migration_task_name=f"t{i}", status="IN_PROGRESS")
+    report = json.loads(cli("status", "--json").stdout)
+    assert report["pending"] == 5
+    shown = cli("tasks")
+    assert shown.returncode == 0
+    assert shown.stdout.startswith("no tasks yet; 5 rows are waiting to be taken in"), shown.stdout

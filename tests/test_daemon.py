@@ -42,7 +42,8 @@ def test_run_delivers_and_stops_gracefully_on_sigterm(cli: Cli, emulator: Emulat
 
 
 def test_second_daemon_refuses(cli: Cli, emulator: Emulator, config_path: Path):
-    """A second `run` (or `drain`) on the same outbox refuses, naming the holder."""
+    """A second `run` (or `drain`) on the same outbox refuses, naming the holder; `drain
+    --json` still prints its summary object, with the refusal as its reason."""
     assert cli("init").returncode == 0
     first = start_daemon(config_path)
     try:
@@ -53,6 +54,11 @@ def test_second_daemon_refuses(cli: Cli, emulator: Emulator, config_path: Path):
         assert f"pid {first.pid}" in err and "already delivering" in err
         result = cli("drain")
         assert result.returncode == 1 and f"pid {first.pid}" in result.stderr
+        refused = cli("drain", "--json")  # --json: its one object all the same, on stdout
+        assert refused.returncode == 1 and f"pid {first.pid}" in refused.stderr
+        summary = json.loads(refused.stdout)
+        assert summary["exit_code"] == 1 and summary["outcome"] == "error"
+        assert "already delivering" in summary["reason"] and summary["pending"] is None
     finally:
         first.send_signal(signal.SIGINT)
         assert first.wait(timeout=10) == 0

@@ -222,13 +222,17 @@ def tasks(ctx: click.Context, stream: str | None, as_json: bool) -> None:
     store = open_store(cfg)
     try:
         entries = views.task_entries(store.tasks(stream), time.time(), cfg)
+        waiting = store.backlog().waiting if not entries else 0
     finally:
         store.close()
     if as_json:
         click.echo(json.dumps(entries, indent=2))
         return
     if not entries:
-        click.echo("no tasks yet" + (f" in stream {stream!r}" if stream else ""))
+        where = f" in stream {stream!r}" if stream else ""
+        click.echo(f"no tasks yet{where}" + (
+            f"; {waiting} rows are waiting to be taken in (a running daemon, or `drain`, takes"
+            " them in and their tasks appear here)" if waiting else ""))
         return
     table = Table(
         "stream", "task", "status", "%", "updated", "pending", "mapped", "artifacts", "promise"

@@ -21,6 +21,7 @@ from reporter.delivery.parts import Parts, build
 from reporter.exits import Exit
 from reporter.stores import Engine
 from reporter.stores.contract import RowState, StoreError
+from reporter.stores.lock import LockError
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
@@ -40,8 +41,9 @@ class _Shown:
     """How a drain shows its work: the bar on a terminal, progress events otherwise, and the
     closing summary on stdout."""
 
-    def __init__(self, parts: Parts, tally: DrainTally, as_json: bool) -> None:
+    def __init__(self, parts: Parts, tally: DrainTally, as_json: bool, started: float) -> None:
         self._parts, self._tally, self._as_json = parts, tally, as_json
+        self._started = started  # the store's clock at the start: rows finished since count
         self._log = structlog.get_logger("reporter.drain")
         self._bar: Progress | None = None
         self._task: TaskID | None = None
@@ -51,20 +53,19 @@ class _Shown:
             from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
             self._bar = Progress(
-                TextColumn("draining"),
-                BarColumn(),
-                TextColumn("{task.completed}/{task.total} rows"),
-                TextColumn("{task.fields[tasks]} tasks left"),
-                TextColumn("{task.fields[rate]} calls/s"),
-                TextColumn("{task.fields[retrying]} retries waiting"),
-                TextColumn("ETA {task.fields[eta]}"),
+                # the summary's unit (rows finished: sent, superseded or rejected), in 80 columns
+                BarColumn(bar_width=12),
+                TextColumn("{task.fields[rows]} rows, {task.fields[tasks]} tasks left,"
+                           " {task.fields[rate]}/s, {task.fields[retrying]} retrying,"
+                           " ETA {task.fields[eta]}"),
                 TimeElapsedColumn(),
                 console=Console(stderr=True),
                 redirect_stderr=True,
                 redirect_stdout=False,
             )
             self._task = self._bar.add_task(
-                "drain", total=None, tasks="?", rate="0.0", retrying=0, eta="?"
+                "drain", total=None, rows="counting", tasks="?", rate="0.0", retrying=0,
+                eta="?"
             )
 
     def running(self) -> AbstractContextManager[Any]:
@@ -79,11 +80,13 @@ class _Shown:
             return
         self._last = now
         left = self._parts.store.work_left()
-        snap = self._tally.snapshot(now, pending, left.tasks, left.retrying)
+        finished = sum(self._parts.store.finished_since(self._started).values())
+        snap = self._tally.snapshot(now, pending, left.tasks, left.retrying, finished)
         if self._bar is not None and self._task is not None:
             eta = "?" if snap.eta_seconds is None else f"{snap.eta_seconds:.0f}s"
             self._bar.update(
-                self._task, completed=snap.done, total=snap.total, tasks=snap.tasks_left,
+                self._task, completed=snap.done, total=snap.total,
+                rows=f"{snap.done}/{snap.total}", tasks=snap.tasks_left,
                 rate=f"{snap.calls_per_second:.1f}", retrying=snap.retrying, eta=eta,
             )
         elif not force:
@@ -94,6 +97,7 @@ class _Shown:
     ) -> int:
         """Print the summary on stdout; returns the exit code."""
         summary = self._tally.summary(code, time.monotonic(), pending, finished, reason)
+        self._tally.summarised = True
         self._log.info("drain_finished", **summary)
         print(json.dumps(summary) if self._as_json else summary_line(summary), flush=True)
         return code
@@ -107,15 +111,25 @@ def drain(config: Config, timeout: float, as_json: bool = False) -> int:
     exits 0 only once nothing is pending or leased by anyone, and 3 if leases remain at the
     timeout.
     """
+    tally = DrainTally(time.monotonic())
+    try:
+        return _drain(config, timeout, as_json, tally)
+    except (LockError, StoreError) as exc:
+        if as_json and not tally.summarised:  # --json: its one object, whatever happened
+            summary = tally.summary(Exit.ERROR, time.monotonic(), None, {}, str(exc))
+            print(json.dumps(summary), flush=True)
+        raise
+
+
+def _drain(config: Config, timeout: float, as_json: bool, tally: DrainTally) -> int:
     stop = threading.Event()
-    begun = time.monotonic()
+    begun = tally.started
     deadline = begun + timeout
     with Engine.of(config.outbox).instance_lock(), stop_on_signals(stop):
         parts = build(config, stop, None, role="drain")
         parts.relay.summaries = False  # its progress and summary say it
-        tally = DrainTally(begun)
-        shown = _Shown(parts, tally, as_json)
         started = parts.store.clock()
+        shown = _Shown(parts, tally, as_json, started)
         parts.relay.gate.recheck_now()  # a person may have fixed what blocked the last run
         try:
             with shown.running():

@@ -58,6 +58,7 @@ class DrainTally:
     rejected_by_hub: int = 0
     calls: int = 0
     first_pending: int | None = None
+    summarised: bool = False  # the closing summary was printed
     _calls: deque[tuple[float, int]] = field(default_factory=deque)
     _rows: deque[tuple[float, int]] = field(default_factory=deque)
 
@@ -88,15 +89,19 @@ class DrainTally:
         """Rows this drain finished (sent, superseded or rejected)."""
         return self.sent + self.superseded + self.rejected_at_intake + self.rejected_by_hub
 
-    def snapshot(self, now: float, pending: int, tasks_left: int, retrying: int) -> Snapshot:
-        """Progress as of `now`, with `pending` rows (of any replica) still to deliver."""
+    def snapshot(self, now: float, pending: int, tasks_left: int, retrying: int,
+                 finished: int | None = None) -> Snapshot:
+        """Progress as of `now`, with `pending` rows (of any replica) still to deliver and
+        `finished` rows finished since the drain began, by anyone (the summary's unit: rows
+        superseded at intake included; this drain's own count when not given)."""
+        done = self.done if finished is None else finished
         if self.first_pending is None:
             self.first_pending = pending
-        total = max(self.done + pending, self.first_pending)
+        total = max(done + pending, self.first_pending)
         rows_rate = _rate(self._rows)
         eta = pending / rows_rate if pending and rows_rate > 0 else (0.0 if not pending else None)
         return Snapshot(
-            done=self.done,
+            done=done,
             total=total,
             pending=pending,
             tasks_left=tasks_left,
