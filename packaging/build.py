@@ -300,7 +300,10 @@ def nfpm_config(stage: Path, version: str, epoch: str) -> dict[str, object]:
         "license": "Apache-2.0",
         "mtime": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(int(epoch))),
         "depends": [DEB_PYTHON],
-        "recommends": ["libpq5"],
+        # suggested, not recommended: apt and dnf install recommendations by default, and an
+        # offline host (no repository) would then refuse the whole install; libpq is named
+        # where a PostgreSQL outbox is set up
+        "suggests": ["libpq5"],
         "contents": [
             {"src": str(stage / "app"), "dst": APP, "type": "tree",
              "file_info": {**root_file}},
@@ -333,7 +336,7 @@ def nfpm_config(stage: Path, version: str, epoch: str) -> dict[str, object]:
         ],
         "overrides": {
             "deb": {"scripts": deb_scripts("deb")},
-            "rpm": {"depends": [RPM_PYTHON], "recommends": ["libpq"],
+            "rpm": {"depends": [RPM_PYTHON], "suggests": ["libpq"],
                     "scripts": deb_scripts("rpm")},
         },
         "rpm": {"group": "System Environment/Daemons", "summary":
