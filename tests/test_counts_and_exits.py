@@ -190,3 +190,25 @@ def test_tasks_says_rows_wait_to_be_taken_in_rather_than_no_tasks(cli: Cli, outb
     shown = cli("tasks")
     assert shown.returncode == 0
     assert shown.stdout.startswith("no tasks yet; 5 rows are waiting to be taken in"), shown.stdout
+
+
+def test_rows_an_older_version_took_in_are_delivered_after_an_upgrade(
+        engine: Engine, engine_cli: Cli, emulator: Emulator):
+    """On both engines: pending rows taken in by a version that stored no request (as after
+    a package upgrade with rows waiting) go back to intake, in their place, and `drain`
+    delivers them in order: the task's newest state is the Hub's."""
+    assert engine_cli("init").returncode == 0
+    for percent in (10, 20, 30):
+        engine.insert(kind="task_state", migration_task_name="t", status="IN_PROGRESS",
+                      progress_percent=percent)
+    engine.insert(kind="task_state", migration_task_name="u", status="COMPLETED",
+                  progress_percent=100)
+    emulator.state.faults.update(outage=True)  # taken in, never sent
+    assert engine_cli("drain", "--timeout", "3").returncode == 3
+    engine.execute("UPDATE mgh_reporter.rows SET request = NULL")  # the older version's rows
+    emulator.state.faults.update(outage=False)
+    result = engine_cli("drain", "--timeout", "60")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert emulator.state.task("ToolA", "t").updates[-1]["Task"]["ProgressPercent"] == 30
+    assert emulator.state.task("ToolA", "u").updates[-1]["Task"]["Status"] == "COMPLETED"
+    assert json.loads(engine_cli("status", "--json").stdout)["pending"] == 0

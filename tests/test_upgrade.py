@@ -90,3 +90,38 @@ def test_the_daemon_upgrades_an_outbox_of_0_2_0_and_recovers_what_it_sent(
     (problem,) = by_task["t2"]["problems"]
     assert problem["field"] == "resource_attributes" and problem["sent"] == "not recorded"
     assert cli("verify").returncode == 6
+
+
+def test_rows_0_2_0_took_in_but_never_sent_are_delivered_after_the_upgrade(
+    cli: Cli, emulator: Emulator, release_0_2_0: Path, outbox_path: Path, config_path: Path,
+):
+    """0.2.0 took rows in during an outage (pending, with no stored request); the new daemon,
+    started on that outbox, hands them back to intake in their place (its own commit, which
+    no wake-up sees) and delivers them, newest state last, within seconds."""
+    def old(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "reporter", "--config", str(config_path), *args],
+            capture_output=True, text=True, timeout=60, cwd=release_0_2_0,
+            env=child_env({"PYTHONPATH": str(release_0_2_0)}))
+
+    assert old("init").returncode == 0
+    for percent in (10, 20):
+        for task in ("t1", "t2"):
+            assert old("notify", task, "--status", "IN_PROGRESS", "--percent",
+                       str(percent)).returncode == 0
+    emulator.state.faults.update(outage=True)
+    assert old("drain", "--timeout", "3").returncode == 3
+    conn = sqlite3.connect(outbox_path)
+    assert conn.execute("SELECT count(*) FROM mgh_rows WHERE state = 'pending'").fetchone()[0]
+    conn.close()
+    emulator.state.faults.update(outage=False)
+    daemon = start_daemon(config_path)  # it makes the upgrade's migrations itself
+    try:
+        wait_for(lambda: all(
+            emulator.state.streams.get("ToolA", {}).get(task) is not None
+            and emulator.state.task("ToolA", task).updates
+            and emulator.state.task("ToolA", task).updates[-1]["Task"]["ProgressPercent"] == 20
+            for task in ("t1", "t2")), timeout=30)
+        wait_for(lambda: json.loads(cli("status", "--json").stdout)["pending"] == 0, timeout=30)
+    finally:
+        stop_daemon(daemon)

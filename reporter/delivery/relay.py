@@ -156,6 +156,8 @@ class Relay:
             limit = 1 if admission.probe else self.config.outbox.batch_size
             tasks = self.store.claim_due(limit, self.config.outbox.lease_seconds)
             result.claimed = len(tasks)
+            if self.store.backlog().waiting:  # rows a claim handed back to intake (an older
+                self.intake.behind = True  # version's): our commit wakes no one, so take them now
             if tasks:
                 self._deliver(tasks, result)
             if result.blocked is None:
@@ -177,16 +179,10 @@ class Relay:
             )
         if result.busy:
             structlog.get_logger("reporter.relay").debug(
-                "pass",
-                ingested=result.ingested,
-                tasks=result.claimed,
-                sent=result.sent,
-                rejected_at_intake=result.rejected_at_intake,
-                rejected_by_hub=result.rejected,
-                superseded=result.superseded,
-                failed=result.failed,
-                blocked=result.blocked.code if result.blocked else None,
-            )
+                "pass", ingested=result.ingested, tasks=result.claimed, sent=result.sent,
+                rejected_at_intake=result.rejected_at_intake, rejected_by_hub=result.rejected,
+                superseded=result.superseded, failed=result.failed,
+                blocked=result.blocked.code if result.blocked else None)
         return result
 
     def _rebase_after_a_step(self) -> None:

@@ -193,8 +193,18 @@ class SqlStore(AdminSql):
             rows = self._all(c, "pending_rows", ids)
             judged, unjudged = _requests(rows)
             if unjudged:
+                # back to intake; their tasks are not claimed now, but become due again once
+                # intake has taken the rows in (a claim must see all of a task's rows: an older
+                # row judged later must not follow a newer one out)
+                back = sorted({r["task_id"] for r in rows if r["id"] in set(unjudged)})
                 c.execute(self.sql("unjudged_to_inbox"), {"ids": self._array(unjudged)})
                 c.execute(self.sql("unjudged_forget"), {"ids": self._array(unjudged)})
+                c.execute(self.sql("unclaim"), {"ids": self._array(back)})
+                tasks = [t for t in tasks if t["id"] not in back]
+                rows = [r for r in rows if r["task_id"] not in back]
+                if not tasks:
+                    return []
+                ids = {"ids": self._array([t["id"] for t in tasks])}
             artifacts = self._all(c, "artifacts_of", ids)
             resources = self._all(c, "resources_of", ids)
             lanes = self._all(c, "lanes_of", ids)

@@ -102,6 +102,7 @@ STATEMENTS: dict[str, str] = {
     "unjudged_to_inbox": "INSERT INTO {inbox}(seq, row_id) SELECT seq, id FROM {rows}"
     f" WHERE id = ANY(:ids) AND state = {PENDING}",
     "unjudged_forget": f"DELETE FROM {{rows}} WHERE id = ANY(:ids) AND state = {PENDING}",
+    "unclaim": "UPDATE {tasks} SET due_at = NULL, lease_token = NULL WHERE id = ANY(:ids)",
     "artifacts_of": "SELECT task_id, arn, description FROM {artifacts} WHERE task_id = ANY(:ids)",
     "resources_of": "SELECT task_id, configuration_id, description FROM {resources}"
     " WHERE task_id = ANY(:ids)",
