@@ -125,6 +125,10 @@ def test_the_daemon_repairs_a_deleted_stream_and_a_lost_task(
                  timeout=30)
         hub = emulator.state.task("ToolA", "t1")
         wait_for(lambda: hub.artifacts == {ARN: "target"}, timeout=10)
+        # Each task's repair is whole (its last call answered) before t2 is lost again, so
+        # the second loss is a repair of its own rather than part of an unfinished first one.
+        wait_for(lambda: all(emulator.state.task("ToolA", t).attributes
+                             for t in ("t1", "t2", "t3")), timeout=10)
         assert hub.attributes == [{"Type": "IPV4_ADDRESS", "Value": "10.0.0.7"}]
         emulator.state.lose_task("ToolA", "t2")
         wait_for(lambda: _percents(emulator, "t2") == [90], timeout=30)
