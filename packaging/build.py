@@ -65,8 +65,48 @@ def project() -> tuple[str, str]:
     return str(data["version"]), floor.group(1)
 
 
+PEP440 = re.compile(r"(?P<release>\d+(?:\.\d+)*)(?:(?P<pre>a|b|rc)(?P<pre_n>\d+))?"
+                    r"(?:\.post(?P<post>\d+))?(?:\.dev(?P<dev>\d+))?")
+
+
+def package_version(version: str) -> str:
+    """pyproject's PEP 440 version in the form Debian and RPM order the same way: a pre-release
+    or dev part after a tilde, which sorts before the release (`0.3.0.dev0` → `0.3.0~dev0`,
+    `0.3.0rc1` → `0.3.0~rc1`, `0.3.0rc1.dev2` → `0.3.0~rc1~dev2`), a post-release after a plus
+    (`0.3.0.post1` → `0.3.0+post1`). Only normalised versions; no alpha or beta, whose
+    `~a1`/`~b1` would sort before a `~dev0` of the same release (PEP 440 orders them after)."""
+    found = PEP440.fullmatch(version)
+    if found is None:
+        raise BuildError(f"version {version!r} in pyproject.toml is not a normalised PEP 440 "
+                         "version (N.N.N, then optionally rcN, .postN, .devN)")
+    if found["pre"] in ("a", "b"):
+        raise BuildError(f"version {version!r}: alpha and beta releases would sort before the "
+                         "release's .dev builds in dpkg and rpm; use .devN or rcN")
+    parts = [found["release"]]
+    if found["pre"]:
+        parts.append(f"~{found['pre']}{found['pre_n']}")
+    if found["post"]:
+        parts.append(f"+post{found['post']}")
+    if found["dev"]:
+        parts.append(f"~dev{found['dev']}")
+    return "".join(parts)
+
+
+def is_release(version: str) -> bool:
+    """A release (or release candidate) has a CHANGELOG section; a .dev build does not."""
+    return ".dev" not in version
+
+
 def changelog_date(version: str) -> str:
-    """The date of the CHANGELOG's section for this version (a release has one)."""
+    """The date of the CHANGELOG's section for this version (a release has one); a .dev build
+    needs the `[Unreleased]` section its changes are listed under, and has no date of its
+    own (the commit's is used)."""
+    if not is_release(version):
+        if not re.search(r"^## \[Unreleased\]\s*$", (ROOT / "CHANGELOG.md").read_text(),
+                         re.MULTILINE):
+            raise BuildError(f"version {version} is a .dev build: CHANGELOG.md needs an "
+                             "'## [Unreleased]' section listing what it holds")
+        return ""
     found = re.search(rf"^## \[{re.escape(version)}\] - (\d{{4}}-\d{{2}}-\d{{2}})\s*$",
                       (ROOT / "CHANGELOG.md").read_text(), re.MULTILINE)
     if found is None:
@@ -284,7 +324,8 @@ def nfpm_config(stage: Path, version: str, epoch: str) -> dict[str, object]:
         "name": NAME,
         "arch": "all",
         "platform": "linux",
-        "version": version,
+        "version": package_version(version),
+        "version_schema": "none",  # our own mapping: nfpm's semver would drop the .devN
         "release": "1",
         "section": "admin",
         "priority": "optional",
@@ -347,8 +388,8 @@ def nfpm_config(stage: Path, version: str, epoch: str) -> dict[str, object]:
 def build_packages(stage: Path, out: Path, version: str, epoch: str) -> tuple[Path, Path]:
     config = stage / "nfpm.yaml"
     config.write_text(json.dumps(nfpm_config(stage, version, epoch), indent=1))
-    deb = out / f"{NAME}_{version}_all.deb"
-    rpm = out / f"{NAME}-{version}-1.noarch.rpm"
+    deb = out / f"{NAME}_{package_version(version)}_all.deb"
+    rpm = out / f"{NAME}-{package_version(version)}-1.noarch.rpm"
     env = {**os.environ, "SOURCE_DATE_EPOCH": epoch}
     for packager, target in (("deb", deb), ("rpm", rpm)):
         run([tool("nfpm"), "package", "--config", str(config), "--packager", packager,
@@ -380,6 +421,7 @@ def source_epoch() -> str:
 def build(out: Path, wheelhouse: Path | None, work: Path) -> list[Path]:
     """Every artifact into `out`; returns them (SHA256SUMS last)."""
     version, _ = project()
+    package_version(version)
     changelog_date(version)
     epoch = source_epoch()
     out.mkdir(parents=True, exist_ok=True)

@@ -4,6 +4,7 @@ rows inserted the way host tools do, and polling."""
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ import urllib.request
 from collections.abc import Callable
 from datetime import UTC
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from reporter.hub_requests import Request, encode
@@ -249,3 +251,12 @@ def log_events(source: Path | str, strict: bool = False) -> list[dict[str, Any]]
     if strict:
         return [json.loads(line) for line in lines if line.strip()]
     return [json.loads(line) for line in lines if line.startswith("{")]
+
+
+def build_module() -> ModuleType:
+    """packaging/build.py, loaded from the tree (it is a script, not a package)."""
+    spec = importlib.util.spec_from_file_location("mgh_build", ROOT / "packaging" / "build.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -6,29 +6,22 @@ from __future__ import annotations
 
 import glob
 import importlib.util
+import itertools
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
-from types import ModuleType
 
 import pytest
 
 from reporter.config import ConfigError, parse
 
-from .helpers import ROOT
+from .helpers import ROOT, build_module
 
 SELECT = ROOT / "packaging" / "select-python"
-
-
-def build_module() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("mgh_build", ROOT / "packaging" / "build.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def interpreters(directory: Path, versions: dict[str, tuple[int, int]]) -> Path:
@@ -115,8 +108,62 @@ def test_the_version_lives_in_pyproject_only():
     assert reporter.__version__ == project["version"]
     build = build_module()
     assert build.project()[0] == project["version"]
-    assert build.changelog_date(project["version"])  # a dated CHANGELOG section
+    if build.is_release(project["version"]):
+        assert build.changelog_date(project["version"])  # a dated CHANGELOG section
+    else:  # a .dev build after a release: its changes are under [Unreleased]
+        assert build.changelog_date(project["version"]) == ""
     assert sys.version_info >= (3, 11)
+
+
+def test_a_commit_after_a_release_never_carries_the_release_version():
+    """Right after a release pyproject moves to the next .dev version: HEAD is newer than the
+    CHANGELOG's newest release and older than the release it leads to."""
+    from packaging.version import Version
+
+    version = Version(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"])
+    released = re.findall(r"^## \[(\d[^\]]*)\] - \d{4}-\d{2}-\d{2}",
+                          (ROOT / "CHANGELOG.md").read_text(), re.MULTILINE)
+    newest = max(Version(v) for v in released)
+    assert version > newest or (version == newest and not version.is_devrelease)
+    if version.is_devrelease:
+        assert version < Version(version.base_version)
+
+
+ORDERED = ["0.2.0", "0.2.1.dev0", "0.3.0.dev0", "0.3.0.dev1", "0.3.0rc1.dev0", "0.3.0rc1",
+           "0.3.0rc2", "0.3.0", "0.3.0.post1.dev0", "0.3.0.post1", "0.3.1.dev0", "1.0.0"]
+
+
+def test_package_versions_map_pep440_to_tilde_forms():
+    build = build_module()
+    assert build.package_version("0.3.0.dev0") == "0.3.0~dev0"
+    assert build.package_version("0.3.0rc1.dev2") == "0.3.0~rc1~dev2"
+    assert build.package_version("0.3.0.post1") == "0.3.0+post1"
+    assert build.package_version("0.2.0") == "0.2.0"
+    for bad, rule in (("0.3.0a1", "alpha and beta"), ("0.3.0-dev", "normalised PEP 440"),
+                      ("v1", "normalised PEP 440"), ("0.3.0.dev", "normalised PEP 440")):
+        with pytest.raises(build.BuildError, match=rule):
+            build.package_version(bad)
+
+
+@pytest.mark.parametrize("tool", ["dpkg", "rpm"])
+def test_dpkg_and_rpm_order_the_package_versions_as_pep440_does(tool: str):
+    """A dev build upgrades the release before it, and the final release upgrades the dev
+    build, as the package managers themselves compare them."""
+    from packaging.version import Version
+
+    if shutil.which(tool) is None:
+        pytest.fail(f"{tool} is not installed: this test needs the real package tool")
+    assert sorted(ORDERED, key=Version) == ORDERED
+    build = build_module()
+    for older, newer in itertools.pairwise(ORDERED):
+        a, b = build.package_version(older), build.package_version(newer)
+        if tool == "dpkg":
+            done = subprocess.run(["dpkg", "--compare-versions", a, "lt", b], check=False)
+            assert done.returncode == 0, (a, b)
+        else:
+            out = subprocess.run(["rpm", "--eval", f'%{{lua: print(rpm.vercmp("{a}", "{b}"))}}'],
+                                 capture_output=True, text=True, check=True).stdout.strip()
+            assert out == "-1", (a, b, out)
 
 
 def test_every_package_of_the_source_tree_is_in_the_distribution():

@@ -19,7 +19,7 @@ import pytest
 
 from reporter.emulator import Emulator
 
-from ..helpers import wait_for
+from ..helpers import build_module, wait_for
 from .images import (
     LIMITS,
     ROOT,
@@ -35,16 +35,17 @@ pytestmark = pytest.mark.deploy
 
 VERSION = re.search(r'^version = "([^"]+)"', (ROOT / "pyproject.toml").read_text(),
                     re.MULTILINE).group(1)  # type: ignore[union-attr]
-OLD_VERSION = "0.1.9"  # release 0.2.0's tree, built at a lower version for the upgrade
+PACKAGE_VERSION = build_module().package_version(VERSION)  # 0.3.0.dev0 → 0.3.0~dev0
+OLD_VERSION = "0.2.0"  # release 0.2.0's tree, built as released, for the upgrade
 RELEASE_0_2_0 = "3b35377"  # the commit the CHANGELOG dates 0.2.0
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
     "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
     "AWS_EC2_METADATA_DISABLED": "true",
 }
-DEB = f"mgh-reporter_{VERSION}_all.deb"
+DEB = f"mgh-reporter_{PACKAGE_VERSION}_all.deb"
 OLD_DEB = f"mgh-reporter_{OLD_VERSION}_all.deb"
-RPM = f"mgh-reporter-{VERSION}-1.noarch.rpm"
+RPM = f"mgh-reporter-{PACKAGE_VERSION}-1.noarch.rpm"
 PYZ = f"mgh-reporter-{VERSION}.pyz"
 
 
@@ -64,12 +65,6 @@ def dist(tmp_path_factory: pytest.TempPathFactory) -> Path:
                                      f" {archive.stderr.decode()} (a shallow clone?)")
     with tarfile.open(fileobj=io.BytesIO(archive.stdout)) as tar:
         tar.extractall(old_tree, filter="data")
-    pyproject = old_tree / "pyproject.toml"
-    pyproject.write_text(pyproject.read_text().replace('version = "0.2.0"',
-                                                       f'version = "{OLD_VERSION}"'))
-    changelog = old_tree / "CHANGELOG.md"
-    changelog.write_text(changelog.read_text().replace(
-        "## [Unreleased]\n", f"## [Unreleased]\n\n## [{OLD_VERSION}] - 2026-11-01\n", 1))
     old = work / "old-dist"
     release(old, root=old_tree, wheelhouse=ROOT / "build" / "wheelhouse", offline=True)
     shutil.copy(old / OLD_DEB, out / OLD_DEB)
@@ -134,7 +129,7 @@ def test_build_writes_every_artifact_and_their_sums(dist: Path):
              for key in ("Package", "Version", "Architecture", "Depends", "Recommends",
                          "Suggests")}
     assert field == {
-        "Package": "mgh-reporter", "Version": f"{VERSION}-1", "Architecture": "all",
+        "Package": "mgh-reporter", "Version": f"{PACKAGE_VERSION}-1", "Architecture": "all",
         "Depends": "python3 (>= 3.11) | python3.11 | python3.12 | python3.13 | python3.14",
         "Recommends": "", "Suggests": "libpq5",  # an offline `apt install` fetches nothing
     }
@@ -178,7 +173,7 @@ def test_rpm_metadata(dist: Path):
                               text=True, check=True).stdout
 
     assert query("--qf", "%{NAME} %{VERSION} %{RELEASE} %{ARCH}") == (
-        f"mgh-reporter {VERSION} 1 noarch")
+        f"mgh-reporter {PACKAGE_VERSION} 1 noarch")
     requires = query("--requires").splitlines()
     assert "(python3 >= 3.11 or python3.11 or python3.12 or python3.13 or python3.14)" in requires
     assert not [r for r in requires if not r.startswith(("(python3", "rpmlib("))], requires
