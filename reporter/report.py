@@ -7,6 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from reporter.config import Config
+from reporter.hub.errors import NO_HOME_REGION_CODES
 from reporter.hub.view import iso
 from reporter.live import LiveState, stale_after
 from reporter.rows import TERMINAL_STATUSES
@@ -254,7 +255,9 @@ def status_report(
         blocked_code=gate.blocked_code if gate and gate.blocked_reason else None,
         blocked_since=iso(gate.blocked_since) if gate and gate.blocked_reason else None,
         outbox_unusable=unusable,
-        home_region=gate.home_region if gate else None,
+        # A block saying there is no home Region outranks a Region learnt before it.
+        home_region=gate.home_region if gate and gate.blocked_code not in NO_HOME_REGION_CODES
+        else None,
         last_success=iso(gate.last_success_at if gate else None),
         outage_backoff=bool(gate and gate.brake_attempts > 0),
         daemon_pid=daemon_pid,

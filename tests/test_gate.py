@@ -67,7 +67,7 @@ def test_a_blocked_state_holds_until_its_recheck_then_resumes():
 def test_a_fresh_start_rechecks_a_saved_block_at_once():
     """A saved block (a recheck an hour away) is looked at again by the first admission of a
     new gate (a restart, a reload): the cause fixed meanwhile costs no wait."""
-    state = GateState(blocked_code="NoCredentials", blocked_reason="no credentials",
+    state = GateState(blocked_code="HomeRegionNotSet", blocked_reason="home Region not set",
                       blocked_since=NOW - 100, recheck_at=NOW + 3600)
     regions = Regions()
     gate = _gate(state, regions)
@@ -79,10 +79,26 @@ def test_a_fresh_start_rechecks_a_saved_block_at_once():
 
 def test_a_blocking_lookup_keeps_the_first_since_and_pushes_the_recheck():
     """A recheck that fails again stays blocked, keeps `blocked_since`, re-checks later."""
-    state = GateState(blocked_code="X", blocked_reason="not set", blocked_since=NOW - 100)
+    state = GateState(blocked_code="HomeRegionNotSet", blocked_reason="not set",
+                      blocked_since=NOW - 100)
     gate = _gate(state, Regions(NO_HOME), blocked_recheck_seconds=30)
     assert isinstance(gate.admit(NOW), Blocked)
     assert gate.state.blocked_since == NOW - 100 and gate.state.recheck_at == NOW + 30
+
+
+def test_a_block_of_another_cause_is_dated_from_that_cause():
+    """Blocked by access denied, then (still blocked) by the home Region: `blocked_since` is
+    when the home Region block began, not the earlier, different cause; the Region we knew is
+    forgotten, so no report names a home Region beside "not set"."""
+    state = GateState(home_region="us-west-2")
+    gate = _gate(state, Regions(region="us-west-2"))
+    gate.learn([DENIED], NOW)
+    assert gate.state.blocked_since == NOW and gate.state.home_region == "us-west-2"
+    gate.learn([DENIED], NOW + 50)
+    assert gate.state.blocked_since == NOW  # the same cause: the same block
+    gate.learn([Failure(Outcome.BLOCKED, "HomeRegionNotSetException", "not set")], NOW + 100)
+    assert gate.state.blocked_code == "HomeRegionNotSetException"
+    assert gate.state.blocked_since == NOW + 100 and gate.state.home_region is None
 
 
 def test_recheck_now_skips_the_slow_schedule():

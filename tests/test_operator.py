@@ -437,3 +437,45 @@ def test_the_daemon_says_what_it_delivered_once_per_period(
     assert sum(e["sent"] for e in delivered) == 50
     assert all(e["level"] == "info" for e in delivered)
     assert "pass" not in {e["event"] for e in events}
+
+
+def test_status_tells_one_story(cli: Cli, emulator: Emulator, make_config: Any,
+                                outbox_path: Path):
+    """A daemon that never reached the Hub (its endpoints refuse) is not "delivering": with a
+    row pending status says it is not delivered yet, and names the last error; blocked because
+    the home Region is not set, status names no home Region beside that cause, and the block
+    is dated."""
+    from .helpers import free_port, start_daemon, stop_daemon, wait_for
+
+    def status_json(cli: Cli, config: Path) -> dict[str, Any]:
+        return json.loads(cli("status", "--json", config=config).stdout)  # type: ignore[no-any-return]
+
+    config = make_config(publish={"interval_seconds": 0.2})
+    assert cli("init", config=config).returncode == 0
+    assert cli("notify", "t1", "--status", "IN_PROGRESS", config=config).returncode == 0
+    closed = f"http://127.0.0.1:{free_port()}"
+    daemon = start_daemon(config, env={"AWS_ENDPOINT_URL_MIGRATION_HUB": closed,
+                                       "AWS_ENDPOINT_URL_MIGRATIONHUB_CONFIG": closed})
+    try:
+        wait_for(lambda: status_json(cli, config)["daemon_state"] == "running", timeout=20)
+        wait_for(lambda: (status_json(cli, config)["daemon"] or {}).get("last_error"),
+                 timeout=20)
+        human = " ".join(cli("status", config=config).stdout.split())
+        assert "not delivered yet" in human and "delivering" not in human, human
+        assert "home region unknown yet" in human, human
+    finally:
+        stop_daemon(daemon)
+    assert cli("drain", config=config).returncode == 0  # the Hub reachable: delivered
+    ready = json.loads(cli("status", "--json", config=config).stdout)
+    assert ready["home_region"] == "us-west-2" and ready["blocked"] is None
+    emulator.state.home_region = None
+    try:
+        assert cli("notify", "t1", "--status", "COMPLETED", config=config).returncode == 0
+        assert cli("drain", config=config).returncode == 4
+        report = json.loads(cli("status", "--json", config=config).stdout)
+        assert report["blocked_code"] in ("HomeRegionNotSet", "HomeRegionNotSetException")
+        assert report["home_region"] is None and report["blocked_since"]
+        human = " ".join(cli("status", config=config).stdout.split())
+        assert "us-west-2" not in human and f"since {report['blocked_since']}" in human, human
+    finally:
+        emulator.state.home_region = "us-west-2"

@@ -111,21 +111,32 @@ def watch(cfg: Config, as_json: bool, every: float, console: Console) -> None:
         return
 
 
+def state_line(report: views.StatusReport) -> str:
+    """The one-line state, rich markup: each state tells only what is true of it (a block its
+    own cause and time; "delivering" only once the Hub has answered)."""
+    if report.outbox_unusable:
+        return f"[bold red]OUTBOX UNUSABLE[/]: {esc(report.outbox_unusable)}"
+    if report.blocked:
+        since = f" since {report.blocked_since}" if report.blocked_since else ""
+        return f"[bold red]BLOCKED[/]{since}: {esc(report.blocked)}"
+    if report.daemon_state == "hung":
+        return "[bold red]HUNG[/]: the daemon stopped ticking without stopping cleanly"
+    if report.daemon_state != "running":
+        return "[bold]not running[/]: nothing is delivering (start `mgh-reporter run`)"
+    if report.outage_backoff:
+        return "[bold yellow]BACKING OFF[/]: every call is failing; probing at a slow pace"
+    if report.last_success is None and report.home_region is None:
+        if report.pending:
+            return ("[bold yellow]not delivered yet[/]: running, no call has reached the Hub"
+                    " yet (see last error)")
+        return "[bold green]ready[/]: running, nothing sent yet (the Hub is asked when rows come)"
+    return "[bold green]delivering[/]"
+
+
 def lines(report: views.StatusReport, cfg: Config) -> list[str]:
     """The human report, one rich-markup line each."""
     out: list[str] = []
-    if report.outbox_unusable:
-        headline = f"[bold red]OUTBOX UNUSABLE[/]: {esc(report.outbox_unusable)}"
-    elif report.blocked:
-        headline = f"[bold red]BLOCKED[/] since {report.blocked_since}: {esc(report.blocked)}"
-    elif report.daemon_state == "hung":
-        headline = "[bold red]HUNG[/]: the daemon stopped ticking without stopping cleanly"
-    elif report.daemon_state != "running":
-        headline = "[bold]not running[/]: nothing is delivering (start `mgh-reporter run`)"
-    elif report.outage_backoff:
-        headline = "[bold yellow]BACKING OFF[/]: every call is failing; probing at a slow pace"
-    else:
-        headline = "[bold green]delivering[/]"
+    headline = state_line(report)
     pid, daemon = report.daemon_pid, report.daemon
     out.append(f"mgh-reporter  {esc(cfg.outbox.where)}")
     out.append(f"  state        {headline}")
@@ -148,7 +159,7 @@ def lines(report: views.StatusReport, cfg: Config) -> list[str]:
         out.append(f"  last error   {esc(daemon['last_error'])}")
     for warning in report.warnings:
         out.append(f"  [bold yellow]warning[/]      {esc(warning)}")
-    out.append(f"  home region  {report.home_region or 'unknown yet'}")
+    out.append(f"  home region  {_home_region(report)}")
     if report.pending is None:
         out.append("  backlog      unknown: the outbox cannot be read")
         return out
@@ -180,3 +191,11 @@ def lines(report: views.StatusReport, cfg: Config) -> list[str]:
             f"{counts['lapsing']} lapsing"
         )
     return out
+
+
+def _home_region(report: views.StatusReport) -> str:
+    """The home Region as the daemon last learnt it (none beside a block saying there is
+    none: the report leaves it out then)."""
+    if report.home_region is None and report.blocked:
+        return "unknown (see state)"
+    return report.home_region or "unknown yet"

@@ -15,7 +15,7 @@ import structlog
 from reporter.config import PublishConfig
 from reporter.delivery.conditions import Conditions
 from reporter.delivery.retry import Backoff
-from reporter.hub.errors import Failure, HubError, Outcome
+from reporter.hub.errors import NO_HOME_REGION_CODES, Failure, HubError, Outcome
 from reporter.stores.contract import GateState
 
 __all__ = [
@@ -222,7 +222,9 @@ class Gate:
         return None
 
     def block(self, failure: Failure, now: float) -> None:
-        """Hold all delivery for a cause only a person can fix; re-check on a slow schedule."""
+        """Hold all delivery for a cause only a person can fix; re-check on a slow schedule.
+        The block is dated from when this cause began (another cause before it starts a new
+        date); a Region that is not the home Region any more is forgotten."""
         s = self._state
         if s.blocked_reason != failure.message:
             self._log.error(
@@ -231,11 +233,16 @@ class Gate:
                 reason=failure.message,
                 recheck_in=self._recheck_seconds,
             )
+        same_cause = s.blocked_since is not None and s.blocked_code == failure.code
+        changes: dict[str, object] = {}
+        if failure.code in NO_HOME_REGION_CODES:
+            changes["home_region"] = None
         self._update(
             blocked_code=failure.code,
             blocked_reason=failure.message,
-            blocked_since=s.blocked_since if s.blocked_since is not None else now,
+            blocked_since=s.blocked_since if same_cause else now,
             recheck_at=now + self._recheck_seconds,
+            **changes,
         )
 
     def recheck_now(self) -> None:

@@ -10,6 +10,7 @@ from botocore import exceptions as bx
 
 __all__ = [
     "HOME_REGION_NOT_SET",
+    "NO_HOME_REGION_CODES",
     "THROTTLE_CODES",
     "Failure",
     "FenceLost",
@@ -33,6 +34,9 @@ HOME_REGION_NOT_SET = (
     "the Migration Hub home Region is not set for this account (set it in the Migration Hub "
     "console, or `aws migrationhub-config create-home-region-control`)"
 )
+# The lookup's own (GetHomeRegion answered no Region) and a write call's: either means the
+# Region we knew is not the home Region any more.
+NO_HOME_REGION_CODES = frozenset({"HomeRegionNotSet", "HomeRegionNotSetException"})
 THROTTLE_CODES = frozenset({"ThrottlingException", "Throttling", "TooManyRequestsException"})
 BLOCKED_CODES = {
     "HomeRegionNotSetException": HOME_REGION_NOT_SET,
