@@ -25,22 +25,14 @@ from reporter.hub_requests import Request, encode
 from reporter.rows import OutboxRow, Problem, judge
 from reporter.stores.contract import Ingested, OutboxStore, TakenIn
 
+from .docblocks import run_by
+
 ROOT = Path(__file__).resolve().parent.parent
 
-def readme_sql(marker: str) -> str:
-    """The README's first ```sql block that contains `marker` (tests run the README's own
-    statements, so the README stays what works)."""
-    text = (ROOT / "README.md").read_text()
-    for block in text.split("```sql\n")[1:]:
-        body = block.split("```", 1)[0]
-        if marker in body:
-            return body
-    raise AssertionError(f"no ```sql block with {marker!r} in README.md")
-
-
-# The outbox table exactly as the contract (and the README) prints it: what a host tool may
-# create itself.
-CONTRACT_DDL = readme_sql("INTEGER PRIMARY KEY AUTOINCREMENT")
+# The outbox table exactly as the contract page prints it: what a host tool may create itself
+# (the tests create host tables from the page's own block, so the page stays what works).
+CONTRACT_DDL = run_by(
+    "contract.md", "tests/test_docs.py::test_the_contract_sqlite_ddl_is_the_contract_table")[0].text
 
 FAST = {
     "publish": {

@@ -1,4 +1,4 @@
-"""The package's shape, held as the code changes: the README's layout map names every group and
+"""The package's shape, held as the code changes: the development page's layout map names every group and
 every module at the top, at most 14 modules sit at the top, no module is over 600 lines and no
 class over 250 outside the stores and the emulator's validator (import layers and cycles are
 `lint-imports`' job, a CI step of its own)."""
@@ -15,8 +15,8 @@ CLASS_EXEMPT = ("reporter/stores/", "reporter/emulator/validator.py")
 
 
 def _layout_block() -> str:
-    text = (ROOT / "README.md").read_text()
-    section = text.split("### How the code is laid out", 1)[1]
+    text = (ROOT / "docs" / "development.md").read_text()
+    section = text.split("## How the code is laid out", 1)[1]
     return section.split("```", 2)[1]
 
 

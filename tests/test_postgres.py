@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import subprocess
 import sys
 import threading
@@ -25,6 +26,7 @@ from reporter.emulator import Emulator
 from reporter.stores.contract import SentState, TaskOutcome
 from reporter.stores.postgres import PostgresStore
 
+from .docblocks import run_by
 from .engines import PG_AWS, PG_OUTBOX, PgServer, pg_insert
 from .helpers import (
     FAST,
@@ -37,7 +39,7 @@ from .helpers import (
     wait_for,
 )
 
-README = ROOT / "README.md"
+PAGE = ROOT / "docs" / "postgresql.md"  # the docs page whose SQL these tests run
 
 
 def _config(url: str, **sections: dict[str, Any]) -> config_mod.Config:
@@ -121,7 +123,7 @@ def test_password_never_appears_in_messages():
 
 # -- init and roles ------------------------------------------------------------------------------
 def test_init_is_idempotent_accepts_a_tool_created_table_and_queues_its_rows(pg_url: str):
-    with psycopg.connect(pg_url) as conn:  # the README's DDL, run by the tool's owner first
+    with psycopg.connect(pg_url) as conn:  # the page's DDL, run by the tool's owner first
         conn.execute(_readme_block("CREATE TABLE outbox", "IDENTITY"))
         conn.execute("INSERT INTO outbox(kind, migration_task_name, status)"
                      " VALUES ('task_state', 'early', 'NOT_STARTED')")
@@ -140,19 +142,19 @@ def test_init_is_idempotent_accepts_a_tool_created_table_and_queues_its_rows(pg_
 
 
 def _readme_block(starting: str, containing: str = "") -> str:
-    """The README's SQL block that starts with `starting` (and holds `containing`), so the
-    README stays true."""
-    text = README.read_text()
+    """The postgresql.md page's SQL block that starts with `starting` (and holds
+    `containing`), so the page stays true."""
+    text = PAGE.read_text()
     for block in text.split("```sql")[1:]:
         body = block.split("```")[0].strip()
         if body.startswith(starting) and containing in body:
             return body
-    raise AssertionError(f"no ```sql block starting {starting!r} in the README")
+    raise AssertionError(f"no ```sql block starting {starting!r} in postgresql.md")
 
 
 @contextlib.contextmanager
 def _readme_roles(pg_url: str) -> Iterator[str]:
-    """`init` as the owner, then the README's least-privilege block as written (its database
+    """`init` as the owner, then the page's least-privilege block as written (its database
     name replaced); the roles are dropped afterwards. Yields the database's name."""
     database = str(conninfo_to_dict(pg_url)["dbname"])
     PostgresStore.create(pg_url).close()
@@ -173,12 +175,19 @@ def _readme_roles(pg_url: str) -> Iterator[str]:
 def test_readme_grants_are_enough_for_tool_and_reporter(pg_server: PgServer, pg_url: str,
                                                         tmp_path: Path, emulator: Emulator,
                                                         aws_env: dict[str, str]):
-    """Least privilege as the README gives it: the owner runs init; the tool role can only
-    INSERT; the reporter role runs `check`, `drain` and `status` with its GRANTs."""
+    """Least privilege as postgresql.md gives it: the owner runs init; the tool role can only
+    INSERT (also with the page's psql line); the reporter role runs `check`, `drain` and
+    `status` with its GRANTs."""
     with _readme_roles(pg_url) as database:
         tool = pg_server.url(database, "mgh_tool", "tool-secret")
         reporter = pg_server.url(database, "mgh_reporter_role", "reporter-secret")
         pg_insert(tool, kind="task_state", migration_task_name="t1", status="IN_PROGRESS")
+        psql = run_by("postgresql.md",
+                      "tests/test_postgres.py::test_readme_grants_are_enough_for_tool_and_reporter")
+        line = next(b for b in psql if b.lang == "sh").text
+        done = subprocess.run(["bash", "-e", "-c", line], capture_output=True, text=True,
+                              env={**os.environ, "OUTBOX_URL": tool}, timeout=60)
+        assert done.returncode == 0 and "INSERT 0 1" in done.stdout, done.stderr
         with psycopg.connect(tool) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute("SELECT status FROM outbox")
         config = _write_config(tmp_path, reporter)
@@ -190,9 +199,10 @@ def test_readme_grants_are_enough_for_tool_and_reporter(pg_server: PgServer, pg_
         assert json.loads(_cli(config, "status", "--json").stdout)["pending"] == 0
         with psycopg.connect(tool) as conn:  # the tool asks what became of its row
             assert conn.execute("SELECT state, reason FROM outbox_fate").fetchall() == [
-                ("sent", None)]
+                ("sent", None), ("sent", None)]
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
                 conn.execute("SELECT state FROM mgh_reporter.rows")
+        assert emulator.state.task("ToolA", "vm-042").updates  # the psql line's row
         with psycopg.connect(pg_url, autocommit=True) as conn:
             conn.execute("REVOKE UPDATE ON mgh_reporter.tasks FROM mgh_reporter_role")
         lacking = _cli(config, "check", env=aws_env)

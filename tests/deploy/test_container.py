@@ -6,6 +6,10 @@ uid sharing a volume; stopped by signal; health checked by its shell HEALTHCHECK
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -16,7 +20,8 @@ import pytest
 
 from reporter.emulator import Emulator
 
-from ..helpers import toml_text, wait_for
+from ..docblocks import run_by
+from ..helpers import ROOT, toml_text, wait_for
 from .images import LIMITS, base_image, build_project_image, podman, require_engine
 
 pytestmark = pytest.mark.deploy
@@ -250,3 +255,55 @@ def test_50k_backlog_in_64_mib_with_health_checks(pod_factory: Any, hub: Emulato
     updates = hub.state.updates()["Sidecar"]
     assert len(updates) == 5000
     assert all(u[-1]["Task"]["StatusDetail"] == "step 9" for u in updates.values())
+
+
+def test_the_operations_podman_block_as_written(hub: Emulator, tmp_path: Path):
+    """docs/operations.md's podman block, line by line, in a copy of the source tree: `pip
+    wheel`, `podman build` on the Debian base (the block's BASE names it), `podman run`, then
+    `podman healthcheck run` healthy and a tool's row delivered. Made to run here, and only
+    so: names made unique, the host's network and the emulator's endpoints given to build and
+    run (the block's host reaches AWS with its own credentials)."""
+    require_engine()
+    text = run_by("operations.md",
+                  "tests/deploy/test_container.py::test_the_operations_podman_block_as_written"
+                  )[0].text
+    commands = [line.split("  #")[0].strip()
+                for line in text.replace("\\\n", " ").splitlines() if line.strip()]
+    assert [c.split()[:2] for c in commands] == [
+        ["pip", "wheel"], ["podman", "build"], ["podman", "run"], ["podman", "healthcheck"]]
+    tree = tmp_path / "src"
+    tree.mkdir()
+    for item in ("Containerfile", "pyproject.toml", "README.md", "config.example.toml"):
+        shutil.copy(ROOT / item, tree / item)
+    for item in ("reporter", "deploy"):
+        shutil.copytree(ROOT / item, tree / item, ignore=shutil.ignore_patterns("__pycache__"))
+    (tree / "config.toml").write_text(toml_text({
+        "outbox": {"path": "/var/lib/mgh-reporter/outbox.db"},
+        "hub": {"progress_update_stream": "Documented"}, "publish": {"interval_seconds": 1.0}}))
+    (tree / "config.toml").chmod(0o644)
+    unique = uuid.uuid4().hex[:8]
+    name, tag, volume = f"mgh-doc-{unique}", f"localhost/mgh-doc:{unique}", f"mgh-doc-{unique}"
+    env_args = " ".join(f"-e {k}={v}" for k, v in {**CREDENTIALS, **hub.environment()}.items())
+    here = {"BASE=localhost/debian-python:bookworm": f"BASE={base_image('python')}",
+            "-t mgh-reporter ": f"-t {tag} ", "--name mgh-reporter ": f"--name {name} ",
+            "-v outbox:": f"-v {volume}:", "podman build ": "podman build --network host ",
+            "podman run -d ": f"podman run -d --network host {env_args} "}
+    shell_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    try:
+        for command in commands[:3]:
+            for written, local in here.items():
+                command = command.replace(written, local)
+            if command.startswith("podman run"):
+                command = command[:command.rindex(" mgh-reporter")] + f" {tag}"
+            done = subprocess.run(["bash", "-c", command], cwd=tree, capture_output=True,
+                                  text=True, timeout=1200, env=shell_env)
+            assert done.returncode == 0, f"{command}\n{done.stdout[-2000:]}{done.stderr[-2000:]}"
+        health = commands[3].replace("mgh-reporter", name)
+        wait_for(lambda: subprocess.run(["bash", "-c", health], capture_output=True
+                                        ).returncode == 0, timeout=60)
+        podman("exec", name, "mgh-reporter", "notify", "doc-1", "--status", "COMPLETED")
+        wait_for(lambda: "doc-1" in hub.state.updates().get("Documented", {}), timeout=60)
+    finally:
+        podman("rm", "-f", "-t", "0", name, check=False)
+        podman("volume", "rm", "-f", volume, check=False)
+        podman("rmi", "-f", tag, check=False)

@@ -19,6 +19,7 @@ import pytest
 
 from reporter.emulator import Emulator
 
+from ..docblocks import run_by
 from ..helpers import build_module, wait_for
 from .images import (
     LIMITS,
@@ -87,13 +88,21 @@ def _env_args(hub: Emulator) -> list[str]:
             for arg in ("-e", f"{k}={v}")]
 
 
+def install_line(deb: str) -> str:
+    """The apt line of docs/install.md for `deb` (-y: no one answers here)."""
+    block = run_by("install.md", "tests/deploy/test_packages.py::test_deb_offline_on_bare_debian")
+    line = block[0].text.split("  #")[0].strip()
+    assert line == f"apt install ./{DEB}", line  # the page names the version this tree builds
+    return line.replace("apt install", "apt install -y").replace(f"./{DEB}", f"./{deb}")
+
+
 def installed_image(base: str, dist: Path, deb: str) -> str:
     """The README's `apt install ./DEB` (with -y: no one answers) in a container with no
     network at all, committed as an image: apt fetches nothing (no Recommends to fetch)."""
     name = f"mgh-install-{uuid.uuid4().hex[:8]}"
     done = podman("run", "--name", name, "--network", "none", *LIMITS, "-v", f"{dist}:/dist:ro",
                   "-w", "/dist", base, "sh", "-c",
-                  f"DEBIAN_FRONTEND=noninteractive apt install -y ./{deb} 2>&1", check=False,
+                  f"DEBIAN_FRONTEND=noninteractive {install_line(deb)} 2>&1", check=False,
                   timeout=600)
     try:
         assert done.returncode == 0, f"apt install offline failed:\n{done.stdout}\n{done.stderr}"
@@ -117,6 +126,13 @@ def sh(container: str, script: str, check: bool = True, timeout: float = 300,
 
 
 def test_build_writes_every_artifact_and_their_sums(dist: Path):
+    """The packaging page's command (its install half is `.ci/run`'s install step, its build
+    half what the `dist` fixture runs) writes every artifact and their sums."""
+    block = run_by("packaging.md",
+                   "tests/deploy/test_packages.py::test_build_writes_every_artifact_and_their_sums")
+    assert block[0].text.strip() == (
+        "python -m pip install -e '.[release]' && python packaging/build.py --out dist")
+    assert "release" in (ROOT / ".ci" / "run").read_text().split('step "install"')[1].split("\n")[0]
     names = sorted(p.name for p in dist.iterdir())
     assert names == sorted([DEB, OLD_DEB, RPM, PYZ, f"mgh_reporter-{VERSION}-py3-none-any.whl",
                             f"mgh_reporter-{VERSION}.tar.gz", "SHA256SUMS"])
@@ -403,8 +419,12 @@ def test_pyz_drains_and_writes_only_its_cache(suite: str, dist: Path, hub: Emula
             sh(name, f"cd /work && {app} notify z-{n} --status COMPLETED", user="op")
         sh(name, f"cd /work && {app} drain --timeout 60", user="op")
         assert set(hub.state.updates()[stream]) == {"z-0", "z-1", "z-2"}
-        if suite == "sid":
-            demo = sh(name, f"cd /work && python3 /dist/{PYZ} demo", user="op", timeout=120)
+        if suite == "sid":  # docs/install.md's line, with this container's python3
+            line = run_by("install.md", "tests/deploy/test_packages.py::"
+                          "test_pyz_drains_and_writes_only_its_cache")[0].text.split("  #")[0]
+            assert line.strip() == f"python3.11 {PYZ} demo", line
+            demo = sh(name, f"cd /work && {line.replace('python3.11 ', 'python3 /dist/')}",
+                      user="op", timeout=120)
             assert "0 pending" in demo, demo
         written = sh(name, "find / -xdev -newer /tmp/marker -not -type d "
                            "-not -path '/proc/*' -not -path '/sys/*' -not -path '/dev/*'")
@@ -433,6 +453,8 @@ def test_readme_quick_start_as_written(dist: Path, hub: Emulator):
     is then delivered and `status` says it is delivering."""
     lines = readme_quick_start()
     assert lines[0] == f"apt install ./{DEB}", lines  # the version it names is the release's
+    test = "tests/deploy/test_packages.py::test_readme_quick_start_as_written"
+    assert run_by("getting-started.md", test)[0].text == run_by("README.md", test)[0].text
     assert any(line.startswith("editor /etc/mgh-reporter/config.toml") for line in lines)
     image = base_image("systemd", "trixie")
     name = f"mgh-quick-{uuid.uuid4().hex[:8]}"

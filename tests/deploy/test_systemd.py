@@ -15,12 +15,12 @@ import pytest
 
 from reporter.emulator import Emulator
 
+from ..docblocks import run_by
 from ..helpers import wait_for
 from .images import LIMITS, ROOT, base_image, podman, require_engine, wheels
 
 pytestmark = pytest.mark.deploy
 
-README = ROOT / "README.md"
 CREDENTIALS = {
     "AWS_ACCESS_KEY_ID": "AKIAIOSFODNN7EXAMPLE",
     "AWS_SECRET_ACCESS_KEY": "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
@@ -30,10 +30,10 @@ WATCHDOG_SECONDS = 6  # the test's drop-in shortens the unit's 30 s so the test 
 
 
 def readme_systemd_block() -> list[str]:
-    """The shell lines of the README's systemd section, as a user would paste them."""
-    text = README.read_text()
-    section = text[text.index("### systemd"):]
-    block = section[section.index("```sh") + 5:section.index("```", section.index("```sh") + 5)]
+    """The shell lines of the systemd section of docs/operations.md, as a user would paste
+    them."""
+    block = run_by("operations.md", "tests/deploy/test_systemd.py::"
+                   "test_started_under_systemd_with_every_hardening_line")[0].text
     return [line.split("  #")[0].strip() for line in block.strip().splitlines() if line.strip()]
 
 
@@ -90,7 +90,7 @@ def machine(hub: Emulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator
         wait_for(lambda: box.code("systemctl is-system-running --wait >/dev/null 2>&1; "
                                   "systemctl is-system-running | grep -qE 'running|degraded'")
                  == 0, timeout=120)
-        # The README's block, line by line, from the source tree; pip reads the wheels (this
+        # The operations page's systemd block, line by line, from the source tree; pip reads the wheels (this
         # machine has no index) and the config points at the emulator (a drop-in gives the
         # service the emulator's endpoints and test credentials).
         box.sh("mkdir -p /etc/systemd/system/mgh-reporter.service.d && cat > "
