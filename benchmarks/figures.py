@@ -119,6 +119,8 @@ FIGURES: dict[str, Callable[[dict[str, Any]], str]] = {
     "packages_table": lambda r: _packages_table(r["packages"]),
     "budget_table": lambda r: _budget_table(r["budget"]),
     "calls_per_second": _scale_range,
+    "profile_calls_per_second": lambda r: f"{r['profile']['calls_per_second']:.0f} calls/s",
+    "gil_ceiling": lambda r: f"{1e6 / r['profile']['drain_cpu_us_per_call']:.0f} calls/s",
     "scale_largest_seconds": lambda r: f"{_largest_scale(r)['seconds']:.0f} s",
     "scale_largest_peak": lambda r: f"{_largest_scale(r)['peak_mb']:.1f} MiB",
     "scale_runs": lambda r: "; ".join(

@@ -357,3 +357,22 @@ def test_every_package_name_in_the_docs_is_this_version():
         for name in re.findall(r"mgh-reporter[_-][0-9][^\s/`)]*?(?:_all\.deb|\.noarch\.rpm|\.pyz)",
                                page.read_text()):
             assert name in expected, (page.name, name)
+
+
+def test_the_detail_rule_is_told_alike_by_the_help_and_the_contract():
+    """`notify --help` and the contract page say what the judge does with a status detail:
+    line breaks become spaces, cut at MAX_STATUS_DETAIL; six kinds in the DDL's comment and
+    the table under it."""
+    from click.testing import CliRunner
+
+    from reporter.cli import cli as group
+    from reporter.rows import MAX_STATUS_DETAIL, normalise_detail
+
+    assert normalise_detail("a\nb" + "x" * 3000) == ("a b" + "x" * 3000)[:MAX_STATUS_DETAIL]
+    limit = f"{MAX_STATUS_DETAIL:,}"
+    shown = " ".join(CliRunner().invoke(group, ["notify", "--help"]).output.split())
+    assert "line breaks become spaces" in shown and limit in shown
+    contract = (ROOT / "docs" / "contract.md").read_text()
+    assert f"line breaks become spaces, and it is cut at {limit} characters" in contract
+    kinds = re.findall(r"^\| `([a-z_]+)` \| `[A-Z]", contract, re.M)
+    assert len(kinds) == 6 and "one of the six kinds" in contract

@@ -479,3 +479,53 @@ def test_status_tells_one_story(cli: Cli, emulator: Emulator, make_config: Any,
         assert "us-west-2" not in human and f"since {report['blocked_since']}" in human, human
     finally:
         emulator.state.home_region = "us-west-2"
+
+
+def _on_terminal(args: list[str], env: dict[str, str], columns: int = 80) -> str:
+    """A command's output on a terminal of `columns` (a pty sized so), escapes removed."""
+    import fcntl
+    import re
+    import struct
+    import termios
+
+    master, slave = pty.openpty()
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
+    env = {k: v for k, v in env.items() if k not in ("COLUMNS", "LINES")}
+    proc = subprocess.Popen([sys.executable, "-m", "reporter", *args], env={**env, "TERM": "xterm"},
+                            stdin=slave, stdout=slave, stderr=subprocess.DEVNULL)
+    os.close(slave)
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        screen += chunk
+    proc.wait(timeout=120)
+    os.close(master)
+    return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.decode(errors="replace"))
+
+
+def test_tasks_and_the_demo_fit_80_columns_whole(
+    cli: Cli, aws_env: dict[str, str], config_path: Path, tmp_path: Path
+):
+    """On an 80-column terminal `tasks` and the demo's table show every value whole (a long
+    task name folds, nothing ends in "…") in lines of at most 80, and the legend keeps its
+    `[mapping]` (it is not read as markup)."""
+    name = "vm-with-a-rather-long-name-abcd"
+    assert cli("init").returncode == 0
+    assert cli("notify", name, "--status", "IN_PROGRESS", "--percent", "40").returncode == 0
+    assert cli("drain").returncode == 0
+    env = {**os.environ, **aws_env}
+    shown = _on_terminal(["--config", str(config_path), "tasks"], env)
+    table = shown[:shown.index("rows: rows still pending")]
+    assert max(len(line) for line in shown.splitlines()) <= 80, shown
+    assert "…" not in shown and "IN_PROGRESS" in table, shown
+    assert "".join(t for t in table.split() if t in name) == name, table  # folded, whole
+    assert "[mapping] unmapped_after_seconds" in " ".join(shown.split())
+    demo = _on_terminal(["demo", "--tasks", "3"], {**env, "HOME": str(tmp_path)})
+    table = demo[demo.index("task"):demo.index("Done in")]
+    assert max(len(line) for line in table.splitlines()) <= 80, table
+    assert "…" not in table.replace("  …  ", "") and "d-server-" in table, table

@@ -234,9 +234,19 @@ def tasks(ctx: click.Context, stream: str | None, as_json: bool) -> None:
             f"; {waiting} rows are waiting to be taken in (a running daemon, or `drain`, takes"
             " them in and their tasks appear here)" if waiting else ""))
         return
-    table = Table(
-        "stream", "task", "status", "%", "updated", "pending", "mapped", "artifacts", "promise"
-    )
+    # Whole values in 80 columns: names fold rather than end in "…", the time folds at its T.
+    from rich import box
+
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    table.add_column("stream", overflow="fold")
+    table.add_column("task", overflow="fold", ratio=1, min_width=8)
+    table.add_column("status", no_wrap=True)
+    table.add_column("%", justify="right", no_wrap=True)
+    table.add_column("updated", overflow="fold", max_width=20, min_width=10)
+    table.add_column("rows", justify="right", no_wrap=True)
+    table.add_column("mapped", overflow="fold")
+    table.add_column("ARNs", justify="right", no_wrap=True)
+    table.add_column("promise", no_wrap=True)
     for e in entries:
         mapped = {
             True: esc(e["configuration_id"] or "yes"), False: "[red]NO[/]", None: "checking"
@@ -259,7 +269,8 @@ def tasks(ctx: click.Context, stream: str | None, as_json: bool) -> None:
         )
     out = console()
     out.print(table)
-    out.print(TASKS_LEGEND, style="dim", highlight=False)
+    out.print("rows: rows still pending; ARNs: artifacts associated.  " + TASKS_LEGEND,
+              style="dim", highlight=False, markup=False)
 
 
 @cli.command()

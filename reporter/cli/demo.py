@@ -12,6 +12,7 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
+from rich import box
 from rich.console import Console
 from rich.live import Live
 from rich.table import Table
@@ -28,9 +29,10 @@ NEXT_STEPS = (
     "mgh-reporter emulator --port 4566 &",
     "export AWS_ENDPOINT_URL_MIGRATION_HUB=http://127.0.0.1:4566",
     "export AWS_ENDPOINT_URL_MIGRATIONHUB_CONFIG=http://127.0.0.1:4566",
-    "export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test AWS_DEFAULT_REGION=us-west-2",
-    "printf '[outbox]\\npath = \"outbox.db\"\\n[hub]\\nprogress_update_stream = \"MyTool\"\\n'"
-    " > try.toml",
+    "export AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test",
+    "export AWS_DEFAULT_REGION=us-west-2",
+    "printf '[outbox]\\npath = \"outbox.db\"\\n' > try.toml",
+    "printf '[hub]\\nprogress_update_stream = \"MyTool\"\\n' >> try.toml",
     "mgh-reporter --config try.toml init",
     "mgh-reporter --config try.toml notify vm-1 --status IN_PROGRESS --percent 40",
     "mgh-reporter --config try.toml drain",
@@ -98,24 +100,31 @@ def _host_tool(box: Outbox, names: list[str], done: threading.Event, rng: random
 
 
 def _table(store: SqliteStore, hub: Emulator) -> Table:
-    table = Table(title="Migration Hub, as the emulator sees it (live)")
-    for col in ("task", "status", "%", "detail", "mapped to", "artifacts", "waiting rows"):
-        table.add_column(col)
+    # Fits 80 columns: the names, the status and the mapping whole; the detail wraps.
+    table = Table(title="Migration Hub, as the emulator sees it (live)", box=box.SIMPLE_HEAD,
+                  pad_edge=False, collapse_padding=True)
+    table.add_column("task", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("%", justify="right", no_wrap=True)
+    table.add_column("mapped to", no_wrap=True)
+    table.add_column("ARNs", justify="right", no_wrap=True)
+    table.add_column("rows", justify="right", no_wrap=True)
+    table.add_column("detail", ratio=1, min_width=12)
     for t in store.tasks():
         try:
             record = hub.state.task(t.stream, t.task)
         except KeyError:
-            table.add_row(t.task, "-", "", "not imported yet", "", "", str(t.pending))
+            table.add_row(t.task, "-", "", "", "", str(t.pending), "not imported yet")
             continue
         last: dict[str, Any] = record.updates[-1]["Task"] if record.updates else {}
         table.add_row(
             t.task,
             last.get("Status", "-"),
             str(last.get("ProgressPercent", "")),
-            (last.get("StatusDetail") or "")[:36],
             record.mapped_to or "…",
             str(len(record.artifacts)),
             str(t.pending),
+            (last.get("StatusDetail") or "")[:36],
         )
     return table
 

@@ -8,7 +8,7 @@ import click
 from reporter.cli.base import existing_outbox, guarded
 from reporter.config import Config
 from reporter.outbox import Outbox
-from reporter.rows import ATTRIBUTE_TYPES, STATUSES
+from reporter.rows import ATTRIBUTE_TYPES, MAX_STATUS_DETAIL, STATUSES
 
 __all__ = ["WRITERS"]
 
@@ -23,7 +23,8 @@ def _writer(cfg: Config) -> Outbox:
 @click.argument("task")
 @click.option("--status", required=True, type=click.Choice(STATUSES), help="Task status.")
 @click.option("--percent", type=int, help="Progress, 0..100.")
-@click.option("--detail", help="Status detail (one line, <= 2,500 characters).")
+@click.option("--detail", help=f"Status detail: line breaks become spaces and text past "
+              f"{MAX_STATUS_DETAIL:,} characters is cut (the Hub's limit).")
 @click.option(
     "--next-update-seconds", type=int, help="When the next update comes (default from config)."
 )
