@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["FIGURES", "ORDER", "load", "problems", "table", "update", "verdicts"]
+__all__ = ["FIGURES", "ORDER", "documents", "load", "problems", "table", "update", "verdicts"]
 
 ORDER = [
     "drain", "coalesce", "idle", "memory", "latency", "wakeup", "budget", "impact", "scale",
@@ -43,6 +43,12 @@ def _scale_range(r: dict[str, Any]) -> str:
 def _largest_scale(r: dict[str, Any]) -> dict[str, Any]:
     sizes = [k for k, v in r["scale"].items() if isinstance(v, dict)]
     return dict(r["scale"][max(sizes, key=int)])
+
+
+def documents(root: Path) -> list[Path]:
+    """Every page that may quote a figure: both READMEs and the docs site's pages."""
+    return [root / "benchmarks" / "README.md", root / "README.md",
+            *sorted((root / "docs").rglob("*.md"))]
 
 
 def load(directory: Path) -> dict[str, Any]:

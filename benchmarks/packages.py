@@ -1,7 +1,7 @@
 """The release artifacts measured: their sizes, the offline install time of the .deb on a bare
 Debian 12 (minbase + python3, `--network none`), and the packaged daemon's memory and idle CPU
-beside the same daemon installed the README's venv way (both in the same kind of container,
-both idle against the emulator for the same minute).
+beside the same daemon installed the venv way of docs/operations.md (both in the same kind of
+container, both idle against the emulator for the same minute).
 
     python benchmarks/packages.py                  # builds the release first (packaging/build.py)
     python benchmarks/packages.py --dist dist      # measures artifacts already built
@@ -141,9 +141,9 @@ def main() -> int:
     results = json.loads(results_file.read_text()) if results_file.exists() else {}
     results["packages"] = {"sizes_mb": sizes, "install_seconds": seconds, "daemons": daemons}
     results_file.write_text(json.dumps(results, indent=1) + "\n")
-    from figures import load, update  # beside this script: the docs quote what was measured
+    from figures import documents, load, update  # beside this script: the docs quote it
 
-    for doc in (ROOT / "benchmarks" / "README.md", ROOT / "README.md"):
+    for doc in documents(ROOT):
         doc.write_text(update(doc.read_text(), load(ROOT / "benchmarks")))
     worse = daemons["package"]["rss_mib"] > daemons["venv"]["rss_mib"] * 1.05
     print("packaged daemon vs venv:", "WORSE" if worse else "no worse")

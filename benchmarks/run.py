@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from figures import ORDER, load, update  # benchmarks/figures.py, beside this script
+from figures import ORDER, documents, load, update  # benchmarks/figures.py, beside this script
 
 STREAM = "Bench"
 REGION = "us-west-2"
@@ -1067,7 +1067,7 @@ VERDICTS: dict[str, Callable[[dict[str, Any]], list[tuple[str, str, bool]]]] = {
 
 
 RESULTS = Path(__file__).with_name("results.json")
-DOCS = [Path(__file__).with_name("README.md"), Path(__file__).parent.parent / "README.md"]
+DOCS = documents(Path(__file__).resolve().parent.parent)
 
 
 def write_results(new: dict[str, Any], names: list[str]) -> None:

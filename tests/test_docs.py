@@ -200,13 +200,12 @@ def test_a_block_without_a_marker_is_caught(tmp_path: Path):
 
 
 def test_the_newcomer_commands_run(tmp_path: Path):
-    """The README's first block is the two newcomer commands, unchanged; the getting-started
+    """The README's first two blocks are the newcomer commands, unchanged; the getting-started
     page's demo is the first of them. The demo runs here as written (`.ci/run`'s install step
     is the pip line; its README step is the test command, which is running this test)."""
     readme = run_by("README.md", "tests/test_docs.py::test_the_newcomer_commands_run")
-    first = blocks(ROOT / "README.md")[0]
-    assert readme[0] == first
-    commands = [line for line in first.text.splitlines() if line and not line.startswith("#")]
+    assert readme == blocks(ROOT / "README.md")[:2]
+    commands = [b.text.strip() for b in readme]
     assert commands == ["python -m pip install -e . && mgh-reporter demo",
                         "python -m pip install -e '.[test]' && python -m pytest"]
     start = run_by("getting-started.md", "tests/test_docs.py::test_the_newcomer_commands_run")
@@ -340,10 +339,10 @@ def test_every_event_the_docs_name_is_one_the_code_writes():
 def test_the_readme_is_short_and_its_newcomer_commands_come_first():
     text = (ROOT / "README.md").read_text()
     assert len(text.splitlines()) <= 300
-    first, second = blocks(ROOT / "README.md")[:2]
-    assert "mgh-reporter demo" in first.text and "python -m pytest" in first.text
-    assert second.target == "tests/deploy/test_packages.py::test_readme_quick_start_as_written"
-    assert len(second.text.strip().splitlines()) <= 10
+    demo, tests, quick = blocks(ROOT / "README.md")[:3]
+    assert "mgh-reporter demo" in demo.text and "python -m pytest" in tests.text
+    assert quick.target == "tests/deploy/test_packages.py::test_readme_quick_start_as_written"
+    assert len(quick.text.strip().splitlines()) <= 10
 
 
 def test_every_package_name_in_the_docs_is_this_version():

@@ -147,7 +147,8 @@ def _readme_block(starting: str, containing: str = "") -> str:
     text = PAGE.read_text()
     for block in text.split("```sql")[1:]:
         body = block.split("```")[0].strip()
-        if body.startswith(starting) and containing in body:
+        statements = "\n".join(line for line in body.splitlines() if not line.startswith("--"))
+        if statements.startswith(starting) and containing in body:
             return body
     raise AssertionError(f"no ```sql block starting {starting!r} in postgresql.md")
 
