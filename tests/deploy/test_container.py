@@ -261,8 +261,9 @@ def test_the_operations_podman_block_as_written(hub: Emulator, tmp_path: Path):
     """docs/operations.md's podman block, line by line, in a copy of the source tree: `pip
     wheel`, `podman build` on the Debian base (the block's BASE names it), `podman run`, then
     `podman healthcheck run` healthy and a tool's row delivered. Made to run here, and only
-    so: names made unique, the host's network and the emulator's endpoints given to build and
-    run (the block's host reaches AWS with its own credentials)."""
+    so: names made unique, the host's network, this machine's rlimits and the emulator's
+    endpoints given to build and run (the block's host reaches AWS with its own
+    credentials)."""
     require_engine()
     text = run_by("operations.md",
                   "tests/deploy/test_container.py::test_the_operations_podman_block_as_written"
@@ -284,10 +285,12 @@ def test_the_operations_podman_block_as_written(hub: Emulator, tmp_path: Path):
     unique = uuid.uuid4().hex[:8]
     name, tag, volume = f"mgh-doc-{unique}", f"localhost/mgh-doc:{unique}", f"mgh-doc-{unique}"
     env_args = " ".join(f"-e {k}={v}" for k, v in {**CREDENTIALS, **hub.environment()}.items())
+    limits = " ".join(LIMITS)  # this machine's runc cannot raise the default rlimits
     here = {"BASE=localhost/debian-python:bookworm": f"BASE={base_image('python')}",
             "-t mgh-reporter ": f"-t {tag} ", "--name mgh-reporter ": f"--name {name} ",
-            "-v outbox:": f"-v {volume}:", "podman build ": "podman build --network host ",
-            "podman run -d ": f"podman run -d --network host {env_args} "}
+            "-v outbox:": f"-v {volume}:",
+            "podman build ": f"podman build {limits} --network host ",
+            "podman run -d ": f"podman run -d {limits} --network host {env_args} "}
     shell_env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
     try:
         for command in commands[:3]:
