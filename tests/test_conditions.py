@@ -157,3 +157,16 @@ def test_activity_is_one_line_per_period_and_none_when_idle():
     assert line[0].fields == {"sent": 6, "superseded": 1, "rejected_at_intake": 1,
                               "rejected_by_hub": 0, "failed_lanes": 0, "seconds": 10.0}
     assert a.add(15.0) == [] and a.add(25.0) == []  # nothing happened: nothing said
+
+
+@pytest.mark.parametrize(("given", "kept"), [(0, 0.0), (3, 3.0), (None, None)])
+def test_a_throttle_keeps_the_retry_after_the_hub_named_zero_included(given: int | None,
+                                                                       kept: float | None):
+    """RetryAfterSeconds 0 is the Hub saying "at once", not "nothing said"."""
+    body: dict[str, object] = {"Error": {"Code": "ThrottlingException", "Message": "slow"},
+                               "ResponseMetadata": {"HTTPStatusCode": 400}}
+    if given is not None:
+        body["RetryAfterSeconds"] = given
+    failure = classify(bx.ClientError(body, "NotifyMigrationTaskState"))  # type: ignore[arg-type]
+    assert failure.outcome is Outcome.TRANSIENT and failure.throttled
+    assert failure.retry_after == kept

@@ -278,6 +278,8 @@ class Emulator:
                 time.sleep(latency)
             with state.lock:
                 self._faults(operation)
+                if prefix == "AWSMigrationHub":
+                    self._account_bucket()
                 if prefix not in self.models:
                     raise ServiceError("UnknownOperationException", f"unknown target {target}")
                 model = self.models[prefix]
@@ -310,6 +312,22 @@ class Emulator:
                 state.in_flight -= 1
                 record["done"] = self.clock()
                 state.calls.append(record)
+
+    def _account_bucket(self) -> None:
+        """The account's rate (`account_rate`): one token per call, refilled continuously,
+        at most a second's worth banked; none left is a throttle, whoever calls."""
+        faults, state = self.state.faults, self.state
+        if faults.account_rate <= 0:
+            return
+        now = self.clock()
+        rate = faults.account_rate
+        state.bucket = min(rate, state.bucket + (now - state.bucket_at) * rate)
+        state.bucket_at = now
+        if state.bucket < 1.0:
+            raise ServiceError(
+                "ThrottlingException", "Rate exceeded", 400, RetryAfterSeconds=faults.retry_after
+            )
+        state.bucket -= 1.0
 
     def _faults(self, operation: str) -> None:
         faults, rng = self.state.faults, self.state.rng

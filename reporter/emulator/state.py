@@ -43,6 +43,10 @@ class Faults:
     # list replies that never end: "repeat" (the same NextToken again), "endless" (a new one
     # each time, past the last item too); "" answers as the Hub does
     pages: str = ""
+    # The account's Migration Hub rate, shared by every caller: a token bucket of this many
+    # calls/s (a second's worth of burst); past it ThrottlingException with RetryAfterSeconds
+    # (`retry_after`). 0: no limit. Migration Hub Config (GetHomeRegion) is not counted.
+    account_rate: float = 0.0
 
     def update(self, **values: Any) -> None:
         """Change several faults at once (unknown names raise)."""
@@ -108,6 +112,8 @@ class HubState:
         self.calls: list[dict[str, Any]] = []
         self.in_flight = 0  # requests being answered right now
         self.peak_in_flight = 0
+        self.bucket = 0.0  # the account's tokens (faults.account_rate), and when counted
+        self.bucket_at = 0.0
         self.lock = threading.RLock()
         self.rng = random.Random(seed)
 
@@ -184,12 +190,17 @@ class HubState:
                     for t in tasks.values()
                 }
             ops: dict[str, int] = {}
+            throttled: dict[str, int] = {}
             for c in self.calls:
                 ops[c["operation"]] = ops.get(c["operation"], 0) + 1
+                if c.get("error") == "ThrottlingException":
+                    throttled[c["operation"]] = throttled.get(c["operation"], 0) + 1
             return {
                 "home_region": self.home_region,
                 "streams": streams,
                 "operations": ops,
+                "throttled": throttled,
+                "first_call_at": min((c["time"] for c in self.calls), default=None),
                 "peak_in_flight": self.peak_in_flight,
                 "faults": {
                     k: sorted(v) if isinstance(v, set) else v

@@ -148,7 +148,7 @@ def _client_error(exc: bx.ClientError) -> Failure:
             Outcome.TRANSIENT,
             code,
             message,
-            float(retry_after) if retry_after else None,
+            float(retry_after) if retry_after is not None else None,
             server_error=status >= 500,
         )
     if status == 403:
