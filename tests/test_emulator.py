@@ -3,6 +3,8 @@ resource attributes are refused with InvalidInputException, over real HTTP via b
 
 from __future__ import annotations
 
+from typing import Any
+
 import boto3
 import pytest
 from botocore.exceptions import ClientError
@@ -75,3 +77,85 @@ def test_the_account_rate_throttles_every_caller_past_it(aws_env: dict[str, str]
     assert summary["throttled"] == {"CreateProgressUpdateStream": len(refused)}
     time.sleep(0.5)  # refilled at the rate: two more tokens
     hosts[0].create_progress_update_stream(ProgressUpdateStreamName="later")
+
+
+def test_the_whole_api_the_model_has(aws_env: dict[str, str], emulator: Emulator):
+    """Every one of the model's 21 operations is answered, with its shapes, paging and errors:
+    application states (an application Application Discovery Service lacks, the missing
+    discovery role, DryRun), source resources (pages of at most 10), a task's update history
+    (every state, newest received first: a reader must judge by UpdateDateTime) and a stream
+    deletion that takes a while (writes refused meanwhile, a new empty stream after)."""
+    import time
+
+    import botocore.session
+    from botocore.config import Config
+
+    mgh = boto3.client("mgh", region_name="us-west-2",
+                       config=Config(retries={"total_max_attempts": 1, "mode": "standard"}))
+    model = botocore.session.get_session().get_service_model("mgh")
+    simulated = {name.removeprefix("_op_") for name in dir(emulator.operations)
+                 if name.startswith("_op_")}
+    assert simulated == set(model.operation_names) and len(simulated) == 21
+
+    def code(call: Any, **kwargs: Any) -> str:
+        with pytest.raises(ClientError) as caught:
+            call(**kwargs)
+        return str(caught.value.response["Error"]["Code"])
+
+    assert code(mgh.notify_application_state, ApplicationId="app-1",
+                Status="IN_PROGRESS") == "ResourceNotFoundException"
+    emulator.state.add_application("app-1")
+    emulator.state.add_application("app-2")
+    assert code(mgh.notify_application_state, ApplicationId="app-1", Status="IN_PROGRESS",
+                DryRun=True) == "DryRunOperation"
+    mgh.notify_application_state(ApplicationId="app-1", Status="IN_PROGRESS",
+                                 UpdateDateTime=1_800_000_000)
+    mgh.notify_application_state(ApplicationId="app-2", Status="COMPLETED")
+    described = mgh.describe_application_state(ApplicationId="app-1")
+    assert described["ApplicationStatus"] == "IN_PROGRESS"
+    assert described["LastUpdatedTime"].timestamp() == 1_800_000_000
+    first = mgh.list_application_states(ApplicationIds=["app-1", "app-2"], MaxResults=1)
+    rest = mgh.list_application_states(ApplicationIds=["app-1", "app-2"], MaxResults=1,
+                                       NextToken=first["NextToken"])
+    assert [s["ApplicationId"] for s in first["ApplicationStateList"] +
+            rest["ApplicationStateList"]] == ["app-1", "app-2"] and "NextToken" not in rest
+    emulator.state.faults.update(no_discovery_role=True)
+    assert code(mgh.notify_application_state, ApplicationId="app-1",
+                Status="COMPLETED") == "PolicyErrorException"
+    assert code(mgh.describe_application_state, ApplicationId="app-1") == "PolicyErrorException"
+    emulator.state.faults.update(no_discovery_role=False)
+
+    mgh.create_progress_update_stream(ProgressUpdateStreamName="S")
+    mgh.import_migration_task(ProgressUpdateStream="S", MigrationTaskName="t")
+    for n in range(12):
+        mgh.associate_source_resource(ProgressUpdateStream="S", MigrationTaskName="t",
+                                      SourceResource={"Name": f"server-{n:02d}",
+                                                      "StatusDetail": "copying"})
+    mgh.disassociate_source_resource(ProgressUpdateStream="S", MigrationTaskName="t",
+                                     SourceResourceName="server-00")
+    page1 = mgh.list_source_resources(ProgressUpdateStream="S", MigrationTaskName="t")
+    page2 = mgh.list_source_resources(ProgressUpdateStream="S", MigrationTaskName="t",
+                                      NextToken=page1["NextToken"])
+    names = [r["Name"] for r in page1["SourceResourceList"] + page2["SourceResourceList"]]
+    assert len(page1["SourceResourceList"]) == 10 and names == [f"server-{n:02d}"
+                                                                for n in range(1, 12)]
+    for when, percent in ((1_800_000_100, 10), (1_800_000_200, 50)):
+        mgh.notify_migration_task_state(
+            ProgressUpdateStream="S", MigrationTaskName="t",
+            Task={"Status": "IN_PROGRESS", "ProgressPercent": percent},
+            UpdateDateTime=when, NextUpdateSeconds=60)
+    history = mgh.list_migration_task_updates(ProgressUpdateStream="S",
+                                              MigrationTaskName="t")["MigrationTaskUpdateList"]
+    assert [(u["MigrationTaskState"]["ProgressPercent"], u["UpdateType"]) for u in history] == [
+        (50, "MIGRATION_TASK_STATE_UPDATED"), (10, "MIGRATION_TASK_STATE_UPDATED")]
+
+    emulator.state.faults.update(delete_seconds=0.5)
+    mgh.delete_progress_update_stream(ProgressUpdateStreamName="S")
+    assert code(mgh.import_migration_task, ProgressUpdateStream="S",
+                MigrationTaskName="u") == "InvalidInputException"
+    assert code(mgh.create_progress_update_stream,
+                ProgressUpdateStreamName="S") == "InvalidInputException"
+    time.sleep(0.6)
+    mgh.create_progress_update_stream(ProgressUpdateStreamName="S")  # a new, empty stream
+    assert code(mgh.describe_migration_task, ProgressUpdateStream="S",
+                MigrationTaskName="t") == "ResourceNotFoundException"

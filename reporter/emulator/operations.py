@@ -5,14 +5,16 @@ from __future__ import annotations
 
 from typing import Any
 
+from reporter.emulator.history import HistoryOperations, page
 from reporter.emulator.state import HubState, Server, TaskRecord, matchable
 from reporter.emulator.validator import ATTRIBUTE_FORMATS, VM_FIELDS, ServiceError, ipv6
 
 __all__ = ["Operations"]
 
 
-class Operations:
-    """The simulated operations, each `_op_<Name>(params) -> result`, over one state."""
+class Operations(HistoryOperations):
+    """The simulated operations, each `_op_<Name>(params) -> result`, over one state (the
+    task's own writes and reads here, the rest in HistoryOperations)."""
 
     def __init__(self, state: HubState, clock: Any) -> None:
         self.state = state
@@ -38,14 +40,9 @@ class Operations:
         self.state.streams.setdefault(p["ProgressUpdateStreamName"], {})
         return {}
 
-    def _op_DeleteProgressUpdateStream(self, p: dict[str, Any]) -> dict[str, Any]:
-        self._stream(p["ProgressUpdateStreamName"])
-        del self.state.streams[p["ProgressUpdateStreamName"]]
-        return {}
-
     def _op_ListProgressUpdateStreams(self, p: dict[str, Any]) -> dict[str, Any]:
         names = [{"ProgressUpdateStreamName": n} for n in sorted(self.state.streams)]
-        return _page(names, p, "ProgressUpdateStreamSummaryList", 100)
+        return page(names, p, "ProgressUpdateStreamSummaryList", 100)
 
     def _op_ImportMigrationTask(self, p: dict[str, Any]) -> dict[str, Any]:
         tasks = self._stream(p["ProgressUpdateStream"])
@@ -99,7 +96,7 @@ class Operations:
             {"Name": name, **({"Description": d} if d is not None else {})}
             for name, d in self._task(p).artifacts.items()
         ]
-        return _page(items, p, "CreatedArtifactList", 10)
+        return page(items, p, "CreatedArtifactList", 10)
 
     def _op_AssociateDiscoveredResource(self, p: dict[str, Any]) -> dict[str, Any]:
         task = self._task(p)
@@ -142,7 +139,7 @@ class Operations:
                     summary.update({k: v for k, v in last["Task"].items()})
                     summary["UpdateDateTime"] = last["UpdateDateTime"]
                 summaries.append(summary)
-        return _page(summaries, p, "MigrationTaskSummaryList", 100)
+        return page(summaries, p, "MigrationTaskSummaryList", 100)
 
     def _op_ListDiscoveredResources(self, p: dict[str, Any]) -> dict[str, Any]:
         task = self._task(p)
@@ -166,7 +163,7 @@ class Operations:
             {"ConfigurationId": c, **({"Description": d} if d is not None else {})}
             for c, d in self._resources(task).items()
         ]
-        return _page(resources, p, "DiscoveredResourceList", 10)
+        return page(resources, p, "DiscoveredResourceList", 10)
 
     @staticmethod
     def _resources(task: TaskRecord) -> dict[str, str | None]:
@@ -175,16 +172,3 @@ class Operations:
         if task.mapped_to is not None:
             found.setdefault(task.mapped_to, None)
         return found
-
-
-def _page(items: list[dict[str, Any]], p: dict[str, Any], key: str, most: int) -> dict[str, Any]:
-    """One page of a list read: MaxResults items (at most `most`, the model's bound and the
-    default) from where NextToken says; NextToken again while more remain."""
-    token = p.get("NextToken") or "0"
-    if not token.isdigit() or int(token) > len(items):
-        raise ServiceError("InvalidInputException", f"invalid NextToken {token!r}")
-    start, size = int(token), int(p.get("MaxResults") or most)
-    result: dict[str, Any] = {key: items[start : start + size]}
-    if start + size < len(items):
-        result["NextToken"] = str(start + size)
-    return result

@@ -127,6 +127,8 @@ class _Handler(BaseHTTPRequestHandler):
                     emulator.state.home_region = data.get("region")
                 elif what == "server":
                     emulator.state.add_server(**data)
+                elif what == "application":
+                    emulator.state.add_application(data["application"])
                 elif what == "delete-stream":
                     emulator.state.delete_stream(data["stream"])
                 elif what == "lose-task":
@@ -381,6 +383,7 @@ class Emulator:
                 f"Migration Hub calls must be made in your home Region ({state.home_region});"
                 f" this call was made in {region}.",
             )
+        self.operations.before(operation, params)
         deny = state.faults.deny
         dry_run = bool(params.get("DryRun"))
         if "*" in deny or operation in deny:

@@ -47,6 +47,12 @@ class Faults:
     # calls/s (a second's worth of burst); past it ThrottlingException with RetryAfterSeconds
     # (`retry_after`). 0: no limit. Migration Hub Config (GetHomeRegion) is not counted.
     account_rate: float = 0.0
+    # DeleteProgressUpdateStream takes this long (it is asynchronous at the Hub): meanwhile
+    # writes to the stream answer InvalidInputException
+    delete_seconds: float = 0.0
+    # the `migrationhub-discovery` role is missing: PolicyErrorException from the operations
+    # that need it (application states, manual mappings, ListMigrationTasks)
+    no_discovery_role: bool = False
 
     def update(self, **values: Any) -> None:
         """Change several faults at once (unknown names raise)."""
@@ -72,6 +78,7 @@ class TaskRecord:
     artifacts: dict[str, str | None] = field(default_factory=dict)
     mapped_to: str | None = None  # the auto-mapping
     discovered: dict[str, str | None] = field(default_factory=dict)  # manual: id -> description
+    sources: dict[str, dict[str, str]] = field(default_factory=dict)  # name -> the resource
 
 
 @dataclass
@@ -114,6 +121,10 @@ class HubState:
         self.peak_in_flight = 0
         self.bucket = 0.0  # the account's tokens (faults.account_rate), and when counted
         self.bucket_at = 0.0
+        self.deleting: dict[str, float] = {}  # stream -> when its deletion finishes
+        # Application Discovery Service: the applications it knows, and their migration states
+        self.discovery_applications: set[str] = set()
+        self.applications: dict[str, dict[str, Any]] = {}
         self.lock = threading.RLock()
         self.rng = random.Random(seed)
 
@@ -122,6 +133,11 @@ class HubState:
         with self.lock:
             pairs = {_norm(k, v) for k, v in attrs.items()}
             self.servers.append(Server(configuration_id, pairs, description))
+
+    def add_application(self, application: str) -> None:
+        """An application in Application Discovery Service (NotifyApplicationState needs one)."""
+        with self.lock:
+            self.discovery_applications.add(application)
 
     def task(self, stream: str, task: str) -> TaskRecord:
         """A task's record (KeyError when unknown)."""
@@ -186,6 +202,7 @@ class HubState:
                         "artifacts": sorted(t.artifacts),
                         "mapped_to": t.mapped_to,
                         "discovered": sorted(t.discovered),
+                        "sources": sorted(t.sources),
                     }
                     for t in tasks.values()
                 }
@@ -200,6 +217,8 @@ class HubState:
                 "streams": streams,
                 "operations": ops,
                 "throttled": throttled,
+                "applications": {a: dict(v) for a, v in self.applications.items()},
+                "deleting": sorted(self.deleting),
                 "first_call_at": min((c["time"] for c in self.calls), default=None),
                 "peak_in_flight": self.peak_in_flight,
                 "faults": {
