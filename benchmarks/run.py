@@ -398,8 +398,9 @@ def verdict_idle(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
 
 
 def scenario_verify(size: dict[str, Any]) -> dict[str, Any]:
-    """`verify` over N delivered tasks (a state and an attribute list each): Hub calls,
-    seconds, CPU and peak RSS; then one task changed at the Hub, which it must find."""
+    """`verify` over N delivered tasks (a state and an attribute list each: two reads, its
+    description and its update history): Hub calls, seconds, CPU and peak RSS; then one task
+    changed at the Hub, which it must find."""
     tasks = size["verify_tasks"]
     with emulator_process() as hub:
         box = make_outbox(hub)
@@ -424,8 +425,8 @@ def verdict_verify(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
     return [(f"{r['tasks']:,} tasks read back in {r['seconds']:.1f} s with {r['calls']:,} Hub "
              f"calls ({r['calls_per_second']:,.0f}/s), peak RSS {r['peak_mb']:.1f} MiB; one "
              f"changed task found (exit {r['changed_exit_code']})",
-             "one read per task (+2), <= 55 MiB, the change found",
-             r["exit_code"] == 0 and r["calls"] <= r["tasks"] + 2 and r["peak_mb"] <= 55
+             "at most 3 reads per task (+2), <= 55 MiB, the change found",
+             r["exit_code"] == 0 and r["calls"] <= 3 * r["tasks"] + 2 and r["peak_mb"] <= 55
              and r["changed_exit_code"] == 6 and r["changed_found"] == ["v00007"])]
 
 

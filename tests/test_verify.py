@@ -24,7 +24,7 @@ from .helpers import Cli
 ARN = "arn:aws:ec2:us-west-2:123456789012:instance/i-0aaa"
 WHEN = 1_800_000_000.0
 READS = {"DescribeMigrationTask", "ListCreatedArtifacts", "ListDiscoveredResources",
-         "ListProgressUpdateStreams", "GetHomeRegion"}
+         "ListMigrationTaskUpdates", "ListProgressUpdateStreams", "GetHomeRegion"}
 
 
 def _record(**values: object) -> TaskRecord:
@@ -267,3 +267,44 @@ def test_a_hostile_body_is_refused_before_parsing(cli: Cli, emulator: Emulator):
     tasks = json.loads(result.stdout)["tasks"]
     assert tasks and all("GarbledResponse" in t["error"] for t in tasks)
     assert "Traceback" not in result.stderr
+
+
+def test_verify_reads_the_hubs_own_history(cli: Cli, emulator: Emulator, outbox_path: Path):
+    """Every state the Hub recorded (ListMigrationTaskUpdates, every page), judged by date:
+    an older state applied after a newer one (planted at the Hub) is a `history` problem, as is
+    a history without our last state; exit 6. Reads: the Region, the stream list, then two
+    per task (its description and its history)."""
+    from datetime import UTC, datetime
+
+    from .helpers import insert
+
+    assert cli("init").returncode == 0
+    base = int(time.time()) - 600  # states a minute apart, in the past (never today's date)
+    stamps = [datetime.fromtimestamp(base + 60 * n, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+              for n in range(3)]
+    for n, percent in enumerate((10, 50, 90)):
+        for task in ("t1", "t2", "t3"):
+            insert(outbox_path, kind="task_state", migration_task_name=task,
+                   status="IN_PROGRESS", progress_percent=percent,
+                   update_date_time=stamps[n])
+        assert cli("drain").returncode == 0  # each state sent, in order
+    before = len(emulator.state.calls)
+    clean = json.loads(cli("verify", "--json").stdout)
+    assert clean["differing"] == 0 and clean["matching"] == 3, clean
+    calls = [c["operation"] for c in emulator.state.calls[before:]]
+    assert len(calls) == 2 + 2 * 3 and calls.count("ListMigrationTaskUpdates") == 3, calls
+    newest = emulator.state.task("ToolA", "t1").updates[-1]["UpdateDateTime"]
+    emulator.state.change_task("ToolA", "t1", task_fields={"ProgressPercent": 90},
+                               update_date_time=newest - 60)  # older, applied last
+    emulator.state.task("ToolA", "t2").updates.pop()  # the Hub lost our last state
+    result = cli("verify", "--json")
+    assert result.returncode == 6
+    report = {t["task"]: t for t in json.loads(result.stdout)["tasks"]}
+    t1 = {p["field"]: p for p in report["t1"]["problems"]}
+    assert "an older state was applied after a newer one" in t1["history"]["hub"]
+    assert t1["history"]["sent"] == stamps[2]
+    t2 = {p["field"]: p for p in report["t2"]["problems"]}
+    assert t2["history"]["hub"] == "not among the 2 states the Hub recorded"
+    assert report["t3"]["ok"]
+    human = cli("verify").stdout
+    assert "ToolA/t1: " in human and f"history sent '{stamps[2]}'" in human

@@ -40,7 +40,8 @@ def _probe_params(operation: str, stream: str) -> dict[str, object]:
                 "arn:aws:ec2:us-east-1:123456789012:instance/i-0mghreportercheck"}
     if operation == "ListProgressUpdateStreams":
         return {"MaxResults": 1}
-    if operation in ("ListCreatedArtifacts", "ListDiscoveredResources"):
+    if operation in ("ListCreatedArtifacts", "ListDiscoveredResources",
+                     "ListMigrationTaskUpdates"):
         return {**base, "MaxResults": 1}
     if operation == "AssociateCreatedArtifact":
         return {
@@ -151,7 +152,8 @@ def run_checks(path: Path, say: Callable[[str], None]) -> int:
             hub.call(operation, _probe_params(operation, stream))
         except HubError as err:
             if err.failure.outcome is Outcome.BLOCKED:
-                if operation == "ListDiscoveredResources" or needed:
+                if operation == "ListDiscoveredResources" or (
+                        needed and operation != "ListMigrationTaskUpdates"):
                     return fail("permission", f"mgh:{operation} is not allowed: grant IAM"
                                 f" action mgh:{operation}", 4)
                 warn("permission", f"mgh:{operation} is not allowed: `verify` needs it")

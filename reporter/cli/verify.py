@@ -109,7 +109,8 @@ class Verifier:
             if self._blocked.is_set():
                 return Checked(record, error="stopped: delivery is blocked")
             try:
-                return Checked(record, compare(record, view_of(self._hub, record)))
+                return Checked(record, compare(record, view_of(self._hub, record,
+                                                               history=True)))
             except HubError as err:
                 if err.failure.outcome is Outcome.BLOCKED:
                     self._blocked.set()

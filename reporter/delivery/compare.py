@@ -64,13 +64,37 @@ def compare(record: TaskRecord, view: HubView | None, missing: str = "") -> list
     if view.resources is not None and not set(record.resources) <= view.resources:
         found.append(Difference("configuration_id", sorted(record.resources),
                                 sorted(view.resources)))
+    found += _history(record, view)
     return found
 
 
-def view_of(hub: Hub, record: TaskRecord) -> HubView | None:
-    """The Hub's view of a task we sent to: its lists read only when we delivered some."""
+def _history(record: TaskRecord, view: HubView) -> list[Difference]:
+    """The Hub's own record of the task's states (when read): its current state must be its
+    newest (an older state applied after a newer one shows as a current state dated earlier
+    than one it recorded; judged by UpdateDateTime, the list's order being undocumented), and
+    it must hold the last state we sent."""
+    if view.history is None or record.status is None or record.update_time is None:
+        return []
+    recorded = {seconds(t) for t in view.history}
+    newest = max(recorded, default=None)
+    current = None if view.update_time is None else seconds(view.update_time)
+    sent = seconds(record.update_time)
+    if newest is not None and current is not None and current < newest:
+        return [Difference("history", iso(sent),
+                           f"current state dated {iso(current)}, older than the state dated "
+                           f"{iso(newest)} it recorded: an older state was applied after a "
+                           "newer one")]
+    if sent not in recorded:
+        return [Difference("history", iso(sent),
+                           f"not among the {len(recorded)} states the Hub recorded")]
+    return []
+
+
+def view_of(hub: Hub, record: TaskRecord, history: bool = False) -> HubView | None:
+    """The Hub's view of a task we sent to: its lists read only when we delivered some (and
+    with `history`, every state it recorded, when we sent one)."""
     return read_view(hub, record.stream, record.task, bool(record.artifacts),
-                     bool(record.resources))
+                     bool(record.resources), history and record.status is not None)
 
 
 def _pairs(attributes: frozenset[tuple[str, str]]) -> list[dict[str, str]]:

@@ -54,12 +54,14 @@ OPTIONAL_OPERATIONS = (
     "DisassociateDiscoveredResource",
     "DisassociateCreatedArtifact",
 )
-# Reads: auto-mapping checks, `verify` and the repair rounds (mgh:Describe*, mgh:List*).
+# Reads: auto-mapping checks, `verify` and the repair rounds (mgh:Describe*, mgh:List*);
+# the update history is `verify`'s alone.
 READ_OPERATIONS = (
     "ListDiscoveredResources",
     "DescribeMigrationTask",
     "ListCreatedArtifacts",
     "ListProgressUpdateStreams",
+    "ListMigrationTaskUpdates",
 )
 FALLBACK_REGION = "us-west-2"
 # The proxy variables botocore reads (through urllib's getproxies), upper and lower case.

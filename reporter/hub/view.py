@@ -41,6 +41,7 @@ class HubView:
     attributes: frozenset[tuple[str, str]]
     artifacts: frozenset[str] | None = None
     resources: frozenset[str] | None = None
+    history: tuple[float, ...] | None = None  # every recorded state's UpdateDateTime
 
 
 def kept_by_hub(attributes: tuple[tuple[str, str], ...]) -> frozenset[tuple[str, str]]:
@@ -55,10 +56,10 @@ def seconds(epoch: float) -> int:
 
 
 def read_view(hub: Hub, stream: str, task: str, artifacts: bool = False,
-              resources: bool = False) -> HubView | None:
+              resources: bool = False, history: bool = False) -> HubView | None:
     """Read one task's Hub view: DescribeMigrationTask, then the artifact and discovered
-    resource lists (every page) when asked for (we delivered some). None: the Hub has no such
-    task (or stream); other failures raise HubError."""
+    resource lists and the task's update history (every page) when asked for (we delivered
+    some). None: the Hub has no such task (or stream); other failures raise HubError."""
     key = {"ProgressUpdateStream": stream, "MigrationTaskName": task}
     try:
         described = hub.call("DescribeMigrationTask", key).get("MigrationTask", {})
@@ -75,6 +76,11 @@ def read_view(hub: Hub, stream: str, task: str, artifacts: bool = False,
     if resources:
         ids = frozenset(r["ConfigurationId"] for r in hub.pages(
             "ListDiscoveredResources", key, "DiscoveredResourceList", 10))
+    times = None
+    if history:  # the list's order is not documented: only its dates are used
+        times = tuple(u["UpdateDateTime"].timestamp() for u in hub.pages(
+            "ListMigrationTaskUpdates", key, "MigrationTaskUpdateList", 100)
+            if isinstance(u.get("UpdateDateTime"), datetime))
     return HubView(
         status=state.get("Status"),
         percent=state.get("ProgressPercent"),
@@ -84,4 +90,5 @@ def read_view(hub: Hub, stream: str, task: str, artifacts: bool = False,
                              for a in described.get("ResourceAttributeList") or []),
         artifacts=arns,
         resources=ids,
+        history=times,
     )
