@@ -27,6 +27,7 @@ from reporter.cli.base import (
     open_store,
 )
 from reporter.cli.dead_letters import dead_letters
+from reporter.cli.streams import streams
 from reporter.cli.writers import WRITERS
 from reporter.daemon.signals import hold_signals, stop_on_signals
 from reporter.exits import Exit
@@ -358,6 +359,7 @@ def demo(task_count: int) -> None:
 
 
 cli.add_command(dead_letters)
+cli.add_command(streams)
 for _command in WRITERS:
     cli.add_command(_command)
 

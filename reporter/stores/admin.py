@@ -131,6 +131,19 @@ class AdminSql(SqlBase):
                 RowState.SUPERSEDED.value: int(done["superseded"] or 0),
                 RowState.REJECTED.value: int(rejected["n"])}
 
+    def forget_stream(self, stream: str) -> int:
+        """The Hub deleted `stream`: forget that it exists, that its tasks are imported, and
+        what they were sent (states, attribute lists, artifacts, mappings), so later rows
+        create and import them again and no repair brings back what a person deleted. Each
+        task's ordering floors stay (never an older row after a newer one). Returns how many
+        tasks the outbox has of it."""
+        params = {"stream": stream}
+        with self._tx("forget a stream") as c:
+            for name in ("forget_stream_artifacts", "forget_stream_resources",
+                         "forget_stream_tasks", "forget_stream"):
+                c.execute(self.sql(name), params)
+            return int(self._one(c, "stream_task_count", params)["n"])
+
     def tasks(self, stream: str | None = None) -> list[TaskRecord]:
         """One record per task: last state sent, pending count, mapping, artifacts (sorted)."""
         return self._task_records(stream=stream)

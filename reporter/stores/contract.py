@@ -540,6 +540,10 @@ class AdminStore(Protocol):
         `rejected_before` when given): they leave the dead letters and are pruned with the
         delivered rows. Returns the ids dropped."""
 
+    def forget_stream(self, stream: str) -> int:
+        """The Hub deleted `stream`: later rows create it and import its tasks again; no
+        repair restores it. Returns how many tasks the outbox has of it."""
+
     def requeue(self, ids: Sequence[int] | None) -> list[int]:
         """Hand dead letters (those of `ids`, or all) back to intake, in their old place in
         line: the next `take_in` judges them again. Returns the ids handed back (a dead letter

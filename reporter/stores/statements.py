@@ -173,6 +173,19 @@ STATEMENTS: dict[str, str] = {
     " CASE WHEN resend <> 0 THEN coalesce(:retry_at, :now) END)"
     " WHERE id = :id AND lease_token = :lease",
     "streams": "SELECT stream FROM {streams} WHERE created_at IS NOT NULL",
+    # a stream deleted at the Hub (`streams delete`): what the Hub had of it is forgotten, so
+    # later rows create it and import its tasks again; a task's ordering floors stay
+    "forget_stream": "DELETE FROM {streams} WHERE stream = :stream",
+    "forget_stream_artifacts": "DELETE FROM {artifacts} WHERE task_id IN"
+    " (SELECT id FROM {tasks} WHERE stream = :stream)",
+    "forget_stream_resources": "DELETE FROM {resources} WHERE task_id IN"
+    " (SELECT id FROM {tasks} WHERE stream = :stream)",
+    "forget_stream_tasks": "UPDATE {tasks} SET imported = FALSE, status = NULL, percent = NULL,"
+    " detail = NULL, update_time = NULL, next_update_seconds = NULL, sent_at = NULL,"
+    " attributes = NULL, attributes_at = NULL, mapped = NULL, configuration_id = NULL,"
+    " map_check_at = NULL, map_checks = 0, unmapped_reported = FALSE, verify_at = NULL,"
+    " resend = 0 WHERE stream = :stream",
+    "stream_task_count": "SELECT count(*) AS n FROM {tasks} WHERE stream = :stream",
     "record_mapping": "UPDATE {tasks} SET mapped = :mapped, configuration_id = :configuration_id,"
     " map_check_at = :next_check_at, map_checks = map_checks + 1,"
     " unmapped_reported = :unmapped_reported WHERE id = :id",
