@@ -245,10 +245,30 @@ def log_events(source: Path | str, strict: bool = False) -> list[dict[str, Any]]
     return [json.loads(line) for line in lines if line.startswith("{")]
 
 
-def build_module() -> ModuleType:
-    """packaging/build.py, loaded from the tree (it is a script, not a package)."""
-    spec = importlib.util.spec_from_file_location("mgh_build", ROOT / "packaging" / "build.py")
+def load_script(path: Path, name: str) -> ModuleType:
+    """A script of the tree (packaging/build.py, benchmarks/figures.py, docs/gen_reference.py)
+    loaded as a module: they are files, not packages."""
+    spec = importlib.util.spec_from_file_location(name, path)
     assert spec and spec.loader
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+def build_module() -> ModuleType:
+    """packaging/build.py, loaded from the tree."""
+    return load_script(ROOT / "packaging" / "build.py", "mgh_build")
+
+
+def read_pty(master: int) -> bytes:
+    """Everything a pty's other side wrote until it closed."""
+    screen = b""
+    while True:
+        try:
+            chunk = os.read(master, 65536)
+        except OSError:
+            break
+        if not chunk:
+            break
+        screen += chunk
+    return screen

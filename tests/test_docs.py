@@ -5,7 +5,6 @@ table, config.example.toml shows the defaults."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import re
@@ -25,7 +24,7 @@ from reporter.config import Config, parse
 from reporter.stores.sqlite_schema import REQUIRED_COLUMNS
 
 from .docblocks import COMMAND_LANGS, Block, all_blocks, blocks, pages, run_by
-from .helpers import CONTRACT_DDL, ROOT, build_module, free_port
+from .helpers import CONTRACT_DDL, ROOT, build_module, free_port, load_script
 
 RESULTS = ROOT / "benchmarks" / "results.json"
 DOCS = [*pages(), ROOT / "benchmarks" / "README.md"]
@@ -33,12 +32,7 @@ PERFORMANCE = ROOT / "docs" / "performance.md"
 
 
 def figures() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("mgh_figures",
-                                                  ROOT / "benchmarks" / "figures.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "benchmarks" / "figures.py", "mgh_figures")
 
 
 @pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
@@ -287,12 +281,7 @@ def test_the_docs_site_builds_strictly(tmp_path: Path):
 
 
 def _generated() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("mgh_gen_reference",
-                                                  ROOT / "docs" / "gen_reference.py")
-    assert spec and spec.loader
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "docs" / "gen_reference.py", "mgh_gen_reference")
 
 
 def test_the_generated_references_cover_the_code():

@@ -20,7 +20,7 @@ import pytest
 from reporter.emulator import Emulator
 from reporter.outbox import Outbox, OutboxValueError
 
-from .helpers import Cli, insert, log_events
+from .helpers import Cli, insert, log_events, read_pty
 
 THROTTLE_TASKS = 1500
 
@@ -157,15 +157,7 @@ def test_drain_on_a_terminal_shows_a_progress_bar(
         env=env, stdout=subprocess.PIPE, stderr=slave, text=True,
     )
     os.close(slave)
-    screen = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        screen += chunk
+    screen = read_pty(master)
     out, _ = proc.communicate(timeout=60)
     os.close(master)
     assert proc.returncode == 0
@@ -494,15 +486,7 @@ def _on_terminal(args: list[str], env: dict[str, str], columns: int = 80) -> str
     proc = subprocess.Popen([sys.executable, "-m", "reporter", *args], env={**env, "TERM": "xterm"},
                             stdin=slave, stdout=slave, stderr=subprocess.DEVNULL)
     os.close(slave)
-    screen = b""
-    while True:
-        try:
-            chunk = os.read(master, 65536)
-        except OSError:
-            break
-        if not chunk:
-            break
-        screen += chunk
+    screen = read_pty(master)
     proc.wait(timeout=120)
     os.close(master)
     return re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", screen.decode(errors="replace"))
