@@ -12,6 +12,8 @@ from enum import StrEnum
 from typing import Any
 
 __all__ = [
+    "APPLICATIONS",
+    "ApplicationStateUpdate",
     "ArtifactAssociation",
     "ArtifactRemoval",
     "AttributesUpdate",
@@ -20,7 +22,10 @@ __all__ = [
     "Request",
     "ResourceAssociation",
     "ResourceRemoval",
+    "SourceAssociation",
+    "SourceRemoval",
     "StateUpdate",
+    "Stateful",
     "decode",
     "encode",
     "key_of",
@@ -36,6 +41,9 @@ class Kind(StrEnum):
     CREATED_ARTIFACT_REMOVED = "created_artifact_removed"
     DISCOVERED_RESOURCE = "discovered_resource"
     DISCOVERED_RESOURCE_REMOVED = "discovered_resource_removed"
+    APPLICATION_STATE = "application_state"
+    SOURCE_RESOURCE = "source_resource"
+    SOURCE_RESOURCE_REMOVED = "source_resource_removed"
 
     @property
     def lane(self) -> Kind:
@@ -47,7 +55,13 @@ class Kind(StrEnum):
 _LANES = {
     Kind.CREATED_ARTIFACT_REMOVED: Kind.CREATED_ARTIFACT,
     Kind.DISCOVERED_RESOURCE_REMOVED: Kind.DISCOVERED_RESOURCE,
+    Kind.SOURCE_RESOURCE_REMOVED: Kind.SOURCE_RESOURCE,
 }
+
+# An application's states travel as a task of this pseudo-stream, named by the application's
+# id: one ordered lane per application, coalesced like a task's states. No real stream has this
+# name (a stream may not contain ':'), so it never meets a task's.
+APPLICATIONS = ":application"
 
 
 
@@ -190,24 +204,100 @@ class ResourceRemoval:
                 "ConfigurationId": self.configuration_id}
 
 
+@dataclass(frozen=True)
+class SourceAssociation:
+    """An `AssociateSourceResource` call: the server, application or wave the task belongs to."""
+
+    row_id: int
+    stream: str
+    task: str
+    name: str
+    description: str | None
+    detail: str | None
+
+    operation = "AssociateSourceResource"
+    kind = Kind.SOURCE_RESOURCE
+
+    def params(self) -> dict[str, Any]:
+        """boto3 keyword arguments."""
+        resource: dict[str, Any] = {"Name": self.name}
+        if self.description is not None:
+            resource["Description"] = self.description
+        if self.detail is not None:
+            resource["StatusDetail"] = self.detail
+        return {"ProgressUpdateStream": self.stream, "MigrationTaskName": self.task,
+                "SourceResource": resource}
+
+
+@dataclass(frozen=True)
+class SourceRemoval:
+    """A `DisassociateSourceResource` call."""
+
+    row_id: int
+    stream: str
+    task: str
+    name: str
+
+    operation = "DisassociateSourceResource"
+    kind = Kind.SOURCE_RESOURCE_REMOVED
+
+    def params(self) -> dict[str, Any]:
+        """boto3 keyword arguments."""
+        return {"ProgressUpdateStream": self.stream, "MigrationTaskName": self.task,
+                "SourceResourceName": self.name}
+
+
+@dataclass(frozen=True)
+class ApplicationStateUpdate:
+    """A `NotifyApplicationState` call. It travels as a task of the APPLICATIONS pseudo-stream
+    named by the application's id (`task`): no stream, no import."""
+
+    row_id: int
+    stream: str  # always APPLICATIONS
+    task: str  # the ApplicationId
+    status: str
+    update_time: datetime
+    stamped: bool = False  # as StateUpdate's: the row's created_at, which not_before may move
+
+    operation = "NotifyApplicationState"
+    kind = Kind.APPLICATION_STATE
+
+    @property
+    def application(self) -> str:
+        """The Application Discovery Service application's id."""
+        return self.task
+
+    def params(self) -> dict[str, Any]:
+        """boto3 keyword arguments."""
+        return {"ApplicationId": self.task, "Status": self.status,
+                "UpdateDateTime": self.update_time}
+
+
 Request = (
     StateUpdate | AttributesUpdate | ArtifactAssociation | ArtifactRemoval | ResourceAssociation
-    | ResourceRemoval
+    | ResourceRemoval | SourceAssociation | SourceRemoval | ApplicationStateUpdate
 )
-# The keyed lanes: each call sets or clears one thing (an ARN, a ConfigurationId) of the task.
-Keyed = ArtifactAssociation | ArtifactRemoval | ResourceAssociation | ResourceRemoval
+# The keyed lanes: each call sets or clears one thing (an ARN, a ConfigurationId, a source
+# resource's name) of the task.
+Keyed = (ArtifactAssociation | ArtifactRemoval | ResourceAssociation | ResourceRemoval
+         | SourceAssociation | SourceRemoval)
+# The requests that set a state, coalesced to the newest and never sent after a newer one.
+Stateful = StateUpdate | ApplicationStateUpdate
 
 
 def key_of(request: Keyed) -> str:
-    """What a keyed call sets or clears: its ARN or its ConfigurationId."""
+    """What a keyed call sets or clears: its ARN, ConfigurationId or source resource name."""
     if isinstance(request, ArtifactAssociation | ArtifactRemoval):
         return request.arn
+    if isinstance(request, SourceAssociation | SourceRemoval):
+        return request.name
     return request.configuration_id
 
 
 _TYPES: dict[str, type[Request]] = {
     t.kind.value: t for t in (StateUpdate, AttributesUpdate, ArtifactAssociation,
-                              ArtifactRemoval, ResourceAssociation, ResourceRemoval)
+                              ArtifactRemoval, ResourceAssociation, ResourceRemoval,
+                              SourceAssociation, SourceRemoval, ApplicationStateUpdate)
 }
 
 
@@ -223,7 +313,7 @@ def encode(request: Request) -> str:
     data: dict[str, Any] = {"kind": request.kind.value}
     for name in _FIELDS[type(request)]:
         data[name] = getattr(request, name)
-    if isinstance(request, StateUpdate):
+    if isinstance(request, Stateful):
         data["update_time"] = request.update_time.isoformat()
     return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
 
@@ -234,7 +324,7 @@ def decode(text: str) -> Request:
         data = json.loads(text)
         cls = _TYPES[data.pop("kind")]
         values = {f.name: data[f.name] for f in fields(cls) if f.name in data}
-        if cls is StateUpdate:
+        if cls is StateUpdate or cls is ApplicationStateUpdate:
             values["update_time"] = datetime.fromisoformat(values["update_time"])
         if cls is AttributesUpdate:
             values["attributes"] = tuple((t, v) for t, v in values["attributes"])

@@ -7,6 +7,8 @@
     box.resource_attributes("vm-042", [{"Type": "IPV4_ADDRESS", "Value": "10.0.0.42"}])
     box.created_artifact("vm-042", "arn:aws:ec2:us-east-1:123456789012:instance/i-0abc")
     box.discovered_resource("vm-042", "d-server-0123456789abcd")  # a manual mapping
+    box.source_resource("vm-042", "wave-3", description="wave 3 of the DC exit")
+    box.application_state("d-application-0123456789abcd", "IN_PROGRESS")
 
 Every method validates against the contract's limits first and raises `ValueError` naming the
 field and the rule, so a bad update fails in the tool, not later in a dead letter. A PostgreSQL
@@ -197,6 +199,40 @@ class Outbox:
         return self._insert({
             "kind": Kind.DISCOVERED_RESOURCE_REMOVED.value, "migration_task_name": task,
             "progress_update_stream": stream, "configuration_id": configuration_id,
+        })
+
+    def source_resource(
+        self, task: str, name: str, *, description: str | None = None,
+        detail: str | None = None, stream: str | None = None,
+    ) -> int:
+        """Queue an AssociateSourceResource: the server, application or wave the task belongs
+        to (its name; a one-line description of at most 500 characters, a status detail);
+        returns the row id."""
+        return self._insert({
+            "kind": Kind.SOURCE_RESOURCE.value, "migration_task_name": task,
+            "progress_update_stream": stream, "source_resource_name": name,
+            "resource_description": description, "status_detail": detail,
+        })
+
+    def source_resource_removed(self, task: str, name: str, *, stream: str | None = None) -> int:
+        """Queue a DisassociateSourceResource; returns the row id."""
+        return self._insert({
+            "kind": Kind.SOURCE_RESOURCE_REMOVED.value, "migration_task_name": task,
+            "progress_update_stream": stream, "source_resource_name": name,
+        })
+
+    def application_state(
+        self, application: str, status: str, *,
+        update_date_time: datetime | str | None = None,
+    ) -> int:
+        """Queue a NotifyApplicationState: the migration status (NOT_STARTED, IN_PROGRESS or
+        COMPLETED) of an Application Discovery Service application, by its id; returns the row
+        id. (The id goes in migration_task_name too, which the contract's table requires.)"""
+        when = (update_date_time.isoformat() if isinstance(update_date_time, datetime)
+                else update_date_time)
+        return self._insert({
+            "kind": Kind.APPLICATION_STATE.value, "migration_task_name": application,
+            "application_id": application, "status": status, "update_date_time": when,
         })
 
 

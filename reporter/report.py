@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from reporter.config import Config
-from reporter.hub.errors import NO_HOME_REGION_CODES
+from reporter.hub.errors import HELD_CODES, NO_HOME_REGION_CODES
 from reporter.hub.view import iso
 from reporter.live import LiveState, stale_after
 from reporter.rows import TERMINAL_STATUSES
@@ -66,6 +66,7 @@ def task_entries(rows: Iterable[TaskRecord], now: float, config: Config) -> list
                 "mapped": True if r.resources else r.mapped,  # a manual mapping counts
                 "configuration_id": r.configuration_id,
                 "discovered_resources": list(r.resources),  # manual (discovered_resource rows)
+                "source_resources": list(r.sources),
                 "artifacts": list(r.artifacts),
                 "stale": promise == "stale",
                 "promise": promise,
@@ -74,6 +75,29 @@ def task_entries(rows: Iterable[TaskRecord], now: float, config: Config) -> list
             }
         )
     return entries
+
+
+def application_entries(rows: Iterable[TaskRecord]) -> list[dict[str, Any]]:
+    """One JSON-able entry per application (`applications --json`): its id, the status last
+    sent and its UpdateDateTime, rows pending, the error its states wait on, and whether a
+    person must fix that error (`held`: the migrationhub-discovery role)."""
+    return [
+        {
+            "application": r.task,
+            "status": r.status,
+            "update_date_time": iso(r.update_time),
+            "sent_at": iso(r.sent_at),
+            "pending": r.pending,
+            "last_error": r.last_error,
+            "held": bool(r.pending and r.last_error and held_error(r.last_error)),
+        }
+        for r in rows
+    ]
+
+
+def held_error(error: str) -> bool:
+    """Whether a lane's recorded error is one only a person can fix for its kind of call."""
+    return error.split(":", 1)[0] in HELD_CODES
 
 
 def task_health(rows: Iterable[TaskRecord], now: float, config: Config) -> dict[str, Any]:
@@ -207,6 +231,9 @@ class StatusReport:
     streams: dict[str, Any]
     replicas: list[dict[str, Any]] | None = None
     hub_differs: int = 0  # tasks whose Hub view differs (the running daemon's repair rounds)
+    applications: int = 0  # applications rows named (application_state)
+    applications_held: int = 0  # ... whose states wait for a person (`held_reason`)
+    held_reason: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         """The `status --json` document."""

@@ -11,6 +11,8 @@ from datetime import UTC, datetime
 from typing import Any, NamedTuple
 
 from reporter.hub_requests import (
+    APPLICATIONS,
+    ApplicationStateUpdate,
     ArtifactAssociation,
     ArtifactRemoval,
     AttributesUpdate,
@@ -19,6 +21,9 @@ from reporter.hub_requests import (
     Request,
     ResourceAssociation,
     ResourceRemoval,
+    SourceAssociation,
+    SourceRemoval,
+    Stateful,
     StateUpdate,
     json_depth,
     key_of,
@@ -26,6 +31,7 @@ from reporter.hub_requests import (
 )
 
 __all__ = [
+    "APPLICATION_STATUSES",
     "ATTRIBUTE_TYPES",
     "MAX_COLUMN_BYTES",
     "MAX_JSON_DEPTH",
@@ -43,6 +49,7 @@ __all__ = [
     "clip",
     "epoch_of",
     "judge",
+    "key_of_row",
     "not_before",
     "parse_timestamp",
     "plan_task",
@@ -52,6 +59,7 @@ __all__ = [
 ]
 
 STATUSES = ("NOT_STARTED", "IN_PROGRESS", "FAILED", "COMPLETED")
+APPLICATION_STATUSES = ("NOT_STARTED", "IN_PROGRESS", "COMPLETED")  # ApplicationStatus
 TERMINAL_STATUSES = frozenset({"COMPLETED", "FAILED"})
 ATTRIBUTE_TYPES = (
     "IPV4_ADDRESS",
@@ -76,7 +84,7 @@ MAX_STATUS_DETAIL = 2500
 # into the newest (a tool reporting 1,000 times a second costs a handful of calls, not 1,000).
 STATE_SPACING_SECONDS = 0.25
 MAX_DESCRIPTION = 500  # CreatedArtifact's and DiscoveredResource's Description
-MAX_ID_CHARS = 1600  # an artifact's ARN, a ConfigurationId
+MAX_ID_CHARS = 1600  # an artifact's ARN, a ConfigurationId, an ApplicationId, a source's Name
 MAX_ATTRIBUTES = 100
 MAX_NEXT_UPDATE_SECONDS = 2_147_483_647  # the Hub's Integer
 EARLIEST_UPDATE = datetime(2000, 1, 1, tzinfo=UTC)
@@ -140,6 +148,8 @@ class OutboxRow:
     artifact_description: Any = None
     configuration_id: Any = None
     resource_description: Any = None
+    application_id: Any = None
+    source_resource_name: Any = None
     # Columns the store left unread because they exceed MAX_COLUMN_BYTES, or because the row
     # exceeds MAX_ROW_BYTES: (name, bytes).
     oversize: tuple[tuple[str, int], ...] = ()
@@ -236,6 +246,15 @@ def _state(
         if isinstance(checked, Problem):
             return checked
         nus = checked
+    when = _update_time(row, now)
+    if isinstance(when, Problem):
+        return when
+    return StateUpdate(row.id, stream, task, row.status, detail, percent, when, nus,
+                       stamped=row.update_date_time is None)
+
+
+def _update_time(row: OutboxRow, now: float | None) -> datetime | Problem:
+    """A state's UpdateDateTime: the row's `update_date_time`, else its `created_at`."""
     when_text = row.update_date_time if row.update_date_time is not None else row.created_at
     name = "update_date_time" if row.update_date_time is not None else "created_at"
     when = parse_timestamp(when_text) if isinstance(when_text, str) else None
@@ -247,8 +266,53 @@ def _state(
         return Problem(name, f"must not be earlier than 2000-01-01T00:00:00Z (got {when_text!r})")
     if now is not None and when.timestamp() > now + FUTURE_SLACK_SECONDS:
         return Problem(name, f"must not be more than 24 h in the future (got {when_text!r})")
-    return StateUpdate(row.id, stream, task, row.status, detail, percent, when, nus,
-                       stamped=row.update_date_time is None)
+    return when
+
+
+def _one_line_id(value: Any, name: str, what: str) -> str | Problem:
+    """An id of 1-1600 characters on one line (the model's `^.{1,1600}$`)."""
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_ID_CHARS:
+        return Problem(name, f"is required: {what} of 1-{MAX_ID_CHARS} characters")
+    if LINE_BREAKS.search(value):
+        return Problem(name, "must be a single line")
+    return value
+
+
+def _application(row: OutboxRow, now: float | None) -> ApplicationStateUpdate | Problem:
+    """An application's state: `application_id` (an ADS application), `status` among
+    APPLICATION_STATUSES, UpdateDateTime as for a task's state."""
+    app = _one_line_id(row.application_id, "application_id",
+                       "an Application Discovery Service application's id")
+    if isinstance(app, Problem):
+        return app
+    if row.status not in APPLICATION_STATUSES:
+        return Problem("status", f"must be one of {', '.join(APPLICATION_STATUSES)} for an"
+                       f" application (got {row.status!r})")
+    when = _update_time(row, now)
+    if isinstance(when, Problem):
+        return when
+    return ApplicationStateUpdate(row.id, APPLICATIONS, app, row.status, when,
+                                  stamped=row.update_date_time is None)
+
+
+def _source(row: OutboxRow, stream: str, task: str) -> SourceAssociation | SourceRemoval | Problem:
+    """A source resource's association (its Name, optional Description of at most 500
+    characters on one line, optional StatusDetail) or its removal."""
+    name = _one_line_id(row.source_resource_name, "source_resource_name",
+                        "a source resource's name")
+    if isinstance(name, Problem):
+        return name
+    if row.kind == Kind.SOURCE_RESOURCE_REMOVED:
+        return SourceRemoval(row.id, stream, task, name)
+    description = _description(row.resource_description, "resource_description")
+    if isinstance(description, Problem):
+        return description
+    detail = None
+    if row.status_detail is not None:
+        if not isinstance(row.status_detail, str):
+            return Problem("status_detail", "must be text")
+        detail = normalise_detail(row.status_detail)
+    return SourceAssociation(row.id, stream, task, name, description, detail)
 
 
 def _attribute(index: int, item: Any) -> tuple[str, str] | Problem:
@@ -349,12 +413,9 @@ def _resource(
 ) -> ResourceAssociation | ResourceRemoval | Problem:
     """A manual mapping or its removal: ConfigurationId is 1-1600 characters on one line
     (the model's `^.{1,1600}$`)."""
-    cid = row.configuration_id
-    if not isinstance(cid, str) or not 1 <= len(cid) <= MAX_ID_CHARS:
-        return Problem("configuration_id",
-                       f"is required: a discovered resource's id of 1-{MAX_ID_CHARS} characters")
-    if LINE_BREAKS.search(cid):
-        return Problem("configuration_id", "must be a single line")
+    cid = _one_line_id(row.configuration_id, "configuration_id", "a discovered resource's id")
+    if isinstance(cid, Problem):
+        return cid
     if row.kind == Kind.DISCOVERED_RESOURCE_REMOVED:
         return ResourceRemoval(row.id, stream, task, cid)
     description = _description(row.resource_description, "resource_description")
@@ -368,6 +429,16 @@ def stream_of(row: OutboxRow, default_stream: str) -> Any:
     return row.progress_update_stream if row.progress_update_stream is not None else default_stream
 
 
+def key_of_row(row: OutboxRow, default_stream: str) -> tuple[Any, Any]:
+    """The (stream, task) a row travels under: an application's state under the APPLICATIONS
+    pseudo-stream and its application's id, any other row under its task. (A row of another
+    kind that names the pseudo-stream is invalid, and kept apart from the applications.)"""
+    if row.kind == Kind.APPLICATION_STATE:
+        return APPLICATIONS, row.application_id
+    stream = stream_of(row, default_stream)
+    return (f"{stream} " if stream == APPLICATIONS else stream), row.migration_task_name
+
+
 def to_request(
     row: OutboxRow, default_stream: str, default_nus: int, now: float | None = None
 ) -> Request | Problem:
@@ -376,6 +447,8 @@ def to_request(
     `now` (epoch seconds) bounds `update_date_time` to at most 24 h ahead; intake and writers
     pass it, later re-checks of a row already taken in may leave it out.
     """
+    if row.kind == Kind.APPLICATION_STATE:
+        return _application(row, now)
     stream = stream_of(row, default_stream)
     problem = check_stream(stream) or check_task(row.migration_task_name)
     if problem:
@@ -395,6 +468,8 @@ def to_request(
         return arn if isinstance(arn, Problem) else ArtifactRemoval(row.id, stream, task, arn)
     if row.kind in (Kind.DISCOVERED_RESOURCE, Kind.DISCOVERED_RESOURCE_REMOVED):
         return _resource(row, stream, task)
+    if row.kind in (Kind.SOURCE_RESOURCE, Kind.SOURCE_RESOURCE_REMOVED):
+        return _source(row, stream, task)
     return Problem("kind", f"must be one of {', '.join(k.value for k in Kind)} (got {row.kind!r})")
 
 
@@ -411,6 +486,8 @@ _TEXT_COLUMNS = (
     "artifact_description",
     "configuration_id",
     "resource_description",
+    "application_id",
+    "source_resource_name",
 )
 
 
@@ -465,7 +542,7 @@ def not_before(checked: Request, last: float | None) -> Request:
     `update_date_time` NULL (its time is its `created_at`, stamped by the writer's clock, which
     may have stepped back) gets the later of that and the time last sent."""
     if (
-        isinstance(checked, StateUpdate)
+        isinstance(checked, Stateful)
         and checked.stamped
         and last is not None
         and checked.update_time.timestamp() < last
@@ -498,15 +575,18 @@ def plan_task(
     associated: frozenset[str] | set[str],
     order: Mapping[int, int] | None = None,
     resources: frozenset[str] | set[str] = frozenset(),
+    sources: frozenset[str] | set[str] = frozenset(),
 ) -> Plan:
     """Coalesce one task's pending rows: the newest valid state and attribute list, and per
-    ARN (or ConfigurationId) the newest association or removal.
+    ARN (ConfigurationId, source resource name) the newest association or removal; an
+    application's newest state, as a task's.
 
     Rows are (row id, request); "newer" is insertion order: `order` maps a row id to its place
     in it (row ids themselves when None, true while ids only grow). A state or attribute row
     older than the one already sent (its place: `state_floor`, `attributes_floor`) is
     superseded, never sent, so the Hub never sees an older state after a newer one. An
-    association the Hub already has from us (`associated` ARNs, `resources` ids) is not made
+    association the Hub already has from us (`associated` ARNs, `resources` ids, `sources`
+    names) is not made
     again; a removal is always sent (the Hub's removal is idempotent).
     """
     def place(row_id: int) -> int:
@@ -533,17 +613,20 @@ def plan_task(
                 plan.superseded.append(Verdict(previous.row_id, f"superseded by row {row_id}"))
             newest[type(item)] = item
     for item in newest.values():
-        state = isinstance(item, StateUpdate)
+        state = isinstance(item, Stateful)
         floor = state_floor if state else attributes_floor
         if floor is not None and place(item.row_id) < floor:
             what = "state" if state else "attribute list"
             plan.superseded.append(Verdict(item.row_id, f"older than the {what} already sent"))
         else:
             plan.send.append(item)
+    held = {Kind.CREATED_ARTIFACT: (associated, "artifact"),
+            Kind.DISCOVERED_RESOURCE: (resources, "discovered resource"),
+            Kind.SOURCE_RESOURCE: (sources, "source resource")}
     for (lane, key), keyed_item in keyed.items():
-        has = associated if lane is Kind.CREATED_ARTIFACT else resources
-        if isinstance(keyed_item, ArtifactAssociation | ResourceAssociation) and key in has:
-            what = "artifact" if lane is Kind.CREATED_ARTIFACT else "discovered resource"
+        has, what = held[lane]
+        made = ArtifactAssociation | ResourceAssociation | SourceAssociation
+        if isinstance(keyed_item, made) and key in has:
             plan.superseded.append(Verdict(keyed_item.row_id, f"{what} already associated"))
         else:
             plan.send.append(keyed_item)

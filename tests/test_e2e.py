@@ -127,8 +127,8 @@ def test_host_created_table_is_accepted(cli: Cli, emulator: Emulator, outbox_pat
     assert cli("init").returncode == 0
     assert cli("init").returncode == 0  # idempotent
     columns = [r[1] for r in sqlite3.connect(outbox_path).execute("PRAGMA table_info(outbox)")]
-    assert columns[-4:] == ["artifact_name", "artifact_description", "configuration_id",
-                            "resource_description"]
+    assert columns[-6:] == ["artifact_name", "artifact_description", "configuration_id",
+                            "resource_description", "application_id", "source_resource_name"]
     assert cli("drain").returncode == 0
     assert emulator.state.task("ToolA", "old-1").updates[-1]["Task"]["Status"] == "IN_PROGRESS"
 

@@ -80,7 +80,8 @@ def test_the_new_kinds_become_their_calls():
     assert isinstance(undo, ArtifactRemoval)
     assert undo.params()["CreatedArtifactName"] == ARN
     assert {k.lane for k in Kind} == {Kind.TASK_STATE, Kind.RESOURCE_ATTRIBUTES,
-                                      Kind.CREATED_ARTIFACT, Kind.DISCOVERED_RESOURCE}
+                                      Kind.CREATED_ARTIFACT, Kind.DISCOVERED_RESOURCE,
+                                      Kind.SOURCE_RESOURCE, Kind.APPLICATION_STATE}
 
 
 def _plan(*outbox: OutboxRow, associated: set[str] | None = None,
@@ -191,7 +192,7 @@ def test_an_older_table_gets_the_new_columns_and_keeps_working(tmp_path: Path, c
     conn = sqlite3.connect(outbox_path)
     columns = [r[1] for r in conn.execute("PRAGMA table_info(outbox)")]
     conn.close()
-    assert columns[-2:] == ["configuration_id", "resource_description"]
+    assert columns[-4:-2] == ["configuration_id", "resource_description"]
     Outbox(outbox_path).discovered_resource("t1", "d-1")
     assert cli("drain").returncode == 0
     assert emulator.state.task("ToolA", "t1").discovered == {"d-1": None}

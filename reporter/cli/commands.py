@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
+from reporter.cli.applications import applications
 from reporter.cli.base import (
     WholeHelpGroup,
     config_file,
@@ -360,6 +361,7 @@ def demo(task_count: int) -> None:
 
 cli.add_command(dead_letters)
 cli.add_command(streams)
+cli.add_command(applications)
 for _command in WRITERS:
     cli.add_command(_command)
 

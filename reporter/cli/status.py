@@ -51,11 +51,13 @@ def gather(cfg: Config) -> views.StatusReport:
     counts = gate = health = None
     error = None
     replicas: list[Any] = []
+    apps: list[dict[str, Any]] = []
 
     try:
         store = Engine.of(cfg.outbox).open_view()
         try:
             health = views.task_health(store.tasks(), now, cfg)
+            apps = views.application_entries(store.applications())
             counts, gate = store.counts(), store.load_gate()
             wal = store.wal_bytes()
             replicas = store.replicas()
@@ -75,6 +77,10 @@ def gather(cfg: Config) -> views.StatusReport:
         error,
         wall_now=time.time(),
     )
+    if error is None:
+        held = [e for e in apps if e["held"]]
+        report.applications, report.applications_held = len(apps), len(held)
+        report.held_reason = held[0]["last_error"] if held else None
     if cfg.outbox.postgres:
         report.replicas = [views.replica_view(r, now) for r in replicas]
     return report
@@ -185,6 +191,10 @@ def lines(report: views.StatusReport, cfg: Config) -> list[str]:
         + (f", [yellow]{report.hub_differs} differ at the Hub[/] → mgh-reporter verify"
            if report.hub_differs else "")
     )
+    if report.applications:
+        held = (f", [bold red]{report.applications_held} BLOCKED[/] (only their states wait):"
+                f" {esc(report.held_reason)}" if report.applications_held else "")
+        out.append(f"  applications {report.applications}{held}  → mgh-reporter applications")
     for stream, counts in sorted(report.streams.items()):
         out.append(
             f"    {esc(stream)}: {counts['tasks']} tasks, {counts['stale']} stale, "

@@ -34,6 +34,7 @@ __all__ = ["Checked", "Verifier", "verify"]
 
 T = TypeVar("T")
 READ_TRIES = 6  # a read that keeps failing transiently (after the SDK's own retries)
+APPLICATIONS_PER_READ = 100  # ListApplicationStates' ApplicationIds (1-100) and MaxResults
 
 
 @dataclass
@@ -102,6 +103,22 @@ class Verifier:
                 pool.shutdown(wait=True, cancel_futures=True)
                 raise
 
+    def applications(self, records: Iterable[TaskRecord]) -> list[dict[str, Any]]:
+        """Each application whose state we sent and the Hub shows otherwise (or not at all):
+        ListApplicationStates, up to 100 applications a call, every page."""
+        sent = {r.task: r for r in records if r.status is not None}
+        ids = sorted(sent)
+        shown: dict[str, str | None] = {}
+        for start in range(0, len(ids), APPLICATIONS_PER_READ):
+            chunk = ids[start:start + APPLICATIONS_PER_READ]
+            shown.update(self.retrying(lambda chunk=chunk: {  # type: ignore[misc]
+                str(a["ApplicationId"]): a.get("ApplicationStatus") for a in self._hub.pages(
+                    "ListApplicationStates", {"ApplicationIds": chunk}, "ApplicationStateList",
+                    APPLICATIONS_PER_READ)}))
+        return [{"application": app, "problems": [Difference(
+                    "application_status", sent[app].status, shown.get(app)).to_json()]}
+                for app in ids if shown.get(app) != sent[app].status]
+
     def _one(self, record: TaskRecord, streams: set[str]) -> Checked:
         if record.stream not in streams:
             return Checked(record, compare(record, None, f"stream {record.stream} not found"))
@@ -150,7 +167,9 @@ def verify(config: Config, stream: str | None, task: str | None, as_json: bool) 
             verifier = Verifier(hub, publish.concurrency)
             verifier.retrying(hub.resolve_region)
             checked = verifier.check(records)
-            return _report(checked, calls, started, as_json)
+            apps = store.applications() if stream is None and task is None else []
+            return _report(checked, calls, started, as_json,
+                           lambda: verifier.applications(apps))
         except HubError as err:
             blocked = err.failure.outcome is Outcome.BLOCKED
             log.error("verify_blocked" if blocked else "verify_failed", operation=err.operation,
@@ -168,10 +187,11 @@ def verify(config: Config, stream: str | None, task: str | None, as_json: bool) 
 
 
 def _report(checked: Iterator[Checked], calls: list[int], started: float,
-            as_json: bool) -> int:
+            as_json: bool, applications: Callable[[], list[dict[str, Any]]]) -> int:
     """Print as results come (matching tasks are counted, never kept): a line per task that
-    differs, is missing or could not be read, then the summary; with `as_json` one object
-    whose `tasks` list is written entry by entry."""
+    differs, is missing or could not be read, then each application that differs, then the
+    summary; with `as_json` one object whose `tasks` list is written entry by entry, then its
+    `applications` list (those that differ)."""
     counts = {"checked": 0, "matching": 0, "differing": 0, "missing": 0, "unreadable": 0}
     if as_json:
         sys.stdout.write('{"tasks": [')
@@ -186,22 +206,31 @@ def _report(checked: Iterator[Checked], calls: list[int], started: float,
                                  + json.dumps(c.to_json()))
             elif kind != "matching":
                 print(_line(c))
+        differing_apps = applications()
     except HubError as err:  # blocked part-way (credentials expired): the JSON still closes
         if as_json:
             sys.stdout.write("], " + json.dumps({**counts, "calls": calls[0], "blocked":
                                                  err.failure.message})[1:] + "\n")
         raise
     seconds = time.monotonic() - started
+    counts["applications_differing"] = len(differing_apps)
     summary = {**counts, "calls": calls[0], "seconds": round(seconds, 3)}
+    if not as_json:
+        for app in differing_apps:
+            print(f"application {app['application']}: " + "; ".join(
+                f"{p['field']} sent {_shown(p['sent'])}, the Hub shows {_shown(p['hub'])}"
+                for p in app["problems"]))
     structlog.get_logger("reporter.verify").info("verify_finished", **summary)
     if as_json:
-        sys.stdout.write("], " + json.dumps(summary)[1:] + "\n")
+        sys.stdout.write("], " + json.dumps({"applications": differing_apps, **summary})[1:]
+                         + "\n")
     else:
         print(f"verified {counts['checked']} tasks in {seconds:.1f} s ({calls[0]} calls):"
               f" {counts['matching']} match, {counts['differing']} differ, {counts['missing']}"
               " missing at the Hub" + (f", {counts['unreadable']} could not be read"
-                                       if counts["unreadable"] else ""))
-    if counts["differing"] or counts["missing"]:
+                                       if counts["unreadable"] else "")
+              + (f"; {len(differing_apps)} applications differ" if differing_apps else ""))
+    if counts["differing"] or counts["missing"] or differing_apps:
         return Exit.DIFFERS
     return Exit.ERROR if counts["unreadable"] else Exit.OK
 

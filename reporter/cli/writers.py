@@ -8,7 +8,7 @@ import click
 from reporter.cli.base import existing_outbox, guarded
 from reporter.config import Config
 from reporter.outbox import Outbox
-from reporter.rows import ATTRIBUTE_TYPES, MAX_STATUS_DETAIL, STATUSES
+from reporter.rows import APPLICATION_STATUSES, ATTRIBUTE_TYPES, MAX_STATUS_DETAIL, STATUSES
 
 __all__ = ["WRITERS"]
 
@@ -148,5 +148,49 @@ def disassociate_resource(
     click.echo(f"queued row {row}")
 
 
+@click.command("associate-source")
+@click.argument("task")
+@click.argument("name")
+@click.option("--description", help="Up to 500 characters, one line.")
+@click.option("--detail", help=f"Status detail: line breaks become spaces and text past "
+              f"{MAX_STATUS_DETAIL:,} characters is cut (the Hub's limit).")
+@click.option("--stream", help=STREAM_HELP)
+@click.pass_context
+@guarded
+def associate_source(
+    ctx: click.Context, task: str, name: str, description: str | None, detail: str | None,
+    stream: str | None,
+) -> None:
+    """Queue a source_resource row: the server, application or wave TASK belongs to (becomes
+    AssociateSourceResource)."""
+    row = _writer(existing_outbox(ctx)).source_resource(
+        task, name, description=description, detail=detail, stream=stream)
+    click.echo(f"queued row {row}")
+
+
+@click.command("disassociate-source")
+@click.argument("task")
+@click.argument("name")
+@click.option("--stream", help=STREAM_HELP)
+@click.pass_context
+@guarded
+def disassociate_source(ctx: click.Context, task: str, name: str, stream: str | None) -> None:
+    """Queue a source_resource_removed row (becomes DisassociateSourceResource)."""
+    row = _writer(existing_outbox(ctx)).source_resource_removed(task, name, stream=stream)
+    click.echo(f"queued row {row}")
+
+
+@click.command("application-state")
+@click.argument("application_id")
+@click.argument("status", type=click.Choice(APPLICATION_STATUSES))
+@click.pass_context
+@guarded
+def application_state(ctx: click.Context, application_id: str, status: str) -> None:
+    """Queue an application_state row: the migration status of an Application Discovery
+    Service application (becomes NotifyApplicationState)."""
+    row = _writer(existing_outbox(ctx)).application_state(application_id, status)
+    click.echo(f"queued row {row}")
+
+
 WRITERS = (notify, put_attributes, associate_artifact, disassociate_artifact, associate_resource,
-           disassociate_resource)
+           disassociate_resource, associate_source, disassociate_source, application_state)

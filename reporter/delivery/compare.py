@@ -30,15 +30,15 @@ class Difference(NamedTuple):
 
 def delivered(record: TaskRecord) -> bool:
     """Whether the outbox has sent the Hub anything of this task (a state, an attribute list,
-    an artifact or a manual mapping)."""
+    an artifact, a manual mapping or a source resource)."""
     return bool(record.status is not None or record.attributes or record.artifacts
-                or record.resources)
+                or record.resources or record.sources)
 
 
 def compare(record: TaskRecord, view: HubView | None, missing: str = "") -> list[Difference]:
     """The fields where the Hub's view differs from what we last sent. An attribute list is
-    compared as a set; our artifacts and manual mappings must be among the Hub's (another tool
-    may add its own; an auto-mapping is never a difference)."""
+    compared as a set; our artifacts, manual mappings and source resources must be among the
+    Hub's (another tool may add its own; an auto-mapping is never a difference)."""
     if view is None:
         return [Difference("task", record.task, missing or "not found")]
     found: list[Difference] = []
@@ -64,6 +64,9 @@ def compare(record: TaskRecord, view: HubView | None, missing: str = "") -> list
     if view.resources is not None and not set(record.resources) <= view.resources:
         found.append(Difference("configuration_id", sorted(record.resources),
                                 sorted(view.resources)))
+    if view.sources is not None and not set(record.sources) <= view.sources:
+        found.append(Difference("source_resource_name", sorted(record.sources),
+                                sorted(view.sources)))
     found += _history(record, view)
     return found
 
@@ -94,7 +97,8 @@ def view_of(hub: Hub, record: TaskRecord, history: bool = False) -> HubView | No
     """The Hub's view of a task we sent to: its lists read only when we delivered some (and
     with `history`, every state it recorded, when we sent one)."""
     return read_view(hub, record.stream, record.task, bool(record.artifacts),
-                     bool(record.resources), history and record.status is not None)
+                     bool(record.resources), history and record.status is not None,
+                     bool(record.sources))
 
 
 def _pairs(attributes: frozenset[tuple[str, str]]) -> list[dict[str, str]]:

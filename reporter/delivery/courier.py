@@ -24,12 +24,17 @@ from reporter.hub.client import HubTask
 from reporter.hub.errors import Failure, FenceLost, HubError, Outcome
 from reporter.hub.view import iso
 from reporter.hub_requests import (
+    APPLICATIONS,
+    ApplicationStateUpdate,
     ArtifactAssociation,
     ArtifactRemoval,
     AttributesUpdate,
     Kind,
     Request,
     ResourceAssociation,
+    ResourceRemoval,
+    SourceAssociation,
+    SourceRemoval,
     StateUpdate,
 )
 from reporter.rows import Verdict
@@ -166,6 +171,7 @@ class Courier:
             task.associated,
             task.order(),
             task.resources,
+            task.sources,
         )
         out.superseded = plan.superseded
         out.rejected += plan.rejected
@@ -239,8 +245,9 @@ class Courier:
         again = [r for r in fix.calls if (task.lane(r.kind.lane).retry_at or 0.0) <= now]
         due = again + send
         if due or fix.import_first:
-            self._run_lanes(task, deque(due), delivery, failed,
-                            imported=task.imported and not fix.import_first)
+            # an application has no stream and no import: its state is its only call
+            imported = task.stream == APPLICATIONS or (task.imported and not fix.import_first)
+            self._run_lanes(task, deque(due), delivery, failed, imported=imported)
         if delivery.blocked is None and not delivery.lease_lost:
             self._settle(task, due, failed, delivery)
         if repairing and not self._stop.is_set():
@@ -280,6 +287,11 @@ class Courier:
             except HubError as err:
                 failure = err.failure
                 delivery.calls.append(failure)
+                if isinstance(request, ApplicationStateUpdate) and (
+                        failure.outcome is Outcome.REPAIR):
+                    # no such application in Application Discovery Service: a person must
+                    # create it there (then `dead-letters retry` sends the row again)
+                    failure = _unknown_application(request, failure)
                 if failure.outcome is Outcome.REJECTED and request.row_id > 0:
                     reason = f"the Hub refused {err.operation}: {failure}"
                     out.rejected.append(Verdict(request.row_id, reason))
@@ -299,6 +311,11 @@ class Courier:
                 elif failure.outcome is Outcome.BLOCKED:
                     delivery.blocked = failure
                     return
+                elif failure.outcome is Outcome.HELD and operation != IMPORT:
+                    # a person must fix what this kind of call needs: its lane waits (no row
+                    # is charged, so none is given up), the task's other lanes go on
+                    failed[request.kind.lane] = LaneFailure(failure, operation, -1)
+                    queue.popleft()
                 elif operation == IMPORT:  # the import comes first: every lane waits for it
                     _fail_all(queue, failed, failure, operation, request)
                     return
@@ -394,10 +411,28 @@ def _note_sent(out: TaskOutcome, request: Request, task: ClaimedTask, map_check_
         out.artifacts.append((request.arn, request.description))
     elif isinstance(request, ArtifactRemoval):
         out.artifacts_removed.append(request.arn)
+    elif isinstance(request, ApplicationStateUpdate):
+        out.state = SentState(request.row_id, seq, request.status, None, None,
+                              request.update_time.timestamp(), 0)
     elif isinstance(request, ResourceAssociation):
         out.resources.append((request.configuration_id, request.description))
-    else:
+    elif isinstance(request, ResourceRemoval):
         out.resources_removed.append(request.configuration_id)
+    elif isinstance(request, SourceAssociation):
+        out.sources.append((request.name, request.description, request.detail))
+    elif isinstance(request, SourceRemoval):
+        out.sources_removed.append(request.name)
+
+
+def _unknown_application(request: ApplicationStateUpdate, failure: Failure) -> Failure:
+    """NotifyApplicationState's ResourceNotFoundException: Application Discovery Service has no
+    such application. Not a task to restore but a row the Hub refuses, naming the
+    application."""
+    return Failure(
+        Outcome.REJECTED, failure.code,
+        f"Application Discovery Service has no application {rows.clip(request.application)!r}"
+        " (create it there, or fix application_id; then `mgh-reporter dead-letters retry`"
+        f" sends the row again): {failure.message}")
 
 
 def _settle_repair(task: ClaimedTask, plan: RepairPlan, complete: bool, delivery: Delivery,
@@ -476,6 +511,8 @@ def _settle_lanes(
             )
         cap = calm_cap if attempts <= CALM_ATTEMPTS else None
         delay = backoff.delay(attempts, rng, failure.retry_after, cap)
+        if failure.outcome is Outcome.HELD:  # only a person can fix it: look again slowly
+            delay = publish.blocked_recheck_seconds * rng.uniform(0.9, 1.1)
         out.error = out.error or str(failure)[:500]
         conditions.failed(
             failure,

@@ -10,7 +10,7 @@ from collections.abc import Callable
 from reporter import rows
 from reporter.config import Config
 from reporter.delivery.conditions import Conditions
-from reporter.hub_requests import AttributesUpdate, StateUpdate, encode
+from reporter.hub_requests import AttributesUpdate, Stateful, encode
 from reporter.stores.contract import Ingested, OutboxStore
 
 __all__ = ["INTAKE_SECONDS", "Intake"]
@@ -55,7 +55,7 @@ class Intake:
     def _judge(self, row: rows.OutboxRow, now: float) -> Ingested:
         hub = self._config.hub
         checked = rows.judge(row, hub.progress_update_stream, hub.next_update_seconds, now)
-        stream, task = rows.stream_of(row, hub.progress_update_stream), row.migration_task_name
+        stream, task = rows.key_of_row(row, hub.progress_update_stream)
         rejected = checked.reason if isinstance(checked, rows.Problem) else None
         if rejected:
             # A rejected row still names its task, as printable text of bounded size (the
@@ -72,6 +72,6 @@ class Intake:
             rows.clip(row.kind, rows.MAX_NAME_CHARS),
             rows.epoch_of(row.created_at, now),
             rejected,
-            supersedes=isinstance(checked, StateUpdate | AttributesUpdate),
+            supersedes=isinstance(checked, Stateful | AttributesUpdate),
             request=None if isinstance(checked, rows.Problem) else encode(checked),
         )

@@ -22,6 +22,7 @@ from reporter.delivery.mapping import MappingChecker
 from reporter.delivery.repair import RepairRounds
 from reporter.hub.client import Hub
 from reporter.hub.errors import Failure
+from reporter.hub_requests import APPLICATIONS
 from reporter.stores.contract import ClaimedTask, OutboxStore
 
 __all__ = ["STREAM_WAIT_SECONDS", "PassResult", "Relay", "RelayStatus"]
@@ -271,7 +272,7 @@ class Relay:
         """Streams not known to exist are created once across replicas: this relay creates
         those whose creation it could claim; tasks of streams another replica is creating are
         handed back for a moment."""
-        unknown = {t.stream for t in tasks if t.rows} - self._streams
+        unknown = {t.stream for t in tasks if t.rows} - self._streams - {APPLICATIONS}
         if unknown:
             self._streams |= self.store.streams()  # perhaps another replica created them
             unknown -= self._streams

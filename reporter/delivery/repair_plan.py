@@ -1,6 +1,7 @@
 """What a repair sends (pure): decided from the Hub's current state of a task that repair rounds
-marked, the calls that send again its newest state, attribute list, artifacts and manual
-mappings (never over a newer state someone else wrote), and whether it must be imported first."""
+marked, the calls that send again its newest state, attribute list, artifacts, manual
+mappings and source resources (never over a newer state someone else wrote), and whether it
+must be imported first."""
 
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ from reporter.hub_requests import (
     Request,
     ResourceAssociation,
     ResourceRemoval,
+    SourceAssociation,
+    SourceRemoval,
     StateUpdate,
     key_of,
 )
@@ -74,7 +77,7 @@ def plan_repair(task: ClaimedTask, planned: list[Request], hub: HubTask | None,
                                       ours.next_update_seconds))
     if not found or again.scope is ResendScope.WHOLE:
         removed = {(r.kind.lane, key_of(r)) for r in planned
-                   if isinstance(r, ArtifactRemoval | ResourceRemoval)}
+                   if isinstance(r, ArtifactRemoval | ResourceRemoval | SourceRemoval)}
         if again.attributes and AttributesUpdate not in kinds:
             calls.append(AttributesUpdate(0, task.stream, task.task, again.attributes))
         calls += [ArtifactAssociation(0, task.stream, task.task, arn, description)
@@ -83,6 +86,9 @@ def plan_repair(task: ClaimedTask, planned: list[Request], hub: HubTask | None,
         calls += [ResourceAssociation(0, task.stream, task.task, cid, description)
                   for cid, description in again.resources
                   if (Kind.DISCOVERED_RESOURCE, cid) not in removed]
+        calls += [SourceAssociation(0, task.stream, task.task, name, description, detail)
+                  for name, description, detail in again.sources
+                  if (Kind.SOURCE_RESOURCE, name) not in removed]
     return RepairPlan([replace(call, row_id=-n) for n, call in enumerate(calls, start=1)],
                       not found, superseded, newer)
 

@@ -85,6 +85,9 @@ class HistoryOperations:
             "ApplicationStatus": p["Status"],
             "LastUpdatedTime": p.get("UpdateDateTime", self.clock()),
         }
+        self.state.application_updates.append(
+            {"ApplicationId": p["ApplicationId"], "Status": p["Status"],
+             "UpdateDateTime": p.get("UpdateDateTime")})
         return {}
 
     def _op_DescribeApplicationState(self, p: dict[str, Any]) -> dict[str, Any]:

@@ -125,6 +125,7 @@ class HubState:
         # Application Discovery Service: the applications it knows, and their migration states
         self.discovery_applications: set[str] = set()
         self.applications: dict[str, dict[str, Any]] = {}
+        self.application_updates: list[dict[str, Any]] = []  # every state received, in order
         self.lock = threading.RLock()
         self.rng = random.Random(seed)
 
@@ -218,6 +219,7 @@ class HubState:
                 "operations": ops,
                 "throttled": throttled,
                 "applications": {a: dict(v) for a, v in self.applications.items()},
+                "application_updates": [dict(u) for u in self.application_updates],
                 "deleting": sorted(self.deleting),
                 "first_call_at": min((c["time"] for c in self.calls), default=None),
                 "peak_in_flight": self.peak_in_flight,

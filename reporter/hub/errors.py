@@ -28,6 +28,7 @@ class Outcome(StrEnum):
     REPAIR = "repair"  # stream/task unknown at the Hub: re-create, re-import, send again
     REJECTED = "rejected"  # the Hub refuses this row: dead letter
     BLOCKED = "blocked"  # only a person can fix it: hold all delivery
+    HELD = "held"  # only a person can fix it, for this kind of call alone: hold its lane
 
 
 HOME_REGION_NOT_SET = (
@@ -67,6 +68,14 @@ TIMEOUT_CODES = frozenset({
 TRANSIENT_CODES = THROTTLE_CODES | SERVER_CODES | {"RequestTimeout", "RequestTimeoutException"}
 REJECTED_CODES = {"InvalidInputException", "ValidationException"}
 REPAIR_CODES = {"ResourceNotFoundException"}
+# Migration Hub cannot reach Application Discovery Service: application states (and manual
+# mappings) wait for a person; everything else keeps flowing.
+HELD_CODES = {
+    "PolicyErrorException": "Migration Hub cannot reach Application Discovery Service: the"
+    " `migrationhub-discovery` role is missing or misconfigured (create it, as the Migration Hub"
+    " console's setup does, with the AWSMigrationHubDiscoveryAccess policy); calls of this"
+    " kind wait, others flow",
+}
 
 
 @dataclass(frozen=True)
@@ -135,6 +144,9 @@ def _client_error(exc: bx.ClientError) -> Failure:
     if code in BLOCKED_CODES:
         detail = BLOCKED_CODES[code]
         return Failure(Outcome.BLOCKED, code, f"{detail}: {message}" if message else detail)
+    if code in HELD_CODES:
+        detail = HELD_CODES[code]
+        return Failure(Outcome.HELD, code, f"{detail}: {message}" if message else detail)
     if code in REPAIR_CODES:
         return Failure(Outcome.REPAIR, code, message)
     if code in REJECTED_CODES:

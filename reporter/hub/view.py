@@ -41,6 +41,7 @@ class HubView:
     attributes: frozenset[tuple[str, str]]
     artifacts: frozenset[str] | None = None
     resources: frozenset[str] | None = None
+    sources: frozenset[str] | None = None  # the source resources' names
     history: tuple[float, ...] | None = None  # every recorded state's UpdateDateTime
 
 
@@ -56,10 +57,11 @@ def seconds(epoch: float) -> int:
 
 
 def read_view(hub: Hub, stream: str, task: str, artifacts: bool = False,
-              resources: bool = False, history: bool = False) -> HubView | None:
-    """Read one task's Hub view: DescribeMigrationTask, then the artifact and discovered
-    resource lists and the task's update history (every page) when asked for (we delivered
-    some). None: the Hub has no such task (or stream); other failures raise HubError."""
+              resources: bool = False, history: bool = False,
+              sources: bool = False) -> HubView | None:
+    """Read one task's Hub view: DescribeMigrationTask, then the artifact, discovered resource
+    and source resource lists and the task's update history (every page) when asked for (we
+    delivered some). None: the Hub has no such task (or stream); other failures raise HubError."""
     key = {"ProgressUpdateStream": stream, "MigrationTaskName": task}
     try:
         described = hub.call("DescribeMigrationTask", key).get("MigrationTask", {})
@@ -76,6 +78,10 @@ def read_view(hub: Hub, stream: str, task: str, artifacts: bool = False,
     if resources:
         ids = frozenset(r["ConfigurationId"] for r in hub.pages(
             "ListDiscoveredResources", key, "DiscoveredResourceList", 10))
+    names = None
+    if sources:
+        names = frozenset(r["Name"] for r in hub.pages(
+            "ListSourceResources", key, "SourceResourceList", 10))
     times = None
     if history:  # the list's order is not documented: only its dates are used
         times = tuple(u["UpdateDateTime"].timestamp() for u in hub.pages(
@@ -90,5 +96,6 @@ def read_view(hub: Hub, stream: str, task: str, artifacts: bool = False,
                              for a in described.get("ResourceAttributeList") or []),
         artifacts=arns,
         resources=ids,
+        sources=names,
         history=times,
     )

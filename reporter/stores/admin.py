@@ -8,6 +8,7 @@ import json
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+from reporter.hub_requests import APPLICATIONS
 from reporter.rows import OutboxRow, epoch_of
 from reporter.stores.contract import (
     Backlog,
@@ -140,13 +141,17 @@ class AdminSql(SqlBase):
         params = {"stream": stream}
         with self._tx("forget a stream") as c:
             for name in ("forget_stream_artifacts", "forget_stream_resources",
-                         "forget_stream_tasks", "forget_stream"):
+                         "forget_stream_sources", "forget_stream_tasks", "forget_stream"):
                 c.execute(self.sql(name), params)
             return int(self._one(c, "stream_task_count", params)["n"])
 
     def tasks(self, stream: str | None = None) -> list[TaskRecord]:
         """One record per task: last state sent, pending count, mapping, artifacts (sorted)."""
         return self._task_records(stream=stream)
+
+    def applications(self) -> list[TaskRecord]:
+        """One record per application: its id (`task`), the state last sent, pending rows."""
+        return self._task_records(stream=APPLICATIONS)
 
     def task_pages(self, stream: str | None = None, size: int = 500) -> Iterator[TaskRecord]:
         """Every task (of `stream`), read `size` at a time in id order: memory stays flat
@@ -161,7 +166,8 @@ class AdminSql(SqlBase):
 
     def _task_records(self, stream: str | None = None, ids: Sequence[int] | None = None,
                       after: int | None = None, limit: int = 0) -> list[TaskRecord]:
-        where = ["t.stream = :stream"] if stream else []
+        # applications travel as tasks of a pseudo-stream; they are read only by name
+        where = ["t.stream = :stream"] if stream else ["t.stream <> :stream"]
         if ids is not None:
             where.append("t.id " + self.dialect.any_of("ids"))
         if after is not None:
@@ -170,8 +176,8 @@ class AdminSql(SqlBase):
         order = "ORDER BY t.id LIMIT :limit" if after is not None else "ORDER BY t.stream, t.task"
         with self._tx("read tasks", write=False) as c:
             rows = c.execute(self.sql("tasks", only=only, order=self.dialect.named(order)),
-                             {"stream": stream, "ids": self._array(ids or []), "after": after,
-                              "limit": limit}).fetchall()
+                             {"stream": stream or APPLICATIONS, "ids": self._array(ids or []),
+                              "after": after, "limit": limit}).fetchall()
         return [
             TaskRecord(
                 stream=r["stream"], task=r["task"], status=r["status"], percent=r["percent"],
@@ -182,6 +188,7 @@ class AdminSql(SqlBase):
                 configuration_id=r["configuration_id"],
                 artifacts=tuple(_json_list(r["artifacts"])), last_error=r["last_error"],
                 resources=tuple(_json_list(r["resources"])),
+                sources=tuple(_json_list(r["sources"])),
                 attributes=stored_pairs(r["attributes"]), task_id=int(r["id"]),
                 attributes_sent=r["last_attributes_row"] is not None,
             )

@@ -207,6 +207,7 @@ class SqlStore(AdminSql):
                 ids = {"ids": self._array([t["id"] for t in tasks])}
             artifacts = self._all(c, "artifacts_of", ids)
             resources = self._all(c, "resources_of", ids)
+            sources = self._all(c, "sources_of", ids)
             lanes = self._all(c, "lanes_of", ids)
             repairs = [t["id"] for t in tasks if t["resend"]]
             resends = self._all(c, "resends_of", {"ids": self._array(repairs)}) if repairs else []
@@ -232,6 +233,11 @@ class SqlStore(AdminSql):
             claimed[tid].associated = frozenset(found)
         for tid, found in cids.items():
             claimed[tid].resources = frozenset(found)
+        names: dict[int, set[str]] = {}
+        for n in sources:
+            names.setdefault(n["task_id"], set()).add(n["name"])
+        for tid, found in names.items():
+            claimed[tid].sources = frozenset(found)
         for t in resends:
             tid = t["id"]
             state = None if t["status"] is None else SentState(
@@ -243,7 +249,9 @@ class SqlStore(AdminSql):
                              if a["task_id"] == tid)),
                 tuple(sorted((m["configuration_id"], m["description"]) for m in resources
                              if m["task_id"] == tid)),
-                ResendScope(int(next(x["resend"] for x in tasks if x["id"] == tid))))
+                ResendScope(int(next(x["resend"] for x in tasks if x["id"] == tid))),
+                tuple(sorted((n["name"], n["description"], n["detail"]) for n in sources
+                             if n["task_id"] == tid)))
         for lane in lanes:
             if lane["kind"] in Kind.__members__.values():
                 claimed[lane["task_id"]].lanes[Kind(lane["kind"])] = LaneState(
@@ -296,6 +304,10 @@ class SqlStore(AdminSql):
                                    for cid, d in o.resources])
         self._many(c, "resource_removed", [{"id": o.task_id, "cid": cid}
                                            for cid in o.resources_removed])
+        self._many(c, "source", [{"id": o.task_id, "name": n, "description": d, "detail": x,
+                                  "now": now} for n, d, x in o.sources])
+        self._many(c, "source_removed", [{"id": o.task_id, "name": n}
+                                         for n in o.sources_removed])
         if o.imported:
             c.execute(self.sql("imported"), {"id": o.task_id, "now": now})
         if o.resent:

@@ -144,6 +144,7 @@ class Resend:
     artifacts: tuple[tuple[str, str | None], ...] = ()  # (ARN, description)
     resources: tuple[tuple[str, str | None], ...] = ()  # (ConfigurationId, description)
     scope: ResendScope = ResendScope.WHOLE
+    sources: tuple[tuple[str, str | None, str | None], ...] = ()  # (name, description, detail)
 
 
 @dataclass
@@ -160,6 +161,7 @@ class ClaimedTask:
     rows: list[ClaimedRow] = field(default_factory=list)  # in insertion order
     associated: frozenset[str] = frozenset()  # artifact ARNs the Hub has from us
     resources: frozenset[str] = frozenset()  # ... and manual mappings' ConfigurationIds
+    sources: frozenset[str] = frozenset()  # ... and source resources' names
     lanes: dict[Kind, LaneState] = field(default_factory=dict)
     last_update_time: float | None = None  # the UpdateDateTime the Hub has (epoch seconds)
     resend: Resend | None = None  # a repair: send this again after importing the task
@@ -235,6 +237,8 @@ class TaskOutcome:
     artifacts_removed: list[str] = field(default_factory=list)
     resources: list[tuple[str, str | None]] = field(default_factory=list)  # (id, description)
     resources_removed: list[str] = field(default_factory=list)
+    sources: list[tuple[str, str | None, str | None]] = field(default_factory=list)
+    sources_removed: list[str] = field(default_factory=list)
     lanes: list[LaneResult] = field(default_factory=list)
     error: str | None = None
     resent: bool = False  # a repair's calls all went through
@@ -384,6 +388,7 @@ class TaskRecord:
     attributes: tuple[tuple[str, str], ...] | None = None  # the list last sent (None: unknown)
     task_id: int = 0  # the store's id of the task
     attributes_sent: bool = False  # an attribute list was delivered (recorded or not)
+    sources: tuple[str, ...] = ()  # source resources' names the Hub has from us
 
 
 @dataclass(frozen=True)
@@ -559,7 +564,11 @@ class AdminStore(Protocol):
         """Row totals for `status`."""
 
     def tasks(self, stream: str | None = None) -> list[TaskRecord]:
-        """One record per task."""
+        """One record per task (applications are not tasks: `applications`)."""
+
+    def applications(self) -> list[TaskRecord]:
+        """One record per application that rows named (`task` is its id; the state last sent
+        in `status` and `update_time`)."""
 
     def finished_since(self, since: float) -> dict[str, int]:
         """Rows sent, superseded or rejected at or after `since` (by anyone), by state."""

@@ -96,9 +96,9 @@ def connect_kwargs() -> dict[str, Any]:
 _TEXT = (
     "kind", "migration_task_name", "progress_update_stream", "status", "status_detail",
     "update_date_time", "resource_attributes", "artifact_name", "artifact_description",
-    "configuration_id", "resource_description",
+    "configuration_id", "resource_description", "application_id", "source_resource_name",
 )
-_NAMES = ("kind", "migration_task_name", "progress_update_stream")
+_NAMES = ("kind", "migration_task_name", "progress_update_stream", "application_id")
 _SIZES = ", ".join(f"pg_catalog.octet_length(o.{n}) AS _bytes_{n}" for n in _TEXT)
 _TOTAL = " + ".join(f"coalesce(pg_catalog.octet_length(o.{n}), 0)" for n in _TEXT)
 _ROW = ", ".join(

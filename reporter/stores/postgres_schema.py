@@ -41,7 +41,9 @@ CREATE TABLE IF NOT EXISTS {outbox} (
   artifact_name          text,
   artifact_description   text,
   configuration_id       text,
-  resource_description   text
+  resource_description   text,
+  application_id         text,
+  source_resource_name   text
 )
 """
 
@@ -230,6 +232,21 @@ MIGRATIONS: list[tuple[str, list[Step]]] = [
                 outbox, f"{SCHEMA}.rows", "to_char(to_timestamp(r.finished_at) AT TIME ZONE"
                 " 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.MS\"Z\"')"))],
     ),
+    (
+        # the source resources the Hub has from us (an application's states live in tasks,
+        # under the APPLICATIONS pseudo-stream)
+        "0007_whole_api",
+        [
+            f"""CREATE TABLE {SCHEMA}.sources (
+                task_id bigint NOT NULL REFERENCES {SCHEMA}.tasks(id),
+                name text NOT NULL,
+                description text,
+                detail text,
+                associated_at double precision NOT NULL,
+                PRIMARY KEY (task_id, name)
+            )""",
+        ],
+    ),
 ]
 
 
@@ -255,6 +272,6 @@ TABLE_NEEDS: dict[str, tuple[str, ...]] = {
     **{
         f"{SCHEMA}.{t}": ("SELECT", "INSERT", "UPDATE", "DELETE")
         for t in ("tasks", "rows", "inbox", "lanes", "gate", "streams", "artifacts", "resources",
-                  "replicas")
+                  "sources", "replicas")
     },
 }

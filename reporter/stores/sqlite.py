@@ -50,7 +50,7 @@ DIALECT = Dialect(
 _ROW_COLUMNS = tuple(f.name for f in fields(OutboxRow) if f.name not in ("oversize", "row_bytes"))
 # An oversize name is still shown: this much of its start is read (never the whole value).
 _NAME_PREFIX_BYTES = 1024
-_NAMES = ("kind", "migration_task_name", "progress_update_stream")
+_NAMES = ("kind", "migration_task_name", "progress_update_stream", "application_id")
 _CHUNK = 5000
 # The page cache per connection, in KiB (SQLite's default is 2,000): the OS page cache holds
 # the file anyway, and the daemon's memory budget (55 MiB at peak) has no room for more.

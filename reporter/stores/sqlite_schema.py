@@ -43,7 +43,9 @@ CREATE TABLE IF NOT EXISTS outbox (
   artifact_name          TEXT,
   artifact_description   TEXT,
   configuration_id       TEXT,
-  resource_description   TEXT
+  resource_description   TEXT,
+  application_id         TEXT,
+  source_resource_name   TEXT
 )
 """
 
@@ -320,3 +322,21 @@ def _outbox_fate(db: Any) -> None:
     # what became of each row, for tools to SELECT (README: A row's fate)
     _execute(db, "DROP VIEW IF EXISTS outbox_fate", "CREATE VIEW outbox_fate AS " + fate_view(
         "outbox", "mgh_rows", "strftime('%Y-%m-%dT%H:%M:%fZ', r.finished_at, 'unixepoch')"))
+
+
+@migration("0010_whole_api")
+def _whole_api(db: Any) -> None:
+    # the source resources the Hub has from us (like mgh_resources: what verify compares and a
+    # repair restores); an application's states live in mgh_tasks under the APPLICATIONS
+    # pseudo-stream, so they need no table of their own
+    _execute(
+        db,
+        """CREATE TABLE mgh_sources (
+            task_id INTEGER NOT NULL REFERENCES mgh_tasks(id),
+            name TEXT NOT NULL,
+            description TEXT,
+            detail TEXT,
+            associated_at REAL NOT NULL,
+            PRIMARY KEY (task_id, name)
+        )""",
+    )

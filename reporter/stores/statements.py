@@ -40,10 +40,12 @@ REQUIRED_COLUMNS = (
     "resource_attributes",
     "created_at",
 )
-ADDED_COLUMNS = (  # created_artifact's (§1), then the manual mapping's (§7)
-    "artifact_name", "artifact_description", "configuration_id", "resource_description")
+ADDED_COLUMNS = (  # created_artifact's (§1), the manual mapping's (§7), the whole API's (§8)
+    "artifact_name", "artifact_description", "configuration_id", "resource_description",
+    "application_id", "source_resource_name")
 OUTBOX_COLUMNS = REQUIRED_COLUMNS + ADDED_COLUMNS
-TABLES = ("tasks", "rows", "inbox", "lanes", "gate", "streams", "artifacts", "resources")
+TABLES = ("tasks", "rows", "inbox", "lanes", "gate", "streams", "artifacts", "resources",
+          "sources")
 GATE_COLUMNS = tuple(f.name for f in fields(GateState))
 
 
@@ -106,6 +108,8 @@ STATEMENTS: dict[str, str] = {
     "artifacts_of": "SELECT task_id, arn, description FROM {artifacts} WHERE task_id = ANY(:ids)",
     "resources_of": "SELECT task_id, configuration_id, description FROM {resources}"
     " WHERE task_id = ANY(:ids)",
+    "sources_of": "SELECT task_id, name, description, detail FROM {sources}"
+    " WHERE task_id = ANY(:ids)",
     "lanes_of": "SELECT task_id, kind, attempts, retry_at FROM {lanes} WHERE task_id = ANY(:ids)",
     # a lease: due at its end, under a token that record and release must present
     "claim": "UPDATE {tasks} SET due_at = {now} + :lease, lease_token = :token WHERE id IN"
@@ -131,6 +135,9 @@ STATEMENTS: dict[str, str] = {
     "resource": "INSERT INTO {resources}(task_id, configuration_id, description, associated_at)"
     " VALUES (:id, :cid, :description, :now) ON CONFLICT DO NOTHING",
     "resource_removed": "DELETE FROM {resources} WHERE task_id = :id AND configuration_id = :cid",
+    "source": "INSERT INTO {sources}(task_id, name, description, detail, associated_at)"
+    " VALUES (:id, :name, :description, :detail, :now) ON CONFLICT DO NOTHING",
+    "source_removed": "DELETE FROM {sources} WHERE task_id = :id AND name = :name",
     # imported: the Hub has the task, so repair rounds read it back from now on
     "imported": "UPDATE {tasks} SET imported = TRUE, verify_at = coalesce(verify_at, :now)"
     " WHERE id = :id",
@@ -180,6 +187,8 @@ STATEMENTS: dict[str, str] = {
     " (SELECT id FROM {tasks} WHERE stream = :stream)",
     "forget_stream_resources": "DELETE FROM {resources} WHERE task_id IN"
     " (SELECT id FROM {tasks} WHERE stream = :stream)",
+    "forget_stream_sources": "DELETE FROM {sources} WHERE task_id IN"
+    " (SELECT id FROM {tasks} WHERE stream = :stream)",
     "forget_stream_tasks": "UPDATE {tasks} SET imported = FALSE, status = NULL, percent = NULL,"
     " detail = NULL, update_time = NULL, next_update_seconds = NULL, sent_at = NULL,"
     " attributes = NULL, attributes_at = NULL, mapped = NULL, configuration_id = NULL,"
@@ -225,7 +234,8 @@ STATEMENTS: dict[str, str] = {
     "finished_rejected": f"SELECT count(*) AS n FROM {{rows}} WHERE state = {REJECTED}"
     " AND finished_at >= :since",
     "tasks": f"SELECT t.*, (SELECT count(*) FROM {{rows}} r WHERE r.task_id = t.id AND r.state ="
-    f" {PENDING}) AS pending, {{arns}} AS artifacts, {{cids}} AS resources FROM {{tasks}} t"
+    f" {PENDING}) AS pending, {{arns}} AS artifacts, {{cids}} AS resources, {{names}} AS sources"
+    " FROM {tasks} t"
     " {only} {order}",
     "prunable": "SELECT id FROM (SELECT id FROM {rows} WHERE state IN"
     f" ({SENT}, {SUPERSEDED}) AND finished_at < :before LIMIT :chunk{{skip}}) AS delivered"
@@ -272,6 +282,7 @@ class Dialect:
             skip=self.skip, now=self.now, rejected=REJECTED,
             arns=self.listing.format(table=names["artifacts"], column="arn"),
             cids=self.listing.format(table=names["resources"], column="configuration_id"),
+            names=self.listing.format(table=names["sources"], column="name"),
             only="{only}", before="{before}", order="{order}", sizes="{sizes}", hold="{hold}")
         return self.named(_ANY.sub(lambda m: self.any_of(m.group(1)), text))
 
