@@ -9,8 +9,8 @@ import sqlite3
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from reporter import coalesce, rows
 from reporter import config as config_mod
-from reporter import rows
 from reporter.delivery.clockstep import StepWatch
 from reporter.delivery.relay import Relay
 from reporter.emulator import Emulator
@@ -59,15 +59,15 @@ def test_a_time_left_null_never_goes_before_the_time_last_sent():
     checked = rows.judge(row, "S", 3600)
     later = datetime(2026, 1, 1, 11, tzinfo=UTC).timestamp()
     assert isinstance(checked, StateUpdate)
-    moved = rows.not_before(checked, later)
+    moved = coalesce.not_before(checked, later)
     assert isinstance(moved, StateUpdate) and moved.update_time.timestamp() == later
-    assert rows.not_before(checked, later - 7200) == checked
+    assert coalesce.not_before(checked, later - 7200) == checked
     explicit = rows.OutboxRow(1, "task_state", "t", status="IN_PROGRESS",
                               created_at="2026-01-01T10:00:00Z",
                               update_date_time="2026-01-01T10:00:00Z")
     checked = rows.judge(explicit, "S", 3600)
     assert isinstance(checked, StateUpdate)
-    assert rows.not_before(checked, later) == checked
+    assert coalesce.not_before(checked, later) == checked
 
 
 def test_a_step_back_of_an_hour_does_not_hold_waiting_rows(aws_env: dict[str, str],

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from reporter import coalesce, rows
 from reporter import config as config_mod
-from reporter import rows
 from reporter.delivery.courier import Courier
 from reporter.emulator import Emulator
 from reporter.hub.errors import Failure, Outcome
@@ -85,8 +85,8 @@ def test_the_new_kinds_become_their_calls():
 
 
 def _plan(*outbox: OutboxRow, associated: set[str] | None = None,
-          resources: set[str] | None = None) -> rows.Plan:
-    return rows.plan_task([(r.id, rows.judge(r, "S", 0)) for r in outbox], None, None,
+          resources: set[str] | None = None) -> coalesce.Plan:
+    return coalesce.plan_task([(r.id, rows.judge(r, "S", 0)) for r in outbox], None, None,
                           associated or set(), None, resources or set())
 
 

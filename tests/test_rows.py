@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 
 from reporter import hub_requests, rows
+from reporter.coalesce import plan_task
 from reporter.hub_requests import ArtifactAssociation, AttributesUpdate, Request, StateUpdate
-from reporter.rows import OutboxRow, Problem, plan_task, to_request
+from reporter.rows import OutboxRow, Problem, to_request
 
 NOW = "2026-11-25T10:00:00.000Z"
 

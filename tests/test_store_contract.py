@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 
+from reporter.coalesce import Verdict
 from reporter.hub_requests import Kind
-from reporter.rows import MAX_ROW_BYTES, STATE_SPACING_SECONDS, Verdict
+from reporter.rows import MAX_ROW_BYTES, STATE_SPACING_SECONDS
 from reporter.stores import Engine as Outbox
+from reporter.stores.batches import INTAKE_BATCH_BYTES
 from reporter.stores.contract import (
-    INTAKE_BATCH_BYTES,
     GateState,
     LaneResult,
     Lease,

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from reporter import coalesce, rows
 from reporter import config as config_mod
-from reporter import rows
 from reporter.delivery.courier import Courier
 from reporter.emulator import Emulator
 from reporter.hub.errors import Failure, Outcome, classify
@@ -131,15 +131,15 @@ def test_application_states_coalesce_and_never_go_back():
     superseded, never sent (as for a task's states)."""
     outbox = [_row(i, "application_state", application_id=APP, status=s)
               for i, s in ((1, "NOT_STARTED"), (2, "IN_PROGRESS"), (3, "COMPLETED"))]
-    plan = rows.plan_task([(r.id, rows.judge(r, "S", 0)) for r in outbox], None, None, set())
+    plan = coalesce.plan_task([(r.id, rows.judge(r, "S", 0)) for r in outbox], None, None, set())
     assert [r.row_id for r in plan.send] == [3]
     assert sorted(v.row for v in plan.superseded) == [1, 2]
-    late = rows.plan_task([(2, rows.judge(outbox[1], "S", 0))], 3, None, set())
+    late = coalesce.plan_task([(2, rows.judge(outbox[1], "S", 0))], 3, None, set())
     assert not late.send and "older than the state already sent" in late.superseded[0].reason
     # a stamped state (no update_date_time) never goes back in time at the Hub
     stamped = rows.judge(outbox[0], "S", 0)
     assert isinstance(stamped, ApplicationStateUpdate)
-    moved = rows.not_before(stamped, stamped.update_time.timestamp() + 60)
+    moved = coalesce.not_before(stamped, stamped.update_time.timestamp() + 60)
     assert moved.update_time.timestamp() == stamped.update_time.timestamp() + 60
 
 
@@ -150,7 +150,7 @@ def test_source_resources_coalesce_per_name_and_are_made_once():
               _row(2, "source_resource", source_resource_name="app-a"),
               _row(3, "source_resource_removed", source_resource_name="wave-3"),
               _row(4, "source_resource", source_resource_name="app-a")]
-    plan = rows.plan_task([(r.id, rows.judge(r, "S", 0)) for r in outbox], None, None, set(),
+    plan = coalesce.plan_task([(r.id, rows.judge(r, "S", 0)) for r in outbox], None, None, set(),
                           sources={"app-a"})
     assert [r.row_id for r in plan.send] == [3]
     reasons = dict(plan.superseded)
@@ -394,3 +394,35 @@ def test_verify_reports_an_application_the_hub_shows_otherwise(
     assert report["applications_differing"] == 1
     text = engine_cli("verify")
     assert text.returncode == 6 and f"application {APP}: application_status sent" in text.stdout
+
+
+def test_check_probes_the_new_writes_and_warns_when_missing(cli: Cli, emulator: Emulator):
+    """`check` probes NotifyApplicationState and the source resource writes by DryRun (nothing
+    changes at the Hub) and the new reads; a denied one, or a missing discovery role, is a
+    warning naming the kind of row that needs it, not a failure."""
+    assert cli("init").returncode == 0
+    result = cli("check")
+    assert result.returncode == 0, result.stdout
+    for op in ("NotifyApplicationState", "AssociateSourceResource", "DisassociateSourceResource",
+               "ListSourceResources", "ListApplicationStates"):
+        assert f"[ ok ] permission   mgh:{op}" in result.stdout
+    assert emulator.state.streams == {} and emulator.state.applications == {}
+    emulator.state.faults.update(deny={"AssociateSourceResource"}, no_discovery_role=True)
+    result = cli("check")
+    assert result.returncode == 0, result.stdout
+    warned = [line for line in result.stdout.splitlines() if line.startswith("[warn]")]
+    assert any("mgh:AssociateSourceResource is not allowed" in line
+               and "kind source_resource" in line for line in warned), warned
+    assert any("mgh:NotifyApplicationState" in line and "migrationhub-discovery" in line
+               and "kind application_state" in line for line in warned), warned
+
+
+def test_the_iam_policy_names_every_action_the_daemon_uses():
+    """The docs' IAM policy lists every write and read `check` probes."""
+    from reporter.hub.client import CALL_OPERATIONS, OPTIONAL_OPERATIONS, READ_OPERATIONS
+
+    page = (Path(__file__).parent.parent / "docs" / "aws.md").read_text()
+    policy = json.loads(page.split("```json\n", 1)[1].split("```", 1)[0])
+    actions = set(policy["Statement"][0]["Action"])
+    for operation in (*CALL_OPERATIONS, *OPTIONAL_OPERATIONS, *READ_OPERATIONS, "GetHomeRegion"):
+        assert f"mgh:{operation}" in actions, operation

@@ -6,7 +6,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from reporter import config as config_mod
-from reporter.hub.client import CALL_OPERATIONS, OPTIONAL_OPERATIONS, READ_OPERATIONS, Hub
+from reporter.hub.client import (
+    CALL_OPERATIONS,
+    OPTIONAL_OPERATIONS,
+    READ_OPERATIONS,
+    VERIFY_READS,
+    Hub,
+)
 from reporter.hub.errors import HubError, Outcome
 from reporter.stores import Engine
 from reporter.stores.contract import OutboxStore, StoreError
@@ -38,10 +44,19 @@ def _probe_params(operation: str, stream: str) -> dict[str, object]:
     if operation == "DisassociateCreatedArtifact":
         return {**base, "CreatedArtifactName":
                 "arn:aws:ec2:us-east-1:123456789012:instance/i-0mghreportercheck"}
-    if operation == "ListProgressUpdateStreams":
+    if operation == "NotifyApplicationState":
+        import datetime
+
+        return {"ApplicationId": "d-application-mghreportercheck", "Status": "NOT_STARTED",
+                "UpdateDateTime": datetime.datetime.now(datetime.UTC)}
+    if operation == "AssociateSourceResource":
+        return {**base, "SourceResource": {"Name": "mgh-reporter-check"}}
+    if operation == "DisassociateSourceResource":
+        return {**base, "SourceResourceName": "mgh-reporter-check"}
+    if operation in ("ListProgressUpdateStreams", "ListApplicationStates"):
         return {"MaxResults": 1}
     if operation in ("ListCreatedArtifacts", "ListDiscoveredResources",
-                     "ListMigrationTaskUpdates"):
+                     "ListMigrationTaskUpdates", "ListSourceResources"):
         return {**base, "MaxResults": 1}
     if operation == "AssociateCreatedArtifact":
         return {
@@ -139,13 +154,15 @@ def run_checks(path: Path, say: Callable[[str], None]) -> int:
             )
         else:
             return fail("permission", f"mgh:{operation} probe failed: {failure}", 1)
-    for operation in OPTIONAL_OPERATIONS:
+    for operation, kind in OPTIONAL_OPERATIONS.items():
         failure = hub.dry_run(operation, _probe_params(operation, stream))
         if failure.code == "DryRunOperation":
             ok("permission", f"mgh:{operation}")
+        elif failure.outcome is Outcome.HELD:  # allowed, but the Hub cannot reach ADS
+            warn("permission", f"mgh:{operation}: {failure.message} (rows of kind {kind})")
         else:
             warn("permission", f"mgh:{operation} is not allowed ({failure.code}): needed only"
-                 " for rows of the manual-mapping and undo kinds")
+                 f" for rows of kind {kind}")
     needed = cfg.verify.every_seconds > 0  # the repair rounds read; else only `verify` does
     for operation in READ_OPERATIONS:
         try:
@@ -153,7 +170,7 @@ def run_checks(path: Path, say: Callable[[str], None]) -> int:
         except HubError as err:
             if err.failure.outcome is Outcome.BLOCKED:
                 if operation == "ListDiscoveredResources" or (
-                        needed and operation != "ListMigrationTaskUpdates"):
+                        needed and operation not in VERIFY_READS):
                     return fail("permission", f"mgh:{operation} is not allowed: grant IAM"
                                 f" action mgh:{operation}", 4)
                 warn("permission", f"mgh:{operation} is not allowed: `verify` needs it")

@@ -9,10 +9,10 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from reporter.coalesce import Verdict
 from reporter.config import Config
 from reporter.delivery.courier import MISSING_ROW
 from reporter.delivery.intake import Intake
-from reporter.rows import Verdict
 from reporter.stores.contract import OutboxStore
 
 __all__ = ["Dropped", "Requeued", "drop_dead_letters", "parse_age", "requeue_dead_letters"]

@@ -15,6 +15,7 @@ from typing import Any, NamedTuple, Protocol
 import structlog
 
 from reporter import rows
+from reporter.coalesce import Verdict, not_before, plan_task
 from reporter.config import Config, PublishConfig
 from reporter.delivery.conditions import Conditions
 from reporter.delivery.gate import CallResult
@@ -37,7 +38,6 @@ from reporter.hub_requests import (
     SourceRemoval,
     StateUpdate,
 )
-from reporter.rows import Verdict
 from reporter.stores.contract import ClaimedTask, LaneResult, SentState, TaskOutcome
 
 __all__ = [
@@ -164,8 +164,8 @@ class Courier:
         out = TaskOutcome(task.id, task.lease)
         delivery = Delivery(out)
         out.rejected = [Verdict(rid, MISSING_ROW) for rid in task.missing]
-        plan = rows.plan_task(
-            [(r.row_id, rows.not_before(r, task.last_update_time)) for r in task.requests],
+        plan = plan_task(
+            [(r.row_id, not_before(r, task.last_update_time)) for r in task.requests],
             task.state_floor,
             task.attributes_floor,
             task.associated,

@@ -9,6 +9,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 from typing import NamedTuple
 
+from reporter.coalesce import Verdict
 from reporter.hub.client import HubTask
 from reporter.hub.view import iso, seconds
 from reporter.hub_requests import (
@@ -24,7 +25,6 @@ from reporter.hub_requests import (
     StateUpdate,
     key_of,
 )
-from reporter.rows import Verdict
 from reporter.stores.contract import ClaimedTask, ResendScope
 
 __all__ = ["NO_REPAIR", "RepairPlan", "plan_repair"]

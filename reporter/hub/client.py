@@ -37,8 +37,8 @@ from reporter.sdkfiles import NOTHING, ignored_files
 from reporter.secrets import remember
 
 __all__ = [
-    "CALL_OPERATIONS", "OPTIONAL_OPERATIONS", "READ_OPERATIONS", "Hub", "HubError", "HubTask",
-    "Observer"]
+    "CALL_OPERATIONS", "OPTIONAL_OPERATIONS", "READ_OPERATIONS", "VERIFY_READS", "Hub",
+    "HubError", "HubTask", "Observer"]
 
 # Every write the daemon makes (for `check` probes and the IAM policy).
 CALL_OPERATIONS = (
@@ -48,21 +48,28 @@ CALL_OPERATIONS = (
     "PutResourceAttributes",
     "AssociateCreatedArtifact",
 )
-# Writes only the manual-mapping and undo kinds need (`check` warns when they are not allowed).
-OPTIONAL_OPERATIONS = (
-    "AssociateDiscoveredResource",
-    "DisassociateDiscoveredResource",
-    "DisassociateCreatedArtifact",
-)
+# Writes only some kinds of row need, and those kinds (`check` warns when they are not allowed).
+OPTIONAL_OPERATIONS = {
+    "AssociateDiscoveredResource": "discovered_resource",
+    "DisassociateDiscoveredResource": "discovered_resource_removed",
+    "DisassociateCreatedArtifact": "created_artifact_removed",
+    "NotifyApplicationState": "application_state",
+    "AssociateSourceResource": "source_resource",
+    "DisassociateSourceResource": "source_resource_removed",
+}
 # Reads: auto-mapping checks, `verify` and the repair rounds (mgh:Describe*, mgh:List*);
-# the update history is `verify`'s alone.
+# the update history and the application states are `verify`'s alone (VERIFY_READS).
 READ_OPERATIONS = (
     "ListDiscoveredResources",
     "DescribeMigrationTask",
     "ListCreatedArtifacts",
     "ListProgressUpdateStreams",
     "ListMigrationTaskUpdates",
+    "ListSourceResources",
+    "ListApplicationStates",
 )
+VERIFY_READS = frozenset({"ListMigrationTaskUpdates", "ListSourceResources",
+                          "ListApplicationStates"})
 FALLBACK_REGION = "us-west-2"
 # The proxy variables botocore reads (through urllib's getproxies), upper and lower case.
 PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",

@@ -18,6 +18,7 @@ import structlog
 from reporter.hub_requests import Kind, Request, decode
 from reporter.rows import STATE_SPACING_SECONDS, OutboxRow
 from reporter.stores.admin import AdminSql, stored_pairs
+from reporter.stores.batches import tail_size
 from reporter.stores.contract import (
     ClaimedRow,
     ClaimedTask,
@@ -35,7 +36,6 @@ from reporter.stores.contract import (
     TakenIn,
     TaskOutcome,
     TaskRecord,
-    tail_size,
 )
 from reporter.stores.statements import (
     GATE_COLUMNS,

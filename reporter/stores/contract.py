@@ -15,13 +15,13 @@ from datetime import UTC, datetime
 from enum import IntEnum, StrEnum
 from typing import NamedTuple, Protocol
 
+from reporter.coalesce import Verdict
 from reporter.hub_requests import Kind, Request
-from reporter.rows import OutboxRow, Verdict
+from reporter.rows import OutboxRow
 from reporter.stores.errors import StoreError
 
 __all__ = [
     "FATES",
-    "INTAKE_BATCH_BYTES",
     "AdminStore",
     "Backlog",
     "ClaimedRow",
@@ -50,8 +50,6 @@ __all__ = [
     "TaskOutcome",
     "TaskRecord",
     "fate_of",
-    "fitting",
-    "tail_size",
 ]
 
 
@@ -579,28 +577,3 @@ class AdminStore(Protocol):
 
 class OutboxStore(DeliveryStore, ReplicaStore, FileHealthStore, AdminStore, Protocol):
     """The verbs the relay, gate, delivery, views and CLI use; one implementation per engine."""
-
-
-# An intake batch reads at most this many bytes of outbox values (and at least one row), so a
-# batch of rows near the 1 MiB bounds costs what a few of them cost, not what 500 do.
-INTAKE_BATCH_BYTES = 4 * 1024 * 1024
-
-
-def fitting(costs: Sequence[int], budget: int = INTAKE_BATCH_BYTES) -> int:
-    """How many of `costs`, taken in order, fit in `budget` (always at least one, when any)."""
-    spent = 0
-    for taken, cost in enumerate(costs):
-        spent += cost
-        if spent > budget and taken:
-            return taken
-    return len(costs)
-
-
-def tail_size(batch: int) -> int:
-    """Behind a backlog, each intake batch also takes this many of the newest queued rows: a
-    task written now reaches the Hub within a pass or two, not after the whole backlog was taken
-    in first-in-first-out. Safe in any order: a row older than one already taken in is
-    superseded by it, never sent after it. Kept small: every tail row taken early leaves an
-    older row of its task to take in and supersede later (a tail of 100 cost 15 MiB over a
-    200,000-row drain; 10 costs nothing measurable)."""
-    return max(1, min(10, batch // 50))

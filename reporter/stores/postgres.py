@@ -28,6 +28,7 @@ from reporter.rows import (
 from reporter.secrets import redact_url, remember, scrub
 from reporter.stores import postgres_schema as pgschema
 from reporter.stores.algorithm import SqlStore
+from reporter.stores.batches import fitting
 from reporter.stores.contract import (
     Ingested,
     NewRows,
@@ -35,7 +36,6 @@ from reporter.stores.contract import (
     StoreError,
     TakenIn,
     TaskOutcome,
-    fitting,
 )
 from reporter.stores.postgres_schema import SCHEMA
 from reporter.stores.statements import STATEMENTS, Dialect, postgres_named

@@ -21,12 +21,12 @@ from reporter.files import UnsafeFile, group_writable, opened_as, probe, refuse_
 from reporter.rows import OutboxRow, unread
 from reporter.stores import sqlite_schema as schema
 from reporter.stores.algorithm import SqlStore
+from reporter.stores.batches import fitting
 from reporter.stores.contract import (
     Ingested,
     NewRows,
     StoreError,
     TakenIn,
-    fitting,
 )
 from reporter.stores.single import SingleProcess
 from reporter.stores.statements import (
