@@ -81,6 +81,10 @@ class EmulatorProcess:
     def faults(self, **values: Any) -> None:
         self._request("faults", values)
 
+    def state(self) -> dict[str, Any]:
+        """The emulator's whole summary (`/_emulator/state`)."""
+        return dict(self._request("state"))
+
     def operations(self) -> dict[str, int]:
         return dict(self._request("state")["operations"])
 

@@ -5,8 +5,9 @@
     python benchmarks/soak.py --seconds 60    # the CI version
     python benchmarks/soak.py --postgres      # two replicas on a PostgreSQL outbox (pgserver)
 
-Writers insert bursts and steady rows over hundreds of tasks (states, attribute lists, and now
-and then a row the Hub would refuse) into a real outbox; the emulator (its own process)
+Writers insert bursts and steady rows over hundreds of tasks (states, attribute lists, source
+resources associated and removed, and now and then a row the Hub would refuse) and the states
+of a few applications into a real outbox; the emulator (its own process)
 cycles through fault windows (throttling with 5xx, latency, a full outage, a hostile network);
 the daemon (`mgh-reporter run`, a real process) is killed with SIGKILL at random moments and
 restarted, and sent SIGHUP now and then. The Hub itself changes behind the daemon's back
@@ -21,6 +22,9 @@ The oracle, checked from the files and the Hub's own record:
   forgotten), and exactly the rows written invalid are rejected;
 - each task's last state at the Hub equals its last valid row;
 - each task's attribute list at the Hub is its last one (a lost task restored whole);
+- each task's source resources at the Hub are those its rows left associated (restored too);
+- each application's state at the Hub is its last row's, and no application's UpdateDateTime
+  ever went backwards at the Hub;
 - no task's UpdateDateTime ever went backwards at the Hub;
 - no update of ours followed another client's newer one (never overwritten);
 - a task whose Hub state is another client's newer one was reported (`hub_differs`), and
@@ -53,6 +57,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import STREAM, EmulatorProcess, backlog, emulator_process, make_outbox
 
 TASKS = 300
+APPLICATIONS = [f"d-application-soak{i:02d}" for i in range(8)]
+APPLICATION_STATUSES = ("NOT_STARTED", "IN_PROGRESS", "COMPLETED")
+SOURCES = ("wave-1", "wave-2", "app-erp", "dc-east")
 WINDOWS: list[dict[str, Any]] = [
     {},
     {"throttle": 0.3, "server_error": 0.1, "retry_after": 1},
@@ -73,7 +80,8 @@ READS = ("Describe", "List", "GetHomeRegion")
 
 
 INSERT = ("INSERT INTO outbox(kind, migration_task_name, status, progress_percent, status_detail,"
-          " update_date_time, resource_attributes) VALUES (?, ?, ?, ?, ?, ?, ?)")
+          " update_date_time, resource_attributes, application_id, source_resource_name)"
+          " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)")
 
 
 class Target:
@@ -131,29 +139,57 @@ class Writers:
         self.last: dict[str, tuple[int, str]] = {}  # per task: (percent, detail) of last valid
         self.attributes: dict[str, str] = {}  # per task: the address of its last attribute list
         self.frozen: set[str] = set()  # tasks another client took over: no more rows for them
+        self.applications: dict[str, str] = {}  # per application: its last state's status
+        self.app_step: dict[str, int] = {}
+        self.sources: dict[str, set[str]] = {}  # per task: the source resources left associated
         self.invalid = 0
         self.rows = 0
         self.errors: list[str] = []
         self.clock = datetime.now(UTC)
 
     def _rows(self, count: int) -> tuple[list[tuple[Any, ...]], dict[str, tuple[int, str]],
-                                         dict[str, str]]:
-        """`count` rows and the last valid state and attribute list they leave each task at
-        (not yet remembered: only a committed write counts)."""
+                                         dict[str, str], dict[str, str],
+                                         dict[str, set[str]]]:
+        """`count` rows and the last valid state, attribute list, application state and
+        source resources they leave each task (and application) at (not yet remembered: only a
+        committed write counts)."""
         out: list[tuple[Any, ...]] = []
         last: dict[str, tuple[int, str]] = {}
         addresses: dict[str, str] = {}
+        apps: dict[str, str] = {}
+        sources: dict[str, set[str]] = {}
         for _ in range(count):
             task = f"s{self.rng.randrange(TASKS)}"
+            roll = self.rng.random()
+            if roll < 0.03:  # an application's state (the tool reports its wave)
+                app = self.rng.choice(APPLICATIONS)
+                step = self.app_step.get(app, 0) + 1
+                self.app_step[app] = step
+                self.clock += timedelta(milliseconds=1)
+                status = APPLICATION_STATUSES[step % 3]
+                out.append(("application_state", app, status, None, None,
+                            self.clock.isoformat().replace("+00:00", "Z"), None, app, None))
+                apps[app] = status
+                continue
             if task in self.frozen:
                 continue
-            if self.rng.random() < 0.02:  # a row the Hub would refuse: rejected, never sent
-                out.append(("task_state", task, "IN_PROGRESS", 150, "bad percent", None, None))
+            if roll < 0.05:  # a row the Hub would refuse: rejected, never sent
+                out.append(("task_state", task, "IN_PROGRESS", 150, "bad percent", None, None,
+                            None, None))
                 continue
-            if self.rng.random() < 0.1:
+            if roll < 0.10:  # a source resource associated, or removed
+                name = self.rng.choice(SOURCES)
+                held = sources.setdefault(task, set(self.sources.get(task, set())))
+                removing = name in held and self.rng.random() < 0.4
+                kind = "source_resource_removed" if removing else "source_resource"
+                out.append((kind, task, None, None, None, None, None, None, name))
+                (held.discard if removing else held.add)(name)
+                continue
+            if roll < 0.20:
                 address = f"10.0.{self.rng.randrange(256)}.1"
                 attrs = json.dumps([{"Type": "IPV4_ADDRESS", "Value": address}])
-                out.append(("resource_attributes", task, None, None, None, None, attrs))
+                out.append(("resource_attributes", task, None, None, None, None, attrs, None,
+                            None))
                 addresses[task] = address
                 continue
             step = self.step.get(task, 0) + 1
@@ -161,15 +197,15 @@ class Writers:
             self.clock += timedelta(milliseconds=1)
             detail = f"step {step}"
             out.append(("task_state", task, "IN_PROGRESS", step % 101, detail,
-                        self.clock.isoformat().replace("+00:00", "Z"), None))
+                        self.clock.isoformat().replace("+00:00", "Z"), None, None, None))
             last[task] = (step % 101, detail)
-        return out, last, addresses
+        return out, last, addresses, apps, sources
 
     def _write(self, count: int) -> None:
         """One transaction of `count` rows. The lock spans making and committing them, so the
         writers' commit order is the order rows were made in (the order the daemon keeps)."""
         with self.lock:
-            rows, last, addresses = self._rows(count)
+            rows, last, addresses, apps, sources = self._rows(count)
             if not rows:
                 return
             for attempt in range(5):
@@ -184,6 +220,8 @@ class Writers:
                 self.invalid += sum(1 for r in rows if r[3] == 150)
                 self.last.update(last)
                 self.attributes.update(addresses)
+                self.applications.update(apps)
+                self.sources.update(sources)
                 return
 
     def run_steady(self) -> None:
@@ -326,7 +364,7 @@ def foreign_now(hub: EmulatorProcess) -> set[str]:
 
 def hub_lags(hub: EmulatorProcess, writers: Writers) -> tuple[list[str], list[str]]:
     """Tasks (not another client's now) whose Hub state is not their last valid row, and
-    tasks whose Hub attribute list is not their last one."""
+    tasks whose Hub attribute list (or source resources) is not their last one."""
     tasks = hub.tasks()
     last = {name: (t["last"] or {}).get("Task", {}) for name, t in tasks.items()}
     foreign = foreign_now(hub)
@@ -338,7 +376,25 @@ def hub_lags(hub: EmulatorProcess, writers: Writers) -> tuple[list[str], list[st
         task for task, address in writers.attributes.items()
         if (tasks.get(task) or {}).get("attributes") != [
             {"Type": "IPV4_ADDRESS", "Value": address}])
+    wrong_attributes += sorted(
+        f"{task} (source resources)" for task, names in writers.sources.items()
+        if sorted((tasks.get(task) or {}).get("sources") or []) != sorted(names))
     return wrong_last, wrong_attributes
+
+
+def application_lags(hub: EmulatorProcess, writers: Writers) -> tuple[list[str], int]:
+    """Applications whose Hub state is not their last row's, and how many times an
+    application's UpdateDateTime went backwards at the Hub."""
+    state = hub.state()
+    shown = state.get("applications", {})
+    wrong = sorted(app for app, status in writers.applications.items()
+                   if (shown.get(app) or {}).get("ApplicationStatus") != status)
+    times: dict[str, list[float]] = {}
+    for update in state.get("application_updates", []):
+        times.setdefault(update["ApplicationId"], []).append(update["UpdateDateTime"])
+    backwards = sum(1 for seen in times.values()
+                    for a, b in itertools.pairwise(seen) if b < a)
+    return wrong, backwards
 
 
 def reported_differs(log: Path) -> set[str]:
@@ -359,7 +415,8 @@ def settled(box: Target, hub: EmulatorProcess, writers: Writers, log: Path) -> b
     if box.backlog():
         return False
     wrong_last, wrong_attributes = hub_lags(hub, writers)
-    return not wrong_last and not wrong_attributes and foreign_now(hub) <= reported_differs(log)
+    return (not wrong_last and not wrong_attributes and not application_lags(hub, writers)[0]
+            and foreign_now(hub) <= reported_differs(log))
 
 
 def oracle(box: Target, hub: EmulatorProcess, writers: Writers, log: Path) -> dict[str, Any]:
@@ -376,6 +433,7 @@ def oracle(box: Target, hub: EmulatorProcess, writers: Writers, log: Path) -> di
         "SELECT count(*) FROM mgh_rows r JOIN outbox o ON o.id = r.id WHERE r.state = 'rejected'"
         " AND coalesce(o.progress_percent, -1) != 150")[0][0]
     wrong_last, wrong_attributes = hub_lags(hub, writers)
+    wrong_apps, apps_backwards = application_lags(hub, writers)
     foreign = foreign_now(hub)
     reported = reported_differs(log)
     backwards = overwritten = 0
@@ -402,6 +460,10 @@ def oracle(box: Target, hub: EmulatorProcess, writers: Writers, log: Path) -> di
         "tasks_not_at_last_attributes": len(wrong_attributes),
         "examples_not_at_last_attributes": wrong_attributes[:5],
         "update_time_went_backwards": backwards,
+        "applications_written": len(writers.applications),
+        "applications_not_at_last_state": wrong_apps,
+        "application_update_time_went_backwards": apps_backwards,
+        "tasks_with_source_resources": sum(1 for n in writers.sources.values() if n),
         "foreign_updates_overwritten": overwritten,
         "tasks_foreign_at_end": len(foreign),
         "foreign_not_reported": sorted(foreign - reported),
@@ -463,6 +525,8 @@ def soak(seconds: float, rng: random.Random, server: PgServer | None) -> int:
         daemons = [Daemon(made.cmd("run"), hub.env, log) for _ in range(2 if server else 1)]
         writers = Writers(box, rng)
         events = HubEvents(hub, box, writers, rng)
+        for app in APPLICATIONS:  # known to Application Discovery Service
+            hub.control("application", {"application": app})
         for d in daemons:
             d.start()
         threads = [threading.Thread(target=writers.run_steady, daemon=True),
@@ -548,7 +612,11 @@ def soak(seconds: float, rng: random.Random, server: PgServer | None) -> int:
             result["rejected"] == result["invalid_written"]
             and result["valid_rows_rejected"] == 0 and result["rejected_without_reason"] == 0),
         "every task at its last valid row": result["tasks_not_at_last_state"] == 0,
-        "every task at its last attribute list": result["tasks_not_at_last_attributes"] == 0,
+        "every task at its last attribute list and source resources": (
+            result["tasks_not_at_last_attributes"] == 0),
+        "every application at its last state, never backwards": (
+            not result["applications_not_at_last_state"]
+            and result["application_update_time_went_backwards"] == 0),
         "UpdateDateTime never went backwards": result["update_time_went_backwards"] == 0,
         "never over another client's newer update": result["foreign_updates_overwritten"] == 0,
         "every difference at the Hub reported": not result["foreign_not_reported"]

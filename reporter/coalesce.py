@@ -11,11 +11,14 @@ from typing import NamedTuple
 
 from reporter.hub_requests import (
     ArtifactAssociation,
+    ArtifactRemoval,
     Keyed,
     Kind,
     Request,
     ResourceAssociation,
+    ResourceRemoval,
     SourceAssociation,
+    SourceRemoval,
     Stateful,
     key_of,
 )
@@ -73,8 +76,9 @@ def plan_task(
     older than the one already sent (its place: `state_floor`, `attributes_floor`) is
     superseded, never sent, so the Hub never sees an older state after a newer one. An
     association the Hub already has from us (`associated` ARNs, `resources` ids, `sources`
-    names) is not made
-    again; a removal is always sent (the Hub's removal is idempotent).
+    names) is not made again, unless a waiting removal of it came first (that removal may have
+    reached the Hub before a crash); a removal is always sent (the Hub's removal is
+    idempotent).
     """
     def place(row_id: int) -> int:
         return order[row_id] if order is not None else row_id
@@ -82,6 +86,11 @@ def plan_task(
     plan = Plan()
     newest: dict[type, Request] = {}
     keyed: dict[tuple[Kind, str], Keyed] = {}
+    # keys whose waiting removal a later association replaces: that removal may have reached
+    # the Hub already (a crash before its outcome was recorded), so what we recorded as
+    # associated may be gone there, and the association is made again
+    unsure: set[tuple[Kind, str]] = set()
+    removals = ArtifactRemoval | ResourceRemoval | SourceRemoval
     ordered: Sequence[tuple[int, Request | Problem]] = sorted(pending, key=lambda p: place(p[0]))
     for row_id, item in ordered:
         if isinstance(item, Problem):
@@ -93,6 +102,8 @@ def plan_task(
                 same = type(earlier) is type(item)
                 why = "repeated by a later row" if same else f"superseded by row {row_id}"
                 plan.superseded.append(Verdict(earlier.row_id, why))
+                if isinstance(earlier, removals):
+                    unsure.add(slot)
             keyed[slot] = item
         else:
             previous = newest.get(type(item))
@@ -113,7 +124,7 @@ def plan_task(
     for (lane, key), keyed_item in keyed.items():
         has, what = held[lane]
         made = ArtifactAssociation | ResourceAssociation | SourceAssociation
-        if isinstance(keyed_item, made) and key in has:
+        if isinstance(keyed_item, made) and key in has and (lane, key) not in unsure:
             plan.superseded.append(Verdict(keyed_item.row_id, f"{what} already associated"))
         else:
             plan.send.append(keyed_item)

@@ -232,23 +232,30 @@ def test_a_failing_import_holds_every_lane_but_charges_only_the_row_tried():
 
 
 def test_stream_lost_at_the_hub_is_repaired_once():
-    """ResourceNotFound: re-create the stream, re-import, send again; a second loss fails."""
+    """ResourceNotFound in a repair: re-create the stream, re-import, send again; a second
+    loss in the same try fails the lane."""
     hub = FakeHub({"NotifyMigrationTaskState": [NOT_FOUND]})
-    d = _courier(hub).deliver(_task(_state(1), imported=True))
-    assert hub.calls == [("NotifyMigrationTaskState", 1), ("CreateProgressUpdateStream", None),
-                         ("ImportMigrationTask", None), ("NotifyMigrationTaskState", 1)]
+    d = _courier(hub).deliver(_repairing(ResendScope.STATE, True, None, _state(1)))
+    assert hub.calls[-4:] == [("NotifyMigrationTaskState", 1),
+                              ("CreateProgressUpdateStream", None),
+                              ("ImportMigrationTask", None), ("NotifyMigrationTaskState", 1)]
     assert d.outcome.sent == [1] and d.outcome.imported
     hub = FakeHub({"NotifyMigrationTaskState": [NOT_FOUND, NOT_FOUND]})
-    d = _courier(hub).deliver(_task(_state(1), imported=True))
-    assert d.outcome.sent == [] and d.outcome.lanes[0].attempts == 1
+    d = _courier(hub).deliver(_repairing(ResendScope.STATE, True, None, _state(1)))
+    lanes = {lane.kind: lane.attempts for lane in d.outcome.lanes}
+    assert d.outcome.sent == [] and lanes[Kind.TASK_STATE] == 1
 
 
 def test_a_task_found_lost_by_a_normal_send_is_marked_to_be_restored_whole():
-    """A state that finds the task gone re-imports it and goes on; the outcome says `lost`, so
-    the store marks the task for a whole repair (attribute list, artifacts, mappings)."""
+    """A normal send that finds the task gone makes no further call (no re-import that would
+    hide the loss from a restart if the process died before recording it): the outcome says
+    `lost`, the store marks the task for a whole repair, due at once, and nothing is charged.
+    A new task whose stream is gone is another matter: its stream is made and it is imported."""
     hub = FakeHub({"NotifyMigrationTaskState": [NOT_FOUND]})
     d = _courier(hub).deliver(_task(_state(1), imported=True))
-    assert d.outcome.lost and d.outcome.sent == [1] and not d.outcome.resent
+    assert hub.calls == [("NotifyMigrationTaskState", 1)]
+    assert d.outcome.lost and d.outcome.sent == [] and not d.outcome.resent
+    assert d.outcome.failed_rows == [] and all(lane.attempts == 0 for lane in d.outcome.lanes)
     hub = FakeHub({"ImportMigrationTask": [NOT_FOUND]})  # a new task whose stream is gone
     d = _courier(hub).deliver(_task(_state(1)))
     assert not d.outcome.lost and d.outcome.sent == [1]

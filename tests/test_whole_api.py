@@ -426,3 +426,30 @@ def test_the_iam_policy_names_every_action_the_daemon_uses():
     actions = set(policy["Statement"][0]["Action"])
     for operation in (*CALL_OPERATIONS, *OPTIONAL_OPERATIONS, *READ_OPERATIONS, "GetHomeRegion"):
         assert f"mgh:{operation}" in actions, operation
+
+
+@pytest.mark.parametrize(("remove", "add", "has"), [
+    ({"kind": "source_resource_removed", "source_resource_name": "w"},
+     {"kind": "source_resource", "source_resource_name": "w"}, "sources"),
+    ({"kind": "discovered_resource_removed", "configuration_id": "w"},
+     {"kind": "discovered_resource", "configuration_id": "w"}, "resources"),
+    ({"kind": "created_artifact_removed",
+      "artifact_name": "arn:aws:ec2:us-west-2:123456789012:instance/i-0w"},
+     {"kind": "created_artifact",
+      "artifact_name": "arn:aws:ec2:us-west-2:123456789012:instance/i-0w"}, "associated"),
+])
+def test_an_association_after_an_unrecorded_removal_is_made_again(
+        remove: dict[str, str], add: dict[str, str], has: str):
+    """A removal whose outcome was never recorded (a crash after the Hub took it) may have
+    removed what we recorded as associated: a later association of the same key is made
+    again, not judged "already associated" (the soak found the Hub left without it)."""
+    key = next(v for k, v in add.items() if k != "kind")
+    outbox = [_row(1, remove.pop("kind"), **remove), _row(2, add.pop("kind"), **add)]
+    known = {"associated": set(), "resources": set(), "sources": set(), has: {key}}
+    plan = coalesce.plan_task([(r.id, rows.judge(r, "S", 0)) for r in outbox], None, None,
+                              known["associated"], None, known["resources"], known["sources"])
+    assert [r.row_id for r in plan.send] == [2]
+    assert dict(plan.superseded) == {1: "superseded by row 2"}
+    alone = coalesce.plan_task([(2, rows.judge(outbox[1], "S", 0))], None, None,
+                               known["associated"], None, known["resources"], known["sources"])
+    assert not alone.send and "already associated" in alone.superseded[0].reason

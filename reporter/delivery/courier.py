@@ -299,6 +299,15 @@ class Courier:
                         reason, row=request.row_id, stream=task.stream, task=task.task
                     )
                     queue.popleft()
+                elif (failure.outcome is Outcome.REPAIR and operation != IMPORT
+                      and task.resend is None):
+                    # the Hub lost the task (or its stream): nothing more now. Its import
+                    # waits for the repair the recorded loss starts (due at once), which
+                    # restores it whole; importing here first would hide the loss from a
+                    # restart if this process died before recording it.
+                    out.lost = True
+                    log.info("task_lost", operation=err.operation, error=str(failure))
+                    return
                 elif failure.outcome is Outcome.REPAIR and not repaired:
                     repaired, imported = True, False
                     # the task (or its stream) is gone: once imported again, restore it whole
