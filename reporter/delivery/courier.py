@@ -266,7 +266,7 @@ class Courier:
         repaired = False
         log = self._log.bind(stream=task.stream, task=task.task)
         if not queue and not imported:  # a repair with nothing to send again: the import
-            self._import_alone(task, delivery)
+            _import_alone(self._hub, task, delivery)
             return
         while queue:
             request = queue[0]
@@ -313,7 +313,7 @@ class Courier:
                     # the task (or its stream) is gone: once imported again, restore it whole
                     out.lost = out.lost or operation != IMPORT
                     log.info("repairing", operation=err.operation, error=str(failure))
-                    gone = self._recreate_stream(task, delivery)
+                    gone = _recreate_stream(self._hub, task, delivery)
                     if gone is not None:
                         _fail_all(queue, failed, gone.failure, gone.operation, request)
                         return
@@ -340,35 +340,6 @@ class Courier:
                        self._clock() + self._config.mapping.check_after_seconds)
             log.debug("row_sent", row=request.row_id, operation=request.operation)
 
-    def _recreate_stream(self, task: ClaimedTask, delivery: Delivery) -> HubError | None:
-        """The task (or its stream) is gone at the Hub: make the stream again (already there
-        is success). The error when that failed, else None (the import is tried again)."""
-        try:
-            self._hub.create_stream(task.stream)
-            delivery.calls.append(None)
-            return None
-        except HubError as err:
-            delivery.calls.append(err.failure)
-            return err
-
-    def _import_alone(self, task: ClaimedTask, delivery: Delivery) -> None:
-        """A repair with nothing else to send: the import (its stream first when that is
-        gone), as `_run_lanes` imports before a task's first call."""
-        for attempt in (1, 2):
-            try:
-                self._hub.import_task(task.stream, task.task)
-                delivery.outcome.imported = True
-                delivery.calls.append(None)
-                return
-            except HubError as err:
-                delivery.calls.append(err.failure)
-                if err.failure.outcome is Outcome.BLOCKED:
-                    delivery.blocked = err.failure
-                if err.failure.outcome is not Outcome.REPAIR or attempt == 2:
-                    return
-            if self._recreate_stream(task, delivery) is not None:
-                return
-
     def _settle(
         self,
         task: ClaimedTask,
@@ -380,6 +351,36 @@ class Courier:
         _settle_lanes(task, due, failed, delivery, self._clock(), self._backoff, self._rng,
                       self._calm_cap if self.calm else None, self._config.publish,
                       self._conditions)
+
+
+def _recreate_stream(hub: HubCalls, task: ClaimedTask, delivery: Delivery) -> HubError | None:
+    """The task (or its stream) is gone at the Hub: make the stream again (already there
+    is success). The error when that failed, else None (the import is tried again)."""
+    try:
+        hub.create_stream(task.stream)
+        delivery.calls.append(None)
+        return None
+    except HubError as err:
+        delivery.calls.append(err.failure)
+        return err
+
+def _import_alone(hub: HubCalls, task: ClaimedTask, delivery: Delivery) -> None:
+    """A repair with nothing else to send: the import (its stream first when that is
+    gone), as `_run_lanes` imports before a task's first call."""
+    for attempt in (1, 2):
+        try:
+            hub.import_task(task.stream, task.task)
+            delivery.outcome.imported = True
+            delivery.calls.append(None)
+            return
+        except HubError as err:
+            delivery.calls.append(err.failure)
+            if err.failure.outcome is Outcome.BLOCKED:
+                delivery.blocked = err.failure
+            if err.failure.outcome is not Outcome.REPAIR or attempt == 2:
+                return
+        if _recreate_stream(hub, task, delivery) is not None:
+            return
 
 
 def _fail_all(
