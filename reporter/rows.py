@@ -223,11 +223,9 @@ def _state(
 ) -> StateUpdate | Problem:
     if row.status not in STATUSES:
         return Problem("status", f"must be one of {', '.join(STATUSES)} (got {row.status!r})")
-    detail = None
-    if row.status_detail is not None:
-        if not isinstance(row.status_detail, str):
-            return Problem("status_detail", "must be text")
-        detail = normalise_detail(row.status_detail)
+    detail = _detail(row.status_detail)
+    if isinstance(detail, Problem):
+        return detail
     percent = None
     if row.progress_percent is not None:
         checked = _int(row.progress_percent, "progress_percent", 0, 100)
@@ -301,12 +299,19 @@ def _source(row: OutboxRow, stream: str, task: str) -> SourceAssociation | Sourc
     description = _description(row.resource_description, "resource_description")
     if isinstance(description, Problem):
         return description
-    detail = None
-    if row.status_detail is not None:
-        if not isinstance(row.status_detail, str):
-            return Problem("status_detail", "must be text")
-        detail = normalise_detail(row.status_detail)
+    detail = _detail(row.status_detail)
+    if isinstance(detail, Problem):
+        return detail
     return SourceAssociation(row.id, stream, task, name, description, detail)
+
+
+def _detail(value: Any) -> str | Problem | None:
+    """An optional StatusDetail (a task's state, a source resource), as the Hub keeps it."""
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        return Problem("status_detail", "must be text")
+    return normalise_detail(value)
 
 
 def _attribute(index: int, item: Any) -> tuple[str, str] | Problem:
