@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -217,48 +218,53 @@ def test_the_writer_refuses_bad_values_before_any_insert(tmp_path: Path, cli: Cl
 
 
 # -- end to end on both engines ------------------------------------------------------------
-def _json(cli: Cli, *args: str) -> object:
+def _json(cli: Cli, *args: str) -> Any:
     result = cli(*args)
     assert result.returncode == 0, result.stderr
     return json.loads(result.stdout)
 
 
+def _app(engine: Engine, application: str, status: str) -> int:
+    """An application_state row as a tool writes it in SQL (its id in migration_task_name
+    too, which the contract's first table requires)."""
+    return engine.insert(kind="application_state", migration_task_name=application,
+                         application_id=application, status=status)
+
+
 def test_application_states_end_to_end(engine: Engine, engine_cli: Cli, emulator: Emulator):
-    """Shell writers queue application states; a drain sends each application's newest; an
-    application ADS does not have is a dead letter naming it, sent once ADS has it and a
-    person retries; `applications` lists them; other kinds are unaffected."""
+    """Application states written in SQL and by the shell writer; a drain sends each
+    application's newest; an application ADS does not have is a dead letter naming it, sent
+    once ADS has it and a person retries; `applications` lists them; other kinds are
+    unaffected; `verify` finds them as sent."""
     assert engine_cli("init").returncode == 0
     emulator.state.add_application(APP)
-    for args in (("application-state", APP, "NOT_STARTED"),
-                 ("application-state", APP, "IN_PROGRESS"),
-                 ("application-state", APP2, "IN_PROGRESS"),
-                 ("notify", "t1", "--status", "IN_PROGRESS", "--percent", "10")):
-        result = engine_cli(*args)
-        assert result.returncode == 0 and "queued row" in result.stdout, result.stderr
+    _app(engine, APP, "NOT_STARTED")
+    _app(engine, APP, "IN_PROGRESS")
+    _app(engine, APP2, "IN_PROGRESS")
+    engine.insert(kind="task_state", migration_task_name="t1", status="IN_PROGRESS")
     assert engine_cli("drain", "--timeout", "30").returncode == 5  # APP2: a dead letter
     updates = emulator.state.application_updates
     assert [(u["ApplicationId"], u["Status"]) for u in updates] == [(APP, "IN_PROGRESS")]
     assert emulator.state.op_count("CreateProgressUpdateStream") == 1  # ToolA only
     assert emulator.state.task("ToolA", "t1").updates
     letters = _json(engine_cli, "dead-letters", "list", "--json")
-    assert isinstance(letters, list) and len(letters) == 1
+    assert len(letters) == 1
     assert letters[0]["kind"] == "application_state" and letters[0]["task"] == APP2
     assert APP2 in letters[0]["reason"] and "Application Discovery Service" in (
         letters[0]["reason"])
     apps = _json(engine_cli, "applications", "--json")
-    assert sorted((a["application"], a["status"], a["pending"]) for a in apps) == [  # type: ignore[union-attr]
+    assert sorted((a["application"], a["status"], a["pending"]) for a in apps) == [
         (APP, "IN_PROGRESS", 0), (APP2, None, 0)]
-    tasks = _json(engine_cli, "tasks", "--json")
-    assert [t["task"] for t in tasks] == ["t1"]  # type: ignore[union-attr]
-    assert APP in engine_cli("applications").stdout
+    assert [t["task"] for t in _json(engine_cli, "tasks", "--json")] == ["t1"]
 
     emulator.state.add_application(APP2)  # a person creates it in ADS, then retries
     assert engine_cli("dead-letters", "retry", "--all").returncode == 0
-    assert engine_cli("application-state", APP, "COMPLETED").returncode == 0
+    result = engine_cli("application-state", APP, "COMPLETED")
+    assert result.returncode == 0 and "queued row" in result.stdout, result.stderr
     assert engine_cli("drain", "--timeout", "30").returncode == 0
     assert emulator.state.applications[APP2]["ApplicationStatus"] == "IN_PROGRESS"
     assert emulator.state.applications[APP]["ApplicationStatus"] == "COMPLETED"
-    assert _json(engine_cli, "verify", "--json")["applications"] == []  # type: ignore[index]
+    assert _json(engine_cli, "verify", "--json")["applications"] == []
 
 
 def test_ordering_holds_through_a_failure(engine: Engine, engine_cli: Cli, emulator: Emulator):
@@ -267,40 +273,40 @@ def test_ordering_holds_through_a_failure(engine: Engine, engine_cli: Cli, emula
     assert engine_cli("init").returncode == 0
     emulator.state.add_application(APP)
     emulator.state.faults.update(fail_operations={"NotifyApplicationState"})
-    assert engine_cli("application-state", APP, "NOT_STARTED").returncode == 0
-    assert engine_cli("drain", "--timeout", "2").returncode != 0
-    for status in ("IN_PROGRESS", "COMPLETED"):
-        assert engine_cli("application-state", APP, status).returncode == 0
+    _app(engine, APP, "NOT_STARTED")
+    assert engine_cli("drain", "--timeout", "1").returncode == 3
+    assert emulator.state.op_count("NotifyApplicationState") >= 1  # tried, and failed
+    _app(engine, APP, "IN_PROGRESS")
+    _app(engine, APP, "COMPLETED")
     emulator.state.faults.update(fail_operations=set())
     assert engine_cli("drain", "--timeout", "30").returncode == 0
-    received = [u["Status"] for u in emulator.state.application_updates]
-    assert received == ["COMPLETED"]
-    assert engine_cli("application-state", APP, "IN_PROGRESS",).returncode == 0
+    assert [u["Status"] for u in emulator.state.application_updates] == ["COMPLETED"]
+    _app(engine, APP, "IN_PROGRESS")
     assert engine_cli("drain", "--timeout", "30").returncode == 0
     times = [u["UpdateDateTime"] for u in emulator.state.application_updates]
-    assert times == sorted(times)  # a later row carries a later (or equal) time
+    assert len(times) == 2 and times == sorted(times)  # a later row: a later (or equal) time
 
 
 def test_a_missing_discovery_role_holds_application_states_only(
-        engine: Engine, engine_cli: Cli, emulator: Emulator, engine_config: Callable[..., Path]):
+        engine: Engine, engine_cli: Cli, emulator: Emulator):
     """PolicyErrorException: application states wait (rechecked slowly, never dead letters),
     tasks keep flowing, and `status` says so naming the role; once the role exists, they go."""
     assert engine_cli("init").returncode == 0
     emulator.state.add_application(APP)
     emulator.state.faults.update(no_discovery_role=True)
-    assert engine_cli("application-state", APP, "IN_PROGRESS").returncode == 0
-    assert engine_cli("notify", "t1", "--status", "IN_PROGRESS").returncode == 0
+    _app(engine, APP, "IN_PROGRESS")
+    engine.insert(kind="task_state", migration_task_name="t1", status="IN_PROGRESS")
     assert engine_cli("drain", "--timeout", "3").returncode == 3  # the application still waits
     assert emulator.state.task("ToolA", "t1").updates  # the task went
     assert not emulator.state.application_updates
     status = _json(engine_cli, "status", "--json")
-    assert status["applications"] == 1 and status["applications_held"] == 1  # type: ignore[index]
-    assert "migrationhub-discovery" in status["held_reason"]  # type: ignore[index]
-    assert status["blocked"] is None and status["dead_letters"] == 0  # type: ignore[index]
+    assert status["applications"] == 1 and status["applications_held"] == 1
+    assert "migrationhub-discovery" in status["held_reason"]
+    assert status["blocked"] is None and status["dead_letters"] == 0
     shown = engine_cli("status").stdout
     assert "1 BLOCKED" in shown and "migrationhub-discovery" in shown
     apps = _json(engine_cli, "applications", "--json")
-    assert apps[0]["held"] is True and apps[0]["pending"] == 1  # type: ignore[index]
+    assert apps[0]["held"] is True and apps[0]["pending"] == 1
     calls = emulator.state.op_count("NotifyApplicationState")
     assert calls <= int(3 / (0.9 * 0.5)) + 1  # held: once a recheck (0.5 s here, +-10%)
 
@@ -308,22 +314,22 @@ def test_a_missing_discovery_role_holds_application_states_only(
     time.sleep(0.6)  # past the recheck
     assert engine_cli("drain", "--timeout", "30").returncode == 0
     assert emulator.state.applications[APP]["ApplicationStatus"] == "IN_PROGRESS"
-    assert _json(engine_cli, "status", "--json")["applications_held"] == 0  # type: ignore[index]
+    assert _json(engine_cli, "status", "--json")["applications_held"] == 0
 
 
 def test_source_resources_end_to_end(engine: Engine, engine_cli: Cli, emulator: Emulator):
-    """Shell writers associate and remove source resources in row order; `tasks` shows them;
-    an association is made once until removed; verify reports one lost at the Hub; a repair
-    of a lost task restores them."""
+    """Source resources associated and removed (in SQL and by the shell writers) reach the Hub
+    in row order, coalesced; `tasks` shows them; an association is made once until removed;
+    verify reports one lost at the Hub."""
     assert engine_cli("init").returncode == 0
-    for args in (("associate-source", "t1", "wave-3", "--description", "wave 3",
-                  "--detail", "cut over on Friday"),
-                 ("associate-source", "t1", "app-a"),
-                 ("associate-source", "t1", "old"),
-                 ("disassociate-source", "t1", "old"),
-                 ("notify", "t1", "--status", "IN_PROGRESS")):
-        result = engine_cli(*args)
-        assert result.returncode == 0 and "queued row" in result.stdout, result.stderr
+    result = engine_cli("associate-source", "t1", "wave-3", "--description", "wave 3",
+                        "--detail", "cut over on Friday")
+    assert result.returncode == 0 and "queued row" in result.stdout, result.stderr
+    for kind, name in (("source_resource", "app-a"), ("source_resource", "old")):
+        engine.insert(kind=kind, migration_task_name="t1", source_resource_name=name)
+    result = engine_cli("disassociate-source", "t1", "old")
+    assert result.returncode == 0 and "queued row" in result.stdout, result.stderr
+    engine.insert(kind="task_state", migration_task_name="t1", status="IN_PROGRESS")
     assert engine_cli("drain", "--timeout", "30").returncode == 0
     hub = emulator.state.task("ToolA", "t1")
     assert sorted(hub.sources) == ["app-a", "wave-3"]
@@ -331,19 +337,18 @@ def test_source_resources_end_to_end(engine: Engine, engine_cli: Cli, emulator: 
                                      "StatusDetail": "cut over on Friday"}
     assert emulator.state.op_count("AssociateSourceResource") == 2  # "old" coalesced away
     assert emulator.state.op_count("DisassociateSourceResource") == 1
-    task = _json(engine_cli, "tasks", "--json")[0]  # type: ignore[index]
-    assert task["source_resources"] == ["app-a", "wave-3"]
+    assert _json(engine_cli, "tasks", "--json")[0]["source_resources"] == ["app-a", "wave-3"]
 
-    assert engine_cli("associate-source", "t1", "app-a").returncode == 0  # already there
-    assert engine_cli("drain", "--timeout", "30").returncode == 0
-    assert emulator.state.op_count("AssociateSourceResource") == 2
-
-    hub.sources.pop("app-a")  # lost at the Hub behind our back
+    engine.insert(kind="source_resource", migration_task_name="t1",
+                  source_resource_name="app-a")  # already there: not made again
+    hub.sources.pop("app-a")  # ... and meanwhile lost at the Hub behind our back
     result = engine_cli("verify", "--json")
     assert result.returncode == 6, result.stderr
     problems = json.loads(result.stdout)["tasks"][0]["problems"]
     assert {"field": "source_resource_name", "sent": ["app-a", "wave-3"],
             "hub": ["wave-3"]} in problems
+    assert engine_cli("drain", "--timeout", "30").returncode == 0
+    assert emulator.state.op_count("AssociateSourceResource") == 2
 
 
 def test_a_lost_task_gets_its_source_resources_back(engine: Engine, engine_cli: Cli,
@@ -353,9 +358,9 @@ def test_a_lost_task_gets_its_source_resources_back(engine: Engine, engine_cli: 
     resources again (as for artifacts and mappings)."""
     config = engine_config("repair.toml", verify={"every_seconds": 0.5})
     assert engine_cli("init", config=config).returncode == 0
-    assert engine_cli("associate-source", "t1", "wave-3", "--description", "w3",
-                      config=config).returncode == 0
-    assert engine_cli("notify", "t1", "--status", "IN_PROGRESS", config=config).returncode == 0
+    engine.insert(kind="source_resource", migration_task_name="t1",
+                  source_resource_name="wave-3", resource_description="w3")
+    engine.insert(kind="task_state", migration_task_name="t1", status="IN_PROGRESS")
     assert engine_cli("drain", "--timeout", "30", config=config).returncode == 0
     emulator.state.lose_task("ToolA", "t1")
     daemon = start_daemon(config)
@@ -382,8 +387,8 @@ def test_verify_reports_an_application_the_hub_shows_otherwise(
     assert engine_cli("init").returncode == 0
     emulator.state.add_application(APP)
     emulator.state.add_application(APP2)
-    assert engine_cli("application-state", APP, "COMPLETED").returncode == 0
-    assert engine_cli("application-state", APP2, "IN_PROGRESS").returncode == 0
+    _app(engine, APP, "COMPLETED")
+    _app(engine, APP2, "IN_PROGRESS")
     assert engine_cli("drain", "--timeout", "30").returncode == 0
     emulator.state.applications[APP]["ApplicationStatus"] = "IN_PROGRESS"  # someone else
     result = engine_cli("verify", "--json")
