@@ -32,6 +32,7 @@ from reporter.hub.errors import (
     classify,
 )
 from reporter.hub.limiter import AdaptiveLimiter, RateLimiter
+from reporter.hub.pacing import Pacer
 from reporter.hub_requests import Request, json_depth
 from reporter.sdkfiles import NOTHING, ignored_files
 from reporter.secrets import remember
@@ -188,6 +189,7 @@ class Hub:
         observer: Observer | None = None,
         limiter: AdaptiveLimiter | None = None,
         rate: RateLimiter | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
         self._configured_region = region
         retries: Any = {"mode": aws.retry_mode, "total_max_attempts": aws.max_attempts}
@@ -206,6 +208,8 @@ class Hub:
         self._observer = observer
         self._limiter = limiter
         self._rate = rate
+        # The send rate that adapts to throttling: every call of this process waits on it.
+        self.pacer = pacer if pacer is not None else Pacer()
         self._fence = threading.local()
         self._lock = threading.Lock()
         self._mgh: Any = None
@@ -299,13 +303,14 @@ class Hub:
         if self._rate is not None:
             self._rate.acquire()
         ticket = self._limiter.acquire() if self._limiter is not None else 0
+        sent_at = self.pacer.wait()
         started = time.monotonic()
-        throttled = False
+        throttled, retry_after, answered = False, None, True
         outcome = "ok"
         try:
             check = getattr(self._fence, "check", None)
             if check is not None and not check():
-                outcome = "fenced"
+                outcome, answered = "fenced", False
                 raise FenceLost(operation)
             result: dict[str, Any] = getattr(client, _snake(operation))(**params)
             return result
@@ -313,12 +318,16 @@ class Hub:
             raise
         except Exception as exc:
             failure = classify(exc)
-            throttled = failure.throttled
+            throttled, retry_after = failure.throttled, failure.retry_after
             outcome = "throttled" if throttled else failure.outcome.value
             if failure.code == "DryRunOperation":
                 outcome = "dry_run"
             raise HubError(failure, operation) from None
         finally:
+            if answered:
+                self.pacer.record(sent_at, throttled, retry_after)
+            else:
+                self.pacer.cancel()
             if self._limiter is not None:
                 self._limiter.release(throttled, ticket)
             if self._observer is not None:
