@@ -30,16 +30,16 @@ class PacingPolicy:
     beta: float = 0.7  # a cut keeps this share of the rate the Hub accepted (AWS SDKs: 0.7)
     floor: float = 0.2  # calls/s: never slower than one call every 5 s
     recent: int = 30  # the throttled share is judged over the last this many answers ...
-    least: int = 8  # ... and never on fewer (a throttle then only pauses)
+    least: int = 1  # ... and never on fewer (a throttle then only pauses)
     measure: float = 4.0  # ... or those of the last this many seconds, if fewer
     shortest: float = 0.25  # a rate is never measured over less than this many seconds ...
     settle: float = 2.0  # ... nor, when overloading the Hub, over less than this
     overload: float = 0.5  # a share surely above this: we overload the Hub (measured with
     #                        pauses, and a cut is kept whatever the test says)
     regrow: float = 0.15  # per quiet window below the rate last cut: back to it quickly ...
-    probe: float = 0.01  # ... and above it, probing gently for more ...
+    probe: float = 0.05  # ... and above it, probing gently for more ...
     quicken: float = 5.0  # ... (1 + (seconds since the cut / this)^2) times faster
-    step: float = 0.01  # calls/s: the least a quiet window adds
+    step: float = 0.05  # calls/s: the least a quiet window adds
     discover: float = 0.05  # calls/s a quiet window adds before any call was accepted
     window: float = 1.0  # seconds per growth step
     test_answers: int = 20  # answers after a cut that tell whether it lowered the share ...
