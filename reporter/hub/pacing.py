@@ -36,11 +36,11 @@ class PacingPolicy:
     settle: float = 2.0  # ... nor, when overloading the Hub, over less than this
     overload: float = 0.5  # a share surely above this: we overload the Hub (measured with
     #                        pauses, and a cut is kept whatever the test says)
-    regrow: float = 0.15  # per quiet window below the rate last cut: back to it quickly ...
-    probe: float = 0.05  # ... and above it, probing gently for more ...
+    regrow: float = 0.2  # per quiet window below the rate last cut: back to it quickly ...
+    probe: float = 0.03  # ... and above it, probing gently for more ...
     quicken: float = 5.0  # ... (1 + (seconds since the cut / this)^2) times faster
     step: float = 0.05  # calls/s: the least a quiet window adds
-    discover: float = 0.05  # calls/s a quiet window adds before any call was accepted
+    discover: float = 0.2  # calls/s a quiet window adds before any call was accepted
     window: float = 1.0  # seconds per growth step
     test_answers: int = 20  # answers after a cut that tell whether it lowered the share ...
     test_seconds: float = 10.0  # ... if they come within this (else the cut stands)
@@ -48,7 +48,7 @@ class PacingPolicy:
     margin: float = 0.1  # a share that cutting did not lower is tolerated from then on,
     #                      with this margin (throttles that come whatever we send)
     forget: float = 300.0  # seconds over which a tolerated share is forgotten
-    cold_until: int = 64  # the cold start ends at this many calls in flight
+    cold_until: int = 8  # the cold start ends at this many calls in flight
     pause_jitter: float = 0.5  # a RetryAfterSeconds pause lasts retry_after x U(1, 1 + this)
     default_retry_after: float = 1.0  # a throttle that names no RetryAfterSeconds
 
@@ -202,10 +202,7 @@ class RateController:
         accepted = sum(1 for _, t in answers if not t)
         first = answers[0][0] if answers else now
         seconds = now - first
-        if overloading:
-            seconds = max(p.settle, seconds)
-        else:
-            seconds -= sum(max(0.0, min(b, now) - max(a, first)) for a, b in self._pauses)
+        seconds = max(p.settle, seconds)  # experiment: always what the account let us do
         base = accepted / max(p.shortest, seconds)
         if self.rate is not None:
             base = min(base, self.rate)
