@@ -13,6 +13,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import StrEnum
 
+WALL_LIMITED = True
+RESTORE_X = 2.0
+DOUBLING = True
+BUSY = True
+EARLY = True
+WALL_FREE = True
 __all__ = ["Mode", "Pacer", "PacingPolicy", "RateController", "lower_bound"]
 
 
@@ -30,23 +36,24 @@ class PacingPolicy:
     beta: float = 0.7  # a cut keeps this share of the rate the Hub accepted (AWS SDKs: 0.7)
     floor: float = 0.2  # calls/s: never slower than one call every 5 s
     recent: int = 30  # the throttled share is judged over the last this many answers ...
-    least: int = 1  # ... and never on fewer (a throttle then only pauses)
+    least: int = 4  # ... and never on fewer (a throttle then only pauses)
     measure: float = 4.0  # ... or those of the last this many seconds, if fewer
     shortest: float = 0.25  # a rate is never measured over less than this many seconds ...
     settle: float = 2.0  # ... nor, when overloading the Hub, over less than this
     overload: float = 0.5  # a share surely above this: we overload the Hub (measured with
     #                        pauses, and a cut is kept whatever the test says)
-    regrow: float = 0.2  # per quiet window below the rate last cut: back to it quickly ...
+    regrow: float = 0.1  # per quiet window below the rate last cut: back to it quickly ...
     probe: float = 0.03  # ... and above it, probing gently for more ...
-    quicken: float = 5.0  # ... (1 + (seconds since the cut / this)^2) times faster
+    quicken: float = 10.0  # ... (1 + (seconds since the cut / this)^2) times faster
     step: float = 0.05  # calls/s: the least a quiet window adds
     discover: float = 0.2  # calls/s a quiet window adds before any call was accepted
     window: float = 1.0  # seconds per growth step
-    test_answers: int = 20  # answers after a cut that tell whether it lowered the share ...
-    test_seconds: float = 10.0  # ... if they come within this (else the cut stands)
+    test_answers: int = 12  # answers after a cut that tell whether it lowered the share ...
+    test_seconds: float = 60.0  # ... if they come within this (else the cut stands)
     helped: float = 0.7  # it did when the share fell below this fraction of the one before
     margin: float = 0.1  # a share that cutting did not lower is tolerated from then on,
     #                      with this margin (throttles that come whatever we send)
+    noticeable: float = 0.25
     forget: float = 300.0  # seconds over which a tolerated share is forgotten
     cold_until: int = 8  # the cold start ends at this many calls in flight
     pause_jitter: float = 0.5  # a RetryAfterSeconds pause lasts retry_after x U(1, 1 + this)
@@ -104,6 +111,9 @@ class RateController:
         self._test: tuple[float, float, float | None, bool] | None = None
         #             (calls from, share before, rate before, kept whatever the result)
         self._grown_at = 0.0
+        self._doubling = False
+        self._idle: deque[tuple[float, float]] = deque()  # (from, until): nothing to send
+        self._idle_from: float | None = None
 
     @property
     def mode(self) -> Mode:
@@ -116,7 +126,13 @@ class RateController:
         return min(caps) if caps else 0.0
 
     def ready_in(self, now: float) -> float:
-        """Seconds until one call may go (0: now; inf: once an answer comes back)."""
+        """Seconds until one call may go (0: now; inf: once an answer comes back). Asking
+        means this host has a call to make: the time since its last answer with none in
+        flight was idle (not the account's doing), and no rate is measured over it."""
+        if self._idle_from is not None:
+            if BUSY and now > self._idle_from:
+                self._idle.append((self._idle_from, now))
+            self._idle_from = None
         if now < self.pause_until:
             return self.pause_until - now
         if self._cold is not None and self._in_flight >= self._cold:
@@ -152,6 +168,8 @@ class RateController:
         `retry_after` is the Hub's RetryAfterSeconds (None: it named none)."""
         p = self.policy
         self._in_flight = max(0, self._in_flight - 1)
+        if not self._in_flight:
+            self._idle_from = now
         if self._cold is not None and not throttled:
             self._cold = None if self._cold >= p.cold_until else self._cold + 1
         self._outcomes.append((sent_at, throttled))
@@ -166,16 +184,17 @@ class RateController:
             self._judge(now)
         if throttled and sent_at >= self._epoch:
             n, hits = self._recent(now)
-            surely = lower_bound(hits, n)
-            if n < p.least and hits < n:  # a mixed few answers tell nothing yet: wait,
-                self._pause(now, retry_after)  # then start over slowly
+            fresh = [t for s, t in list(self._outcomes)[-p.recent:] if s >= self._cut_at]
+            overloading = len(fresh) >= p.least and lower_bound(sum(fresh), len(fresh)) > max(
+                p.overload, self.tolerated)
+            if overloading:
+                self._cut(now, retry_after, n, hits, overloading=True, wall=True)
+            elif hits == n or n < p.least:  # too little to tell yet: wait, then start
+                self._pause(now, retry_after)  # over slowly (one call per round trip)
                 self._cold = 1
-            elif n < p.least:  # nothing but throttles: the account is full, share it
-                self._cut(now, retry_after, n, hits, overloading=True)
-            elif surely > (p.overload if self._test is not None else self.tolerated):
-                # (while a cut is under test: only when we surely overload the Hub)
-                self._cut(now, retry_after, n, hits,
-                          overloading=surely > p.overload or self.rate is not None)
+            elif self._test is None and lower_bound(hits, n) > self.tolerated:
+                self._cut(now, retry_after, n, hits, overloading=False,
+                          wall=WALL_FREE or self.rate is not None)
         elif not throttled and self.rate is not None:
             self._grow(now)
 
@@ -189,7 +208,7 @@ class RateController:
         return len(chosen), sum(chosen)
 
     def _cut(self, now: float, retry_after: float | None, n: int, hits: int,
-             overloading: bool) -> None:
+             overloading: bool, wall: bool) -> None:
         """Pause, and cut to `beta` of the rate the Hub accepted over the last `measure`
         seconds. Overloading the Hub (most calls refused, or already limited): over the whole
         time, pauses included and never less than `settle` seconds, which is what the account
@@ -202,7 +221,10 @@ class RateController:
         accepted = sum(1 for _, t in answers if not t)
         first = answers[0][0] if answers else now
         seconds = now - first
-        seconds = max(p.settle, seconds)  # experiment: always what the account let us do
+        while self._idle and self._idle[0][1] < now - p.forget:
+            self._idle.popleft()
+        seconds -= sum(min(b, now) - max(a, first) for a, b in self._idle if b > first)
+        seconds = max(p.settle if wall else p.shortest, seconds)
         base = accepted / max(p.shortest, seconds)
         if self.rate is not None:
             base = min(base, self.rate)
@@ -217,6 +239,7 @@ class RateController:
         start, before, restore, kept = self._test
         self._test = (self.pause_until if not start else start, before, restore, kept)
         self._cold = None
+        self._doubling = False
         self.cuts += 1
 
     def _pause(self, now: float, retry_after: float | None) -> None:
@@ -238,17 +261,23 @@ class RateController:
         p = self.policy
         start, before, restore, kept = self._test
         after = [t for s, t in self._outcomes if s >= start]
-        if len(after) < p.test_answers:
+        early = EARLY and sum(after) >= 3 and len(after) >= 6 and sum(after) / len(after) >= p.noticeable
+        if len(after) < p.test_answers and not early:
             if now - start > p.test_seconds:  # too slow to tell (a fleet's share of the
                 self._test = None             # account): the cut stands
             return
         self._test = None
         share = sum(after) / len(after)
-        if kept or share < before * p.helped or share >= p.overload:
+        if kept or share < p.noticeable:
             return  # our rate drew them (or most calls are still refused): the cut stands
         self.tolerated = max(self.tolerated, min(p.overload, share + p.margin))
         self._tolerated_at = now
-        self.rate = restore  # they come whatever we send: no cut for them
+        if RESTORE_X and self.rate is not None:
+            self.rate = min(restore or float("inf"), RESTORE_X * self.rate)
+            self._doubling = DOUBLING
+            self._cut_at = now
+        else:
+            self.rate = restore  # they come whatever we send: no cut for them
         self.pause_until = min(self.pause_until, now)
 
     def _grow(self, now: float) -> None:
@@ -263,7 +292,9 @@ class RateController:
         sent = sum(1 for s, _ in self._outcomes if s >= now - span)
         if sent >= 0.5 * self.rate * span:
             quiet = (now - self._cut_at) / p.quicken
-            if self._peak == float("inf"):  # nothing accepted yet: find our share slowly
+            if self._doubling:
+                self.rate *= 2
+            elif self._peak == float("inf"):  # nothing accepted yet: find our share slowly
                 self.rate += p.discover
             else:
                 growth = p.regrow if self.rate < self._peak else p.probe * (1 + quiet * quiet)
