@@ -31,6 +31,8 @@ def test_metrics_and_healthz(cli: Cli, emulator: Emulator, make_config: Any, out
     assert cli("init", config=config).returncode == 0
     for i in range(3):
         assert cli("notify", f"t{i}", "--status", "IN_PROGRESS", config=config).returncode == 0
+    # The account's rate refuses the first two state updates: counted per operation.
+    emulator.state.faults.update(throttle_next={"NotifyMigrationTaskState": 2})
     proc = start_daemon(config)
     base = f"http://127.0.0.1:{port}"
     try:
@@ -42,6 +44,9 @@ def test_metrics_and_healthz(cli: Cli, emulator: Emulator, make_config: Any, out
         status, text = http_get(base + "/metrics")
         assert status == 200
         assert metric(text, "mgh_reporter_last_success_timestamp_seconds") > 0
+        assert ('mgh_reporter_throttles_total{operation="NotifyMigrationTaskState"} 2.0'
+                in text)
+        assert 'mgh_reporter_throttles_total{operation="ImportMigrationTask"}' not in text
         for name in ("mgh_reporter_oldest_pending_seconds", "mgh_reporter_dead_letters",
                      "mgh_reporter_api_request_duration_seconds_bucket", "mgh_reporter_blocked",
                      "mgh_reporter_outage_backoff", "mgh_reporter_concurrency_limit"):

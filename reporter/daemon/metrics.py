@@ -39,6 +39,13 @@ class Metrics:
             ["operation", "outcome"],
             registry=r,
         )
+        self.throttles = Counter(
+            "mgh_reporter_throttles",
+            "Migration Hub calls refused with ThrottlingException (the account's rate, shared"
+            " by every host and tool of the account)",
+            ["operation"],
+            registry=r,
+        )
         self.latency = Histogram(
             "mgh_reporter_api_request_duration_seconds",
             "Migration Hub API latency",
@@ -103,6 +110,8 @@ class Metrics:
     def observe_call(self, operation: str, outcome: str, seconds: float) -> None:
         """The Hub's observer: count and time one call."""
         self.requests.labels(operation, outcome).inc()
+        if outcome == "throttled":
+            self.throttles.labels(operation).inc()
         self.latency.labels(operation).observe(seconds)
 
     def set_backlog(self, backlog: Backlog) -> None:
