@@ -36,9 +36,10 @@ class PacingPolicy:
     beta: float = 0.7  # a cut keeps this share of the rate the Hub accepted (AWS SDKs: 0.7)
     floor: float = 0.2  # calls/s: never slower than one call every 5 s
     recent: int = 30  # the throttled share is judged over the last this many answers ...
-    least: int = 4  # ... and never on fewer (a throttle then only pauses)
+    least: int = 3  # ... and never on fewer (a throttle then only pauses)
     measure: float = 4.0  # ... or those of the last this many seconds, if fewer
     shortest: float = 0.25  # a rate is never measured over less than this many seconds ...
+    first_settle: float = 2.0
     settle: float = 2.0  # ... nor, when overloading the Hub, over less than this
     overload: float = 0.5  # a share surely above this: we overload the Hub (measured with
     #                        pauses, and a cut is kept whatever the test says)
@@ -189,7 +190,7 @@ class RateController:
                 p.overload, self.tolerated)
             if overloading:
                 self._cut(now, retry_after, n, hits, overloading=True, wall=True)
-            elif hits == n or n < p.least:  # too little to tell yet: wait, then start
+            elif hits == n:  # nothing accepted yet: wait, then start
                 self._pause(now, retry_after)  # over slowly (one call per round trip)
                 self._cold = 1
             elif self._test is None and lower_bound(hits, n) > self.tolerated:
@@ -224,7 +225,8 @@ class RateController:
         while self._idle and self._idle[0][1] < now - p.forget:
             self._idle.popleft()
         seconds -= sum(min(b, now) - max(a, first) for a, b in self._idle if b > first)
-        seconds = max(p.settle if wall else p.shortest, seconds)
+        settle = p.settle if self.rate is not None or overloading else p.first_settle
+        seconds = max(settle if wall else p.shortest, seconds)
         base = accepted / max(p.shortest, seconds)
         if self.rate is not None:
             base = min(base, self.rate)
@@ -268,7 +270,7 @@ class RateController:
             return
         self._test = None
         share = sum(after) / len(after)
-        if kept or share < p.noticeable:
+        if kept or share < p.noticeable or share >= p.overload:
             return  # our rate drew them (or most calls are still refused): the cut stands
         self.tolerated = max(self.tolerated, min(p.overload, share + p.margin))
         self._tolerated_at = now
