@@ -63,6 +63,12 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(200, self.server.emulator.state.summary())
         elif self.path == "/_emulator/updates":
             self._reply(200, self.server.emulator.state.updates())
+        elif self.path == "/_emulator/calls":
+            state = self.server.emulator.state
+            with state.lock:
+                calls = [{k: c.get(k) for k in ("operation", "time", "stream", "error")}
+                         for c in state.calls]
+            self._reply(200, {"calls": calls})
         else:
             self._reply(404, {"message": "not found"})
 
