@@ -1,4 +1,4 @@
-"""One run of the faults scenario (60 tasks x 5 rows, 30% throttle + 10% 5xx) on the code in the current directory, with its call trace in 5 s bins (prototyping #32)."""
+"""One run of the faults scenario (60 tasks x 5 rows, 30% throttle + 10% 5xx) on the installed code, with its Hub call trace in 5 s bins: `python benchmarks/faults_trace.py`."""
 import sys, json, time, collections, urllib.request
 sys.path.insert(0, "benchmarks")
 from run import emulator_process, make_outbox, insert_states, run_measured

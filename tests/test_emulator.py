@@ -75,6 +75,15 @@ def test_the_account_rate_throttles_every_caller_past_it(aws_env: dict[str, str]
         assert config.get_home_region()["HomeRegion"] == "us-west-2"
     summary = emulator.state.summary()
     assert summary["throttled"] == {"CreateProgressUpdateStream": len(refused)}
+    # `/_emulator/calls`: each call in order, with its time and error (the benchmarks' trace)
+    import json
+    import urllib.request
+    with urllib.request.urlopen(f"{emulator.url}/_emulator/calls", timeout=10) as reply:
+        calls = json.load(reply)["calls"]
+    hub_calls = [c for c in calls if c["operation"] == "CreateProgressUpdateStream"]
+    assert len(hub_calls) == 40
+    assert sum(c["error"] == "ThrottlingException" for c in hub_calls) == len(refused)
+    assert [c["time"] for c in hub_calls] == sorted(c["time"] for c in hub_calls)
     time.sleep(0.5)  # refilled at the rate: two more tokens
     hosts[0].create_progress_update_stream(ProgressUpdateStreamName="later")
 
