@@ -18,6 +18,9 @@ RESTORE_X = 2.0
 DOUBLING = True
 BUSY = True
 EARLY = True
+STREAK = False
+STREAK_SETTLE = 5.0
+EARLY_HITS = 2
 WALL_FREE = True
 __all__ = ["Mode", "Pacer", "PacingPolicy", "RateController", "lower_bound"]
 
@@ -113,6 +116,8 @@ class RateController:
         #             (calls from, share before, rate before, kept whatever the result)
         self._grown_at = 0.0
         self._doubling = False
+        self._streak_from: float | None = None
+        self._streak: deque[bool] = deque(maxlen=60)
         self._idle: deque[tuple[float, float]] = deque()  # (from, until): nothing to send
         self._idle_from: float | None = None
 
@@ -168,6 +173,10 @@ class RateController:
         """The outcome of one call sent at `sent_at`: throttled by the Hub, or not.
         `retry_after` is the Hub's RetryAfterSeconds (None: it named none)."""
         p = self.policy
+        import os
+        if os.environ.get("PACING_DEBUG"):
+            with open("/tmp/pacing.log", "a") as f:
+                f.write(f"{now:.2f} sent={sent_at:.2f} thr={throttled} rate={self.rate} cold={self._cold} fl={self._in_flight} tol={self.tolerated:.2f} test={self._test} pause={self.pause_until:.2f} epoch={self._epoch:.2f}\n")
         self._in_flight = max(0, self._in_flight - 1)
         if not self._in_flight:
             self._idle_from = now
@@ -181,7 +190,22 @@ class RateController:
             self._pauses.popleft()
         if self.tolerated and now - self._tolerated_at > p.forget:
             self.tolerated, self._tolerated_at = self.tolerated / 2, now
-        if self._test is not None:
+        if STREAK:
+            if self._streak_from is not None and sent_at >= self._streak_from:
+                self._streak.append(throttled)
+                k = len(self._streak)
+                share = sum(self._streak) / k if k else 0.0
+                if k >= p.test_answers and p.noticeable <= share < p.overload and share + p.margin > self.tolerated:
+                    self.tolerated = min(p.overload, share + p.margin)
+                    self._tolerated_at = now
+                    self._streak_from = None
+                    self._streak.clear()
+                    if self.rate is not None:
+                        self.rate *= RESTORE_X
+                        self._doubling = DOUBLING
+                        self._cut_at = now
+                    self.pause_until = min(self.pause_until, now)
+        elif self._test is not None:
             self._judge(now)
         if throttled and sent_at >= self._epoch:
             n, hits = self._recent(now)
@@ -193,7 +217,7 @@ class RateController:
             elif hits == n:  # nothing accepted yet: wait, then start
                 self._pause(now, retry_after)  # over slowly (one call per round trip)
                 self._cold = 1
-            elif self._test is None and lower_bound(hits, n) > self.tolerated:
+            elif (STREAK or self._test is None) and lower_bound(hits, n) > self.tolerated:
                 self._cut(now, retry_after, n, hits, overloading=False,
                           wall=WALL_FREE or self.rate is not None)
         elif not throttled and self.rate is not None:
@@ -242,6 +266,8 @@ class RateController:
         self._test = (self.pause_until if not start else start, before, restore, kept)
         self._cold = None
         self._doubling = False
+        if self._streak_from is None:
+            self._streak_from = self.pause_until + STREAK_SETTLE
         self.cuts += 1
 
     def _pause(self, now: float, retry_after: float | None) -> None:
@@ -263,14 +289,14 @@ class RateController:
         p = self.policy
         start, before, restore, kept = self._test
         after = [t for s, t in self._outcomes if s >= start]
-        early = EARLY and sum(after) >= 3 and len(after) >= 6 and sum(after) / len(after) >= p.noticeable
+        early = EARLY and sum(after) >= EARLY_HITS and len(after) >= 2 * EARLY_HITS and sum(after) / len(after) >= p.noticeable
         if len(after) < p.test_answers and not early:
             if now - start > p.test_seconds:  # too slow to tell (a fleet's share of the
                 self._test = None             # account): the cut stands
             return
         self._test = None
         share = sum(after) / len(after)
-        if kept or share < p.noticeable or share >= p.overload:
+        if kept or share < p.noticeable or lower_bound(sum(after), len(after)) > p.overload:
             return  # our rate drew them (or most calls are still refused): the cut stands
         self.tolerated = max(self.tolerated, min(p.overload, share + p.margin))
         self._tolerated_at = now
