@@ -208,8 +208,10 @@ class Hub:
         self._observer = observer
         self._limiter = limiter
         self._rate = rate
-        # The send rate that adapts to throttling: every call of this process waits on it.
-        self.pacer = pacer if pacer is not None else Pacer()
+        # The send rate that adapts to the account's throttling (the publisher's): every
+        # Migration Hub call of this process waits on it. Migration Hub Config has a rate of
+        # its own and is not paced.
+        self.pacer = pacer
         self._fence = threading.local()
         self._lock = threading.Lock()
         self._mgh: Any = None
@@ -303,7 +305,8 @@ class Hub:
         if self._rate is not None:
             self._rate.acquire()
         ticket = self._limiter.acquire() if self._limiter is not None else 0
-        sent_at = self.pacer.wait()
+        pacer = self.pacer if client is not self._home_client else None
+        sent_at = pacer.wait() if pacer is not None else 0.0
         started = time.monotonic()
         throttled, retry_after, answered = False, None, True
         outcome = "ok"
@@ -324,10 +327,10 @@ class Hub:
                 outcome = "dry_run"
             raise HubError(failure, operation) from None
         finally:
-            if answered:
-                self.pacer.record(sent_at, throttled, retry_after)
-            else:
-                self.pacer.cancel()
+            if pacer is not None and answered:
+                pacer.record(sent_at, throttled, retry_after)
+            elif pacer is not None:
+                pacer.cancel()
             if self._limiter is not None:
                 self._limiter.release(throttled, ticket)
             if self._observer is not None:
