@@ -179,6 +179,20 @@ def _clear_loader_caches(*clients: Any) -> None:
     gc.collect()  # the session's objects form cycles: free them now, for the pass to reuse
 
 
+def _boto_config(aws: AwsConfig) -> BotoConfig:
+    """botocore's settings from `[aws]`: its retries (ours by default), timeouts, proxy."""
+    retries: Any = {"mode": aws.retry_mode, "total_max_attempts": aws.max_attempts}
+    return BotoConfig(
+        retries=retries,
+        connect_timeout=aws.connect_timeout_seconds,
+        read_timeout=aws.read_timeout_seconds,
+        max_pool_connections=64,
+        user_agent_extra="mgh-reporter",
+        # [aws] proxy for both schemes; unset, botocore reads HTTPS_PROXY and friends.
+        proxies={"http": aws.proxy, "https": aws.proxy} if aws.proxy else None,
+    )
+
+
 class Hub:
     """Migration Hub in the home Region; thread-safe (boto3 clients are, sessions are not)."""
 
@@ -192,26 +206,14 @@ class Hub:
         pacer: Pacer | None = None,
     ) -> None:
         self._configured_region = region
-        retries: Any = {"mode": aws.retry_mode, "total_max_attempts": aws.max_attempts}
-        self._boto_config = BotoConfig(
-            retries=retries,
-            connect_timeout=aws.connect_timeout_seconds,
-            read_timeout=aws.read_timeout_seconds,
-            max_pool_connections=64,
-            user_agent_extra="mgh-reporter",
-            # [aws] proxy for both schemes; unset, botocore reads HTTPS_PROXY and friends.
-            proxies={"http": aws.proxy, "https": aws.proxy} if aws.proxy else None,
-        )
+        self._boto_config = _boto_config(aws)
         for name in PROXY_VARIABLES:  # a proxy's user:password never reaches a log line
             if os.environ.get(name):
                 remember(os.environ[name])
         self._observer = observer
         self._limiter = limiter
         self._rate = rate
-        # The send rate that adapts to the account's throttling (the publisher's): every
-        # Migration Hub call of this process waits on it. Migration Hub Config has a rate of
-        # its own and is not paced.
-        self.pacer = pacer
+        self.pacer = pacer  # the adaptive send rate (Migration Hub Config is not paced)
         self._fence = threading.local()
         self._lock = threading.Lock()
         self._mgh: Any = None
