@@ -205,3 +205,16 @@ def test_the_pacer_serialises_threads_through_the_controller() -> None:
     pacer.wait()
     pacer.cancel()  # not made after all: its slot in flight is given back
     assert pacer.state().limit == 50.0
+
+
+def test_a_rate_not_throttled_for_long_is_dropped_and_the_next_burst_starts_cold() -> None:
+    h = Host()
+    for _ in range(5):
+        h.send(throttled=False, rtt=0.05)
+    h.send(throttled=True)
+    assert h.c.rate is not None
+    h.now += 301.0
+    h.send(throttled=False)
+    assert h.c.rate is None and h.c.limit() == 0.0
+    h.c.take(h.now)
+    assert h.c.ready_in(h.now) == float("inf")  # one call in flight, as at a cold start

@@ -41,7 +41,8 @@ class PacingPolicy:
     test_seconds: float = 60.0  # without either by then, the cut stands
     noticeable: float = 0.25  # a share this high after a cut: cutting did not help
     margin: float = 0.1  # a share cutting did not lower is tolerated, with this margin ...
-    forget: float = 300.0  # ... and forgotten (halved) every this many seconds
+    forget: float = 300.0  # ... and forgotten (halved) every this many seconds; a rate
+    #                        not throttled for as long is dropped (the next burst starts cold)
     cold_until: int = 8  # the cold start ends at this many calls in flight
     pause_jitter: float = 0.5  # a RetryAfterSeconds pause lasts retry_after x U(1, 1 + this)
     longest_pause: float = 5.0  # ... never longer (the throttled call itself waits it all)
@@ -172,6 +173,7 @@ class RateController:
         self._test: tuple[float, bool, float | None] | None = None  # (from, stands, rate)
         self._grown_at = 0.0
         self._doubling = False
+        self._throttled_at = -INFINITE
 
     # -- sending -------------------------------------------------------------------------------
     def limit(self) -> float:
@@ -225,6 +227,10 @@ class RateController:
             self._cold = None if self._cold >= p.cold_until else self._cold + 1
         if self.tolerated and now - self._tolerated_at > p.forget:
             self.tolerated, self._tolerated_at = self.tolerated / 2, now
+        if throttled:
+            self._throttled_at = now
+        elif self.rate is not None and now - self._throttled_at > p.forget:
+            self.rate, self._cold, self._test = None, 1, None  # quiet for long: start cold
         if self._test is not None:
             self._judge(now)
         if throttled and sent_at >= self._epoch:
