@@ -30,11 +30,10 @@ class PacingPolicy:
     settle: float = 2.0  # the accepted rate is measured over at least this many seconds
     least: int = 3  # answers since the last cut that can show we surely overload the Hub
     overload: float = 0.5  # a share surely above this: we overload it (a cut then stands)
-    regrow: float = 0.1  # per window below the rate last cut: back to it quickly ...
+    regrow: float = 0.2  # per window below the rate last cut: back to it quickly ...
     probe: float = 0.03  # ... and above it gently, (1 + (seconds since the cut /
     quicken: float = 10.0  # this)^2) times faster the longer the Hub accepts
     step: float = 0.05  # calls/s: the least a window adds
-    discover: float = 0.2  # calls/s a window adds while nothing was accepted before the cut
     window: float = 1.0  # seconds per growth step
     test_answers: int = 12  # answers after a cut that tell whether it helped ...
     early_throttles: int = 2  # ... or this many throttles in twice as many answers
@@ -122,26 +121,28 @@ class Answers:
     def accepted_rate(self, now: float) -> tuple[int, float]:
         """(calls accepted, calls/s accepted) over the last `measure` seconds: what the
         account let this host do, pauses included, idle spans not, over `settle` s at
-        least (a host that has just started has not yet learnt what its share is)."""
+        least (a host that has just started has not yet learnt what its share is). With
+        none accepted yet, one call per `settle` s: the least the account is assumed to
+        let a host do before it knows better."""
         p = self.policy
         answers = [(s, t) for s, t in self._outcomes if s >= now - p.measure]
         accepted = sum(1 for _, t in answers if not t)
         first = answers[0][0] if answers else now
         idle = sum(min(b, now) - max(a, first) for a, b in self._idle if b > first)
-        return accepted, accepted / max(p.settle, now - first - idle)
+        return accepted, max(1, accepted) / max(p.settle, now - first - idle)
 
 
 class RateController:
     """Decides, from the outcome of every call, how fast this host may send.
 
     A cold start ramps per round trip (one more call in flight per accepted answer, as
-    TCP's slow start) up to `cold_until` in flight, then sends freely. A throttle before
-    anything was accepted only pauses the host (RetryAfterSeconds, jittered) and starts it
-    over at one call in flight. Any other throttle of a call sent since the last pause, when
-    the recent throttled share is surely above what the host tolerates, pauses the whole host
-    and cuts its rate to `beta` of what the account let it do; throttles of calls sent before
-    the pause ended change nothing more. Below the rate it cut, the rate grows back quickly;
-    above it gently, faster the longer the Hub accepts (the shape of TCP's CUBIC).
+    TCP's slow start) up to `cold_until` in flight, then sends freely. A throttle of a call
+    sent since the last pause, when the recent throttled share is surely above what the host
+    tolerates, pauses the whole host (RetryAfterSeconds, jittered) and cuts its rate to `beta`
+    of what the account let it do (one call per `settle` s before anything was accepted);
+    throttles of calls sent before the pause ended change nothing more. Below the rate it
+    cut, the rate grows back quickly; above it gently, faster the longer the Hub accepts
+    (the shape of TCP's CUBIC).
 
     Each cut is a test. If `noticeable` of the answers after it are still throttled (and
     not surely most of them), cutting did not lower the share: the throttles come whatever
@@ -245,9 +246,6 @@ class RateController:
         if len(fresh) >= p.least and lower_bound(sum(fresh), len(fresh)) > max(
                 p.overload, self.tolerated):
             self._cut(now, retry_after, stands=True)  # surely overloading the Hub
-        elif all(recent):  # nothing accepted yet: wait, then start over slowly
-            self._pause(now, retry_after)
-            self._cold = 1
         elif self._test is None and lower_bound(sum(recent), len(recent)) > self.tolerated:
             self._cut(now, retry_after, stands=False)
 
@@ -256,11 +254,11 @@ class RateController:
         full account scales down by the share it saw accepted, so together they come down
         to what the account takes."""
         p = self.policy
-        accepted, base = self.answers.accepted_rate(now)
+        _, base = self.answers.accepted_rate(now)
         if self.rate is not None:
             base = min(base, self.rate)
         before = self.rate
-        self._peak = max(base, p.floor / p.beta) if accepted else INFINITE
+        self._peak = max(base, p.floor / p.beta)
         self.rate = max(p.floor, p.beta * base)
         if self.ceiling:
             self.rate = min(self.rate, self.ceiling)
@@ -320,13 +318,11 @@ class RateController:
         if now < self._grown_at + p.window:
             return
         self._grown_at = now
-        span = max(p.window, 4 / self.rate)  # at least four calls' worth of time
+        span = max(p.window, 2 / self.rate)  # at least two calls' worth of time
         if self.answers.sent_within(now, span) < 0.5 * self.rate * span:
             return
         if self._doubling:  # throttles we tolerate: back to what we can do
             self.rate *= 2
-        elif self._peak == INFINITE:  # nothing was accepted before the cut: find our share
-            self.rate += p.discover
         else:
             quiet = (now - self._cut_at) / p.quicken
             growth = p.regrow if self.rate < self._peak else p.probe * (1 + quiet * quiet)
@@ -351,6 +347,7 @@ class Pacer:
         self._controller = RateController(ceiling, policy, rng)
         self._clock = clock
         self._lock = threading.Condition()
+        self._waiting = 0  # threads blocked in wait(): only they need waking
         if start_jitter > 0:
             self._controller.pause_until = clock() + start_jitter * (rng or random).random()
 
@@ -371,13 +368,18 @@ class Pacer:
                 if delay <= 0:
                     self._controller.take(now)
                     return now
-                self._lock.wait(min(delay, 0.25))  # an answer may open the way sooner
+                self._waiting += 1
+                try:
+                    self._lock.wait(min(delay, 0.25))  # an answer may open the way sooner
+                finally:
+                    self._waiting -= 1
 
     def record(self, sent_at: float, throttled: bool, retry_after: float | None) -> None:
         """The Hub answered the call that `wait` let go at `sent_at`."""
         with self._lock:
             self._controller.record(self._clock(), sent_at, throttled, retry_after)
-            self._lock.notify_all()
+            if self._waiting:
+                self._lock.notify_all()
 
     def cancel(self) -> None:
         """The call `wait` let go was not made (its lease was lost first)."""
