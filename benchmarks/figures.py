@@ -20,7 +20,7 @@ __all__ = ["FIGURES", "ORDER", "documents", "load", "problems", "table", "update
 ORDER = [
     "drain", "coalesce", "idle", "memory", "latency", "wakeup", "budget", "impact", "scale",
     "profile", "faults", "writer", "pg-drain", "pg-latency", "verify", "idle-repair",
-    "hostile-memory",
+    "hostile-memory", "fleet",
 ]
 
 
@@ -43,6 +43,13 @@ def _scale_range(r: dict[str, Any]) -> str:
 def _largest_scale(r: dict[str, Any]) -> dict[str, Any]:
     sizes = [k for k, v in r["scale"].items() if isinstance(v, dict)]
     return dict(r["scale"][max(sizes, key=int)])
+
+
+def _fleet_range(r: dict[str, Any], key: str, scale: float, fmt: str) -> str:
+    """The range of one figure over the fleet runs ("11-13%")."""
+    values = sorted(scale * run[key] for run in r["fleet"]["runs"])
+    low, high = fmt.format(values[0]), fmt.format(values[-1])
+    return low if low == high else f"{low.rstrip('%x')}-{high}"
 
 
 def documents(root: Path) -> list[Path]:
@@ -109,6 +116,8 @@ def _profile_table(p: dict[str, Any]) -> str:
 # name -> the figure as the docs quote it, from results.json
 FIGURES: dict[str, Callable[[dict[str, Any]], str]] = {
     "drain_speedup": lambda r: f"{r['drain']['speedup']:.1f}x",
+    "fleet_throttled": lambda r: _fleet_range(r, "throttled_share", 100, "{:.0f}%"),
+    "fleet_time_ratio": lambda r: _fleet_range(r, "time_ratio", 1, "{:.2f}x"),
     "drain_tasks": lambda r: f"{r['drain']['tasks']:,}",
     "cli_per_update": lambda r: f"{r['drain']['cli_seconds_per_update']:.2f} s",
     "idle_cpu": lambda r: f"{r['idle']['cpu_percent']:.2f}%",

@@ -90,6 +90,7 @@ def run_fleet(hosts: int, rate: float, tasks: int, timeout: float = 600.0) -> di
                     done[stream] = time.time()
             time.sleep(0.2)
         state = _get(url, "state")
+        Path("/tmp/fleet-calls.json").write_text(json.dumps(_get(url, "calls")))
     finally:
         for daemon in daemons:
             daemon.send_signal(signal.SIGTERM)

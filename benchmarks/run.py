@@ -46,13 +46,14 @@ SIZES: dict[str, dict[str, Any]] = {
         "scale": (1000, 10000, 100000), "profile_tasks": 5000, "faults": (60, 5, 5),
         "writer_runs": 20, "pg_tasks": 10000, "verify_tasks": 10000,
         "idle_repair": (1000, 10.0, 120.0), "hostile_rows": 150,
+        "fleet": (30, 20.0, 10, 3),
     },
     "smoke": {
         "drain_tasks": 30, "cli_sample": 1, "coalesce": (10, 10), "idle_seconds": 2.0,
         "memory": (50, 10), "latency_seconds": 3.0, "impact_seconds": 1.0,
         "scale": (100, 300), "profile_tasks": 100, "faults": (10, 2, 1), "writer_runs": 3,
         "pg_tasks": 200, "verify_tasks": 100, "idle_repair": (20, 1.0, 3.0),
-        "hostile_rows": 6,
+        "hostile_rows": 6, "fleet": (3, 20.0, 2, 1),
     },
 }
 
@@ -964,6 +965,38 @@ def verdict_faults(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
              f"{r['tasks_not_at_last_state']} tasks not at their last state",
              "every run < 90 s, most well under 30 s",
              r["slowest"] < 90 and r["median"] < 30 and r["tasks_not_at_last_state"] == 0)]
+
+
+def scenario_fleet(size: dict[str, Any]) -> dict[str, Any]:
+    """30 daemons (processes, real outboxes) of one account against the stand-in's account
+    rate of 20 calls/s, each host's tool writing 10 tasks x 3 states at once (fleet.py), 3
+    runs: the share of calls throttled, the fleet's time against the time the account's rate
+    needs for the calls the work requires, the last host against the median."""
+    from fleet import run_fleet  # benchmarks/fleet.py, beside this script
+
+    hosts, rate, tasks, runs = size["fleet"]
+    results = [run_fleet(hosts, rate, tasks) for _ in range(runs)]
+    keys = ("throttled_share", "time_ratio", "spread", "seconds", "ideal_seconds", "calls",
+            "throttled")
+    return {"hosts": hosts, "rate": rate, "tasks": tasks, "runs": [
+        {k: round(r[k], 3) if isinstance(r[k], float) else r[k] for k in keys}
+        for r in results]}
+
+
+def verdict_fleet(r: dict[str, Any]) -> list[tuple[str, str, bool]]:
+    """(figure, target, met) of `fleet`: every run within the targets."""
+    runs = r["runs"]
+    shares = ", ".join(f"{100 * x['throttled_share']:.1f}%" for x in runs)
+    ratios = ", ".join(f"{x['time_ratio']:.2f}x" for x in runs)
+    spreads = ", ".join(f"{x['spread']:.2f}" for x in runs)
+    return [
+        (f"{r['hosts']} hosts at {r['rate']:g} calls/s, {r['tasks']} tasks x 3 states each, "
+         f"{len(runs)} runs: throttled {shares}", "<= 15% of all calls",
+         all(x["throttled_share"] <= 0.15 for x in runs)),
+        (f"fleet time / the account's time for the work: {ratios}", "<= 1.35x",
+         all(x["time_ratio"] <= 1.35 for x in runs)),
+        (f"last host / median host: {spreads}", "<= 2", all(x["spread"] <= 2 for x in runs)),
+    ]
 
 
 def scenario_writer(size: dict[str, Any]) -> dict[str, Any]:

@@ -53,6 +53,8 @@ class LiveState:
     last_error: str | None = None
     wal_bytes: int | None = None
     hub_differs: int = 0  # tasks whose Hub view differs from what was sent (repair rounds)
+    send_rate: float = 0.0  # calls/s the account's throttling holds this host to (0: none)
+    throttle_tolerated: float = 0.0  # the throttled share learnt to come whatever it sends
 
 
 def stale_after(interval_seconds: float) -> float:

@@ -234,6 +234,8 @@ class StatusReport:
     applications: int = 0  # applications rows named (application_state)
     applications_held: int = 0  # ... whose states wait for a person (`held_reason`)
     held_reason: str | None = None
+    send_rate: float = 0.0  # calls/s the account's throttling holds the daemon to (0: none)
+    throttle_tolerated: float = 0.0  # the throttled share it sends through regardless
 
     def to_json(self) -> dict[str, Any]:
         """The `status --json` document."""
@@ -298,4 +300,6 @@ def status_report(
         unmapped_tasks=health["unmapped"] if health else 0,
         streams=streams,
         hub_differs=state.hub_differs if live_word and state is not None else 0,
+        send_rate=state.send_rate if live_word and state is not None else 0.0,
+        throttle_tolerated=state.throttle_tolerated if live_word and state is not None else 0.0,
     )

@@ -22,7 +22,7 @@ from reporter.outbox import Outbox, OutboxValueError
 
 from .helpers import Cli, insert, log_events, read_pty
 
-THROTTLE_TASKS = 1500
+THROTTLE_TASKS = 1000
 
 
 def _bulk(outbox: Path, tasks: int, prefix: str = "task") -> None:
@@ -39,7 +39,7 @@ def _bulk(outbox: Path, tasks: int, prefix: str = "task") -> None:
 def test_a_throttled_drain_logs_conditions_not_calls(
     cli: Cli, emulator: Emulator, make_config: Any, outbox_path: Path
 ):
-    """30% of calls throttled over a drain of 1,500 tasks: a handful of lines on stderr (the
+    """30% of calls throttled over a drain of 1,000 tasks: a handful of lines on stderr (the
     condition starting, its summaries, the progress events), not one per failed call; at
     debug level every call is still there."""
     config = make_config(log={"level": "info", "format": "json", "summary_seconds": 3})

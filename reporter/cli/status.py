@@ -191,6 +191,13 @@ def lines(report: views.StatusReport, cfg: Config) -> list[str]:
         + (f", [yellow]{report.hub_differs} differ at the Hub[/] → mgh-reporter verify"
            if report.hub_differs else "")
     )
+    if report.send_rate:
+        out.append(f"  [yellow]throttled[/]    the account's Migration Hub rate holds this host to"
+                   f" {report.send_rate:.2f} calls/s (adapting; shared by every host and tool"
+                   " of the account)")
+    if report.throttle_tolerated:
+        out.append(f"  throttles    up to {100 * report.throttle_tolerated:.0f}% come whatever"
+                   " this host sends: not cut for")
     if report.applications:
         held = (f", [bold red]{report.applications_held} BLOCKED[/] (only their states wait):"
                 f" {esc(report.held_reason)}" if report.applications_held else "")

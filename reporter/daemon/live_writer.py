@@ -56,6 +56,7 @@ class LiveWriter:
         if stopped:
             health, cause, self._last = "stopped", None, None
         oldest = None if backlog is None else backlog.oldest_created_at
+        pacing = parts.hub.pacer.state() if parts.hub.pacer is not None else None
         state = live.LiveState(
             health=health,
             cause=cause,
@@ -72,6 +73,8 @@ class LiveWriter:
             last_error=relay.last_failure,
             wal_bytes=wal,
             hub_differs=len(parts.relay.repairs.differing),
+            send_rate=round(pacing.rate, 3) if pacing else 0.0,
+            throttle_tolerated=round(pacing.tolerated, 3) if pacing else 0.0,
         )
         unchanged = replace(state, heartbeat=0.0) == self._last
         if unchanged and time.monotonic() - self._written < LIVE_REFRESH_SECONDS:

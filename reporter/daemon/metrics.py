@@ -46,6 +46,12 @@ class Metrics:
             ["operation"],
             registry=r,
         )
+        self.send_rate = Gauge(
+            "mgh_reporter_send_rate",
+            "Calls/s the adaptive rate allows this process (0: no limit of its own, throttling"
+            " has not held it back)",
+            registry=r,
+        )
         self.latency = Histogram(
             "mgh_reporter_api_request_duration_seconds",
             "Migration Hub API latency",

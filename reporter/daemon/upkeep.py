@@ -54,6 +54,8 @@ class Upkeep:
         m.blocked.set(1 if relay.blocked else 0)
         m.backoff.set(1 if relay.braking else 0)
         m.concurrency.set(parts.limiter.limit)
+        if parts.hub.pacer is not None:
+            m.send_rate.set(parts.hub.pacer.state().limit)
         m.hub_differs.set(len(parts.relay.repairs.differing))
         if relay.last_success_at:
             m.last_success.set(relay.last_success_at)

@@ -11,6 +11,7 @@ from reporter.delivery.relay import Relay
 from reporter.delivery.replicas import Budget, Membership
 from reporter.hub.client import Hub, Observer
 from reporter.hub.limiter import AdaptiveLimiter, RateLimiter
+from reporter.hub.pacing import Pacer
 from reporter.stores import Engine
 from reporter.stores.contract import OutboxStore
 
@@ -37,6 +38,8 @@ class Parts:
     def apply_budget(self, budget: Budget) -> None:
         """Use this share of the rate from now on."""
         self.hub.set_rate(RateLimiter(budget.rate) if budget.rate else None)
+        if self.hub.pacer is not None:  # the adaptive rate stays under this share
+            self.hub.pacer.set_ceiling(budget.rate)
         self.relay.hold_until = budget.ready_at
 
 
@@ -60,6 +63,7 @@ def build(
         observer=observer,
         limiter=limiter,
         rate=rate_limiter(publish),
+        pacer=Pacer(publish.max_requests_per_second),
     )
     relay = Relay(store, hub, config, clock=store.clock, stop=stop)
     membership = Membership(

@@ -32,6 +32,7 @@ from reporter.hub.errors import (
     classify,
 )
 from reporter.hub.limiter import AdaptiveLimiter, RateLimiter
+from reporter.hub.pacing import Pacer
 from reporter.hub_requests import Request, json_depth
 from reporter.sdkfiles import NOTHING, ignored_files
 from reporter.secrets import remember
@@ -178,6 +179,20 @@ def _clear_loader_caches(*clients: Any) -> None:
     gc.collect()  # the session's objects form cycles: free them now, for the pass to reuse
 
 
+def _boto_config(aws: AwsConfig) -> BotoConfig:
+    """botocore's settings from `[aws]`: its retries (ours by default), timeouts, proxy."""
+    retries: Any = {"mode": aws.retry_mode, "total_max_attempts": aws.max_attempts}
+    return BotoConfig(
+        retries=retries,
+        connect_timeout=aws.connect_timeout_seconds,
+        read_timeout=aws.read_timeout_seconds,
+        max_pool_connections=64,
+        user_agent_extra="mgh-reporter",
+        # [aws] proxy for both schemes; unset, botocore reads HTTPS_PROXY and friends.
+        proxies={"http": aws.proxy, "https": aws.proxy} if aws.proxy else None,
+    )
+
+
 class Hub:
     """Migration Hub in the home Region; thread-safe (boto3 clients are, sessions are not)."""
 
@@ -188,24 +203,17 @@ class Hub:
         observer: Observer | None = None,
         limiter: AdaptiveLimiter | None = None,
         rate: RateLimiter | None = None,
+        pacer: Pacer | None = None,
     ) -> None:
         self._configured_region = region
-        retries: Any = {"mode": aws.retry_mode, "total_max_attempts": aws.max_attempts}
-        self._boto_config = BotoConfig(
-            retries=retries,
-            connect_timeout=aws.connect_timeout_seconds,
-            read_timeout=aws.read_timeout_seconds,
-            max_pool_connections=64,
-            user_agent_extra="mgh-reporter",
-            # [aws] proxy for both schemes; unset, botocore reads HTTPS_PROXY and friends.
-            proxies={"http": aws.proxy, "https": aws.proxy} if aws.proxy else None,
-        )
+        self._boto_config = _boto_config(aws)
         for name in PROXY_VARIABLES:  # a proxy's user:password never reaches a log line
             if os.environ.get(name):
                 remember(os.environ[name])
         self._observer = observer
         self._limiter = limiter
         self._rate = rate
+        self.pacer = pacer  # the adaptive send rate (Migration Hub Config is not paced)
         self._fence = threading.local()
         self._lock = threading.Lock()
         self._mgh: Any = None
@@ -299,13 +307,15 @@ class Hub:
         if self._rate is not None:
             self._rate.acquire()
         ticket = self._limiter.acquire() if self._limiter is not None else 0
+        pacer = self.pacer if client is not self._home_client else None
+        sent_at = pacer.wait() if pacer is not None else 0.0
         started = time.monotonic()
-        throttled = False
+        throttled, retry_after, answered = False, None, True
         outcome = "ok"
         try:
             check = getattr(self._fence, "check", None)
             if check is not None and not check():
-                outcome = "fenced"
+                outcome, answered = "fenced", False
                 raise FenceLost(operation)
             result: dict[str, Any] = getattr(client, _snake(operation))(**params)
             return result
@@ -313,12 +323,16 @@ class Hub:
             raise
         except Exception as exc:
             failure = classify(exc)
-            throttled = failure.throttled
+            throttled, retry_after = failure.throttled, failure.retry_after
             outcome = "throttled" if throttled else failure.outcome.value
             if failure.code == "DryRunOperation":
                 outcome = "dry_run"
             raise HubError(failure, operation) from None
         finally:
+            if pacer is not None and answered:
+                pacer.record(sent_at, throttled, retry_after)
+            elif pacer is not None:
+                pacer.cancel()
             if self._limiter is not None:
                 self._limiter.release(throttled, ticket)
             if self._observer is not None:
