@@ -219,3 +219,71 @@ def test_a_rate_not_throttled_for_long_is_dropped_and_the_next_burst_starts_cold
     assert h.c.rate is None and h.c.limit() == 0.0
     h.c.take(h.now)
     assert h.c.ready_in(h.now) == float("inf")  # one call in flight, as at a cold start
+
+
+def test_a_cold_start_waits_a_jittered_moment_once_then_again_after_a_quiet_spell() -> None:
+    """`start_jitter`: the first call of a cold start waits U(0, start_jitter), so a wave of
+    hosts given work at once spreads its first calls; later calls do not wait for it."""
+    waits = []
+    for seed in range(20):
+        h = Host(seed=seed, start_jitter=1.0)
+        waits.append(h.wait())
+        h.send(throttled=False)
+        assert h.wait() == 0.0  # once only
+    assert all(0.0 <= w <= 1.0 for w in waits)
+    assert max(waits) - min(waits) > 0.5  # spread, not one shared delay
+    h = Host(seed=2, start_jitter=1.0)
+    h.wait()
+    for _ in range(5):
+        h.send(throttled=False, rtt=0.05)
+    h.send(throttled=True)
+    h.now += 301.0
+    h.send(throttled=False)  # a quiet spell dropped the rate: the next burst starts cold
+    assert h.c.rate is None
+    h.now += 1.0
+    h.c.record(h.now, h.now, False)  # nothing in flight now
+    assert 0.0 < h.c.ready_in(h.now) <= 1.0
+    assert Host(seed=1).wait() == 0.0  # no jitter unless asked (`drain`, a person waiting)
+
+
+def _share_a_bucket(rates: tuple[float, ...], seconds: float, bucket: float
+                    ) -> list[list[tuple[float, bool]]]:
+    """Hosts cut to `rates` share a token bucket of `bucket` calls/s, each sending as fast as
+    its controller lets it; every call's (sent, accepted) per host."""
+    hosts = []
+    for i, rate in enumerate(rates):
+        h = Host(seed=10 + i)
+        h.c.rate, h.c._peak, h.c._cold = rate, rate, None  # as after a cut
+        h.c._cut_at = h.c._grown_at = h.now
+        hosts.append(h)
+    tokens, at = bucket, 1000.0
+    calls: list[list[tuple[float, bool]]] = [[] for _ in hosts]
+    nxt = [h.now for h in hosts]
+    while min(nxt) < 1000.0 + seconds:
+        i = nxt.index(min(nxt))
+        h = hosts[i]
+        h.now = nxt[i]
+        delay = h.c.ready_in(h.now)
+        if delay > 0:
+            nxt[i] = h.now + delay
+            continue
+        tokens = min(bucket, tokens + (h.now - at) * bucket)
+        at = h.now
+        ok = tokens >= 1.0
+        tokens -= 1.0 if ok else 0.0
+        calls[i].append((h.now, ok))
+        h.c.take(h.now)
+        h.c.record(h.now + 0.02, h.now, not ok, 1.0)
+        nxt[i] = h.now + 0.02
+    return calls
+
+
+def test_hosts_sharing_the_account_converge_to_fair_shares() -> None:
+    """Growth counts seconds, not answers: a host cut low (answers seconds apart) regrows as
+    fast per second as one answered often, so a host starved by a deep cut catches up (no
+    host of a fleet lags far behind) while the shared rate's throttled share stays low."""
+    calls = _share_a_bucket((4.0, 0.25), seconds=400.0, bucket=4.0)
+    late = [sum(ok for t, ok in host if t > 1250.0) / 150.0 for host in calls]
+    assert min(late) / max(late) > 0.5, late  # fair within 2x
+    every = [ok for host in calls for t, ok in host if t > 1100.0]
+    assert every.count(False) / len(every) < 0.15

@@ -30,10 +30,10 @@ class PacingPolicy:
     settle: float = 2.0  # the accepted rate is measured over at least this many seconds
     least: int = 3  # answers since the last cut that can show we surely overload the Hub
     overload: float = 0.5  # a share surely above this: we overload it (a cut then stands)
-    regrow: float = 0.2  # per window below the rate last cut: back to it quickly ...
-    probe: float = 0.03  # ... and above it gently, (1 + (seconds since the cut /
+    regrow: float = 0.05  # per window below the rate last cut: back to it quicker ...
+    probe: float = 0.01  # ... than above it, (1 + (seconds since the cut /
     quicken: float = 10.0  # this)^2) times faster the longer the Hub accepts
-    step: float = 0.05  # calls/s: the least a window adds
+    step: float = 0.01  # calls/s: the least a window adds
     window: float = 1.0  # seconds per growth step
     test_answers: int = 12  # answers after a cut that tell whether it helped ...
     early_throttles: int = 2  # ... or this many throttles in twice as many answers
@@ -46,6 +46,8 @@ class PacingPolicy:
     pause_jitter: float = 0.5  # a RetryAfterSeconds pause lasts retry_after x U(1, 1 + this)
     longest_pause: float = 5.0  # ... never longer (the throttled call itself waits it all)
     default_retry_after: float = 1.0  # the pause for a throttle that names none
+    start_jitter: float = 0.0  # a cold start's first call waits U(0, this) seconds, so a
+    #                            wave of hosts given work at once does not call at once
 
 
 @dataclass(frozen=True)
@@ -168,6 +170,7 @@ class RateController:
         self._stamp: float | None = None
         self._in_flight = 0
         self._cold: int | None = 1  # calls in flight allowed during a cold start
+        self._jitter = self.policy.start_jitter > 0  # the cold start's first call waits
         self._epoch = -INFINITE  # calls sent before this were sent before the last pause
         self._cut_at = -INFINITE  # when the last cut's pause ended
         self._peak = 0.0  # the rate the last cut was made from
@@ -186,6 +189,10 @@ class RateController:
         """Seconds until one call may go (0: now; inf: once an answer comes back). Asking
         means the host has a call to make."""
         self.answers.wanted(now)
+        if self._jitter:
+            self._jitter = False
+            self.pause_until = max(self.pause_until,
+                                   now + self.policy.start_jitter * self._rng.random())
         if now < self.pause_until:
             return self.pause_until - now
         if self._cold is not None and self._in_flight >= self._cold:
@@ -232,6 +239,7 @@ class RateController:
             self._throttled_at = now
         elif self.rate is not None and now - self._throttled_at > p.forget:
             self.rate, self._cold, self._test = None, 1, None  # quiet for long: start cold
+            self._jitter = p.start_jitter > 0
         if self._test is not None:
             self._judge(now)
         if throttled and sent_at >= self._epoch:
@@ -317,8 +325,9 @@ class RateController:
         assert self.rate is not None
         if now < self._grown_at + p.window:
             return
-        self._grown_at = now
         span = max(p.window, 2 / self.rate)  # at least two calls' worth of time
+        windows = min(now - self._grown_at, span) / p.window
+        self._grown_at = now
         if self.answers.sent_within(now, span) < 0.5 * self.rate * span:
             return
         if self._doubling:  # throttles we tolerate: back to what we can do
@@ -326,7 +335,7 @@ class RateController:
         else:
             quiet = (now - self._cut_at) / p.quicken
             growth = p.regrow if self.rate < self._peak else p.probe * (1 + quiet * quiet)
-            self.rate += max(p.step, growth * self.rate)
+            self.rate += max(p.step, growth * self.rate) * windows
         if self.ceiling:
             self.rate = min(self.rate, self.ceiling)
 
@@ -338,18 +347,15 @@ class RateController:
 
 class Pacer:
     """The controller behind a lock, for the Hub adapter's threads: `wait()` before a call,
-    `record()` (or `cancel()`, when it was not made) after it. `start_jitter` spreads the first
-    call of a process over that many seconds (a wave of hosts started together)."""
+    `record()` (or `cancel()`, when it was not made) after it."""
 
     def __init__(self, ceiling: float = 0.0, policy: PacingPolicy | None = None,
-                 clock: Callable[[], float] = time.monotonic, start_jitter: float = 0.0,
+                 clock: Callable[[], float] = time.monotonic,
                  rng: random.Random | None = None) -> None:
         self._controller = RateController(ceiling, policy, rng)
         self._clock = clock
         self._lock = threading.Condition()
         self._waiting = 0  # threads blocked in wait(): only they need waking
-        if start_jitter > 0:
-            self._controller.pause_until = clock() + start_jitter * (rng or random).random()
 
     def set_ceiling(self, ceiling: float) -> None:
         """A new ceiling (config reload, this replica's share); what was learnt is kept."""
