@@ -47,6 +47,12 @@ def test_metrics_and_healthz(cli: Cli, emulator: Emulator, make_config: Any, out
         assert ('mgh_reporter_throttles_total{operation="NotifyMigrationTaskState"} 2.0'
                 in text)
         assert 'mgh_reporter_throttles_total{operation="ImportMigrationTask"}' not in text
+        # The throttles set an adaptive send rate: a gauge, a `status` line, a JSON field.
+        wait_for(lambda: metric(http_get(base + "/metrics")[1], "mgh_reporter_send_rate") > 0)
+        wait_for(lambda: "throttled" in cli("status", config=config).stdout)
+        shown = cli("status", config=config).stdout
+        assert "the account's Migration Hub rate holds this host to" in shown
+        assert json.loads(cli("status", "--json", config=config).stdout)["send_rate"] > 0
         for name in ("mgh_reporter_oldest_pending_seconds", "mgh_reporter_dead_letters",
                      "mgh_reporter_api_request_duration_seconds_bucket", "mgh_reporter_blocked",
                      "mgh_reporter_outage_backoff", "mgh_reporter_concurrency_limit"):

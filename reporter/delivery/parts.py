@@ -20,7 +20,7 @@ __all__ = ["START_JITTER", "Parts", "build", "rate_limiter"]
 # A daemon's first call of a burst after a cold start waits U(0, this) seconds: a wave of hosts
 # whose tools all start at once then does not meet the account's rate limit in one instant
 # (`benchmarks/run.py fleet`). `drain` does not wait: a person is watching it.
-START_JITTER = 1.0
+START_JITTER = 0.5
 
 
 @dataclass

@@ -20,8 +20,8 @@ INFINITE = float("inf")
 
 @dataclass(frozen=True)
 class PacingPolicy:
-    """The controller's constants (the defaults are what `benchmarks/run.py fleet` and
-    `faults` were measured with; docs/fleet.md says why each is what it is)."""
+    """The controller's constants: the defaults are what `benchmarks/run.py fleet` and
+    `faults` were measured with (docs/fleet.md describes the behaviour they tune)."""
 
     beta: float = 0.7  # a cut keeps this share of the rate the Hub accepted (as AWS SDKs)
     floor: float = 0.2  # calls/s: never slower than one call every 5 s
@@ -52,7 +52,8 @@ class PacingPolicy:
 
 @dataclass(frozen=True)
 class PacingState:
-    """What the controller does now, for metrics and `status`."""
+    """What the controller does now (`rate`, `limit` and `tolerated` feed the metrics and
+    `status`; `cuts` and `paused` are there for tests and debugging)."""
 
     rate: float  # calls/s this host allows itself (0: no limit of its own)
     limit: float  # calls/s in force: the adapted rate under the ceiling (0: none)
@@ -120,8 +121,8 @@ class Answers:
         """Calls sent over the last `span` seconds."""
         return sum(1 for s, _ in self._outcomes if s >= now - span)
 
-    def accepted_rate(self, now: float) -> tuple[int, float]:
-        """(calls accepted, calls/s accepted) over the last `measure` seconds: what the
+    def accepted_rate(self, now: float) -> float:
+        """Calls/s accepted over the last `measure` seconds: what the
         account let this host do, pauses included, idle spans not, over `settle` s at
         least (a host that has just started has not yet learnt what its share is). With
         none accepted yet, one call per `settle` s: the least the account is assumed to
@@ -131,20 +132,23 @@ class Answers:
         accepted = sum(1 for _, t in answers if not t)
         first = answers[0][0] if answers else now
         idle = sum(min(b, now) - max(a, first) for a, b in self._idle if b > first)
-        return accepted, max(1, accepted) / max(p.settle, now - first - idle)
+        return max(1, accepted) / max(p.settle, now - first - idle)
 
 
 class RateController:
     """Decides, from the outcome of every call, how fast this host may send.
 
-    A cold start ramps per round trip (one more call in flight per accepted answer, as
-    TCP's slow start) up to `cold_until` in flight, then sends freely. A throttle of a call
+    A cold start's first call waits U(0, `start_jitter`) s, then the start ramps per round
+    trip (one more call in flight per accepted answer, as TCP's slow start) up to
+    `cold_until` in flight, then sends freely. A throttle of a call
     sent since the last pause, when the recent throttled share is surely above what the host
     tolerates, pauses the whole host (RetryAfterSeconds, jittered) and cuts its rate to `beta`
     of what the account let it do (one call per `settle` s before anything was accepted);
     throttles of calls sent before the pause ended change nothing more. Below the rate it
-    cut, the rate grows back quickly; above it gently, faster the longer the Hub accepts
-    (the shape of TCP's CUBIC).
+    cut, the rate grows back quicker; above it gently, faster the longer the Hub accepts
+    (the shape of TCP's CUBIC). Growth counts seconds, not answers: a host cut low (its
+    answers seconds apart) regrows as fast as one answered often, so hosts sharing the
+    account converge to fair shares and none of a fleet lags far behind.
 
     Each cut is a test. If `noticeable` of the answers after it are still throttled (and
     not surely most of them), cutting did not lower the share: the throttles come whatever
@@ -262,7 +266,7 @@ class RateController:
         full account scales down by the share it saw accepted, so together they come down
         to what the account takes."""
         p = self.policy
-        _, base = self.answers.accepted_rate(now)
+        base = self.answers.accepted_rate(now)
         if self.rate is not None:
             base = min(base, self.rate)
         before = self.rate
