@@ -66,16 +66,18 @@ def test_a_cold_start_ramps_per_round_trip_then_sends_freely() -> None:
 
 
 def test_a_throttle_before_anything_was_accepted_pauses_jittered_and_cuts_to_the_least() -> None:
-    pauses = []
+    pauses, afters = [], []
     for seed in range(20):
         h = Host(seed=seed)
         h.send(throttled=True, retry_after=2.0)
         # no call accepted yet: the account is assumed to take one per `settle` (2 s)
         assert h.c.rate == pytest.approx(0.7 / 2.0) and h.c.cuts == 1
         pauses.append(h.c.pause_until - h.now)
-        assert h.wait() >= pauses[-1]  # the whole host waits
+        afters.append((h.wait() - pauses[-1]) * h.c.rate)  # the whole host waits ...
     assert all(2.0 - 0.02 <= p <= 3.0 for p in pauses)  # RetryAfter x U(1, 1.5)
     assert max(pauses) - min(pauses) > 0.3  # hosts paused together come back apart
+    # ... then a random share of one interval at its new rate (not one interval or more)
+    assert all(0.0 <= a <= 1.0 + 1e-9 for a in afters) and max(afters) - min(afters) > 0.5
 
 
 def test_a_throttle_after_accepted_calls_pauses_the_host_and_cuts_to_the_accepted_rate() -> None:

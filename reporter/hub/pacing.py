@@ -27,6 +27,7 @@ class PacingPolicy:
     floor: float = 0.2  # calls/s: never slower than one call every 5 s
     recent: int = 30  # throttled shares are judged over the last this many answers ...
     measure: float = 4.0  # ... or those of the last this many seconds, if more
+    sample: int = 8  # the accepted rate is measured over at least this many answers
     settle: float = 2.0  # the accepted rate is measured over at least this many seconds
     least: int = 3  # answers since the last cut that can show we surely overload the Hub
     overload: float = 0.5  # a share surely above this: we overload it (a cut then stands)
@@ -122,13 +123,16 @@ class Answers:
         return sum(1 for s, _ in self._outcomes if s >= now - span)
 
     def accepted_rate(self, now: float) -> float:
-        """Calls/s accepted over the last `measure` seconds: what the
+        """Calls/s accepted over the last `measure` seconds, or over the last `sample`
+        answers if they span longer (a slow host's few answers say little): what the
         account let this host do, pauses included, idle spans not, over `settle` s at
         least (a host that has just started has not yet learnt what its share is). With
         none accepted yet, one call per `settle` s: the least the account is assumed to
         let a host do before it knows better."""
         p = self.policy
         answers = [(s, t) for s, t in self._outcomes if s >= now - p.measure]
+        if len(answers) < p.sample:
+            answers = list(self._outcomes)[-p.sample:]
         accepted = sum(1 for _, t in answers if not t)
         first = answers[0][0] if answers else now
         idle = sum(min(b, now) - max(a, first) for a, b in self._idle if b > first)
@@ -293,7 +297,7 @@ class RateController:
         wait = min(p.longest_pause, wait * (1 + p.pause_jitter * self._rng.random()))
         self.pause_until = max(self.pause_until, now + wait)
         self._epoch = max(self._epoch, self.pause_until, now)
-        self._tokens, self._stamp = -self._rng.random(), self.pause_until
+        self._tokens, self._stamp = 1 - self._rng.random(), self.pause_until
 
     def _judge(self, now: float) -> None:
         """Did the cut under test lower the throttled share? Judged on the answers to calls
