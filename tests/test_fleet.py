@@ -63,10 +63,12 @@ def test_a_handful_of_hosts_share_the_accounts_rate_without_hammering_it(
     calls = [c for c in emulator.state.calls if c["operation"] not in CONFIG_OPERATIONS]
     throttled = sum(1 for c in calls if c.get("error") == "ThrottlingException")
     needed = HOSTS * (1 + 2 * TASKS)  # a stream, an import and a state per task
+    print(f"{throttled} of {len(calls)} calls throttled ({throttled / len(calls):.0%}),"
+          f" {seconds:.1f} s for {needed} calls at {RATE}/s")  # shown by -rA in .ci/run
     # Every host sending as fast as it could drew more refusals than acceptances (59% here
-    # before pacing, 70% in the 20-host measurement). Paced: 26-27% in this small
+    # before pacing, 70% in the 20-host measurement). Paced: 13-16% in this small
     # fleet, where each host's arrival is most of its work (the 30-host benchmark: 10-11%).
-    assert throttled / len(calls) <= 0.4, (throttled, len(calls))
+    assert throttled / len(calls) <= 0.3, (throttled, len(calls))
     assert seconds < 4 * needed / RATE + 20, seconds  # shared, not starved
     for i in range(HOSTS):  # no task's state went back at the Hub
         for t in range(TASKS):
