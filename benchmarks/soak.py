@@ -32,7 +32,11 @@ The oracle, checked from the files and the Hub's own record:
 - in a quiet window at the end (nothing to send) the daemon makes no Hub write at all;
 - GetHomeRegion calls stay within a budget: one per process start, one per blocked recheck
   (plus the calls in flight when the block came), one per backoff base second otherwise;
-- within each daemon lifetime past its warm-up, RSS stays within 10%.
+- within each daemon lifetime past its warm-up, RSS stays within 10%;
+- in the windows where the account takes only ACCOUNT_RATE calls/s (a token bucket, as a fleet
+  of hosts shares), at most half of our Migration Hub calls are refused (plus 5 a window, the
+  refusals that teach the host the limit): the adaptive rate paces them instead of hammering
+  the limit (without it, 98% were refused).
 Prints one JSON document of figures; exits 1 when any check fails.
 """
 
@@ -57,6 +61,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from run import STREAM, EmulatorProcess, backlog, emulator_process, make_outbox
 
 TASKS = 300
+ACCOUNT_RATE = 4.0  # calls/s the account takes in its windows (a token bucket, as many hosts')
+PACED_SHARE = 0.5  # ... of which at most this share of our calls there is refused, plus
+FIRST_REFUSALS = 5  # this many per window (the refusals that teach the host the limit);
+#                     unpaced, 98% of them were refused
 APPLICATIONS = [f"d-application-soak{i:02d}" for i in range(8)]
 APPLICATION_STATUSES = ("NOT_STARTED", "IN_PROGRESS", "COMPLETED")
 SOURCES = ("wave-1", "wave-2", "app-erp", "dc-east")
@@ -67,8 +75,10 @@ WINDOWS: list[dict[str, Any]] = [
     {"outage": True},
     {"garble": 0.1, "garble_kind": "html"},
     {"throttle": 0.1},
+    {"account_rate": ACCOUNT_RATE, "retry_after": 1},
 ]
-CLEAR = {"throttle": 0.0, "server_error": 0.0, "latency": 0.0, "outage": False, "garble": 0.0}
+CLEAR = {"throttle": 0.0, "server_error": 0.0, "latency": 0.0, "outage": False, "garble": 0.0,
+         "account_rate": 0.0}
 WARMUP_SECONDS = 10.0
 REPAIR_EVERY = 0.5  # [verify] every_seconds: rounds of 5 tasks, all 300 read within a minute
 BLOCKED_RECHECK = 3.0  # [publish] blocked_recheck_seconds
@@ -77,6 +87,7 @@ BACKOFF_BASE = 0.5  # [publish] backoff_base_seconds
 MAX_CONCURRENCY = 8  # [publish] max_concurrency: calls in flight when a block comes
 QUIET_SECONDS = 5.0
 READS = ("Describe", "List", "GetHomeRegion")
+CONFIG_OPERATIONS = ("GetHomeRegion", "CreateHomeRegionControl", "DescribeHomeRegionControls")
 
 
 INSERT = ("INSERT INTO outbox(kind, migration_task_name, status, progress_percent, status_detail,"
@@ -419,6 +430,15 @@ def settled(box: Target, hub: EmulatorProcess, writers: Writers, log: Path) -> b
             and foreign_now(hub) <= reported_differs(log))
 
 
+def account_rate_calls(hub: EmulatorProcess, windows: list[tuple[float, float]]
+                       ) -> tuple[int, int]:
+    """(calls, throttled) of Migration Hub calls made in the account-rate windows."""
+    calls = [c for c in hub._request("calls")["calls"]
+             if not c["operation"].startswith(CONFIG_OPERATIONS)
+             and any(a <= c["time"] < b for a, b in windows)]
+    return len(calls), sum(c["error"] == "ThrottlingException" for c in calls)
+
+
 def oracle(box: Target, hub: EmulatorProcess, writers: Writers, log: Path) -> dict[str, Any]:
     """Every check of the module docstring; each figure with its verdict."""
     outbox = box.query("SELECT count(*) FROM outbox")[0][0]
@@ -537,6 +557,7 @@ def soak(seconds: float, rng: random.Random, server: PgServer | None) -> int:
         next_window = next_kill = next_reload = started
         plan = events.plan(seconds)
         windows = 0
+        limited: list[tuple[float, float] | None] = []  # account-rate windows (wall clock)
         while time.monotonic() - started < seconds:
             now = time.monotonic()
             events.tick(now)
@@ -546,9 +567,12 @@ def soak(seconds: float, rng: random.Random, server: PgServer | None) -> int:
                     plan.insert(0, (offset + 2.0, kind))
                     break
             if now >= next_window:
-                hub.faults(**{**CLEAR, **rng.choice(WINDOWS)})
+                window = rng.choice(WINDOWS)
+                hub.faults(**{**CLEAR, **window})
                 windows += 1
                 next_window = now + rng.uniform(3.0, 10.0)
+                limited.append((time.time(), time.time() + next_window - now)
+                               if "account_rate" in window else None)
             if now >= next_kill:
                 if now > started:
                     rng.choice(daemons).kill()
@@ -584,6 +608,7 @@ def soak(seconds: float, rng: random.Random, server: PgServer | None) -> int:
         differing = {t["task"] for t in json.loads(verified.stdout or "{}").get("tasks", [])
                      if not t["ok"]}
         lookups = after.get("GetHomeRegion", 0)
+        paced = account_rate_calls(hub, [w for w in limited if w is not None])
     starts = len(daemons) + sum(d.kills for d in daemons)
     budget = (starts + 2  # each process's first lookup, init's and verify's
               + len(daemons) * events.blocked_windows * (
@@ -605,6 +630,8 @@ def soak(seconds: float, rng: random.Random, server: PgServer | None) -> int:
         "quiet_window_writes": quiet_writes, "verify_exit": verified.returncode,
         "verify_differing_not_foreign": sorted(differing - foreign_now_at_end),
         "get_home_region_calls": lookups, "get_home_region_budget": budget,
+        "account_rate_windows": sum(w is not None for w in limited),
+        "account_rate_calls": paced[0], "account_rate_throttled": paced[1],
     })
     checks = {
         "nothing pending or untracked": result["pending"] == 0 and result["untracked_rows"] == 0,
@@ -623,6 +650,9 @@ def soak(seconds: float, rng: random.Random, server: PgServer | None) -> int:
         and not result["verify_differing_not_foreign"] and verified.returncode in (0, 6),
         "no Hub write in the quiet window": not quiet_writes,
         "GetHomeRegion within its budget": lookups <= budget,
+        "paced under the account's rate (never hammering it)": (
+            paced[1] <= PACED_SHARE * paced[0] + FIRST_REFUSALS * len(
+                [w for w in limited if w is not None])),
         "RSS within 10% after warm-up": result["max_rss_growth_after_warmup"] <= 0.10,
         "clean final stop": code == 0,
     }
