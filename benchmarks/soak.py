@@ -8,9 +8,11 @@
 Writers insert bursts and steady rows over hundreds of tasks (states, attribute lists, source
 resources associated and removed, and now and then a row the Hub would refuse) and the states
 of a few applications into a real outbox; the emulator (its own process)
-cycles through fault windows (throttling with 5xx, latency, a full outage, a hostile network);
+cycles through fault windows, each kind once per cycle in a random order (throttling with
+5xx, latency, a full outage, a hostile network, an account rate);
 the daemon (`mgh-reporter run`, a real process) is killed with SIGKILL at random moments and
-restarted, and sent SIGHUP now and then. The Hub itself changes behind the daemon's back
+restarted, and sent SIGHUP now and then, once it has said READY=1 (as systemd reloads).
+The Hub itself changes behind the daemon's back
 (repair rounds are on): a delivered task is lost, the stream is deleted once, another client
 writes a newer state to a task (which the tools then leave alone), and the account's home
 Region is unset for a few seconds, then set again. With --postgres, two replicas share a
@@ -48,6 +50,7 @@ import json
 import os
 import random
 import signal
+import socket
 import sqlite3
 import subprocess
 import sys
@@ -327,7 +330,9 @@ def rss_mb(pid: int) -> float | None:
 
 
 class Daemon:
-    """`mgh-reporter run`, restarted after every kill; RSS sampled per lifetime."""
+    """`mgh-reporter run`, restarted after every kill; RSS sampled per lifetime. It tells its
+    readiness on a notify socket, as to systemd, which reloads a unit only once it is ready:
+    a SIGHUP that came before Python installed any handler would kill it by default."""
 
     def __init__(self, cmd: list[str], env: dict[str, str], log: Path) -> None:
         self.cmd, self.env, self.log = cmd, env, log
@@ -335,15 +340,37 @@ class Daemon:
         self.started = 0.0
         self.lifetimes: list[list[float]] = []
         self.kills = self.reloads = 0
+        self.ready = False
+        self.notify_path = log.parent / f"notify-{id(self)}.sock"
+        self.notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.notify.bind(str(self.notify_path))
+        self.notify.setblocking(False)
 
     def start(self) -> None:
+        self._messages()  # the last lifetime's, if any
+        self.ready = False
         with self.log.open("ab") as err:
-            self.proc = subprocess.Popen(self.cmd, env=self.env, stderr=err,
-                                         stdout=subprocess.DEVNULL)
+            self.proc = subprocess.Popen(
+                self.cmd, env={**self.env, "NOTIFY_SOCKET": str(self.notify_path)},
+                stderr=err, stdout=subprocess.DEVNULL)
         self.started = time.monotonic()
         self.lifetimes.append([])
 
+    def _messages(self) -> list[str]:
+        """What the daemon told its service manager since the last look (read every tick, as
+        systemd does: a queue left full would make each message wait)."""
+        found = []
+        while True:
+            try:
+                found.append(self.notify.recv(4096).decode())
+            except BlockingIOError:
+                return found
+
+    def _look(self) -> None:
+        self.ready = self.ready or any("READY=1" in m.splitlines() for m in self._messages())
+
     def sample(self) -> None:
+        self._look()
         if self.proc is not None and time.monotonic() - self.started >= WARMUP_SECONDS:
             rss = rss_mb(self.proc.pid)
             if rss is not None:
@@ -357,15 +384,22 @@ class Daemon:
         time.sleep(0.2)
         self.start()
 
-    def reload(self) -> None:
+    def reload(self) -> bool:
+        """SIGHUP, once the daemon has said READY=1 since its start; False: not yet."""
         assert self.proc is not None
+        self._look()
+        if not self.ready:
+            return False
         self.proc.send_signal(signal.SIGHUP)
         self.reloads += 1
+        return True
 
     def stop(self) -> int:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGTERM)
-        return self.proc.wait(timeout=30)
+        code = self.proc.wait(timeout=30)
+        self.notify.close()
+        return code
 
 
 def foreign_now(hub: EmulatorProcess) -> set[str]:
@@ -558,6 +592,7 @@ def soak(seconds: float, rng: random.Random, server: PgServer | None) -> int:
         plan = events.plan(seconds)
         windows = 0
         limited: list[tuple[float, float] | None] = []  # account-rate windows (wall clock)
+        order = rng.sample(WINDOWS, len(WINDOWS))
         while time.monotonic() - started < seconds:
             now = time.monotonic()
             events.tick(now)
@@ -567,7 +602,7 @@ def soak(seconds: float, rng: random.Random, server: PgServer | None) -> int:
                     plan.insert(0, (offset + 2.0, kind))
                     break
             if now >= next_window:
-                window = rng.choice(WINDOWS)
+                window = order[windows % len(order)]  # each kind once per cycle
                 hub.faults(**{**CLEAR, **window})
                 windows += 1
                 next_window = now + rng.uniform(3.0, 10.0)
@@ -577,9 +612,7 @@ def soak(seconds: float, rng: random.Random, server: PgServer | None) -> int:
                 if now > started:
                     rng.choice(daemons).kill()
                 next_kill = now + rng.uniform(5.0, 20.0)
-            if now >= next_reload:
-                if now > started:
-                    rng.choice(daemons).reload()
+            if now >= next_reload and (now <= started or rng.choice(daemons).reload()):
                 next_reload = now + rng.uniform(10.0, 30.0)
             for d in daemons:
                 d.sample()

@@ -211,6 +211,35 @@ def test_sd_notify_ready_watchdog_status_stopping(cli: Cli, emulator: Emulator, 
     assert notify.texts("STOPPING=1")
 
 
+def test_a_service_manager_that_stops_reading_never_hangs_the_daemon(
+        cli: Cli, emulator: Emulator, config_path: Path, tmp_path: Path, outbox_path: Path):
+    """NOTIFY_SOCKET's queue full (a manager, or a container's notify proxy, that stopped
+    reading): each message waits a second at most, then is dropped; the daemon delivers and
+    stops on SIGTERM as always, instead of blocking for ever in a send."""
+    assert cli("init").returncode == 0
+    path = str(tmp_path / "deaf.sock")
+    deaf = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    deaf.bind(path)
+    filler = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    filler.setblocking(False)
+    try:
+        while True:  # fill the queue until the kernel refuses more
+            filler.sendto(b"STATUS=filler", path)
+    except BlockingIOError:
+        pass
+    fill(outbox_path, 3, 1)
+    proc = start_daemon(config_path, env={"NOTIFY_SOCKET": path})
+    try:
+        wait_for(lambda: pending(outbox_path) == 0, timeout=30)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=15) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        deaf.close()
+        filler.close()
+
+
 def test_watchdog_stops_when_publish_loop_hangs(cli: Cli, emulator: Emulator, make_config: Any,
                                                 tmp_path: Path, outbox_path: Path):
     """A pass stuck in a call stops the WATCHDOG pings, so systemd restarts the service."""

@@ -34,6 +34,7 @@ from reporter.stores.contract import StoreError
 __all__ = ["LISTEN_RETRY_SECONDS", "RESTART_ONLY", "Supervisor", "restart_only_changes"]
 
 LISTEN_RETRY_SECONDS = 10.0  # a listener that could not bind is tried again this often
+NOTIFY_TIMEOUT = 1.0  # seconds a message to the service manager may wait for room in its queue
 
 # Settings a reload refuses to change (the running config stays): moving the outbox or the stream
 # under a running daemon would split one history in two; the Hub client is built once.
@@ -57,6 +58,8 @@ class Supervisor:
         self.waker: Wakeups | None = None
         self.log = structlog.get_logger("reporter.daemon")
         self.notifier = sdnotify.SystemdNotifier()
+        if self.notifier.socket is not None:  # a manager that stops reading (its queue full)
+            self.notifier.socket.settimeout(NOTIFY_TIMEOUT)  # costs a message, never a hang
         self.server: MetricsServer | None = None
         self.listen_problem: str | None = None  # the listener could not bind (why)
         self.signal_fd: int | None = None  # wakes the main loop (signals, `shutdown`)
