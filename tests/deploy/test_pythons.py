@@ -33,7 +33,13 @@ def source_tree(into: Path) -> Path:
 # Known to fail, and why: left out of that Python's run (and said so on every run), never
 # skipped in silence. Empty: the two disk-full tests that failed on 3.14 were the test's own
 # helper (a buffered file's close() raising ENOSPC again, which 3.14 lets escape).
-KNOWN: dict[str, list[str]] = {}
+KNOWN: dict[str, list[str]] = {
+    # Python 3.14 on sid, in the whole suite only (3 of 3 runs on 2026-12-07; alone, and
+    # beside its neighbours, it passes in the same container): the daemon does not report
+    # the deleted -wal on /healthz within 20 s. Not yet diagnosed; 3.11 and 3.13 run it.
+    "sid": ["tests/test_damage.py::"
+            "test_a_deleted_wal_makes_the_outbox_unusable_and_a_stop_keeps_it_readable"],
+}
 
 
 @pytest.mark.parametrize("suite", ["trixie", "sid"])
@@ -65,7 +71,7 @@ def test_the_fast_suite_passes(suite: str, tmp_path: Path):
     done = podman("run", "--rm", "--network", "none", "--privileged", *LIMITS, *mounts, "-w",
                   "/src", image,
                   "/venv/bin/python", "-m", "pytest", "-p", "no:cacheprovider", "-q",
-                  "--timeout", "300", "-rs",
+                  "--timeout", "300", "-rsfE",  # failures last: the tail shown names them
                   *[arg for test in KNOWN.get(suite, []) for arg in ("--deselect", test)],
                   check=False, timeout=1800)
     for test in KNOWN.get(suite, []):
